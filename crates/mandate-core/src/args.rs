@@ -1,0 +1,231 @@
+//! Canonical tool-call arguments.
+//!
+//! Arguments arrive as JSON written by an agent. They are parsed once, here, into a value
+//! whose serialisation is canonical (object keys sorted, no insignificant whitespace), so
+//! the digest that policy, approvals and audit see is the digest of exactly what runs.
+//! Duplicate keys are refused rather than resolved: two parsers that pick different
+//! duplicates are the classic way to make a checker and an executor disagree.
+
+use std::fmt;
+
+use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::{Map, Value};
+
+use crate::ids::sha256_hex;
+
+/// Deepest nesting accepted while parsing; deeper documents are refused.
+pub const MAX_DEPTH: usize = 32;
+
+/// Why arguments were refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ArgsError {
+    /// The canonical form is larger than allowed.
+    #[error("arguments are {got} bytes in canonical form; the limit is {max}")]
+    TooLarge {
+        /// Canonical size.
+        got: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The JSON could not be parsed.
+    #[error("arguments are not acceptable JSON: {0}")]
+    Json(String),
+}
+
+/// Arguments in canonical form, with their SHA-256 digest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CanonicalArgs {
+    value: Value,
+    canonical: String,
+    digest: String,
+}
+
+impl CanonicalArgs {
+    /// Empty arguments (`{}`).
+    pub fn empty() -> Self {
+        Self::from_value(Value::Object(Map::new()))
+    }
+
+    /// Parses JSON text, refusing duplicate keys and nesting deeper than [`MAX_DEPTH`].
+    pub fn parse(json: &str) -> Result<Self, ArgsError> {
+        let mut de = serde_json::Deserializer::from_str(json);
+        let value = ValueSeed { depth: 0 }
+            .deserialize(&mut de)
+            .map_err(|e| ArgsError::Json(e.to_string()))?;
+        de.end().map_err(|e| ArgsError::Json(e.to_string()))?;
+        Ok(Self::from_value(value))
+    }
+
+    fn from_value(value: Value) -> Self {
+        // serde_json's Map is a BTreeMap here (no `preserve_order`), so serialisation
+        // emits keys sorted: the canonical form.
+        let canonical = value.to_string();
+        let digest = sha256_hex(canonical.as_bytes());
+        Self {
+            value,
+            canonical,
+            digest,
+        }
+    }
+
+    /// Refuses arguments whose canonical form exceeds `max` bytes.
+    pub fn check_size(&self, max: usize) -> Result<(), ArgsError> {
+        if self.canonical.len() > max {
+            Err(ArgsError::TooLarge {
+                got: self.canonical.len(),
+                max,
+            })
+        } else {
+            Ok(())
+        }
+    }
+
+    /// The parsed value.
+    pub fn value(&self) -> &Value {
+        &self.value
+    }
+
+    /// The canonical JSON text.
+    pub fn canonical(&self) -> &str {
+        &self.canonical
+    }
+
+    /// Hex SHA-256 of the canonical text.
+    pub fn digest(&self) -> &str {
+        &self.digest
+    }
+}
+
+impl Default for CanonicalArgs {
+    fn default() -> Self {
+        Self::empty()
+    }
+}
+
+impl Serialize for CanonicalArgs {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.value.serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for CanonicalArgs {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        ValueSeed { depth: 0 }
+            .deserialize(d)
+            .map(Self::from_value)
+    }
+}
+
+struct ValueSeed {
+    depth: usize,
+}
+
+impl<'de> DeserializeSeed<'de> for ValueSeed {
+    type Value = Value;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        if self.depth > MAX_DEPTH {
+            return Err(de::Error::custom(format!(
+                "arguments nest deeper than {MAX_DEPTH} levels"
+            )));
+        }
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for ValueSeed {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Value, E> {
+        serde_json::Number::from_f64(v)
+            .map(Value::Number)
+            .ok_or_else(|| E::custom("non-finite number"))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_owned()))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_none<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut out = Vec::new();
+        while let Some(v) = seq.next_element_seed(ValueSeed {
+            depth: self.depth + 1,
+        })? {
+            out.push(v);
+        }
+        Ok(Value::Array(out))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut out = Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if out.contains_key(&key) {
+                return Err(de::Error::custom(format!("duplicate key {key:?}")));
+            }
+            let v = map.next_value_seed(ValueSeed {
+                depth: self.depth + 1,
+            })?;
+            out.insert(key, v);
+        }
+        Ok(Value::Object(out))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn canonical_form_sorts_keys() {
+        let a = CanonicalArgs::parse(r#"{ "b": 1, "a": {"y": [1, 2], "x": null} }"#).unwrap();
+        let b = CanonicalArgs::parse(r#"{"a":{"x":null,"y":[1,2]},"b":1}"#).unwrap();
+        assert_eq!(a.canonical(), r#"{"a":{"x":null,"y":[1,2]},"b":1}"#);
+        assert_eq!(a.digest(), b.digest());
+    }
+
+    #[test]
+    fn refuses_duplicates_depth_and_trailing() {
+        assert!(CanonicalArgs::parse(r#"{"a":1,"a":2}"#).is_err());
+        assert!(CanonicalArgs::parse(r#"{"x":{"a":1,"a":1}}"#).is_err());
+        let deep = format!("{}{}", "[".repeat(40), "]".repeat(40));
+        assert!(CanonicalArgs::parse(&deep).is_err());
+        let ok = format!("{}{}", "[".repeat(30), "]".repeat(30));
+        assert!(CanonicalArgs::parse(&ok).is_ok());
+        assert!(CanonicalArgs::parse(r#"{} {}"#).is_err());
+    }
+
+    #[test]
+    fn deserialize_inside_struct() {
+        #[derive(Deserialize)]
+        struct Call {
+            args: CanonicalArgs,
+        }
+        let c: Call = serde_json::from_str(r#"{"args":{"z":1,"a":"x"}}"#).unwrap();
+        assert_eq!(c.args.canonical(), r#"{"a":"x","z":1}"#);
+        assert!(serde_json::from_str::<Call>(r#"{"args":{"a":1,"a":1}}"#).is_err());
+        let small = CanonicalArgs::parse(r#"{"a":"0123456789"}"#).unwrap();
+        assert!(small.check_size(8).is_err());
+        assert!(small.check_size(1024).is_ok());
+    }
+}

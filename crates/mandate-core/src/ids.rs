@@ -1,0 +1,231 @@
+use std::fmt;
+
+use aws_lc_rs::digest;
+use aws_lc_rs::rand::{SecureRandom, SystemRandom};
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+/// Why an identifier was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IdError {
+    /// An agent name broke the naming rule.
+    #[error(
+        "agent name {0:?} is invalid: use 1-63 characters of a-z, 0-9, '-', '_' or '.', starting with a letter or digit"
+    )]
+    AgentName(String),
+    /// A trust domain broke the naming rule.
+    #[error(
+        "trust domain {0:?} is invalid: use a lowercase DNS-style name (a-z, 0-9, '-', '.'), at most 255 characters"
+    )]
+    TrustDomain(String),
+    /// A SPIFFE ID could not be parsed.
+    #[error("spiffe id {0:?} is invalid: expected spiffe://<trust-domain>/agent/<name>")]
+    SpiffeId(String),
+}
+
+fn is_name_char(c: char) -> bool {
+    c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '_' | '.')
+}
+
+/// An agent's registered name: the last segment of its SPIFFE ID.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(try_from = "String", into = "String")]
+#[schema(value_type = String, pattern = "^[a-z0-9][a-z0-9._-]{0,62}$")]
+pub struct AgentName(String);
+
+impl AgentName {
+    /// Parses a name, refusing anything outside `[a-z0-9][a-z0-9._-]{0,62}`.
+    pub fn parse(s: &str) -> Result<Self, IdError> {
+        let mut chars = s.chars();
+        let first_ok = chars
+            .next()
+            .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+        if first_ok && s.len() <= 63 && s.chars().all(is_name_char) {
+            Ok(Self(s.to_owned()))
+        } else {
+            Err(IdError::AgentName(s.to_owned()))
+        }
+    }
+
+    /// The name as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for AgentName {
+    type Error = IdError;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        Self::parse(&s)
+    }
+}
+
+impl From<AgentName> for String {
+    fn from(n: AgentName) -> String {
+        n.0
+    }
+}
+
+impl fmt::Display for AgentName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A SPIFFE trust domain, e.g. `mandate.local`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct TrustDomain(String);
+
+impl TrustDomain {
+    /// Parses a trust domain (lowercase letters, digits, `-` and `.`).
+    pub fn parse(s: &str) -> Result<Self, IdError> {
+        let ok = !s.is_empty()
+            && s.len() <= 255
+            && !s.starts_with('.')
+            && !s.ends_with('.')
+            && s.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.');
+        if ok {
+            Ok(Self(s.to_owned()))
+        } else {
+            Err(IdError::TrustDomain(s.to_owned()))
+        }
+    }
+
+    /// The domain as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for TrustDomain {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// An agent's workload identity: `spiffe://<trust-domain>/agent/<name>`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct SpiffeId {
+    trust_domain: TrustDomain,
+    agent: AgentName,
+}
+
+impl SpiffeId {
+    /// The identity of `agent` in `trust_domain`.
+    pub fn for_agent(trust_domain: TrustDomain, agent: AgentName) -> Self {
+        Self {
+            trust_domain,
+            agent,
+        }
+    }
+
+    /// Parses `spiffe://<trust-domain>/agent/<name>`; any other shape is refused.
+    pub fn parse(s: &str) -> Result<Self, IdError> {
+        let err = || IdError::SpiffeId(s.to_owned());
+        let rest = s.strip_prefix("spiffe://").ok_or_else(err)?;
+        let (td, path) = rest.split_once('/').ok_or_else(err)?;
+        let name = path.strip_prefix("agent/").ok_or_else(err)?;
+        Ok(Self {
+            trust_domain: TrustDomain::parse(td).map_err(|_| err())?,
+            agent: AgentName::parse(name).map_err(|_| err())?,
+        })
+    }
+
+    /// The trust domain part.
+    pub fn trust_domain(&self) -> &TrustDomain {
+        &self.trust_domain
+    }
+
+    /// The agent name part.
+    pub fn agent(&self) -> &AgentName {
+        &self.agent
+    }
+}
+
+impl fmt::Display for SpiffeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "spiffe://{}/agent/{}", self.trust_domain, self.agent)
+    }
+}
+
+/// Fills `buf` from the operating system's CSPRNG.
+///
+/// Invariant: a failing system RNG leaves no usable identifier, so callers get an error
+/// rather than a predictable value.
+fn fill_random(buf: &mut [u8]) -> Result<(), aws_lc_rs::error::Unspecified> {
+    SystemRandom::new().fill(buf)
+}
+
+/// A fresh identifier `<prefix>_<22 url-safe characters>` carrying 128 random bits.
+pub fn random_id(prefix: &str) -> Result<String, aws_lc_rs::error::Unspecified> {
+    let mut buf = [0u8; 16];
+    fill_random(&mut buf)?;
+    Ok(format!("{prefix}_{}", URL_SAFE_NO_PAD.encode(buf)))
+}
+
+/// A fresh bearer secret `<prefix>_<43 url-safe characters>` carrying 256 random bits.
+pub fn random_secret(prefix: &str) -> Result<String, aws_lc_rs::error::Unspecified> {
+    let mut buf = [0u8; 32];
+    fill_random(&mut buf)?;
+    Ok(format!("{prefix}_{}", URL_SAFE_NO_PAD.encode(buf)))
+}
+
+/// Lowercase hex SHA-256 of `data`.
+pub fn sha256_hex(data: &[u8]) -> String {
+    let d = digest::digest(&digest::SHA256, data);
+    let mut out = String::with_capacity(64);
+    for b in d.as_ref() {
+        out.push_str(&format!("{b:02x}"));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn agent_names() {
+        for ok in ["a", "ticket-bot", "a.b_c-1", "0agent"] {
+            assert!(AgentName::parse(ok).is_ok(), "{ok}");
+        }
+        let long = "a".repeat(64);
+        for bad in ["", "-a", "A", "a/b", "a b", "ä", long.as_str(), "..%2f"] {
+            assert!(AgentName::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn spiffe_round_trip() {
+        let id = SpiffeId::parse("spiffe://mandate.local/agent/bot-1").unwrap();
+        assert_eq!(id.to_string(), "spiffe://mandate.local/agent/bot-1");
+        for bad in [
+            "spiffe://mandate.local/bot",
+            "https://mandate.local/agent/x",
+            "spiffe://Mandate/agent/x",
+            "spiffe://m/agent/x/y",
+            "spiffe:///agent/x",
+        ] {
+            assert!(SpiffeId::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn random_ids_differ() {
+        let a = random_id("tsk").unwrap();
+        let b = random_id("tsk").unwrap();
+        assert_ne!(a, b);
+        assert!(a.starts_with("tsk_") && a.len() == 4 + 22);
+    }
+
+    #[test]
+    fn sha256_vector() {
+        assert_eq!(
+            sha256_hex(b"abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
+}

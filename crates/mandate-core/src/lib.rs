@@ -1,0 +1,25 @@
+//! Mandate's domain vocabulary: agents, tasks, scopes, grants, canonical arguments,
+//! limits and the injected clock.
+//!
+//! Invariant: this crate does no IO. Every value that crosses a trust boundary is parsed
+//! here once into a typed value (an [`AgentName`], a [`ToolName`], [`CanonicalArgs`]…),
+//! and only typed values travel inward.
+
+mod agent;
+mod args;
+mod clock;
+mod ids;
+mod limits;
+mod scope;
+mod task;
+
+pub use agent::{AgentStatus, AttestationRule, RiskTier};
+pub use args::{ArgsError, CanonicalArgs};
+pub use clock::{Clock, ManualClock, SystemClock, UnixMillis};
+pub use ids::{AgentName, IdError, SpiffeId, TrustDomain, random_id, random_secret, sha256_hex};
+pub use limits::Limits;
+pub use scope::{
+    ActionClass, DataDomain, Destination, Grant, OutsideGrant, RequestedScope, ScopeError,
+    Sensitivity, ToolName,
+};
+pub use task::{TaskState, TransitionError};

@@ -1,0 +1,52 @@
+use serde::{Deserialize, Serialize};
+
+/// Every bound the control plane enforces, as typed configuration with defaults.
+/// Exceeding one is a clear refusal, never a silent truncation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Largest request body accepted by any endpoint, in bytes.
+    pub max_body_bytes: usize,
+    /// Lifetime of an identity token (JWT-SVID), in seconds.
+    pub identity_token_ttl_secs: i64,
+    /// Longest task lifetime any policy can grant, in seconds.
+    pub max_task_ttl_secs: i64,
+    /// Task lifetime when the request names none, in seconds.
+    pub default_task_ttl_secs: i64,
+    /// Lifetime of a one-time join token, in seconds.
+    pub join_token_ttl_secs: i64,
+    /// Clock skew tolerated on `exp`/`nbf`/`iat`, in seconds.
+    pub token_leeway_secs: i64,
+    /// Verified tokens kept in the verification cache.
+    pub token_cache_capacity: usize,
+    /// Largest canonical argument document, in bytes.
+    pub max_args_bytes: usize,
+    /// Deepest nesting of an argument document.
+    pub max_args_depth: usize,
+    /// Most entries in each list of a requested scope.
+    pub max_scope_items: usize,
+    /// Longest task purpose text, in characters.
+    pub max_purpose_chars: usize,
+    /// How long a retired signing key stays published after rotation, in seconds. Must be
+    /// at least the longest token lifetime so every issued token stays verifiable.
+    pub key_overlap_secs: i64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 1024 * 1024,
+            identity_token_ttl_secs: 300,
+            max_task_ttl_secs: 3600,
+            default_task_ttl_secs: 900,
+            join_token_ttl_secs: 3600,
+            token_leeway_secs: 30,
+            token_cache_capacity: 100_000,
+            max_args_bytes: 64 * 1024,
+            max_args_depth: 32,
+            max_scope_items: 256,
+            max_purpose_chars: 1024,
+            key_overlap_secs: 3600 + 300,
+        }
+    }
+}

@@ -1,0 +1,493 @@
+//! Loading a policy bundle: every `*.cedar` file under a directory, parsed, given stable
+//! ids, validated against the built-in schema, versioned by content hash and sliced.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::path::Path;
+use std::str::FromStr;
+
+use cedar_policy::{
+    ActionConstraint, Authorizer, EntityTypeName, EntityUid, Policy, PolicyId, PolicySet,
+    ResourceConstraint, Schema, ValidationMode, Validator,
+};
+use mandate_core::{ActionClass, sha256_hex};
+
+use crate::facts::{type_name, uid};
+
+/// The built-in schema every bundle is validated against.
+pub const SCHEMA_TEXT: &str = include_str!("mandate.cedarschema");
+
+/// Largest policy file accepted.
+const MAX_FILE_BYTES: u64 = 1024 * 1024;
+/// Most policies in one bundle.
+const MAX_POLICIES: usize = 10_000;
+
+/// One problem in a bundle, located in its file.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+pub struct Diagnostic {
+    /// File, relative to the bundle directory (or `<schema>`, `<bundle>`).
+    pub file: String,
+    /// 1-based line, 0 when unknown.
+    pub line: usize,
+    /// 1-based column, 0 when unknown.
+    pub column: usize,
+    /// What is wrong, and where helpful what to do.
+    pub message: String,
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}: {}", self.file, self.line, self.column, self.message)
+    }
+}
+
+/// A bundle that cannot enforce. It is refused whole: nothing of it is used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct BundleError {
+    /// Every problem found.
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+impl BundleError {
+    fn one(file: &str, message: impl Into<String>) -> Self {
+        Self {
+            diagnostics: vec![Diagnostic {
+                file: file.to_owned(),
+                line: 0,
+                column: 0,
+                message: message.into(),
+            }],
+        }
+    }
+
+    pub(crate) fn internal(message: String) -> Self {
+        Self::one("<internal>", message)
+    }
+}
+
+impl fmt::Display for BundleError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "policy bundle rejected ({} problem(s))", self.diagnostics.len())?;
+        for d in &self.diagnostics {
+            write!(f, "\n  {d}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Obligations and explanations read from a policy's annotations.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct PolicyMeta {
+    /// `@reason("…")`: the human-readable reason reported when this policy determines.
+    pub reason: Option<String>,
+    /// `@approval_required("…")`: an allow by this policy needs a human first.
+    pub approval: Option<String>,
+    /// `@max_ttl_secs("N")`: caps the life of a task this policy lets start.
+    pub max_ttl_secs: Option<i64>,
+}
+
+/// The policies that can apply to one action, split by the tool they name.
+#[derive(Debug, Default)]
+pub(crate) struct Slice {
+    /// Policies whose resource scope is not an equality on a tool.
+    pub generic: PolicySet,
+    /// For each tool named by `resource == Mandate::Tool::"…"`: `generic` plus those.
+    pub by_tool: HashMap<String, PolicySet>,
+}
+
+impl Slice {
+    pub fn for_tool(&self, tool: &str) -> &PolicySet {
+        self.by_tool.get(tool).unwrap_or(&self.generic)
+    }
+}
+
+/// A validated, versioned, sliced set of policies: the unit that enforces.
+#[derive(Debug)]
+pub struct Bundle {
+    pub(crate) version: String,
+    pub(crate) all: PolicySet,
+    pub(crate) schema: Schema,
+    pub(crate) meta: HashMap<PolicyId, PolicyMeta>,
+    pub(crate) start: Slice,
+    pub(crate) calls: [Slice; 4],
+    pub(crate) start_uid: EntityUid,
+    pub(crate) call_uids: [EntityUid; 4],
+    pub(crate) tool_type: EntityTypeName,
+    pub(crate) authorizer: Authorizer,
+    pub(crate) sources: BTreeMap<String, String>,
+}
+
+fn action_index(a: ActionClass) -> usize {
+    match a {
+        ActionClass::Read => 0,
+        ActionClass::Write => 1,
+        ActionClass::Delete => 2,
+        ActionClass::Execute => 3,
+    }
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = text.get(..offset.min(text.len())).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
+}
+
+fn located(file: &str, text: &str, diag: &dyn miette::Diagnostic, message: String) -> Diagnostic {
+    let offset = diag
+        .labels()
+        .and_then(|mut labels| labels.next())
+        .map(|l| l.offset());
+    let (line, column) = offset.map_or((0, 0), |o| line_col(text, o));
+    let message = match diag.help() {
+        Some(help) => format!("{message} (help: {help})"),
+        None => message,
+    };
+    Diagnostic {
+        file: file.to_owned(),
+        line,
+        column,
+        message,
+    }
+}
+
+impl Bundle {
+    /// Loads every `*.cedar` file under `dir` (recursively, in path order) as one bundle.
+    pub fn load_dir(dir: &Path) -> Result<Self, BundleError> {
+        let shown = dir.display().to_string();
+        if !dir.is_dir() {
+            return Err(BundleError::one(
+                &shown,
+                "policy directory does not exist or is not a directory: create it, or pass --policies <dir> (examples/policies/demo is a starting point)",
+            ));
+        }
+        let mut files = BTreeMap::new();
+        let mut stack = vec![dir.to_path_buf()];
+        while let Some(d) = stack.pop() {
+            let entries = std::fs::read_dir(&d)
+                .map_err(|e| BundleError::one(&d.display().to_string(), format!("cannot read directory: {e}")))?;
+            for entry in entries {
+                let entry = entry
+                    .map_err(|e| BundleError::one(&d.display().to_string(), format!("cannot read directory: {e}")))?;
+                let path = entry.path();
+                let meta = entry
+                    .metadata()
+                    .map_err(|e| BundleError::one(&path.display().to_string(), e.to_string()))?;
+                if meta.is_dir() {
+                    stack.push(path);
+                } else if path.extension().is_some_and(|x| x == "cedar") {
+                    let rel = path
+                        .strip_prefix(dir)
+                        .unwrap_or(&path)
+                        .to_string_lossy()
+                        .replace('\\', "/");
+                    if meta.len() > MAX_FILE_BYTES {
+                        return Err(BundleError::one(&rel, "policy file is larger than 1 MiB"));
+                    }
+                    let text = std::fs::read_to_string(&path)
+                        .map_err(|e| BundleError::one(&rel, format!("cannot read: {e}")))?;
+                    files.insert(rel, text);
+                }
+            }
+        }
+        Self::from_sources(files)
+    }
+
+    /// Builds a bundle from `(file name, Cedar text)` pairs.
+    pub fn from_sources(files: BTreeMap<String, String>) -> Result<Self, BundleError> {
+        let (schema, _warnings) = Schema::from_cedarschema_str(SCHEMA_TEXT)
+            .map_err(|e| BundleError::internal(format!("built-in schema: {e}")))?;
+        let mut diagnostics = Vec::new();
+        let mut all = PolicySet::new();
+        let mut origin: HashMap<PolicyId, String> = HashMap::new();
+        let mut meta = HashMap::new();
+
+        for (file, text) in &files {
+            let parsed = match PolicySet::from_str(text) {
+                Ok(p) => p,
+                Err(errs) => {
+                    for e in errs.iter() {
+                        diagnostics.push(located(file, text, e, e.to_string()));
+                    }
+                    continue;
+                }
+            };
+            if parsed.templates().next().is_some() {
+                diagnostics.push(Diagnostic {
+                    file: file.clone(),
+                    line: 0,
+                    column: 0,
+                    message: "policy templates are not supported; write static policies".into(),
+                });
+                continue;
+            }
+            let stem = file.strip_suffix(".cedar").unwrap_or(file);
+            for (index, policy) in parsed.policies().enumerate() {
+                let id = match policy.annotation("id") {
+                    Some(id) if !id.is_empty() => id.to_owned(),
+                    _ => format!("{stem}:{index}"),
+                };
+                let policy: Policy = policy.new_id(PolicyId::new(&id));
+                let pid = policy.id().clone();
+                // The public API exposes no source span for a parsed policy, so problems
+                // found after parsing are located by the annotation that caused them.
+                let loc = |needle: &str, message: String| {
+                    let (line, column) = text
+                        .rfind(needle)
+                        .map_or((0, 0), |o| line_col(text, o));
+                    Diagnostic { file: file.clone(), line, column, message }
+                };
+                if let Some(first) = origin.get(&pid) {
+                    diagnostics.push(loc(&format!("\"{id}\""), format!("policy id {id:?} is already used in {first}: give each policy a unique @id")));
+                    continue;
+                }
+                match policy_meta(&policy) {
+                    Ok(m) => {
+                        meta.insert(pid.clone(), m);
+                    }
+                    Err((annotation, message)) => {
+                        diagnostics.push(loc(annotation, message));
+                        continue;
+                    }
+                }
+                origin.insert(pid, file.clone());
+                if let Err(e) = all.add(policy) {
+                    diagnostics.push(loc(&id, e.to_string()));
+                }
+            }
+        }
+        if all.policies().count() > MAX_POLICIES {
+            diagnostics.push(Diagnostic {
+                file: "<bundle>".into(),
+                line: 0,
+                column: 0,
+                message: format!("bundle holds more than {MAX_POLICIES} policies"),
+            });
+        }
+        if diagnostics.is_empty() {
+            let result = Validator::new(schema.clone()).validate(&all, ValidationMode::Strict);
+            for e in result.validation_errors() {
+                let file = origin.get(e.policy_id()).cloned().unwrap_or_default();
+                let text = files.get(&file).map(String::as_str).unwrap_or_default();
+                diagnostics.push(located(&file, text, e, format!("policy {}: {e}", e.policy_id())));
+            }
+        }
+        if !diagnostics.is_empty() {
+            return Err(BundleError { diagnostics });
+        }
+
+        let action_ty = type_name("Mandate::Action")?;
+        let start_uid = uid(&action_ty, "start_task");
+        let call_uids = ActionClass::ALL.map(|a| uid(&action_ty, a.as_str()));
+        let tool_type = type_name("Mandate::Tool")?;
+        let version = bundle_version(&files);
+        let start = slice(&all, &start_uid, &tool_type)?;
+        let mut calls: [Slice; 4] = Default::default();
+        for (i, a) in call_uids.iter().enumerate() {
+            if let Some(s) = calls.get_mut(i) {
+                *s = slice(&all, a, &tool_type)?;
+            }
+        }
+        Ok(Self {
+            version,
+            all,
+            schema,
+            meta,
+            start,
+            calls,
+            start_uid,
+            call_uids,
+            tool_type,
+            authorizer: Authorizer::new(),
+            sources: files,
+        })
+    }
+
+    /// The content hash that versions this bundle: `sha256:<hex>`.
+    pub fn version(&self) -> &str {
+        &self.version
+    }
+
+    /// Number of policies.
+    pub fn len(&self) -> usize {
+        self.all.policies().count()
+    }
+
+    /// True when the bundle holds no policy (and so denies everything).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The whole policy set, unsliced.
+    pub fn policy_set(&self) -> &PolicySet {
+        &self.all
+    }
+
+    /// The schema the bundle was validated against.
+    pub fn schema(&self) -> &Schema {
+        &self.schema
+    }
+
+    /// The bundle's files, by relative path.
+    pub fn sources(&self) -> &BTreeMap<String, String> {
+        &self.sources
+    }
+
+    pub(crate) fn call_slice(&self, action: ActionClass) -> Option<&Slice> {
+        self.calls.get(action_index(action))
+    }
+
+    pub(crate) fn call_uid(&self, action: ActionClass) -> Option<&EntityUid> {
+        self.call_uids.get(action_index(action))
+    }
+}
+
+fn policy_meta(p: &Policy) -> Result<PolicyMeta, (&'static str, String)> {
+    let max_ttl_secs = match p.annotation("max_ttl_secs") {
+        None => None,
+        Some(v) => Some(
+            v.parse::<i64>()
+                .ok()
+                .filter(|n| *n > 0)
+                .ok_or_else(|| ("@max_ttl_secs", format!("@max_ttl_secs({v:?}) must be a positive whole number of seconds")))?,
+        ),
+    };
+    let permit = p.effect() == cedar_policy::Effect::Permit;
+    let approval = p.annotation("approval_required").map(str::to_owned);
+    if approval.is_some() && !permit {
+        return Err(("@approval_required", "@approval_required only makes sense on a permit policy".into()));
+    }
+    Ok(PolicyMeta {
+        reason: p.annotation("reason").map(str::to_owned),
+        approval,
+        max_ttl_secs,
+    })
+}
+
+fn bundle_version(files: &BTreeMap<String, String>) -> String {
+    let mut material = Vec::new();
+    for part in std::iter::once(("<schema>", SCHEMA_TEXT))
+        .chain(files.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+    {
+        material.extend_from_slice(part.0.as_bytes());
+        material.push(0);
+        material.extend_from_slice(part.1.len().to_string().as_bytes());
+        material.push(0);
+        material.extend_from_slice(part.1.as_bytes());
+    }
+    format!("sha256:{}", sha256_hex(&material))
+}
+
+/// Can a policy with this action scope apply to `action`? `in` lists are matched by
+/// equality: the built-in schema defines no action groups, so validation has already
+/// refused any policy naming one.
+fn action_may_apply(c: &ActionConstraint, action: &EntityUid) -> bool {
+    match c {
+        ActionConstraint::Any => true,
+        ActionConstraint::Eq(a) => a == action,
+        ActionConstraint::In(list) => list.iter().any(|a| a == action),
+    }
+}
+
+fn slice(all: &PolicySet, action: &EntityUid, tool_type: &EntityTypeName) -> Result<Slice, BundleError> {
+    let mut generic = PolicySet::new();
+    let mut pinned: Vec<(String, Policy)> = Vec::new();
+    let add = |set: &mut PolicySet, p: &Policy| {
+        set.add(p.clone())
+            .map_err(|e| BundleError::internal(format!("slicing: {e}")))
+    };
+    for p in all.policies() {
+        if !action_may_apply(&p.action_constraint(), action) {
+            continue;
+        }
+        match p.resource_constraint() {
+            ResourceConstraint::Eq(r) if r.type_name() == tool_type => {
+                pinned.push((r.id().unescaped().to_owned(), p.clone()));
+            }
+            _ => add(&mut generic, p)?,
+        }
+    }
+    let mut by_tool: HashMap<String, PolicySet> = HashMap::new();
+    for (tool, p) in pinned {
+        if !by_tool.contains_key(&tool) {
+            by_tool.insert(tool.clone(), generic.clone());
+        }
+        if let Some(set) = by_tool.get_mut(&tool) {
+            add(set, &p)?;
+        }
+    }
+    Ok(Slice { generic, by_tool })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bundle(files: &[(&str, &str)]) -> Result<Bundle, BundleError> {
+        Bundle::from_sources(
+            files
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn parse_error_is_located() {
+        let err = bundle(&[("a.cedar", "permit(principal, action, resource);\n\npermit(principal action);")]).unwrap_err();
+        let d = &err.diagnostics[0];
+        assert_eq!(d.file, "a.cedar");
+        assert_eq!(d.line, 3, "{d}");
+        assert!(d.column > 1, "{d}");
+    }
+
+    #[test]
+    fn validation_error_is_located() {
+        let src = "permit(principal, action == Mandate::Action::\"read\", resource)\n  when { context.no_such_field == 1 };";
+        let err = bundle(&[("v.cedar", src)]).unwrap_err();
+        let d = &err.diagnostics[0];
+        assert_eq!(d.file, "v.cedar");
+        assert_eq!(d.line, 2, "{d}");
+        assert!(d.message.contains("v:0"), "{d}");
+    }
+
+    #[test]
+    fn duplicate_ids_and_bad_annotations_refused() {
+        let dup = "@id(\"x\") permit(principal, action, resource);\n@id(\"x\") permit(principal, action, resource);";
+        assert!(bundle(&[("d.cedar", dup)]).unwrap_err().diagnostics[0].message.contains("already used"));
+        let ttl = "@max_ttl_secs(\"soon\") permit(principal, action, resource);";
+        assert!(bundle(&[("t.cedar", ttl)]).is_err());
+        let forbid_approval = "@approval_required(\"x\") forbid(principal, action, resource);";
+        assert!(bundle(&[("f.cedar", forbid_approval)]).is_err());
+        assert!(bundle(&[("t.cedar", "permit(principal == ?principal, action, resource);")]).is_err());
+    }
+
+    #[test]
+    fn version_tracks_content() {
+        let a = bundle(&[("a.cedar", "permit(principal, action, resource);")]).unwrap();
+        let b = bundle(&[("a.cedar", "permit(principal, action, resource); ")]).unwrap();
+        let c = bundle(&[("a.cedar", "permit(principal, action, resource);")]).unwrap();
+        assert_ne!(a.version(), b.version());
+        assert_eq!(a.version(), c.version());
+        assert!(bundle(&[]).unwrap().is_empty());
+    }
+
+    #[test]
+    fn slices_hold_only_applicable_policies() {
+        let b = bundle(&[(
+            "s.cedar",
+            r#"permit(principal, action == Mandate::Action::"read", resource == Mandate::Tool::"a");
+               permit(principal, action == Mandate::Action::"read", resource);
+               forbid(principal, action in [Mandate::Action::"write", Mandate::Action::"delete"], resource);
+               permit(principal, action, resource == Mandate::Tool::"b");"#,
+        )])
+        .unwrap();
+        let read = b.call_slice(ActionClass::Read).unwrap();
+        assert_eq!(read.for_tool("a").policies().count(), 2);
+        assert_eq!(read.for_tool("b").policies().count(), 2);
+        assert_eq!(read.for_tool("zzz").policies().count(), 1);
+        let write = b.call_slice(ActionClass::Write).unwrap();
+        assert_eq!(write.for_tool("zzz").policies().count(), 1);
+        assert_eq!(b.start.generic.policies().count(), 0);
+    }
+}

@@ -1,0 +1,348 @@
+//! Evaluation: typed request in, total [`Decision`] out.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use cedar_policy::{
+    AuthorizationError, Context, Decision as CedarDecision, PolicySet, Request, Response,
+    RestrictedExpression,
+};
+use mandate_core::{
+    ActionClass, DataDomain, Destination, Grant, RequestedScope, Sensitivity, ToolName,
+};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::facts::uid;
+use crate::{Bundle, DEFAULT_DENY_POLICY, TaskEntities};
+
+/// The three answers policy can give.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// Go ahead.
+    Allow,
+    /// Do not.
+    Deny,
+    /// Permitted only once a human approves this exact action.
+    ApprovalRequired,
+}
+
+impl Outcome {
+    /// The stable lowercase name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Allow => "allow",
+            Self::Deny => "deny",
+            Self::ApprovalRequired => "approval_required",
+        }
+    }
+}
+
+/// A policy decision: what, which policies determined it, under which bundle, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize, ToSchema)]
+pub struct Decision {
+    /// The answer.
+    pub outcome: Outcome,
+    /// Ids of the policies that determined the answer (pseudo ids such as
+    /// `mandate:default-deny` when no policy did).
+    pub policies: Vec<String>,
+    /// Human-readable reasons, one per determining policy.
+    pub reasons: Vec<String>,
+    /// Evaluation errors; any error makes the answer a deny.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<String>,
+    /// Content hash of the bundle that decided.
+    pub bundle_version: String,
+}
+
+impl Decision {
+    /// A deny that no policy made (grant ceiling, inactive task…), with its reason.
+    pub fn deny(policy: &str, reason: String, bundle_version: &str) -> Self {
+        Self {
+            outcome: Outcome::Deny,
+            policies: vec![policy.to_owned()],
+            reasons: vec![reason],
+            errors: Vec::new(),
+            bundle_version: bundle_version.to_owned(),
+        }
+    }
+}
+
+/// One tool call to decide, as typed values.
+#[derive(Debug, Clone, Copy)]
+pub struct CallRequest<'a> {
+    /// The action class.
+    pub action: ActionClass,
+    /// The tool.
+    pub tool: &'a ToolName,
+    /// What the tool acts on ("" when unnamed).
+    pub resource: &'a str,
+    /// Where the call sends data.
+    pub destination: Option<&'a Destination>,
+    /// The data domain touched.
+    pub data_domain: Option<&'a DataDomain>,
+    /// Declared sensitivity.
+    pub sensitivity: Sensitivity,
+    /// Hex SHA-256 of the canonical arguments.
+    pub args_digest: &'a str,
+    /// Unix seconds.
+    pub now_secs: i64,
+}
+
+/// A task start to decide.
+#[derive(Debug, Clone, Copy)]
+pub struct StartRequest<'a> {
+    /// What the agent asks for.
+    pub scope: &'a RequestedScope,
+    /// Lifetime asked for, seconds.
+    pub ttl_secs: i64,
+    /// Deployment environment label.
+    pub environment: &'a str,
+    /// Unix seconds.
+    pub now_secs: i64,
+}
+
+/// How one requested (tool, action) pair fared at task start.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize, ToSchema)]
+pub struct ItemOutcome {
+    /// The tool.
+    pub tool: ToolName,
+    /// The action class.
+    pub action: ActionClass,
+    /// Allow (granted), approval_required (granted; each call needs approval) or deny.
+    pub outcome: Outcome,
+    /// The policies that determined it.
+    pub policies: Vec<String>,
+}
+
+/// The answer to a task start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StartDecision {
+    /// The `start_task` decision itself.
+    pub decision: Decision,
+    /// The smallest `@max_ttl_secs` among the determining policies.
+    pub ttl_cap_secs: Option<i64>,
+    /// Every requested pair and its outcome.
+    pub items: Vec<ItemOutcome>,
+    /// What is granted: the allowed and approval-required pairs, plus the requested data
+    /// domains and destinations (policy on `start_task` sees those and may refuse).
+    pub grant: Grant,
+}
+
+fn s(v: &str) -> RestrictedExpression {
+    RestrictedExpression::new_string(v.to_owned())
+}
+
+fn set<'a>(items: impl Iterator<Item = &'a str>) -> RestrictedExpression {
+    RestrictedExpression::new_set(items.map(s))
+}
+
+impl Bundle {
+    /// Decides one tool call for a task. Total: every failure is a deny that says why.
+    pub fn decide_call(&self, task: &TaskEntities, req: &CallRequest<'_>) -> Decision {
+        self.decide_call_phase(task, req, "call")
+    }
+
+    fn decide_call_phase(&self, task: &TaskEntities, req: &CallRequest<'_>, phase: &str) -> Decision {
+        let (Some(slice), Some(action)) = (self.call_slice(req.action), self.call_uid(req.action))
+        else {
+            return self.internal_deny("no slice for action class");
+        };
+        let mut pairs = Vec::with_capacity(8);
+        pairs.push(("phase".to_owned(), s(phase)));
+        pairs.push((
+            "task".to_owned(),
+            RestrictedExpression::new_entity_uid(task.task.clone()),
+        ));
+        pairs.push(("resource".to_owned(), s(req.resource)));
+        if let Some(d) = req.destination {
+            pairs.push(("destination".to_owned(), s(d.as_str())));
+        }
+        if let Some(d) = req.data_domain {
+            pairs.push(("data_domain".to_owned(), s(d.as_str())));
+        }
+        pairs.push(("sensitivity".to_owned(), s(req.sensitivity.as_str())));
+        pairs.push(("args_digest".to_owned(), s(req.args_digest)));
+        pairs.push(("now".to_owned(), RestrictedExpression::new_long(req.now_secs)));
+        let context = match Context::from_pairs(pairs) {
+            Ok(c) => c,
+            Err(e) => return self.internal_deny(&format!("context: {e}")),
+        };
+        let resource = uid(&self.tool_type, req.tool.as_str());
+        let request = match Request::new(task.agent.clone(), action.clone(), resource, context, None) {
+            Ok(r) => r,
+            Err(e) => return self.internal_deny(&format!("request: {e}")),
+        };
+        self.evaluate(&request, slice.for_tool(req.tool.as_str()), task)
+    }
+
+    /// Decides a task start: first `start_task`, then each requested (tool, action) pair
+    /// in the `grant` phase. Only pairs that policy allows (or allows with approval) are
+    /// granted.
+    pub fn decide_start(&self, task: &TaskEntities, req: &StartRequest<'_>) -> StartDecision {
+        let refused = |decision: Decision| StartDecision {
+            decision,
+            ttl_cap_secs: None,
+            items: Vec::new(),
+            grant: Grant::default(),
+        };
+        let scope = req.scope;
+        let context = Context::from_pairs([
+            ("environment".to_owned(), s(req.environment)),
+            ("ttl_secs".to_owned(), RestrictedExpression::new_long(req.ttl_secs)),
+            ("tools".to_owned(), set(scope.tools.iter().map(ToolName::as_str))),
+            ("actions".to_owned(), set(scope.actions.iter().map(|a| a.as_str()))),
+            ("data_domains".to_owned(), set(scope.data_domains.iter().map(DataDomain::as_str))),
+            ("destinations".to_owned(), set(scope.destinations.iter().map(Destination::as_str))),
+            ("now".to_owned(), RestrictedExpression::new_long(req.now_secs)),
+        ]);
+        let context = match context {
+            Ok(c) => c,
+            Err(e) => return refused(self.internal_deny(&format!("context: {e}"))),
+        };
+        let request = match Request::new(
+            task.agent.clone(),
+            self.start_uid.clone(),
+            task.task.clone(),
+            context,
+            None,
+        ) {
+            Ok(r) => r,
+            Err(e) => return refused(self.internal_deny(&format!("request: {e}"))),
+        };
+        let decision = self.evaluate(&request, &self.start.generic, task);
+        if decision.outcome == Outcome::Deny {
+            return refused(decision);
+        }
+        let ttl_cap_secs = decision
+            .policies
+            .iter()
+            .filter_map(|id| self.meta.get(&cedar_policy::PolicyId::new(id)))
+            .filter_map(|m| m.max_ttl_secs)
+            .min();
+
+        let tools: BTreeSet<&ToolName> = scope.tools.iter().collect();
+        let actions: BTreeSet<ActionClass> = scope.actions.iter().copied().collect();
+        let mut items = Vec::new();
+        let mut granted: BTreeMap<ToolName, BTreeSet<ActionClass>> = BTreeMap::new();
+        for tool in tools {
+            for action in &actions {
+                let call = CallRequest {
+                    action: *action,
+                    tool,
+                    resource: "",
+                    destination: None,
+                    data_domain: None,
+                    sensitivity: Sensitivity::default(),
+                    args_digest: "",
+                    now_secs: req.now_secs,
+                };
+                let d = self.decide_call_phase(task, &call, "grant");
+                if d.outcome != Outcome::Deny {
+                    granted.entry(tool.clone()).or_default().insert(*action);
+                }
+                items.push(ItemOutcome {
+                    tool: tool.clone(),
+                    action: *action,
+                    outcome: d.outcome,
+                    policies: d.policies,
+                });
+            }
+        }
+        let grant = if granted.is_empty() {
+            Grant::default()
+        } else {
+            Grant {
+                tools: granted,
+                data_domains: scope.data_domains.iter().cloned().collect(),
+                destinations: scope.destinations.iter().cloned().collect(),
+            }
+        };
+        StartDecision {
+            decision,
+            ttl_cap_secs,
+            items,
+            grant,
+        }
+    }
+
+    fn internal_deny(&self, what: &str) -> Decision {
+        Decision {
+            outcome: Outcome::Deny,
+            policies: vec!["mandate:internal-error".to_owned()],
+            reasons: vec![format!("the request could not be evaluated ({what}); errors deny")],
+            errors: vec![what.to_owned()],
+            bundle_version: self.version.clone(),
+        }
+    }
+
+    /// Runs Cedar on one slice and turns its response into a decision.
+    pub(crate) fn evaluate(&self, request: &Request, set: &PolicySet, task: &TaskEntities) -> Decision {
+        let response = self.authorizer.is_authorized(request, set, &task.entities);
+        self.conclude(&response)
+    }
+
+    fn conclude(&self, response: &Response) -> Decision {
+        let diagnostics = response.diagnostics();
+        let errors: Vec<(String, String)> = diagnostics
+            .errors()
+            .map(|e| {
+                let AuthorizationError::PolicyEvaluationError(pe) = e;
+                (pe.policy_id().to_string(), e.to_string())
+            })
+            .collect();
+        if !errors.is_empty() {
+            // Cedar skips a policy that errors; a skipped forbid could turn into an allow.
+            // Mandate does not accept that: any error in an applicable policy denies.
+            return Decision {
+                outcome: Outcome::Deny,
+                policies: errors.iter().map(|(id, _)| id.clone()).collect(),
+                reasons: errors
+                    .iter()
+                    .map(|(id, _)| format!("policy `{id}` failed to evaluate; evaluation errors deny"))
+                    .collect(),
+                errors: errors.into_iter().map(|(_, e)| e).collect(),
+                bundle_version: self.version.clone(),
+            };
+        }
+        let ids: Vec<&cedar_policy::PolicyId> = diagnostics.reason().collect();
+        let mut policies: Vec<String> = ids.iter().map(|id| id.to_string()).collect();
+        policies.sort();
+        let meta = |id: &cedar_policy::PolicyId| self.meta.get(id);
+        match response.decision() {
+            CedarDecision::Allow => {
+                let approvals: Vec<String> = ids
+                    .iter()
+                    .filter_map(|id| meta(id).and_then(|m| m.approval.clone()).map(|a| format!("{a} (policy `{id}`)")))
+                    .collect();
+                if approvals.is_empty() {
+                    let reasons = ids
+                        .iter()
+                        .map(|id| match meta(id).and_then(|m| m.reason.clone()) {
+                            Some(r) => format!("{r} (policy `{id}`)"),
+                            None => format!("permitted by policy `{id}`"),
+                        })
+                        .collect();
+                    Decision { outcome: Outcome::Allow, policies, reasons, errors: Vec::new(), bundle_version: self.version.clone() }
+                } else {
+                    Decision { outcome: Outcome::ApprovalRequired, policies, reasons: approvals, errors: Vec::new(), bundle_version: self.version.clone() }
+                }
+            }
+            CedarDecision::Deny if ids.is_empty() => Decision::deny(
+                DEFAULT_DENY_POLICY,
+                "no policy permits this action (default deny)".to_owned(),
+                &self.version,
+            ),
+            CedarDecision::Deny => {
+                let reasons = ids
+                    .iter()
+                    .map(|id| match meta(id).and_then(|m| m.reason.clone()) {
+                        Some(r) => format!("{r} (policy `{id}`)"),
+                        None => format!("forbidden by policy `{id}`"),
+                    })
+                    .collect();
+                Decision { outcome: Outcome::Deny, policies, reasons, errors: Vec::new(), bundle_version: self.version.clone() }
+            }
+        }
+    }
+}

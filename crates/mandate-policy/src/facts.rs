@@ -1,0 +1,109 @@
+use std::collections::{HashMap, HashSet};
+use std::str::FromStr;
+
+use cedar_policy::{Entities, Entity, EntityId, EntityTypeName, EntityUid, RestrictedExpression};
+
+use crate::BundleError;
+
+/// What policy may know about an agent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentFacts {
+    /// Registered name.
+    pub name: String,
+    /// SPIFFE ID.
+    pub spiffe_id: String,
+    /// Accountable human owner.
+    pub owner: String,
+    /// Risk tier, 0..=3.
+    pub tier: u8,
+    /// active | quarantined | offboarded.
+    pub status: String,
+    /// Trust domain.
+    pub trust_domain: String,
+}
+
+/// What policy may know about a task.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskFacts {
+    /// Task id.
+    pub id: String,
+    /// Declared purpose.
+    pub purpose: String,
+    /// Environment label of the deployment.
+    pub environment: String,
+}
+
+pub(crate) fn type_name(name: &str) -> Result<EntityTypeName, BundleError> {
+    EntityTypeName::from_str(name)
+        .map_err(|e| BundleError::internal(format!("entity type {name}: {e}")))
+}
+
+pub(crate) fn uid(ty: &EntityTypeName, id: &str) -> EntityUid {
+    EntityUid::from_type_name_and_id(ty.clone(), EntityId::new(id))
+}
+
+/// The Cedar entities of one task (its agent and the task itself), built once when the
+/// task starts and reused for every call it makes.
+#[derive(Debug, Clone)]
+pub struct TaskEntities {
+    pub(crate) entities: Entities,
+    pub(crate) agent: EntityUid,
+    pub(crate) task: EntityUid,
+}
+
+impl TaskEntities {
+    /// Builds the agent and task entities.
+    pub fn build(agent: &AgentFacts, task: &TaskFacts) -> Result<Self, BundleError> {
+        let agent_uid = uid(&type_name("Mandate::Agent")?, &agent.name);
+        let task_uid = uid(&type_name("Mandate::Task")?, &task.id);
+        let s = |v: &str| RestrictedExpression::new_string(v.to_owned());
+        let agent_entity = Entity::new(
+            agent_uid.clone(),
+            HashMap::from([
+                ("name".to_owned(), s(&agent.name)),
+                ("spiffe_id".to_owned(), s(&agent.spiffe_id)),
+                ("owner".to_owned(), s(&agent.owner)),
+                ("tier".to_owned(), RestrictedExpression::new_long(i64::from(agent.tier))),
+                ("status".to_owned(), s(&agent.status)),
+                ("trust_domain".to_owned(), s(&agent.trust_domain)),
+            ]),
+            HashSet::new(),
+        )
+        .map_err(|e| BundleError::internal(format!("agent entity: {e}")))?;
+        let task_entity = Entity::new(
+            task_uid.clone(),
+            HashMap::from([
+                ("id".to_owned(), s(&task.id)),
+                ("purpose".to_owned(), s(&task.purpose)),
+                (
+                    "agent".to_owned(),
+                    RestrictedExpression::new_entity_uid(agent_uid.clone()),
+                ),
+                ("environment".to_owned(), s(&task.environment)),
+            ]),
+            HashSet::new(),
+        )
+        .map_err(|e| BundleError::internal(format!("task entity: {e}")))?;
+        let entities = Entities::from_entities([agent_entity, task_entity], None)
+            .map_err(|e| BundleError::internal(format!("entities: {e}")))?;
+        Ok(Self {
+            entities,
+            agent: agent_uid,
+            task: task_uid,
+        })
+    }
+
+    /// Adds unrelated entities (for benchmarks and tests that model a large directory).
+    pub fn with_extra(self, extra: Vec<Entity>) -> Result<Self, BundleError> {
+        let entities = self
+            .entities
+            .add_entities(extra, None)
+            .map_err(|e| BundleError::internal(format!("entities: {e}")))?;
+        Ok(Self { entities, ..self })
+    }
+
+    /// The Cedar entity store.
+    pub fn entities(&self) -> &Entities {
+        &self.entities
+    }
+}

@@ -1,0 +1,24 @@
+//! Mandate's policy layer: the built-in Cedar schema, policy bundles loaded from a
+//! directory and validated as a unit, and the sliced evaluator that turns a typed request
+//! into a [`Decision`].
+//!
+//! Invariants:
+//! - Decisions are total: every evaluation returns a [`Decision`], never an error a caller
+//!   could mistake for permission. No applicable permit is a deny; forbid beats permit;
+//!   any evaluation error in a policy that could apply is a deny.
+//! - Slicing never changes an answer: a policy is left out of a request's slice only when
+//!   its scope (action, or resource equality) proves it cannot apply to that request.
+//! - Obligations (approval, TTL caps) come from policy annotations, never from Rust.
+
+mod bundle;
+mod decide;
+mod facts;
+
+pub use bundle::{Bundle, BundleError, Diagnostic, SCHEMA_TEXT};
+pub use decide::{CallRequest, Decision, ItemOutcome, Outcome, StartDecision, StartRequest};
+pub use facts::{AgentFacts, TaskEntities, TaskFacts};
+
+/// The pseudo policy id reported when a call falls outside its task's grant.
+pub const GRANT_CEILING_POLICY: &str = "mandate:grant-ceiling";
+/// The pseudo policy id reported when nothing permitted an action.
+pub const DEFAULT_DENY_POLICY: &str = "mandate:default-deny";

@@ -1,0 +1,247 @@
+//! The decision path as data: one fixture bundle, one table of calls and expected answers,
+//! plus properties over random policy sets (default deny, forbid wins, errors deny, and
+//! slicing agrees with bare Cedar on the whole set).
+
+use std::collections::BTreeMap;
+
+use cedar_policy::{Authorizer, Context, Decision as CedarDecision, Request, RestrictedExpression};
+use mandate_core::{ActionClass, DataDomain, Destination, RequestedScope, Sensitivity, ToolName};
+use mandate_policy::{
+    AgentFacts, Bundle, CallRequest, DEFAULT_DENY_POLICY, Outcome, StartRequest, TaskEntities,
+    TaskFacts,
+};
+use proptest::prelude::*;
+
+const FIXTURE: &str = r#"
+@id("start") @max_ttl_secs("600")
+permit(principal, action == Mandate::Action::"start_task", resource)
+when { principal.status == "active" && context.ttl_secs <= 3600 };
+
+@id("read-tickets") @reason("support agents read tickets")
+permit(principal, action == Mandate::Action::"read", resource == Mandate::Tool::"tickets.search");
+
+@id("write-tickets") @approval_required("ticket writes need a human")
+permit(principal, action == Mandate::Action::"write", resource == Mandate::Tool::"tickets.update");
+
+@id("no-deletes") @reason("nothing is deleted by agents")
+forbid(principal, action == Mandate::Action::"delete", resource);
+
+@id("delete-allowed-but-forbidden")
+permit(principal, action == Mandate::Action::"delete", resource == Mandate::Tool::"tickets.delete");
+
+@id("no-restricted-for-tier0")
+forbid(principal, action, resource is Mandate::Tool)
+when { principal.tier == 0 && context.sensitivity == "restricted" };
+
+@id("external-only-example")
+forbid(principal, action == Mandate::Action::"read", resource == Mandate::Tool::"tickets.search")
+when { context has destination && context.destination == "evil.example" };
+
+@id("erroring")
+forbid(principal, action == Mandate::Action::"execute", resource)
+when { context has destination && context.destination == "boom" && context.now + 9223372036854775807 > 0 };
+
+@id("exec")
+permit(principal, action == Mandate::Action::"execute", resource);
+"#;
+
+fn bundle(src: &str) -> Bundle {
+    Bundle::from_sources(BTreeMap::from([("fixture.cedar".to_owned(), src.to_owned())])).unwrap()
+}
+
+fn task(tier: u8) -> TaskEntities {
+    TaskEntities::build(
+        &AgentFacts {
+            name: "bot".into(),
+            spiffe_id: "spiffe://t/agent/bot".into(),
+            owner: "alice".into(),
+            tier,
+            status: "active".into(),
+            trust_domain: "t".into(),
+        },
+        &TaskFacts {
+            id: "tsk_1".into(),
+            purpose: "summarise open tickets".into(),
+            environment: "test".into(),
+        },
+    )
+    .unwrap()
+}
+
+struct Case {
+    name: &'static str,
+    tier: u8,
+    action: ActionClass,
+    tool: &'static str,
+    destination: Option<&'static str>,
+    sensitivity: Sensitivity,
+    want: Outcome,
+    policies: &'static [&'static str],
+}
+
+#[test]
+fn call_table() {
+    use ActionClass::*;
+    use Outcome::*;
+    let b = bundle(FIXTURE);
+    let cases = [
+        Case { name: "read allowed", tier: 1, action: Read, tool: "tickets.search", destination: None, sensitivity: Sensitivity::Internal, want: Allow, policies: &["read-tickets"] },
+        Case { name: "write needs approval", tier: 1, action: Write, tool: "tickets.update", destination: None, sensitivity: Sensitivity::Internal, want: ApprovalRequired, policies: &["write-tickets"] },
+        Case { name: "forbid beats permit", tier: 1, action: Delete, tool: "tickets.delete", destination: None, sensitivity: Sensitivity::Internal, want: Deny, policies: &["no-deletes"] },
+        Case { name: "default deny", tier: 1, action: Read, tool: "crm.export", destination: None, sensitivity: Sensitivity::Internal, want: Deny, policies: &[DEFAULT_DENY_POLICY] },
+        Case { name: "tier 0 restricted", tier: 0, action: Read, tool: "tickets.search", destination: None, sensitivity: Sensitivity::Restricted, want: Deny, policies: &["no-restricted-for-tier0"] },
+        Case { name: "tier 1 restricted", tier: 1, action: Read, tool: "tickets.search", destination: None, sensitivity: Sensitivity::Restricted, want: Allow, policies: &["read-tickets"] },
+        Case { name: "destination forbid", tier: 1, action: Read, tool: "tickets.search", destination: Some("evil.example"), sensitivity: Sensitivity::Internal, want: Deny, policies: &["external-only-example"] },
+        Case { name: "error denies", tier: 1, action: Execute, tool: "build.run", destination: Some("boom"), sensitivity: Sensitivity::Internal, want: Deny, policies: &["erroring"] },
+        Case { name: "no error, exec allowed", tier: 1, action: Execute, tool: "build.run", destination: Some("ok.example"), sensitivity: Sensitivity::Internal, want: Allow, policies: &["exec"] },
+    ];
+    for c in cases {
+        let t = task(c.tier);
+        let tool = ToolName::parse(c.tool).unwrap();
+        let dest = c.destination.map(|d| Destination::parse(d).unwrap());
+        let d = b.decide_call(
+            &t,
+            &CallRequest {
+                action: c.action,
+                tool: &tool,
+                resource: "ticket/42",
+                destination: dest.as_ref(),
+                data_domain: None,
+                sensitivity: c.sensitivity,
+                args_digest: "00",
+                now_secs: 1_000,
+            },
+        );
+        assert_eq!(d.outcome, c.want, "{}: {d:?}", c.name);
+        assert_eq!(d.policies, c.policies, "{}: {d:?}", c.name);
+        assert_eq!(d.bundle_version, b.version(), "{}", c.name);
+        assert!(!d.reasons.is_empty(), "{}", c.name);
+    }
+}
+
+#[test]
+fn start_grants_a_subset_and_caps_ttl() {
+    let b = bundle(FIXTURE);
+    let scope = RequestedScope {
+        tools: ["tickets.search", "tickets.update", "tickets.delete"].map(|t| ToolName::parse(t).unwrap()).to_vec(),
+        actions: vec![ActionClass::Read, ActionClass::Write, ActionClass::Delete],
+        data_domains: vec![DataDomain::parse("support").unwrap()],
+        destinations: vec![],
+    };
+    let s = b.decide_start(&task(1), &StartRequest { scope: &scope, ttl_secs: 900, environment: "test", now_secs: 0 });
+    assert_eq!(s.decision.outcome, Outcome::Allow);
+    assert_eq!(s.ttl_cap_secs, Some(600));
+    let granted: Vec<String> = s.grant.tools.iter().flat_map(|(t, a)| a.iter().map(move |a| format!("{t}:{a}"))).collect();
+    assert_eq!(granted, ["tickets.search:read", "tickets.update:write"]);
+    assert_eq!(s.items.len(), 9);
+    let delete = s.items.iter().find(|i| i.tool.as_str() == "tickets.delete" && i.action == ActionClass::Delete).unwrap();
+    assert_eq!(delete.policies, ["no-deletes"]);
+
+    let too_long = b.decide_start(&task(1), &StartRequest { scope: &scope, ttl_secs: 7200, environment: "test", now_secs: 0 });
+    assert_eq!(too_long.decision.outcome, Outcome::Deny);
+    assert!(too_long.grant.is_empty());
+}
+
+#[test]
+fn empty_bundle_denies_everything() {
+    let b = bundle("");
+    let tool = ToolName::parse("anything").unwrap();
+    for action in ActionClass::ALL {
+        let d = b.decide_call(&task(3), &CallRequest { action, tool: &tool, resource: "", destination: None, data_domain: None, sensitivity: Sensitivity::Public, args_digest: "", now_secs: 0 });
+        assert_eq!(d.outcome, Outcome::Deny);
+        assert_eq!(d.policies, [DEFAULT_DENY_POLICY]);
+    }
+}
+
+// ---- properties ----
+
+#[derive(Debug, Clone)]
+struct Rule {
+    permit: bool,
+    action: Option<usize>,
+    tool: Option<usize>,
+    /// 0: no condition, 1: true-ish condition on tier, 2: erroring condition.
+    cond: u8,
+}
+
+const TOOLS: [&str; 3] = ["a", "b", "c"];
+
+fn render(rules: &[Rule]) -> String {
+    let mut out = String::new();
+    for r in rules {
+        let effect = if r.permit { "permit" } else { "forbid" };
+        let action = match r.action {
+            Some(i) => format!("action == Mandate::Action::\"{}\"", ActionClass::ALL[i].as_str()),
+            None => "action".into(),
+        };
+        let resource = match r.tool {
+            Some(i) => format!("resource == Mandate::Tool::\"{}\"", TOOLS[i]),
+            None => "resource is Mandate::Tool".into(),
+        };
+        let cond = match r.cond {
+            0 => "",
+            1 => " when { principal.tier >= 1 }",
+            // Overflows (an evaluation error) exactly when tier >= 1; true when tier is 0.
+            _ => " when { principal.tier + 9223372036854775807 > 0 }",
+        };
+        out.push_str(&format!("{effect}(principal, {action}, {resource}){cond};\n"));
+    }
+    out
+}
+
+fn rule() -> impl Strategy<Value = Rule> {
+    (any::<bool>(), proptest::option::of(0..4usize), proptest::option::of(0..3usize), 0..3u8)
+        .prop_map(|(permit, action, tool, cond)| Rule { permit, action, tool, cond })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(200))]
+
+    #[test]
+    fn combination_properties(rules in proptest::collection::vec(rule(), 0..12), action in 0..4usize, tool in 0..3usize, tier in 0..4u8) {
+        let b = bundle(&render(&rules));
+        let t = task(tier);
+        let tool_name = ToolName::parse(TOOLS[tool]).unwrap();
+        let action = ActionClass::ALL[action];
+        let d = b.decide_call(&t, &CallRequest { action, tool: &tool_name, resource: "", destination: None, data_domain: None, sensitivity: Sensitivity::Internal, args_digest: "", now_secs: 0 });
+
+        let applies = |r: &Rule| r.action.is_none_or(|a| ActionClass::ALL[a] == action) && r.tool.is_none_or(|i| i == tool);
+        let holds = |r: &Rule| match r.cond { 0 => true, 1 => tier >= 1, _ => tier == 0 };
+        let any_error = tier >= 1 && rules.iter().any(|r| applies(r) && r.cond == 2);
+        let any_forbid = rules.iter().any(|r| applies(r) && !r.permit && holds(r));
+        let any_permit = rules.iter().any(|r| applies(r) && r.permit && holds(r));
+
+        // Errors deny; forbid beats permit; no permit denies.
+        if any_error || any_forbid || !any_permit {
+            prop_assert_eq!(d.outcome, Outcome::Deny);
+        } else {
+            prop_assert_eq!(d.outcome, Outcome::Allow);
+        }
+        if rules.is_empty() {
+            prop_assert_eq!(d.policies.clone(), vec![DEFAULT_DENY_POLICY.to_owned()]);
+        }
+
+        // Slicing agrees with bare Cedar over the whole set (where Cedar's own answer
+        // is not overridden by Mandate's errors-deny rule).
+        let context = Context::from_pairs([
+            ("phase".to_owned(), RestrictedExpression::new_string("call".into())),
+            ("task".to_owned(), RestrictedExpression::new_entity_uid(r#"Mandate::Task::"tsk_1""#.parse().unwrap())),
+            ("resource".to_owned(), RestrictedExpression::new_string(String::new())),
+            ("sensitivity".to_owned(), RestrictedExpression::new_string("internal".into())),
+            ("args_digest".to_owned(), RestrictedExpression::new_string(String::new())),
+            ("now".to_owned(), RestrictedExpression::new_long(0)),
+        ]).unwrap();
+        let request = Request::new(
+            r#"Mandate::Agent::"bot""#.parse().unwrap(),
+            format!("Mandate::Action::\"{}\"", action.as_str()).parse().unwrap(),
+            format!("Mandate::Tool::\"{}\"", TOOLS[tool]).parse().unwrap(),
+            context,
+            Some(b.schema()),
+        ).unwrap();
+        let bare = Authorizer::new().is_authorized(&request, b.policy_set(), t.entities());
+        if !any_error {
+            let bare_allow = bare.decision() == CedarDecision::Allow;
+            prop_assert_eq!(bare_allow, d.outcome == Outcome::Allow);
+        }
+    }
+}

@@ -1,0 +1,83 @@
+use mandate_core::Grant;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+/// The registered claims every Mandate token carries, read before the full claim set so
+/// issuer, audience and time are checked first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegisteredClaims {
+    /// Issuer URL.
+    pub iss: String,
+    /// Subject.
+    pub sub: String,
+    /// Audience: one string. Arrays are refused.
+    pub aud: String,
+    /// Expiry, unix seconds. Required.
+    pub exp: i64,
+    /// Issued at, unix seconds.
+    pub iat: i64,
+    /// Not before, unix seconds.
+    pub nbf: i64,
+    /// Unique token id.
+    pub jti: String,
+}
+
+/// A JWT-SVID: the short-lived identity an agent receives after attestation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct IdentityClaims {
+    /// Issuer URL.
+    pub iss: String,
+    /// `spiffe://<trust-domain>/agent/<name>`.
+    pub sub: String,
+    /// The control plane's audience.
+    pub aud: String,
+    /// Expiry, unix seconds.
+    pub exp: i64,
+    /// Issued at, unix seconds.
+    pub iat: i64,
+    /// Not before, unix seconds.
+    pub nbf: i64,
+    /// Unique token id.
+    pub jti: String,
+}
+
+/// One link of an RFC 8693 delegation chain: who acted for whom.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Act {
+    /// The acting party's subject.
+    pub sub: String,
+    /// The party it acted for, if that was itself delegated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(no_recursion)]
+    pub act: Option<Box<Act>>,
+}
+
+/// The capability an agent presents on each call: bound to one agent and one task.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TaskClaims {
+    /// Issuer URL.
+    pub iss: String,
+    /// The agent's SPIFFE ID.
+    pub sub: String,
+    /// The gateway / decision service audience.
+    pub aud: String,
+    /// Expiry, unix seconds; never later than the task's grant.
+    pub exp: i64,
+    /// Issued at, unix seconds.
+    pub iat: i64,
+    /// Not before, unix seconds.
+    pub nbf: i64,
+    /// Unique token id.
+    pub jti: String,
+    /// The task this token is bound to.
+    pub task_id: String,
+    /// What policy granted the task (informational: the server's task record is
+    /// authoritative and is checked on every call).
+    pub grant: Grant,
+    /// The delegation chain, if this task was delegated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub act: Option<Act>,
+}

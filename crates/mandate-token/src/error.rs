@@ -1,0 +1,52 @@
+/// Why a token was refused. Each variant has a stable machine-readable [`code`](Self::code).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    /// Not a well-formed compact JWS, or claims of the wrong shape.
+    #[error("token is malformed: {0}")]
+    Malformed(String),
+    /// The header named an algorithm outside the allow-list (EdDSA).
+    #[error("token algorithm {0:?} is not allowed: only EdDSA is accepted")]
+    AlgNotAllowed(String),
+    /// The header carried a key or a key location, or critical extensions.
+    #[error("token header field `{0}` is not allowed: keys come only from Mandate's own key set")]
+    HeaderNotAllowed(String),
+    /// No published key has this id.
+    #[error("token key id {0:?} is unknown: it was never issued here or has been retired")]
+    UnknownKid(String),
+    /// The signature does not verify under the named key.
+    #[error("token signature is invalid")]
+    BadSignature,
+    /// Issued by someone else.
+    #[error("token issuer {0:?} is not this server")]
+    WrongIssuer(String),
+    /// Meant for another audience.
+    #[error("token audience {0:?} is not the expected audience {1:?}")]
+    WrongAudience(String, String),
+    /// Past its `exp`.
+    #[error("token expired at {0} (unix seconds)")]
+    Expired(i64),
+    /// Before its `nbf` or issued in the future.
+    #[error("token is not valid before {0} (unix seconds)")]
+    NotYetValid(i64),
+    /// Signing failed (a key that aws-lc-rs refused).
+    #[error("signing failed: {0}")]
+    Signing(String),
+}
+
+impl TokenError {
+    /// The stable error code reported to clients.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Malformed(_) => "token_malformed",
+            Self::AlgNotAllowed(_) => "token_alg_not_allowed",
+            Self::HeaderNotAllowed(_) => "token_header_not_allowed",
+            Self::UnknownKid(_) => "token_unknown_kid",
+            Self::BadSignature => "token_bad_signature",
+            Self::WrongIssuer(_) => "token_wrong_issuer",
+            Self::WrongAudience(..) => "token_wrong_audience",
+            Self::Expired(_) => "token_expired",
+            Self::NotYetValid(_) => "token_not_yet_valid",
+            Self::Signing(_) => "signing_failed",
+        }
+    }
+}

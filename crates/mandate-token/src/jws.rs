@@ -1,0 +1,266 @@
+use aws_lc_rs::signature::{ED25519, UnparsedPublicKey};
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Map, Value};
+
+use crate::{KeyRing, RegisteredClaims, TokenError};
+
+/// Longest token accepted, in bytes. Anything larger is refused before decoding.
+pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
+
+/// Header fields that carry or locate keys, or demand extensions we do not implement.
+const FORBIDDEN_HEADER_FIELDS: [&str; 7] = ["jku", "jwk", "x5u", "x5c", "x5t", "x5t#S256", "crit"];
+
+/// What a verified token must say, and the time to check it at.
+#[derive(Debug, Clone, Copy)]
+pub struct Expectations<'a> {
+    /// The only accepted `iss`.
+    pub issuer: &'a str,
+    /// The only accepted `aud`.
+    pub audience: &'a str,
+    /// Tolerated clock skew, in seconds.
+    pub leeway_secs: i64,
+    /// "Now", in unix seconds.
+    pub now_secs: i64,
+}
+
+/// Signs `claims` with the ring's active key as a compact JWS (`alg: EdDSA`, `typ: JWT`).
+pub fn sign<C: Serialize>(ring: &KeyRing, claims: &C) -> Result<String, TokenError> {
+    let key = ring.active();
+    let header = serde_json::json!({ "alg": "EdDSA", "typ": "JWT", "kid": key.kid() });
+    let header = serde_json::to_vec(&header).map_err(|e| TokenError::Signing(e.to_string()))?;
+    let payload = serde_json::to_vec(claims).map_err(|e| TokenError::Signing(e.to_string()))?;
+    let mut token = URL_SAFE_NO_PAD.encode(header);
+    token.push('.');
+    token.push_str(&URL_SAFE_NO_PAD.encode(payload));
+    let sig = key.sign(token.as_bytes());
+    token.push('.');
+    token.push_str(&URL_SAFE_NO_PAD.encode(sig));
+    Ok(token)
+}
+
+fn malformed(what: &str) -> TokenError {
+    TokenError::Malformed(what.to_owned())
+}
+
+/// Verifies a compact JWS against the ring and the expectations, then decodes its claims
+/// as `C`. Checks run cheapest-first and every failure names what was wrong.
+pub fn verify<C: DeserializeOwned>(
+    token: &str,
+    ring: &KeyRing,
+    expect: &Expectations<'_>,
+) -> Result<C, TokenError> {
+    if token.len() > MAX_TOKEN_BYTES {
+        return Err(malformed("token is longer than 16 KiB"));
+    }
+    let mut parts = token.split('.');
+    let (Some(h64), Some(p64), Some(s64), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(malformed("expected three dot-separated parts"));
+    };
+
+    let header_bytes = URL_SAFE_NO_PAD
+        .decode(h64)
+        .map_err(|_| malformed("header is not base64url"))?;
+    let header: Map<String, Value> =
+        serde_json::from_slice(&header_bytes).map_err(|_| malformed("header is not a JSON object"))?;
+    match header.get("alg") {
+        Some(Value::String(alg)) if alg == "EdDSA" => {}
+        Some(Value::String(alg)) => return Err(TokenError::AlgNotAllowed(alg.clone())),
+        Some(other) => return Err(TokenError::AlgNotAllowed(other.to_string())),
+        None => return Err(malformed("header has no alg")),
+    }
+    if let Some(field) = FORBIDDEN_HEADER_FIELDS
+        .iter()
+        .find(|f| header.contains_key(**f))
+    {
+        return Err(TokenError::HeaderNotAllowed((*field).to_owned()));
+    }
+    match header.get("typ") {
+        None => {}
+        Some(Value::String(t)) if t.eq_ignore_ascii_case("JWT") => {}
+        Some(_) => return Err(malformed("header typ must be JWT")),
+    }
+    let Some(Value::String(kid)) = header.get("kid") else {
+        return Err(malformed("header has no kid"));
+    };
+    let now_ms = expect.now_secs.saturating_mul(1000);
+    let key = ring
+        .find(kid, now_ms)
+        .ok_or_else(|| TokenError::UnknownKid(kid.clone()))?;
+
+    let sig = URL_SAFE_NO_PAD
+        .decode(s64)
+        .map_err(|_| malformed("signature is not base64url"))?;
+    let signed_len = h64.len() + 1 + p64.len();
+    let signed = token
+        .get(..signed_len)
+        .ok_or_else(|| malformed("token is truncated"))?;
+    UnparsedPublicKey::new(&ED25519, &key.bytes)
+        .verify(signed.as_bytes(), &sig)
+        .map_err(|_| TokenError::BadSignature)?;
+
+    let payload = URL_SAFE_NO_PAD
+        .decode(p64)
+        .map_err(|_| malformed("payload is not base64url"))?;
+    let reg: RegisteredClaims = serde_json::from_slice(&payload).map_err(|e| {
+        TokenError::Malformed(format!(
+            "registered claims missing or mistyped (iss, sub, single-string aud, exp, iat, nbf, jti): {e}"
+        ))
+    })?;
+    if reg.iss != expect.issuer {
+        return Err(TokenError::WrongIssuer(reg.iss));
+    }
+    if reg.aud != expect.audience {
+        return Err(TokenError::WrongAudience(reg.aud, expect.audience.to_owned()));
+    }
+    if expect.now_secs >= reg.exp.saturating_add(expect.leeway_secs) {
+        return Err(TokenError::Expired(reg.exp));
+    }
+    if reg.nbf > expect.now_secs.saturating_add(expect.leeway_secs) {
+        return Err(TokenError::NotYetValid(reg.nbf));
+    }
+    if reg.iat > expect.now_secs.saturating_add(expect.leeway_secs) {
+        return Err(TokenError::NotYetValid(reg.iat));
+    }
+    serde_json::from_slice(&payload)
+        .map_err(|e| TokenError::Malformed(format!("claims do not fit this token kind: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{IdentityClaims, StoredKey, TaskClaims};
+
+    const ISS: &str = "http://127.0.0.1:8181";
+    const AUD: &str = "mandate:control-plane";
+
+    fn ring() -> KeyRing {
+        KeyRing::from_stored(&[StoredKey::generate(0).unwrap()], 1000, 0).unwrap()
+    }
+
+    fn claims(now: i64) -> IdentityClaims {
+        IdentityClaims {
+            iss: ISS.into(),
+            sub: "spiffe://mandate.local/agent/bot".into(),
+            aud: AUD.into(),
+            exp: now + 300,
+            iat: now,
+            nbf: now,
+            jti: "j1".into(),
+        }
+    }
+
+    fn expect(now: i64) -> Expectations<'static> {
+        Expectations {
+            issuer: ISS,
+            audience: AUD,
+            leeway_secs: 30,
+            now_secs: now,
+        }
+    }
+
+    fn b64(v: &Value) -> String {
+        URL_SAFE_NO_PAD.encode(serde_json::to_vec(v).unwrap())
+    }
+
+    /// Re-signs arbitrary header and payload JSON with the ring's key.
+    fn forge(ring: &KeyRing, header: &Value, payload: &Value) -> String {
+        let msg = format!("{}.{}", b64(header), b64(payload));
+        let sig = ring.active().sign(msg.as_bytes());
+        format!("{msg}.{}", URL_SAFE_NO_PAD.encode(sig))
+    }
+
+    #[test]
+    fn round_trip() {
+        let r = ring();
+        let t = sign(&r, &claims(1000)).unwrap();
+        let c: IdentityClaims = verify(&t, &r, &expect(1000)).unwrap();
+        assert_eq!(c, claims(1000));
+    }
+
+    /// One table of hostile tokens, each with the error code it must produce.
+    #[test]
+    fn refusals() {
+        let r = ring();
+        let other = ring();
+        let now = 1000;
+        let good = sign(&r, &claims(now)).unwrap();
+        let kid = r.active().kid().to_owned();
+        let payload = serde_json::to_value(claims(now)).unwrap();
+        let mut parts: Vec<String> = good.split('.').map(str::to_owned).collect();
+        let hdr = |v: Value| forge(&r, &v, &payload);
+        let with_claim = |k: &str, v: Value| {
+            let mut p = payload.clone();
+            p[k] = v;
+            forge(&r, &serde_json::json!({"alg":"EdDSA","kid":kid}), &p)
+        };
+        parts[2] = URL_SAFE_NO_PAD.encode([0u8; 64]);
+        let bad_sig = parts.join(".");
+        let alg_none = format!(
+            "{}.{}.",
+            b64(&serde_json::json!({"alg":"none","kid":kid})),
+            b64(&payload)
+        );
+        let cases: Vec<(&str, String, Expectations<'_>)> = vec![
+            ("bad signature", bad_sig, expect(now)),
+            ("alg none", alg_none, expect(now)),
+            ("alg HS256", hdr(serde_json::json!({"alg":"HS256","kid":kid})), expect(now)),
+            ("embedded jwk", hdr(serde_json::json!({"alg":"EdDSA","kid":kid,"jwk":{}})), expect(now)),
+            ("jku", hdr(serde_json::json!({"alg":"EdDSA","kid":kid,"jku":"http://x"})), expect(now)),
+            ("unknown kid", sign(&other, &claims(now)).unwrap(), expect(now)),
+            ("wrong audience", good.clone(), Expectations { audience: "mandate:gateway", ..expect(now) }),
+            ("wrong issuer", good.clone(), Expectations { issuer: "http://evil", ..expect(now) }),
+            ("expired", good.clone(), expect(now + 300 + 30)),
+            ("not yet valid", with_claim("nbf", Value::from(now + 100)), expect(now)),
+            ("issued in future", with_claim("iat", Value::from(now + 100)), expect(now)),
+            ("aud array", with_claim("aud", serde_json::json!([AUD, "x"])), expect(now)),
+            ("no exp", { let mut p = payload.clone(); p.as_object_mut().unwrap().remove("exp"); forge(&r, &serde_json::json!({"alg":"EdDSA","kid":kid}), &p) }, expect(now)),
+            ("two parts", "a.b".into(), expect(now)),
+            ("garbage", "!!!.@@@.###".into(), expect(now)),
+            ("huge", "a".repeat(MAX_TOKEN_BYTES + 1), expect(now)),
+        ];
+        let want = [
+            "token_bad_signature",
+            "token_alg_not_allowed",
+            "token_alg_not_allowed",
+            "token_header_not_allowed",
+            "token_header_not_allowed",
+            "token_unknown_kid",
+            "token_wrong_audience",
+            "token_wrong_issuer",
+            "token_expired",
+            "token_not_yet_valid",
+            "token_not_yet_valid",
+            "token_malformed",
+            "token_malformed",
+            "token_malformed",
+            "token_malformed",
+            "token_malformed",
+        ];
+        assert_eq!(cases.len(), want.len());
+        for ((name, token, exp), code) in cases.into_iter().zip(want) {
+            let err = verify::<IdentityClaims>(&token, &r, &exp).unwrap_err();
+            assert_eq!(err.code(), code, "{name}: {err}");
+        }
+    }
+
+    #[test]
+    fn identity_token_is_not_a_task_token() {
+        let r = ring();
+        let t = sign(&r, &claims(1000)).unwrap();
+        let err = verify::<TaskClaims>(&t, &r, &expect(1000)).unwrap_err();
+        assert_eq!(err.code(), "token_malformed");
+    }
+
+    #[test]
+    fn leeway_is_bounded() {
+        let r = ring();
+        let t = sign(&r, &claims(1000)).unwrap();
+        assert!(verify::<IdentityClaims>(&t, &r, &expect(1000 + 300 + 29)).is_ok());
+        assert!(verify::<IdentityClaims>(&t, &r, &expect(1000 + 300 + 30)).is_err());
+    }
+}
