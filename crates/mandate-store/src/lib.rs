@@ -1,1 +1,100 @@
-//! placeholder
+//! Mandate's storage: the [`Store`] trait every backend implements, the records it keeps,
+//! and the embedded SQLite backend ([`SqliteStore`]).
+//!
+//! Invariants:
+//! - Every state change that must be audited is written in the same transaction as its
+//!   audit event, and the chain head moves in that transaction too. A change whose event
+//!   cannot be written does not happen.
+//! - Writes are serialised through one connection: the audit chain has a single writer.
+//! - Queries use `$n` placeholders in ascending order so the same SQL text serves the
+//!   PostgreSQL backend.
+
+mod records;
+mod sqlite;
+
+use async_trait::async_trait;
+use mandate_audit::{Event, NewEvent};
+use mandate_core::{AgentName, AgentStatus, TaskState};
+
+pub use records::{AgentRecord, JoinTokenRecord, KeyRow, TaskRecord};
+pub use sqlite::SqliteStore;
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A unique value already exists.
+    #[error("{0} already exists")]
+    Conflict(String),
+    /// The named record does not exist.
+    #[error("{0} not found")]
+    NotFound(String),
+    /// A stored value could not be read back as its type: the store was altered.
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+    /// The database failed.
+    #[error("database error: {0}")]
+    Db(String),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        match &e {
+            sqlx::Error::Database(d) if d.is_unique_violation() => Self::Conflict(d.message().to_owned()),
+            _ => Self::Db(e.to_string()),
+        }
+    }
+}
+
+/// Result alias for store operations.
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// The state Mandate keeps. One implementation per backend; all share one conformance suite.
+#[async_trait]
+pub trait Store: Send + Sync + std::fmt::Debug {
+    /// A setting, by key.
+    async fn setting(&self, key: &str) -> StoreResult<Option<String>>;
+    /// Sets a setting.
+    async fn put_setting(&self, key: &str, value: &str) -> StoreResult<()>;
+
+    /// All stored signing keys.
+    async fn signing_keys(&self) -> StoreResult<Vec<KeyRow>>;
+    /// Retires every active key at `now_ms`, stores `new` as the active key, deletes keys
+    /// retired before `prune_before_ms`, and records `event`; all in one transaction.
+    async fn rotate_keys(&self, new: &KeyRow, now_ms: i64, prune_before_ms: i64, event: Option<NewEvent>) -> StoreResult<()>;
+
+    /// Registers an agent with its first join token.
+    async fn insert_agent(&self, agent: &AgentRecord, join: &JoinTokenRecord, event: NewEvent) -> StoreResult<Event>;
+    /// An agent by name.
+    async fn agent(&self, name: &AgentName) -> StoreResult<Option<AgentRecord>>;
+    /// All agents, by name.
+    async fn agents(&self) -> StoreResult<Vec<AgentRecord>>;
+    /// Changes an agent's status; when it leaves `active`, every live task it holds is
+    /// revoked in the same transaction. Returns the ids of the revoked tasks.
+    async fn set_agent_status(&self, name: &AgentName, status: AgentStatus, now_ms: i64, event: NewEvent) -> StoreResult<Vec<String>>;
+    /// Stores a further join token for an agent.
+    async fn insert_join_token(&self, join: &JoinTokenRecord, event: NewEvent) -> StoreResult<Event>;
+    /// Consumes an unused, unexpired join token; returns its agent. Single use: of two
+    /// concurrent calls with the same token, at most one gets `Some`.
+    async fn consume_join_token(&self, token_hash: &str, now_ms: i64) -> StoreResult<Option<AgentName>>;
+
+    /// Stores a new task with its event.
+    async fn insert_task(&self, task: &TaskRecord, event: NewEvent) -> StoreResult<Event>;
+    /// A task by id.
+    async fn task(&self, id: &str) -> StoreResult<Option<TaskRecord>>;
+    /// Every task in `pending` or `active`.
+    async fn live_tasks(&self) -> StoreResult<Vec<TaskRecord>>;
+    /// Moves a task from one of `from` to `to` with its event. `Ok(false)` (and no event)
+    /// when the task was not in one of `from`.
+    async fn transition_task(&self, id: &str, from: &[TaskState], to: TaskState, now_ms: i64, reason: &str, event: NewEvent) -> StoreResult<bool>;
+
+    /// Appends events to the chain in one transaction (group commit).
+    async fn append_events(&self, events: Vec<NewEvent>) -> StoreResult<Vec<Event>>;
+    /// Up to `limit` events with `seq > after`, in order.
+    async fn events_after(&self, after: i64, limit: i64) -> StoreResult<Vec<Event>>;
+    /// Every event of one task, in order.
+    async fn task_events(&self, task_id: &str) -> StoreResult<Vec<Event>>;
+    /// The chain head: last sequence number and hash.
+    async fn audit_head(&self) -> StoreResult<Option<(i64, String)>>;
+    /// Readiness probe.
+    async fn ping(&self) -> StoreResult<()>;
+}

@@ -1,0 +1,537 @@
+//! The embedded backend: one SQLite file in the data directory, WAL journal, full fsync on
+//! commit, one writer connection and a small pool of readers.
+
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use mandate_audit::{Event, NewEvent, link};
+use mandate_core::{AgentName, AgentStatus, TaskState};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
+use sqlx::{AssertSqlSafe, Row, Sqlite, Transaction};
+
+use crate::{AgentRecord, JoinTokenRecord, KeyRow, Store, StoreError, StoreResult, TaskRecord};
+
+/// Versioned migrations, applied in order, each in its own transaction.
+const MIGRATIONS: &[(i64, &str, &str)] = &[(1, "initial", include_str!("../migrations/0001_initial.sql"))];
+
+/// The database file inside the data directory.
+pub const DB_FILE: &str = "mandate.db";
+
+/// The embedded SQLite store.
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    write: SqlitePool,
+    read: SqlitePool,
+    path: PathBuf,
+}
+
+fn corrupt(what: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(what.to_string())
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the store in `data_dir` and applies pending migrations.
+    pub async fn open(data_dir: &Path) -> StoreResult<Self> {
+        std::fs::create_dir_all(data_dir)
+            .map_err(|e| StoreError::Db(format!("cannot create data directory {}: {e}", data_dir.display())))?;
+        restrict_permissions(data_dir);
+        let store = Self::connect(data_dir, true).await?;
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// Opens an existing store without creating anything (for offline audit tools).
+    pub async fn open_existing(data_dir: &Path) -> StoreResult<Self> {
+        let path = data_dir.join(DB_FILE);
+        if !path.is_file() {
+            return Err(StoreError::NotFound(format!(
+                "Mandate database {} (is --data-dir right?)",
+                path.display()
+            )));
+        }
+        let store = Self::connect(data_dir, false).await?;
+        let version: Option<i64> = sqlx::query_scalar("SELECT MAX(version) FROM schema_migrations")
+            .fetch_one(&store.read)
+            .await
+            .map_err(|e| corrupt(format!("no migration table: {e}")))?;
+        let known = MIGRATIONS.iter().map(|m| m.0).max().unwrap_or(0);
+        if version != Some(known) {
+            return Err(corrupt(format!(
+                "database schema version {version:?} does not match this binary's {known}; run `mandate serve` once to migrate"
+            )));
+        }
+        Ok(store)
+    }
+
+    async fn connect(data_dir: &Path, create: bool) -> StoreResult<Self> {
+        let path = data_dir.join(DB_FILE);
+        let opts = SqliteConnectOptions::new()
+            .filename(&path)
+            .create_if_missing(create)
+            .journal_mode(SqliteJournalMode::Wal)
+            // FULL: a commit is on disk before it is acknowledged (S3), not merely in the
+            // OS cache; group commit keeps the cost per event small.
+            .synchronous(SqliteSynchronous::Full)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(5));
+        let write = SqlitePoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(opts.clone())
+            .await?;
+        let read = SqlitePoolOptions::new()
+            .max_connections(4)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(opts)
+            .await?;
+        Ok(Self { write, read, path })
+    }
+
+    /// Path of the database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    async fn migrate(&self) -> StoreResult<()> {
+        sqlx::raw_sql(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, name TEXT NOT NULL, applied_at_ms BIGINT NOT NULL)",
+        )
+        .execute(&self.write)
+        .await?;
+        let applied: Vec<i64> = sqlx::query_scalar("SELECT version FROM schema_migrations ORDER BY version")
+            .fetch_all(&self.write)
+            .await?;
+        let known = MIGRATIONS.iter().map(|m| m.0).max().unwrap_or(0);
+        if let Some(newer) = applied.iter().find(|v| **v > known) {
+            return Err(corrupt(format!(
+                "database has schema version {newer}, newer than this binary knows ({known}): use a newer mandate"
+            )));
+        }
+        for (version, name, sql) in MIGRATIONS {
+            if applied.contains(version) {
+                continue;
+            }
+            let mut tx = self.write.begin().await?;
+            sqlx::raw_sql(*sql).execute(&mut *tx).await?;
+            sqlx::query("INSERT INTO schema_migrations (version, name, applied_at_ms) VALUES ($1, $2, $3)")
+                .bind(version)
+                .bind(name)
+                .bind(now_ms())
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+        }
+        Ok(())
+    }
+}
+
+/// Wall time for the migration bookkeeping only (not a decision input).
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+#[cfg(unix)]
+fn restrict_permissions(dir: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    // Best effort: the directory holds signing keys and the audit chain.
+    let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
+}
+
+#[cfg(not(unix))]
+fn restrict_permissions(_dir: &Path) {}
+
+async fn append_in(tx: &mut Transaction<'_, Sqlite>, events: Vec<NewEvent>) -> StoreResult<Vec<Event>> {
+    let head = sqlx::query("SELECT seq, hash FROM audit_head WHERE id = 1")
+        .fetch_optional(&mut **tx)
+        .await?
+        .ok_or_else(|| corrupt("audit head row is missing"))?;
+    let mut seq: i64 = head.try_get("seq")?;
+    let mut hash: String = head.try_get("hash")?;
+    let mut out = Vec::with_capacity(events.len());
+    for new in events {
+        let e = link(new, seq, &hash);
+        let data = serde_json::to_string(&e.data).map_err(|err| StoreError::Db(err.to_string()))?;
+        sqlx::query(
+            "INSERT INTO audit_events (seq, ts_ms, kind, agent, task_id, data, prev_hash, hash) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(e.seq)
+        .bind(e.ts_ms)
+        .bind(&e.kind)
+        .bind(&e.agent)
+        .bind(&e.task_id)
+        .bind(data)
+        .bind(&e.prev_hash)
+        .bind(&e.hash)
+        .execute(&mut **tx)
+        .await?;
+        seq = e.seq;
+        hash.clone_from(&e.hash);
+        out.push(e);
+    }
+    sqlx::query("UPDATE audit_head SET seq = $1, hash = $2 WHERE id = 1")
+        .bind(seq)
+        .bind(&hash)
+        .execute(&mut **tx)
+        .await?;
+    Ok(out)
+}
+
+async fn append_one(tx: &mut Transaction<'_, Sqlite>, event: NewEvent) -> StoreResult<Event> {
+    append_in(tx, vec![event])
+        .await?
+        .pop()
+        .ok_or_else(|| corrupt("append returned no event"))
+}
+
+fn event_from_row(r: &SqliteRow) -> StoreResult<Event> {
+    let data: String = r.try_get("data")?;
+    Ok(Event {
+        seq: r.try_get("seq")?,
+        ts_ms: r.try_get("ts_ms")?,
+        kind: r.try_get("kind")?,
+        agent: r.try_get("agent")?,
+        task_id: r.try_get("task_id")?,
+        data: serde_json::from_str(&data).map_err(|e| corrupt(format!("event data: {e}")))?,
+        prev_hash: r.try_get("prev_hash")?,
+        hash: r.try_get("hash")?,
+    })
+}
+
+fn agent_from_row(r: &SqliteRow) -> StoreResult<AgentRecord> {
+    let name: String = r.try_get("name")?;
+    let tier: i64 = r.try_get("tier")?;
+    let status: String = r.try_get("status")?;
+    let attestation: String = r.try_get("attestation")?;
+    Ok(AgentRecord {
+        name: AgentName::parse(&name).map_err(corrupt)?,
+        owner: r.try_get("owner")?,
+        tier: u8::try_from(tier)
+            .map_err(corrupt)
+            .and_then(|t| mandate_core::RiskTier::try_from(t).map_err(corrupt))?,
+        status: AgentStatus::from_str(&status).map_err(corrupt)?,
+        attestation: serde_json::from_str(&attestation).map_err(corrupt)?,
+        created_at_ms: r.try_get("created_at_ms")?,
+        updated_at_ms: r.try_get("updated_at_ms")?,
+    })
+}
+
+fn task_from_row(r: &SqliteRow) -> StoreResult<TaskRecord> {
+    let agent: String = r.try_get("agent")?;
+    let state: String = r.try_get("state")?;
+    let requested: String = r.try_get("requested")?;
+    let grant: String = r.try_get("grant_json")?;
+    let items: String = r.try_get("items")?;
+    Ok(TaskRecord {
+        id: r.try_get("id")?,
+        agent: AgentName::parse(&agent).map_err(corrupt)?,
+        purpose: r.try_get("purpose")?,
+        requested: serde_json::from_str(&requested).map_err(corrupt)?,
+        grant: serde_json::from_str(&grant).map_err(corrupt)?,
+        items: serde_json::from_str(&items).map_err(corrupt)?,
+        state: TaskState::from_str(&state).map_err(corrupt)?,
+        bundle_version: r.try_get("bundle_version")?,
+        token_jti: r.try_get("token_jti")?,
+        created_at_ms: r.try_get("created_at_ms")?,
+        expires_at_ms: r.try_get("expires_at_ms")?,
+        ended_at_ms: r.try_get("ended_at_ms")?,
+        end_reason: r.try_get("end_reason")?,
+    })
+}
+
+fn json(v: &impl serde::Serialize) -> StoreResult<String> {
+    serde_json::to_string(v).map_err(|e| StoreError::Db(e.to_string()))
+}
+
+const TASK_COLUMNS: &str = "id, agent, purpose, requested, grant_json, items, state, bundle_version, token_jti, created_at_ms, expires_at_ms, ended_at_ms, end_reason";
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn setting(&self, key: &str) -> StoreResult<Option<String>> {
+        Ok(sqlx::query_scalar("SELECT value FROM settings WHERE key = $1")
+            .bind(key)
+            .fetch_optional(&self.read)
+            .await?)
+    }
+
+    async fn put_setting(&self, key: &str, value: &str) -> StoreResult<()> {
+        sqlx::query("INSERT INTO settings (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = excluded.value")
+            .bind(key)
+            .bind(value)
+            .execute(&self.write)
+            .await?;
+        Ok(())
+    }
+
+    async fn signing_keys(&self) -> StoreResult<Vec<KeyRow>> {
+        let rows = sqlx::query("SELECT kid, pkcs8, created_at_ms, retired_at_ms FROM signing_keys ORDER BY created_at_ms")
+            .fetch_all(&self.read)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(KeyRow {
+                    kid: r.try_get("kid")?,
+                    pkcs8: r.try_get("pkcs8")?,
+                    created_at_ms: r.try_get("created_at_ms")?,
+                    retired_at_ms: r.try_get("retired_at_ms")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn rotate_keys(&self, new: &KeyRow, now_ms: i64, prune_before_ms: i64, event: Option<NewEvent>) -> StoreResult<()> {
+        let mut tx = self.write.begin().await?;
+        sqlx::query("UPDATE signing_keys SET retired_at_ms = $1 WHERE retired_at_ms IS NULL")
+            .bind(now_ms)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM signing_keys WHERE retired_at_ms IS NOT NULL AND retired_at_ms < $1")
+            .bind(prune_before_ms)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("INSERT INTO signing_keys (kid, pkcs8, created_at_ms, retired_at_ms) VALUES ($1, $2, $3, NULL)")
+            .bind(&new.kid)
+            .bind(&new.pkcs8)
+            .bind(new.created_at_ms)
+            .execute(&mut *tx)
+            .await?;
+        if let Some(event) = event {
+            append_one(&mut tx, event).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn insert_agent(&self, agent: &AgentRecord, join: &JoinTokenRecord, event: NewEvent) -> StoreResult<Event> {
+        let mut tx = self.write.begin().await?;
+        let inserted = sqlx::query(
+            "INSERT INTO agents (name, owner, tier, status, attestation, created_at_ms, updated_at_ms) VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(agent.name.as_str())
+        .bind(&agent.owner)
+        .bind(i64::from(agent.tier.get()))
+        .bind(agent.status.as_str())
+        .bind(json(&agent.attestation)?)
+        .bind(agent.created_at_ms)
+        .bind(agent.updated_at_ms)
+        .execute(&mut *tx)
+        .await?;
+        if inserted.rows_affected() == 0 {
+            return Err(StoreError::Conflict(format!("agent {}", agent.name)));
+        }
+        insert_join(&mut tx, join).await?;
+        let e = append_one(&mut tx, event).await?;
+        tx.commit().await?;
+        Ok(e)
+    }
+
+    async fn agent(&self, name: &AgentName) -> StoreResult<Option<AgentRecord>> {
+        sqlx::query("SELECT * FROM agents WHERE name = $1")
+            .bind(name.as_str())
+            .fetch_optional(&self.read)
+            .await?
+            .as_ref()
+            .map(agent_from_row)
+            .transpose()
+    }
+
+    async fn agents(&self) -> StoreResult<Vec<AgentRecord>> {
+        sqlx::query("SELECT * FROM agents ORDER BY name")
+            .fetch_all(&self.read)
+            .await?
+            .iter()
+            .map(agent_from_row)
+            .collect()
+    }
+
+    async fn set_agent_status(&self, name: &AgentName, status: AgentStatus, now_ms: i64, event: NewEvent) -> StoreResult<Vec<String>> {
+        let mut tx = self.write.begin().await?;
+        let updated = sqlx::query("UPDATE agents SET status = $1, updated_at_ms = $2 WHERE name = $3")
+            .bind(status.as_str())
+            .bind(now_ms)
+            .bind(name.as_str())
+            .execute(&mut *tx)
+            .await?;
+        if updated.rows_affected() == 0 {
+            return Err(StoreError::NotFound(format!("agent {name}")));
+        }
+        let mut revoked: Vec<String> = Vec::new();
+        if status != AgentStatus::Active {
+            revoked = sqlx::query_scalar("SELECT id FROM tasks WHERE agent = $1 AND state IN ('pending', 'active') ORDER BY id")
+                .bind(name.as_str())
+                .fetch_all(&mut *tx)
+                .await?;
+            let reason = format!("agent {status}");
+            sqlx::query("UPDATE tasks SET state = 'revoked', ended_at_ms = $1, end_reason = $2 WHERE agent = $3 AND state IN ('pending', 'active')")
+                .bind(now_ms)
+                .bind(&reason)
+                .bind(name.as_str())
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("UPDATE join_tokens SET used_at_ms = $1 WHERE agent = $2 AND used_at_ms IS NULL")
+                .bind(now_ms)
+                .bind(name.as_str())
+                .execute(&mut *tx)
+                .await?;
+        }
+        let mut events = vec![event];
+        for id in &revoked {
+            events.push(NewEvent {
+                ts_ms: now_ms,
+                kind: mandate_audit::EventKind::TaskRevoked,
+                agent: Some(name.to_string()),
+                task_id: Some(id.clone()),
+                data: serde_json::json!({ "reason": format!("agent {status}") }),
+            });
+        }
+        append_in(&mut tx, events).await?;
+        tx.commit().await?;
+        Ok(revoked)
+    }
+
+    async fn insert_join_token(&self, join: &JoinTokenRecord, event: NewEvent) -> StoreResult<Event> {
+        let mut tx = self.write.begin().await?;
+        insert_join(&mut tx, join).await?;
+        let e = append_one(&mut tx, event).await?;
+        tx.commit().await?;
+        Ok(e)
+    }
+
+    async fn consume_join_token(&self, token_hash: &str, now_ms: i64) -> StoreResult<Option<AgentName>> {
+        let agent: Option<String> = sqlx::query_scalar(
+            "UPDATE join_tokens SET used_at_ms = $1 WHERE token_hash = $2 AND used_at_ms IS NULL AND expires_at_ms > $3 RETURNING agent",
+        )
+        .bind(now_ms)
+        .bind(token_hash)
+        .bind(now_ms)
+        .fetch_optional(&self.write)
+        .await?;
+        agent.map(|a| AgentName::parse(&a).map_err(corrupt)).transpose()
+    }
+
+    async fn insert_task(&self, task: &TaskRecord, event: NewEvent) -> StoreResult<Event> {
+        let mut tx = self.write.begin().await?;
+        sqlx::query(
+            "INSERT INTO tasks (id, agent, purpose, requested, grant_json, items, state, bundle_version, token_jti, created_at_ms, expires_at_ms, ended_at_ms, end_reason) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+        )
+        .bind(&task.id)
+        .bind(task.agent.as_str())
+        .bind(&task.purpose)
+        .bind(json(&task.requested)?)
+        .bind(json(&task.grant)?)
+        .bind(json(&task.items)?)
+        .bind(task.state.as_str())
+        .bind(&task.bundle_version)
+        .bind(&task.token_jti)
+        .bind(task.created_at_ms)
+        .bind(task.expires_at_ms)
+        .bind(task.ended_at_ms)
+        .bind(&task.end_reason)
+        .execute(&mut *tx)
+        .await?;
+        let e = append_one(&mut tx, event).await?;
+        tx.commit().await?;
+        Ok(e)
+    }
+
+    async fn task(&self, id: &str) -> StoreResult<Option<TaskRecord>> {
+        sqlx::query(AssertSqlSafe(format!("SELECT {TASK_COLUMNS} FROM tasks WHERE id = $1")))
+            .bind(id)
+            .fetch_optional(&self.read)
+            .await?
+            .as_ref()
+            .map(task_from_row)
+            .transpose()
+    }
+
+    async fn live_tasks(&self) -> StoreResult<Vec<TaskRecord>> {
+        sqlx::query(AssertSqlSafe(format!("SELECT {TASK_COLUMNS} FROM tasks WHERE state IN ('pending', 'active') ORDER BY created_at_ms")))
+            .fetch_all(&self.read)
+            .await?
+            .iter()
+            .map(task_from_row)
+            .collect()
+    }
+
+    async fn transition_task(&self, id: &str, from: &[TaskState], to: TaskState, now_ms: i64, reason: &str, event: NewEvent) -> StoreResult<bool> {
+        if from.is_empty() {
+            return Ok(false);
+        }
+        let placeholders: Vec<String> = (0..from.len()).map(|i| format!("${}", i + 5)).collect();
+        let sql = format!(
+            "UPDATE tasks SET state = $1, ended_at_ms = $2, end_reason = $3 WHERE id = $4 AND state IN ({})",
+            placeholders.join(", ")
+        );
+        let ended = to.is_final().then_some(now_ms);
+        let mut tx = self.write.begin().await?;
+        // Safe: the SQL text holds only generated `$n` placeholders, never input.
+        let mut q = sqlx::query(AssertSqlSafe(sql)).bind(to.as_str()).bind(ended).bind(reason).bind(id);
+        for s in from {
+            q = q.bind(s.as_str());
+        }
+        let updated = q.execute(&mut *tx).await?;
+        if updated.rows_affected() == 0 {
+            return Ok(false);
+        }
+        append_one(&mut tx, event).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn append_events(&self, events: Vec<NewEvent>) -> StoreResult<Vec<Event>> {
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut tx = self.write.begin().await?;
+        let out = append_in(&mut tx, events).await?;
+        tx.commit().await?;
+        Ok(out)
+    }
+
+    async fn events_after(&self, after: i64, limit: i64) -> StoreResult<Vec<Event>> {
+        sqlx::query("SELECT * FROM audit_events WHERE seq > $1 ORDER BY seq LIMIT $2")
+            .bind(after)
+            .bind(limit)
+            .fetch_all(&self.read)
+            .await?
+            .iter()
+            .map(event_from_row)
+            .collect()
+    }
+
+    async fn task_events(&self, task_id: &str) -> StoreResult<Vec<Event>> {
+        sqlx::query("SELECT * FROM audit_events WHERE task_id = $1 ORDER BY seq")
+            .bind(task_id)
+            .fetch_all(&self.read)
+            .await?
+            .iter()
+            .map(event_from_row)
+            .collect()
+    }
+
+    async fn audit_head(&self) -> StoreResult<Option<(i64, String)>> {
+        let row = sqlx::query("SELECT seq, hash FROM audit_head WHERE id = 1")
+            .fetch_optional(&self.read)
+            .await?;
+        row.map(|r| Ok((r.try_get("seq")?, r.try_get("hash")?))).transpose()
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        sqlx::query("SELECT 1").execute(&self.read).await?;
+        Ok(())
+    }
+}
+
+async fn insert_join(tx: &mut Transaction<'_, Sqlite>, join: &JoinTokenRecord) -> StoreResult<()> {
+    sqlx::query("INSERT INTO join_tokens (token_hash, agent, created_at_ms, expires_at_ms, used_at_ms) VALUES ($1, $2, $3, $4, NULL)")
+        .bind(&join.token_hash)
+        .bind(join.agent.as_str())
+        .bind(join.created_at_ms)
+        .bind(join.expires_at_ms)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
