@@ -100,6 +100,13 @@ impl TrustDomain {
     }
 }
 
+impl Default for TrustDomain {
+    /// `mandate.local`.
+    fn default() -> Self {
+        Self("mandate.local".to_owned())
+    }
+}
+
 impl fmt::Display for TrustDomain {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)

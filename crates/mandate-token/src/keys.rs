@@ -66,6 +66,7 @@ fn thumbprint(public: &[u8]) -> String {
 pub struct SigningKey {
     kid: String,
     pair: Ed25519KeyPair,
+    created_at_ms: i64,
 }
 
 impl fmt::Debug for SigningKey {
@@ -130,6 +131,7 @@ impl KeyRing {
                 active = Some(SigningKey {
                     kid: k.kid.clone(),
                     pair,
+                    created_at_ms: k.created_at_ms,
                 });
             }
         }
@@ -140,6 +142,11 @@ impl KeyRing {
     /// The key that signs.
     pub fn active(&self) -> &SigningKey {
         &self.active
+    }
+
+    /// When the signing key was created (unix ms): drives scheduled rotation.
+    pub fn active_created_ms(&self) -> i64 {
+        self.active.created_at_ms
     }
 
     /// The published key with this id, if it is still accepted at `now_ms`.

@@ -1,0 +1,133 @@
+//! The HTTP API: routes, the OpenAPI document generated from the handlers, and the
+//! health endpoints.
+
+mod agents;
+mod extract;
+mod ops;
+mod tasks;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use tower_http::timeout::TimeoutLayer;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+use crate::engine::Engine;
+use crate::error::{ApiError, ErrorBody};
+
+pub use agents::{AttestRequest, AttestResponse, RegisterAgentRequest, RegisterAgentResponse};
+pub use ops::{DecideRequest, DecideResponse, VerifyResponse};
+pub use tasks::{StartTaskRequest, StartTaskResponse};
+
+/// Shared handler state.
+pub type AppState = State<Arc<Engine>>;
+
+struct SecuritySchemes;
+
+impl Modify for SecuritySchemes {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        let bearer = |desc: &str, jwt: bool| {
+            let mut b = HttpBuilder::new().scheme(HttpAuthScheme::Bearer).description(Some(desc.to_owned()));
+            if jwt {
+                b = b.bearer_format("JWT");
+            }
+            SecurityScheme::Http(b.build())
+        };
+        components.add_security_scheme("admin_token", bearer("Administrator token printed once on first start (or set by MANDATE_ADMIN_TOKEN).", false));
+        components.add_security_scheme("identity_token", bearer("JWT-SVID identity token from POST /v1/attest.", true));
+        components.add_security_scheme("task_token", bearer("Task token from POST /v1/tasks.", true));
+    }
+}
+
+/// The OpenAPI document, generated from the handlers and types.
+#[derive(Debug, OpenApi)]
+#[openapi(
+    info(title = "Mandate API", description = "Runtime authorization control plane for AI agents: identity, tasks, per-call decisions, audit."),
+    paths(
+        agents::register, agents::list, agents::get_agent, agents::join_token, agents::set_status, agents::attest,
+        tasks::start, tasks::get_task, tasks::list_tasks, tasks::complete, tasks::revoke,
+        ops::decide, ops::verify_audit, ops::task_events, ops::policies, ops::reload_policies, ops::rotate_keys,
+        ops::jwks, ops::openid_configuration, healthz, readyz, openapi_json,
+    ),
+    components(schemas(ErrorBody)),
+    modifiers(&SecuritySchemes),
+)]
+pub struct ApiDoc;
+
+/// Liveness: the process answers.
+#[utoipa::path(get, path = "/healthz", tag = "health", responses((status = 200, description = "alive")))]
+pub async fn healthz() -> impl IntoResponse {
+    Json(serde_json::json!({ "status": "ok" }))
+}
+
+/// Readiness: the store answers, a policy bundle and a signing key are loaded.
+#[utoipa::path(get, path = "/readyz", tag = "health", responses((status = 200, description = "ready"), (status = 503, description = "not ready", body = ErrorBody)))]
+pub async fn readyz(State(engine): AppState) -> Result<impl IntoResponse, ApiError> {
+    engine.store.ping().await.map_err(|e| {
+        tracing::warn!(error = %e, "readiness: store failed");
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", "the state store is not answering")
+    })?;
+    let b = engine.bundle();
+    Ok(Json(serde_json::json!({ "status": "ready", "bundle_version": b.version(), "policies": b.len(), "live_tasks": engine.live_count() })))
+}
+
+/// This document.
+#[utoipa::path(get, path = "/openapi.json", tag = "health", responses((status = 200, description = "the OpenAPI document")))]
+pub async fn openapi_json() -> impl IntoResponse {
+    Json(ApiDoc::openapi())
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found("no such endpoint: see /openapi.json")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this endpoint does not accept that method: see /openapi.json")
+}
+
+/// Every route, with body limits and timeouts.
+pub fn router(engine: Arc<Engine>) -> Router {
+    let limit = engine.config.limits.max_body_bytes;
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/openapi.json", get(openapi_json))
+        .route("/.well-known/jwks.json", get(ops::jwks))
+        .route("/.well-known/openid-configuration", get(ops::openid_configuration))
+        .route("/v1/agents", post(agents::register).get(agents::list))
+        .route("/v1/agents/{name}", get(agents::get_agent))
+        .route("/v1/agents/{name}/join-tokens", post(agents::join_token))
+        .route("/v1/agents/{name}/status", post(agents::set_status))
+        .route("/v1/attest", post(agents::attest))
+        .route("/v1/tasks", post(tasks::start).get(tasks::list_tasks))
+        .route("/v1/tasks/{id}", get(tasks::get_task))
+        .route("/v1/tasks/{id}/complete", post(tasks::complete))
+        .route("/v1/tasks/{id}/revoke", post(tasks::revoke))
+        .route("/v1/tasks/{id}/events", get(ops::task_events))
+        .route("/v1/decide", post(ops::decide))
+        .route("/v1/audit/verify", get(ops::verify_audit))
+        .route("/v1/policies", get(ops::policies))
+        .route("/v1/policies/reload", post(ops::reload_policies))
+        .route("/v1/keys/rotate", post(ops::rotate_keys))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(limit))
+        .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, Duration::from_secs(30)))
+        .with_state(engine)
+}
+
+/// Refuses unless the bearer token is the admin token.
+pub(crate) fn require_admin(engine: &Engine, bearer: &extract::Bearer) -> Result<(), ApiError> {
+    if engine.is_admin(&bearer.0) {
+        Ok(())
+    } else {
+        Err(ApiError::new(StatusCode::FORBIDDEN, "admin_required", "this endpoint needs the admin token"))
+    }
+}

@@ -1,0 +1,289 @@
+//! The decide endpoint, audit, policy and key operations, and the well-known documents.
+
+use std::time::Instant;
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::IntoResponse;
+use mandate_audit::{ChainBreak, Event, EventKind, NewEvent};
+use mandate_core::{ActionClass, CanonicalArgs, DataDomain, Destination, Sensitivity, ToolName, random_id};
+use mandate_policy::{Bundle, Diagnostic, Outcome};
+use mandate_token::Jwks;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::extract::{ApiJson, Bearer};
+use super::{AppState, require_admin};
+use crate::engine::Call;
+use crate::error::{ApiError, ErrorBody};
+use crate::verify::{VerifyReport, verify_chain};
+
+/// Longest `resource` accepted.
+const MAX_RESOURCE_CHARS: usize = 1024;
+
+/// One attempted tool call.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DecideRequest {
+    /// The tool.
+    pub tool: ToolName,
+    /// Its action class.
+    pub action: ActionClass,
+    /// What the tool acts on (a ticket id, a path, a table).
+    #[serde(default)]
+    pub resource: Option<String>,
+    /// The call's arguments: canonicalised, duplicate keys refused.
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub arguments: Option<CanonicalArgs>,
+    /// Where the call sends data (host or host:port).
+    #[serde(default)]
+    pub destination: Option<Destination>,
+    /// The data domain it touches.
+    #[serde(default)]
+    pub data_domain: Option<DataDomain>,
+    /// Sensitivity of the data (default `internal`).
+    #[serde(default)]
+    pub sensitivity: Option<Sensitivity>,
+}
+
+/// A per-call decision.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct DecideResponse {
+    /// Decision id (also in the audit event).
+    pub decision_id: String,
+    /// allow | deny | approval_required.
+    pub outcome: Outcome,
+    /// Determining policy ids.
+    pub policies: Vec<String>,
+    /// Human-readable reasons.
+    pub reasons: Vec<String>,
+    /// Evaluation errors (any error denies).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<String>,
+    /// Bundle version that decided.
+    pub bundle_version: String,
+    /// The task.
+    pub task_id: String,
+    /// The agent.
+    pub agent: String,
+    /// SHA-256 of the canonical arguments.
+    pub args_digest: String,
+}
+
+impl DecideRequest {
+    fn into_call(self, max_args: usize) -> Result<Call, ApiError> {
+        let resource = self.resource.unwrap_or_default();
+        if resource.chars().count() > MAX_RESOURCE_CHARS || resource.chars().any(char::is_control) {
+            return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", format!("resource must be at most {MAX_RESOURCE_CHARS} printable characters")));
+        }
+        let args = self.arguments.unwrap_or_default();
+        args.check_size(max_args)
+            .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "arguments_too_large", e.to_string()))?;
+        Ok(Call {
+            tool: self.tool,
+            action: self.action,
+            resource,
+            args,
+            destination: self.destination,
+            data_domain: self.data_domain,
+            sensitivity: self.sensitivity.unwrap_or_default(),
+        })
+    }
+}
+
+/// Decide one tool call for the task whose token is presented. The answer is sent only
+/// after its audit event is durable; if it cannot be written, nothing is allowed (503).
+#[utoipa::path(post, path = "/v1/decide", tag = "decisions", request_body = DecideRequest,
+    security(("task_token" = [])),
+    responses(
+        (status = 200, description = "a decision (allow, deny or approval_required)", body = DecideResponse),
+        (status = 400, body = ErrorBody),
+        (status = 401, description = "missing or invalid task token (`token_*` codes)", body = ErrorBody),
+        (status = 403, description = "task not active, expired, or token not bound to it", body = ErrorBody),
+        (status = 413, body = ErrorBody), (status = 415, body = ErrorBody), (status = 422, body = ErrorBody),
+        (status = 503, description = "audit or store unavailable: denied", body = ErrorBody)))]
+pub async fn decide(State(engine): AppState, bearer: Bearer, ApiJson(req): ApiJson<DecideRequest>) -> Result<Json<DecideResponse>, ApiError> {
+    let started = Instant::now();
+    let call = req.into_call(engine.config.limits.max_args_bytes)?;
+    let now = engine.clock.now_ms();
+    let evaluated = match engine.evaluate(&bearer.0, &call) {
+        Ok(e) => e,
+        Err(refusal) => {
+            let ev = NewEvent {
+                ts_ms: now,
+                kind: EventKind::CallRefused,
+                agent: refusal.agent.clone(),
+                task_id: refusal.task.clone(),
+                data: serde_json::json!({ "code": refusal.error.code, "tool": call.tool, "action": call.action, "args_digest": call.args.digest() }),
+            };
+            if engine.audit.append(ev).await.is_err() {
+                return Err(ApiError::audit());
+            }
+            return Err(refusal.error);
+        }
+    };
+    let decision_id = random_id("dec").map_err(|_| ApiError::internal("system RNG failed"))?;
+    let d = evaluated.decision;
+    let task = evaluated.task;
+    let latency_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+    let ev = NewEvent {
+        ts_ms: now,
+        kind: EventKind::Decision,
+        agent: Some(task.agent.to_string()),
+        task_id: Some(task.id.clone()),
+        data: serde_json::json!({
+            "decision_id": decision_id, "intent": task.purpose,
+            "tool": call.tool, "action": call.action, "resource": call.resource,
+            "destination": call.destination, "data_domain": call.data_domain, "sensitivity": call.sensitivity,
+            "args_digest": call.args.digest(),
+            "outcome": d.outcome, "policies": d.policies, "reasons": d.reasons, "errors": d.errors,
+            "bundle_version": d.bundle_version, "latency_us": latency_us,
+        }),
+    };
+    engine.audit.append(ev).await.map_err(|_| ApiError::audit())?;
+    Ok(Json(DecideResponse {
+        decision_id,
+        outcome: d.outcome,
+        policies: d.policies,
+        reasons: d.reasons,
+        errors: d.errors,
+        bundle_version: d.bundle_version,
+        task_id: task.id.clone(),
+        agent: task.agent.to_string(),
+        args_digest: call.args.digest().to_owned(),
+    }))
+}
+
+/// The result of walking the audit chain.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct VerifyResponse {
+    /// True when every record and the head check out.
+    pub ok: bool,
+    /// Records checked.
+    pub records: i64,
+    /// The first bad record, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_bad: Option<ChainBreakBody>,
+}
+
+/// Where and how a chain is broken.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ChainBreakBody {
+    /// Sequence number of the first bad (or missing) record.
+    pub seq: i64,
+    /// What is wrong.
+    pub problem: String,
+}
+
+impl From<VerifyReport> for VerifyResponse {
+    fn from(r: VerifyReport) -> Self {
+        Self {
+            ok: r.first_bad.is_none(),
+            records: r.records,
+            first_bad: r.first_bad.map(|ChainBreak { seq, problem }| ChainBreakBody { seq, problem }),
+        }
+    }
+}
+
+/// Verify the audit chain (admin).
+#[utoipa::path(get, path = "/v1/audit/verify", tag = "audit", security(("admin_token" = [])),
+    responses((status = 200, body = VerifyResponse), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub async fn verify_audit(State(engine): AppState, bearer: Bearer) -> Result<Json<VerifyResponse>, ApiError> {
+    require_admin(&engine, &bearer)?;
+    let report = verify_chain(engine.store.as_ref()).await.map_err(|e| ApiError::store(&e))?;
+    Ok(Json(report.into()))
+}
+
+/// A task's audit events in order (admin).
+#[utoipa::path(get, path = "/v1/tasks/{id}/events", tag = "audit", security(("admin_token" = [])),
+    params(("id" = String, Path, description = "task id")),
+    responses((status = 200, body = Vec<Event>), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+pub async fn task_events(State(engine): AppState, bearer: Bearer, Path(id): Path<String>) -> Result<Json<Vec<Event>>, ApiError> {
+    require_admin(&engine, &bearer)?;
+    if id.len() > 64 {
+        return Err(ApiError::invalid("task id is too long"));
+    }
+    Ok(Json(engine.store.task_events(&id).await.map_err(|e| ApiError::store(&e))?))
+}
+
+/// The enforcing bundle.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct PolicyInfo {
+    /// Content hash.
+    pub bundle_version: String,
+    /// Number of policies.
+    pub policies: usize,
+    /// Files, relative to the policy directory.
+    pub files: Vec<String>,
+}
+
+fn info(b: &Bundle) -> PolicyInfo {
+    PolicyInfo { bundle_version: b.version().to_owned(), policies: b.len(), files: b.sources().keys().cloned().collect() }
+}
+
+/// The enforcing policy bundle (admin).
+#[utoipa::path(get, path = "/v1/policies", tag = "policies", security(("admin_token" = [])),
+    responses((status = 200, body = PolicyInfo), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+pub async fn policies(State(engine): AppState, bearer: Bearer) -> Result<Json<PolicyInfo>, ApiError> {
+    require_admin(&engine, &bearer)?;
+    Ok(Json(info(&engine.bundle())))
+}
+
+/// Reload the policy directory (admin). A bundle with any problem is rejected whole with
+/// each problem's file:line:column, and the previous bundle keeps enforcing.
+#[utoipa::path(post, path = "/v1/policies/reload", tag = "policies", security(("admin_token" = [])),
+    responses((status = 200, body = PolicyInfo), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 422, description = "`policy_invalid`: details.diagnostics lists every problem", body = ErrorBody)))]
+pub async fn reload_policies(State(engine): AppState, bearer: Bearer) -> Result<Json<PolicyInfo>, ApiError> {
+    require_admin(&engine, &bearer)?;
+    let old = engine.bundle().version().to_owned();
+    let now = engine.clock.now_ms();
+    match Bundle::load_dir(&engine.config.policies) {
+        Ok(b) => {
+            let ev = NewEvent { ts_ms: now, kind: EventKind::PolicyLoaded, agent: None, task_id: None, data: serde_json::json!({ "bundle_version": b.version(), "previous_version": old, "policies": b.len() }) };
+            engine.audit.append(ev).await.map_err(|_| ApiError::audit())?;
+            let out = info(&b);
+            engine.set_bundle(b);
+            Ok(Json(out))
+        }
+        Err(e) => {
+            let diagnostics: Vec<Diagnostic> = e.diagnostics;
+            let ev = NewEvent { ts_ms: now, kind: EventKind::PolicyRejected, agent: None, task_id: None, data: serde_json::json!({ "enforcing_version": old, "diagnostics": diagnostics }) };
+            engine.audit.append(ev).await.map_err(|_| ApiError::audit())?;
+            let first = diagnostics.first().map(ToString::to_string).unwrap_or_default();
+            Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "policy_invalid", format!("bundle rejected; {old} keeps enforcing. First problem: {first}"))
+                .with_details(serde_json::json!({ "diagnostics": diagnostics, "enforcing_version": old })))
+        }
+    }
+}
+
+/// Rotate the signing key (admin). The old key stays published until every token it
+/// signed has expired.
+#[utoipa::path(post, path = "/v1/keys/rotate", tag = "identity", security(("admin_token" = [])),
+    responses((status = 200, description = "the new key id"), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+pub async fn rotate_keys(State(engine): AppState, bearer: Bearer) -> Result<impl IntoResponse, ApiError> {
+    require_admin(&engine, &bearer)?;
+    let kid = engine.rotate_keys("requested by admin").await?;
+    Ok(Json(serde_json::json!({ "kid": kid })))
+}
+
+/// The published verification keys (RFC 7517).
+#[utoipa::path(get, path = "/.well-known/jwks.json", tag = "identity", responses((status = 200, body = Jwks)))]
+pub async fn jwks(State(engine): AppState) -> impl IntoResponse {
+    let body = engine.keys().jwks(engine.clock.now_ms());
+    ([(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=60"))], Json(body))
+}
+
+/// OpenID Connect discovery, so standard JWT libraries find the keys.
+#[utoipa::path(get, path = "/.well-known/openid-configuration", tag = "identity", responses((status = 200, description = "OIDC discovery document")))]
+pub async fn openid_configuration(State(engine): AppState) -> impl IntoResponse {
+    Json(serde_json::json!({
+        "issuer": engine.issuer,
+        "jwks_uri": format!("{}/.well-known/jwks.json", engine.issuer),
+        "id_token_signing_alg_values_supported": ["EdDSA"],
+        "response_types_supported": ["id_token"],
+        "subject_types_supported": ["public"],
+    }))
+}

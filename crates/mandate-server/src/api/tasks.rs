@@ -1,0 +1,255 @@
+//! Tasks: start (with policy-decided grants), inspect, complete, revoke.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use mandate_audit::{EventKind, NewEvent};
+use mandate_core::{AgentStatus, Grant, RequestedScope, SpiffeId, TaskState, random_id};
+use mandate_policy::{Decision, ItemOutcome, Outcome, StartRequest, TaskEntities, TaskFacts};
+use mandate_store::TaskRecord;
+use mandate_token::TaskClaims;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::extract::{ApiJson, Bearer};
+use super::{AppState, require_admin};
+use crate::engine::Engine;
+use crate::error::{ApiError, ErrorBody};
+
+/// Ask to start a task.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StartTaskRequest {
+    /// The declared intent, in plain words.
+    pub purpose: String,
+    /// What the task needs.
+    pub scope: RequestedScope,
+    /// Lifetime asked for, seconds (default 900; at most the server's maximum).
+    #[serde(default)]
+    pub ttl_secs: Option<i64>,
+}
+
+/// The answer to a task start.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct StartTaskResponse {
+    /// Task id.
+    pub task_id: String,
+    /// `active` (token issued) or `pending` (waiting on an approval; no token).
+    pub state: TaskState,
+    /// The task token, when active.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task_token: Option<String>,
+    /// When the task (and its token) expires, unix ms.
+    pub expires_at_ms: i64,
+    /// What was granted.
+    pub grant: Grant,
+    /// Each requested (tool, action) pair and how policy answered it.
+    pub items: Vec<ItemOutcome>,
+    /// The `start_task` decision.
+    pub decision: Decision,
+}
+
+/// Why a task is being revoked.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RevokeRequest {
+    /// Recorded in the audit trail.
+    pub reason: String,
+}
+
+/// A task after a transition.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct TaskStateResponse {
+    /// Task id.
+    pub task_id: String,
+    /// Its state now.
+    pub state: TaskState,
+}
+
+/// Start a task: policy decides what is granted; the answer carries the task token.
+#[utoipa::path(post, path = "/v1/tasks", tag = "tasks", request_body = StartTaskRequest,
+    security(("identity_token" = [])),
+    responses(
+        (status = 201, description = "task active; token issued", body = StartTaskResponse),
+        (status = 202, description = "task pending an approval; no token yet", body = StartTaskResponse),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, description = "refused by policy (`task_refused`, details carry the decision) or agent not active", body = ErrorBody),
+        (status = 413, body = ErrorBody), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub async fn start(State(engine): AppState, bearer: Bearer, ApiJson(req): ApiJson<StartTaskRequest>) -> Result<(StatusCode, Json<StartTaskResponse>), ApiError> {
+    let claims = engine.verify_identity(&bearer.0)?;
+    let spiffe = SpiffeId::parse(&claims.sub)
+        .ok()
+        .filter(|s| s.trust_domain() == &engine.config.trust_domain)
+        .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "token_malformed", "identity token subject is not an agent of this trust domain"))?;
+    let agent = engine
+        .store
+        .agent(spiffe.agent())
+        .await
+        .map_err(|e| ApiError::store(&e))?
+        .ok_or_else(|| ApiError::new(StatusCode::FORBIDDEN, "agent_not_active", format!("agent {} is not registered", spiffe.agent())))?;
+    if agent.status != AgentStatus::Active {
+        return Err(ApiError::new(StatusCode::FORBIDDEN, "agent_not_active", format!("agent {} is {}", agent.name, agent.status)));
+    }
+    let limits = &engine.config.limits;
+    let purpose = req.purpose.trim();
+    if purpose.is_empty() || purpose.chars().count() > limits.max_purpose_chars || purpose.chars().any(|c| c.is_control() && c != '\n') {
+        return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", format!("purpose must be 1-{} printable characters", limits.max_purpose_chars)));
+    }
+    req.scope
+        .check_bounds(limits.max_scope_items)
+        .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", e.to_string()))?;
+    let ttl = req.ttl_secs.unwrap_or(limits.default_task_ttl_secs);
+    if ttl <= 0 || ttl > limits.max_task_ttl_secs {
+        return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", format!("ttl_secs must be between 1 and {}", limits.max_task_ttl_secs)));
+    }
+
+    let rng = |_| ApiError::internal("system RNG failed");
+    let task_id = random_id("tsk").map_err(rng)?;
+    let jti = random_id("jti").map_err(rng)?;
+    let now_ms = engine.clock.now_ms();
+    let now_secs = engine.clock.now_secs();
+    let entities = TaskEntities::build(&engine.agent_facts(&agent), &TaskFacts { id: task_id.clone(), purpose: purpose.to_owned(), environment: engine.config.environment.clone() })
+        .map_err(ApiError::internal)?;
+    let bundle = engine.bundle();
+    let sd = bundle.decide_start(&entities, &StartRequest { scope: &req.scope, ttl_secs: ttl, environment: &engine.config.environment, now_secs });
+    let items = serde_json::to_value(&sd.items).map_err(ApiError::internal)?;
+
+    if sd.decision.outcome == Outcome::Deny || sd.grant.is_empty() {
+        let ev = NewEvent {
+            ts_ms: now_ms,
+            kind: EventKind::TaskRefused,
+            agent: Some(agent.name.to_string()),
+            task_id: Some(task_id.clone()),
+            data: serde_json::json!({ "purpose": purpose, "requested": req.scope, "decision": sd.decision, "items": items }),
+        };
+        engine.audit.append(ev).await.map_err(|_| ApiError::audit())?;
+        let message = if sd.decision.outcome == Outcome::Deny {
+            format!("policy refused to start this task: {}", sd.decision.reasons.join("; "))
+        } else {
+            "policy granted none of the requested tool/action pairs".to_owned()
+        };
+        return Err(ApiError::new(StatusCode::FORBIDDEN, "task_refused", message).with_details(serde_json::json!({ "task_id": task_id, "decision": sd.decision, "items": sd.items })));
+    }
+
+    let granted_ttl = sd.ttl_cap_secs.map_or(ttl, |cap| cap.min(ttl));
+    let exp = now_secs + granted_ttl;
+    let pending = sd.decision.outcome == Outcome::ApprovalRequired;
+    let state = if pending { TaskState::Pending } else { TaskState::Active };
+    let record = TaskRecord {
+        id: task_id.clone(),
+        agent: agent.name.clone(),
+        purpose: purpose.to_owned(),
+        requested: req.scope.clone(),
+        grant: sd.grant.clone(),
+        items: items.clone(),
+        state,
+        bundle_version: bundle.version().to_owned(),
+        token_jti: jti.clone(),
+        created_at_ms: now_ms,
+        expires_at_ms: exp * 1000,
+        ended_at_ms: None,
+        end_reason: None,
+    };
+    let token = if pending {
+        None
+    } else {
+        let claims = TaskClaims {
+            iss: engine.issuer.clone(),
+            sub: spiffe.to_string(),
+            aud: engine.config.task_audience.clone(),
+            exp,
+            iat: now_secs,
+            nbf: now_secs,
+            jti,
+            task_id: task_id.clone(),
+            grant: sd.grant.clone(),
+            act: None,
+        };
+        Some(mandate_token::sign(&engine.keys(), &claims)?)
+    };
+    let ev = NewEvent {
+        ts_ms: now_ms,
+        kind: EventKind::TaskStarted,
+        agent: Some(agent.name.to_string()),
+        task_id: Some(task_id.clone()),
+        data: serde_json::json!({
+            "purpose": purpose, "state": state, "requested": req.scope, "grant": sd.grant, "items": items,
+            "decision": sd.decision, "ttl_secs": granted_ttl, "expires_at_ms": record.expires_at_ms,
+        }),
+    };
+    engine.store.insert_task(&record, ev).await.map_err(|e| ApiError::store(&e))?;
+    let live = engine.live_task(&agent, &record)?;
+    engine.insert_live(live);
+    let status = if pending { StatusCode::ACCEPTED } else { StatusCode::CREATED };
+    Ok((status, Json(StartTaskResponse { task_id, state, task_token: token, expires_at_ms: record.expires_at_ms, grant: sd.grant, items: sd.items, decision: sd.decision })))
+}
+
+async fn load_task(engine: &Engine, id: &str) -> Result<TaskRecord, ApiError> {
+    if id.len() > 64 {
+        return Err(ApiError::invalid("task id is too long"));
+    }
+    engine.store.task(id).await.map_err(|e| ApiError::store(&e))?.ok_or_else(|| ApiError::not_found(format!("task {id} does not exist")))
+}
+
+/// One task (admin).
+#[utoipa::path(get, path = "/v1/tasks/{id}", tag = "tasks", security(("admin_token" = [])),
+    params(("id" = String, Path, description = "task id")),
+    responses((status = 200, body = TaskRecord), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn get_task(State(engine): AppState, bearer: Bearer, Path(id): Path<String>) -> Result<Json<TaskRecord>, ApiError> {
+    require_admin(&engine, &bearer)?;
+    Ok(Json(load_task(&engine, &id).await?))
+}
+
+/// Live (pending and active) tasks (admin).
+#[utoipa::path(get, path = "/v1/tasks", tag = "tasks", security(("admin_token" = [])),
+    responses((status = 200, body = Vec<TaskRecord>), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+pub async fn list_tasks(State(engine): AppState, bearer: Bearer) -> Result<Json<Vec<TaskRecord>>, ApiError> {
+    require_admin(&engine, &bearer)?;
+    Ok(Json(engine.store.live_tasks().await.map_err(|e| ApiError::store(&e))?))
+}
+
+async fn end_task(engine: &Engine, id: &str, from: &[TaskState], to: TaskState, kind: EventKind, reason: &str, by: &str) -> Result<TaskStateResponse, ApiError> {
+    let task = load_task(engine, id).await?;
+    // In memory first: from here on no call of this task is allowed.
+    engine.end_live(id);
+    let now = engine.clock.now_ms();
+    let ev = NewEvent { ts_ms: now, kind, agent: Some(task.agent.to_string()), task_id: Some(id.to_owned()), data: serde_json::json!({ "reason": reason, "by": by, "from": task.state }) };
+    let moved = engine.store.transition_task(id, from, to, now, reason, ev).await.map_err(|e| ApiError::store(&e))?;
+    if !moved {
+        return Err(ApiError::new(StatusCode::CONFLICT, "task_not_active", format!("task {id} is {} and cannot become {to}", task.state)));
+    }
+    Ok(TaskStateResponse { task_id: id.to_owned(), state: to })
+}
+
+/// Complete a task (its own task token). Its token is refused from this moment.
+#[utoipa::path(post, path = "/v1/tasks/{id}/complete", tag = "tasks", security(("task_token" = [])),
+    params(("id" = String, Path, description = "task id")),
+    responses((status = 200, body = TaskStateResponse), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn complete(State(engine): AppState, bearer: Bearer, Path(id): Path<String>) -> Result<Json<TaskStateResponse>, ApiError> {
+    let task = engine.task_for_token(&bearer.0).map_err(|r| r.error)?;
+    if task.id != id {
+        return Err(ApiError::new(StatusCode::FORBIDDEN, "token_not_bound", "this task token belongs to another task"));
+    }
+    let by = task.agent.to_string();
+    Ok(Json(end_task(&engine, &id, &[TaskState::Active], TaskState::Completed, EventKind::TaskCompleted, "completed by agent", &by).await?))
+}
+
+/// Revoke a task (admin, or the task's own token). Its token is refused from this moment.
+#[utoipa::path(post, path = "/v1/tasks/{id}/revoke", tag = "tasks", security(("admin_token" = []), ("task_token" = [])),
+    params(("id" = String, Path, description = "task id")), request_body = RevokeRequest,
+    responses((status = 200, body = TaskStateResponse), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub async fn revoke(State(engine): AppState, bearer: Bearer, Path(id): Path<String>, ApiJson(req): ApiJson<RevokeRequest>) -> Result<Json<TaskStateResponse>, ApiError> {
+    let by = if engine.is_admin(&bearer.0) {
+        "admin".to_owned()
+    } else {
+        let task = engine.task_for_token(&bearer.0).map_err(|r| r.error)?;
+        if task.id != id {
+            return Err(ApiError::new(StatusCode::FORBIDDEN, "token_not_bound", "this task token belongs to another task"));
+        }
+        task.agent.to_string()
+    };
+    if req.reason.trim().is_empty() || req.reason.chars().count() > 1024 {
+        return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", "reason must be 1-1024 characters"));
+    }
+    Ok(Json(end_task(&engine, &id, &[TaskState::Active, TaskState::Pending], TaskState::Revoked, EventKind::TaskRevoked, &req.reason, &by).await?))
+}

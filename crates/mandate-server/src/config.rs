@@ -1,0 +1,67 @@
+//! Server configuration: typed, validated, with defaults.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use mandate_core::{Clock, Limits, SystemClock, TrustDomain};
+
+/// Everything `mandate serve` needs.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Address to listen on; port 0 picks a free port.
+    pub listen: SocketAddr,
+    /// Directory holding the embedded database.
+    pub data_dir: PathBuf,
+    /// Directory of `*.cedar` policy files.
+    pub policies: PathBuf,
+    /// Issuer URL written into tokens; defaults to `http://<listen address>`.
+    pub issuer: Option<String>,
+    /// SPIFFE trust domain of agent identities.
+    pub trust_domain: TrustDomain,
+    /// Environment label policies see (`context.task.environment`).
+    pub environment: String,
+    /// Audience of identity tokens (the control plane).
+    pub identity_audience: String,
+    /// Audience of task tokens (gateways and the decision API).
+    pub task_audience: String,
+    /// Admin token to install (from `MANDATE_ADMIN_TOKEN`); generated on first start if
+    /// neither this nor a stored one exists.
+    pub admin_token: Option<String>,
+    /// Rotate the signing key when it is older than this, in seconds.
+    pub key_rotation_secs: i64,
+    /// Bounds.
+    pub limits: Limits,
+    /// Source of time.
+    pub clock: Arc<dyn Clock>,
+}
+
+impl ServerConfig {
+    /// Defaults for a data directory and policy directory.
+    pub fn new(data_dir: PathBuf, policies: PathBuf) -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8181)),
+            data_dir,
+            policies,
+            issuer: None,
+            trust_domain: TrustDomain::default(),
+            environment: "development".to_owned(),
+            identity_audience: "mandate:control-plane".to_owned(),
+            task_audience: "mandate:gateway".to_owned(),
+            admin_token: None,
+            key_rotation_secs: 24 * 3600,
+            limits: Limits::default(),
+            clock: Arc::new(SystemClock),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn defaults() {
+        let c = super::ServerConfig::new("d".into(), "p".into());
+        assert_eq!(c.trust_domain.as_str(), "mandate.local");
+        assert_eq!(c.limits.max_body_bytes, 1024 * 1024);
+    }
+}

@@ -1,0 +1,461 @@
+//! The engine: keys, the enforcing policy bundle, live tasks and the verified-token caches,
+//! and the in-process decide path that every enforcement point calls.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
+
+use mandate_audit::{EventKind, NewEvent};
+use mandate_core::{
+    ActionClass, AgentName, CanonicalArgs, Clock, DataDomain, Destination, Grant, Sensitivity,
+    SpiffeId, TaskState, ToolName,
+};
+use mandate_policy::{
+    AgentFacts, Bundle, CallRequest, Decision, GRANT_CEILING_POLICY, ItemOutcome, TaskEntities,
+    TaskFacts,
+};
+use mandate_store::{AgentRecord, KeyRow, Store, TaskRecord};
+use mandate_token::{
+    Expectations, IdentityClaims, KeyRing, StoredKey, TaskClaims, TokenError, VerifiedCache,
+};
+
+use crate::audit_writer::AuditWriter;
+use crate::config::ServerConfig;
+use crate::error::ApiError;
+use axum::http::StatusCode;
+
+/// A task that may still act, held in memory so every call is checked without a query.
+#[derive(Debug)]
+pub struct LiveTask {
+    /// Task id.
+    pub id: String,
+    /// Its agent.
+    pub agent: AgentName,
+    /// The agent's SPIFFE ID (the token's `sub`).
+    pub spiffe_id: String,
+    /// Declared purpose.
+    pub purpose: String,
+    /// The grant ceiling.
+    pub grant: Grant,
+    /// Requested pairs policy refused at start (to explain grant-ceiling denials).
+    pub refused: Vec<ItemOutcome>,
+    /// Expiry (unix ms).
+    pub expires_at_ms: i64,
+    /// `jti` of its token.
+    pub token_jti: String,
+    /// Cedar entities of the agent and task.
+    pub entities: TaskEntities,
+    /// Waiting on an approval: holds no usable token.
+    pub pending: bool,
+    /// Set the moment the task ends; checked on every call.
+    ended: AtomicBool,
+}
+
+impl LiveTask {
+    /// True once completed, expired or revoked.
+    pub fn is_ended(&self) -> bool {
+        self.ended.load(Ordering::SeqCst)
+    }
+}
+
+/// One tool call, parsed and canonicalised.
+#[derive(Debug, Clone)]
+pub struct Call {
+    /// The tool.
+    pub tool: ToolName,
+    /// Its action class.
+    pub action: ActionClass,
+    /// What it acts on.
+    pub resource: String,
+    /// Canonical arguments.
+    pub args: CanonicalArgs,
+    /// Where it sends data.
+    pub destination: Option<Destination>,
+    /// Data domain touched.
+    pub data_domain: Option<DataDomain>,
+    /// Declared sensitivity.
+    pub sensitivity: Sensitivity,
+}
+
+/// A refused call: the error to return, and who it concerned when that is known.
+#[derive(Debug)]
+pub struct Refusal {
+    /// What the caller gets.
+    pub error: ApiError,
+    /// The agent, if the token was genuine.
+    pub agent: Option<String>,
+    /// The task, if the token was genuine.
+    pub task: Option<String>,
+}
+
+impl Refusal {
+    fn anonymous(error: ApiError) -> Self {
+        Self { error, agent: None, task: None }
+    }
+}
+
+/// The decision on a call, with the task it was made for.
+#[derive(Debug)]
+pub struct Evaluated {
+    /// The task.
+    pub task: Arc<LiveTask>,
+    /// The decision.
+    pub decision: Decision,
+}
+
+fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    // Writers replace whole values (an Arc or a map entry) in one step, so a poisoned
+    // lock still guards a consistent value.
+    lock.read().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(PoisonError::into_inner)
+}
+
+const ADMIN_HASH_KEY: &str = "admin_token_sha256";
+
+/// Shared state of one server.
+#[derive(Debug)]
+pub struct Engine {
+    pub(crate) config: ServerConfig,
+    pub(crate) issuer: String,
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) audit: AuditWriter,
+    keys: RwLock<Arc<KeyRing>>,
+    bundle: RwLock<Arc<Bundle>>,
+    tasks: RwLock<HashMap<String, Arc<LiveTask>>>,
+    task_cache: VerifiedCache<TaskClaims>,
+    identity_cache: VerifiedCache<IdentityClaims>,
+    admin_hash: RwLock<String>,
+}
+
+/// What [`Engine::open`] reports back to the operator.
+#[derive(Debug)]
+pub struct Opened {
+    /// The engine.
+    pub engine: Arc<Engine>,
+    /// A freshly generated admin token: shown once, never stored in clear.
+    pub generated_admin_token: Option<String>,
+}
+
+impl Engine {
+    /// Loads keys, the policy bundle, the admin token and the live tasks from the store.
+    /// Refuses to start on a bad bundle: there is never a silent allow.
+    pub async fn open(config: ServerConfig, issuer: String, store: Arc<dyn Store>) -> Result<Opened, String> {
+        let clock = Arc::clone(&config.clock);
+        let bundle = Bundle::load_dir(&config.policies).map_err(|e| e.to_string())?;
+        let audit = AuditWriter::spawn(Arc::clone(&store));
+
+        let now = clock.now_ms();
+        let mut rows = store.signing_keys().await.map_err(|e| e.to_string())?;
+        let active_age = rows.iter().find(|k| k.retired_at_ms.is_none()).map(|k| now - k.created_at_ms);
+        if active_age.is_none_or(|age| age >= config.key_rotation_secs.saturating_mul(1000)) {
+            let key = StoredKey::generate(now).map_err(|e| e.to_string())?;
+            let event = NewEvent { ts_ms: now, kind: EventKind::KeysRotated, agent: None, task_id: None, data: serde_json::json!({ "kid": key.kid, "reason": if active_age.is_none() { "first start" } else { "scheduled rotation" } }) };
+            store
+                .rotate_keys(&to_row(&key), now, now - config.limits.key_overlap_secs * 1000, Some(event))
+                .await
+                .map_err(|e| e.to_string())?;
+            rows = store.signing_keys().await.map_err(|e| e.to_string())?;
+        }
+        let ring = ring_from(&rows, &config, now).map_err(|e| e.to_string())?;
+
+        let mut generated_admin_token = None;
+        let stored_hash = store.setting(ADMIN_HASH_KEY).await.map_err(|e| e.to_string())?;
+        let admin_hash = match (&config.admin_token, stored_hash) {
+            (Some(t), _) => {
+                if t.len() < 24 {
+                    return Err("MANDATE_ADMIN_TOKEN is shorter than 24 characters: use a long random value".into());
+                }
+                let h = mandate_core::sha256_hex(t.as_bytes());
+                store.put_setting(ADMIN_HASH_KEY, &h).await.map_err(|e| e.to_string())?;
+                h
+            }
+            (None, Some(h)) => h,
+            (None, None) => {
+                let t = mandate_core::random_secret("mdt_admin").map_err(|_| "system RNG failed".to_owned())?;
+                let h = mandate_core::sha256_hex(t.as_bytes());
+                store.put_setting(ADMIN_HASH_KEY, &h).await.map_err(|e| e.to_string())?;
+                generated_admin_token = Some(t);
+                h
+            }
+        };
+
+        let engine = Arc::new(Self {
+            task_cache: VerifiedCache::new(config.limits.token_cache_capacity),
+            identity_cache: VerifiedCache::new(config.limits.token_cache_capacity),
+            config,
+            issuer,
+            store,
+            clock,
+            audit,
+            keys: RwLock::new(Arc::new(ring)),
+            bundle: RwLock::new(Arc::new(bundle)),
+            tasks: RwLock::new(HashMap::new()),
+            admin_hash: RwLock::new(admin_hash),
+        });
+        engine.load_live_tasks().await?;
+        let b = engine.bundle();
+        engine
+            .store
+            .append_events(vec![NewEvent {
+                ts_ms: now,
+                kind: EventKind::PolicyLoaded,
+                agent: None,
+                task_id: None,
+                data: serde_json::json!({ "bundle_version": b.version(), "policies": b.len(), "source": engine.config.policies.display().to_string() }),
+            }])
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(Opened { engine, generated_admin_token })
+    }
+
+    async fn load_live_tasks(&self) -> Result<(), String> {
+        let live = self.store.live_tasks().await.map_err(|e| e.to_string())?;
+        for t in live {
+            let Some(agent) = self.store.agent(&t.agent).await.map_err(|e| e.to_string())? else {
+                continue;
+            };
+            let task = self.live_task(&agent, &t).map_err(|e| e.message)?;
+            self.insert_live(task);
+        }
+        Ok(())
+    }
+
+    /// Builds the in-memory form of an active task.
+    pub(crate) fn live_task(&self, agent: &AgentRecord, t: &TaskRecord) -> Result<Arc<LiveTask>, ApiError> {
+        let spiffe_id = SpiffeId::for_agent(self.config.trust_domain.clone(), agent.name.clone()).to_string();
+        let entities = TaskEntities::build(&self.agent_facts(agent), &TaskFacts {
+            id: t.id.clone(),
+            purpose: t.purpose.clone(),
+            environment: self.config.environment.clone(),
+        })
+        .map_err(ApiError::internal)?;
+        let refused = serde_json::from_value::<Vec<ItemOutcome>>(t.items.clone())
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|i| i.outcome == mandate_policy::Outcome::Deny)
+            .collect();
+        Ok(Arc::new(LiveTask {
+            id: t.id.clone(),
+            agent: agent.name.clone(),
+            spiffe_id,
+            purpose: t.purpose.clone(),
+            grant: t.grant.clone(),
+            refused,
+            expires_at_ms: t.expires_at_ms,
+            token_jti: t.token_jti.clone(),
+            entities,
+            pending: t.state == TaskState::Pending,
+            ended: AtomicBool::new(false),
+        }))
+    }
+
+    pub(crate) fn agent_facts(&self, a: &AgentRecord) -> AgentFacts {
+        AgentFacts {
+            name: a.name.to_string(),
+            spiffe_id: SpiffeId::for_agent(self.config.trust_domain.clone(), a.name.clone()).to_string(),
+            owner: a.owner.clone(),
+            tier: a.tier.get(),
+            status: a.status.as_str().to_owned(),
+            trust_domain: self.config.trust_domain.to_string(),
+        }
+    }
+
+    pub(crate) fn insert_live(&self, task: Arc<LiveTask>) {
+        write(&self.tasks).insert(task.id.clone(), task);
+    }
+
+    /// Marks a task ended in memory at once (before the store is told), so no call is
+    /// allowed from this moment; returns it if it was live.
+    pub(crate) fn end_live(&self, id: &str) -> Option<Arc<LiveTask>> {
+        let t = write(&self.tasks).remove(id);
+        if let Some(t) = &t {
+            t.ended.store(true, Ordering::SeqCst);
+        }
+        t
+    }
+
+    /// Ids of live tasks past their expiry.
+    pub(crate) fn expired_tasks(&self, now_ms: i64) -> Vec<String> {
+        read(&self.tasks)
+            .values()
+            .filter(|t| t.expires_at_ms <= now_ms)
+            .map(|t| t.id.clone())
+            .collect()
+    }
+
+    /// Ids of every live task of an agent.
+    pub(crate) fn agent_tasks(&self, agent: &AgentName) -> Vec<String> {
+        read(&self.tasks)
+            .values()
+            .filter(|t| &t.agent == agent)
+            .map(|t| t.id.clone())
+            .collect()
+    }
+
+    /// Number of live tasks.
+    pub fn live_count(&self) -> usize {
+        read(&self.tasks).len()
+    }
+
+    /// The enforcing bundle.
+    pub fn bundle(&self) -> Arc<Bundle> {
+        Arc::clone(&read(&self.bundle))
+    }
+
+    /// Replaces the enforcing bundle (the caller has validated it).
+    pub(crate) fn set_bundle(&self, b: Bundle) {
+        *write(&self.bundle) = Arc::new(b);
+    }
+
+    /// The key ring.
+    pub fn keys(&self) -> Arc<KeyRing> {
+        Arc::clone(&read(&self.keys))
+    }
+
+    /// Generates a new signing key; the old one stays published for the overlap.
+    pub async fn rotate_keys(&self, reason: &str) -> Result<String, ApiError> {
+        let now = self.clock.now_ms();
+        let key = StoredKey::generate(now).map_err(ApiError::internal)?;
+        let event = NewEvent { ts_ms: now, kind: EventKind::KeysRotated, agent: None, task_id: None, data: serde_json::json!({ "kid": key.kid, "reason": reason }) };
+        self.store
+            .rotate_keys(&to_row(&key), now, now - self.config.limits.key_overlap_secs * 1000, Some(event))
+            .await
+            .map_err(|e| ApiError::store(&e))?;
+        let rows = self.store.signing_keys().await.map_err(|e| ApiError::store(&e))?;
+        let ring = ring_from(&rows, &self.config, now).map_err(ApiError::internal)?;
+        *write(&self.keys) = Arc::new(ring);
+        Ok(key.kid)
+    }
+
+    fn expectations<'a>(&'a self, audience: &'a str) -> Expectations<'a> {
+        Expectations {
+            issuer: &self.issuer,
+            audience,
+            leeway_secs: self.config.limits.token_leeway_secs,
+            now_secs: self.clock.now_secs(),
+        }
+    }
+
+    /// Verifies an identity token (cached by digest after the first verification).
+    pub fn verify_identity(&self, token: &str) -> Result<Arc<IdentityClaims>, TokenError> {
+        let now = self.clock.now_secs();
+        if let Some(c) = self.identity_cache.get(token, now) {
+            return Ok(c);
+        }
+        let ring = self.keys();
+        let claims: IdentityClaims = mandate_token::verify(token, &ring, &self.expectations(&self.config.identity_audience))?;
+        let claims = Arc::new(claims);
+        self.identity_cache.insert(token, Arc::clone(&claims), claims.exp + self.config.limits.token_leeway_secs, now);
+        Ok(claims)
+    }
+
+    /// Verifies a task token (cached by digest after the first verification).
+    pub fn verify_task_token(&self, token: &str) -> Result<Arc<TaskClaims>, TokenError> {
+        let now = self.clock.now_secs();
+        if let Some(c) = self.task_cache.get(token, now) {
+            return Ok(c);
+        }
+        let ring = self.keys();
+        let claims: TaskClaims = mandate_token::verify(token, &ring, &self.expectations(&self.config.task_audience))?;
+        let claims = Arc::new(claims);
+        self.task_cache.insert(token, Arc::clone(&claims), claims.exp + self.config.limits.token_leeway_secs, now);
+        Ok(claims)
+    }
+
+    /// The live task a task token is bound to, or why it may not act.
+    pub fn task_for_token(&self, token: &str) -> Result<Arc<LiveTask>, Refusal> {
+        let claims = self.verify_task_token(token).map_err(|e| Refusal::anonymous(e.into()))?;
+        let refusal = |code: &'static str, message: String| Refusal {
+            error: ApiError::new(StatusCode::FORBIDDEN, code, message),
+            agent: SpiffeId::parse(&claims.sub).ok().map(|s| s.agent().to_string()),
+            task: Some(claims.task_id.clone()),
+        };
+        let task = read(&self.tasks).get(&claims.task_id).cloned();
+        let Some(task) = task else {
+            return Err(refusal("task_not_active", format!("task {} is not active (completed, expired, revoked or unknown): start a new task", claims.task_id)));
+        };
+        if task.pending {
+            return Err(refusal("task_not_active", format!("task {} is pending an approval", task.id)));
+        }
+        if task.is_ended() {
+            return Err(refusal("task_not_active", format!("task {} has ended: start a new task", task.id)));
+        }
+        if task.token_jti != claims.jti || task.spiffe_id != claims.sub {
+            return Err(refusal("token_not_bound", "the token is not the one issued for this task and agent".into()));
+        }
+        if self.clock.now_ms() >= task.expires_at_ms {
+            return Err(refusal("task_expired", format!("task {} has expired: start a new task", task.id)));
+        }
+        Ok(task)
+    }
+
+    /// The in-process decide path: cached token check, grant ceiling, sliced Cedar
+    /// evaluation. Total: every failure is a refusal or a deny.
+    pub fn evaluate(&self, token: &str, call: &Call) -> Result<Evaluated, Refusal> {
+        let task = self.task_for_token(token)?;
+        let bundle = self.bundle();
+        if let Err(outside) = task.grant.check(&call.tool, call.action, call.data_domain.as_ref(), call.destination.as_ref()) {
+            let mut decision = Decision::deny(GRANT_CEILING_POLICY, outside.to_string(), bundle.version());
+            for r in task.refused.iter().filter(|r| r.tool == call.tool && r.action == call.action) {
+                decision.policies.extend(r.policies.iter().cloned());
+                decision.reasons.push(format!("refused when the task started by policy {}", r.policies.join(", ")));
+            }
+            return Ok(Evaluated { task, decision });
+        }
+        let decision = bundle.decide_call(&task.entities, &CallRequest {
+            action: call.action,
+            tool: &call.tool,
+            resource: &call.resource,
+            destination: call.destination.as_ref(),
+            data_domain: call.data_domain.as_ref(),
+            sensitivity: call.sensitivity,
+            args_digest: call.args.digest(),
+            now_secs: self.clock.now_secs(),
+        });
+        Ok(Evaluated { task, decision })
+    }
+
+    /// Checks a bearer admin token in constant time.
+    pub fn is_admin(&self, token: &str) -> bool {
+        let given = mandate_core::sha256_hex(token.as_bytes());
+        let want = read(&self.admin_hash).clone();
+        aws_lc_rs::constant_time::verify_slices_are_equal(given.as_bytes(), want.as_bytes()).is_ok()
+    }
+
+    /// Expires every live task past its time: in memory first, then in the store.
+    pub async fn sweep(&self) {
+        let now = self.clock.now_ms();
+        for id in self.expired_tasks(now) {
+            let Some(t) = self.end_live(&id) else { continue };
+            let event = NewEvent { ts_ms: now, kind: EventKind::TaskExpired, agent: Some(t.agent.to_string()), task_id: Some(id.clone()), data: serde_json::json!({ "expired_at_ms": t.expires_at_ms }) };
+            if let Err(e) = self.store.transition_task(&id, &[TaskState::Active, TaskState::Pending], TaskState::Expired, now, "expired", event).await {
+                tracing::error!(task = %id, error = %e, "could not record expiry; the task stays refused in memory");
+            }
+        }
+        if now - self.active_key_created_ms() >= self.config.key_rotation_secs.saturating_mul(1000)
+            && let Err(e) = self.rotate_keys("scheduled rotation").await
+        {
+            tracing::error!(error = e.message, "scheduled key rotation failed");
+        }
+    }
+
+    fn active_key_created_ms(&self) -> i64 {
+        self.keys().active_created_ms()
+    }
+}
+
+fn to_row(k: &StoredKey) -> KeyRow {
+    KeyRow { kid: k.kid.clone(), pkcs8: k.pkcs8.clone(), created_at_ms: k.created_at_ms, retired_at_ms: k.retired_at_ms }
+}
+
+fn ring_from(rows: &[KeyRow], config: &ServerConfig, now: i64) -> Result<KeyRing, TokenError> {
+    let stored: Vec<StoredKey> = rows
+        .iter()
+        .map(|r| StoredKey { kid: r.kid.clone(), pkcs8: r.pkcs8.clone(), created_at_ms: r.created_at_ms, retired_at_ms: r.retired_at_ms })
+        .collect();
+    KeyRing::from_stored(&stored, config.limits.key_overlap_secs * 1000, now)
+}

@@ -1,0 +1,132 @@
+//! Errors that leave the server: a status, a stable machine-readable code, and a message
+//! that names the offending value and says what to do.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+/// The body of every error response.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ErrorBody {
+    /// The error.
+    pub error: ErrorDetail,
+}
+
+/// One error.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ErrorDetail {
+    /// Stable machine-readable code, e.g. `token_expired`, `body_too_large`.
+    pub code: String,
+    /// Human-readable explanation.
+    pub message: String,
+    /// Structured details (policy diagnostics, the decision that refused a task…).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub details: Option<serde_json::Value>,
+}
+
+/// An error on its way out.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// Stable code.
+    pub code: &'static str,
+    /// Message.
+    pub message: String,
+    /// Optional details.
+    pub details: Option<serde_json::Value>,
+}
+
+impl ApiError {
+    /// A new error.
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+            details: None,
+        }
+    }
+
+    /// Attaches structured details.
+    pub fn with_details(mut self, details: serde_json::Value) -> Self {
+        self.details = Some(details);
+        self
+    }
+
+    /// 400 `invalid_request`.
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_request", message)
+    }
+
+    /// 404 `not_found`.
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+
+    /// 503 `store_unavailable`: the store failed, so the request is refused (fail closed).
+    pub fn store(e: &mandate_store::StoreError) -> Self {
+        tracing::error!(error = %e, "store failure");
+        match e {
+            mandate_store::StoreError::Conflict(what) => {
+                Self::new(StatusCode::CONFLICT, "conflict", format!("{what}: choose another name"))
+            }
+            mandate_store::StoreError::NotFound(what) => Self::not_found(format!("{what} does not exist")),
+            _ => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "store_unavailable",
+                "the state store failed; the request was refused",
+            ),
+        }
+    }
+
+    /// 503 `audit_unavailable`: the audit record could not be written, so nothing was allowed.
+    pub fn audit() -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "audit_unavailable",
+            "the audit record could not be written; nothing was allowed (fail closed)",
+        )
+    }
+
+    /// 500 `internal_error`.
+    pub fn internal(what: impl std::fmt::Display) -> Self {
+        tracing::error!(error = %what, "internal error");
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", "internal error; see the server log")
+    }
+}
+
+impl From<mandate_token::TokenError> for ApiError {
+    fn from(e: mandate_token::TokenError) -> Self {
+        let status = match e {
+            mandate_token::TokenError::Signing(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            _ => StatusCode::UNAUTHORIZED,
+        };
+        Self::new(status, e.code(), e.to_string())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut res = (
+            self.status,
+            Json(ErrorBody {
+                error: ErrorDetail {
+                    code: self.code.to_owned(),
+                    message: self.message,
+                    details: self.details,
+                },
+            }),
+        )
+            .into_response();
+        if self.status == StatusCode::UNAUTHORIZED
+            && let Ok(v) = axum::http::HeaderValue::from_str(&format!("Bearer error=\"invalid_token\", error_description=\"{}\"", self.code))
+        {
+            res.headers_mut().insert(axum::http::header::WWW_AUTHENTICATE, v);
+        }
+        res
+    }
+}

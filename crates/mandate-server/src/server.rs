@@ -1,0 +1,119 @@
+//! Starting and stopping a server.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use mandate_store::{SqliteStore, Store};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::config::ServerConfig;
+use crate::engine::{Engine, Opened};
+
+/// Entry point.
+#[derive(Debug)]
+pub struct Server;
+
+/// A server accepting connections.
+#[derive(Debug)]
+pub struct RunningServer {
+    /// The bound address (useful with port 0).
+    pub addr: SocketAddr,
+    /// The issuer URL in its tokens.
+    pub issuer: String,
+    /// The engine, for in-process callers (the demo, tests, benchmarks).
+    pub engine: Arc<Engine>,
+    /// Set on first start when no admin token was configured: print once.
+    pub generated_admin_token: Option<String>,
+    shutdown: Option<oneshot::Sender<()>>,
+    handle: JoinHandle<Result<(), String>>,
+    sweeper: JoinHandle<()>,
+}
+
+impl Server {
+    /// Opens the store in the data directory, loads policies and keys, binds, and serves in
+    /// the background. Refuses to start on a bad policy bundle.
+    pub async fn start(config: ServerConfig) -> Result<RunningServer, String> {
+        let store = SqliteStore::open(&config.data_dir).await.map_err(|e| e.to_string())?;
+        Self::start_with_store(config, Arc::new(store)).await
+    }
+
+    /// As [`Server::start`], with a given store.
+    pub async fn start_with_store(config: ServerConfig, store: Arc<dyn Store>) -> Result<RunningServer, String> {
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
+        let addr = listener.local_addr().map_err(|e| e.to_string())?;
+        let issuer = config.issuer.clone().unwrap_or_else(|| format!("http://{addr}"));
+        let Opened { engine, generated_admin_token } = Engine::open(config, issuer.clone(), store).await?;
+        let app = crate::api::router(Arc::clone(&engine));
+        let (tx, rx) = oneshot::channel::<()>();
+        let handle = tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = rx.await;
+                })
+                .await
+                .map_err(|e| e.to_string())
+        });
+        let sweep_engine = Arc::clone(&engine);
+        let sweeper = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(500));
+            loop {
+                tick.tick().await;
+                sweep_engine.sweep().await;
+            }
+        });
+        tracing::info!(%addr, bundle = engine.bundle().version(), "mandate serving");
+        Ok(RunningServer { addr, issuer, engine, generated_admin_token, shutdown: Some(tx), handle, sweeper })
+    }
+}
+
+impl RunningServer {
+    /// The base URL, e.g. `http://127.0.0.1:8181`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Stops accepting, finishes in-flight requests, and returns.
+    pub async fn shutdown(mut self) -> Result<(), String> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        self.sweeper.abort();
+        match self.handle.await {
+            Ok(r) => r,
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// Serves until the process receives Ctrl-C / SIGTERM.
+    pub async fn run_until_signal(self) -> Result<(), String> {
+        shutdown_signal().await;
+        tracing::info!("shutting down");
+        self.shutdown().await
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}
