@@ -1,1 +1,138 @@
-fn main() {}
+//! `mandate`: the runtime authorization control plane for AI agents, in one binary.
+
+mod client;
+mod cmd;
+mod demo;
+mod style;
+mod trace;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Mandate: every agent action authorised at the moment it happens, under a task with a
+/// declared intent, a scope, a short life and an owner, and written to a tamper-evident
+/// audit trail.
+#[derive(Debug, Parser)]
+#[command(name = "mandate", version, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the control plane: identity, tasks, decisions and audit over HTTP.
+    ///
+    /// All state lives in an embedded database in --data-dir; nothing to install. On first
+    /// start an admin token is generated and printed once (or set MANDATE_ADMIN_TOKEN).
+    /// A policy directory with any invalid policy refuses to start.
+    Serve(ServeArgs),
+    /// Register, inspect, attest, quarantine and offboard agents.
+    #[command(subcommand)]
+    Agent(cmd::AgentCmd),
+    /// Start, inspect, complete and revoke tasks (mandates).
+    #[command(subcommand)]
+    Task(cmd::TaskCmd),
+    /// Ask for a decision on one tool call with a task token.
+    ///
+    /// Exit status: 0 allow, 2 deny, 3 approval required, 1 error.
+    Decide(cmd::DecideArgs),
+    /// Verify the audit chain, or print a task's timeline.
+    #[command(subcommand)]
+    Audit(cmd::AuditCmd),
+    /// Validate a policy directory against Mandate's schema.
+    #[command(subcommand)]
+    Policy(cmd::PolicyCmd),
+    /// Watch the whole idea work in a few seconds: an in-process server, an agent, a task,
+    /// an allowed read, a write held for approval, a denied delete, a forged token, the
+    /// task's end, and a verified audit chain. Exits 0 only if every step behaves.
+    Demo(DemoArgs),
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    /// Address and port to listen on.
+    #[arg(long, default_value = "127.0.0.1:8181", env = "MANDATE_LISTEN")]
+    listen: SocketAddr,
+    /// Directory for the embedded database (created if missing).
+    #[arg(long, default_value = "./mandate-data", env = "MANDATE_DATA_DIR")]
+    data_dir: PathBuf,
+    /// Directory of *.cedar policy files.
+    #[arg(long, default_value = "./policies", env = "MANDATE_POLICIES")]
+    policies: PathBuf,
+    /// SPIFFE trust domain of agent identities.
+    #[arg(long, default_value = "mandate.local", env = "MANDATE_TRUST_DOMAIN")]
+    trust_domain: String,
+    /// Environment label that policies see as `context.task.environment`.
+    #[arg(long, default_value = "development", env = "MANDATE_ENVIRONMENT")]
+    environment: String,
+    /// Issuer URL in tokens (default http://<listen address>).
+    #[arg(long, env = "MANDATE_ISSUER")]
+    issuer: Option<String>,
+}
+
+#[derive(Debug, Args)]
+struct DemoArgs {
+    /// Keep the demo's data directory here instead of a temporary one.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+}
+
+fn init_tracing(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("MANDATE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Serve(a) => {
+                init_tracing("info");
+                serve(a).await.map(|()| ExitCode::SUCCESS)
+            }
+            Command::Demo(a) => {
+                init_tracing("warn");
+                demo::run(a.data_dir).await
+            }
+            Command::Agent(c) => cmd::agent(c).await.map(|()| ExitCode::SUCCESS),
+            Command::Task(c) => cmd::task(c).await.map(|()| ExitCode::SUCCESS),
+            Command::Decide(a) => cmd::decide(a).await,
+            Command::Audit(c) => cmd::audit(c).await,
+            Command::Policy(c) => cmd::policy(c),
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(a: ServeArgs) -> anyhow::Result<()> {
+    let mut config = mandate_server::ServerConfig::new(a.data_dir, a.policies);
+    config.listen = a.listen;
+    config.trust_domain = mandate_core::TrustDomain::parse(&a.trust_domain)?;
+    config.environment = a.environment;
+    config.issuer = a.issuer;
+    config.admin_token = std::env::var("MANDATE_ADMIN_TOKEN").ok().filter(|t| !t.is_empty());
+    let running = mandate_server::Server::start(config).await.map_err(anyhow::Error::msg)?;
+    if let Some(token) = &running.generated_admin_token {
+        eprintln!("\nAdmin token (shown once; stored only as a hash):\n\n    {token}\n\nexport MANDATE_ADMIN_TOKEN={token}\n");
+    }
+    eprintln!("mandate listening on {} (issuer {})", running.url(), running.issuer);
+    running.run_until_signal().await.map_err(anyhow::Error::msg)
+}

@@ -1,0 +1,363 @@
+//! The client-side subcommands: thin wrappers over the HTTP API, plus the offline audit
+//! and policy tools that read the data directory or policy files directly.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Subcommand};
+use mandate_store::{SqliteStore, Store};
+use serde_json::{Value, json};
+
+use crate::client::Client;
+use crate::{style, trace};
+
+/// Where the server is, and the admin token for admin operations.
+#[derive(Debug, Args)]
+pub struct ServerOpts {
+    /// Base URL of the Mandate server.
+    #[arg(long, default_value = "http://127.0.0.1:8181", env = "MANDATE_URL")]
+    server: String,
+    /// Admin token (printed by `mandate serve` on first start).
+    #[arg(long, env = "MANDATE_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
+}
+
+impl ServerOpts {
+    fn client(&self) -> Result<Client> {
+        Client::new(&self.server)
+    }
+
+    fn admin(&self) -> Result<&str> {
+        self.admin_token.as_deref().context("this command needs the admin token: pass --admin-token or set MANDATE_ADMIN_TOKEN")
+    }
+}
+
+fn print(v: &Value) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AgentCmd {
+    /// Register an agent; prints its SPIFFE ID and a one-time join token.
+    Register {
+        /// Agent name (becomes spiffe://<trust-domain>/agent/<name>).
+        name: String,
+        /// Accountable human owner.
+        #[arg(long)]
+        owner: String,
+        /// Risk tier, 0 (most constrained) to 3.
+        #[arg(long, default_value_t = 1)]
+        tier: u8,
+        #[command(flatten)]
+        server: ServerOpts,
+    },
+    /// List agents.
+    List {
+        #[command(flatten)]
+        server: ServerOpts,
+    },
+    /// Show one agent.
+    Show {
+        name: String,
+        #[command(flatten)]
+        server: ServerOpts,
+    },
+    /// Issue another one-time join token.
+    JoinToken {
+        name: String,
+        #[command(flatten)]
+        server: ServerOpts,
+    },
+    /// Attest with a join token; prints a JWT-SVID identity token.
+    Attest {
+        name: String,
+        /// The one-time join token.
+        #[arg(long, env = "MANDATE_JOIN_TOKEN", hide_env_values = true)]
+        join_token: String,
+        #[command(flatten)]
+        server: ServerOpts,
+    },
+    /// Quarantine an agent: every live task is revoked at once.
+    Quarantine {
+        name: String,
+        #[arg(long)]
+        reason: String,
+        #[command(flatten)]
+        server: ServerOpts,
+    },
+    /// Release a quarantined agent.
+    Release {
+        name: String,
+        #[arg(long)]
+        reason: String,
+        #[command(flatten)]
+        server: ServerOpts,
+    },
+    /// Offboard an agent for good: everything it holds is revoked.
+    Offboard {
+        name: String,
+        #[arg(long)]
+        reason: String,
+        #[command(flatten)]
+        server: ServerOpts,
+    },
+}
+
+pub async fn agent(c: AgentCmd) -> Result<()> {
+    match c {
+        AgentCmd::Register { name, owner, tier, server } => {
+            let r = server.client()?.post("/v1/agents", Some(server.admin()?), &json!({ "name": name, "owner": owner, "tier": tier })).await?;
+            print(&r.ok()?)
+        }
+        AgentCmd::List { server } => print(&server.client()?.get("/v1/agents", Some(server.admin()?)).await?.ok()?),
+        AgentCmd::Show { name, server } => print(&server.client()?.get(&format!("/v1/agents/{name}"), Some(server.admin()?)).await?.ok()?),
+        AgentCmd::JoinToken { name, server } => {
+            print(&server.client()?.post(&format!("/v1/agents/{name}/join-tokens"), Some(server.admin()?), &json!({})).await?.ok()?)
+        }
+        AgentCmd::Attest { name, join_token, server } => {
+            print(&server.client()?.post("/v1/attest", None, &json!({ "agent": name, "join_token": join_token })).await?.ok()?)
+        }
+        AgentCmd::Quarantine { name, reason, server } => status(&server, &name, "quarantined", &reason).await,
+        AgentCmd::Release { name, reason, server } => status(&server, &name, "active", &reason).await,
+        AgentCmd::Offboard { name, reason, server } => status(&server, &name, "offboarded", &reason).await,
+    }
+}
+
+async fn status(server: &ServerOpts, name: &str, status: &str, reason: &str) -> Result<()> {
+    let r = server.client()?.post(&format!("/v1/agents/{name}/status"), Some(server.admin()?), &json!({ "status": status, "reason": reason })).await?;
+    print(&r.ok()?)
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TaskCmd {
+    /// Start a task with an identity token; prints the grant and the task token.
+    Start {
+        /// Identity token from `mandate agent attest`.
+        #[arg(long, env = "MANDATE_IDENTITY_TOKEN", hide_env_values = true)]
+        identity_token: String,
+        /// The declared intent.
+        #[arg(long)]
+        purpose: String,
+        /// A tool the task needs (repeat).
+        #[arg(long = "tool", required = true)]
+        tools: Vec<String>,
+        /// An action class the task needs: read, write, delete, execute (repeat).
+        #[arg(long = "action", required = true)]
+        actions: Vec<String>,
+        /// A data domain the task touches (repeat).
+        #[arg(long = "data-domain")]
+        data_domains: Vec<String>,
+        /// A destination the task sends data to (repeat).
+        #[arg(long = "destination")]
+        destinations: Vec<String>,
+        /// Lifetime asked for, in seconds.
+        #[arg(long)]
+        ttl: Option<i64>,
+        #[command(flatten)]
+        server: ServerOpts,
+    },
+    /// Show a task.
+    Show {
+        id: String,
+        #[command(flatten)]
+        server: ServerOpts,
+    },
+    /// List live tasks.
+    List {
+        #[command(flatten)]
+        server: ServerOpts,
+    },
+    /// Complete a task with its own task token.
+    Complete {
+        id: String,
+        #[arg(long, env = "MANDATE_TASK_TOKEN", hide_env_values = true)]
+        task_token: String,
+        #[command(flatten)]
+        server: ServerOpts,
+    },
+    /// Revoke a task (admin).
+    Revoke {
+        id: String,
+        #[arg(long)]
+        reason: String,
+        #[command(flatten)]
+        server: ServerOpts,
+    },
+}
+
+pub async fn task(c: TaskCmd) -> Result<()> {
+    match c {
+        TaskCmd::Start { identity_token, purpose, tools, actions, data_domains, destinations, ttl, server } => {
+            let body = json!({
+                "purpose": purpose,
+                "scope": { "tools": tools, "actions": actions, "data_domains": data_domains, "destinations": destinations },
+                "ttl_secs": ttl,
+            });
+            print(&server.client()?.post("/v1/tasks", Some(&identity_token), &body).await?.ok()?)
+        }
+        TaskCmd::Show { id, server } => print(&server.client()?.get(&format!("/v1/tasks/{id}"), Some(server.admin()?)).await?.ok()?),
+        TaskCmd::List { server } => print(&server.client()?.get("/v1/tasks", Some(server.admin()?)).await?.ok()?),
+        TaskCmd::Complete { id, task_token, server } => {
+            print(&server.client()?.post(&format!("/v1/tasks/{id}/complete"), Some(&task_token), &json!({})).await?.ok()?)
+        }
+        TaskCmd::Revoke { id, reason, server } => {
+            print(&server.client()?.post(&format!("/v1/tasks/{id}/revoke"), Some(server.admin()?), &json!({ "reason": reason })).await?.ok()?)
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct DecideArgs {
+    /// Task token from `mandate task start`.
+    #[arg(long, env = "MANDATE_TASK_TOKEN", hide_env_values = true)]
+    task_token: String,
+    /// The tool being called.
+    #[arg(long)]
+    tool: String,
+    /// Its action class: read, write, delete or execute.
+    #[arg(long)]
+    action: String,
+    /// What the tool acts on.
+    #[arg(long)]
+    resource: Option<String>,
+    /// The call's arguments as JSON.
+    #[arg(long)]
+    args: Option<String>,
+    /// Where the call sends data (host[:port]).
+    #[arg(long)]
+    destination: Option<String>,
+    /// Data domain touched.
+    #[arg(long)]
+    data_domain: Option<String>,
+    /// Sensitivity: public, internal, confidential, restricted.
+    #[arg(long)]
+    sensitivity: Option<String>,
+    /// Print the whole decision as JSON.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    server: ServerOpts,
+}
+
+pub async fn decide(a: DecideArgs) -> Result<ExitCode> {
+    let args: Option<Value> = a.args.as_deref().map(serde_json::from_str).transpose().context("--args is not valid JSON")?;
+    let body = json!({
+        "tool": a.tool, "action": a.action, "resource": a.resource, "arguments": args,
+        "destination": a.destination, "data_domain": a.data_domain, "sensitivity": a.sensitivity,
+    });
+    let body = strip_nulls(body);
+    let d = a.server.client()?.post("/v1/decide", Some(&a.task_token), &body).await?.ok()?;
+    let outcome = d["outcome"].as_str().unwrap_or("deny").to_owned();
+    if a.json {
+        print(&d)?;
+    } else {
+        println!("{}  {}", style::outcome(&outcome), d["policies"].as_array().map(|p| p.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(", ")).unwrap_or_default());
+        for r in d["reasons"].as_array().into_iter().flatten() {
+            println!("  {}", r.as_str().unwrap_or(""));
+        }
+    }
+    Ok(match outcome.as_str() {
+        "allow" => ExitCode::SUCCESS,
+        "approval_required" => ExitCode::from(3),
+        _ => ExitCode::from(2),
+    })
+}
+
+fn strip_nulls(v: Value) -> Value {
+    match v {
+        Value::Object(m) => Value::Object(m.into_iter().filter(|(_, v)| !v.is_null()).collect()),
+        other => other,
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCmd {
+    /// Walk the hash chain and name the first bad record (edit, deletion, reorder, truncation).
+    ///
+    /// Reads the data directory directly; works while the server runs. Exit 0 when intact,
+    /// 2 when broken.
+    Verify {
+        /// The server's data directory.
+        #[arg(long, default_value = "./mandate-data", env = "MANDATE_DATA_DIR")]
+        data_dir: PathBuf,
+    },
+    /// Print one task's events as a timeline.
+    Trace {
+        /// Task id.
+        task: String,
+        /// The server's data directory.
+        #[arg(long, default_value = "./mandate-data", env = "MANDATE_DATA_DIR")]
+        data_dir: PathBuf,
+        /// Print the raw events as JSON lines.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+pub async fn audit(c: AuditCmd) -> Result<ExitCode> {
+    match c {
+        AuditCmd::Verify { data_dir } => {
+            let store = SqliteStore::open_existing(&data_dir).await?;
+            let report = mandate_server::verify::verify_chain(&store).await?;
+            match report.first_bad {
+                None => {
+                    println!("{} audit chain intact: {} records verified", style::green("ok"), report.records);
+                    Ok(ExitCode::SUCCESS)
+                }
+                Some(b) => {
+                    println!("{} {b}", style::red("BROKEN"));
+                    Ok(ExitCode::from(2))
+                }
+            }
+        }
+        AuditCmd::Trace { task, data_dir, json } => {
+            let store = SqliteStore::open_existing(&data_dir).await?;
+            let events = store.task_events(&task).await?;
+            if events.is_empty() {
+                bail!("no events for task {task} in {}", data_dir.display());
+            }
+            if json {
+                for e in &events {
+                    println!("{}", serde_json::to_string(e)?);
+                }
+            } else {
+                print!("{}", trace::render(&task, &events));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyCmd {
+    /// Validate every *.cedar file in a directory against Mandate's schema.
+    Validate {
+        /// Policy directory.
+        dir: PathBuf,
+    },
+    /// Print Mandate's built-in Cedar schema.
+    Schema,
+}
+
+pub fn policy(c: PolicyCmd) -> Result<ExitCode> {
+    match c {
+        PolicyCmd::Validate { dir } => match mandate_policy::Bundle::load_dir(&dir) {
+            Ok(b) => {
+                println!("{} {} policies valid; bundle {}", style::green("ok"), b.len(), b.version());
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(e) => {
+                for d in &e.diagnostics {
+                    println!("{}: {d}", style::red("error"));
+                }
+                Ok(ExitCode::from(2))
+            }
+        },
+        PolicyCmd::Schema => {
+            print!("{}", mandate_policy::SCHEMA_TEXT);
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
