@@ -237,7 +237,10 @@ impl Verifier {
         if e.seq > self.next_seq {
             return brk(
                 self.next_seq,
-                format!("record is missing (next stored record is {}): deleted", e.seq),
+                format!(
+                    "record is missing (next stored record is {}): deleted",
+                    e.seq
+                ),
             );
         }
         if e.seq < self.next_seq {
@@ -259,7 +262,10 @@ impl Verifier {
             &e.prev_hash,
         );
         if want != e.hash {
-            return brk(e.seq, "its content does not match its hash: the record was edited".into());
+            return brk(
+                e.seq,
+                "its content does not match its hash: the record was edited".into(),
+            );
         }
         self.next_seq = e.seq.saturating_add(1);
         self.prev_hash.clone_from(&e.hash);

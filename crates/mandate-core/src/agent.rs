@@ -6,7 +6,9 @@ use utoipa::ToSchema;
 
 /// How much damage an agent could do: 0 is the most constrained, 3 the most trusted.
 /// Policy reads it as `principal.tier`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, ToSchema)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, ToSchema,
+)]
 #[serde(try_from = "u8", into = "u8")]
 #[schema(value_type = u8, minimum = 0, maximum = 3)]
 pub struct RiskTier(u8);

@@ -111,9 +111,7 @@ impl Serialize for CanonicalArgs {
 
 impl<'de> Deserialize<'de> for CanonicalArgs {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        ValueSeed { depth: 0 }
-            .deserialize(d)
-            .map(Self::from_value)
+        ValueSeed { depth: 0 }.deserialize(d).map(Self::from_value)
     }
 }
 

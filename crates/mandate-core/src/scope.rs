@@ -128,7 +128,9 @@ string_newtype!(
 
 /// What kind of effect an action has. The order is the escalation order:
 /// read < write < delete; execute runs code and is treated separately by policy.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, ToSchema)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum ActionClass {
     /// Observes without changing anything.
@@ -326,18 +328,48 @@ mod tests {
         let mut g = Grant::default();
         g.tools
             .insert(tool("tickets.search"), BTreeSet::from([ActionClass::Read]));
-        g.data_domains
-            .insert(DataDomain::parse("support").unwrap());
+        g.data_domains.insert(DataDomain::parse("support").unwrap());
         let support = DataDomain::parse("support").unwrap();
         let finance = DataDomain::parse("finance").unwrap();
         let dest = Destination::parse("evil.example").unwrap();
-        let cases: Vec<(ToolName, ActionClass, Option<&DataDomain>, Option<&Destination>, bool)> = vec![
+        type Case<'a> = (
+            ToolName,
+            ActionClass,
+            Option<&'a DataDomain>,
+            Option<&'a Destination>,
+            bool,
+        );
+        let cases: Vec<Case<'_>> = vec![
             (tool("tickets.search"), ActionClass::Read, None, None, true),
-            (tool("tickets.search"), ActionClass::Read, Some(&support), None, true),
-            (tool("tickets.search"), ActionClass::Write, None, None, false),
+            (
+                tool("tickets.search"),
+                ActionClass::Read,
+                Some(&support),
+                None,
+                true,
+            ),
+            (
+                tool("tickets.search"),
+                ActionClass::Write,
+                None,
+                None,
+                false,
+            ),
             (tool("tickets.delete"), ActionClass::Read, None, None, false),
-            (tool("tickets.search"), ActionClass::Read, Some(&finance), None, false),
-            (tool("tickets.search"), ActionClass::Read, None, Some(&dest), false),
+            (
+                tool("tickets.search"),
+                ActionClass::Read,
+                Some(&finance),
+                None,
+                false,
+            ),
+            (
+                tool("tickets.search"),
+                ActionClass::Read,
+                None,
+                Some(&dest),
+                false,
+            ),
         ];
         for (t, a, d, dst, ok) in cases {
             assert_eq!(g.check(&t, a, d, dst).is_ok(), ok, "{t} {a} {d:?} {dst:?}");
@@ -352,12 +384,28 @@ mod tests {
             data_domains: vec![],
             destinations: vec![],
         };
-        assert!(matches!(s.check_bounds(4), Err(ScopeError::Count { field: "tools", .. })));
+        assert!(matches!(
+            s.check_bounds(4),
+            Err(ScopeError::Count { field: "tools", .. })
+        ));
     }
 }
 
 /// How sensitive the data an action touches is, as declared for the call.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, ToSchema)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Sensitivity {
     /// Published data.

@@ -50,11 +50,14 @@ impl TaskState {
 
     /// Checks that `self → to` is allowed.
     pub fn transition(self, to: TaskState) -> Result<TaskState, TransitionError> {
-        let ok = match (self, to) {
-            (Self::Pending, Self::Active | Self::Expired | Self::Revoked) => true,
-            (Self::Active, Self::Completed | Self::Expired | Self::Revoked) => true,
-            _ => false,
-        };
+        let ok = matches!(
+            (self, to),
+            (Self::Pending, Self::Active | Self::Expired | Self::Revoked)
+                | (
+                    Self::Active,
+                    Self::Completed | Self::Expired | Self::Revoked
+                )
+        );
         if ok {
             Ok(to)
         } else {

@@ -37,7 +37,11 @@ pub struct Diagnostic {
 
 impl fmt::Display for Diagnostic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}:{}: {}", self.file, self.line, self.column, self.message)
+        write!(
+            f,
+            "{}:{}:{}: {}",
+            self.file, self.line, self.column, self.message
+        )
     }
 }
 
@@ -67,7 +71,11 @@ impl BundleError {
 
 impl fmt::Display for BundleError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "policy bundle rejected ({} problem(s))", self.diagnostics.len())?;
+        write!(
+            f,
+            "policy bundle rejected ({} problem(s))",
+            self.diagnostics.len()
+        )?;
         for d in &self.diagnostics {
             write!(f, "\n  {d}")?;
         }
@@ -164,11 +172,19 @@ impl Bundle {
         let mut files = BTreeMap::new();
         let mut stack = vec![dir.to_path_buf()];
         while let Some(d) = stack.pop() {
-            let entries = std::fs::read_dir(&d)
-                .map_err(|e| BundleError::one(&d.display().to_string(), format!("cannot read directory: {e}")))?;
+            let entries = std::fs::read_dir(&d).map_err(|e| {
+                BundleError::one(
+                    &d.display().to_string(),
+                    format!("cannot read directory: {e}"),
+                )
+            })?;
             for entry in entries {
-                let entry = entry
-                    .map_err(|e| BundleError::one(&d.display().to_string(), format!("cannot read directory: {e}")))?;
+                let entry = entry.map_err(|e| {
+                    BundleError::one(
+                        &d.display().to_string(),
+                        format!("cannot read directory: {e}"),
+                    )
+                })?;
                 let path = entry.path();
                 let meta = entry
                     .metadata()
@@ -232,10 +248,13 @@ impl Bundle {
                 // The public API exposes no source span for a parsed policy, so problems
                 // found after parsing are located by the annotation that caused them.
                 let loc = |needle: &str, message: String| {
-                    let (line, column) = text
-                        .rfind(needle)
-                        .map_or((0, 0), |o| line_col(text, o));
-                    Diagnostic { file: file.clone(), line, column, message }
+                    let (line, column) = text.rfind(needle).map_or((0, 0), |o| line_col(text, o));
+                    Diagnostic {
+                        file: file.clone(),
+                        line,
+                        column,
+                        message,
+                    }
                 };
                 if let Some(first) = origin.get(&pid) {
                     diagnostics.push(loc(&format!("\"{id}\""), format!("policy id {id:?} is already used in {first}: give each policy a unique @id")));
@@ -269,7 +288,12 @@ impl Bundle {
             for e in result.validation_errors() {
                 let file = origin.get(e.policy_id()).cloned().unwrap_or_default();
                 let text = files.get(&file).map(String::as_str).unwrap_or_default();
-                diagnostics.push(located(&file, text, e, format!("policy {}: {e}", e.policy_id())));
+                diagnostics.push(located(
+                    &file,
+                    text,
+                    e,
+                    format!("policy {}: {e}", e.policy_id()),
+                ));
             }
         }
         if !diagnostics.is_empty() {
@@ -345,17 +369,20 @@ impl Bundle {
 fn policy_meta(p: &Policy) -> Result<PolicyMeta, (&'static str, String)> {
     let max_ttl_secs = match p.annotation("max_ttl_secs") {
         None => None,
-        Some(v) => Some(
-            v.parse::<i64>()
-                .ok()
-                .filter(|n| *n > 0)
-                .ok_or_else(|| ("@max_ttl_secs", format!("@max_ttl_secs({v:?}) must be a positive whole number of seconds")))?,
-        ),
+        Some(v) => Some(v.parse::<i64>().ok().filter(|n| *n > 0).ok_or_else(|| {
+            (
+                "@max_ttl_secs",
+                format!("@max_ttl_secs({v:?}) must be a positive whole number of seconds"),
+            )
+        })?),
     };
     let permit = p.effect() == cedar_policy::Effect::Permit;
     let approval = p.annotation("approval_required").map(str::to_owned);
     if approval.is_some() && !permit {
-        return Err(("@approval_required", "@approval_required only makes sense on a permit policy".into()));
+        return Err((
+            "@approval_required",
+            "@approval_required only makes sense on a permit policy".into(),
+        ));
     }
     Ok(PolicyMeta {
         reason: p.annotation("reason").map(str::to_owned),
@@ -389,7 +416,11 @@ fn action_may_apply(c: &ActionConstraint, action: &EntityUid) -> bool {
     }
 }
 
-fn slice(all: &PolicySet, action: &EntityUid, tool_type: &EntityTypeName) -> Result<Slice, BundleError> {
+fn slice(
+    all: &PolicySet,
+    action: &EntityUid,
+    tool_type: &EntityTypeName,
+) -> Result<Slice, BundleError> {
     let mut generic = PolicySet::new();
     let mut pinned: Vec<(String, Policy)> = Vec::new();
     let add = |set: &mut PolicySet, p: &Policy| {
@@ -434,7 +465,11 @@ mod tests {
 
     #[test]
     fn parse_error_is_located() {
-        let err = bundle(&[("a.cedar", "permit(principal, action, resource);\n\npermit(principal action);")]).unwrap_err();
+        let err = bundle(&[(
+            "a.cedar",
+            "permit(principal, action, resource);\n\npermit(principal action);",
+        )])
+        .unwrap_err();
         let d = &err.diagnostics[0];
         assert_eq!(d.file, "a.cedar");
         assert_eq!(d.line, 3, "{d}");
@@ -454,12 +489,22 @@ mod tests {
     #[test]
     fn duplicate_ids_and_bad_annotations_refused() {
         let dup = "@id(\"x\") permit(principal, action, resource);\n@id(\"x\") permit(principal, action, resource);";
-        assert!(bundle(&[("d.cedar", dup)]).unwrap_err().diagnostics[0].message.contains("already used"));
+        assert!(
+            bundle(&[("d.cedar", dup)]).unwrap_err().diagnostics[0]
+                .message
+                .contains("already used")
+        );
         let ttl = "@max_ttl_secs(\"soon\") permit(principal, action, resource);";
         assert!(bundle(&[("t.cedar", ttl)]).is_err());
         let forbid_approval = "@approval_required(\"x\") forbid(principal, action, resource);";
         assert!(bundle(&[("f.cedar", forbid_approval)]).is_err());
-        assert!(bundle(&[("t.cedar", "permit(principal == ?principal, action, resource);")]).is_err());
+        assert!(
+            bundle(&[(
+                "t.cedar",
+                "permit(principal == ?principal, action, resource);"
+            )])
+            .is_err()
+        );
     }
 
     #[test]

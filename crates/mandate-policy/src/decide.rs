@@ -143,7 +143,12 @@ impl Bundle {
         self.decide_call_phase(task, req, "call")
     }
 
-    fn decide_call_phase(&self, task: &TaskEntities, req: &CallRequest<'_>, phase: &str) -> Decision {
+    fn decide_call_phase(
+        &self,
+        task: &TaskEntities,
+        req: &CallRequest<'_>,
+        phase: &str,
+    ) -> Decision {
         let (Some(slice), Some(action)) = (self.call_slice(req.action), self.call_uid(req.action))
         else {
             return self.internal_deny("no slice for action class");
@@ -163,16 +168,20 @@ impl Bundle {
         }
         pairs.push(("sensitivity".to_owned(), s(req.sensitivity.as_str())));
         pairs.push(("args_digest".to_owned(), s(req.args_digest)));
-        pairs.push(("now".to_owned(), RestrictedExpression::new_long(req.now_secs)));
+        pairs.push((
+            "now".to_owned(),
+            RestrictedExpression::new_long(req.now_secs),
+        ));
         let context = match Context::from_pairs(pairs) {
             Ok(c) => c,
             Err(e) => return self.internal_deny(&format!("context: {e}")),
         };
         let resource = uid(&self.tool_type, req.tool.as_str());
-        let request = match Request::new(task.agent.clone(), action.clone(), resource, context, None) {
-            Ok(r) => r,
-            Err(e) => return self.internal_deny(&format!("request: {e}")),
-        };
+        let request =
+            match Request::new(task.agent.clone(), action.clone(), resource, context, None) {
+                Ok(r) => r,
+                Err(e) => return self.internal_deny(&format!("request: {e}")),
+            };
         self.evaluate(&request, slice.for_tool(req.tool.as_str()), task)
     }
 
@@ -189,12 +198,30 @@ impl Bundle {
         let scope = req.scope;
         let context = Context::from_pairs([
             ("environment".to_owned(), s(req.environment)),
-            ("ttl_secs".to_owned(), RestrictedExpression::new_long(req.ttl_secs)),
-            ("tools".to_owned(), set(scope.tools.iter().map(ToolName::as_str))),
-            ("actions".to_owned(), set(scope.actions.iter().map(|a| a.as_str()))),
-            ("data_domains".to_owned(), set(scope.data_domains.iter().map(DataDomain::as_str))),
-            ("destinations".to_owned(), set(scope.destinations.iter().map(Destination::as_str))),
-            ("now".to_owned(), RestrictedExpression::new_long(req.now_secs)),
+            (
+                "ttl_secs".to_owned(),
+                RestrictedExpression::new_long(req.ttl_secs),
+            ),
+            (
+                "tools".to_owned(),
+                set(scope.tools.iter().map(ToolName::as_str)),
+            ),
+            (
+                "actions".to_owned(),
+                set(scope.actions.iter().map(|a| a.as_str())),
+            ),
+            (
+                "data_domains".to_owned(),
+                set(scope.data_domains.iter().map(DataDomain::as_str)),
+            ),
+            (
+                "destinations".to_owned(),
+                set(scope.destinations.iter().map(Destination::as_str)),
+            ),
+            (
+                "now".to_owned(),
+                RestrictedExpression::new_long(req.now_secs),
+            ),
         ]);
         let context = match context {
             Ok(c) => c,
@@ -270,14 +297,21 @@ impl Bundle {
         Decision {
             outcome: Outcome::Deny,
             policies: vec!["mandate:internal-error".to_owned()],
-            reasons: vec![format!("the request could not be evaluated ({what}); errors deny")],
+            reasons: vec![format!(
+                "the request could not be evaluated ({what}); errors deny"
+            )],
             errors: vec![what.to_owned()],
             bundle_version: self.version.clone(),
         }
     }
 
     /// Runs Cedar on one slice and turns its response into a decision.
-    pub(crate) fn evaluate(&self, request: &Request, set: &PolicySet, task: &TaskEntities) -> Decision {
+    pub(crate) fn evaluate(
+        &self,
+        request: &Request,
+        set: &PolicySet,
+        task: &TaskEntities,
+    ) -> Decision {
         let response = self.authorizer.is_authorized(request, set, &task.entities);
         self.conclude(&response)
     }
@@ -299,7 +333,9 @@ impl Bundle {
                 policies: errors.iter().map(|(id, _)| id.clone()).collect(),
                 reasons: errors
                     .iter()
-                    .map(|(id, _)| format!("policy `{id}` failed to evaluate; evaluation errors deny"))
+                    .map(|(id, _)| {
+                        format!("policy `{id}` failed to evaluate; evaluation errors deny")
+                    })
                     .collect(),
                 errors: errors.into_iter().map(|(_, e)| e).collect(),
                 bundle_version: self.version.clone(),
@@ -313,7 +349,11 @@ impl Bundle {
             CedarDecision::Allow => {
                 let approvals: Vec<String> = ids
                     .iter()
-                    .filter_map(|id| meta(id).and_then(|m| m.approval.clone()).map(|a| format!("{a} (policy `{id}`)")))
+                    .filter_map(|id| {
+                        meta(id)
+                            .and_then(|m| m.approval.clone())
+                            .map(|a| format!("{a} (policy `{id}`)"))
+                    })
                     .collect();
                 if approvals.is_empty() {
                     let reasons = ids
@@ -323,9 +363,21 @@ impl Bundle {
                             None => format!("permitted by policy `{id}`"),
                         })
                         .collect();
-                    Decision { outcome: Outcome::Allow, policies, reasons, errors: Vec::new(), bundle_version: self.version.clone() }
+                    Decision {
+                        outcome: Outcome::Allow,
+                        policies,
+                        reasons,
+                        errors: Vec::new(),
+                        bundle_version: self.version.clone(),
+                    }
                 } else {
-                    Decision { outcome: Outcome::ApprovalRequired, policies, reasons: approvals, errors: Vec::new(), bundle_version: self.version.clone() }
+                    Decision {
+                        outcome: Outcome::ApprovalRequired,
+                        policies,
+                        reasons: approvals,
+                        errors: Vec::new(),
+                        bundle_version: self.version.clone(),
+                    }
                 }
             }
             CedarDecision::Deny if ids.is_empty() => Decision::deny(
@@ -341,7 +393,13 @@ impl Bundle {
                         None => format!("forbidden by policy `{id}`"),
                     })
                     .collect();
-                Decision { outcome: Outcome::Deny, policies, reasons, errors: Vec::new(), bundle_version: self.version.clone() }
+                Decision {
+                    outcome: Outcome::Deny,
+                    policies,
+                    reasons,
+                    errors: Vec::new(),
+                    bundle_version: self.version.clone(),
+                }
             }
         }
     }

@@ -63,7 +63,10 @@ impl TaskEntities {
                 ("name".to_owned(), s(&agent.name)),
                 ("spiffe_id".to_owned(), s(&agent.spiffe_id)),
                 ("owner".to_owned(), s(&agent.owner)),
-                ("tier".to_owned(), RestrictedExpression::new_long(i64::from(agent.tier))),
+                (
+                    "tier".to_owned(),
+                    RestrictedExpression::new_long(i64::from(agent.tier)),
+                ),
                 ("status".to_owned(), s(&agent.status)),
                 ("trust_domain".to_owned(), s(&agent.trust_domain)),
             ]),

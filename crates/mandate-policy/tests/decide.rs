@@ -2,6 +2,13 @@
 //! plus properties over random policy sets (default deny, forbid wins, errors deny, and
 //! slicing agrees with bare Cedar on the whole set).
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::indexing_slicing,
+    clippy::panic,
+    reason = "test code: a panic is a test failure"
+)]
+
 use std::collections::BTreeMap;
 
 use cedar_policy::{Authorizer, Context, Decision as CedarDecision, Request, RestrictedExpression};
@@ -46,7 +53,11 @@ permit(principal, action == Mandate::Action::"execute", resource);
 "#;
 
 fn bundle(src: &str) -> Bundle {
-    Bundle::from_sources(BTreeMap::from([("fixture.cedar".to_owned(), src.to_owned())])).unwrap()
+    Bundle::from_sources(BTreeMap::from([(
+        "fixture.cedar".to_owned(),
+        src.to_owned(),
+    )]))
+    .unwrap()
 }
 
 fn task(tier: u8) -> TaskEntities {
@@ -85,15 +96,96 @@ fn call_table() {
     use Outcome::*;
     let b = bundle(FIXTURE);
     let cases = [
-        Case { name: "read allowed", tier: 1, action: Read, tool: "tickets.search", destination: None, sensitivity: Sensitivity::Internal, want: Allow, policies: &["read-tickets"] },
-        Case { name: "write needs approval", tier: 1, action: Write, tool: "tickets.update", destination: None, sensitivity: Sensitivity::Internal, want: ApprovalRequired, policies: &["write-tickets"] },
-        Case { name: "forbid beats permit", tier: 1, action: Delete, tool: "tickets.delete", destination: None, sensitivity: Sensitivity::Internal, want: Deny, policies: &["no-deletes"] },
-        Case { name: "default deny", tier: 1, action: Read, tool: "crm.export", destination: None, sensitivity: Sensitivity::Internal, want: Deny, policies: &[DEFAULT_DENY_POLICY] },
-        Case { name: "tier 0 restricted", tier: 0, action: Read, tool: "tickets.search", destination: None, sensitivity: Sensitivity::Restricted, want: Deny, policies: &["no-restricted-for-tier0"] },
-        Case { name: "tier 1 restricted", tier: 1, action: Read, tool: "tickets.search", destination: None, sensitivity: Sensitivity::Restricted, want: Allow, policies: &["read-tickets"] },
-        Case { name: "destination forbid", tier: 1, action: Read, tool: "tickets.search", destination: Some("evil.example"), sensitivity: Sensitivity::Internal, want: Deny, policies: &["external-only-example"] },
-        Case { name: "error denies", tier: 1, action: Execute, tool: "build.run", destination: Some("boom"), sensitivity: Sensitivity::Internal, want: Deny, policies: &["erroring"] },
-        Case { name: "no error, exec allowed", tier: 1, action: Execute, tool: "build.run", destination: Some("ok.example"), sensitivity: Sensitivity::Internal, want: Allow, policies: &["exec"] },
+        Case {
+            name: "read allowed",
+            tier: 1,
+            action: Read,
+            tool: "tickets.search",
+            destination: None,
+            sensitivity: Sensitivity::Internal,
+            want: Allow,
+            policies: &["read-tickets"],
+        },
+        Case {
+            name: "write needs approval",
+            tier: 1,
+            action: Write,
+            tool: "tickets.update",
+            destination: None,
+            sensitivity: Sensitivity::Internal,
+            want: ApprovalRequired,
+            policies: &["write-tickets"],
+        },
+        Case {
+            name: "forbid beats permit",
+            tier: 1,
+            action: Delete,
+            tool: "tickets.delete",
+            destination: None,
+            sensitivity: Sensitivity::Internal,
+            want: Deny,
+            policies: &["no-deletes"],
+        },
+        Case {
+            name: "default deny",
+            tier: 1,
+            action: Read,
+            tool: "crm.export",
+            destination: None,
+            sensitivity: Sensitivity::Internal,
+            want: Deny,
+            policies: &[DEFAULT_DENY_POLICY],
+        },
+        Case {
+            name: "tier 0 restricted",
+            tier: 0,
+            action: Read,
+            tool: "tickets.search",
+            destination: None,
+            sensitivity: Sensitivity::Restricted,
+            want: Deny,
+            policies: &["no-restricted-for-tier0"],
+        },
+        Case {
+            name: "tier 1 restricted",
+            tier: 1,
+            action: Read,
+            tool: "tickets.search",
+            destination: None,
+            sensitivity: Sensitivity::Restricted,
+            want: Allow,
+            policies: &["read-tickets"],
+        },
+        Case {
+            name: "destination forbid",
+            tier: 1,
+            action: Read,
+            tool: "tickets.search",
+            destination: Some("evil.example"),
+            sensitivity: Sensitivity::Internal,
+            want: Deny,
+            policies: &["external-only-example"],
+        },
+        Case {
+            name: "error denies",
+            tier: 1,
+            action: Execute,
+            tool: "build.run",
+            destination: Some("boom"),
+            sensitivity: Sensitivity::Internal,
+            want: Deny,
+            policies: &["erroring"],
+        },
+        Case {
+            name: "no error, exec allowed",
+            tier: 1,
+            action: Execute,
+            tool: "build.run",
+            destination: Some("ok.example"),
+            sensitivity: Sensitivity::Internal,
+            want: Allow,
+            policies: &["exec"],
+        },
     ];
     for c in cases {
         let t = task(c.tier);
@@ -123,21 +215,48 @@ fn call_table() {
 fn start_grants_a_subset_and_caps_ttl() {
     let b = bundle(FIXTURE);
     let scope = RequestedScope {
-        tools: ["tickets.search", "tickets.update", "tickets.delete"].map(|t| ToolName::parse(t).unwrap()).to_vec(),
+        tools: ["tickets.search", "tickets.update", "tickets.delete"]
+            .map(|t| ToolName::parse(t).unwrap())
+            .to_vec(),
         actions: vec![ActionClass::Read, ActionClass::Write, ActionClass::Delete],
         data_domains: vec![DataDomain::parse("support").unwrap()],
         destinations: vec![],
     };
-    let s = b.decide_start(&task(1), &StartRequest { scope: &scope, ttl_secs: 900, environment: "test", now_secs: 0 });
+    let s = b.decide_start(
+        &task(1),
+        &StartRequest {
+            scope: &scope,
+            ttl_secs: 900,
+            environment: "test",
+            now_secs: 0,
+        },
+    );
     assert_eq!(s.decision.outcome, Outcome::Allow);
     assert_eq!(s.ttl_cap_secs, Some(600));
-    let granted: Vec<String> = s.grant.tools.iter().flat_map(|(t, a)| a.iter().map(move |a| format!("{t}:{a}"))).collect();
+    let granted: Vec<String> = s
+        .grant
+        .tools
+        .iter()
+        .flat_map(|(t, a)| a.iter().map(move |a| format!("{t}:{a}")))
+        .collect();
     assert_eq!(granted, ["tickets.search:read", "tickets.update:write"]);
     assert_eq!(s.items.len(), 9);
-    let delete = s.items.iter().find(|i| i.tool.as_str() == "tickets.delete" && i.action == ActionClass::Delete).unwrap();
+    let delete = s
+        .items
+        .iter()
+        .find(|i| i.tool.as_str() == "tickets.delete" && i.action == ActionClass::Delete)
+        .unwrap();
     assert_eq!(delete.policies, ["no-deletes"]);
 
-    let too_long = b.decide_start(&task(1), &StartRequest { scope: &scope, ttl_secs: 7200, environment: "test", now_secs: 0 });
+    let too_long = b.decide_start(
+        &task(1),
+        &StartRequest {
+            scope: &scope,
+            ttl_secs: 7200,
+            environment: "test",
+            now_secs: 0,
+        },
+    );
     assert_eq!(too_long.decision.outcome, Outcome::Deny);
     assert!(too_long.grant.is_empty());
 }
@@ -147,7 +266,19 @@ fn empty_bundle_denies_everything() {
     let b = bundle("");
     let tool = ToolName::parse("anything").unwrap();
     for action in ActionClass::ALL {
-        let d = b.decide_call(&task(3), &CallRequest { action, tool: &tool, resource: "", destination: None, data_domain: None, sensitivity: Sensitivity::Public, args_digest: "", now_secs: 0 });
+        let d = b.decide_call(
+            &task(3),
+            &CallRequest {
+                action,
+                tool: &tool,
+                resource: "",
+                destination: None,
+                data_domain: None,
+                sensitivity: Sensitivity::Public,
+                args_digest: "",
+                now_secs: 0,
+            },
+        );
         assert_eq!(d.outcome, Outcome::Deny);
         assert_eq!(d.policies, [DEFAULT_DENY_POLICY]);
     }
@@ -171,7 +302,10 @@ fn render(rules: &[Rule]) -> String {
     for r in rules {
         let effect = if r.permit { "permit" } else { "forbid" };
         let action = match r.action {
-            Some(i) => format!("action == Mandate::Action::\"{}\"", ActionClass::ALL[i].as_str()),
+            Some(i) => format!(
+                "action == Mandate::Action::\"{}\"",
+                ActionClass::ALL[i].as_str()
+            ),
             None => "action".into(),
         };
         let resource = match r.tool {
@@ -184,14 +318,26 @@ fn render(rules: &[Rule]) -> String {
             // Overflows (an evaluation error) exactly when tier >= 1; true when tier is 0.
             _ => " when { principal.tier + 9223372036854775807 > 0 }",
         };
-        out.push_str(&format!("{effect}(principal, {action}, {resource}){cond};\n"));
+        out.push_str(&format!(
+            "{effect}(principal, {action}, {resource}){cond};\n"
+        ));
     }
     out
 }
 
 fn rule() -> impl Strategy<Value = Rule> {
-    (any::<bool>(), proptest::option::of(0..4usize), proptest::option::of(0..3usize), 0..3u8)
-        .prop_map(|(permit, action, tool, cond)| Rule { permit, action, tool, cond })
+    (
+        any::<bool>(),
+        proptest::option::of(0..4usize),
+        proptest::option::of(0..3usize),
+        0..3u8,
+    )
+        .prop_map(|(permit, action, tool, cond)| Rule {
+            permit,
+            action,
+            tool,
+            cond,
+        })
 }
 
 proptest! {

@@ -54,6 +54,7 @@ impl AuditWriter {
             .send((event, tx))
             .await
             .map_err(|_| "audit writer stopped".to_owned())?;
-        rx.await.map_err(|_| "audit writer dropped the event".to_owned())?
+        rx.await
+            .map_err(|_| "audit writer dropped the event".to_owned())?
     }
 }

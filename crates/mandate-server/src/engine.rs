@@ -90,7 +90,11 @@ pub struct Refusal {
 
 impl Refusal {
     fn anonymous(error: ApiError) -> Self {
-        Self { error, agent: None, task: None }
+        Self {
+            error,
+            agent: None,
+            task: None,
+        }
     }
 }
 
@@ -143,19 +147,37 @@ pub struct Opened {
 impl Engine {
     /// Loads keys, the policy bundle, the admin token and the live tasks from the store.
     /// Refuses to start on a bad bundle: there is never a silent allow.
-    pub async fn open(config: ServerConfig, issuer: String, store: Arc<dyn Store>) -> Result<Opened, String> {
+    pub async fn open(
+        config: ServerConfig,
+        issuer: String,
+        store: Arc<dyn Store>,
+    ) -> Result<Opened, String> {
         let clock = Arc::clone(&config.clock);
         let bundle = Bundle::load_dir(&config.policies).map_err(|e| e.to_string())?;
         let audit = AuditWriter::spawn(Arc::clone(&store));
 
         let now = clock.now_ms();
         let mut rows = store.signing_keys().await.map_err(|e| e.to_string())?;
-        let active_age = rows.iter().find(|k| k.retired_at_ms.is_none()).map(|k| now - k.created_at_ms);
+        let active_age = rows
+            .iter()
+            .find(|k| k.retired_at_ms.is_none())
+            .map(|k| now - k.created_at_ms);
         if active_age.is_none_or(|age| age >= config.key_rotation_secs.saturating_mul(1000)) {
             let key = StoredKey::generate(now).map_err(|e| e.to_string())?;
-            let event = NewEvent { ts_ms: now, kind: EventKind::KeysRotated, agent: None, task_id: None, data: serde_json::json!({ "kid": key.kid, "reason": if active_age.is_none() { "first start" } else { "scheduled rotation" } }) };
+            let event = NewEvent {
+                ts_ms: now,
+                kind: EventKind::KeysRotated,
+                agent: None,
+                task_id: None,
+                data: serde_json::json!({ "kid": key.kid, "reason": if active_age.is_none() { "first start" } else { "scheduled rotation" } }),
+            };
             store
-                .rotate_keys(&to_row(&key), now, now - config.limits.key_overlap_secs * 1000, Some(event))
+                .rotate_keys(
+                    &to_row(&key),
+                    now,
+                    now - config.limits.key_overlap_secs * 1000,
+                    Some(event),
+                )
                 .await
                 .map_err(|e| e.to_string())?;
             rows = store.signing_keys().await.map_err(|e| e.to_string())?;
@@ -163,21 +185,31 @@ impl Engine {
         let ring = ring_from(&rows, &config, now).map_err(|e| e.to_string())?;
 
         let mut generated_admin_token = None;
-        let stored_hash = store.setting(ADMIN_HASH_KEY).await.map_err(|e| e.to_string())?;
+        let stored_hash = store
+            .setting(ADMIN_HASH_KEY)
+            .await
+            .map_err(|e| e.to_string())?;
         let admin_hash = match (&config.admin_token, stored_hash) {
             (Some(t), _) => {
                 if t.len() < 24 {
                     return Err("MANDATE_ADMIN_TOKEN is shorter than 24 characters: use a long random value".into());
                 }
                 let h = mandate_core::sha256_hex(t.as_bytes());
-                store.put_setting(ADMIN_HASH_KEY, &h).await.map_err(|e| e.to_string())?;
+                store
+                    .put_setting(ADMIN_HASH_KEY, &h)
+                    .await
+                    .map_err(|e| e.to_string())?;
                 h
             }
             (None, Some(h)) => h,
             (None, None) => {
-                let t = mandate_core::random_secret("mdt_admin").map_err(|_| "system RNG failed".to_owned())?;
+                let t = mandate_core::random_secret("mdt_admin")
+                    .map_err(|_| "system RNG failed".to_owned())?;
                 let h = mandate_core::sha256_hex(t.as_bytes());
-                store.put_setting(ADMIN_HASH_KEY, &h).await.map_err(|e| e.to_string())?;
+                store
+                    .put_setting(ADMIN_HASH_KEY, &h)
+                    .await
+                    .map_err(|e| e.to_string())?;
                 generated_admin_token = Some(t);
                 h
             }
@@ -209,13 +241,21 @@ impl Engine {
             }])
             .await
             .map_err(|e| e.to_string())?;
-        Ok(Opened { engine, generated_admin_token })
+        Ok(Opened {
+            engine,
+            generated_admin_token,
+        })
     }
 
     async fn load_live_tasks(&self) -> Result<(), String> {
         let live = self.store.live_tasks().await.map_err(|e| e.to_string())?;
         for t in live {
-            let Some(agent) = self.store.agent(&t.agent).await.map_err(|e| e.to_string())? else {
+            let Some(agent) = self
+                .store
+                .agent(&t.agent)
+                .await
+                .map_err(|e| e.to_string())?
+            else {
                 continue;
             };
             let task = self.live_task(&agent, &t).map_err(|e| e.message)?;
@@ -225,13 +265,21 @@ impl Engine {
     }
 
     /// Builds the in-memory form of an active task.
-    pub(crate) fn live_task(&self, agent: &AgentRecord, t: &TaskRecord) -> Result<Arc<LiveTask>, ApiError> {
-        let spiffe_id = SpiffeId::for_agent(self.config.trust_domain.clone(), agent.name.clone()).to_string();
-        let entities = TaskEntities::build(&self.agent_facts(agent), &TaskFacts {
-            id: t.id.clone(),
-            purpose: t.purpose.clone(),
-            environment: self.config.environment.clone(),
-        })
+    pub(crate) fn live_task(
+        &self,
+        agent: &AgentRecord,
+        t: &TaskRecord,
+    ) -> Result<Arc<LiveTask>, ApiError> {
+        let spiffe_id =
+            SpiffeId::for_agent(self.config.trust_domain.clone(), agent.name.clone()).to_string();
+        let entities = TaskEntities::build(
+            &self.agent_facts(agent),
+            &TaskFacts {
+                id: t.id.clone(),
+                purpose: t.purpose.clone(),
+                environment: self.config.environment.clone(),
+            },
+        )
         .map_err(ApiError::internal)?;
         let refused = serde_json::from_value::<Vec<ItemOutcome>>(t.items.clone())
             .unwrap_or_default()
@@ -256,7 +304,8 @@ impl Engine {
     pub(crate) fn agent_facts(&self, a: &AgentRecord) -> AgentFacts {
         AgentFacts {
             name: a.name.to_string(),
-            spiffe_id: SpiffeId::for_agent(self.config.trust_domain.clone(), a.name.clone()).to_string(),
+            spiffe_id: SpiffeId::for_agent(self.config.trust_domain.clone(), a.name.clone())
+                .to_string(),
             owner: a.owner.clone(),
             tier: a.tier.get(),
             status: a.status.as_str().to_owned(),
@@ -320,12 +369,27 @@ impl Engine {
     pub async fn rotate_keys(&self, reason: &str) -> Result<String, ApiError> {
         let now = self.clock.now_ms();
         let key = StoredKey::generate(now).map_err(ApiError::internal)?;
-        let event = NewEvent { ts_ms: now, kind: EventKind::KeysRotated, agent: None, task_id: None, data: serde_json::json!({ "kid": key.kid, "reason": reason }) };
+        let event = NewEvent {
+            ts_ms: now,
+            kind: EventKind::KeysRotated,
+            agent: None,
+            task_id: None,
+            data: serde_json::json!({ "kid": key.kid, "reason": reason }),
+        };
         self.store
-            .rotate_keys(&to_row(&key), now, now - self.config.limits.key_overlap_secs * 1000, Some(event))
+            .rotate_keys(
+                &to_row(&key),
+                now,
+                now - self.config.limits.key_overlap_secs * 1000,
+                Some(event),
+            )
             .await
             .map_err(|e| ApiError::store(&e))?;
-        let rows = self.store.signing_keys().await.map_err(|e| ApiError::store(&e))?;
+        let rows = self
+            .store
+            .signing_keys()
+            .await
+            .map_err(|e| ApiError::store(&e))?;
         let ring = ring_from(&rows, &self.config, now).map_err(ApiError::internal)?;
         *write(&self.keys) = Arc::new(ring);
         Ok(key.kid)
@@ -347,9 +411,18 @@ impl Engine {
             return Ok(c);
         }
         let ring = self.keys();
-        let claims: IdentityClaims = mandate_token::verify(token, &ring, &self.expectations(&self.config.identity_audience))?;
+        let claims: IdentityClaims = mandate_token::verify(
+            token,
+            &ring,
+            &self.expectations(&self.config.identity_audience),
+        )?;
         let claims = Arc::new(claims);
-        self.identity_cache.insert(token, Arc::clone(&claims), claims.exp + self.config.limits.token_leeway_secs, now);
+        self.identity_cache.insert(
+            token,
+            Arc::clone(&claims),
+            claims.exp + self.config.limits.token_leeway_secs,
+            now,
+        );
         Ok(claims)
     }
 
@@ -360,62 +433,108 @@ impl Engine {
             return Ok(c);
         }
         let ring = self.keys();
-        let claims: TaskClaims = mandate_token::verify(token, &ring, &self.expectations(&self.config.task_audience))?;
+        let claims: TaskClaims =
+            mandate_token::verify(token, &ring, &self.expectations(&self.config.task_audience))?;
         let claims = Arc::new(claims);
-        self.task_cache.insert(token, Arc::clone(&claims), claims.exp + self.config.limits.token_leeway_secs, now);
+        self.task_cache.insert(
+            token,
+            Arc::clone(&claims),
+            claims.exp + self.config.limits.token_leeway_secs,
+            now,
+        );
         Ok(claims)
     }
 
     /// The live task a task token is bound to, or why it may not act.
-    pub fn task_for_token(&self, token: &str) -> Result<Arc<LiveTask>, Refusal> {
-        let claims = self.verify_task_token(token).map_err(|e| Refusal::anonymous(e.into()))?;
-        let refusal = |code: &'static str, message: String| Refusal {
-            error: ApiError::new(StatusCode::FORBIDDEN, code, message),
-            agent: SpiffeId::parse(&claims.sub).ok().map(|s| s.agent().to_string()),
-            task: Some(claims.task_id.clone()),
+    pub fn task_for_token(&self, token: &str) -> Result<Arc<LiveTask>, Box<Refusal>> {
+        let claims = self
+            .verify_task_token(token)
+            .map_err(|e| Refusal::anonymous(e.into()))?;
+        let refusal = |code: &'static str, message: String| -> Box<Refusal> {
+            Box::new(Refusal {
+                error: ApiError::new(StatusCode::FORBIDDEN, code, message),
+                agent: SpiffeId::parse(&claims.sub)
+                    .ok()
+                    .map(|s| s.agent().to_string()),
+                task: Some(claims.task_id.clone()),
+            })
         };
         let task = read(&self.tasks).get(&claims.task_id).cloned();
         let Some(task) = task else {
-            return Err(refusal("task_not_active", format!("task {} is not active (completed, expired, revoked or unknown): start a new task", claims.task_id)));
+            return Err(refusal(
+                "task_not_active",
+                format!(
+                    "task {} is not active (completed, expired, revoked or unknown): start a new task",
+                    claims.task_id
+                ),
+            ));
         };
         if task.pending {
-            return Err(refusal("task_not_active", format!("task {} is pending an approval", task.id)));
+            return Err(refusal(
+                "task_not_active",
+                format!("task {} is pending an approval", task.id),
+            ));
         }
         if task.is_ended() {
-            return Err(refusal("task_not_active", format!("task {} has ended: start a new task", task.id)));
+            return Err(refusal(
+                "task_not_active",
+                format!("task {} has ended: start a new task", task.id),
+            ));
         }
         if task.token_jti != claims.jti || task.spiffe_id != claims.sub {
-            return Err(refusal("token_not_bound", "the token is not the one issued for this task and agent".into()));
+            return Err(refusal(
+                "token_not_bound",
+                "the token is not the one issued for this task and agent".into(),
+            ));
         }
         if self.clock.now_ms() >= task.expires_at_ms {
-            return Err(refusal("task_expired", format!("task {} has expired: start a new task", task.id)));
+            return Err(refusal(
+                "task_expired",
+                format!("task {} has expired: start a new task", task.id),
+            ));
         }
         Ok(task)
     }
 
     /// The in-process decide path: cached token check, grant ceiling, sliced Cedar
     /// evaluation. Total: every failure is a refusal or a deny.
-    pub fn evaluate(&self, token: &str, call: &Call) -> Result<Evaluated, Refusal> {
+    pub fn evaluate(&self, token: &str, call: &Call) -> Result<Evaluated, Box<Refusal>> {
         let task = self.task_for_token(token)?;
         let bundle = self.bundle();
-        if let Err(outside) = task.grant.check(&call.tool, call.action, call.data_domain.as_ref(), call.destination.as_ref()) {
-            let mut decision = Decision::deny(GRANT_CEILING_POLICY, outside.to_string(), bundle.version());
-            for r in task.refused.iter().filter(|r| r.tool == call.tool && r.action == call.action) {
+        if let Err(outside) = task.grant.check(
+            &call.tool,
+            call.action,
+            call.data_domain.as_ref(),
+            call.destination.as_ref(),
+        ) {
+            let mut decision =
+                Decision::deny(GRANT_CEILING_POLICY, outside.to_string(), bundle.version());
+            for r in task
+                .refused
+                .iter()
+                .filter(|r| r.tool == call.tool && r.action == call.action)
+            {
                 decision.policies.extend(r.policies.iter().cloned());
-                decision.reasons.push(format!("refused when the task started by policy {}", r.policies.join(", ")));
+                decision.reasons.push(format!(
+                    "refused when the task started by policy {}",
+                    r.policies.join(", ")
+                ));
             }
             return Ok(Evaluated { task, decision });
         }
-        let decision = bundle.decide_call(&task.entities, &CallRequest {
-            action: call.action,
-            tool: &call.tool,
-            resource: &call.resource,
-            destination: call.destination.as_ref(),
-            data_domain: call.data_domain.as_ref(),
-            sensitivity: call.sensitivity,
-            args_digest: call.args.digest(),
-            now_secs: self.clock.now_secs(),
-        });
+        let decision = bundle.decide_call(
+            &task.entities,
+            &CallRequest {
+                action: call.action,
+                tool: &call.tool,
+                resource: &call.resource,
+                destination: call.destination.as_ref(),
+                data_domain: call.data_domain.as_ref(),
+                sensitivity: call.sensitivity,
+                args_digest: call.args.digest(),
+                now_secs: self.clock.now_secs(),
+            },
+        );
         Ok(Evaluated { task, decision })
     }
 
@@ -430,9 +549,28 @@ impl Engine {
     pub async fn sweep(&self) {
         let now = self.clock.now_ms();
         for id in self.expired_tasks(now) {
-            let Some(t) = self.end_live(&id) else { continue };
-            let event = NewEvent { ts_ms: now, kind: EventKind::TaskExpired, agent: Some(t.agent.to_string()), task_id: Some(id.clone()), data: serde_json::json!({ "expired_at_ms": t.expires_at_ms }) };
-            if let Err(e) = self.store.transition_task(&id, &[TaskState::Active, TaskState::Pending], TaskState::Expired, now, "expired", event).await {
+            let Some(t) = self.end_live(&id) else {
+                continue;
+            };
+            let event = NewEvent {
+                ts_ms: now,
+                kind: EventKind::TaskExpired,
+                agent: Some(t.agent.to_string()),
+                task_id: Some(id.clone()),
+                data: serde_json::json!({ "expired_at_ms": t.expires_at_ms }),
+            };
+            if let Err(e) = self
+                .store
+                .transition_task(
+                    &id,
+                    &[TaskState::Active, TaskState::Pending],
+                    TaskState::Expired,
+                    now,
+                    "expired",
+                    event,
+                )
+                .await
+            {
                 tracing::error!(task = %id, error = %e, "could not record expiry; the task stays refused in memory");
             }
         }
@@ -449,13 +587,23 @@ impl Engine {
 }
 
 fn to_row(k: &StoredKey) -> KeyRow {
-    KeyRow { kid: k.kid.clone(), pkcs8: k.pkcs8.clone(), created_at_ms: k.created_at_ms, retired_at_ms: k.retired_at_ms }
+    KeyRow {
+        kid: k.kid.clone(),
+        pkcs8: k.pkcs8.clone(),
+        created_at_ms: k.created_at_ms,
+        retired_at_ms: k.retired_at_ms,
+    }
 }
 
 fn ring_from(rows: &[KeyRow], config: &ServerConfig, now: i64) -> Result<KeyRing, TokenError> {
     let stored: Vec<StoredKey> = rows
         .iter()
-        .map(|r| StoredKey { kid: r.kid.clone(), pkcs8: r.pkcs8.clone(), created_at_ms: r.created_at_ms, retired_at_ms: r.retired_at_ms })
+        .map(|r| StoredKey {
+            kid: r.kid.clone(),
+            pkcs8: r.pkcs8.clone(),
+            created_at_ms: r.created_at_ms,
+            retired_at_ms: r.retired_at_ms,
+        })
         .collect();
     KeyRing::from_stored(&stored, config.limits.key_overlap_secs * 1000, now)
 }

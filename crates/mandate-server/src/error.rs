@@ -71,10 +71,14 @@ impl ApiError {
     pub fn store(e: &mandate_store::StoreError) -> Self {
         tracing::error!(error = %e, "store failure");
         match e {
-            mandate_store::StoreError::Conflict(what) => {
-                Self::new(StatusCode::CONFLICT, "conflict", format!("{what}: choose another name"))
+            mandate_store::StoreError::Conflict(what) => Self::new(
+                StatusCode::CONFLICT,
+                "conflict",
+                format!("{what}: choose another name"),
+            ),
+            mandate_store::StoreError::NotFound(what) => {
+                Self::not_found(format!("{what} does not exist"))
             }
-            mandate_store::StoreError::NotFound(what) => Self::not_found(format!("{what} does not exist")),
             _ => Self::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "store_unavailable",
@@ -95,7 +99,11 @@ impl ApiError {
     /// 500 `internal_error`.
     pub fn internal(what: impl std::fmt::Display) -> Self {
         tracing::error!(error = %what, "internal error");
-        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", "internal error; see the server log")
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal_error",
+            "internal error; see the server log",
+        )
     }
 }
 
@@ -123,9 +131,13 @@ impl IntoResponse for ApiError {
         )
             .into_response();
         if self.status == StatusCode::UNAUTHORIZED
-            && let Ok(v) = axum::http::HeaderValue::from_str(&format!("Bearer error=\"invalid_token\", error_description=\"{}\"", self.code))
+            && let Ok(v) = axum::http::HeaderValue::from_str(&format!(
+                "Bearer error=\"invalid_token\", error_description=\"{}\"",
+                self.code
+            ))
         {
-            res.headers_mut().insert(axum::http::header::WWW_AUTHENTICATE, v);
+            res.headers_mut()
+                .insert(axum::http::header::WWW_AUTHENTICATE, v);
         }
         res
     }

@@ -36,18 +36,29 @@ impl Server {
     /// Opens the store in the data directory, loads policies and keys, binds, and serves in
     /// the background. Refuses to start on a bad policy bundle.
     pub async fn start(config: ServerConfig) -> Result<RunningServer, String> {
-        let store = SqliteStore::open(&config.data_dir).await.map_err(|e| e.to_string())?;
+        let store = SqliteStore::open(&config.data_dir)
+            .await
+            .map_err(|e| e.to_string())?;
         Self::start_with_store(config, Arc::new(store)).await
     }
 
     /// As [`Server::start`], with a given store.
-    pub async fn start_with_store(config: ServerConfig, store: Arc<dyn Store>) -> Result<RunningServer, String> {
+    pub async fn start_with_store(
+        config: ServerConfig,
+        store: Arc<dyn Store>,
+    ) -> Result<RunningServer, String> {
         let listener = TcpListener::bind(config.listen)
             .await
             .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
         let addr = listener.local_addr().map_err(|e| e.to_string())?;
-        let issuer = config.issuer.clone().unwrap_or_else(|| format!("http://{addr}"));
-        let Opened { engine, generated_admin_token } = Engine::open(config, issuer.clone(), store).await?;
+        let issuer = config
+            .issuer
+            .clone()
+            .unwrap_or_else(|| format!("http://{addr}"));
+        let Opened {
+            engine,
+            generated_admin_token,
+        } = Engine::open(config, issuer.clone(), store).await?;
         let app = crate::api::router(Arc::clone(&engine));
         let (tx, rx) = oneshot::channel::<()>();
         let handle = tokio::spawn(async move {
@@ -67,7 +78,15 @@ impl Server {
             }
         });
         tracing::info!(%addr, bundle = engine.bundle().version(), "mandate serving");
-        Ok(RunningServer { addr, issuer, engine, generated_admin_token, shutdown: Some(tx), handle, sweeper })
+        Ok(RunningServer {
+            addr,
+            issuer,
+            engine,
+            generated_admin_token,
+            shutdown: Some(tx),
+            handle,
+            sweeper,
+        })
     }
 }
 

@@ -19,7 +19,13 @@ pub struct VerifyReport {
 /// Events appended while it runs are left for the next verification.
 pub async fn verify_chain(store: &dyn Store) -> Result<VerifyReport, StoreError> {
     let Some((head_seq, head_hash)) = store.audit_head().await? else {
-        return Ok(VerifyReport { records: 0, first_bad: Some(ChainBreak { seq: 0, problem: "the audit head row is missing: the store was altered".into() }) });
+        return Ok(VerifyReport {
+            records: 0,
+            first_bad: Some(ChainBreak {
+                seq: 0,
+                problem: "the audit head row is missing: the store was altered".into(),
+            }),
+        });
     };
     let mut v = Verifier::new();
     let mut after = 0;
@@ -37,7 +43,10 @@ pub async fn verify_chain(store: &dyn Store) -> Result<VerifyReport, StoreError>
                 break 'pages;
             }
             if let Err(b) = v.feed(e) {
-                return Ok(VerifyReport { records, first_bad: Some(b) });
+                return Ok(VerifyReport {
+                    records,
+                    first_bad: Some(b),
+                });
             }
             records += 1;
         }
@@ -48,7 +57,12 @@ pub async fn verify_chain(store: &dyn Store) -> Result<VerifyReport, StoreError>
     {
         let now_head = store.audit_head().await?.map_or(0, |h| h.0);
         if now_head < seq {
-            first_bad = Some(ChainBreak { seq, problem: format!("record {seq} lies beyond the recorded head ({now_head}): it was written outside Mandate or the head was rolled back") });
+            first_bad = Some(ChainBreak {
+                seq,
+                problem: format!(
+                    "record {seq} lies beyond the recorded head ({now_head}): it was written outside Mandate or the head was rolled back"
+                ),
+            });
         }
     }
     Ok(VerifyReport { records, first_bad })

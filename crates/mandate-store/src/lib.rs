@@ -39,7 +39,9 @@ pub enum StoreError {
 impl From<sqlx::Error> for StoreError {
     fn from(e: sqlx::Error) -> Self {
         match &e {
-            sqlx::Error::Database(d) if d.is_unique_violation() => Self::Conflict(d.message().to_owned()),
+            sqlx::Error::Database(d) if d.is_unique_violation() => {
+                Self::Conflict(d.message().to_owned())
+            }
             _ => Self::Db(e.to_string()),
         }
     }
@@ -60,22 +62,47 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn signing_keys(&self) -> StoreResult<Vec<KeyRow>>;
     /// Retires every active key at `now_ms`, stores `new` as the active key, deletes keys
     /// retired before `prune_before_ms`, and records `event`; all in one transaction.
-    async fn rotate_keys(&self, new: &KeyRow, now_ms: i64, prune_before_ms: i64, event: Option<NewEvent>) -> StoreResult<()>;
+    async fn rotate_keys(
+        &self,
+        new: &KeyRow,
+        now_ms: i64,
+        prune_before_ms: i64,
+        event: Option<NewEvent>,
+    ) -> StoreResult<()>;
 
     /// Registers an agent with its first join token.
-    async fn insert_agent(&self, agent: &AgentRecord, join: &JoinTokenRecord, event: NewEvent) -> StoreResult<Event>;
+    async fn insert_agent(
+        &self,
+        agent: &AgentRecord,
+        join: &JoinTokenRecord,
+        event: NewEvent,
+    ) -> StoreResult<Event>;
     /// An agent by name.
     async fn agent(&self, name: &AgentName) -> StoreResult<Option<AgentRecord>>;
     /// All agents, by name.
     async fn agents(&self) -> StoreResult<Vec<AgentRecord>>;
     /// Changes an agent's status; when it leaves `active`, every live task it holds is
     /// revoked in the same transaction. Returns the ids of the revoked tasks.
-    async fn set_agent_status(&self, name: &AgentName, status: AgentStatus, now_ms: i64, event: NewEvent) -> StoreResult<Vec<String>>;
+    async fn set_agent_status(
+        &self,
+        name: &AgentName,
+        status: AgentStatus,
+        now_ms: i64,
+        event: NewEvent,
+    ) -> StoreResult<Vec<String>>;
     /// Stores a further join token for an agent.
-    async fn insert_join_token(&self, join: &JoinTokenRecord, event: NewEvent) -> StoreResult<Event>;
+    async fn insert_join_token(
+        &self,
+        join: &JoinTokenRecord,
+        event: NewEvent,
+    ) -> StoreResult<Event>;
     /// Consumes an unused, unexpired join token; returns its agent. Single use: of two
     /// concurrent calls with the same token, at most one gets `Some`.
-    async fn consume_join_token(&self, token_hash: &str, now_ms: i64) -> StoreResult<Option<AgentName>>;
+    async fn consume_join_token(
+        &self,
+        token_hash: &str,
+        now_ms: i64,
+    ) -> StoreResult<Option<AgentName>>;
 
     /// Stores a new task with its event.
     async fn insert_task(&self, task: &TaskRecord, event: NewEvent) -> StoreResult<Event>;
@@ -85,7 +112,15 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn live_tasks(&self) -> StoreResult<Vec<TaskRecord>>;
     /// Moves a task from one of `from` to `to` with its event. `Ok(false)` (and no event)
     /// when the task was not in one of `from`.
-    async fn transition_task(&self, id: &str, from: &[TaskState], to: TaskState, now_ms: i64, reason: &str, event: NewEvent) -> StoreResult<bool>;
+    async fn transition_task(
+        &self,
+        id: &str,
+        from: &[TaskState],
+        to: TaskState,
+        now_ms: i64,
+        reason: &str,
+        event: NewEvent,
+    ) -> StoreResult<bool>;
 
     /// Appends events to the chain in one transaction (group commit).
     async fn append_events(&self, events: Vec<NewEvent>) -> StoreResult<Vec<Event>>;

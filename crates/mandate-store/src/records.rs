@@ -1,6 +1,8 @@
 use std::fmt;
 
-use mandate_core::{AgentName, AgentStatus, AttestationRule, Grant, RequestedScope, RiskTier, TaskState};
+use mandate_core::{
+    AgentName, AgentStatus, AttestationRule, Grant, RequestedScope, RiskTier, TaskState,
+};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 

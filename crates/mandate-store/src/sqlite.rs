@@ -8,13 +8,17 @@ use std::time::Duration;
 use async_trait::async_trait;
 use mandate_audit::{Event, NewEvent, link};
 use mandate_core::{AgentName, AgentStatus, TaskState};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
+};
 use sqlx::{AssertSqlSafe, Row, Sqlite, Transaction};
 
 use crate::{AgentRecord, JoinTokenRecord, KeyRow, Store, StoreError, StoreResult, TaskRecord};
 
 /// Versioned migrations, applied in order, each in its own transaction.
-const MIGRATIONS: &[(i64, &str, &str)] = &[(1, "initial", include_str!("../migrations/0001_initial.sql"))];
+const MIGRATIONS: &[(i64, &str, &str)] =
+    &[(1, "initial", include_str!("../migrations/0001_initial.sql"))];
 
 /// The database file inside the data directory.
 pub const DB_FILE: &str = "mandate.db";
@@ -34,8 +38,12 @@ fn corrupt(what: impl std::fmt::Display) -> StoreError {
 impl SqliteStore {
     /// Opens (creating if needed) the store in `data_dir` and applies pending migrations.
     pub async fn open(data_dir: &Path) -> StoreResult<Self> {
-        std::fs::create_dir_all(data_dir)
-            .map_err(|e| StoreError::Db(format!("cannot create data directory {}: {e}", data_dir.display())))?;
+        std::fs::create_dir_all(data_dir).map_err(|e| {
+            StoreError::Db(format!(
+                "cannot create data directory {}: {e}",
+                data_dir.display()
+            ))
+        })?;
         restrict_permissions(data_dir);
         let store = Self::connect(data_dir, true).await?;
         store.migrate().await?;
@@ -100,9 +108,10 @@ impl SqliteStore {
         )
         .execute(&self.write)
         .await?;
-        let applied: Vec<i64> = sqlx::query_scalar("SELECT version FROM schema_migrations ORDER BY version")
-            .fetch_all(&self.write)
-            .await?;
+        let applied: Vec<i64> =
+            sqlx::query_scalar("SELECT version FROM schema_migrations ORDER BY version")
+                .fetch_all(&self.write)
+                .await?;
         let known = MIGRATIONS.iter().map(|m| m.0).max().unwrap_or(0);
         if let Some(newer) = applied.iter().find(|v| **v > known) {
             return Err(corrupt(format!(
@@ -115,12 +124,14 @@ impl SqliteStore {
             }
             let mut tx = self.write.begin().await?;
             sqlx::raw_sql(*sql).execute(&mut *tx).await?;
-            sqlx::query("INSERT INTO schema_migrations (version, name, applied_at_ms) VALUES ($1, $2, $3)")
-                .bind(version)
-                .bind(name)
-                .bind(now_ms())
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query(
+                "INSERT INTO schema_migrations (version, name, applied_at_ms) VALUES ($1, $2, $3)",
+            )
+            .bind(version)
+            .bind(name)
+            .bind(now_ms())
+            .execute(&mut *tx)
+            .await?;
             tx.commit().await?;
         }
         Ok(())
@@ -144,7 +155,10 @@ fn restrict_permissions(dir: &Path) {
 #[cfg(not(unix))]
 fn restrict_permissions(_dir: &Path) {}
 
-async fn append_in(tx: &mut Transaction<'_, Sqlite>, events: Vec<NewEvent>) -> StoreResult<Vec<Event>> {
+async fn append_in(
+    tx: &mut Transaction<'_, Sqlite>,
+    events: Vec<NewEvent>,
+) -> StoreResult<Vec<Event>> {
     let head = sqlx::query("SELECT seq, hash FROM audit_head WHERE id = 1")
         .fetch_optional(&mut **tx)
         .await?
@@ -251,10 +265,12 @@ const TASK_COLUMNS: &str = "id, agent, purpose, requested, grant_json, items, st
 #[async_trait]
 impl Store for SqliteStore {
     async fn setting(&self, key: &str) -> StoreResult<Option<String>> {
-        Ok(sqlx::query_scalar("SELECT value FROM settings WHERE key = $1")
-            .bind(key)
-            .fetch_optional(&self.read)
-            .await?)
+        Ok(
+            sqlx::query_scalar("SELECT value FROM settings WHERE key = $1")
+                .bind(key)
+                .fetch_optional(&self.read)
+                .await?,
+        )
     }
 
     async fn put_setting(&self, key: &str, value: &str) -> StoreResult<()> {
@@ -282,16 +298,24 @@ impl Store for SqliteStore {
             .collect()
     }
 
-    async fn rotate_keys(&self, new: &KeyRow, now_ms: i64, prune_before_ms: i64, event: Option<NewEvent>) -> StoreResult<()> {
+    async fn rotate_keys(
+        &self,
+        new: &KeyRow,
+        now_ms: i64,
+        prune_before_ms: i64,
+        event: Option<NewEvent>,
+    ) -> StoreResult<()> {
         let mut tx = self.write.begin().await?;
         sqlx::query("UPDATE signing_keys SET retired_at_ms = $1 WHERE retired_at_ms IS NULL")
             .bind(now_ms)
             .execute(&mut *tx)
             .await?;
-        sqlx::query("DELETE FROM signing_keys WHERE retired_at_ms IS NOT NULL AND retired_at_ms < $1")
-            .bind(prune_before_ms)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "DELETE FROM signing_keys WHERE retired_at_ms IS NOT NULL AND retired_at_ms < $1",
+        )
+        .bind(prune_before_ms)
+        .execute(&mut *tx)
+        .await?;
         sqlx::query("INSERT INTO signing_keys (kid, pkcs8, created_at_ms, retired_at_ms) VALUES ($1, $2, $3, NULL)")
             .bind(&new.kid)
             .bind(&new.pkcs8)
@@ -305,7 +329,12 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    async fn insert_agent(&self, agent: &AgentRecord, join: &JoinTokenRecord, event: NewEvent) -> StoreResult<Event> {
+    async fn insert_agent(
+        &self,
+        agent: &AgentRecord,
+        join: &JoinTokenRecord,
+        event: NewEvent,
+    ) -> StoreResult<Event> {
         let mut tx = self.write.begin().await?;
         let inserted = sqlx::query(
             "INSERT INTO agents (name, owner, tier, status, attestation, created_at_ms, updated_at_ms) VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (name) DO NOTHING",
@@ -347,14 +376,21 @@ impl Store for SqliteStore {
             .collect()
     }
 
-    async fn set_agent_status(&self, name: &AgentName, status: AgentStatus, now_ms: i64, event: NewEvent) -> StoreResult<Vec<String>> {
+    async fn set_agent_status(
+        &self,
+        name: &AgentName,
+        status: AgentStatus,
+        now_ms: i64,
+        event: NewEvent,
+    ) -> StoreResult<Vec<String>> {
         let mut tx = self.write.begin().await?;
-        let updated = sqlx::query("UPDATE agents SET status = $1, updated_at_ms = $2 WHERE name = $3")
-            .bind(status.as_str())
-            .bind(now_ms)
-            .bind(name.as_str())
-            .execute(&mut *tx)
-            .await?;
+        let updated =
+            sqlx::query("UPDATE agents SET status = $1, updated_at_ms = $2 WHERE name = $3")
+                .bind(status.as_str())
+                .bind(now_ms)
+                .bind(name.as_str())
+                .execute(&mut *tx)
+                .await?;
         if updated.rows_affected() == 0 {
             return Err(StoreError::NotFound(format!("agent {name}")));
         }
@@ -371,11 +407,13 @@ impl Store for SqliteStore {
                 .bind(name.as_str())
                 .execute(&mut *tx)
                 .await?;
-            sqlx::query("UPDATE join_tokens SET used_at_ms = $1 WHERE agent = $2 AND used_at_ms IS NULL")
-                .bind(now_ms)
-                .bind(name.as_str())
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query(
+                "UPDATE join_tokens SET used_at_ms = $1 WHERE agent = $2 AND used_at_ms IS NULL",
+            )
+            .bind(now_ms)
+            .bind(name.as_str())
+            .execute(&mut *tx)
+            .await?;
         }
         let mut events = vec![event];
         for id in &revoked {
@@ -392,7 +430,11 @@ impl Store for SqliteStore {
         Ok(revoked)
     }
 
-    async fn insert_join_token(&self, join: &JoinTokenRecord, event: NewEvent) -> StoreResult<Event> {
+    async fn insert_join_token(
+        &self,
+        join: &JoinTokenRecord,
+        event: NewEvent,
+    ) -> StoreResult<Event> {
         let mut tx = self.write.begin().await?;
         insert_join(&mut tx, join).await?;
         let e = append_one(&mut tx, event).await?;
@@ -400,7 +442,11 @@ impl Store for SqliteStore {
         Ok(e)
     }
 
-    async fn consume_join_token(&self, token_hash: &str, now_ms: i64) -> StoreResult<Option<AgentName>> {
+    async fn consume_join_token(
+        &self,
+        token_hash: &str,
+        now_ms: i64,
+    ) -> StoreResult<Option<AgentName>> {
         let agent: Option<String> = sqlx::query_scalar(
             "UPDATE join_tokens SET used_at_ms = $1 WHERE token_hash = $2 AND used_at_ms IS NULL AND expires_at_ms > $3 RETURNING agent",
         )
@@ -409,7 +455,9 @@ impl Store for SqliteStore {
         .bind(now_ms)
         .fetch_optional(&self.write)
         .await?;
-        agent.map(|a| AgentName::parse(&a).map_err(corrupt)).transpose()
+        agent
+            .map(|a| AgentName::parse(&a).map_err(corrupt))
+            .transpose()
     }
 
     async fn insert_task(&self, task: &TaskRecord, event: NewEvent) -> StoreResult<Event> {
@@ -438,13 +486,15 @@ impl Store for SqliteStore {
     }
 
     async fn task(&self, id: &str) -> StoreResult<Option<TaskRecord>> {
-        sqlx::query(AssertSqlSafe(format!("SELECT {TASK_COLUMNS} FROM tasks WHERE id = $1")))
-            .bind(id)
-            .fetch_optional(&self.read)
-            .await?
-            .as_ref()
-            .map(task_from_row)
-            .transpose()
+        sqlx::query(AssertSqlSafe(format!(
+            "SELECT {TASK_COLUMNS} FROM tasks WHERE id = $1"
+        )))
+        .bind(id)
+        .fetch_optional(&self.read)
+        .await?
+        .as_ref()
+        .map(task_from_row)
+        .transpose()
     }
 
     async fn live_tasks(&self) -> StoreResult<Vec<TaskRecord>> {
@@ -456,7 +506,15 @@ impl Store for SqliteStore {
             .collect()
     }
 
-    async fn transition_task(&self, id: &str, from: &[TaskState], to: TaskState, now_ms: i64, reason: &str, event: NewEvent) -> StoreResult<bool> {
+    async fn transition_task(
+        &self,
+        id: &str,
+        from: &[TaskState],
+        to: TaskState,
+        now_ms: i64,
+        reason: &str,
+        event: NewEvent,
+    ) -> StoreResult<bool> {
         if from.is_empty() {
             return Ok(false);
         }
@@ -468,7 +526,11 @@ impl Store for SqliteStore {
         let ended = to.is_final().then_some(now_ms);
         let mut tx = self.write.begin().await?;
         // Safe: the SQL text holds only generated `$n` placeholders, never input.
-        let mut q = sqlx::query(AssertSqlSafe(sql)).bind(to.as_str()).bind(ended).bind(reason).bind(id);
+        let mut q = sqlx::query(AssertSqlSafe(sql))
+            .bind(to.as_str())
+            .bind(ended)
+            .bind(reason)
+            .bind(id);
         for s in from {
             q = q.bind(s.as_str());
         }
@@ -516,7 +578,8 @@ impl Store for SqliteStore {
         let row = sqlx::query("SELECT seq, hash FROM audit_head WHERE id = 1")
             .fetch_optional(&self.read)
             .await?;
-        row.map(|r| Ok((r.try_get("seq")?, r.try_get("hash")?))).transpose()
+        row.map(|r| Ok((r.try_get("seq")?, r.try_get("hash")?)))
+            .transpose()
     }
 
     async fn ping(&self) -> StoreResult<()> {

@@ -65,8 +65,8 @@ pub fn verify<C: DeserializeOwned>(
     let header_bytes = URL_SAFE_NO_PAD
         .decode(h64)
         .map_err(|_| malformed("header is not base64url"))?;
-    let header: Map<String, Value> =
-        serde_json::from_slice(&header_bytes).map_err(|_| malformed("header is not a JSON object"))?;
+    let header: Map<String, Value> = serde_json::from_slice(&header_bytes)
+        .map_err(|_| malformed("header is not a JSON object"))?;
     match header.get("alg") {
         Some(Value::String(alg)) if alg == "EdDSA" => {}
         Some(Value::String(alg)) => return Err(TokenError::AlgNotAllowed(alg.clone())),
@@ -115,7 +115,10 @@ pub fn verify<C: DeserializeOwned>(
         return Err(TokenError::WrongIssuer(reg.iss));
     }
     if reg.aud != expect.audience {
-        return Err(TokenError::WrongAudience(reg.aud, expect.audience.to_owned()));
+        return Err(TokenError::WrongAudience(
+            reg.aud,
+            expect.audience.to_owned(),
+        ));
     }
     if expect.now_secs >= reg.exp.saturating_add(expect.leeway_secs) {
         return Err(TokenError::Expired(reg.exp));
@@ -208,17 +211,67 @@ mod tests {
         let cases: Vec<(&str, String, Expectations<'_>)> = vec![
             ("bad signature", bad_sig, expect(now)),
             ("alg none", alg_none, expect(now)),
-            ("alg HS256", hdr(serde_json::json!({"alg":"HS256","kid":kid})), expect(now)),
-            ("embedded jwk", hdr(serde_json::json!({"alg":"EdDSA","kid":kid,"jwk":{}})), expect(now)),
-            ("jku", hdr(serde_json::json!({"alg":"EdDSA","kid":kid,"jku":"http://x"})), expect(now)),
-            ("unknown kid", sign(&other, &claims(now)).unwrap(), expect(now)),
-            ("wrong audience", good.clone(), Expectations { audience: "mandate:gateway", ..expect(now) }),
-            ("wrong issuer", good.clone(), Expectations { issuer: "http://evil", ..expect(now) }),
+            (
+                "alg HS256",
+                hdr(serde_json::json!({"alg":"HS256","kid":kid})),
+                expect(now),
+            ),
+            (
+                "embedded jwk",
+                hdr(serde_json::json!({"alg":"EdDSA","kid":kid,"jwk":{}})),
+                expect(now),
+            ),
+            (
+                "jku",
+                hdr(serde_json::json!({"alg":"EdDSA","kid":kid,"jku":"http://x"})),
+                expect(now),
+            ),
+            (
+                "unknown kid",
+                sign(&other, &claims(now)).unwrap(),
+                expect(now),
+            ),
+            (
+                "wrong audience",
+                good.clone(),
+                Expectations {
+                    audience: "mandate:gateway",
+                    ..expect(now)
+                },
+            ),
+            (
+                "wrong issuer",
+                good.clone(),
+                Expectations {
+                    issuer: "http://evil",
+                    ..expect(now)
+                },
+            ),
             ("expired", good.clone(), expect(now + 300 + 30)),
-            ("not yet valid", with_claim("nbf", Value::from(now + 100)), expect(now)),
-            ("issued in future", with_claim("iat", Value::from(now + 100)), expect(now)),
-            ("aud array", with_claim("aud", serde_json::json!([AUD, "x"])), expect(now)),
-            ("no exp", { let mut p = payload.clone(); p.as_object_mut().unwrap().remove("exp"); forge(&r, &serde_json::json!({"alg":"EdDSA","kid":kid}), &p) }, expect(now)),
+            (
+                "not yet valid",
+                with_claim("nbf", Value::from(now + 100)),
+                expect(now),
+            ),
+            (
+                "issued in future",
+                with_claim("iat", Value::from(now + 100)),
+                expect(now),
+            ),
+            (
+                "aud array",
+                with_claim("aud", serde_json::json!([AUD, "x"])),
+                expect(now),
+            ),
+            (
+                "no exp",
+                {
+                    let mut p = payload.clone();
+                    p.as_object_mut().unwrap().remove("exp");
+                    forge(&r, &serde_json::json!({"alg":"EdDSA","kid":kid}), &p)
+                },
+                expect(now),
+            ),
             ("two parts", "a.b".into(), expect(now)),
             ("garbage", "!!!.@@@.###".into(), expect(now)),
             ("huge", "a".repeat(MAX_TOKEN_BYTES + 1), expect(now)),

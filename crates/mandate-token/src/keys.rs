@@ -71,7 +71,9 @@ pub struct SigningKey {
 
 impl fmt::Debug for SigningKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SigningKey").field("kid", &self.kid).finish()
+        f.debug_struct("SigningKey")
+            .field("kid", &self.kid)
+            .finish()
     }
 }
 
@@ -107,7 +109,11 @@ pub struct KeyRing {
 impl KeyRing {
     /// Builds the ring from stored keys: the single unretired key signs; retired keys stay
     /// published until `retired_at + overlap_ms`, which must cover the longest token life.
-    pub fn from_stored(keys: &[StoredKey], overlap_ms: i64, now_ms: i64) -> Result<Self, TokenError> {
+    pub fn from_stored(
+        keys: &[StoredKey],
+        overlap_ms: i64,
+        now_ms: i64,
+    ) -> Result<Self, TokenError> {
         let mut active = None;
         let mut published = Vec::new();
         for k in keys {

@@ -16,11 +16,11 @@
 mod cache;
 mod claims;
 mod error;
-mod keys;
 mod jws;
+mod keys;
 
 pub use cache::VerifiedCache;
 pub use claims::{Act, IdentityClaims, RegisteredClaims, TaskClaims};
 pub use error::TokenError;
-pub use keys::{Jwk, Jwks, KeyRing, PublicKey, SigningKey, StoredKey};
 pub use jws::{Expectations, sign, verify};
+pub use keys::{Jwk, Jwks, KeyRing, PublicKey, SigningKey, StoredKey};

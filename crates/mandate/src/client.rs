@@ -45,7 +45,10 @@ impl Client {
             .timeout(std::time::Duration::from_secs(30))
             .build()
             .context("building the HTTP client")?;
-        Ok(Self { base: base.trim_end_matches('/').to_owned(), http })
+        Ok(Self {
+            base: base.trim_end_matches('/').to_owned(),
+            http,
+        })
     }
 
     pub async fn get(&self, path: &str, bearer: Option<&str>) -> Result<Reply> {
@@ -65,10 +68,16 @@ impl Client {
     }
 
     async fn send(req: reqwest::RequestBuilder) -> Result<Reply> {
-        let res = req.send().await.context("cannot reach the Mandate server (is `mandate serve` running? see --server)")?;
+        let res = req.send().await.context(
+            "cannot reach the Mandate server (is `mandate serve` running? see --server)",
+        )?;
         let status = res.status();
         let text = res.text().await.context("reading the response")?;
-        let body = if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) };
+        let body = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        };
         Ok(Reply { status, body })
     }
 }

@@ -29,7 +29,9 @@ impl ServerOpts {
     }
 
     fn admin(&self) -> Result<&str> {
-        self.admin_token.as_deref().context("this command needs the admin token: pass --admin-token or set MANDATE_ADMIN_TOKEN")
+        self.admin_token.as_deref().context(
+            "this command needs the admin token: pass --admin-token or set MANDATE_ADMIN_TOKEN",
+        )
     }
 }
 
@@ -107,26 +109,89 @@ pub enum AgentCmd {
 
 pub async fn agent(c: AgentCmd) -> Result<()> {
     match c {
-        AgentCmd::Register { name, owner, tier, server } => {
-            let r = server.client()?.post("/v1/agents", Some(server.admin()?), &json!({ "name": name, "owner": owner, "tier": tier })).await?;
+        AgentCmd::Register {
+            name,
+            owner,
+            tier,
+            server,
+        } => {
+            let r = server
+                .client()?
+                .post(
+                    "/v1/agents",
+                    Some(server.admin()?),
+                    &json!({ "name": name, "owner": owner, "tier": tier }),
+                )
+                .await?;
             print(&r.ok()?)
         }
-        AgentCmd::List { server } => print(&server.client()?.get("/v1/agents", Some(server.admin()?)).await?.ok()?),
-        AgentCmd::Show { name, server } => print(&server.client()?.get(&format!("/v1/agents/{name}"), Some(server.admin()?)).await?.ok()?),
-        AgentCmd::JoinToken { name, server } => {
-            print(&server.client()?.post(&format!("/v1/agents/{name}/join-tokens"), Some(server.admin()?), &json!({})).await?.ok()?)
-        }
-        AgentCmd::Attest { name, join_token, server } => {
-            print(&server.client()?.post("/v1/attest", None, &json!({ "agent": name, "join_token": join_token })).await?.ok()?)
-        }
-        AgentCmd::Quarantine { name, reason, server } => status(&server, &name, "quarantined", &reason).await,
-        AgentCmd::Release { name, reason, server } => status(&server, &name, "active", &reason).await,
-        AgentCmd::Offboard { name, reason, server } => status(&server, &name, "offboarded", &reason).await,
+        AgentCmd::List { server } => print(
+            &server
+                .client()?
+                .get("/v1/agents", Some(server.admin()?))
+                .await?
+                .ok()?,
+        ),
+        AgentCmd::Show { name, server } => print(
+            &server
+                .client()?
+                .get(&format!("/v1/agents/{name}"), Some(server.admin()?))
+                .await?
+                .ok()?,
+        ),
+        AgentCmd::JoinToken { name, server } => print(
+            &server
+                .client()?
+                .post(
+                    &format!("/v1/agents/{name}/join-tokens"),
+                    Some(server.admin()?),
+                    &json!({}),
+                )
+                .await?
+                .ok()?,
+        ),
+        AgentCmd::Attest {
+            name,
+            join_token,
+            server,
+        } => print(
+            &server
+                .client()?
+                .post(
+                    "/v1/attest",
+                    None,
+                    &json!({ "agent": name, "join_token": join_token }),
+                )
+                .await?
+                .ok()?,
+        ),
+        AgentCmd::Quarantine {
+            name,
+            reason,
+            server,
+        } => status(&server, &name, "quarantined", &reason).await,
+        AgentCmd::Release {
+            name,
+            reason,
+            server,
+        } => status(&server, &name, "active", &reason).await,
+        AgentCmd::Offboard {
+            name,
+            reason,
+            server,
+        } => status(&server, &name, "offboarded", &reason).await,
     }
 }
 
 async fn status(server: &ServerOpts, name: &str, status: &str, reason: &str) -> Result<()> {
-    let r = server.client()?.post(&format!("/v1/agents/{name}/status"), Some(server.admin()?), &json!({ "status": status, "reason": reason })).await?;
+    let r = server
+        .client()?
+        .post(
+            &format!("/v1/agents/{name}/status"),
+            Some(server.admin()?),
+            &json!({ "status": status, "reason": reason }),
+        )
+        .await?;
     print(&r.ok()?)
 }
 
@@ -189,22 +254,69 @@ pub enum TaskCmd {
 
 pub async fn task(c: TaskCmd) -> Result<()> {
     match c {
-        TaskCmd::Start { identity_token, purpose, tools, actions, data_domains, destinations, ttl, server } => {
+        TaskCmd::Start {
+            identity_token,
+            purpose,
+            tools,
+            actions,
+            data_domains,
+            destinations,
+            ttl,
+            server,
+        } => {
             let body = json!({
                 "purpose": purpose,
                 "scope": { "tools": tools, "actions": actions, "data_domains": data_domains, "destinations": destinations },
                 "ttl_secs": ttl,
             });
-            print(&server.client()?.post("/v1/tasks", Some(&identity_token), &body).await?.ok()?)
+            print(
+                &server
+                    .client()?
+                    .post("/v1/tasks", Some(&identity_token), &body)
+                    .await?
+                    .ok()?,
+            )
         }
-        TaskCmd::Show { id, server } => print(&server.client()?.get(&format!("/v1/tasks/{id}"), Some(server.admin()?)).await?.ok()?),
-        TaskCmd::List { server } => print(&server.client()?.get("/v1/tasks", Some(server.admin()?)).await?.ok()?),
-        TaskCmd::Complete { id, task_token, server } => {
-            print(&server.client()?.post(&format!("/v1/tasks/{id}/complete"), Some(&task_token), &json!({})).await?.ok()?)
-        }
-        TaskCmd::Revoke { id, reason, server } => {
-            print(&server.client()?.post(&format!("/v1/tasks/{id}/revoke"), Some(server.admin()?), &json!({ "reason": reason })).await?.ok()?)
-        }
+        TaskCmd::Show { id, server } => print(
+            &server
+                .client()?
+                .get(&format!("/v1/tasks/{id}"), Some(server.admin()?))
+                .await?
+                .ok()?,
+        ),
+        TaskCmd::List { server } => print(
+            &server
+                .client()?
+                .get("/v1/tasks", Some(server.admin()?))
+                .await?
+                .ok()?,
+        ),
+        TaskCmd::Complete {
+            id,
+            task_token,
+            server,
+        } => print(
+            &server
+                .client()?
+                .post(
+                    &format!("/v1/tasks/{id}/complete"),
+                    Some(&task_token),
+                    &json!({}),
+                )
+                .await?
+                .ok()?,
+        ),
+        TaskCmd::Revoke { id, reason, server } => print(
+            &server
+                .client()?
+                .post(
+                    &format!("/v1/tasks/{id}/revoke"),
+                    Some(server.admin()?),
+                    &json!({ "reason": reason }),
+                )
+                .await?
+                .ok()?,
+        ),
     }
 }
 
@@ -242,18 +354,39 @@ pub struct DecideArgs {
 }
 
 pub async fn decide(a: DecideArgs) -> Result<ExitCode> {
-    let args: Option<Value> = a.args.as_deref().map(serde_json::from_str).transpose().context("--args is not valid JSON")?;
+    let args: Option<Value> = a
+        .args
+        .as_deref()
+        .map(serde_json::from_str)
+        .transpose()
+        .context("--args is not valid JSON")?;
     let body = json!({
         "tool": a.tool, "action": a.action, "resource": a.resource, "arguments": args,
         "destination": a.destination, "data_domain": a.data_domain, "sensitivity": a.sensitivity,
     });
     let body = strip_nulls(body);
-    let d = a.server.client()?.post("/v1/decide", Some(&a.task_token), &body).await?.ok()?;
+    let d = a
+        .server
+        .client()?
+        .post("/v1/decide", Some(&a.task_token), &body)
+        .await?
+        .ok()?;
     let outcome = d["outcome"].as_str().unwrap_or("deny").to_owned();
     if a.json {
         print(&d)?;
     } else {
-        println!("{}  {}", style::outcome(&outcome), d["policies"].as_array().map(|p| p.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(", ")).unwrap_or_default());
+        println!(
+            "{}  {}",
+            style::outcome(&outcome),
+            d["policies"]
+                .as_array()
+                .map(|p| p
+                    .iter()
+                    .filter_map(Value::as_str)
+                    .collect::<Vec<_>>()
+                    .join(", "))
+                .unwrap_or_default()
+        );
         for r in d["reasons"].as_array().into_iter().flatten() {
             println!("  {}", r.as_str().unwrap_or(""));
         }
@@ -303,7 +436,11 @@ pub async fn audit(c: AuditCmd) -> Result<ExitCode> {
             let report = mandate_server::verify::verify_chain(&store).await?;
             match report.first_bad {
                 None => {
-                    println!("{} audit chain intact: {} records verified", style::green("ok"), report.records);
+                    println!(
+                        "{} audit chain intact: {} records verified",
+                        style::green("ok"),
+                        report.records
+                    );
                     Ok(ExitCode::SUCCESS)
                 }
                 Some(b) => {
@@ -312,7 +449,11 @@ pub async fn audit(c: AuditCmd) -> Result<ExitCode> {
                 }
             }
         }
-        AuditCmd::Trace { task, data_dir, json } => {
+        AuditCmd::Trace {
+            task,
+            data_dir,
+            json,
+        } => {
             let store = SqliteStore::open_existing(&data_dir).await?;
             let events = store.task_events(&task).await?;
             if events.is_empty() {
@@ -345,7 +486,12 @@ pub fn policy(c: PolicyCmd) -> Result<ExitCode> {
     match c {
         PolicyCmd::Validate { dir } => match mandate_policy::Bundle::load_dir(&dir) {
             Ok(b) => {
-                println!("{} {} policies valid; bundle {}", style::green("ok"), b.len(), b.version());
+                println!(
+                    "{} {} policies valid; bundle {}",
+                    style::green("ok"),
+                    b.len(),
+                    b.version()
+                );
                 Ok(ExitCode::SUCCESS)
             }
             Err(e) => {

@@ -14,8 +14,14 @@ use crate::{style, trace};
 
 /// The demo's policies: the same files as `examples/policies/demo/`.
 const POLICIES: [(&str, &str); 2] = [
-    ("start.cedar", include_str!("../../../examples/policies/demo/start.cedar")),
-    ("support.cedar", include_str!("../../../examples/policies/demo/support.cedar")),
+    (
+        "start.cedar",
+        include_str!("../../../examples/policies/demo/start.cedar"),
+    ),
+    (
+        "support.cedar",
+        include_str!("../../../examples/policies/demo/support.cedar"),
+    ),
 ];
 
 struct Narrator {
@@ -26,7 +32,11 @@ struct Narrator {
 impl Narrator {
     fn say(&mut self, what: &str) {
         self.step += 1;
-        println!("\n{} {}", style::bold(&format!("{:>2}.", self.step)), style::bold(what));
+        println!(
+            "\n{} {}",
+            style::bold(&format!("{:>2}.", self.step)),
+            style::bold(what)
+        );
     }
 
     fn check(&mut self, ok: bool, detail: &str) {
@@ -40,14 +50,31 @@ impl Narrator {
 }
 
 fn list(v: &Value) -> String {
-    v.as_array().map(|a| a.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(", ")).unwrap_or_default()
+    v.as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+        .unwrap_or_default()
 }
 
 fn decision_line(r: &Reply) -> String {
     if r.status.is_success() {
-        format!("{}  by {}  — {}", style::outcome(r.body["outcome"].as_str().unwrap_or("?")), list(&r.body["policies"]), list(&r.body["reasons"]))
+        format!(
+            "{}  by {}  — {}",
+            style::outcome(r.body["outcome"].as_str().unwrap_or("?")),
+            list(&r.body["policies"]),
+            list(&r.body["reasons"])
+        )
     } else {
-        format!("{} {}: {}", r.status.as_u16(), style::red(r.code()), r.body["error"]["message"].as_str().unwrap_or(""))
+        format!(
+            "{} {}: {}",
+            r.status.as_u16(),
+            style::red(r.code()),
+            r.body["error"]["message"].as_str().unwrap_or("")
+        )
     }
 }
 
@@ -61,30 +88,88 @@ pub async fn run(data_dir: Option<PathBuf>) -> Result<ExitCode> {
         std::fs::write(policy_dir.join(name), text)?;
     }
 
-    println!("{}", style::bold("Mandate demo — every agent action authorised at the moment it happens"));
-    let mut n = Narrator { step: 0, failures: Vec::new() };
+    println!(
+        "{}",
+        style::bold("Mandate demo — every agent action authorised at the moment it happens")
+    );
+    let mut n = Narrator {
+        step: 0,
+        failures: Vec::new(),
+    };
 
     n.say("Start a Mandate server in-process (embedded store, demo policies)");
     let mut config = mandate_server::ServerConfig::new(data_dir.clone(), policy_dir);
     config.listen = ([127, 0, 0, 1], 0).into();
     config.environment = "demo".into();
-    let server = mandate_server::Server::start(config).await.map_err(anyhow::Error::msg)?;
-    let admin = server.generated_admin_token.clone().context("a fresh data directory should yield a generated admin token")?;
+    let server = mandate_server::Server::start(config)
+        .await
+        .map_err(anyhow::Error::msg)?;
+    let admin = server
+        .generated_admin_token
+        .clone()
+        .context("a fresh data directory should yield a generated admin token")?;
     let c = Client::new(&server.url())?;
     let bundle = server.engine.bundle();
-    n.check(bundle.len() == 5, &format!("listening on {} with {} policies, bundle {}", server.url(), bundle.len(), &bundle.version()[..19]));
+    n.check(
+        bundle.len() == 5,
+        &format!(
+            "listening on {} with {} policies, bundle {}",
+            server.url(),
+            bundle.len(),
+            bundle.version().get(..19).unwrap_or(bundle.version())
+        ),
+    );
 
     n.say("Register agent `ticket-summariser`, owned by alice@example.com, risk tier 1");
-    let reg = c.post("/v1/agents", Some(&admin), &json!({ "name": "ticket-summariser", "owner": "alice@example.com", "tier": 1 })).await?;
-    n.check(reg.status == 201, &format!("registered as {} with a one-time join token", reg.body["spiffe_id"].as_str().unwrap_or("?")));
-    let join = reg.body["join_token"].as_str().unwrap_or_default().to_owned();
+    let reg = c
+        .post(
+            "/v1/agents",
+            Some(&admin),
+            &json!({ "name": "ticket-summariser", "owner": "alice@example.com", "tier": 1 }),
+        )
+        .await?;
+    n.check(
+        reg.status == 201,
+        &format!(
+            "registered as {} with a one-time join token",
+            reg.body["spiffe_id"].as_str().unwrap_or("?")
+        ),
+    );
+    let join = reg.body["join_token"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
 
     n.say("The agent attests with its join token and receives a short-lived JWT-SVID");
-    let att = c.post("/v1/attest", None, &json!({ "agent": "ticket-summariser", "join_token": join })).await?;
-    let identity = att.body["identity_token"].as_str().unwrap_or_default().to_owned();
-    n.check(att.status == 200 && !identity.is_empty(), &format!("EdDSA identity token for {}, verifiable at /.well-known/jwks.json", att.body["spiffe_id"].as_str().unwrap_or("?")));
-    let replay = c.post("/v1/attest", None, &json!({ "agent": "ticket-summariser", "join_token": join })).await?;
-    n.check(replay.status == 401 && replay.code() == "join_token_invalid", "the join token is single-use: a second attestation is refused");
+    let att = c
+        .post(
+            "/v1/attest",
+            None,
+            &json!({ "agent": "ticket-summariser", "join_token": join }),
+        )
+        .await?;
+    let identity = att.body["identity_token"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    n.check(
+        att.status == 200 && !identity.is_empty(),
+        &format!(
+            "EdDSA identity token for {}, verifiable at /.well-known/jwks.json",
+            att.body["spiffe_id"].as_str().unwrap_or("?")
+        ),
+    );
+    let replay = c
+        .post(
+            "/v1/attest",
+            None,
+            &json!({ "agent": "ticket-summariser", "join_token": join }),
+        )
+        .await?;
+    n.check(
+        replay.status == 401 && replay.code() == "join_token_invalid",
+        "the join token is single-use: a second attestation is refused",
+    );
 
     n.say("Start a task \"summarise open tickets\", asking to read, write and delete tickets");
     let start = c
@@ -94,54 +179,155 @@ pub async fn run(data_dir: Option<PathBuf>) -> Result<ExitCode> {
             "ttl_secs": 900,
         }))
         .await?;
-    let task_token = start.body["task_token"].as_str().unwrap_or_default().to_owned();
-    let task_id = start.body["task_id"].as_str().unwrap_or_default().to_owned();
+    let task_token = start.body["task_token"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let task_id = start.body["task_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
     let granted = trace::grant(&start.body["grant"]);
-    n.check(start.status == 201 && granted == "tickets.search:read tickets.update:write", &format!("policy granted only {granted}, for {}", start.body["decision"]["reasons"][0].as_str().unwrap_or("?")));
-    let refused_delete = start.body["items"].as_array().into_iter().flatten().any(|i| i["tool"] == "tickets.delete" && i["action"] == "delete" && i["outcome"] == "deny" && list(&i["policies"]) == "no-deletes");
-    n.check(refused_delete, "delete on tickets.delete was refused at the start by policy `no-deletes`");
+    n.check(
+        start.status == 201 && granted == "tickets.search:read tickets.update:write",
+        &format!(
+            "policy granted only {granted}, for {}",
+            start.body["decision"]["reasons"][0].as_str().unwrap_or("?")
+        ),
+    );
+    let refused_delete = start.body["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|i| {
+            i["tool"] == "tickets.delete"
+                && i["action"] == "delete"
+                && i["outcome"] == "deny"
+                && list(&i["policies"]) == "no-deletes"
+        });
+    n.check(
+        refused_delete,
+        "delete on tickets.delete was refused at the start by policy `no-deletes`",
+    );
 
     let call = |tool: &str, action: &str, args: Value| json!({ "tool": tool, "action": action, "resource": "queue/open", "arguments": args, "data_domain": "support" });
 
     n.say("Read: search open tickets");
-    let r = c.post("/v1/decide", Some(&task_token), &call("tickets.search", "read", json!({ "status": "open" }))).await?;
-    n.check(r.status == 200 && r.body["outcome"] == "allow", &decision_line(&r));
+    let r = c
+        .post(
+            "/v1/decide",
+            Some(&task_token),
+            &call("tickets.search", "read", json!({ "status": "open" })),
+        )
+        .await?;
+    n.check(
+        r.status == 200 && r.body["outcome"] == "allow",
+        &decision_line(&r),
+    );
 
     n.say("Write: update a ticket — needs a human");
-    let r = c.post("/v1/decide", Some(&task_token), &call("tickets.update", "write", json!({ "id": 42, "status": "closed" }))).await?;
-    n.check(r.status == 200 && r.body["outcome"] == "approval_required", &decision_line(&r));
+    let r = c
+        .post(
+            "/v1/decide",
+            Some(&task_token),
+            &call(
+                "tickets.update",
+                "write",
+                json!({ "id": 42, "status": "closed" }),
+            ),
+        )
+        .await?;
+    n.check(
+        r.status == 200 && r.body["outcome"] == "approval_required",
+        &decision_line(&r),
+    );
 
     n.say("Delete: remove a ticket — denied");
-    let r = c.post("/v1/decide", Some(&task_token), &call("tickets.delete", "delete", json!({ "id": 42 }))).await?;
-    n.check(r.status == 200 && r.body["outcome"] == "deny", &decision_line(&r));
+    let r = c
+        .post(
+            "/v1/decide",
+            Some(&task_token),
+            &call("tickets.delete", "delete", json!({ "id": 42 })),
+        )
+        .await?;
+    n.check(
+        r.status == 200 && r.body["outcome"] == "deny",
+        &decision_line(&r),
+    );
 
     n.say("A forged token: the agent widens its own grant and re-uses the signature");
     let forged = forge(&task_token);
-    let r = c.post("/v1/decide", Some(&forged), &call("tickets.delete", "delete", json!({ "id": 42 }))).await?;
-    n.check(r.status == 401 && r.code() == "token_bad_signature", &decision_line(&r));
+    let r = c
+        .post(
+            "/v1/decide",
+            Some(&forged),
+            &call("tickets.delete", "delete", json!({ "id": 42 })),
+        )
+        .await?;
+    n.check(
+        r.status == 401 && r.code() == "token_bad_signature",
+        &decision_line(&r),
+    );
 
     n.say("The agent completes its task");
-    let r = c.post(&format!("/v1/tasks/{task_id}/complete"), Some(&task_token), &json!({})).await?;
-    n.check(r.status == 200 && r.body["state"] == "completed", &format!("task {task_id} is {}", r.body["state"].as_str().unwrap_or("?")));
+    let r = c
+        .post(
+            &format!("/v1/tasks/{task_id}/complete"),
+            Some(&task_token),
+            &json!({}),
+        )
+        .await?;
+    n.check(
+        r.status == 200 && r.body["state"] == "completed",
+        &format!(
+            "task {task_id} is {}",
+            r.body["state"].as_str().unwrap_or("?")
+        ),
+    );
 
     n.say("The next call with the same, unexpired token");
-    let r = c.post("/v1/decide", Some(&task_token), &call("tickets.search", "read", json!({ "status": "open" }))).await?;
-    n.check(r.status == 403 && r.code() == "task_not_active", &decision_line(&r));
+    let r = c
+        .post(
+            "/v1/decide",
+            Some(&task_token),
+            &call("tickets.search", "read", json!({ "status": "open" })),
+        )
+        .await?;
+    n.check(
+        r.status == 403 && r.code() == "task_not_active",
+        &decision_line(&r),
+    );
 
     n.say("Verify the audit chain and rebuild the task's timeline");
     let store = SqliteStore::open_existing(&data_dir).await?;
     let report = mandate_server::verify::verify_chain(&store).await?;
-    n.check(report.first_bad.is_none(), &format!("{} hash-chained records verified, none altered", report.records));
+    n.check(
+        report.first_bad.is_none(),
+        &format!(
+            "{} hash-chained records verified, none altered",
+            report.records
+        ),
+    );
     let events = store.task_events(&task_id).await?;
-    n.check(events.len() == 6, &format!("{} events recorded for the task:", events.len()));
+    n.check(
+        events.len() == 6,
+        &format!("{} events recorded for the task:", events.len()),
+    );
     print!("{}", trace::render(&task_id, &events));
 
     server.shutdown().await.map_err(anyhow::Error::msg)?;
     if n.failures.is_empty() {
-        println!("\n{} every step behaved as stated.", style::green("Demo complete:"));
+        println!(
+            "\n{} every step behaved as stated.",
+            style::green("Demo complete:")
+        );
         Ok(ExitCode::SUCCESS)
     } else {
-        println!("\n{} {} step(s) misbehaved:", style::red("Demo failed:"), n.failures.len());
+        println!(
+            "\n{} {} step(s) misbehaved:",
+            style::red("Demo failed:"),
+            n.failures.len()
+        );
         for f in &n.failures {
             println!("  {f}");
         }
@@ -153,9 +339,15 @@ pub async fn run(data_dir: Option<PathBuf>) -> Result<ExitCode> {
 /// original signature: what a compromised agent might try.
 fn forge(token: &str) -> String {
     let mut parts = token.split('.');
-    let (Some(h), Some(p), Some(s)) = (parts.next(), parts.next(), parts.next()) else { return token.to_owned() };
-    let Ok(bytes) = URL_SAFE_NO_PAD.decode(p) else { return token.to_owned() };
-    let Ok(mut claims) = serde_json::from_slice::<Value>(&bytes) else { return token.to_owned() };
+    let (Some(h), Some(p), Some(s)) = (parts.next(), parts.next(), parts.next()) else {
+        return token.to_owned();
+    };
+    let Ok(bytes) = URL_SAFE_NO_PAD.decode(p) else {
+        return token.to_owned();
+    };
+    let Ok(mut claims) = serde_json::from_slice::<Value>(&bytes) else {
+        return token.to_owned();
+    };
     claims["grant"]["tools"]["tickets.delete"] = json!(["delete"]);
     let payload = URL_SAFE_NO_PAD.encode(claims.to_string());
     format!("{h}.{payload}.{s}")

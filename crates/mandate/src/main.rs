@@ -1,5 +1,12 @@
 //! `mandate`: the runtime authorization control plane for AI agents, in one binary.
 
+// The binary reads API replies as `serde_json::Value`, whose `v["key"]` indexing yields
+// `Null` for anything missing instead of panicking; slicing is still avoided by hand.
+#![allow(
+    clippy::indexing_slicing,
+    reason = "serde_json::Value indexing by key cannot panic"
+)]
+
 mod client;
 mod cmd;
 mod demo;
@@ -84,12 +91,18 @@ struct DemoArgs {
 fn init_tracing(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("MANDATE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -128,11 +141,21 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
     config.trust_domain = mandate_core::TrustDomain::parse(&a.trust_domain)?;
     config.environment = a.environment;
     config.issuer = a.issuer;
-    config.admin_token = std::env::var("MANDATE_ADMIN_TOKEN").ok().filter(|t| !t.is_empty());
-    let running = mandate_server::Server::start(config).await.map_err(anyhow::Error::msg)?;
+    config.admin_token = std::env::var("MANDATE_ADMIN_TOKEN")
+        .ok()
+        .filter(|t| !t.is_empty());
+    let running = mandate_server::Server::start(config)
+        .await
+        .map_err(anyhow::Error::msg)?;
     if let Some(token) = &running.generated_admin_token {
-        eprintln!("\nAdmin token (shown once; stored only as a hash):\n\n    {token}\n\nexport MANDATE_ADMIN_TOKEN={token}\n");
+        eprintln!(
+            "\nAdmin token (shown once; stored only as a hash):\n\n    {token}\n\nexport MANDATE_ADMIN_TOKEN={token}\n"
+        );
     }
-    eprintln!("mandate listening on {} (issuer {})", running.url(), running.issuer);
+    eprintln!(
+        "mandate listening on {} (issuer {})",
+        running.url(),
+        running.issuer
+    );
     running.run_until_signal().await.map_err(anyhow::Error::msg)
 }

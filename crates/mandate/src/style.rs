@@ -9,7 +9,11 @@ fn enabled() -> bool {
 }
 
 fn paint(code: &str, s: &str) -> String {
-    if enabled() { format!("\x1b[{code}m{s}\x1b[0m") } else { s.to_owned() }
+    if enabled() {
+        format!("\x1b[{code}m{s}\x1b[0m")
+    } else {
+        s.to_owned()
+    }
 }
 
 pub fn green(s: &str) -> String {

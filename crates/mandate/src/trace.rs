@@ -13,19 +13,35 @@ fn time(ts_ms: i64) -> String {
 
 fn list(v: &Value) -> String {
     v.as_array()
-        .map(|a| a.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(", "))
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
         .unwrap_or_default()
 }
 
 pub fn grant(v: &Value) -> String {
-    let Some(tools) = v["tools"].as_object() else { return "nothing".into() };
-    let parts: Vec<String> = tools.iter().map(|(t, a)| format!("{t}:{}", list(a).replace(", ", "+"))).collect();
-    if parts.is_empty() { "nothing".into() } else { parts.join(" ") }
+    let Some(tools) = v["tools"].as_object() else {
+        return "nothing".into();
+    };
+    let parts: Vec<String> = tools
+        .iter()
+        .map(|(t, a)| format!("{t}:{}", list(a).replace(", ", "+")))
+        .collect();
+    if parts.is_empty() {
+        "nothing".into()
+    } else {
+        parts.join(" ")
+    }
 }
 
 fn short(version: &Value) -> String {
     let v = version.as_str().unwrap_or("");
-    v.strip_prefix("sha256:").map_or(v, |h| h.get(..12).unwrap_or(h)).to_owned()
+    v.strip_prefix("sha256:")
+        .map_or(v, |h| h.get(..12).unwrap_or(h))
+        .to_owned()
 }
 
 /// One line per event.
@@ -46,21 +62,46 @@ pub fn line(e: &Event) -> String {
             style::outcome(d["outcome"].as_str().unwrap_or("")),
             d["action"].as_str().unwrap_or(""),
             d["tool"].as_str().unwrap_or(""),
-            d["resource"].as_str().filter(|r| !r.is_empty()).map(|r| format!("on {r}")).unwrap_or_default(),
+            d["resource"]
+                .as_str()
+                .filter(|r| !r.is_empty())
+                .map(|r| format!("on {r}"))
+                .unwrap_or_default(),
             list(&d["policies"])
         ),
-        "call.refused" => format!("{} {} {}", style::red(d["code"].as_str().unwrap_or("")), d["action"].as_str().unwrap_or(""), d["tool"].as_str().unwrap_or("")),
-        "task.completed" | "task.revoked" | "task.expired" => format!("{} (by {})", d["reason"].as_str().unwrap_or(""), d["by"].as_str().unwrap_or("mandate")),
+        "call.refused" => format!(
+            "{} {} {}",
+            style::red(d["code"].as_str().unwrap_or("")),
+            d["action"].as_str().unwrap_or(""),
+            d["tool"].as_str().unwrap_or("")
+        ),
+        "task.completed" | "task.revoked" | "task.expired" => format!(
+            "{} (by {})",
+            d["reason"].as_str().unwrap_or(""),
+            d["by"].as_str().unwrap_or("mandate")
+        ),
         _ => d.to_string(),
     };
-    format!("  #{:<5} {}  {:<15} {}", e.seq, style::dim(&time(e.ts_ms)), e.kind, what)
+    format!(
+        "  #{:<5} {}  {:<15} {}",
+        e.seq,
+        style::dim(&time(e.ts_ms)),
+        e.kind,
+        what
+    )
 }
 
 /// The whole timeline of one task.
 pub fn render(task_id: &str, events: &[Event]) -> String {
     let mut out = String::new();
-    let agent = events.iter().find_map(|e| e.agent.clone()).unwrap_or_default();
-    out.push_str(&format!("{} {task_id}  agent {agent}\n", style::bold("task")));
+    let agent = events
+        .iter()
+        .find_map(|e| e.agent.clone())
+        .unwrap_or_default();
+    out.push_str(&format!(
+        "{} {task_id}  agent {agent}\n",
+        style::bold("task")
+    ));
     for e in events {
         out.push_str(&line(e));
         out.push('\n');

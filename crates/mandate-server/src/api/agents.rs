@@ -4,7 +4,10 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use mandate_audit::{EventKind, NewEvent};
-use mandate_core::{AgentName, AgentStatus, AttestationRule, RiskTier, SpiffeId, random_id, random_secret, sha256_hex};
+use mandate_core::{
+    AgentName, AgentStatus, AttestationRule, RiskTier, SpiffeId, random_id, random_secret,
+    sha256_hex,
+};
 use mandate_store::{AgentRecord, JoinTokenRecord};
 use mandate_token::IdentityClaims;
 use serde::{Deserialize, Serialize};
@@ -97,7 +100,10 @@ pub struct AttestResponse {
 const MAX_OWNER: usize = 256;
 const MAX_REASON: usize = 1024;
 
-async fn issue_join(engine: &Engine, agent: &AgentName) -> Result<(String, JoinTokenRecord), ApiError> {
+async fn issue_join(
+    engine: &Engine,
+    agent: &AgentName,
+) -> Result<(String, JoinTokenRecord), ApiError> {
     let token = random_secret("mdt_join").map_err(|_| ApiError::internal("system RNG failed"))?;
     let now = engine.clock.now_ms();
     let rec = JoinTokenRecord {
@@ -110,18 +116,35 @@ async fn issue_join(engine: &Engine, agent: &AgentName) -> Result<(String, JoinT
 }
 
 fn event(engine: &Engine, kind: EventKind, agent: &AgentName, data: serde_json::Value) -> NewEvent {
-    NewEvent { ts_ms: engine.clock.now_ms(), kind, agent: Some(agent.to_string()), task_id: None, data }
+    NewEvent {
+        ts_ms: engine.clock.now_ms(),
+        kind,
+        agent: Some(agent.to_string()),
+        task_id: None,
+        data,
+    }
 }
 
 /// Register an agent (admin).
 #[utoipa::path(post, path = "/v1/agents", tag = "agents", request_body = RegisterAgentRequest,
     security(("admin_token" = [])),
     responses((status = 201, body = RegisterAgentResponse), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 409, body = ErrorBody), (status = 413, body = ErrorBody), (status = 422, body = ErrorBody)))]
-pub async fn register(State(engine): AppState, bearer: Bearer, ApiJson(req): ApiJson<RegisterAgentRequest>) -> Result<(StatusCode, Json<RegisterAgentResponse>), ApiError> {
+pub async fn register(
+    State(engine): AppState,
+    bearer: Bearer,
+    ApiJson(req): ApiJson<RegisterAgentRequest>,
+) -> Result<(StatusCode, Json<RegisterAgentResponse>), ApiError> {
     require_admin(&engine, &bearer)?;
     let owner = req.owner.trim();
-    if owner.is_empty() || owner.chars().count() > MAX_OWNER || owner.chars().any(char::is_control) {
-        return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", format!("owner must be 1-{MAX_OWNER} printable characters naming the accountable human")));
+    if owner.is_empty() || owner.chars().count() > MAX_OWNER || owner.chars().any(char::is_control)
+    {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_request",
+            format!(
+                "owner must be 1-{MAX_OWNER} printable characters naming the accountable human"
+            ),
+        ));
     }
     let now = engine.clock.now_ms();
     let agent = AgentRecord {
@@ -134,22 +157,50 @@ pub async fn register(State(engine): AppState, bearer: Bearer, ApiJson(req): Api
         updated_at_ms: now,
     };
     let (token, join) = issue_join(&engine, &req.name).await?;
-    let spiffe_id = SpiffeId::for_agent(engine.config.trust_domain.clone(), req.name.clone()).to_string();
-    let ev = event(&engine, EventKind::AgentRegistered, &req.name, serde_json::json!({ "owner": agent.owner, "tier": agent.tier, "attestation": agent.attestation, "spiffe_id": spiffe_id }));
-    engine.store.insert_agent(&agent, &join, ev).await.map_err(|e| ApiError::store(&e))?;
-    Ok((StatusCode::CREATED, Json(RegisterAgentResponse { agent, spiffe_id, join_token: token, join_token_expires_at_ms: join.expires_at_ms })))
+    let spiffe_id =
+        SpiffeId::for_agent(engine.config.trust_domain.clone(), req.name.clone()).to_string();
+    let ev = event(
+        &engine,
+        EventKind::AgentRegistered,
+        &req.name,
+        serde_json::json!({ "owner": agent.owner, "tier": agent.tier, "attestation": agent.attestation, "spiffe_id": spiffe_id }),
+    );
+    engine
+        .store
+        .insert_agent(&agent, &join, ev)
+        .await
+        .map_err(|e| ApiError::store(&e))?;
+    Ok((
+        StatusCode::CREATED,
+        Json(RegisterAgentResponse {
+            agent,
+            spiffe_id,
+            join_token: token,
+            join_token_expires_at_ms: join.expires_at_ms,
+        }),
+    ))
 }
 
 /// List agents (admin).
 #[utoipa::path(get, path = "/v1/agents", tag = "agents", security(("admin_token" = [])),
     responses((status = 200, body = Vec<AgentRecord>), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
-pub async fn list(State(engine): AppState, bearer: Bearer) -> Result<Json<Vec<AgentRecord>>, ApiError> {
+pub async fn list(
+    State(engine): AppState,
+    bearer: Bearer,
+) -> Result<Json<Vec<AgentRecord>>, ApiError> {
     require_admin(&engine, &bearer)?;
-    Ok(Json(engine.store.agents().await.map_err(|e| ApiError::store(&e))?))
+    Ok(Json(
+        engine
+            .store
+            .agents()
+            .await
+            .map_err(|e| ApiError::store(&e))?,
+    ))
 }
 
 fn parse_name(name: &str) -> Result<AgentName, ApiError> {
-    AgentName::parse(name).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", e.to_string()))
+    AgentName::parse(name)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", e.to_string()))
 }
 
 async fn load_agent(engine: &Engine, name: &AgentName) -> Result<AgentRecord, ApiError> {
@@ -165,7 +216,11 @@ async fn load_agent(engine: &Engine, name: &AgentName) -> Result<AgentRecord, Ap
 #[utoipa::path(get, path = "/v1/agents/{name}", tag = "agents", security(("admin_token" = [])),
     params(("name" = String, Path, description = "agent name")),
     responses((status = 200, body = AgentRecord), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
-pub async fn get_agent(State(engine): AppState, bearer: Bearer, Path(name): Path<String>) -> Result<Json<AgentRecord>, ApiError> {
+pub async fn get_agent(
+    State(engine): AppState,
+    bearer: Bearer,
+    Path(name): Path<String>,
+) -> Result<Json<AgentRecord>, ApiError> {
     require_admin(&engine, &bearer)?;
     Ok(Json(load_agent(&engine, &parse_name(&name)?).await?))
 }
@@ -174,17 +229,43 @@ pub async fn get_agent(State(engine): AppState, bearer: Bearer, Path(name): Path
 #[utoipa::path(post, path = "/v1/agents/{name}/join-tokens", tag = "agents", security(("admin_token" = [])),
     params(("name" = String, Path, description = "agent name")),
     responses((status = 201, body = JoinTokenResponse), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
-pub async fn join_token(State(engine): AppState, bearer: Bearer, Path(name): Path<String>) -> Result<(StatusCode, Json<JoinTokenResponse>), ApiError> {
+pub async fn join_token(
+    State(engine): AppState,
+    bearer: Bearer,
+    Path(name): Path<String>,
+) -> Result<(StatusCode, Json<JoinTokenResponse>), ApiError> {
     require_admin(&engine, &bearer)?;
     let name = parse_name(&name)?;
     let agent = load_agent(&engine, &name).await?;
     if agent.status != AgentStatus::Active {
-        return Err(ApiError::new(StatusCode::CONFLICT, "agent_not_active", format!("agent {name} is {}: only active agents get join tokens", agent.status)));
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "agent_not_active",
+            format!(
+                "agent {name} is {}: only active agents get join tokens",
+                agent.status
+            ),
+        ));
     }
     let (token, join) = issue_join(&engine, &name).await?;
-    let ev = event(&engine, EventKind::JoinTokenIssued, &name, serde_json::json!({ "expires_at_ms": join.expires_at_ms }));
-    engine.store.insert_join_token(&join, ev).await.map_err(|e| ApiError::store(&e))?;
-    Ok((StatusCode::CREATED, Json(JoinTokenResponse { join_token: token, expires_at_ms: join.expires_at_ms })))
+    let ev = event(
+        &engine,
+        EventKind::JoinTokenIssued,
+        &name,
+        serde_json::json!({ "expires_at_ms": join.expires_at_ms }),
+    );
+    engine
+        .store
+        .insert_join_token(&join, ev)
+        .await
+        .map_err(|e| ApiError::store(&e))?;
+    Ok((
+        StatusCode::CREATED,
+        Json(JoinTokenResponse {
+            join_token: token,
+            expires_at_ms: join.expires_at_ms,
+        }),
+    ))
 }
 
 /// Quarantine, offboard or release an agent (admin). Leaving `active` revokes every live
@@ -192,15 +273,28 @@ pub async fn join_token(State(engine): AppState, bearer: Bearer, Path(name): Pat
 #[utoipa::path(post, path = "/v1/agents/{name}/status", tag = "agents", security(("admin_token" = [])),
     params(("name" = String, Path, description = "agent name")), request_body = SetStatusRequest,
     responses((status = 200, body = SetStatusResponse), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
-pub async fn set_status(State(engine): AppState, bearer: Bearer, Path(name): Path<String>, ApiJson(req): ApiJson<SetStatusRequest>) -> Result<Json<SetStatusResponse>, ApiError> {
+pub async fn set_status(
+    State(engine): AppState,
+    bearer: Bearer,
+    Path(name): Path<String>,
+    ApiJson(req): ApiJson<SetStatusRequest>,
+) -> Result<Json<SetStatusResponse>, ApiError> {
     require_admin(&engine, &bearer)?;
     let name = parse_name(&name)?;
     if req.reason.trim().is_empty() || req.reason.chars().count() > MAX_REASON {
-        return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", format!("reason must be 1-{MAX_REASON} characters")));
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_request",
+            format!("reason must be 1-{MAX_REASON} characters"),
+        ));
     }
     let agent = load_agent(&engine, &name).await?;
     if agent.status == AgentStatus::Offboarded {
-        return Err(ApiError::new(StatusCode::CONFLICT, "agent_offboarded", format!("agent {name} is offboarded; register a new agent instead")));
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "agent_offboarded",
+            format!("agent {name} is offboarded; register a new agent instead"),
+        ));
     }
     // Cut the agent off in memory first, so no call is allowed while the store catches up.
     if req.status != AgentStatus::Active {
@@ -209,30 +303,57 @@ pub async fn set_status(State(engine): AppState, bearer: Bearer, Path(name): Pat
         }
     }
     let now = engine.clock.now_ms();
-    let ev = event(&engine, EventKind::AgentStatusChanged, &name, serde_json::json!({ "from": agent.status, "to": req.status, "reason": req.reason }));
-    let revoked = engine.store.set_agent_status(&name, req.status, now, ev).await.map_err(|e| ApiError::store(&e))?;
+    let ev = event(
+        &engine,
+        EventKind::AgentStatusChanged,
+        &name,
+        serde_json::json!({ "from": agent.status, "to": req.status, "reason": req.reason }),
+    );
+    let revoked = engine
+        .store
+        .set_agent_status(&name, req.status, now, ev)
+        .await
+        .map_err(|e| ApiError::store(&e))?;
     let agent = load_agent(&engine, &name).await?;
-    Ok(Json(SetStatusResponse { agent, revoked_tasks: revoked }))
+    Ok(Json(SetStatusResponse {
+        agent,
+        revoked_tasks: revoked,
+    }))
 }
 
 /// Attest with a one-time join token and receive a JWT-SVID identity token.
 #[utoipa::path(post, path = "/v1/attest", tag = "identity", request_body = AttestRequest,
     responses((status = 200, body = AttestResponse), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 422, body = ErrorBody)))]
-pub async fn attest(State(engine): AppState, ApiJson(req): ApiJson<AttestRequest>) -> Result<Json<AttestResponse>, ApiError> {
+pub async fn attest(
+    State(engine): AppState,
+    ApiJson(req): ApiJson<AttestRequest>,
+) -> Result<Json<AttestResponse>, ApiError> {
     let now = engine.clock.now_ms();
     let hash = sha256_hex(req.join_token.as_bytes());
     // Consume first: a token presented with the wrong agent name is burnt too, so a
     // leaked token cannot be replayed while the guess is refined.
-    let owner = engine.store.consume_join_token(&hash, now).await.map_err(|e| ApiError::store(&e))?;
+    let owner = engine
+        .store
+        .consume_join_token(&hash, now)
+        .await
+        .map_err(|e| ApiError::store(&e))?;
     match owner {
         Some(agent) if agent == req.agent => {}
         _ => return Err(refuse_attest(&engine, &req.agent, now, "join_token_invalid", "the join token is unknown, used, expired or for another agent: ask an administrator for a new one".into()).await),
     }
     let agent = load_agent(&engine, &req.agent).await?;
     if agent.status != AgentStatus::Active {
-        return Err(refuse_attest(&engine, &req.agent, now, "agent_not_active", format!("agent {} is {}", agent.name, agent.status)).await);
+        return Err(refuse_attest(
+            &engine,
+            &req.agent,
+            now,
+            "agent_not_active",
+            format!("agent {} is {}", agent.name, agent.status),
+        )
+        .await);
     }
-    let spiffe_id = SpiffeId::for_agent(engine.config.trust_domain.clone(), agent.name.clone()).to_string();
+    let spiffe_id =
+        SpiffeId::for_agent(engine.config.trust_domain.clone(), agent.name.clone()).to_string();
     let iat = engine.clock.now_secs();
     let claims = IdentityClaims {
         iss: engine.issuer.clone(),
@@ -244,14 +365,41 @@ pub async fn attest(State(engine): AppState, ApiJson(req): ApiJson<AttestRequest
         jti: random_id("jti").map_err(|_| ApiError::internal("system RNG failed"))?,
     };
     let token = mandate_token::sign(&engine.keys(), &claims)?;
-    let ev = NewEvent { ts_ms: now, kind: EventKind::AgentAttested, agent: Some(agent.name.to_string()), task_id: None, data: serde_json::json!({ "method": "join_token", "spiffe_id": spiffe_id, "jti": claims.jti, "exp": claims.exp }) };
-    engine.audit.append(ev).await.map_err(|_| ApiError::audit())?;
-    Ok(Json(AttestResponse { identity_token: token, token_type: "JWT-SVID".into(), spiffe_id, expires_at: claims.exp }))
+    let ev = NewEvent {
+        ts_ms: now,
+        kind: EventKind::AgentAttested,
+        agent: Some(agent.name.to_string()),
+        task_id: None,
+        data: serde_json::json!({ "method": "join_token", "spiffe_id": spiffe_id, "jti": claims.jti, "exp": claims.exp }),
+    };
+    engine
+        .audit
+        .append(ev)
+        .await
+        .map_err(|_| ApiError::audit())?;
+    Ok(Json(AttestResponse {
+        identity_token: token,
+        token_type: "JWT-SVID".into(),
+        spiffe_id,
+        expires_at: claims.exp,
+    }))
 }
 
 /// Records a refused attestation, then builds the refusal (503 if it could not be recorded).
-async fn refuse_attest(engine: &Engine, agent: &AgentName, now: i64, code: &'static str, message: String) -> ApiError {
-    let ev = NewEvent { ts_ms: now, kind: EventKind::AttestationRefused, agent: Some(agent.to_string()), task_id: None, data: serde_json::json!({ "code": code }) };
+async fn refuse_attest(
+    engine: &Engine,
+    agent: &AgentName,
+    now: i64,
+    code: &'static str,
+    message: String,
+) -> ApiError {
+    let ev = NewEvent {
+        ts_ms: now,
+        kind: EventKind::AttestationRefused,
+        agent: Some(agent.to_string()),
+        task_id: None,
+        data: serde_json::json!({ "code": code }),
+    };
     if engine.audit.append(ev).await.is_err() {
         return ApiError::audit();
     }

@@ -27,11 +27,33 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
 
 fn json_error(r: &JsonRejection) -> ApiError {
     match r {
-        JsonRejection::JsonSyntaxError(e) => ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", format!("request body is not valid JSON: {}", inner(e))),
-        JsonRejection::JsonDataError(e) => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", format!("request body does not fit this endpoint: {}", inner(e))),
-        JsonRejection::MissingJsonContentType(_) => ApiError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type", "send the body as JSON with `Content-Type: application/json`"),
-        JsonRejection::BytesRejection(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", "request body exceeds the size limit"),
-        other => ApiError::new(StatusCode::BAD_REQUEST, "invalid_body", format!("request body could not be read: {other}")),
+        JsonRejection::JsonSyntaxError(e) => ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "malformed_json",
+            format!("request body is not valid JSON: {}", inner(e)),
+        ),
+        JsonRejection::JsonDataError(e) => ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_request",
+            format!("request body does not fit this endpoint: {}", inner(e)),
+        ),
+        JsonRejection::MissingJsonContentType(_) => ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "send the body as JSON with `Content-Type: application/json`",
+        ),
+        JsonRejection::BytesRejection(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                "request body exceeds the size limit",
+            )
+        }
+        other => ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_body",
+            format!("request body could not be read: {other}"),
+        ),
     }
 }
 
@@ -53,12 +75,23 @@ impl<S: Send + Sync> FromRequestParts<S> for Bearer {
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
         let Some(value) = parts.headers.get(axum::http::header::AUTHORIZATION) else {
-            return Err(ApiError::new(StatusCode::UNAUTHORIZED, "missing_token", "send `Authorization: Bearer <token>`"));
+            return Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "missing_token",
+                "send `Authorization: Bearer <token>`",
+            ));
         };
-        let bad = || ApiError::new(StatusCode::UNAUTHORIZED, "invalid_authorization_header", "the Authorization header must be `Bearer <token>`");
+        let bad = || {
+            ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "invalid_authorization_header",
+                "the Authorization header must be `Bearer <token>`",
+            )
+        };
         let value = value.to_str().map_err(|_| bad())?;
         let (scheme, token) = value.split_once(' ').ok_or_else(bad)?;
-        if !scheme.eq_ignore_ascii_case("bearer") || token.trim().is_empty() || token.contains(' ') {
+        if !scheme.eq_ignore_ascii_case("bearer") || token.trim().is_empty() || token.contains(' ')
+        {
             return Err(bad());
         }
         Ok(Self(token.trim().to_owned()))

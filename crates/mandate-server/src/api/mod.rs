@@ -34,15 +34,29 @@ impl Modify for SecuritySchemes {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         let components = openapi.components.get_or_insert_with(Default::default);
         let bearer = |desc: &str, jwt: bool| {
-            let mut b = HttpBuilder::new().scheme(HttpAuthScheme::Bearer).description(Some(desc.to_owned()));
+            let mut b = HttpBuilder::new()
+                .scheme(HttpAuthScheme::Bearer)
+                .description(Some(desc.to_owned()));
             if jwt {
                 b = b.bearer_format("JWT");
             }
             SecurityScheme::Http(b.build())
         };
-        components.add_security_scheme("admin_token", bearer("Administrator token printed once on first start (or set by MANDATE_ADMIN_TOKEN).", false));
-        components.add_security_scheme("identity_token", bearer("JWT-SVID identity token from POST /v1/attest.", true));
-        components.add_security_scheme("task_token", bearer("Task token from POST /v1/tasks.", true));
+        components.add_security_scheme(
+            "admin_token",
+            bearer(
+                "Administrator token printed once on first start (or set by MANDATE_ADMIN_TOKEN).",
+                false,
+            ),
+        );
+        components.add_security_scheme(
+            "identity_token",
+            bearer("JWT-SVID identity token from POST /v1/attest.", true),
+        );
+        components.add_security_scheme(
+            "task_token",
+            bearer("Task token from POST /v1/tasks.", true),
+        );
     }
 }
 
@@ -72,10 +86,16 @@ pub async fn healthz() -> impl IntoResponse {
 pub async fn readyz(State(engine): AppState) -> Result<impl IntoResponse, ApiError> {
     engine.store.ping().await.map_err(|e| {
         tracing::warn!(error = %e, "readiness: store failed");
-        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", "the state store is not answering")
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_ready",
+            "the state store is not answering",
+        )
     })?;
     let b = engine.bundle();
-    Ok(Json(serde_json::json!({ "status": "ready", "bundle_version": b.version(), "policies": b.len(), "live_tasks": engine.live_count() })))
+    Ok(Json(
+        serde_json::json!({ "status": "ready", "bundle_version": b.version(), "policies": b.len(), "live_tasks": engine.live_count() }),
+    ))
 }
 
 /// This document.
@@ -89,7 +109,11 @@ async fn not_found() -> ApiError {
 }
 
 async fn method_not_allowed() -> ApiError {
-    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this endpoint does not accept that method: see /openapi.json")
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this endpoint does not accept that method: see /openapi.json",
+    )
 }
 
 /// Every route, with body limits and timeouts.
@@ -100,7 +124,10 @@ pub fn router(engine: Arc<Engine>) -> Router {
         .route("/readyz", get(readyz))
         .route("/openapi.json", get(openapi_json))
         .route("/.well-known/jwks.json", get(ops::jwks))
-        .route("/.well-known/openid-configuration", get(ops::openid_configuration))
+        .route(
+            "/.well-known/openid-configuration",
+            get(ops::openid_configuration),
+        )
         .route("/v1/agents", post(agents::register).get(agents::list))
         .route("/v1/agents/{name}", get(agents::get_agent))
         .route("/v1/agents/{name}/join-tokens", post(agents::join_token))
@@ -119,7 +146,10 @@ pub fn router(engine: Arc<Engine>) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(limit))
-        .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, Duration::from_secs(30)))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            Duration::from_secs(30),
+        ))
         .with_state(engine)
 }
 
@@ -128,6 +158,10 @@ pub(crate) fn require_admin(engine: &Engine, bearer: &extract::Bearer) -> Result
     if engine.is_admin(&bearer.0) {
         Ok(())
     } else {
-        Err(ApiError::new(StatusCode::FORBIDDEN, "admin_required", "this endpoint needs the admin token"))
+        Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "admin_required",
+            "this endpoint needs the admin token",
+        ))
     }
 }

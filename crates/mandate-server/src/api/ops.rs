@@ -7,7 +7,9 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::IntoResponse;
 use mandate_audit::{ChainBreak, Event, EventKind, NewEvent};
-use mandate_core::{ActionClass, CanonicalArgs, DataDomain, Destination, Sensitivity, ToolName, random_id};
+use mandate_core::{
+    ActionClass, CanonicalArgs, DataDomain, Destination, Sensitivity, ToolName, random_id,
+};
 use mandate_policy::{Bundle, Diagnostic, Outcome};
 use mandate_token::Jwks;
 use serde::{Deserialize, Serialize};
@@ -76,11 +78,20 @@ impl DecideRequest {
     fn into_call(self, max_args: usize) -> Result<Call, ApiError> {
         let resource = self.resource.unwrap_or_default();
         if resource.chars().count() > MAX_RESOURCE_CHARS || resource.chars().any(char::is_control) {
-            return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", format!("resource must be at most {MAX_RESOURCE_CHARS} printable characters")));
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_request",
+                format!("resource must be at most {MAX_RESOURCE_CHARS} printable characters"),
+            ));
         }
         let args = self.arguments.unwrap_or_default();
-        args.check_size(max_args)
-            .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "arguments_too_large", e.to_string()))?;
+        args.check_size(max_args).map_err(|e| {
+            ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "arguments_too_large",
+                e.to_string(),
+            )
+        })?;
         Ok(Call {
             tool: self.tool,
             action: self.action,
@@ -104,7 +115,11 @@ impl DecideRequest {
         (status = 403, description = "task not active, expired, or token not bound to it", body = ErrorBody),
         (status = 413, body = ErrorBody), (status = 415, body = ErrorBody), (status = 422, body = ErrorBody),
         (status = 503, description = "audit or store unavailable: denied", body = ErrorBody)))]
-pub async fn decide(State(engine): AppState, bearer: Bearer, ApiJson(req): ApiJson<DecideRequest>) -> Result<Json<DecideResponse>, ApiError> {
+pub async fn decide(
+    State(engine): AppState,
+    bearer: Bearer,
+    ApiJson(req): ApiJson<DecideRequest>,
+) -> Result<Json<DecideResponse>, ApiError> {
     let started = Instant::now();
     let call = req.into_call(engine.config.limits.max_args_bytes)?;
     let now = engine.clock.now_ms();
@@ -142,7 +157,11 @@ pub async fn decide(State(engine): AppState, bearer: Bearer, ApiJson(req): ApiJs
             "bundle_version": d.bundle_version, "latency_us": latency_us,
         }),
     };
-    engine.audit.append(ev).await.map_err(|_| ApiError::audit())?;
+    engine
+        .audit
+        .append(ev)
+        .await
+        .map_err(|_| ApiError::audit())?;
     Ok(Json(DecideResponse {
         decision_id,
         outcome: d.outcome,
@@ -182,7 +201,9 @@ impl From<VerifyReport> for VerifyResponse {
         Self {
             ok: r.first_bad.is_none(),
             records: r.records,
-            first_bad: r.first_bad.map(|ChainBreak { seq, problem }| ChainBreakBody { seq, problem }),
+            first_bad: r
+                .first_bad
+                .map(|ChainBreak { seq, problem }| ChainBreakBody { seq, problem }),
         }
     }
 }
@@ -190,9 +211,14 @@ impl From<VerifyReport> for VerifyResponse {
 /// Verify the audit chain (admin).
 #[utoipa::path(get, path = "/v1/audit/verify", tag = "audit", security(("admin_token" = [])),
     responses((status = 200, body = VerifyResponse), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 503, body = ErrorBody)))]
-pub async fn verify_audit(State(engine): AppState, bearer: Bearer) -> Result<Json<VerifyResponse>, ApiError> {
+pub async fn verify_audit(
+    State(engine): AppState,
+    bearer: Bearer,
+) -> Result<Json<VerifyResponse>, ApiError> {
     require_admin(&engine, &bearer)?;
-    let report = verify_chain(engine.store.as_ref()).await.map_err(|e| ApiError::store(&e))?;
+    let report = verify_chain(engine.store.as_ref())
+        .await
+        .map_err(|e| ApiError::store(&e))?;
     Ok(Json(report.into()))
 }
 
@@ -200,12 +226,22 @@ pub async fn verify_audit(State(engine): AppState, bearer: Bearer) -> Result<Jso
 #[utoipa::path(get, path = "/v1/tasks/{id}/events", tag = "audit", security(("admin_token" = [])),
     params(("id" = String, Path, description = "task id")),
     responses((status = 200, body = Vec<Event>), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
-pub async fn task_events(State(engine): AppState, bearer: Bearer, Path(id): Path<String>) -> Result<Json<Vec<Event>>, ApiError> {
+pub async fn task_events(
+    State(engine): AppState,
+    bearer: Bearer,
+    Path(id): Path<String>,
+) -> Result<Json<Vec<Event>>, ApiError> {
     require_admin(&engine, &bearer)?;
     if id.len() > 64 {
         return Err(ApiError::invalid("task id is too long"));
     }
-    Ok(Json(engine.store.task_events(&id).await.map_err(|e| ApiError::store(&e))?))
+    Ok(Json(
+        engine
+            .store
+            .task_events(&id)
+            .await
+            .map_err(|e| ApiError::store(&e))?,
+    ))
 }
 
 /// The enforcing bundle.
@@ -220,13 +256,20 @@ pub struct PolicyInfo {
 }
 
 fn info(b: &Bundle) -> PolicyInfo {
-    PolicyInfo { bundle_version: b.version().to_owned(), policies: b.len(), files: b.sources().keys().cloned().collect() }
+    PolicyInfo {
+        bundle_version: b.version().to_owned(),
+        policies: b.len(),
+        files: b.sources().keys().cloned().collect(),
+    }
 }
 
 /// The enforcing policy bundle (admin).
 #[utoipa::path(get, path = "/v1/policies", tag = "policies", security(("admin_token" = [])),
     responses((status = 200, body = PolicyInfo), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
-pub async fn policies(State(engine): AppState, bearer: Bearer) -> Result<Json<PolicyInfo>, ApiError> {
+pub async fn policies(
+    State(engine): AppState,
+    bearer: Bearer,
+) -> Result<Json<PolicyInfo>, ApiError> {
     require_admin(&engine, &bearer)?;
     Ok(Json(info(&engine.bundle())))
 }
@@ -236,25 +279,57 @@ pub async fn policies(State(engine): AppState, bearer: Bearer) -> Result<Json<Po
 #[utoipa::path(post, path = "/v1/policies/reload", tag = "policies", security(("admin_token" = [])),
     responses((status = 200, body = PolicyInfo), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
         (status = 422, description = "`policy_invalid`: details.diagnostics lists every problem", body = ErrorBody)))]
-pub async fn reload_policies(State(engine): AppState, bearer: Bearer) -> Result<Json<PolicyInfo>, ApiError> {
+pub async fn reload_policies(
+    State(engine): AppState,
+    bearer: Bearer,
+) -> Result<Json<PolicyInfo>, ApiError> {
     require_admin(&engine, &bearer)?;
     let old = engine.bundle().version().to_owned();
     let now = engine.clock.now_ms();
     match Bundle::load_dir(&engine.config.policies) {
         Ok(b) => {
-            let ev = NewEvent { ts_ms: now, kind: EventKind::PolicyLoaded, agent: None, task_id: None, data: serde_json::json!({ "bundle_version": b.version(), "previous_version": old, "policies": b.len() }) };
-            engine.audit.append(ev).await.map_err(|_| ApiError::audit())?;
+            let ev = NewEvent {
+                ts_ms: now,
+                kind: EventKind::PolicyLoaded,
+                agent: None,
+                task_id: None,
+                data: serde_json::json!({ "bundle_version": b.version(), "previous_version": old, "policies": b.len() }),
+            };
+            engine
+                .audit
+                .append(ev)
+                .await
+                .map_err(|_| ApiError::audit())?;
             let out = info(&b);
             engine.set_bundle(b);
             Ok(Json(out))
         }
         Err(e) => {
             let diagnostics: Vec<Diagnostic> = e.diagnostics;
-            let ev = NewEvent { ts_ms: now, kind: EventKind::PolicyRejected, agent: None, task_id: None, data: serde_json::json!({ "enforcing_version": old, "diagnostics": diagnostics }) };
-            engine.audit.append(ev).await.map_err(|_| ApiError::audit())?;
-            let first = diagnostics.first().map(ToString::to_string).unwrap_or_default();
-            Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "policy_invalid", format!("bundle rejected; {old} keeps enforcing. First problem: {first}"))
-                .with_details(serde_json::json!({ "diagnostics": diagnostics, "enforcing_version": old })))
+            let ev = NewEvent {
+                ts_ms: now,
+                kind: EventKind::PolicyRejected,
+                agent: None,
+                task_id: None,
+                data: serde_json::json!({ "enforcing_version": old, "diagnostics": diagnostics }),
+            };
+            engine
+                .audit
+                .append(ev)
+                .await
+                .map_err(|_| ApiError::audit())?;
+            let first = diagnostics
+                .first()
+                .map(ToString::to_string)
+                .unwrap_or_default();
+            Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "policy_invalid",
+                format!("bundle rejected; {old} keeps enforcing. First problem: {first}"),
+            )
+            .with_details(
+                serde_json::json!({ "diagnostics": diagnostics, "enforcing_version": old }),
+            ))
         }
     }
 }
@@ -263,7 +338,10 @@ pub async fn reload_policies(State(engine): AppState, bearer: Bearer) -> Result<
 /// signed has expired.
 #[utoipa::path(post, path = "/v1/keys/rotate", tag = "identity", security(("admin_token" = [])),
     responses((status = 200, description = "the new key id"), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
-pub async fn rotate_keys(State(engine): AppState, bearer: Bearer) -> Result<impl IntoResponse, ApiError> {
+pub async fn rotate_keys(
+    State(engine): AppState,
+    bearer: Bearer,
+) -> Result<impl IntoResponse, ApiError> {
     require_admin(&engine, &bearer)?;
     let kid = engine.rotate_keys("requested by admin").await?;
     Ok(Json(serde_json::json!({ "kid": kid })))
@@ -273,7 +351,13 @@ pub async fn rotate_keys(State(engine): AppState, bearer: Bearer) -> Result<impl
 #[utoipa::path(get, path = "/.well-known/jwks.json", tag = "identity", responses((status = 200, body = Jwks)))]
 pub async fn jwks(State(engine): AppState) -> impl IntoResponse {
     let body = engine.keys().jwks(engine.clock.now_ms());
-    ([(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=60"))], Json(body))
+    (
+        [(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("public, max-age=60"),
+        )],
+        Json(body),
+    )
 }
 
 /// OpenID Connect discovery, so standard JWT libraries find the keys.

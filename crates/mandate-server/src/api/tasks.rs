@@ -75,32 +75,75 @@ pub struct TaskStateResponse {
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
         (status = 403, description = "refused by policy (`task_refused`, details carry the decision) or agent not active", body = ErrorBody),
         (status = 413, body = ErrorBody), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)))]
-pub async fn start(State(engine): AppState, bearer: Bearer, ApiJson(req): ApiJson<StartTaskRequest>) -> Result<(StatusCode, Json<StartTaskResponse>), ApiError> {
+pub async fn start(
+    State(engine): AppState,
+    bearer: Bearer,
+    ApiJson(req): ApiJson<StartTaskRequest>,
+) -> Result<(StatusCode, Json<StartTaskResponse>), ApiError> {
     let claims = engine.verify_identity(&bearer.0)?;
     let spiffe = SpiffeId::parse(&claims.sub)
         .ok()
         .filter(|s| s.trust_domain() == &engine.config.trust_domain)
-        .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "token_malformed", "identity token subject is not an agent of this trust domain"))?;
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "token_malformed",
+                "identity token subject is not an agent of this trust domain",
+            )
+        })?;
     let agent = engine
         .store
         .agent(spiffe.agent())
         .await
         .map_err(|e| ApiError::store(&e))?
-        .ok_or_else(|| ApiError::new(StatusCode::FORBIDDEN, "agent_not_active", format!("agent {} is not registered", spiffe.agent())))?;
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::FORBIDDEN,
+                "agent_not_active",
+                format!("agent {} is not registered", spiffe.agent()),
+            )
+        })?;
     if agent.status != AgentStatus::Active {
-        return Err(ApiError::new(StatusCode::FORBIDDEN, "agent_not_active", format!("agent {} is {}", agent.name, agent.status)));
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "agent_not_active",
+            format!("agent {} is {}", agent.name, agent.status),
+        ));
     }
     let limits = &engine.config.limits;
     let purpose = req.purpose.trim();
-    if purpose.is_empty() || purpose.chars().count() > limits.max_purpose_chars || purpose.chars().any(|c| c.is_control() && c != '\n') {
-        return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", format!("purpose must be 1-{} printable characters", limits.max_purpose_chars)));
+    if purpose.is_empty()
+        || purpose.chars().count() > limits.max_purpose_chars
+        || purpose.chars().any(|c| c.is_control() && c != '\n')
+    {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_request",
+            format!(
+                "purpose must be 1-{} printable characters",
+                limits.max_purpose_chars
+            ),
+        ));
     }
     req.scope
         .check_bounds(limits.max_scope_items)
-        .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", e.to_string()))?;
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_request",
+                e.to_string(),
+            )
+        })?;
     let ttl = req.ttl_secs.unwrap_or(limits.default_task_ttl_secs);
     if ttl <= 0 || ttl > limits.max_task_ttl_secs {
-        return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", format!("ttl_secs must be between 1 and {}", limits.max_task_ttl_secs)));
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_request",
+            format!(
+                "ttl_secs must be between 1 and {}",
+                limits.max_task_ttl_secs
+            ),
+        ));
     }
 
     let rng = |_| ApiError::internal("system RNG failed");
@@ -108,10 +151,25 @@ pub async fn start(State(engine): AppState, bearer: Bearer, ApiJson(req): ApiJso
     let jti = random_id("jti").map_err(rng)?;
     let now_ms = engine.clock.now_ms();
     let now_secs = engine.clock.now_secs();
-    let entities = TaskEntities::build(&engine.agent_facts(&agent), &TaskFacts { id: task_id.clone(), purpose: purpose.to_owned(), environment: engine.config.environment.clone() })
-        .map_err(ApiError::internal)?;
+    let entities = TaskEntities::build(
+        &engine.agent_facts(&agent),
+        &TaskFacts {
+            id: task_id.clone(),
+            purpose: purpose.to_owned(),
+            environment: engine.config.environment.clone(),
+        },
+    )
+    .map_err(ApiError::internal)?;
     let bundle = engine.bundle();
-    let sd = bundle.decide_start(&entities, &StartRequest { scope: &req.scope, ttl_secs: ttl, environment: &engine.config.environment, now_secs });
+    let sd = bundle.decide_start(
+        &entities,
+        &StartRequest {
+            scope: &req.scope,
+            ttl_secs: ttl,
+            environment: &engine.config.environment,
+            now_secs,
+        },
+    );
     let items = serde_json::to_value(&sd.items).map_err(ApiError::internal)?;
 
     if sd.decision.outcome == Outcome::Deny || sd.grant.is_empty() {
@@ -122,9 +180,16 @@ pub async fn start(State(engine): AppState, bearer: Bearer, ApiJson(req): ApiJso
             task_id: Some(task_id.clone()),
             data: serde_json::json!({ "purpose": purpose, "requested": req.scope, "decision": sd.decision, "items": items }),
         };
-        engine.audit.append(ev).await.map_err(|_| ApiError::audit())?;
+        engine
+            .audit
+            .append(ev)
+            .await
+            .map_err(|_| ApiError::audit())?;
         let message = if sd.decision.outcome == Outcome::Deny {
-            format!("policy refused to start this task: {}", sd.decision.reasons.join("; "))
+            format!(
+                "policy refused to start this task: {}",
+                sd.decision.reasons.join("; ")
+            )
         } else {
             "policy granted none of the requested tool/action pairs".to_owned()
         };
@@ -134,7 +199,11 @@ pub async fn start(State(engine): AppState, bearer: Bearer, ApiJson(req): ApiJso
     let granted_ttl = sd.ttl_cap_secs.map_or(ttl, |cap| cap.min(ttl));
     let exp = now_secs + granted_ttl;
     let pending = sd.decision.outcome == Outcome::ApprovalRequired;
-    let state = if pending { TaskState::Pending } else { TaskState::Active };
+    let state = if pending {
+        TaskState::Pending
+    } else {
+        TaskState::Active
+    };
     let record = TaskRecord {
         id: task_id.clone(),
         agent: agent.name.clone(),
@@ -177,25 +246,53 @@ pub async fn start(State(engine): AppState, bearer: Bearer, ApiJson(req): ApiJso
             "decision": sd.decision, "ttl_secs": granted_ttl, "expires_at_ms": record.expires_at_ms,
         }),
     };
-    engine.store.insert_task(&record, ev).await.map_err(|e| ApiError::store(&e))?;
+    engine
+        .store
+        .insert_task(&record, ev)
+        .await
+        .map_err(|e| ApiError::store(&e))?;
     let live = engine.live_task(&agent, &record)?;
     engine.insert_live(live);
-    let status = if pending { StatusCode::ACCEPTED } else { StatusCode::CREATED };
-    Ok((status, Json(StartTaskResponse { task_id, state, task_token: token, expires_at_ms: record.expires_at_ms, grant: sd.grant, items: sd.items, decision: sd.decision })))
+    let status = if pending {
+        StatusCode::ACCEPTED
+    } else {
+        StatusCode::CREATED
+    };
+    Ok((
+        status,
+        Json(StartTaskResponse {
+            task_id,
+            state,
+            task_token: token,
+            expires_at_ms: record.expires_at_ms,
+            grant: sd.grant,
+            items: sd.items,
+            decision: sd.decision,
+        }),
+    ))
 }
 
 async fn load_task(engine: &Engine, id: &str) -> Result<TaskRecord, ApiError> {
     if id.len() > 64 {
         return Err(ApiError::invalid("task id is too long"));
     }
-    engine.store.task(id).await.map_err(|e| ApiError::store(&e))?.ok_or_else(|| ApiError::not_found(format!("task {id} does not exist")))
+    engine
+        .store
+        .task(id)
+        .await
+        .map_err(|e| ApiError::store(&e))?
+        .ok_or_else(|| ApiError::not_found(format!("task {id} does not exist")))
 }
 
 /// One task (admin).
 #[utoipa::path(get, path = "/v1/tasks/{id}", tag = "tasks", security(("admin_token" = [])),
     params(("id" = String, Path, description = "task id")),
     responses((status = 200, body = TaskRecord), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
-pub async fn get_task(State(engine): AppState, bearer: Bearer, Path(id): Path<String>) -> Result<Json<TaskRecord>, ApiError> {
+pub async fn get_task(
+    State(engine): AppState,
+    bearer: Bearer,
+    Path(id): Path<String>,
+) -> Result<Json<TaskRecord>, ApiError> {
     require_admin(&engine, &bearer)?;
     Ok(Json(load_task(&engine, &id).await?))
 }
@@ -203,53 +300,130 @@ pub async fn get_task(State(engine): AppState, bearer: Bearer, Path(id): Path<St
 /// Live (pending and active) tasks (admin).
 #[utoipa::path(get, path = "/v1/tasks", tag = "tasks", security(("admin_token" = [])),
     responses((status = 200, body = Vec<TaskRecord>), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
-pub async fn list_tasks(State(engine): AppState, bearer: Bearer) -> Result<Json<Vec<TaskRecord>>, ApiError> {
+pub async fn list_tasks(
+    State(engine): AppState,
+    bearer: Bearer,
+) -> Result<Json<Vec<TaskRecord>>, ApiError> {
     require_admin(&engine, &bearer)?;
-    Ok(Json(engine.store.live_tasks().await.map_err(|e| ApiError::store(&e))?))
+    Ok(Json(
+        engine
+            .store
+            .live_tasks()
+            .await
+            .map_err(|e| ApiError::store(&e))?,
+    ))
 }
 
-async fn end_task(engine: &Engine, id: &str, from: &[TaskState], to: TaskState, kind: EventKind, reason: &str, by: &str) -> Result<TaskStateResponse, ApiError> {
+async fn end_task(
+    engine: &Engine,
+    id: &str,
+    from: &[TaskState],
+    to: TaskState,
+    kind: EventKind,
+    reason: &str,
+    by: &str,
+) -> Result<TaskStateResponse, ApiError> {
     let task = load_task(engine, id).await?;
     // In memory first: from here on no call of this task is allowed.
     engine.end_live(id);
     let now = engine.clock.now_ms();
-    let ev = NewEvent { ts_ms: now, kind, agent: Some(task.agent.to_string()), task_id: Some(id.to_owned()), data: serde_json::json!({ "reason": reason, "by": by, "from": task.state }) };
-    let moved = engine.store.transition_task(id, from, to, now, reason, ev).await.map_err(|e| ApiError::store(&e))?;
+    let ev = NewEvent {
+        ts_ms: now,
+        kind,
+        agent: Some(task.agent.to_string()),
+        task_id: Some(id.to_owned()),
+        data: serde_json::json!({ "reason": reason, "by": by, "from": task.state }),
+    };
+    let moved = engine
+        .store
+        .transition_task(id, from, to, now, reason, ev)
+        .await
+        .map_err(|e| ApiError::store(&e))?;
     if !moved {
-        return Err(ApiError::new(StatusCode::CONFLICT, "task_not_active", format!("task {id} is {} and cannot become {to}", task.state)));
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "task_not_active",
+            format!("task {id} is {} and cannot become {to}", task.state),
+        ));
     }
-    Ok(TaskStateResponse { task_id: id.to_owned(), state: to })
+    Ok(TaskStateResponse {
+        task_id: id.to_owned(),
+        state: to,
+    })
 }
 
 /// Complete a task (its own task token). Its token is refused from this moment.
 #[utoipa::path(post, path = "/v1/tasks/{id}/complete", tag = "tasks", security(("task_token" = [])),
     params(("id" = String, Path, description = "task id")),
     responses((status = 200, body = TaskStateResponse), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 409, body = ErrorBody)))]
-pub async fn complete(State(engine): AppState, bearer: Bearer, Path(id): Path<String>) -> Result<Json<TaskStateResponse>, ApiError> {
+pub async fn complete(
+    State(engine): AppState,
+    bearer: Bearer,
+    Path(id): Path<String>,
+) -> Result<Json<TaskStateResponse>, ApiError> {
     let task = engine.task_for_token(&bearer.0).map_err(|r| r.error)?;
     if task.id != id {
-        return Err(ApiError::new(StatusCode::FORBIDDEN, "token_not_bound", "this task token belongs to another task"));
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "token_not_bound",
+            "this task token belongs to another task",
+        ));
     }
     let by = task.agent.to_string();
-    Ok(Json(end_task(&engine, &id, &[TaskState::Active], TaskState::Completed, EventKind::TaskCompleted, "completed by agent", &by).await?))
+    Ok(Json(
+        end_task(
+            &engine,
+            &id,
+            &[TaskState::Active],
+            TaskState::Completed,
+            EventKind::TaskCompleted,
+            "completed by agent",
+            &by,
+        )
+        .await?,
+    ))
 }
 
 /// Revoke a task (admin, or the task's own token). Its token is refused from this moment.
 #[utoipa::path(post, path = "/v1/tasks/{id}/revoke", tag = "tasks", security(("admin_token" = []), ("task_token" = [])),
     params(("id" = String, Path, description = "task id")), request_body = RevokeRequest,
     responses((status = 200, body = TaskStateResponse), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
-pub async fn revoke(State(engine): AppState, bearer: Bearer, Path(id): Path<String>, ApiJson(req): ApiJson<RevokeRequest>) -> Result<Json<TaskStateResponse>, ApiError> {
+pub async fn revoke(
+    State(engine): AppState,
+    bearer: Bearer,
+    Path(id): Path<String>,
+    ApiJson(req): ApiJson<RevokeRequest>,
+) -> Result<Json<TaskStateResponse>, ApiError> {
     let by = if engine.is_admin(&bearer.0) {
         "admin".to_owned()
     } else {
         let task = engine.task_for_token(&bearer.0).map_err(|r| r.error)?;
         if task.id != id {
-            return Err(ApiError::new(StatusCode::FORBIDDEN, "token_not_bound", "this task token belongs to another task"));
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "token_not_bound",
+                "this task token belongs to another task",
+            ));
         }
         task.agent.to_string()
     };
     if req.reason.trim().is_empty() || req.reason.chars().count() > 1024 {
-        return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", "reason must be 1-1024 characters"));
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_request",
+            "reason must be 1-1024 characters",
+        ));
     }
-    Ok(Json(end_task(&engine, &id, &[TaskState::Active, TaskState::Pending], TaskState::Revoked, EventKind::TaskRevoked, &req.reason, &by).await?))
+    Ok(Json(
+        end_task(
+            &engine,
+            &id,
+            &[TaskState::Active, TaskState::Pending],
+            TaskState::Revoked,
+            EventKind::TaskRevoked,
+            &req.reason,
+            &by,
+        )
+        .await?,
+    ))
 }
