@@ -1,1 +1,206 @@
-fn main() {}
+//! P1: the in-process decide path (cached token check + grant ceiling + context build +
+//! sliced Cedar evaluation) beside bare `cedar_policy::Authorizer::is_authorized` over the
+//! same ~100 policies, with 10k entities in the bare store.
+//!
+//! Run: `cargo bench -p mandate-server --bench decide`
+
+#![allow(clippy::unwrap_used, clippy::indexing_slicing, clippy::panic, clippy::expect_used, reason = "benchmark code")]
+
+use std::collections::{HashMap, HashSet};
+use std::hint::black_box;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use cedar_policy::{Authorizer, Context, Entities, Entity, EntityUid, Request, RestrictedExpression};
+use mandate_core::{ActionClass, CanonicalArgs, ManualClock, Sensitivity, ToolName};
+use mandate_server::{Call, Server, ServerConfig};
+use serde_json::json;
+
+const TOOLS: usize = 50;
+const ENTITIES: usize = 10_000;
+const ITERS: usize = 200_000;
+
+fn policies() -> String {
+    let actions = ["read", "write", "delete", "execute"];
+    let mut out = String::from(
+        "@id(\"start\") permit(principal, action == Mandate::Action::\"start_task\", resource) when { principal.status == \"active\" };\n",
+    );
+    // 88 tool-specific permits, some needing approval.
+    for i in 0..88 {
+        let a = actions[i % 4];
+        let approval = if a == "write" { "@approval_required(\"writes need a human\") " } else { "" };
+        out.push_str(&format!(
+            "@id(\"p{i}\") {approval}permit(principal, action == Mandate::Action::\"{a}\", resource == Mandate::Tool::\"tool{}\") when {{ principal.tier >= 1 && context.sensitivity != \"restricted\" }};\n",
+            i % TOOLS
+        ));
+    }
+    // 11 broad forbids, evaluated for every request of their action.
+    for i in 0..11 {
+        let a = actions[i % 4];
+        out.push_str(&format!(
+            "@id(\"f{i}\") forbid(principal, action == Mandate::Action::\"{a}\", resource is Mandate::Tool) when {{ context has destination && context.destination == \"blocked{i}.example\" }};\n"
+        ));
+    }
+    out
+}
+
+fn percentiles(mut ns: Vec<u64>) -> (f64, f64, f64) {
+    ns.sort_unstable();
+    let p = |q: f64| ns[((ns.len() as f64 - 1.0) * q) as usize] as f64 / 1000.0;
+    let mean = ns.iter().sum::<u64>() as f64 / ns.len() as f64 / 1000.0;
+    (p(0.5), p(0.99), mean)
+}
+
+fn time(mut f: impl FnMut(usize)) -> Vec<u64> {
+    for i in 0..ITERS / 10 {
+        f(i);
+    }
+    let mut out = Vec::with_capacity(ITERS);
+    for i in 0..ITERS {
+        let t = Instant::now();
+        f(i);
+        out.push(t.elapsed().as_nanos() as u64);
+    }
+    out
+}
+
+fn main() {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let pdir = dir.path().join("policies");
+    std::fs::create_dir_all(&pdir).unwrap();
+    std::fs::write(pdir.join("bench.cedar"), policies()).unwrap();
+    let clock = Arc::new(ManualClock::new(jiff::Timestamp::now().as_millisecond()));
+    let mut config = ServerConfig::new(dir.path().join("data"), pdir);
+    config.listen = ([127, 0, 0, 1], 0).into();
+    config.admin_token = Some("bench-admin-token-0123456789abcdef".into());
+    config.clock = clock;
+    let server = rt.block_on(Server::start(config)).unwrap();
+    let http = reqwest::Client::new();
+    let url = server.url();
+    let token: String = rt.block_on(async {
+        let r: serde_json::Value = http.post(format!("{url}/v1/agents")).bearer_auth("bench-admin-token-0123456789abcdef")
+            .json(&json!({"name": "bench", "owner": "o", "tier": 2})).send().await.unwrap().json().await.unwrap();
+        let r: serde_json::Value = http.post(format!("{url}/v1/attest"))
+            .json(&json!({"agent": "bench", "join_token": r["join_token"]})).send().await.unwrap().json().await.unwrap();
+        let tools: Vec<String> = (0..TOOLS).map(|i| format!("tool{i}")).collect();
+        let r: serde_json::Value = http.post(format!("{url}/v1/tasks")).bearer_auth(r["identity_token"].as_str().unwrap())
+            .json(&json!({"purpose": "bench", "scope": {"tools": tools, "actions": ["read", "write", "delete", "execute"]}, "ttl_secs": 3600}))
+            .send().await.unwrap().json().await.unwrap();
+        r["task_token"].as_str().expect("task token").to_owned()
+    });
+    let engine = Arc::clone(&server.engine);
+    let bundle = engine.bundle();
+
+    // Bare Cedar: the whole set, 10k agents plus the task in the entity store.
+    let mut entities: Vec<Entity> = (0..ENTITIES)
+        .map(|i| {
+            let attrs = HashMap::from([
+                ("name".to_owned(), RestrictedExpression::new_string(format!("agent{i}"))),
+                ("spiffe_id".to_owned(), RestrictedExpression::new_string(format!("spiffe://mandate.local/agent/agent{i}"))),
+                ("owner".to_owned(), RestrictedExpression::new_string("o".into())),
+                ("tier".to_owned(), RestrictedExpression::new_long(2)),
+                ("status".to_owned(), RestrictedExpression::new_string("active".into())),
+                ("trust_domain".to_owned(), RestrictedExpression::new_string("mandate.local".into())),
+            ]);
+            Entity::new(EntityUid::from_str(&format!("Mandate::Agent::\"agent{i}\"")).unwrap(), attrs, HashSet::new()).unwrap()
+        })
+        .collect();
+    let bench_agent = HashMap::from([
+        ("name".to_owned(), RestrictedExpression::new_string("bench".into())),
+        ("spiffe_id".to_owned(), RestrictedExpression::new_string("spiffe://mandate.local/agent/bench".into())),
+        ("owner".to_owned(), RestrictedExpression::new_string("o".into())),
+        ("tier".to_owned(), RestrictedExpression::new_long(2)),
+        ("status".to_owned(), RestrictedExpression::new_string("active".into())),
+        ("trust_domain".to_owned(), RestrictedExpression::new_string("mandate.local".into())),
+    ]);
+    entities.push(Entity::new(EntityUid::from_str("Mandate::Agent::\"bench\"").unwrap(), bench_agent, HashSet::new()).unwrap());
+    let task_attrs = HashMap::from([
+        ("id".to_owned(), RestrictedExpression::new_string("t".into())),
+        ("purpose".to_owned(), RestrictedExpression::new_string("bench".into())),
+        ("agent".to_owned(), RestrictedExpression::new_entity_uid(EntityUid::from_str("Mandate::Agent::\"bench\"").unwrap())),
+        ("environment".to_owned(), RestrictedExpression::new_string("development".into())),
+    ]);
+    entities.push(Entity::new(EntityUid::from_str("Mandate::Task::\"t\"").unwrap(), task_attrs, HashSet::new()).unwrap());
+    let entities = Entities::from_entities(entities, Some(bundle.schema())).unwrap();
+    let authorizer = Authorizer::new();
+    let bare_request = |tool: usize, action: ActionClass| {
+        let ctx = Context::from_pairs([
+            ("phase".to_owned(), RestrictedExpression::new_string("call".into())),
+            ("task".to_owned(), RestrictedExpression::new_entity_uid(EntityUid::from_str("Mandate::Task::\"t\"").unwrap())),
+            ("resource".to_owned(), RestrictedExpression::new_string("r".into())),
+            ("sensitivity".to_owned(), RestrictedExpression::new_string("internal".into())),
+            ("args_digest".to_owned(), RestrictedExpression::new_string("d".into())),
+            ("now".to_owned(), RestrictedExpression::new_long(0)),
+        ])
+        .unwrap();
+        Request::new(
+            EntityUid::from_str("Mandate::Agent::\"bench\"").unwrap(),
+            EntityUid::from_str(&format!("Mandate::Action::\"{}\"", action.as_str())).unwrap(),
+            EntityUid::from_str(&format!("Mandate::Tool::\"tool{tool}\"")).unwrap(),
+            ctx,
+            Some(bundle.schema()),
+        )
+        .unwrap()
+    };
+    let call = |tool: usize, action: ActionClass| Call {
+        tool: ToolName::parse(&format!("tool{tool}")).unwrap(),
+        action,
+        resource: "r".into(),
+        args: CanonicalArgs::parse(r#"{"id":42}"#).unwrap(),
+        destination: None,
+        data_domain: None,
+        sensitivity: Sensitivity::Internal,
+    };
+
+    // Identical decisions on a sample (Mandate's approval_required is Cedar's Allow).
+    let mut compared = 0;
+    for tool in 0..TOOLS {
+        for action in ActionClass::ALL {
+            let ours = engine.evaluate(&token, &call(tool, action)).unwrap().decision.outcome;
+            let bare = authorizer.is_authorized(&bare_request(tool, action), bundle.policy_set(), &entities).decision();
+            let ours_allow = ours != mandate_policy::Outcome::Deny;
+            assert_eq!(ours_allow, bare == cedar_policy::Decision::Allow, "tool{tool} {action}");
+            compared += 1;
+        }
+    }
+
+    let calls: Vec<Call> = (0..64).map(|i| call(i % TOOLS, ActionClass::ALL[i % 4])).collect();
+    let requests: Vec<Request> = (0..64).map(|i| bare_request(i % TOOLS, ActionClass::ALL[i % 4])).collect();
+
+    let ours = time(|i| {
+        black_box(engine.evaluate(black_box(&token), &calls[i % 64]).unwrap());
+    });
+    let bare = time(|i| {
+        black_box(authorizer.is_authorized(&requests[i % 64], bundle.policy_set(), &entities));
+    });
+    let bare_with_request = time(|i| {
+        let r = bare_request(i % TOOLS, ActionClass::ALL[i % 4]);
+        black_box(authorizer.is_authorized(&r, bundle.policy_set(), &entities));
+    });
+    let uncached: Vec<u64> = {
+        let mut out = Vec::with_capacity(2000);
+        for _ in 0..2000 {
+            let t = Instant::now();
+            black_box(mandate_token::verify::<mandate_token::TaskClaims>(&token, &engine.keys(), &mandate_token::Expectations {
+                issuer: &server.issuer, audience: "mandate:gateway", leeway_secs: 30, now_secs: jiff::Timestamp::now().as_second(),
+            }).unwrap());
+            out.push(t.elapsed().as_nanos() as u64);
+        }
+        out
+    };
+
+    let (o50, o99, om) = percentiles(ours);
+    let (b50, b99, bm) = percentiles(bare);
+    let (r50, r99, rm) = percentiles(bare_with_request);
+    let (u50, u99, um) = percentiles(uncached);
+    println!("P1 decide path: {} policies, {} entities in the bare store, {} decisions compared identical", bundle.len(), ENTITIES + 2, compared);
+    println!("{:<58} {:>9} {:>9} {:>9}", "", "p50 µs", "p99 µs", "mean µs");
+    println!("{:<58} {:>9.2} {:>9.2} {:>9.2}", "mandate Engine::evaluate (cached token, sliced set)", o50, o99, om);
+    println!("{:<58} {:>9.2} {:>9.2} {:>9.2}", "bare Cedar is_authorized, full set, prebuilt request", b50, b99, bm);
+    println!("{:<58} {:>9.2} {:>9.2} {:>9.2}", "bare Cedar is_authorized, full set, request built per call", r50, r99, rm);
+    println!("{:<58} {:>9.2} {:>9.2} {:>9.2}", "token signature verification (a cache miss, once per token)", u50, u99, um);
+    println!("ratio mandate/bare (p50): {:.2} (prebuilt request), {:.2} (request built per call)", o50 / b50, o50 / r50);
+    rt.block_on(server.shutdown()).unwrap();
+}
