@@ -12,7 +12,7 @@
 
 use std::fmt;
 
-use mandate_core::sha256_hex;
+use mandate_core::{canonical_json, sha256_hex};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
@@ -139,17 +139,6 @@ pub struct Event {
     pub hash: String,
 }
 
-#[derive(Serialize)]
-struct Hashed<'a> {
-    seq: i64,
-    ts_ms: i64,
-    kind: &'a str,
-    agent: Option<&'a str>,
-    task_id: Option<&'a str>,
-    data: &'a Value,
-    prev_hash: &'a str,
-}
-
 /// The chain hash of an event's content.
 pub fn event_hash(
     seq: i64,
@@ -160,19 +149,16 @@ pub fn event_hash(
     data: &Value,
     prev_hash: &str,
 ) -> String {
-    let h = Hashed {
-        seq,
-        ts_ms,
-        kind,
-        agent,
-        task_id,
-        data,
-        prev_hash,
-    };
-    // Serialising a struct of plain fields and a BTreeMap-backed Value cannot fail; an
-    // empty input would still hash, and verification would then flag the record.
-    let canonical = serde_json::to_vec(&h).unwrap_or_default();
-    sha256_hex(&canonical)
+    let h = serde_json::json!({
+        "seq": seq,
+        "ts_ms": ts_ms,
+        "kind": kind,
+        "agent": agent,
+        "task_id": task_id,
+        "data": data,
+        "prev_hash": prev_hash,
+    });
+    sha256_hex(canonical_json(&h).as_bytes())
 }
 
 /// Places `new` after the event with `(prev_seq, prev_hash)`.
@@ -365,5 +351,31 @@ mod tests {
         let empty: Vec<Event> = Vec::new();
         assert_eq!(verify(&empty, (head.0, &head.1)).unwrap_err().seq, 1);
         assert_eq!(verify(&empty, (0, GENESIS_HASH)), Ok(0));
+    }
+}
+
+#[cfg(test)]
+mod vectors {
+    use super::*;
+
+    /// Pins the chain hash: a change here breaks verification of every stored chain. The
+    /// same digest comes from Python: sha256(json.dumps(record, sort_keys=True,
+    /// separators=(",", ":"))), so external tools can verify a chain.
+    #[test]
+    fn event_hash_vector() {
+        let data = serde_json::json!({ "z": [1, "two"], "a": { "y": null, "b": true } });
+        let h = event_hash(
+            7,
+            1_700_000_000_000,
+            "decision",
+            Some("bot"),
+            Some("tsk_1"),
+            &data,
+            GENESIS_HASH,
+        );
+        assert_eq!(
+            h,
+            "ba1e1508d3b8ef433921bbba61a849e7b969a77f547d9d9ceb1a8d87515e5c3b"
+        );
     }
 }

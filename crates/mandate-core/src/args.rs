@@ -14,6 +14,47 @@ use serde_json::{Map, Value};
 
 use crate::ids::sha256_hex;
 
+/// The canonical JSON text of a value: object keys sorted by their UTF-8 bytes at every
+/// level, no insignificant whitespace, strings and numbers as serde_json writes them.
+///
+/// Sorting is done here rather than left to `serde_json::Map`, whose order depends on
+/// whether any crate in the build enables its `preserve_order` feature.
+pub fn canonical_json(value: &Value) -> String {
+    let mut out = String::new();
+    write_canonical(value, &mut out);
+    out
+}
+
+fn write_canonical(value: &Value, out: &mut String) {
+    match value {
+        Value::Object(map) => {
+            let mut entries: Vec<(&String, &Value)> = map.iter().collect();
+            entries.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+            out.push('{');
+            for (i, (k, v)) in entries.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str(&Value::String(k.clone()).to_string());
+                out.push(':');
+                write_canonical(v, out);
+            }
+            out.push('}');
+        }
+        Value::Array(items) => {
+            out.push('[');
+            for (i, v) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                write_canonical(v, out);
+            }
+            out.push(']');
+        }
+        scalar => out.push_str(&scalar.to_string()),
+    }
+}
+
 /// Deepest nesting accepted while parsing; deeper documents are refused.
 pub const MAX_DEPTH: usize = 32;
 
@@ -58,9 +99,7 @@ impl CanonicalArgs {
     }
 
     fn from_value(value: Value) -> Self {
-        // serde_json's Map is a BTreeMap here (no `preserve_order`), so serialisation
-        // emits keys sorted: the canonical form.
-        let canonical = value.to_string();
+        let canonical = canonical_json(&value);
         let digest = sha256_hex(canonical.as_bytes());
         Self {
             value,

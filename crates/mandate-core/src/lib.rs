@@ -14,7 +14,7 @@ mod scope;
 mod task;
 
 pub use agent::{AgentStatus, AttestationRule, RiskTier};
-pub use args::{ArgsError, CanonicalArgs};
+pub use args::{ArgsError, CanonicalArgs, canonical_json};
 pub use clock::{Clock, ManualClock, SystemClock, UnixMillis};
 pub use ids::{AgentName, IdError, SpiffeId, TrustDomain, random_id, random_secret, sha256_hex};
 pub use limits::Limits;

@@ -21,8 +21,6 @@ pub struct Limits {
     pub token_cache_capacity: usize,
     /// Largest canonical argument document, in bytes.
     pub max_args_bytes: usize,
-    /// Deepest nesting of an argument document.
-    pub max_args_depth: usize,
     /// Most entries in each list of a requested scope.
     pub max_scope_items: usize,
     /// Longest task purpose text, in characters.
@@ -43,7 +41,6 @@ impl Default for Limits {
             token_leeway_secs: 30,
             token_cache_capacity: 100_000,
             max_args_bytes: 64 * 1024,
-            max_args_depth: 32,
             max_scope_items: 256,
             max_purpose_chars: 1024,
             key_overlap_secs: 3600 + 300,

@@ -21,6 +21,8 @@ pub const SCHEMA_TEXT: &str = include_str!("mandate.cedarschema");
 const MAX_FILE_BYTES: u64 = 1024 * 1024;
 /// Most policies in one bundle.
 const MAX_POLICIES: usize = 10_000;
+/// Deepest directory nesting under the bundle root.
+const MAX_DEPTH: usize = 16;
 
 /// One problem in a bundle, located in its file.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
@@ -170,8 +172,26 @@ impl Bundle {
             ));
         }
         let mut files = BTreeMap::new();
-        let mut stack = vec![dir.to_path_buf()];
-        while let Some(d) = stack.pop() {
+        let mut stack = vec![(dir.to_path_buf(), 0usize)];
+        let mut seen = std::collections::HashSet::new();
+        while let Some((d, depth)) = stack.pop() {
+            // Symbolic links are followed (policy repos use them), but each directory is
+            // read once and nesting is bounded, so a link loop cannot hang the loader.
+            let real = std::fs::canonicalize(&d).map_err(|e| {
+                BundleError::one(
+                    &d.display().to_string(),
+                    format!("cannot resolve directory: {e}"),
+                )
+            })?;
+            if !seen.insert(real) {
+                continue;
+            }
+            if depth > MAX_DEPTH {
+                return Err(BundleError::one(
+                    &d.display().to_string(),
+                    format!("policy directories nest deeper than {MAX_DEPTH} levels"),
+                ));
+            }
             let entries = std::fs::read_dir(&d).map_err(|e| {
                 BundleError::one(
                     &d.display().to_string(),
@@ -186,11 +206,16 @@ impl Bundle {
                     )
                 })?;
                 let path = entry.path();
-                let meta = entry
-                    .metadata()
-                    .map_err(|e| BundleError::one(&path.display().to_string(), e.to_string()))?;
+                // `fs::metadata` follows symbolic links: a linked directory or file is
+                // read, never silently skipped, and size limits apply to the target.
+                let meta = std::fs::metadata(&path).map_err(|e| {
+                    BundleError::one(
+                        &path.display().to_string(),
+                        format!("cannot read (dangling link?): {e}"),
+                    )
+                })?;
                 if meta.is_dir() {
-                    stack.push(path);
+                    stack.push((path, depth + 1));
                 } else if path.extension().is_some_and(|x| x == "cedar") {
                     let rel = path
                         .strip_prefix(dir)
@@ -515,6 +540,31 @@ mod tests {
         assert_ne!(a.version(), b.version());
         assert_eq!(a.version(), c.version());
         assert!(bundle(&[]).unwrap().is_empty());
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn linked_directories_are_read_and_loops_end() {
+        let root = tempfile::tempdir().unwrap();
+        let shared = tempfile::tempdir().unwrap();
+        std::fs::write(
+            shared.path().join("forbid.cedar"),
+            "@id(\"shared-forbid\") forbid(principal, action, resource);",
+        )
+        .unwrap();
+        std::os::unix::fs::symlink(shared.path(), root.path().join("common")).unwrap();
+        std::os::unix::fs::symlink(root.path(), root.path().join("loop")).unwrap();
+        let b = Bundle::load_dir(root.path()).unwrap();
+        assert_eq!(b.len(), 1, "the policy behind the link is loaded once");
+        std::os::unix::fs::symlink(
+            root.path().join("missing"),
+            root.path().join("dangling.cedar"),
+        )
+        .unwrap();
+        assert!(
+            Bundle::load_dir(root.path()).is_err(),
+            "a dangling link is an error, not a skip"
+        );
     }
 
     #[test]

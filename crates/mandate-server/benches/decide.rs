@@ -4,7 +4,13 @@
 //!
 //! Run: `cargo bench -p mandate-server --bench decide`
 
-#![allow(clippy::unwrap_used, clippy::indexing_slicing, clippy::panic, clippy::expect_used, reason = "benchmark code")]
+#![allow(
+    clippy::unwrap_used,
+    clippy::indexing_slicing,
+    clippy::panic,
+    clippy::expect_used,
+    reason = "benchmark code"
+)]
 
 use std::collections::{HashMap, HashSet};
 use std::hint::black_box;
@@ -12,7 +18,9 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use cedar_policy::{Authorizer, Context, Entities, Entity, EntityUid, Request, RestrictedExpression};
+use cedar_policy::{
+    Authorizer, Context, Entities, Entity, EntityUid, Request, RestrictedExpression,
+};
 use mandate_core::{ActionClass, CanonicalArgs, ManualClock, Sensitivity, ToolName};
 use mandate_server::{Call, Server, ServerConfig};
 use serde_json::json;
@@ -29,7 +37,11 @@ fn policies() -> String {
     // 88 tool-specific permits, some needing approval.
     for i in 0..88 {
         let a = actions[i % 4];
-        let approval = if a == "write" { "@approval_required(\"writes need a human\") " } else { "" };
+        let approval = if a == "write" {
+            "@approval_required(\"writes need a human\") "
+        } else {
+            ""
+        };
         out.push_str(&format!(
             "@id(\"p{i}\") {approval}permit(principal, action == Mandate::Action::\"{a}\", resource == Mandate::Tool::\"tool{}\") when {{ principal.tier >= 1 && context.sensitivity != \"restricted\" }};\n",
             i % TOOLS
@@ -66,7 +78,11 @@ fn time(mut f: impl FnMut(usize)) -> Vec<u64> {
 }
 
 fn main() {
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let pdir = dir.path().join("policies");
     std::fs::create_dir_all(&pdir).unwrap();
@@ -97,41 +113,123 @@ fn main() {
     let mut entities: Vec<Entity> = (0..ENTITIES)
         .map(|i| {
             let attrs = HashMap::from([
-                ("name".to_owned(), RestrictedExpression::new_string(format!("agent{i}"))),
-                ("spiffe_id".to_owned(), RestrictedExpression::new_string(format!("spiffe://mandate.local/agent/agent{i}"))),
-                ("owner".to_owned(), RestrictedExpression::new_string("o".into())),
+                (
+                    "name".to_owned(),
+                    RestrictedExpression::new_string(format!("agent{i}")),
+                ),
+                (
+                    "spiffe_id".to_owned(),
+                    RestrictedExpression::new_string(format!(
+                        "spiffe://mandate.local/agent/agent{i}"
+                    )),
+                ),
+                (
+                    "owner".to_owned(),
+                    RestrictedExpression::new_string("o".into()),
+                ),
                 ("tier".to_owned(), RestrictedExpression::new_long(2)),
-                ("status".to_owned(), RestrictedExpression::new_string("active".into())),
-                ("trust_domain".to_owned(), RestrictedExpression::new_string("mandate.local".into())),
+                (
+                    "status".to_owned(),
+                    RestrictedExpression::new_string("active".into()),
+                ),
+                (
+                    "trust_domain".to_owned(),
+                    RestrictedExpression::new_string("mandate.local".into()),
+                ),
             ]);
-            Entity::new(EntityUid::from_str(&format!("Mandate::Agent::\"agent{i}\"")).unwrap(), attrs, HashSet::new()).unwrap()
+            Entity::new(
+                EntityUid::from_str(&format!("Mandate::Agent::\"agent{i}\"")).unwrap(),
+                attrs,
+                HashSet::new(),
+            )
+            .unwrap()
         })
         .collect();
     let bench_agent = HashMap::from([
-        ("name".to_owned(), RestrictedExpression::new_string("bench".into())),
-        ("spiffe_id".to_owned(), RestrictedExpression::new_string("spiffe://mandate.local/agent/bench".into())),
-        ("owner".to_owned(), RestrictedExpression::new_string("o".into())),
+        (
+            "name".to_owned(),
+            RestrictedExpression::new_string("bench".into()),
+        ),
+        (
+            "spiffe_id".to_owned(),
+            RestrictedExpression::new_string("spiffe://mandate.local/agent/bench".into()),
+        ),
+        (
+            "owner".to_owned(),
+            RestrictedExpression::new_string("o".into()),
+        ),
         ("tier".to_owned(), RestrictedExpression::new_long(2)),
-        ("status".to_owned(), RestrictedExpression::new_string("active".into())),
-        ("trust_domain".to_owned(), RestrictedExpression::new_string("mandate.local".into())),
+        (
+            "status".to_owned(),
+            RestrictedExpression::new_string("active".into()),
+        ),
+        (
+            "trust_domain".to_owned(),
+            RestrictedExpression::new_string("mandate.local".into()),
+        ),
     ]);
-    entities.push(Entity::new(EntityUid::from_str("Mandate::Agent::\"bench\"").unwrap(), bench_agent, HashSet::new()).unwrap());
+    entities.push(
+        Entity::new(
+            EntityUid::from_str("Mandate::Agent::\"bench\"").unwrap(),
+            bench_agent,
+            HashSet::new(),
+        )
+        .unwrap(),
+    );
     let task_attrs = HashMap::from([
-        ("id".to_owned(), RestrictedExpression::new_string("t".into())),
-        ("purpose".to_owned(), RestrictedExpression::new_string("bench".into())),
-        ("agent".to_owned(), RestrictedExpression::new_entity_uid(EntityUid::from_str("Mandate::Agent::\"bench\"").unwrap())),
-        ("environment".to_owned(), RestrictedExpression::new_string("development".into())),
+        (
+            "id".to_owned(),
+            RestrictedExpression::new_string("t".into()),
+        ),
+        (
+            "purpose".to_owned(),
+            RestrictedExpression::new_string("bench".into()),
+        ),
+        (
+            "agent".to_owned(),
+            RestrictedExpression::new_entity_uid(
+                EntityUid::from_str("Mandate::Agent::\"bench\"").unwrap(),
+            ),
+        ),
+        (
+            "environment".to_owned(),
+            RestrictedExpression::new_string("development".into()),
+        ),
     ]);
-    entities.push(Entity::new(EntityUid::from_str("Mandate::Task::\"t\"").unwrap(), task_attrs, HashSet::new()).unwrap());
+    entities.push(
+        Entity::new(
+            EntityUid::from_str("Mandate::Task::\"t\"").unwrap(),
+            task_attrs,
+            HashSet::new(),
+        )
+        .unwrap(),
+    );
     let entities = Entities::from_entities(entities, Some(bundle.schema())).unwrap();
     let authorizer = Authorizer::new();
     let bare_request = |tool: usize, action: ActionClass| {
         let ctx = Context::from_pairs([
-            ("phase".to_owned(), RestrictedExpression::new_string("call".into())),
-            ("task".to_owned(), RestrictedExpression::new_entity_uid(EntityUid::from_str("Mandate::Task::\"t\"").unwrap())),
-            ("resource".to_owned(), RestrictedExpression::new_string("r".into())),
-            ("sensitivity".to_owned(), RestrictedExpression::new_string("internal".into())),
-            ("args_digest".to_owned(), RestrictedExpression::new_string("d".into())),
+            (
+                "phase".to_owned(),
+                RestrictedExpression::new_string("call".into()),
+            ),
+            (
+                "task".to_owned(),
+                RestrictedExpression::new_entity_uid(
+                    EntityUid::from_str("Mandate::Task::\"t\"").unwrap(),
+                ),
+            ),
+            (
+                "resource".to_owned(),
+                RestrictedExpression::new_string("r".into()),
+            ),
+            (
+                "sensitivity".to_owned(),
+                RestrictedExpression::new_string("internal".into()),
+            ),
+            (
+                "args_digest".to_owned(),
+                RestrictedExpression::new_string("d".into()),
+            ),
             ("now".to_owned(), RestrictedExpression::new_long(0)),
         ])
         .unwrap();
@@ -158,16 +256,30 @@ fn main() {
     let mut compared = 0;
     for tool in 0..TOOLS {
         for action in ActionClass::ALL {
-            let ours = engine.evaluate(&token, &call(tool, action)).unwrap().decision.outcome;
-            let bare = authorizer.is_authorized(&bare_request(tool, action), bundle.policy_set(), &entities).decision();
+            let ours = engine
+                .evaluate(&token, &call(tool, action))
+                .unwrap()
+                .decision
+                .outcome;
+            let bare = authorizer
+                .is_authorized(&bare_request(tool, action), bundle.policy_set(), &entities)
+                .decision();
             let ours_allow = ours != mandate_policy::Outcome::Deny;
-            assert_eq!(ours_allow, bare == cedar_policy::Decision::Allow, "tool{tool} {action}");
+            assert_eq!(
+                ours_allow,
+                bare == cedar_policy::Decision::Allow,
+                "tool{tool} {action}"
+            );
             compared += 1;
         }
     }
 
-    let calls: Vec<Call> = (0..64).map(|i| call(i % TOOLS, ActionClass::ALL[i % 4])).collect();
-    let requests: Vec<Request> = (0..64).map(|i| bare_request(i % TOOLS, ActionClass::ALL[i % 4])).collect();
+    let calls: Vec<Call> = (0..64)
+        .map(|i| call(i % TOOLS, ActionClass::ALL[i % 4]))
+        .collect();
+    let requests: Vec<Request> = (0..64)
+        .map(|i| bare_request(i % TOOLS, ActionClass::ALL[i % 4]))
+        .collect();
 
     let ours = time(|i| {
         black_box(engine.evaluate(black_box(&token), &calls[i % 64]).unwrap());
@@ -183,9 +295,19 @@ fn main() {
         let mut out = Vec::with_capacity(2000);
         for _ in 0..2000 {
             let t = Instant::now();
-            black_box(mandate_token::verify::<mandate_token::TaskClaims>(&token, &engine.keys(), &mandate_token::Expectations {
-                issuer: &server.issuer, audience: "mandate:gateway", leeway_secs: 30, now_secs: jiff::Timestamp::now().as_second(),
-            }).unwrap());
+            black_box(
+                mandate_token::verify::<mandate_token::TaskClaims>(
+                    &token,
+                    &engine.keys(),
+                    &mandate_token::Expectations {
+                        issuer: &server.issuer,
+                        audience: "mandate:gateway",
+                        leeway_secs: 30,
+                        now_secs: jiff::Timestamp::now().as_second(),
+                    },
+                )
+                .unwrap(),
+            );
             out.push(t.elapsed().as_nanos() as u64);
         }
         out
@@ -195,12 +317,36 @@ fn main() {
     let (b50, b99, bm) = percentiles(bare);
     let (r50, r99, rm) = percentiles(bare_with_request);
     let (u50, u99, um) = percentiles(uncached);
-    println!("P1 decide path: {} policies, {} entities in the bare store, {} decisions compared identical", bundle.len(), ENTITIES + 2, compared);
-    println!("{:<58} {:>9} {:>9} {:>9}", "", "p50 µs", "p99 µs", "mean µs");
-    println!("{:<58} {:>9.2} {:>9.2} {:>9.2}", "mandate Engine::evaluate (cached token, sliced set)", o50, o99, om);
-    println!("{:<58} {:>9.2} {:>9.2} {:>9.2}", "bare Cedar is_authorized, full set, prebuilt request", b50, b99, bm);
-    println!("{:<58} {:>9.2} {:>9.2} {:>9.2}", "bare Cedar is_authorized, full set, request built per call", r50, r99, rm);
-    println!("{:<58} {:>9.2} {:>9.2} {:>9.2}", "token signature verification (a cache miss, once per token)", u50, u99, um);
-    println!("ratio mandate/bare (p50): {:.2} (prebuilt request), {:.2} (request built per call)", o50 / b50, o50 / r50);
+    println!(
+        "P1 decide path: {} policies, {} entities in the bare store, {} decisions compared identical",
+        bundle.len(),
+        ENTITIES + 2,
+        compared
+    );
+    println!(
+        "{:<58} {:>9} {:>9} {:>9}",
+        "", "p50 µs", "p99 µs", "mean µs"
+    );
+    println!(
+        "{:<58} {:>9.2} {:>9.2} {:>9.2}",
+        "mandate Engine::evaluate (cached token, sliced set)", o50, o99, om
+    );
+    println!(
+        "{:<58} {:>9.2} {:>9.2} {:>9.2}",
+        "bare Cedar is_authorized, full set, prebuilt request", b50, b99, bm
+    );
+    println!(
+        "{:<58} {:>9.2} {:>9.2} {:>9.2}",
+        "bare Cedar is_authorized, full set, request built per call", r50, r99, rm
+    );
+    println!(
+        "{:<58} {:>9.2} {:>9.2} {:>9.2}",
+        "token signature verification (a cache miss, once per token)", u50, u99, um
+    );
+    println!(
+        "ratio mandate/bare (p50): {:.2} (prebuilt request), {:.2} (request built per call)",
+        o50 / b50,
+        o50 / r50
+    );
     rt.block_on(server.shutdown()).unwrap();
 }

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use mandate_audit::{EventKind, NewEvent};
 use mandate_core::{
@@ -119,6 +119,33 @@ fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
 
 const ADMIN_HASH_KEY: &str = "admin_token_sha256";
 
+/// Refusals of callers who presented no valid credential that are recorded per second;
+/// beyond it they are counted and summarised, so an unauthenticated flood cannot fill the
+/// audit queue that real decisions wait on.
+const ANONYMOUS_EVENTS_PER_SEC: u32 = 100;
+
+/// A task end that is in force in memory but not yet recorded in the store.
+#[derive(Debug, Clone)]
+pub(crate) struct PendingEnd {
+    pub from: Vec<TaskState>,
+    pub to: TaskState,
+    pub kind: EventKind,
+    pub reason: String,
+    pub by: String,
+    pub agent: String,
+}
+
+#[derive(Debug, Default)]
+struct AnonymousBudget {
+    window_secs: i64,
+    used: u32,
+    suppressed: u64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 /// Shared state of one server.
 #[derive(Debug)]
 pub struct Engine {
@@ -133,6 +160,12 @@ pub struct Engine {
     task_cache: VerifiedCache<TaskClaims>,
     identity_cache: VerifiedCache<IdentityClaims>,
     admin_hash: RwLock<String>,
+    /// Task ends enforced in memory whose store transition has not committed yet; the
+    /// sweeper retries them, so a revocation is never silently forgotten.
+    unrecorded_ends: Mutex<HashMap<String, PendingEnd>>,
+    anonymous: Mutex<AnonymousBudget>,
+    /// Serialises policy reloads so the audit order matches the enforcement order.
+    pub(crate) reload_lock: tokio::sync::Mutex<()>,
 }
 
 /// What [`Engine::open`] reports back to the operator.
@@ -153,6 +186,14 @@ impl Engine {
         store: Arc<dyn Store>,
     ) -> Result<Opened, String> {
         let clock = Arc::clone(&config.clock);
+        let l = &config.limits;
+        let longest = l.identity_token_ttl_secs.max(l.max_task_ttl_secs) + l.token_leeway_secs;
+        if l.key_overlap_secs < longest {
+            return Err(format!(
+                "key_overlap_secs ({}) must cover the longest token life plus leeway ({longest}s), or rotation would strand live tokens",
+                l.key_overlap_secs
+            ));
+        }
         let bundle = Bundle::load_dir(&config.policies).map_err(|e| e.to_string())?;
         let audit = AuditWriter::spawn(Arc::clone(&store));
 
@@ -227,6 +268,9 @@ impl Engine {
             bundle: RwLock::new(Arc::new(bundle)),
             tasks: RwLock::new(HashMap::new()),
             admin_hash: RwLock::new(admin_hash),
+            unrecorded_ends: Mutex::new(HashMap::new()),
+            anonymous: Mutex::new(AnonymousBudget::default()),
+            reload_lock: tokio::sync::Mutex::new(()),
         });
         engine.load_live_tasks().await?;
         let b = engine.bundle();
@@ -258,6 +302,10 @@ impl Engine {
             else {
                 continue;
             };
+            if agent.status != mandate_core::AgentStatus::Active {
+                // Its revocation did not commit before a crash: keep it refused.
+                continue;
+            }
             let task = self.live_task(&agent, &t).map_err(|e| e.message)?;
             self.insert_live(task);
         }
@@ -327,6 +375,70 @@ impl Engine {
         t
     }
 
+    /// Ends a task: in memory at once, then in the store with its event. If the store
+    /// write fails, the end stays enforced and is retried by the sweeper until it commits.
+    /// `Ok(false)` when the store says the task was not in one of `end.from`.
+    pub(crate) async fn end_task(
+        &self,
+        id: &str,
+        end: PendingEnd,
+    ) -> Result<bool, mandate_store::StoreError> {
+        self.end_live(id);
+        self.remember_end(id, end.clone());
+        let r = self.record_end(id, &end).await;
+        if r.is_ok() {
+            self.forget_end(id);
+        }
+        r
+    }
+
+    /// Notes an end enforced in memory but not yet in the store.
+    pub(crate) fn remember_end(&self, id: &str, end: PendingEnd) {
+        lock(&self.unrecorded_ends).insert(id.to_owned(), end);
+    }
+
+    /// The store has the end now.
+    pub(crate) fn forget_end(&self, id: &str) {
+        lock(&self.unrecorded_ends).remove(id);
+    }
+
+    async fn record_end(
+        &self,
+        id: &str,
+        end: &PendingEnd,
+    ) -> Result<bool, mandate_store::StoreError> {
+        let now = self.clock.now_ms();
+        let event = NewEvent {
+            ts_ms: now,
+            kind: end.kind,
+            agent: Some(end.agent.clone()),
+            task_id: Some(id.to_owned()),
+            data: serde_json::json!({ "reason": end.reason, "by": end.by }),
+        };
+        self.store
+            .transition_task(id, &end.from, end.to, now, &end.reason, event)
+            .await
+    }
+
+    /// Records a refusal of a caller with no valid credential, within the per-second
+    /// budget; beyond it the refusal is only counted (see the sweeper's summary event).
+    pub(crate) async fn record_anonymous(&self, event: NewEvent) -> Result<(), String> {
+        let now = self.clock.now_secs();
+        {
+            let mut b = lock(&self.anonymous);
+            if b.window_secs != now {
+                b.window_secs = now;
+                b.used = 0;
+            }
+            if b.used >= ANONYMOUS_EVENTS_PER_SEC {
+                b.suppressed += 1;
+                return Ok(());
+            }
+            b.used += 1;
+        }
+        self.audit.append(event).await.map(|_| ())
+    }
+
     /// Ids of live tasks past their expiry.
     pub(crate) fn expired_tasks(&self, now_ms: i64) -> Vec<String> {
         read(&self.tasks)
@@ -334,6 +446,11 @@ impl Engine {
             .filter(|t| t.expires_at_ms <= now_ms)
             .map(|t| t.id.clone())
             .collect()
+    }
+
+    /// The live task with this id.
+    pub(crate) fn live_get(&self, id: &str) -> Option<Arc<LiveTask>> {
+        read(&self.tasks).get(id).cloned()
     }
 
     /// Ids of every live task of an agent.
@@ -549,29 +666,44 @@ impl Engine {
     pub async fn sweep(&self) {
         let now = self.clock.now_ms();
         for id in self.expired_tasks(now) {
-            let Some(t) = self.end_live(&id) else {
+            let Some(t) = self.live_get(&id) else {
                 continue;
             };
+            let end = PendingEnd {
+                from: vec![TaskState::Active, TaskState::Pending],
+                to: TaskState::Expired,
+                kind: EventKind::TaskExpired,
+                reason: "expired".into(),
+                by: "mandate".into(),
+                agent: t.agent.to_string(),
+            };
+            if let Err(e) = self.end_task(&id, end).await {
+                tracing::error!(task = %id, error = %e, "could not record expiry yet; the task stays refused and the write is retried");
+            }
+        }
+        let pending: Vec<(String, PendingEnd)> = lock(&self.unrecorded_ends)
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        for (id, end) in pending {
+            match self.record_end(&id, &end).await {
+                Ok(_) => self.forget_end(&id),
+                Err(e) => {
+                    tracing::error!(task = %id, error = %e, "task end still not recorded; retrying")
+                }
+            }
+        }
+        let suppressed = std::mem::take(&mut lock(&self.anonymous).suppressed);
+        if suppressed > 0 {
             let event = NewEvent {
                 ts_ms: now,
-                kind: EventKind::TaskExpired,
-                agent: Some(t.agent.to_string()),
-                task_id: Some(id.clone()),
-                data: serde_json::json!({ "expired_at_ms": t.expires_at_ms }),
+                kind: EventKind::CallRefused,
+                agent: None,
+                task_id: None,
+                data: serde_json::json!({ "code": "unauthenticated_refusals_summarised", "count": suppressed }),
             };
-            if let Err(e) = self
-                .store
-                .transition_task(
-                    &id,
-                    &[TaskState::Active, TaskState::Pending],
-                    TaskState::Expired,
-                    now,
-                    "expired",
-                    event,
-                )
-                .await
-            {
-                tracing::error!(task = %id, error = %e, "could not record expiry; the task stays refused in memory");
+            if self.audit.append(event).await.is_err() {
+                lock(&self.anonymous).suppressed += suppressed;
             }
         }
         if now - self.active_key_created_ms() >= self.config.key_rotation_secs.saturating_mul(1000)

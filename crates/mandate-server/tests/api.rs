@@ -1,6 +1,11 @@
 //! End-to-end tests: the real server on an ephemeral port, driven over HTTP.
 
-#![allow(clippy::unwrap_used, clippy::indexing_slicing, clippy::panic, reason = "test code: a panic is a test failure")]
+#![allow(
+    clippy::unwrap_used,
+    clippy::indexing_slicing,
+    clippy::panic,
+    reason = "test code: a panic is a test failure"
+)]
 
 mod common;
 
@@ -18,10 +23,20 @@ async fn the_whole_flow_over_http() {
     let (task_id, token) = h.task(&identity).await;
 
     let r = h.decide(&token, "tickets.search", "read").await;
-    assert_eq!((r.status.as_u16(), r.body["outcome"].as_str()), (200, Some("allow")), "{:?}", r.body);
+    assert_eq!(
+        (r.status.as_u16(), r.body["outcome"].as_str()),
+        (200, Some("allow")),
+        "{:?}",
+        r.body
+    );
     assert_eq!(r.body["policies"], json!(["support-read"]));
     assert_eq!(r.body["task_id"], task_id);
-    assert!(r.body["bundle_version"].as_str().unwrap().starts_with("sha256:"));
+    assert!(
+        r.body["bundle_version"]
+            .as_str()
+            .unwrap()
+            .starts_with("sha256:")
+    );
     assert!(r.body["decision_id"].as_str().unwrap().starts_with("dec_"));
 
     let r = h.decide(&token, "tickets.update", "write").await;
@@ -30,21 +45,49 @@ async fn the_whole_flow_over_http() {
 
     let r = h.decide(&token, "tickets.delete", "delete").await;
     assert_eq!(r.body["outcome"], "deny");
-    assert_eq!(r.body["policies"], json!(["mandate:grant-ceiling", "no-deletes"]));
+    assert_eq!(
+        r.body["policies"],
+        json!(["mandate:grant-ceiling", "no-deletes"])
+    );
 
     // Outside the grant entirely: a tool never asked for.
     let r = h.decide(&token, "crm.export", "read").await;
     assert_eq!(r.body["outcome"], "deny");
 
-    let r = h.post(&format!("/v1/tasks/{task_id}/complete"), Some(&token), json!({})).await;
+    let r = h
+        .post(
+            &format!("/v1/tasks/{task_id}/complete"),
+            Some(&token),
+            json!({}),
+        )
+        .await;
     assert_eq!(r.status, 200, "{:?}", r.body);
     let r = h.decide(&token, "tickets.search", "read").await;
     assert_eq!((r.status.as_u16(), r.code()), (403, "task_not_active"));
 
     // Every step is in the audit trail, which verifies.
-    let r = h.get(&format!("/v1/tasks/{task_id}/events"), Some(ADMIN)).await;
-    let kinds: Vec<&str> = r.body.as_array().unwrap().iter().map(|e| e["kind"].as_str().unwrap()).collect();
-    assert_eq!(kinds, ["task.started", "decision", "decision", "decision", "decision", "task.completed", "call.refused"]);
+    let r = h
+        .get(&format!("/v1/tasks/{task_id}/events"), Some(ADMIN))
+        .await;
+    let kinds: Vec<&str> = r
+        .body
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "task.started",
+            "decision",
+            "decision",
+            "decision",
+            "decision",
+            "task.completed",
+            "call.refused"
+        ]
+    );
     let r = h.get("/v1/audit/verify", Some(ADMIN)).await;
     assert_eq!(r.body["ok"], true, "{:?}", r.body);
 }
@@ -57,8 +100,19 @@ async fn standard_jwt_library_verifies_our_tokens_through_jwks() {
     let disco = h.get("/.well-known/openid-configuration", None).await;
     assert_eq!(disco.body["issuer"], h.server.issuer);
     let jwks_uri = disco.body["jwks_uri"].as_str().unwrap().to_owned();
-    let jwks: jsonwebtoken::jwk::JwkSet = h.http.get(jwks_uri).send().await.unwrap().json().await.unwrap();
-    for (t, aud) in [(&identity, "mandate:control-plane"), (&token, "mandate:gateway")] {
+    let jwks: jsonwebtoken::jwk::JwkSet = h
+        .http
+        .get(jwks_uri)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    for (t, aud) in [
+        (&identity, "mandate:control-plane"),
+        (&token, "mandate:gateway"),
+    ] {
         let header = jsonwebtoken::decode_header(t).unwrap();
         let jwk = jwks.find(header.kid.as_deref().unwrap()).unwrap();
         let key = jsonwebtoken::DecodingKey::from_jwk(jwk).unwrap();
@@ -84,7 +138,8 @@ async fn bad_tokens_are_refused_with_clear_codes() {
     let ring = h.server.engine.keys();
     let now = mandate_core::Clock::now_secs(h.clock.as_ref());
     let mut parts: Vec<String> = token.split('.').map(str::to_owned).collect();
-    let claims: TaskClaims = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(&parts[1]).unwrap()).unwrap();
+    let claims: TaskClaims =
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(&parts[1]).unwrap()).unwrap();
 
     let resign = |ring: &KeyRing, f: &dyn Fn(&mut TaskClaims)| {
         let mut c = claims.clone();
@@ -93,46 +148,122 @@ async fn bad_tokens_are_refused_with_clear_codes() {
     };
     let stranger = KeyRing::from_stored(&[StoredKey::generate(0).unwrap()], 1000, 0).unwrap();
 
-    let mut widened: Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(&parts[1]).unwrap()).unwrap();
+    let mut widened: Value =
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(&parts[1]).unwrap()).unwrap();
     widened["grant"]["tools"]["tickets.delete"] = json!(["delete"]);
     let original_payload = parts[1].clone();
     parts[1] = b64(&widened);
     let bad_signature = parts.join(".");
     parts[1] = original_payload;
-    let alg_none = format!("{}.{}.", b64(&json!({"alg": "none", "typ": "JWT", "kid": ring.active().kid()})), parts[1]);
+    let alg_none = format!(
+        "{}.{}.",
+        b64(&json!({"alg": "none", "typ": "JWT", "kid": ring.active().kid()})),
+        parts[1]
+    );
 
     let cases: Vec<(&str, String, u16, &str)> = vec![
         ("bad signature", bad_signature, 401, "token_bad_signature"),
         ("alg none", alg_none, 401, "token_alg_not_allowed"),
-        ("identity token as task token", identity.clone(), 401, "token_wrong_audience"),
-        ("wrong audience", resign(&ring, &|c| c.aud = "someone-else".into()), 401, "token_wrong_audience"),
-        ("expired", resign(&ring, &|c| c.exp = now - 120), 401, "token_expired"),
-        ("not yet valid", resign(&ring, &|c| c.nbf = now + 600), 401, "token_not_yet_valid"),
-        ("unknown kid", resign(&stranger, &|_| ()), 401, "token_unknown_kid"),
+        (
+            "identity token as task token",
+            identity.clone(),
+            401,
+            "token_wrong_audience",
+        ),
+        (
+            "wrong audience",
+            resign(&ring, &|c| c.aud = "someone-else".into()),
+            401,
+            "token_wrong_audience",
+        ),
+        (
+            "expired",
+            resign(&ring, &|c| c.exp = now - 120),
+            401,
+            "token_expired",
+        ),
+        (
+            "not yet valid",
+            resign(&ring, &|c| c.nbf = now + 600),
+            401,
+            "token_not_yet_valid",
+        ),
+        (
+            "unknown kid",
+            resign(&stranger, &|_| ()),
+            401,
+            "token_unknown_kid",
+        ),
         ("garbage", "not-a-token".into(), 401, "token_malformed"),
-        ("jti not bound", resign(&ring, &|c| c.jti = "jti_other".into()), 403, "token_not_bound"),
-        ("other task", resign(&ring, &|c| { c.task_id = "tsk_nope".into(); c.grant = Grant::default(); }), 403, "task_not_active"),
+        (
+            "jti not bound",
+            resign(&ring, &|c| c.jti = "jti_other".into()),
+            403,
+            "token_not_bound",
+        ),
+        (
+            "other task",
+            resign(&ring, &|c| {
+                c.task_id = "tsk_nope".into();
+                c.grant = Grant::default();
+            }),
+            403,
+            "task_not_active",
+        ),
     ];
     for (name, t, status, code) in cases {
         let r = h.decide(&t, "tickets.search", "read").await;
-        assert_eq!((r.status.as_u16(), r.code()), (status, code), "{name}: {:?}", r.body);
+        assert_eq!(
+            (r.status.as_u16(), r.code()),
+            (status, code),
+            "{name}: {:?}",
+            r.body
+        );
         if status == 401 {
             assert!(r.headers.get("www-authenticate").is_some(), "{name}");
         }
     }
 
     // Missing and malformed Authorization headers.
-    let r = h.post("/v1/decide", None, json!({"tool": "tickets.search", "action": "read"})).await;
+    let r = h
+        .post(
+            "/v1/decide",
+            None,
+            json!({"tool": "tickets.search", "action": "read"}),
+        )
+        .await;
     assert_eq!((r.status.as_u16(), r.code()), (401, "missing_token"));
-    let r = h.send(h.http.post(h.url("/v1/decide")).header("authorization", "Basic abc").json(&json!({"tool": "t", "action": "read"}))).await;
-    assert_eq!((r.status.as_u16(), r.code()), (401, "invalid_authorization_header"));
+    let r = h
+        .send(
+            h.http
+                .post(h.url("/v1/decide"))
+                .header("authorization", "Basic abc")
+                .json(&json!({"tool": "t", "action": "read"})),
+        )
+        .await;
+    assert_eq!(
+        (r.status.as_u16(), r.code()),
+        (401, "invalid_authorization_header")
+    );
 
     // Revoked: refused from that moment, long before exp.
-    let r = h.post(&format!("/v1/tasks/{task_id}/revoke"), Some(ADMIN), json!({"reason": "test"})).await;
+    let r = h
+        .post(
+            &format!("/v1/tasks/{task_id}/revoke"),
+            Some(ADMIN),
+            json!({"reason": "test"}),
+        )
+        .await;
     assert_eq!(r.status, 200, "{:?}", r.body);
     let r = h.decide(&token, "tickets.search", "read").await;
     assert_eq!((r.status.as_u16(), r.code()), (403, "task_not_active"));
-    let r = h.post(&format!("/v1/tasks/{task_id}/revoke"), Some(ADMIN), json!({"reason": "again"})).await;
+    let r = h
+        .post(
+            &format!("/v1/tasks/{task_id}/revoke"),
+            Some(ADMIN),
+            json!({"reason": "again"}),
+        )
+        .await;
     assert_eq!((r.status.as_u16(), r.code()), (409, "task_not_active"));
 }
 
@@ -141,12 +272,23 @@ async fn tasks_expire_on_time_even_with_a_cached_token() {
     let h = Harness::start().await;
     let identity = h.agent("bot", 1).await;
     let (task_id, token) = h.task(&identity).await;
-    assert_eq!(h.decide(&token, "tickets.search", "read").await.body["outcome"], "allow");
+    assert_eq!(
+        h.decide(&token, "tickets.search", "read").await.body["outcome"],
+        "allow"
+    );
     h.clock.advance_ms(599_000);
-    assert_eq!(h.decide(&token, "tickets.search", "read").await.body["outcome"], "allow");
+    assert_eq!(
+        h.decide(&token, "tickets.search", "read").await.body["outcome"],
+        "allow"
+    );
     h.clock.advance_ms(1_000);
     let r = h.decide(&token, "tickets.search", "read").await;
-    assert_eq!((r.status.as_u16(), r.code()), (403, "task_expired"), "{:?}", r.body);
+    assert_eq!(
+        (r.status.as_u16(), r.code()),
+        (403, "task_expired"),
+        "{:?}",
+        r.body
+    );
     // The sweeper records the expiry.
     for _ in 0..50 {
         let t = h.get(&format!("/v1/tasks/{task_id}"), Some(ADMIN)).await;
@@ -163,36 +305,124 @@ async fn bad_input_gets_a_4xx_with_a_code() {
     let h = Harness::start().await;
     let identity = h.agent("bot", 1).await;
     let (_, token) = h.task(&identity).await;
-    let raw = |body: &str| h.http.post(h.url("/v1/decide")).bearer_auth(&token).header("content-type", "application/json").body(body.to_owned());
+    let raw = |body: &str| {
+        h.http
+            .post(h.url("/v1/decide"))
+            .bearer_auth(&token)
+            .header("content-type", "application/json")
+            .body(body.to_owned())
+    };
 
     let cases: Vec<(&str, reqwest::RequestBuilder, u16, &str)> = vec![
         ("malformed json", raw("{\"tool\": "), 400, "malformed_json"),
-        ("unknown field", raw(r#"{"tool":"tickets.search","action":"read","admin":true}"#), 422, "invalid_request"),
-        ("bad action", raw(r#"{"tool":"tickets.search","action":"sudo"}"#), 422, "invalid_request"),
-        ("traversal tool", raw(r#"{"tool":"../etc/passwd","action":"read"}"#), 422, "invalid_request"),
-        ("duplicate argument keys", raw(r#"{"tool":"tickets.search","action":"read","arguments":{"id":1,"id":2}}"#), 422, "invalid_request"),
-        ("oversized", raw(&format!(r#"{{"tool":"tickets.search","action":"read","resource":"{}"}}"#, "a".repeat(1024 * 1024 + 10))), 413, "body_too_large"),
-        ("big arguments", raw(&format!(r#"{{"tool":"tickets.search","action":"read","arguments":{{"a":"{}"}}}}"#, "a".repeat(70 * 1024))), 422, "arguments_too_large"),
-        ("no content type", h.http.post(h.url("/v1/decide")).bearer_auth(&token).body("{}"), 415, "unsupported_media_type"),
-        ("wrong method", h.http.delete(h.url("/v1/decide")), 405, "method_not_allowed"),
-        ("unknown path", h.http.get(h.url("/v1/nothing")), 404, "not_found"),
+        (
+            "unknown field",
+            raw(r#"{"tool":"tickets.search","action":"read","admin":true}"#),
+            422,
+            "invalid_request",
+        ),
+        (
+            "bad action",
+            raw(r#"{"tool":"tickets.search","action":"sudo"}"#),
+            422,
+            "invalid_request",
+        ),
+        (
+            "traversal tool",
+            raw(r#"{"tool":"../etc/passwd","action":"read"}"#),
+            422,
+            "invalid_request",
+        ),
+        (
+            "duplicate argument keys",
+            raw(r#"{"tool":"tickets.search","action":"read","arguments":{"id":1,"id":2}}"#),
+            422,
+            "invalid_request",
+        ),
+        (
+            "oversized",
+            raw(&format!(
+                r#"{{"tool":"tickets.search","action":"read","resource":"{}"}}"#,
+                "a".repeat(1024 * 1024 + 10)
+            )),
+            413,
+            "body_too_large",
+        ),
+        (
+            "big arguments",
+            raw(&format!(
+                r#"{{"tool":"tickets.search","action":"read","arguments":{{"a":"{}"}}}}"#,
+                "a".repeat(70 * 1024)
+            )),
+            422,
+            "arguments_too_large",
+        ),
+        (
+            "no content type",
+            h.http
+                .post(h.url("/v1/decide"))
+                .bearer_auth(&token)
+                .body("{}"),
+            415,
+            "unsupported_media_type",
+        ),
+        (
+            "wrong method",
+            h.http.delete(h.url("/v1/decide")),
+            405,
+            "method_not_allowed",
+        ),
+        (
+            "unknown path",
+            h.http.get(h.url("/v1/nothing")),
+            404,
+            "not_found",
+        ),
     ];
     for (name, req, status, code) in cases {
         let r = h.send(req).await;
-        assert_eq!((r.status.as_u16(), r.code()), (status, code), "{name}: {:?}", r.body);
+        assert_eq!(
+            (r.status.as_u16(), r.code()),
+            (status, code),
+            "{name}: {:?}",
+            r.body
+        );
     }
 
     // Registration input.
     for (body, code) in [
-        (json!({"name": "Bad Name", "owner": "a", "tier": 1}), "invalid_request"),
-        (json!({"name": "ok", "owner": "a", "tier": 9}), "invalid_request"),
-        (json!({"name": "ok", "owner": "", "tier": 1}), "invalid_request"),
-        (json!({"name": "ok", "owner": "a", "tier": 1, "attestation": {"method": "oidc"}}), "invalid_request"),
+        (
+            json!({"name": "Bad Name", "owner": "a", "tier": 1}),
+            "invalid_request",
+        ),
+        (
+            json!({"name": "ok", "owner": "a", "tier": 9}),
+            "invalid_request",
+        ),
+        (
+            json!({"name": "ok", "owner": "", "tier": 1}),
+            "invalid_request",
+        ),
+        (
+            json!({"name": "ok", "owner": "a", "tier": 1, "attestation": {"method": "oidc"}}),
+            "invalid_request",
+        ),
     ] {
         let r = h.post("/v1/agents", Some(ADMIN), body.clone()).await;
-        assert_eq!((r.status.as_u16(), r.code()), (422, code), "{body}: {:?}", r.body);
+        assert_eq!(
+            (r.status.as_u16(), r.code()),
+            (422, code),
+            "{body}: {:?}",
+            r.body
+        );
     }
-    let r = h.post("/v1/agents", Some(ADMIN), json!({"name": "bot", "owner": "a", "tier": 1})).await;
+    let r = h
+        .post(
+            "/v1/agents",
+            Some(ADMIN),
+            json!({"name": "bot", "owner": "a", "tier": 1}),
+        )
+        .await;
     assert_eq!((r.status.as_u16(), r.code()), (409, "conflict"));
 
     // Task start input.
@@ -201,10 +431,22 @@ async fn bad_input_gets_a_4xx_with_a_code() {
     assert_eq!((r.status.as_u16(), r.code()), (422, "invalid_request"));
     let r = start(json!({"purpose": "x", "scope": {"tools": ["tickets.search"], "actions": ["read"]}, "ttl_secs": 999_999})).await;
     assert_eq!((r.status.as_u16(), r.code()), (422, "invalid_request"));
-    let r = start(json!({"purpose": "", "scope": {"tools": ["tickets.search"], "actions": ["read"]}})).await;
+    let r =
+        start(json!({"purpose": "", "scope": {"tools": ["tickets.search"], "actions": ["read"]}}))
+            .await;
     assert_eq!((r.status.as_u16(), r.code()), (422, "invalid_request"));
-    let r = h.post("/v1/tasks", Some(&token), json!({"purpose": "x", "scope": {"tools": ["tickets.search"], "actions": ["read"]}})).await;
-    assert_eq!((r.status.as_u16(), r.code()), (401, "token_wrong_audience"), "task token cannot start tasks");
+    let r = h
+        .post(
+            "/v1/tasks",
+            Some(&token),
+            json!({"purpose": "x", "scope": {"tools": ["tickets.search"], "actions": ["read"]}}),
+        )
+        .await;
+    assert_eq!(
+        (r.status.as_u16(), r.code()),
+        (401, "token_wrong_audience"),
+        "task token cannot start tasks"
+    );
 }
 
 #[tokio::test]
@@ -213,8 +455,16 @@ async fn zero_standing_privilege_and_refused_tasks() {
     let identity = h.agent("bot", 1).await;
     // Nothing requested that policy grants: the task is refused, with the decision.
     let r = h.post("/v1/tasks", Some(&identity), json!({"purpose": "clean up", "scope": {"tools": ["tickets.delete"], "actions": ["delete"]}})).await;
-    assert_eq!((r.status.as_u16(), r.code()), (403, "task_refused"), "{:?}", r.body);
-    assert_eq!(r.body["error"]["details"]["items"][0]["policies"], json!(["no-deletes"]));
+    assert_eq!(
+        (r.status.as_u16(), r.code()),
+        (403, "task_refused"),
+        "{:?}",
+        r.body
+    );
+    assert_eq!(
+        r.body["error"]["details"]["items"][0]["policies"],
+        json!(["no-deletes"])
+    );
     // The identity token alone cannot call anything.
     let r = h.decide(&identity, "tickets.search", "read").await;
     assert_eq!(r.status, 401);
@@ -223,24 +473,62 @@ async fn zero_standing_privilege_and_refused_tasks() {
 #[tokio::test]
 async fn join_tokens_are_single_use_and_offboarding_revokes_everything() {
     let h = Harness::start().await;
-    let r = h.post("/v1/agents", Some(ADMIN), json!({"name": "bot", "owner": "alice", "tier": 1})).await;
+    let r = h
+        .post(
+            "/v1/agents",
+            Some(ADMIN),
+            json!({"name": "bot", "owner": "alice", "tier": 1}),
+        )
+        .await;
     let join = r.body["join_token"].as_str().unwrap().to_owned();
-    let first = h.post("/v1/attest", None, json!({"agent": "bot", "join_token": join})).await;
+    let first = h
+        .post(
+            "/v1/attest",
+            None,
+            json!({"agent": "bot", "join_token": join}),
+        )
+        .await;
     assert_eq!(first.status, 200);
-    let second = h.post("/v1/attest", None, json!({"agent": "bot", "join_token": join})).await;
-    assert_eq!((second.status.as_u16(), second.code()), (401, "join_token_invalid"));
+    let second = h
+        .post(
+            "/v1/attest",
+            None,
+            json!({"agent": "bot", "join_token": join}),
+        )
+        .await;
+    assert_eq!(
+        (second.status.as_u16(), second.code()),
+        (401, "join_token_invalid")
+    );
 
     let identity = first.body["identity_token"].as_str().unwrap();
     let (_, token) = h.task(identity).await;
-    assert_eq!(h.decide(&token, "tickets.search", "read").await.body["outcome"], "allow");
-    let r = h.post("/v1/agents/bot/status", Some(ADMIN), json!({"status": "offboarded", "reason": "retired"})).await;
+    assert_eq!(
+        h.decide(&token, "tickets.search", "read").await.body["outcome"],
+        "allow"
+    );
+    let r = h
+        .post(
+            "/v1/agents/bot/status",
+            Some(ADMIN),
+            json!({"status": "offboarded", "reason": "retired"}),
+        )
+        .await;
     assert_eq!(r.status, 200, "{:?}", r.body);
     assert_eq!(r.body["revoked_tasks"].as_array().unwrap().len(), 1);
     let r = h.decide(&token, "tickets.search", "read").await;
     assert_eq!((r.status.as_u16(), r.code()), (403, "task_not_active"));
-    let r = h.post("/v1/tasks", Some(identity), json!({"purpose": "x", "scope": {"tools": ["tickets.search"], "actions": ["read"]}})).await;
+    let r = h
+        .post(
+            "/v1/tasks",
+            Some(identity),
+            json!({"purpose": "x", "scope": {"tools": ["tickets.search"], "actions": ["read"]}}),
+        )
+        .await;
     assert_eq!((r.status.as_u16(), r.code()), (403, "agent_not_active"));
-    let r = h.post("/v1/agents/bot/join-tokens", Some(ADMIN), json!({})).await;
+    let r = h
+        .post("/v1/agents/bot/join-tokens", Some(ADMIN), json!({}))
+        .await;
     assert_eq!(r.status, 409);
 }
 
@@ -248,13 +536,28 @@ async fn join_tokens_are_single_use_and_offboarding_revokes_everything() {
 async fn admin_endpoints_need_the_admin_token() {
     let h = Harness::start().await;
     let identity = h.agent("bot", 1).await;
-    for path in ["/v1/agents", "/v1/audit/verify", "/v1/policies", "/v1/tasks"] {
+    for path in [
+        "/v1/agents",
+        "/v1/audit/verify",
+        "/v1/policies",
+        "/v1/tasks",
+    ] {
         assert_eq!(h.get(path, None).await.status, 401, "{path}");
         let r = h.get(path, Some(&identity)).await;
-        assert_eq!((r.status.as_u16(), r.code()), (403, "admin_required"), "{path}");
+        assert_eq!(
+            (r.status.as_u16(), r.code()),
+            (403, "admin_required"),
+            "{path}"
+        );
         assert_eq!(h.get(path, Some(ADMIN)).await.status, 200, "{path}");
     }
-    let r = h.post("/v1/agents", Some("wrong-token-wrong-token-wrong"), json!({"name": "x", "owner": "a", "tier": 1})).await;
+    let r = h
+        .post(
+            "/v1/agents",
+            Some("wrong-token-wrong-token-wrong"),
+            json!({"name": "x", "owner": "a", "tier": 1}),
+        )
+        .await;
     assert_eq!(r.status, 403);
 }
 
@@ -266,12 +569,28 @@ async fn a_bad_bundle_is_rejected_and_the_last_good_one_keeps_enforcing() {
     }
     let h = Harness::start_with(policies.path()).await;
     let before = h.get("/v1/policies", Some(ADMIN)).await.body["bundle_version"].clone();
-    std::fs::write(policies.path().join("broken.cedar"), "permit(principal, action, resource)\nwhen { context.nope == 1 };").unwrap();
+    std::fs::write(
+        policies.path().join("broken.cedar"),
+        "permit(principal, action, resource)\nwhen { context.nope == 1 };",
+    )
+    .unwrap();
     let r = h.post("/v1/policies/reload", Some(ADMIN), json!({})).await;
-    assert_eq!((r.status.as_u16(), r.code()), (422, "policy_invalid"), "{:?}", r.body);
+    assert_eq!(
+        (r.status.as_u16(), r.code()),
+        (422, "policy_invalid"),
+        "{:?}",
+        r.body
+    );
     let d = &r.body["error"]["details"]["diagnostics"][0];
-    assert_eq!((d["file"].as_str(), d["line"].as_u64()), (Some("broken.cedar"), Some(2)), "{d}");
-    assert_eq!(h.get("/v1/policies", Some(ADMIN)).await.body["bundle_version"], before);
+    assert_eq!(
+        (d["file"].as_str(), d["line"].as_u64()),
+        (Some("broken.cedar"), Some(2)),
+        "{d}"
+    );
+    assert_eq!(
+        h.get("/v1/policies", Some(ADMIN)).await.body["bundle_version"],
+        before
+    );
 
     // A valid change is picked up, versioned, and enforced.
     std::fs::write(policies.path().join("broken.cedar"), "@id(\"no-search\") forbid(principal, action == Mandate::Action::\"read\", resource == Mandate::Tool::\"tickets.search\");").unwrap();
@@ -301,7 +620,10 @@ async fn state_survives_a_restart() {
     // A new ephemeral port: the issuer must be pinned, as in any real deployment.
     config.issuer = Some(issuer);
     let server = mandate_server::Server::start(config).await.unwrap();
-    assert!(server.generated_admin_token.is_none(), "the stored admin token is kept");
+    assert!(
+        server.generated_admin_token.is_none(),
+        "the stored admin token is kept"
+    );
     let http = reqwest::Client::new();
     let r: Value = http
         .post(format!("{}/v1/decide", server.url()))
@@ -314,7 +636,15 @@ async fn state_survives_a_restart() {
         .await
         .unwrap();
     assert_eq!(r["outcome"], "allow", "{r}");
-    let v: Value = http.get(format!("{}/v1/audit/verify", server.url())).bearer_auth(ADMIN).send().await.unwrap().json().await.unwrap();
+    let v: Value = http
+        .get(format!("{}/v1/audit/verify", server.url()))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(v["ok"], true, "{v}");
     server.shutdown().await.unwrap();
     drop(dir);
@@ -329,7 +659,10 @@ async fn key_rotation_keeps_old_tokens_valid() {
     assert_eq!(r.status, 200);
     let jwks = h.get("/.well-known/jwks.json", None).await;
     assert_eq!(jwks.body["keys"].as_array().unwrap().len(), 2);
-    assert_eq!(h.decide(&token, "tickets.search", "read").await.body["outcome"], "allow");
+    assert_eq!(
+        h.decide(&token, "tickets.search", "read").await.body["outcome"],
+        "allow"
+    );
     let (_, fresh) = h.task(&identity).await;
     assert_ne!(
         jsonwebtoken::decode_header(&fresh).unwrap().kid,
@@ -343,12 +676,31 @@ async fn openapi_describes_every_route() {
     let doc = h.get("/openapi.json", None).await.body;
     let paths = doc["paths"].as_object().unwrap();
     for p in [
-        "/v1/agents", "/v1/agents/{name}", "/v1/agents/{name}/join-tokens", "/v1/agents/{name}/status", "/v1/attest",
-        "/v1/tasks", "/v1/tasks/{id}", "/v1/tasks/{id}/complete", "/v1/tasks/{id}/revoke", "/v1/tasks/{id}/events",
-        "/v1/decide", "/v1/audit/verify", "/v1/policies", "/v1/policies/reload", "/v1/keys/rotate",
-        "/.well-known/jwks.json", "/.well-known/openid-configuration", "/healthz", "/readyz", "/openapi.json",
+        "/v1/agents",
+        "/v1/agents/{name}",
+        "/v1/agents/{name}/join-tokens",
+        "/v1/agents/{name}/status",
+        "/v1/attest",
+        "/v1/tasks",
+        "/v1/tasks/{id}",
+        "/v1/tasks/{id}/complete",
+        "/v1/tasks/{id}/revoke",
+        "/v1/tasks/{id}/events",
+        "/v1/decide",
+        "/v1/audit/verify",
+        "/v1/policies",
+        "/v1/policies/reload",
+        "/v1/keys/rotate",
+        "/.well-known/jwks.json",
+        "/.well-known/openid-configuration",
+        "/healthz",
+        "/readyz",
+        "/openapi.json",
     ] {
-        assert!(paths.contains_key(p), "{p} missing from the OpenAPI document");
+        assert!(
+            paths.contains_key(p),
+            "{p} missing from the OpenAPI document"
+        );
     }
     assert!(doc["components"]["securitySchemes"]["task_token"].is_object());
     assert_eq!(h.get("/healthz", None).await.status, 200);

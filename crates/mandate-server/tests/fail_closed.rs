@@ -1,6 +1,11 @@
 //! S1: when the audit record of a decision cannot be written, nothing is allowed.
 
-#![allow(clippy::unwrap_used, clippy::indexing_slicing, clippy::panic, reason = "test code: a panic is a test failure")]
+#![allow(
+    clippy::unwrap_used,
+    clippy::indexing_slicing,
+    clippy::panic,
+    reason = "test code: a panic is a test failure"
+)]
 
 mod common;
 
@@ -11,7 +16,9 @@ use async_trait::async_trait;
 use common::{Harness, Reply};
 use mandate_audit::{Event, NewEvent};
 use mandate_core::{AgentName, AgentStatus, ManualClock, TaskState};
-use mandate_store::{AgentRecord, JoinTokenRecord, KeyRow, SqliteStore, Store, StoreError, StoreResult, TaskRecord};
+use mandate_store::{
+    AgentRecord, JoinTokenRecord, KeyRow, SqliteStore, Store, StoreError, StoreResult, TaskRecord,
+};
 
 /// The real SQLite store, except that appends fail while `broken` is set.
 #[derive(Debug)]
@@ -22,61 +29,181 @@ struct BreakableStore {
 
 impl BreakableStore {
     fn check(&self) -> StoreResult<()> {
-        if self.broken.load(Ordering::SeqCst) { Err(StoreError::Db("disk full (injected)".into())) } else { Ok(()) }
+        if self.broken.load(Ordering::SeqCst) {
+            Err(StoreError::Db("disk full (injected)".into()))
+        } else {
+            Ok(())
+        }
     }
 }
 
 #[async_trait]
 impl Store for BreakableStore {
-    async fn setting(&self, key: &str) -> StoreResult<Option<String>> { self.inner.setting(key).await }
-    async fn put_setting(&self, key: &str, value: &str) -> StoreResult<()> { self.inner.put_setting(key, value).await }
-    async fn signing_keys(&self) -> StoreResult<Vec<KeyRow>> { self.inner.signing_keys().await }
-    async fn rotate_keys(&self, new: &KeyRow, now_ms: i64, prune: i64, event: Option<NewEvent>) -> StoreResult<()> { self.check()?; self.inner.rotate_keys(new, now_ms, prune, event).await }
-    async fn insert_agent(&self, a: &AgentRecord, j: &JoinTokenRecord, e: NewEvent) -> StoreResult<Event> { self.check()?; self.inner.insert_agent(a, j, e).await }
-    async fn agent(&self, name: &AgentName) -> StoreResult<Option<AgentRecord>> { self.inner.agent(name).await }
-    async fn agents(&self) -> StoreResult<Vec<AgentRecord>> { self.inner.agents().await }
-    async fn set_agent_status(&self, n: &AgentName, s: AgentStatus, now: i64, e: NewEvent) -> StoreResult<Vec<String>> { self.check()?; self.inner.set_agent_status(n, s, now, e).await }
-    async fn insert_join_token(&self, j: &JoinTokenRecord, e: NewEvent) -> StoreResult<Event> { self.check()?; self.inner.insert_join_token(j, e).await }
-    async fn consume_join_token(&self, h: &str, now: i64) -> StoreResult<Option<AgentName>> { self.inner.consume_join_token(h, now).await }
-    async fn insert_task(&self, t: &TaskRecord, e: NewEvent) -> StoreResult<Event> { self.check()?; self.inner.insert_task(t, e).await }
-    async fn task(&self, id: &str) -> StoreResult<Option<TaskRecord>> { self.inner.task(id).await }
-    async fn live_tasks(&self) -> StoreResult<Vec<TaskRecord>> { self.inner.live_tasks().await }
-    async fn transition_task(&self, id: &str, from: &[TaskState], to: TaskState, now: i64, r: &str, e: NewEvent) -> StoreResult<bool> { self.check()?; self.inner.transition_task(id, from, to, now, r, e).await }
-    async fn append_events(&self, events: Vec<NewEvent>) -> StoreResult<Vec<Event>> { self.check()?; self.inner.append_events(events).await }
-    async fn events_after(&self, after: i64, limit: i64) -> StoreResult<Vec<Event>> { self.inner.events_after(after, limit).await }
-    async fn task_events(&self, id: &str) -> StoreResult<Vec<Event>> { self.inner.task_events(id).await }
-    async fn audit_head(&self) -> StoreResult<Option<(i64, String)>> { self.inner.audit_head().await }
-    async fn ping(&self) -> StoreResult<()> { self.inner.ping().await }
+    async fn setting(&self, key: &str) -> StoreResult<Option<String>> {
+        self.inner.setting(key).await
+    }
+    async fn put_setting(&self, key: &str, value: &str) -> StoreResult<()> {
+        self.inner.put_setting(key, value).await
+    }
+    async fn signing_keys(&self) -> StoreResult<Vec<KeyRow>> {
+        self.inner.signing_keys().await
+    }
+    async fn rotate_keys(
+        &self,
+        new: &KeyRow,
+        now_ms: i64,
+        prune: i64,
+        event: Option<NewEvent>,
+    ) -> StoreResult<()> {
+        self.check()?;
+        self.inner.rotate_keys(new, now_ms, prune, event).await
+    }
+    async fn insert_agent(
+        &self,
+        a: &AgentRecord,
+        j: &JoinTokenRecord,
+        e: NewEvent,
+    ) -> StoreResult<Event> {
+        self.check()?;
+        self.inner.insert_agent(a, j, e).await
+    }
+    async fn agent(&self, name: &AgentName) -> StoreResult<Option<AgentRecord>> {
+        self.inner.agent(name).await
+    }
+    async fn agents(&self) -> StoreResult<Vec<AgentRecord>> {
+        self.inner.agents().await
+    }
+    async fn set_agent_status(
+        &self,
+        n: &AgentName,
+        s: AgentStatus,
+        now: i64,
+        e: NewEvent,
+    ) -> StoreResult<Vec<String>> {
+        self.check()?;
+        self.inner.set_agent_status(n, s, now, e).await
+    }
+    async fn insert_join_token(&self, j: &JoinTokenRecord, e: NewEvent) -> StoreResult<Event> {
+        self.check()?;
+        self.inner.insert_join_token(j, e).await
+    }
+    async fn consume_join_token(&self, h: &str, now: i64) -> StoreResult<Option<AgentName>> {
+        self.inner.consume_join_token(h, now).await
+    }
+    async fn insert_task(&self, t: &TaskRecord, e: NewEvent) -> StoreResult<Event> {
+        self.check()?;
+        self.inner.insert_task(t, e).await
+    }
+    async fn task(&self, id: &str) -> StoreResult<Option<TaskRecord>> {
+        self.inner.task(id).await
+    }
+    async fn live_tasks(&self) -> StoreResult<Vec<TaskRecord>> {
+        self.inner.live_tasks().await
+    }
+    async fn transition_task(
+        &self,
+        id: &str,
+        from: &[TaskState],
+        to: TaskState,
+        now: i64,
+        r: &str,
+        e: NewEvent,
+    ) -> StoreResult<bool> {
+        self.check()?;
+        self.inner.transition_task(id, from, to, now, r, e).await
+    }
+    async fn append_events(&self, events: Vec<NewEvent>) -> StoreResult<Vec<Event>> {
+        self.check()?;
+        self.inner.append_events(events).await
+    }
+    async fn events_after(&self, after: i64, limit: i64) -> StoreResult<Vec<Event>> {
+        self.inner.events_after(after, limit).await
+    }
+    async fn task_events(&self, id: &str) -> StoreResult<Vec<Event>> {
+        self.inner.task_events(id).await
+    }
+    async fn audit_head(&self) -> StoreResult<Option<(i64, String)>> {
+        self.inner.audit_head().await
+    }
+    async fn ping(&self) -> StoreResult<()> {
+        self.inner.ping().await
+    }
 }
 
 #[tokio::test]
 async fn no_allow_without_a_durable_audit_record() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(BreakableStore { inner: SqliteStore::open(dir.path()).await.unwrap(), broken: AtomicBool::new(false) });
+    let store = Arc::new(BreakableStore {
+        inner: SqliteStore::open(dir.path()).await.unwrap(),
+        broken: AtomicBool::new(false),
+    });
     let clock = Arc::new(ManualClock::new(jiff::Timestamp::now().as_millisecond()));
     let config = common::config(dir.path(), &common::demo_policies(), clock.clone());
-    let server = mandate_server::Server::start_with_store(config, store.clone()).await.unwrap();
-    let h = Harness { server, clock, http: reqwest::Client::new(), dir };
+    let server = mandate_server::Server::start_with_store(config, store.clone())
+        .await
+        .unwrap();
+    let h = Harness {
+        server,
+        clock,
+        http: reqwest::Client::new(),
+        dir,
+    };
     let identity = h.agent("bot", 1).await;
     let (task_id, token) = h.task(&identity).await;
-    assert_eq!(h.decide(&token, "tickets.search", "read").await.body["outcome"], "allow");
+    assert_eq!(
+        h.decide(&token, "tickets.search", "read").await.body["outcome"],
+        "allow"
+    );
 
     store.broken.store(true, Ordering::SeqCst);
     let r: Reply = h.decide(&token, "tickets.search", "read").await;
-    assert_eq!((r.status.as_u16(), r.code()), (503, "audit_unavailable"), "{:?}", r.body);
+    assert_eq!(
+        (r.status.as_u16(), r.code()),
+        (503, "audit_unavailable"),
+        "{:?}",
+        r.body
+    );
     assert!(r.body.get("outcome").is_none());
     // A refused token cannot be recorded either: still refused, never allowed.
     let r = h.decide("garbage", "tickets.search", "read").await;
     assert_eq!(r.status, 503);
     // Revocation under a failing store is not acknowledged, but the task is already cut off.
-    let r = h.post(&format!("/v1/tasks/{task_id}/revoke"), Some(common::ADMIN), serde_json::json!({"reason": "x"})).await;
+    let r = h
+        .post(
+            &format!("/v1/tasks/{task_id}/revoke"),
+            Some(common::ADMIN),
+            serde_json::json!({"reason": "x"}),
+        )
+        .await;
     assert_eq!(r.status, 503);
     store.broken.store(false, Ordering::SeqCst);
     let r = h.decide(&token, "tickets.search", "read").await;
-    assert_eq!((r.status.as_u16(), r.code()), (403, "task_not_active"), "{:?}", r.body);
+    assert_eq!(
+        (r.status.as_u16(), r.code()),
+        (403, "task_not_active"),
+        "{:?}",
+        r.body
+    );
 
+    // The unacknowledged revocation is retried until the store has it.
+    let mut state = serde_json::Value::Null;
+    for _ in 0..50 {
+        state = h
+            .get(&format!("/v1/tasks/{task_id}"), Some(common::ADMIN))
+            .await
+            .body["state"]
+            .clone();
+        if state == "revoked" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(state, "revoked");
     let (_, token) = h.task(&identity).await;
-    assert_eq!(h.decide(&token, "tickets.search", "read").await.body["outcome"], "allow");
+    assert_eq!(
+        h.decide(&token, "tickets.search", "read").await.body["outcome"],
+        "allow"
+    );
     let r = h.get("/v1/audit/verify", Some(common::ADMIN)).await;
     assert_eq!(r.body["ok"], true, "{:?}", r.body);
 }

@@ -104,7 +104,9 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         now_ms: i64,
     ) -> StoreResult<Option<AgentName>>;
 
-    /// Stores a new task with its event.
+    /// Stores a new task with its event, only while its agent is active (checked in the
+    /// same transaction, so a task cannot slip past a quarantine or offboarding);
+    /// `NotFound` otherwise.
     async fn insert_task(&self, task: &TaskRecord, event: NewEvent) -> StoreResult<Event>;
     /// A task by id.
     async fn task(&self, id: &str) -> StoreResult<Option<TaskRecord>>;

@@ -462,8 +462,10 @@ impl Store for SqliteStore {
 
     async fn insert_task(&self, task: &TaskRecord, event: NewEvent) -> StoreResult<Event> {
         let mut tx = self.write.begin().await?;
-        sqlx::query(
-            "INSERT INTO tasks (id, agent, purpose, requested, grant_json, items, state, bundle_version, token_jti, created_at_ms, expires_at_ms, ended_at_ms, end_reason) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+        let inserted = sqlx::query(
+            "INSERT INTO tasks (id, agent, purpose, requested, grant_json, items, state, bundle_version, token_jti, created_at_ms, expires_at_ms, ended_at_ms, end_reason) \
+             SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13 \
+             WHERE EXISTS (SELECT 1 FROM agents WHERE name = $14 AND status = 'active')",
         )
         .bind(&task.id)
         .bind(task.agent.as_str())
@@ -478,8 +480,12 @@ impl Store for SqliteStore {
         .bind(task.expires_at_ms)
         .bind(task.ended_at_ms)
         .bind(&task.end_reason)
+        .bind(task.agent.as_str())
         .execute(&mut *tx)
         .await?;
+        if inserted.rows_affected() == 0 {
+            return Err(StoreError::NotFound(format!("active agent {}", task.agent)));
+        }
         let e = append_one(&mut tx, event).await?;
         tx.commit().await?;
         Ok(e)

@@ -190,6 +190,14 @@ async fn conformance(store: Arc<dyn Store>) {
         TaskState::Revoked
     );
     assert!(store.live_tasks().await.unwrap().is_empty());
+    // No task can be added for an agent that is not active.
+    assert!(matches!(
+        store
+            .insert_task(&task("t3"), ev(EventKind::TaskStarted, Some("t3")))
+            .await,
+        Err(StoreError::NotFound(_))
+    ));
+    assert!(store.task("t3").await.unwrap().is_none());
 
     // Group append, per-task history, and a chain that verifies.
     let batch = store

@@ -8,8 +8,9 @@ use aws_lc_rs::digest;
 /// by the SHA-256 of the token text.
 ///
 /// A hit skips only the signature check: the caller still checks expiry (kept beside the
-/// entry) and revocation on every call. The cache is cleared whenever the key ring changes,
-/// so a key that is withdrawn stops being honoured at once.
+/// entry) and revocation on every call. Rotation does not clear it (retired keys stay valid
+/// for the overlap, which the server checks covers every token's life); withdrawing a key
+/// must call [`VerifiedCache::clear`].
 pub struct VerifiedCache<C> {
     capacity: usize,
     entries: Mutex<HashMap<[u8; 32], Entry<C>>>,

@@ -5,8 +5,8 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use mandate_audit::{EventKind, NewEvent};
 use mandate_core::{
-    AgentName, AgentStatus, AttestationRule, RiskTier, SpiffeId, random_id, random_secret,
-    sha256_hex,
+    AgentName, AgentStatus, AttestationRule, RiskTier, SpiffeId, TaskState, random_id,
+    random_secret, sha256_hex,
 };
 use mandate_store::{AgentRecord, JoinTokenRecord};
 use mandate_token::IdentityClaims;
@@ -15,7 +15,7 @@ use utoipa::ToSchema;
 
 use super::extract::{ApiJson, Bearer};
 use super::{AppState, require_admin};
-use crate::engine::Engine;
+use crate::engine::{Engine, PendingEnd};
 use crate::error::{ApiError, ErrorBody};
 
 /// Register an agent.
@@ -296,11 +296,29 @@ pub async fn set_status(
             format!("agent {name} is offboarded; register a new agent instead"),
         ));
     }
-    // Cut the agent off in memory first, so no call is allowed while the store catches up.
-    if req.status != AgentStatus::Active {
-        for id in engine.agent_tasks(&name) {
-            engine.end_live(&id);
-        }
+    // Cut the agent off in memory first, so no call is allowed while the store catches
+    // up; if the store fails, each revocation stays enforced and is retried.
+    let revoke = |id: &str| {
+        engine.end_live(id);
+        engine.remember_end(
+            id,
+            PendingEnd {
+                from: vec![TaskState::Active, TaskState::Pending],
+                to: TaskState::Revoked,
+                kind: EventKind::TaskRevoked,
+                reason: format!("agent {}", req.status),
+                by: "admin".to_owned(),
+                agent: name.to_string(),
+            },
+        );
+    };
+    let cut: Vec<String> = if req.status == AgentStatus::Active {
+        Vec::new()
+    } else {
+        engine.agent_tasks(&name)
+    };
+    for id in &cut {
+        revoke(id);
     }
     let now = engine.clock.now_ms();
     let ev = event(
@@ -314,6 +332,12 @@ pub async fn set_status(
         .set_agent_status(&name, req.status, now, ev)
         .await
         .map_err(|e| ApiError::store(&e))?;
+    // The store revoked every live task of the agent in the same transaction, including
+    // any that started after the scan above: cut those off too.
+    for id in cut.iter().chain(&revoked) {
+        engine.end_live(id);
+        engine.forget_end(id);
+    }
     let agent = load_agent(&engine, &name).await?;
     Ok(Json(SetStatusResponse {
         agent,
@@ -400,8 +424,15 @@ async fn refuse_attest(
         task_id: None,
         data: serde_json::json!({ "code": code }),
     };
-    if engine.audit.append(ev).await.is_err() {
+    // The agent name is the caller's claim, unproven: count it against the budget for
+    // unauthenticated refusals.
+    if engine.record_anonymous(ev).await.is_err() {
         return ApiError::audit();
     }
-    ApiError::new(StatusCode::UNAUTHORIZED, code, message)
+    let status = if code == "agent_not_active" {
+        StatusCode::FORBIDDEN
+    } else {
+        StatusCode::UNAUTHORIZED
+    };
+    ApiError::new(status, code, message)
 }

@@ -147,7 +147,7 @@ pub fn router(engine: Arc<Engine>) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(limit))
         .layer(TimeoutLayer::with_status_code(
-            StatusCode::REQUEST_TIMEOUT,
+            StatusCode::SERVICE_UNAVAILABLE,
             Duration::from_secs(30),
         ))
         .with_state(engine)

@@ -133,7 +133,12 @@ pub async fn decide(
                 task_id: refusal.task.clone(),
                 data: serde_json::json!({ "code": refusal.error.code, "tool": call.tool, "action": call.action, "args_digest": call.args.digest() }),
             };
-            if engine.audit.append(ev).await.is_err() {
+            let recorded = if refusal.agent.is_some() {
+                engine.audit.append(ev).await.map(|_| ())
+            } else {
+                engine.record_anonymous(ev).await
+            };
+            if recorded.is_err() {
                 return Err(ApiError::audit());
             }
             return Err(refusal.error);
@@ -162,6 +167,28 @@ pub async fn decide(
         .append(ev)
         .await
         .map_err(|_| ApiError::audit())?;
+    // The task may have been revoked, or run out of time, while the event was being
+    // written. A revoke acknowledged before this answer must not be followed by an allow.
+    if task.is_ended() || engine.clock.now_ms() >= task.expires_at_ms {
+        let ev = NewEvent {
+            ts_ms: engine.clock.now_ms(),
+            kind: EventKind::CallRefused,
+            agent: Some(task.agent.to_string()),
+            task_id: Some(task.id.clone()),
+            data: serde_json::json!({ "code": "task_not_active", "superseded_decision": decision_id }),
+        };
+        if engine.audit.append(ev).await.is_err() {
+            return Err(ApiError::audit());
+        }
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "task_not_active",
+            format!(
+                "task {} ended while this call was being decided: start a new task",
+                task.id
+            ),
+        ));
+    }
     Ok(Json(DecideResponse {
         decision_id,
         outcome: d.outcome,
@@ -284,6 +311,7 @@ pub async fn reload_policies(
     bearer: Bearer,
 ) -> Result<Json<PolicyInfo>, ApiError> {
     require_admin(&engine, &bearer)?;
+    let _serial = engine.reload_lock.lock().await;
     let old = engine.bundle().version().to_owned();
     let now = engine.clock.now_ms();
     match Bundle::load_dir(&engine.config.policies) {

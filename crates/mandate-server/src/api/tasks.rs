@@ -13,7 +13,7 @@ use utoipa::ToSchema;
 
 use super::extract::{ApiJson, Bearer};
 use super::{AppState, require_admin};
-use crate::engine::Engine;
+use crate::engine::{Engine, PendingEnd};
 use crate::error::{ApiError, ErrorBody};
 
 /// Ask to start a task.
@@ -80,7 +80,47 @@ pub async fn start(
     bearer: Bearer,
     ApiJson(req): ApiJson<StartTaskRequest>,
 ) -> Result<(StatusCode, Json<StartTaskResponse>), ApiError> {
-    let claims = engine.verify_identity(&bearer.0)?;
+    match start_inner(&engine, &bearer.0, req).await {
+        // Refusals by policy are recorded with their decision; failures of the store or
+        // audit cannot be. Every other refusal is recorded here.
+        Err(e)
+            if !matches!(
+                e.code,
+                "task_refused" | "audit_unavailable" | "store_unavailable" | "internal_error"
+            ) =>
+        {
+            let agent = engine
+                .verify_identity(&bearer.0)
+                .ok()
+                .and_then(|c| SpiffeId::parse(&c.sub).ok())
+                .map(|s| s.agent().to_string());
+            let ev = NewEvent {
+                ts_ms: engine.clock.now_ms(),
+                kind: EventKind::TaskRefused,
+                agent: agent.clone(),
+                task_id: None,
+                data: serde_json::json!({ "code": e.code, "message": e.message }),
+            };
+            let recorded = if agent.is_some() {
+                engine.audit.append(ev).await.map(|_| ())
+            } else {
+                engine.record_anonymous(ev).await
+            };
+            if recorded.is_err() {
+                return Err(ApiError::audit());
+            }
+            Err(e)
+        }
+        other => other,
+    }
+}
+
+async fn start_inner(
+    engine: &Engine,
+    token: &str,
+    req: StartTaskRequest,
+) -> Result<(StatusCode, Json<StartTaskResponse>), ApiError> {
+    let claims = engine.verify_identity(token)?;
     let spiffe = SpiffeId::parse(&claims.sub)
         .ok()
         .filter(|s| s.trust_domain() == &engine.config.trust_domain)
@@ -250,9 +290,26 @@ pub async fn start(
         .store
         .insert_task(&record, ev)
         .await
-        .map_err(|e| ApiError::store(&e))?;
+        .map_err(|e| match e {
+            mandate_store::StoreError::NotFound(_) => agent_gone(&agent.name),
+            other => ApiError::store(&other),
+        })?;
     let live = engine.live_task(&agent, &record)?;
     engine.insert_live(live);
+    // A quarantine that committed between the insert and the line above revoked the
+    // task in the store without seeing it in memory: look again before handing out the
+    // token, so the token never works for a contained agent.
+    let stored = engine.store.task(&task_id).await;
+    if !matches!(
+        stored,
+        Ok(Some(TaskRecord {
+            state: TaskState::Active | TaskState::Pending,
+            ..
+        }))
+    ) {
+        engine.end_live(&task_id);
+        return Err(agent_gone(&agent.name));
+    }
     let status = if pending {
         StatusCode::ACCEPTED
     } else {
@@ -324,19 +381,18 @@ async fn end_task(
     by: &str,
 ) -> Result<TaskStateResponse, ApiError> {
     let task = load_task(engine, id).await?;
-    // In memory first: from here on no call of this task is allowed.
-    engine.end_live(id);
-    let now = engine.clock.now_ms();
-    let ev = NewEvent {
-        ts_ms: now,
+    // In memory first: from here on no call of this task is allowed, and if the store
+    // write fails the end stays enforced and is retried until it commits.
+    let end = PendingEnd {
+        from: from.to_vec(),
+        to,
         kind,
-        agent: Some(task.agent.to_string()),
-        task_id: Some(id.to_owned()),
-        data: serde_json::json!({ "reason": reason, "by": by, "from": task.state }),
+        reason: reason.to_owned(),
+        by: by.to_owned(),
+        agent: task.agent.to_string(),
     };
     let moved = engine
-        .store
-        .transition_task(id, from, to, now, reason, ev)
+        .end_task(id, end)
         .await
         .map_err(|e| ApiError::store(&e))?;
     if !moved {
@@ -426,4 +482,12 @@ pub async fn revoke(
         )
         .await?,
     ))
+}
+
+fn agent_gone(name: &mandate_core::AgentName) -> ApiError {
+    ApiError::new(
+        StatusCode::FORBIDDEN,
+        "agent_not_active",
+        format!("agent {name} stopped being active while the task was starting"),
+    )
 }

@@ -51,8 +51,15 @@ impl Harness {
     pub async fn start_with(policies: &Path) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let clock = Arc::new(ManualClock::new(jiff::Timestamp::now().as_millisecond()));
-        let server = Server::start(config(&dir.path().join("data"), policies, clock.clone())).await.unwrap();
-        Self { server, clock, http: reqwest::Client::new(), dir }
+        let server = Server::start(config(&dir.path().join("data"), policies, clock.clone()))
+            .await
+            .unwrap();
+        Self {
+            server,
+            clock,
+            http: reqwest::Client::new(),
+            dir,
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -65,7 +72,11 @@ impl Harness {
         let headers = res.headers().clone();
         let text = res.text().await.unwrap();
         let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
-        Reply { status, body, headers }
+        Reply {
+            status,
+            body,
+            headers,
+        }
     }
 
     pub async fn post(&self, path: &str, bearer: Option<&str>, body: Value) -> Reply {
@@ -86,10 +97,22 @@ impl Harness {
 
     /// Registers and attests an agent; returns its identity token.
     pub async fn agent(&self, name: &str, tier: u8) -> String {
-        let r = self.post("/v1/agents", Some(ADMIN), json!({ "name": name, "owner": "alice@example.com", "tier": tier })).await;
+        let r = self
+            .post(
+                "/v1/agents",
+                Some(ADMIN),
+                json!({ "name": name, "owner": "alice@example.com", "tier": tier }),
+            )
+            .await;
         assert_eq!(r.status, 201, "{:?}", r.body);
         let join = r.body["join_token"].as_str().unwrap().to_owned();
-        let r = self.post("/v1/attest", None, json!({ "agent": name, "join_token": join })).await;
+        let r = self
+            .post(
+                "/v1/attest",
+                None,
+                json!({ "agent": name, "join_token": join }),
+            )
+            .await;
         assert_eq!(r.status, 200, "{:?}", r.body);
         r.body["identity_token"].as_str().unwrap().to_owned()
     }
@@ -104,7 +127,10 @@ impl Harness {
             }))
             .await;
         assert_eq!(r.status, 201, "{:?}", r.body);
-        (r.body["task_id"].as_str().unwrap().to_owned(), r.body["task_token"].as_str().unwrap().to_owned())
+        (
+            r.body["task_id"].as_str().unwrap().to_owned(),
+            r.body["task_token"].as_str().unwrap().to_owned(),
+        )
     }
 
     pub async fn decide(&self, token: &str, tool: &str, action: &str) -> Reply {
