@@ -88,7 +88,7 @@ impl CanonicalArgs {
         Self::from_value(Value::Object(Map::new()))
     }
 
-    /// Parses JSON text, refusing duplicate keys and nesting deeper than [`MAX_DEPTH`].
+    /// Parses JSON text, refusing duplicate keys and nesting deeper than 32 levels.
     pub fn parse(json: &str) -> Result<Self, ArgsError> {
         let mut de = serde_json::Deserializer::from_str(json);
         let value = ValueSeed { depth: 0 }
