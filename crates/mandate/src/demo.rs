@@ -10,6 +10,7 @@ use mandate_store::{SqliteStore, Store};
 use serde_json::{Value, json};
 
 use crate::client::{Client, Reply};
+use crate::trace::list;
 use crate::{style, trace};
 
 /// The demo's policies: the same files as `examples/policies/demo/`.
@@ -47,17 +48,6 @@ impl Narrator {
             self.failures.push(format!("step {}: {detail}", self.step));
         }
     }
-}
-
-fn list(v: &Value) -> String {
-    v.as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(Value::as_str)
-                .collect::<Vec<_>>()
-                .join(", ")
-        })
-        .unwrap_or_default()
 }
 
 fn decision_line(r: &Reply) -> String {
@@ -213,43 +203,40 @@ pub async fn run(data_dir: Option<PathBuf>) -> Result<ExitCode> {
     let call = |tool: &str, action: &str, args: Value| json!({ "tool": tool, "action": action, "resource": "queue/open", "arguments": args, "data_domain": "support" });
 
     n.say("Read: search open tickets");
-    let r = c
-        .post(
-            "/v1/decide",
-            Some(&task_token),
-            &call("tickets.search", "read", json!({ "status": "open" })),
-        )
-        .await?;
+    let r = decide(
+        &c,
+        &task_token,
+        call("tickets.search", "read", json!({ "status": "open" })),
+    )
+    .await?;
     n.check(
         r.status == 200 && r.body["outcome"] == "allow",
         &decision_line(&r),
     );
 
     n.say("Write: update a ticket — needs a human");
-    let r = c
-        .post(
-            "/v1/decide",
-            Some(&task_token),
-            &call(
-                "tickets.update",
-                "write",
-                json!({ "id": 42, "status": "closed" }),
-            ),
-        )
-        .await?;
+    let r = decide(
+        &c,
+        &task_token,
+        call(
+            "tickets.update",
+            "write",
+            json!({ "id": 42, "status": "closed" }),
+        ),
+    )
+    .await?;
     n.check(
         r.status == 200 && r.body["outcome"] == "approval_required",
         &decision_line(&r),
     );
 
     n.say("Delete: remove a ticket — denied");
-    let r = c
-        .post(
-            "/v1/decide",
-            Some(&task_token),
-            &call("tickets.delete", "delete", json!({ "id": 42 })),
-        )
-        .await?;
+    let r = decide(
+        &c,
+        &task_token,
+        call("tickets.delete", "delete", json!({ "id": 42 })),
+    )
+    .await?;
     n.check(
         r.status == 200 && r.body["outcome"] == "deny",
         &decision_line(&r),
@@ -286,13 +273,12 @@ pub async fn run(data_dir: Option<PathBuf>) -> Result<ExitCode> {
     );
 
     n.say("The next call with the same, unexpired token");
-    let r = c
-        .post(
-            "/v1/decide",
-            Some(&task_token),
-            &call("tickets.search", "read", json!({ "status": "open" })),
-        )
-        .await?;
+    let r = decide(
+        &c,
+        &task_token,
+        call("tickets.search", "read", json!({ "status": "open" })),
+    )
+    .await?;
     n.check(
         r.status == 403 && r.code() == "task_not_active",
         &decision_line(&r),
@@ -351,4 +337,8 @@ fn forge(token: &str) -> String {
     claims["grant"]["tools"]["tickets.delete"] = json!(["delete"]);
     let payload = URL_SAFE_NO_PAD.encode(claims.to_string());
     format!("{h}.{payload}.{s}")
+}
+
+async fn decide(c: &Client, token: &str, body: Value) -> Result<Reply> {
+    c.post("/v1/decide", Some(token), &body).await
 }

@@ -11,7 +11,7 @@ fn time(ts_ms: i64) -> String {
         .unwrap_or_else(|_| ts_ms.to_string())
 }
 
-fn list(v: &Value) -> String {
+pub fn list(v: &Value) -> String {
     v.as_array()
         .map(|a| {
             a.iter()

@@ -417,14 +417,7 @@ pub async fn complete(
     bearer: Bearer,
     Path(id): Path<String>,
 ) -> Result<Json<TaskStateResponse>, ApiError> {
-    let task = engine.task_for_token(&bearer.0).map_err(|r| r.error)?;
-    if task.id != id {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "token_not_bound",
-            "this task token belongs to another task",
-        ));
-    }
+    let task = own_task(&engine, &bearer.0, &id)?;
     let by = task.agent.to_string();
     Ok(Json(
         end_task(
@@ -453,14 +446,7 @@ pub async fn revoke(
     let by = if engine.is_admin(&bearer.0) {
         "admin".to_owned()
     } else {
-        let task = engine.task_for_token(&bearer.0).map_err(|r| r.error)?;
-        if task.id != id {
-            return Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                "token_not_bound",
-                "this task token belongs to another task",
-            ));
-        }
+        let task = own_task(&engine, &bearer.0, &id)?;
         task.agent.to_string()
     };
     if req.reason.trim().is_empty() || req.reason.chars().count() > 1024 {
@@ -490,4 +476,21 @@ fn agent_gone(name: &mandate_core::AgentName) -> ApiError {
         "agent_not_active",
         format!("agent {name} stopped being active while the task was starting"),
     )
+}
+
+/// The live task of a task token, which must be the task named in the path.
+fn own_task(
+    engine: &Engine,
+    token: &str,
+    id: &str,
+) -> Result<std::sync::Arc<crate::LiveTask>, ApiError> {
+    let task = engine.task_for_token(token).map_err(|r| r.error)?;
+    if task.id != id {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "token_not_bound",
+            "this task token belongs to another task",
+        ));
+    }
+    Ok(task)
 }
