@@ -35,6 +35,9 @@ pub enum EventKind {
     /// An agent attested and received an identity token.
     #[serde(rename = "agent.attested")]
     AgentAttested,
+    /// An agent renewed its identity token with a valid one.
+    #[serde(rename = "identity.renewed")]
+    IdentityRenewed,
     /// An attestation was refused.
     #[serde(rename = "attestation.refused")]
     AttestationRefused,
@@ -81,6 +84,7 @@ impl EventKind {
             Self::AgentStatusChanged => "agent.status_changed",
             Self::JoinTokenIssued => "join_token.issued",
             Self::AgentAttested => "agent.attested",
+            Self::IdentityRenewed => "identity.renewed",
             Self::AttestationRefused => "attestation.refused",
             Self::TaskStarted => "task.started",
             Self::TaskRefused => "task.refused",

@@ -13,6 +13,9 @@ pub struct Limits {
     pub max_task_ttl_secs: i64,
     /// Task lifetime when the request names none, in seconds.
     pub default_task_ttl_secs: i64,
+    /// Longest an identity may be renewed after its attestation before the agent must
+    /// attest again, in seconds.
+    pub max_identity_lifetime_secs: i64,
     /// Lifetime of a one-time join token, in seconds.
     pub join_token_ttl_secs: i64,
     /// Clock skew tolerated on `exp`/`nbf`/`iat`, in seconds.
@@ -37,6 +40,7 @@ impl Default for Limits {
             identity_token_ttl_secs: 300,
             max_task_ttl_secs: 3600,
             default_task_ttl_secs: 900,
+            max_identity_lifetime_secs: 24 * 3600,
             join_token_ttl_secs: 3600,
             token_leeway_secs: 30,
             token_cache_capacity: 100_000,

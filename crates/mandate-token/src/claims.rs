@@ -40,6 +40,9 @@ pub struct IdentityClaims {
     pub nbf: i64,
     /// Unique token id.
     pub jti: String,
+    /// When the agent last proved its identity by attestation (unix seconds). Renewal
+    /// keeps it, so an identity cannot be stretched past the server's maximum by renewing.
+    pub auth_time: i64,
 }
 
 /// One link of an RFC 8693 delegation chain: who acted for whom.

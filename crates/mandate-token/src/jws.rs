@@ -154,6 +154,7 @@ mod tests {
             iat: now,
             nbf: now,
             jti: "j1".into(),
+            auth_time: now,
         }
     }
 

@@ -81,6 +81,13 @@ pub enum AgentCmd {
         #[command(flatten)]
         server: ServerOpts,
     },
+    /// Renew an identity token with a still-valid one (until 24 h after attestation).
+    Renew {
+        #[arg(long, env = "MANDATE_IDENTITY_TOKEN", hide_env_values = true)]
+        identity_token: String,
+        #[command(flatten)]
+        server: ServerOpts,
+    },
     /// Quarantine an agent: every live task is revoked at once.
     Quarantine {
         name: String,
@@ -162,6 +169,16 @@ pub async fn agent(c: AgentCmd) -> Result<()> {
                     None,
                     &json!({ "agent": name, "join_token": join_token }),
                 )
+                .await?
+                .ok()?,
+        ),
+        AgentCmd::Renew {
+            identity_token,
+            server,
+        } => print(
+            &server
+                .client()?
+                .post("/v1/identity/renew", Some(&identity_token), &json!({}))
                 .await?
                 .ok()?,
         ),

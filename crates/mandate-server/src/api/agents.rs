@@ -376,6 +376,28 @@ pub async fn attest(
         )
         .await);
     }
+    let auth_time = engine.clock.now_secs();
+    Ok(Json(
+        issue_identity(
+            &engine,
+            &agent,
+            auth_time,
+            EventKind::AgentAttested,
+            "join_token",
+        )
+        .await?,
+    ))
+}
+
+/// Signs a fresh identity token for an active agent and records it; the answer leaves
+/// only once the event is durable.
+async fn issue_identity(
+    engine: &Engine,
+    agent: &AgentRecord,
+    auth_time: i64,
+    kind: EventKind,
+    method: &str,
+) -> Result<AttestResponse, ApiError> {
     let spiffe_id =
         SpiffeId::for_agent(engine.config.trust_domain.clone(), agent.name.clone()).to_string();
     let iat = engine.clock.now_secs();
@@ -387,26 +409,83 @@ pub async fn attest(
         iat,
         nbf: iat,
         jti: random_id("jti").map_err(|_| ApiError::internal("system RNG failed"))?,
+        auth_time,
     };
     let token = mandate_token::sign(&engine.keys(), &claims)?;
     let ev = NewEvent {
-        ts_ms: now,
-        kind: EventKind::AgentAttested,
+        ts_ms: engine.clock.now_ms(),
+        kind,
         agent: Some(agent.name.to_string()),
         task_id: None,
-        data: serde_json::json!({ "method": "join_token", "spiffe_id": spiffe_id, "jti": claims.jti, "exp": claims.exp }),
+        data: serde_json::json!({ "method": method, "spiffe_id": spiffe_id, "jti": claims.jti, "exp": claims.exp, "auth_time": auth_time }),
     };
     engine
         .audit
         .append(ev)
         .await
         .map_err(|_| ApiError::audit())?;
-    Ok(Json(AttestResponse {
+    Ok(AttestResponse {
         identity_token: token,
         token_type: "JWT-SVID".into(),
         spiffe_id,
         expires_at: claims.exp,
-    }))
+    })
+}
+
+/// Renew an identity token with a valid one. The new token keeps the original
+/// attestation time: after `max_identity_lifetime_secs` (24 h by default) the agent must
+/// attest again. Refused for agents that are not active.
+#[utoipa::path(post, path = "/v1/identity/renew", tag = "identity", security(("identity_token" = [])),
+    responses((status = 200, body = AttestResponse), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+pub async fn renew(
+    State(engine): AppState,
+    bearer: Bearer,
+) -> Result<Json<AttestResponse>, ApiError> {
+    let claims = engine.verify_identity(&bearer.0)?;
+    let spiffe = SpiffeId::parse(&claims.sub)
+        .ok()
+        .filter(|s| s.trust_domain() == &engine.config.trust_domain)
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "token_malformed",
+                "identity token subject is not an agent of this trust domain",
+            )
+        })?;
+    let agent = load_agent(&engine, spiffe.agent()).await?;
+    let now = engine.clock.now_ms();
+    if agent.status != AgentStatus::Active {
+        return Err(refuse_attest(
+            &engine,
+            &agent.name,
+            now,
+            "agent_not_active",
+            format!("agent {} is {}", agent.name, agent.status),
+        )
+        .await);
+    }
+    if engine.clock.now_secs() - claims.auth_time >= engine.config.limits.max_identity_lifetime_secs
+    {
+        return Err(refuse_attest(
+            &engine,
+            &agent.name,
+            now,
+            "identity_too_old",
+            "this identity was attested too long ago to renew: attest again with a new join token"
+                .into(),
+        )
+        .await);
+    }
+    Ok(Json(
+        issue_identity(
+            &engine,
+            &agent,
+            claims.auth_time,
+            EventKind::IdentityRenewed,
+            "renewal",
+        )
+        .await?,
+    ))
 }
 
 /// Records a refused attestation, then builds the refusal (503 if it could not be recorded).

@@ -65,7 +65,7 @@ impl Modify for SecuritySchemes {
 #[openapi(
     info(title = "Mandate API", description = "Runtime authorization control plane for AI agents: identity, tasks, per-call decisions, audit."),
     paths(
-        agents::register, agents::list, agents::get_agent, agents::join_token, agents::set_status, agents::attest,
+        agents::register, agents::list, agents::get_agent, agents::join_token, agents::set_status, agents::attest, agents::renew,
         tasks::start, tasks::get_task, tasks::list_tasks, tasks::complete, tasks::revoke,
         ops::decide, ops::verify_audit, ops::task_events, ops::policies, ops::reload_policies, ops::rotate_keys,
         ops::jwks, ops::openid_configuration, healthz, readyz, openapi_json,
@@ -74,6 +74,13 @@ impl Modify for SecuritySchemes {
     modifiers(&SecuritySchemes),
 )]
 pub struct ApiDoc;
+
+/// The OpenAPI document as pretty JSON (also committed as `docs/openapi.json`).
+pub fn openapi_document() -> String {
+    ApiDoc::openapi()
+        .to_pretty_json()
+        .unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
+}
 
 /// Liveness: the process answers.
 #[utoipa::path(get, path = "/healthz", tag = "health", responses((status = 200, description = "alive")))]
@@ -133,6 +140,7 @@ pub fn router(engine: Arc<Engine>) -> Router {
         .route("/v1/agents/{name}/join-tokens", post(agents::join_token))
         .route("/v1/agents/{name}/status", post(agents::set_status))
         .route("/v1/attest", post(agents::attest))
+        .route("/v1/identity/renew", post(agents::renew))
         .route("/v1/tasks", post(tasks::start).get(tasks::list_tasks))
         .route("/v1/tasks/{id}", get(tasks::get_task))
         .route("/v1/tasks/{id}/complete", post(tasks::complete))

@@ -1,0 +1,308 @@
+//! End-to-end tests of the real `mandate` binary: the demo, a served instance driven by
+//! the CLI, offline audit verification against a tampered database, and refusals to start.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic,
+    reason = "test code: a panic is a test failure"
+)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const ADMIN: &str = "cli-test-admin-token-0123456789";
+
+fn bin() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_mandate"));
+    c.env("NO_COLOR", "1")
+        .env_remove("MANDATE_ADMIN_TOKEN")
+        .env_remove("MANDATE_URL");
+    c
+}
+
+fn demo_policies() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/policies/demo")
+}
+
+fn run(c: &mut Command) -> Output {
+    c.output().unwrap()
+}
+
+fn json(o: &Output) -> Value {
+    assert!(
+        o.status.success(),
+        "stdout: {}\nstderr: {}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
+struct Served {
+    child: Child,
+    url: String,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn serve(data: &Path, policies: &Path) -> Served {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("http://127.0.0.1:{port}");
+    let served = Served {
+        child: bin()
+            .args([
+                "serve",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--data-dir",
+            ])
+            .arg(data)
+            .arg("--policies")
+            .arg(policies)
+            .env("MANDATE_ADMIN_TOKEN", ADMIN)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+        url,
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return served;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("mandate serve did not start listening");
+}
+
+#[test]
+fn demo_runs_green() {
+    let o = run(bin().arg("demo"));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "{out}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(
+        out.contains("Demo complete: every step behaved as stated."),
+        "{out}"
+    );
+    assert!(
+        !out.contains('\u{1b}'),
+        "no colour codes when not on a terminal"
+    );
+}
+
+#[test]
+fn every_command_explains_itself() {
+    for cmd in [
+        vec![],
+        vec!["serve"],
+        vec!["agent"],
+        vec!["agent", "register"],
+        vec!["task"],
+        vec!["task", "start"],
+        vec!["decide"],
+        vec!["audit"],
+        vec!["audit", "verify"],
+        vec!["audit", "trace"],
+        vec!["policy"],
+        vec!["demo"],
+    ] {
+        let o = run(bin().args(&cmd).arg("--help"));
+        assert!(o.status.success(), "{cmd:?}");
+        assert!(
+            o.stdout.len() > 100,
+            "{cmd:?}: {}",
+            String::from_utf8_lossy(&o.stdout)
+        );
+    }
+}
+
+#[test]
+fn serve_and_drive_with_the_cli_then_catch_tampering() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let s = serve(&data, &demo_policies());
+    let cli = |args: &[&str]| {
+        let mut c = bin();
+        c.args(args)
+            .env("MANDATE_URL", &s.url)
+            .env("MANDATE_ADMIN_TOKEN", ADMIN);
+        run(&mut c)
+    };
+
+    let reg = json(&cli(&[
+        "agent",
+        "register",
+        "ticket-bot",
+        "--owner",
+        "alice@example.com",
+        "--tier",
+        "1",
+    ]));
+    let join = reg["join_token"].as_str().unwrap();
+    let att = json(&cli(&[
+        "agent",
+        "attest",
+        "ticket-bot",
+        "--join-token",
+        join,
+    ]));
+    let identity = att["identity_token"].as_str().unwrap();
+    let task = json(&cli(&[
+        "task",
+        "start",
+        "--identity-token",
+        identity,
+        "--purpose",
+        "summarise open tickets",
+        "--tool",
+        "tickets.search",
+        "--tool",
+        "tickets.update",
+        "--action",
+        "read",
+        "--action",
+        "write",
+    ]));
+    let task_id = task["task_id"].as_str().unwrap();
+    let token = task["task_token"].as_str().unwrap();
+
+    let decide = |tool: &str, action: &str| {
+        cli(&[
+            "decide",
+            "--task-token",
+            token,
+            "--tool",
+            tool,
+            "--action",
+            action,
+            "--args",
+            r#"{"id": 42}"#,
+        ])
+        .status
+        .code()
+    };
+    assert_eq!(decide("tickets.search", "read"), Some(0), "allow exits 0");
+    assert_eq!(
+        decide("tickets.update", "write"),
+        Some(3),
+        "approval required exits 3"
+    );
+    assert_eq!(decide("tickets.delete", "delete"), Some(2), "deny exits 2");
+    assert_eq!(
+        cli(&[
+            "decide",
+            "--task-token",
+            "forged",
+            "--tool",
+            "t",
+            "--action",
+            "read"
+        ])
+        .status
+        .code(),
+        Some(1),
+        "an error exits 1"
+    );
+
+    json(&cli(&["task", "complete", task_id, "--task-token", token]));
+    assert_eq!(
+        decide("tickets.search", "read"),
+        Some(1),
+        "a completed task's token is refused"
+    );
+    let listed = json(&cli(&["agent", "list"]));
+    assert_eq!(listed.as_array().unwrap().len(), 1);
+
+    // Offline audit tools read the data directory while the server runs.
+    let v = run(bin().args(["audit", "verify", "--data-dir"]).arg(&data));
+    assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stdout));
+    let t = run(bin()
+        .args(["audit", "trace", task_id, "--data-dir"])
+        .arg(&data));
+    let timeline = String::from_utf8_lossy(&t.stdout);
+    for needle in [
+        "task.started",
+        "decision",
+        "allow",
+        "approval_required",
+        "deny",
+        "task.completed",
+        "call.refused",
+    ] {
+        assert!(
+            timeline.contains(needle),
+            "{needle} missing from:\n{timeline}"
+        );
+    }
+    drop(s);
+
+    // Edit one decision in place: verification names it.
+    let db = data.join("mandate.db");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let edited_seq: i64 = rt.block_on(async {
+        let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", db.display())).await.unwrap();
+        let seq: i64 = sqlx::query_scalar("SELECT MIN(seq) FROM audit_events WHERE kind = 'decision'").fetch_one(&pool).await.unwrap();
+        sqlx::query("UPDATE audit_events SET data = replace(data, '\"deny\"', '\"allow\"') WHERE kind = 'decision'").execute(&pool).await.unwrap();
+        pool.close().await;
+        seq
+    });
+    let v = run(bin().args(["audit", "verify", "--data-dir"]).arg(&data));
+    let out = String::from_utf8_lossy(&v.stdout);
+    assert_eq!(v.status.code(), Some(2), "{out}");
+    assert!(out.contains("BROKEN") && out.contains("edited"), "{out}");
+    assert!(edited_seq > 0);
+}
+
+#[test]
+fn bad_policies_refuse_to_start_and_validate_names_the_line() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("bad.cedar"),
+        "permit(principal, action, resource)\nwhen { context.missing };",
+    )
+    .unwrap();
+    let v = run(bin().args(["policy", "validate"]).arg(dir.path()));
+    let out = String::from_utf8_lossy(&v.stdout);
+    assert_eq!(v.status.code(), Some(2), "{out}");
+    assert!(out.contains("bad.cedar:2:"), "{out}");
+    let s = run(bin()
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .arg("--policies")
+        .arg(dir.path()));
+    let err = String::from_utf8_lossy(&s.stderr);
+    assert!(!s.status.success());
+    assert!(err.contains("bad.cedar:2:"), "{err}");
+    let s = run(bin()
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .arg("--policies")
+        .arg(dir.path().join("nope")));
+    assert!(!s.status.success());
+    assert!(String::from_utf8_lossy(&s.stderr).contains("does not exist"));
+    let v = run(bin().args(["policy", "validate"]).arg(demo_policies()));
+    assert!(v.status.success());
+}
