@@ -60,6 +60,33 @@ impl Modify for SecuritySchemes {
     }
 }
 
+/// Gives every response without a description the HTTP reason phrase for its status
+/// (OpenAPI requires one; the handlers' annotations name only the interesting ones).
+struct ResponseDescriptions;
+
+impl Modify for ResponseDescriptions {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        for item in openapi.paths.paths.values_mut() {
+            let ops = [&mut item.get, &mut item.put, &mut item.post, &mut item.delete, &mut item.patch];
+            for op in ops.into_iter().flatten() {
+                for (status, response) in op.responses.responses.iter_mut() {
+                    if let utoipa::openapi::RefOr::T(r) = response
+                        && r.description.is_empty()
+                    {
+                        r.description = status
+                            .parse::<u16>()
+                            .ok()
+                            .and_then(|s| StatusCode::from_u16(s).ok())
+                            .and_then(|s| s.canonical_reason())
+                            .unwrap_or("response")
+                            .to_owned();
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// The OpenAPI document, generated from the handlers and types.
 #[derive(Debug, OpenApi)]
 #[openapi(
@@ -71,7 +98,7 @@ impl Modify for SecuritySchemes {
         ops::jwks, ops::openid_configuration, healthz, readyz, openapi_json,
     ),
     components(schemas(ErrorBody)),
-    modifiers(&SecuritySchemes),
+    modifiers(&SecuritySchemes, &ResponseDescriptions),
 )]
 pub struct ApiDoc;
 
