@@ -182,14 +182,18 @@ impl FromStr for ActionClass {
 #[serde(deny_unknown_fields)]
 pub struct RequestedScope {
     /// Tools the task needs.
+    #[schema(min_items = 1, max_items = 256)]
     pub tools: Vec<ToolName>,
     /// Action classes the task needs on those tools.
+    #[schema(min_items = 1, max_items = 256)]
     pub actions: Vec<ActionClass>,
     /// Data domains the task will touch.
     #[serde(default)]
+    #[schema(max_items = 256)]
     pub data_domains: Vec<DataDomain>,
     /// Destinations the task will send data to.
     #[serde(default)]
+    #[schema(max_items = 256)]
     pub destinations: Vec<Destination>,
 }
 

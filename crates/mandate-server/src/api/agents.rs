@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::extract::{ApiJson, Bearer};
-use super::{AppState, require_admin};
+use super::{AppState, require_admin, text};
 use crate::engine::{Engine, PendingEnd};
 use crate::error::{ApiError, ErrorBody};
 
@@ -25,6 +25,11 @@ pub struct RegisterAgentRequest {
     /// Name: the last segment of its SPIFFE ID.
     pub name: AgentName,
     /// Accountable human owner (an email or user id).
+    #[schema(
+        min_length = 1,
+        max_length = 256,
+        pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]*[^\\s\\u0000-\\u001f\\u007f-\\u009f][^\\u0000-\\u001f\\u007f-\\u009f]*$"
+    )]
     pub owner: String,
     /// Risk tier 0..3.
     pub tier: RiskTier,
@@ -62,6 +67,11 @@ pub struct SetStatusRequest {
     /// `quarantined` or `offboarded` revoke every live task; `active` releases a quarantine.
     pub status: AgentStatus,
     /// Why (recorded in the audit trail).
+    #[schema(
+        min_length = 1,
+        max_length = 1024,
+        pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]*[^\\s\\u0000-\\u001f\\u007f-\\u009f][^\\u0000-\\u001f\\u007f-\\u009f]*$"
+    )]
     pub reason: String,
 }
 
@@ -135,17 +145,7 @@ pub async fn register(
     ApiJson(req): ApiJson<RegisterAgentRequest>,
 ) -> Result<(StatusCode, Json<RegisterAgentResponse>), ApiError> {
     require_admin(&engine, &bearer)?;
-    let owner = req.owner.trim();
-    if owner.is_empty() || owner.chars().count() > MAX_OWNER || owner.chars().any(char::is_control)
-    {
-        return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_request",
-            format!(
-                "owner must be 1-{MAX_OWNER} printable characters naming the accountable human"
-            ),
-        ));
-    }
+    let owner = text("owner", &req.owner, MAX_OWNER, false)?;
     let now = engine.clock.now_ms();
     let agent = AgentRecord {
         name: req.name.clone(),
@@ -214,7 +214,7 @@ async fn load_agent(engine: &Engine, name: &AgentName) -> Result<AgentRecord, Ap
 
 /// One agent (admin).
 #[utoipa::path(get, path = "/v1/agents/{name}", tag = "agents", security(("admin_token" = [])),
-    params(("name" = String, Path, description = "agent name")),
+    params(("name" = String, Path, description = "agent name", pattern = "^[a-z0-9][a-z0-9._-]{0,62}$")),
     responses((status = 200, body = AgentRecord), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn get_agent(
     State(engine): AppState,
@@ -227,7 +227,7 @@ pub async fn get_agent(
 
 /// Issue another one-time join token (admin).
 #[utoipa::path(post, path = "/v1/agents/{name}/join-tokens", tag = "agents", security(("admin_token" = [])),
-    params(("name" = String, Path, description = "agent name")),
+    params(("name" = String, Path, description = "agent name", pattern = "^[a-z0-9][a-z0-9._-]{0,62}$")),
     responses((status = 201, body = JoinTokenResponse), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn join_token(
     State(engine): AppState,
@@ -271,7 +271,7 @@ pub async fn join_token(
 /// Quarantine, offboard or release an agent (admin). Leaving `active` revokes every live
 /// task of the agent before the answer is sent.
 #[utoipa::path(post, path = "/v1/agents/{name}/status", tag = "agents", security(("admin_token" = [])),
-    params(("name" = String, Path, description = "agent name")), request_body = SetStatusRequest,
+    params(("name" = String, Path, description = "agent name", pattern = "^[a-z0-9][a-z0-9._-]{0,62}$")), request_body = SetStatusRequest,
     responses((status = 200, body = SetStatusResponse), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub async fn set_status(
     State(engine): AppState,
@@ -281,13 +281,7 @@ pub async fn set_status(
 ) -> Result<Json<SetStatusResponse>, ApiError> {
     require_admin(&engine, &bearer)?;
     let name = parse_name(&name)?;
-    if req.reason.trim().is_empty() || req.reason.chars().count() > MAX_REASON {
-        return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_request",
-            format!("reason must be 1-{MAX_REASON} characters"),
-        ));
-    }
+    text("reason", &req.reason, MAX_REASON, false)?;
     let agent = load_agent(&engine, &name).await?;
     if agent.status == AgentStatus::Offboarded {
         return Err(ApiError::new(

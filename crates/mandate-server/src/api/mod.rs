@@ -67,7 +67,13 @@ struct ResponseDescriptions;
 impl Modify for ResponseDescriptions {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         for item in openapi.paths.paths.values_mut() {
-            let ops = [&mut item.get, &mut item.put, &mut item.post, &mut item.delete, &mut item.patch];
+            let ops = [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+                &mut item.patch,
+            ];
             for op in ops.into_iter().flatten() {
                 for (status, response) in op.responses.responses.iter_mut() {
                     if let utoipa::openapi::RefOr::T(r) = response
@@ -87,6 +93,81 @@ impl Modify for ResponseDescriptions {
     }
 }
 
+/// Documents the errors every endpoint of a kind can return, so each handler's
+/// annotation lists only its own: any JSON body can be malformed (400), too large (413),
+/// of the wrong media type (415) or invalid (422); any endpoint can find its store or audit
+/// trail unavailable or its time budget spent (503).
+struct CommonErrors;
+
+impl Modify for CommonErrors {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder};
+        let error = |description: &str| {
+            RefOr::T(
+                ResponseBuilder::new()
+                    .description(description)
+                    .content(
+                        "application/json",
+                        ContentBuilder::new()
+                            .schema(Some(Ref::from_schema_name("ErrorBody")))
+                            .build(),
+                    )
+                    .build(),
+            )
+        };
+        for item in openapi.paths.paths.values_mut() {
+            let ops = [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+                &mut item.patch,
+            ];
+            for op in ops.into_iter().flatten() {
+                let mut codes = vec![(
+                    "503",
+                    "`store_unavailable`, `audit_unavailable` or the request's time budget spent: refused",
+                )];
+                if op.request_body.is_some() {
+                    codes.extend([
+                        ("400", "`malformed_json` or `invalid_body`"),
+                        ("413", "`body_too_large`"),
+                        (
+                            "415",
+                            "`unsupported_media_type`: send `Content-Type: application/json`",
+                        ),
+                        ("422", "`invalid_request`: unknown fields or invalid values"),
+                    ]);
+                }
+                if op.security.is_some() {
+                    codes.extend([
+                        (
+                            "401",
+                            "`missing_token`, `invalid_authorization_header` or a `token_*` code",
+                        ),
+                        ("403", "not allowed for this credential"),
+                    ]);
+                }
+                if item_has_path_params(op) {
+                    codes.push(("400", "invalid path parameter"));
+                }
+                for (code, description) in codes {
+                    op.responses
+                        .responses
+                        .entry(code.to_owned())
+                        .or_insert_with(|| error(description));
+                }
+            }
+        }
+    }
+}
+
+fn item_has_path_params(op: &utoipa::openapi::path::Operation) -> bool {
+    op.parameters.as_ref().is_some_and(|ps| {
+        ps.iter().any(|p| matches!(p, utoipa::openapi::RefOr::T(p) if p.parameter_in == utoipa::openapi::path::ParameterIn::Path))
+    })
+}
+
 /// The OpenAPI document, generated from the handlers and types.
 #[derive(Debug, OpenApi)]
 #[openapi(
@@ -98,7 +179,7 @@ impl Modify for ResponseDescriptions {
         ops::jwks, ops::openid_configuration, healthz, readyz, openapi_json,
     ),
     components(schemas(ErrorBody)),
-    modifiers(&SecuritySchemes, &ResponseDescriptions),
+    modifiers(&SecuritySchemes, &CommonErrors, &ResponseDescriptions),
 )]
 pub struct ApiDoc;
 
@@ -186,6 +267,27 @@ pub fn router(engine: Arc<Engine>) -> Router {
             Duration::from_secs(30),
         ))
         .with_state(engine)
+}
+
+/// A free-text field as the API accepts it: 1 to `max` characters after trimming, at least
+/// one visible, no control characters (a newline only where `newline_ok`). Returns the
+/// trimmed text.
+pub(crate) fn text<'a>(
+    field: &str,
+    value: &'a str,
+    max: usize,
+    newline_ok: bool,
+) -> Result<&'a str, ApiError> {
+    let t = value.trim();
+    let bad_char = |c: char| c.is_control() && !(newline_ok && c == '\n');
+    if t.is_empty() || value.chars().count() > max || value.chars().any(bad_char) {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_request",
+            format!("{field} must be 1-{max} printable characters"),
+        ));
+    }
+    Ok(t)
 }
 
 /// Refuses unless the bearer token is the admin token.

@@ -34,6 +34,7 @@ pub struct DecideRequest {
     pub action: ActionClass,
     /// What the tool acts on (a ticket id, a path, a table).
     #[serde(default)]
+    #[schema(max_length = 1024, pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]*$")]
     pub resource: Option<String>,
     /// The call's arguments: canonicalised, duplicate keys refused.
     #[serde(default)]
@@ -251,7 +252,7 @@ pub async fn verify_audit(
 
 /// A task's audit events in order (admin).
 #[utoipa::path(get, path = "/v1/tasks/{id}/events", tag = "audit", security(("admin_token" = [])),
-    params(("id" = String, Path, description = "task id")),
+    params(("id" = String, Path, description = "task id", max_length = 64)),
     responses((status = 200, body = Vec<Event>), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
 pub async fn task_events(
     State(engine): AppState,

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::extract::{ApiJson, Bearer};
-use super::{AppState, require_admin};
+use super::{AppState, require_admin, text};
 use crate::engine::{Engine, PendingEnd};
 use crate::error::{ApiError, ErrorBody};
 
@@ -21,11 +21,17 @@ use crate::error::{ApiError, ErrorBody};
 #[serde(deny_unknown_fields)]
 pub struct StartTaskRequest {
     /// The declared intent, in plain words.
+    #[schema(
+        min_length = 1,
+        max_length = 1024,
+        pattern = "^[^\\u0000-\\u0009\\u000b-\\u001f\\u007f-\\u009f]*[^\\s\\u0000-\\u001f\\u007f-\\u009f][^\\u0000-\\u0009\\u000b-\\u001f\\u007f-\\u009f]*$"
+    )]
     pub purpose: String,
     /// What the task needs.
     pub scope: RequestedScope,
     /// Lifetime asked for, seconds (default 900; at most the server's maximum).
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 3600)]
     pub ttl_secs: Option<i64>,
 }
 
@@ -54,6 +60,11 @@ pub struct StartTaskResponse {
 #[serde(deny_unknown_fields)]
 pub struct RevokeRequest {
     /// Recorded in the audit trail.
+    #[schema(
+        min_length = 1,
+        max_length = 1024,
+        pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]*[^\\s\\u0000-\\u001f\\u007f-\\u009f][^\\u0000-\\u001f\\u007f-\\u009f]*$"
+    )]
     pub reason: String,
 }
 
@@ -151,20 +162,7 @@ async fn start_inner(
         ));
     }
     let limits = &engine.config.limits;
-    let purpose = req.purpose.trim();
-    if purpose.is_empty()
-        || purpose.chars().count() > limits.max_purpose_chars
-        || purpose.chars().any(|c| c.is_control() && c != '\n')
-    {
-        return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_request",
-            format!(
-                "purpose must be 1-{} printable characters",
-                limits.max_purpose_chars
-            ),
-        ));
-    }
+    let purpose = text("purpose", &req.purpose, limits.max_purpose_chars, true)?;
     req.scope
         .check_bounds(limits.max_scope_items)
         .map_err(|e| {
@@ -343,7 +341,7 @@ async fn load_task(engine: &Engine, id: &str) -> Result<TaskRecord, ApiError> {
 
 /// One task (admin).
 #[utoipa::path(get, path = "/v1/tasks/{id}", tag = "tasks", security(("admin_token" = [])),
-    params(("id" = String, Path, description = "task id")),
+    params(("id" = String, Path, description = "task id", max_length = 64)),
     responses((status = 200, body = TaskRecord), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn get_task(
     State(engine): AppState,
@@ -410,7 +408,7 @@ async fn end_task(
 
 /// Complete a task (its own task token). Its token is refused from this moment.
 #[utoipa::path(post, path = "/v1/tasks/{id}/complete", tag = "tasks", security(("task_token" = [])),
-    params(("id" = String, Path, description = "task id")),
+    params(("id" = String, Path, description = "task id", max_length = 64)),
     responses((status = 200, body = TaskStateResponse), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn complete(
     State(engine): AppState,
@@ -435,7 +433,7 @@ pub async fn complete(
 
 /// Revoke a task (admin, or the task's own token). Its token is refused from this moment.
 #[utoipa::path(post, path = "/v1/tasks/{id}/revoke", tag = "tasks", security(("admin_token" = []), ("task_token" = [])),
-    params(("id" = String, Path, description = "task id")), request_body = RevokeRequest,
+    params(("id" = String, Path, description = "task id", max_length = 64)), request_body = RevokeRequest,
     responses((status = 200, body = TaskStateResponse), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub async fn revoke(
     State(engine): AppState,
@@ -449,13 +447,7 @@ pub async fn revoke(
         let task = own_task(&engine, &bearer.0, &id)?;
         task.agent.to_string()
     };
-    if req.reason.trim().is_empty() || req.reason.chars().count() > 1024 {
-        return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_request",
-            "reason must be 1-1024 characters",
-        ));
-    }
+    text("reason", &req.reason, 1024, false)?;
     Ok(Json(
         end_task(
             &engine,
