@@ -53,6 +53,9 @@ pub enum EventKind {
     /// A task was revoked.
     #[serde(rename = "task.revoked")]
     TaskRevoked,
+    /// A policy change narrowed a live task's grant.
+    #[serde(rename = "task.grant_reduced")]
+    TaskGrantReduced,
     /// A task ran out of time.
     #[serde(rename = "task.expired")]
     TaskExpired,
@@ -90,6 +93,7 @@ impl EventKind {
             Self::TaskRefused => "task.refused",
             Self::TaskCompleted => "task.completed",
             Self::TaskRevoked => "task.revoked",
+            Self::TaskGrantReduced => "task.grant_reduced",
             Self::TaskExpired => "task.expired",
             Self::Decision => "decision",
             Self::CallRefused => "call.refused",

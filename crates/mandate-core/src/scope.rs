@@ -291,6 +291,35 @@ impl Grant {
         Ok(())
     }
 
+    /// What both grants allow.
+    pub fn intersect(&self, other: &Grant) -> Grant {
+        let tools = self
+            .tools
+            .iter()
+            .filter_map(|(tool, actions)| {
+                let both: BTreeSet<ActionClass> = other
+                    .tools
+                    .get(tool)
+                    .map(|o| actions.intersection(o).copied().collect())
+                    .unwrap_or_default();
+                (!both.is_empty()).then(|| (tool.clone(), both))
+            })
+            .collect();
+        Grant {
+            tools,
+            data_domains: self
+                .data_domains
+                .intersection(&other.data_domains)
+                .cloned()
+                .collect(),
+            destinations: self
+                .destinations
+                .intersection(&other.destinations)
+                .cloned()
+                .collect(),
+        }
+    }
+
     /// True when every permission of `self` is also in `other`.
     pub fn is_subset_of(&self, other: &Grant) -> bool {
         self.tools.iter().all(|(tool, actions)| {

@@ -94,6 +94,8 @@ pub(crate) struct PolicyMeta {
     pub approval: Option<String>,
     /// `@max_ttl_secs("N")`: caps the life of a task this policy lets start.
     pub max_ttl_secs: Option<i64>,
+    /// `@obligation_<name>("value")`: what an enforcement point must do with an allow.
+    pub obligations: Vec<(String, String)>,
 }
 
 /// The policies that can apply to one action, split by the tool they name.
@@ -164,74 +166,13 @@ fn located(file: &str, text: &str, diag: &dyn miette::Diagnostic, message: Strin
 impl Bundle {
     /// Loads every `*.cedar` file under `dir` (recursively, in path order) as one bundle.
     pub fn load_dir(dir: &Path) -> Result<Self, BundleError> {
-        let shown = dir.display().to_string();
-        if !dir.is_dir() {
-            return Err(BundleError::one(
-                &shown,
-                "policy directory does not exist or is not a directory: create it, or pass --policies <dir> (examples/policies/demo is a starting point)",
-            ));
-        }
-        let mut files = BTreeMap::new();
-        let mut stack = vec![(dir.to_path_buf(), 0usize)];
-        let mut seen = std::collections::HashSet::new();
-        while let Some((d, depth)) = stack.pop() {
-            // Symbolic links are followed (policy repos use them), but each directory is
-            // read once and nesting is bounded, so a link loop cannot hang the loader.
-            let real = std::fs::canonicalize(&d).map_err(|e| {
-                BundleError::one(
-                    &d.display().to_string(),
-                    format!("cannot resolve directory: {e}"),
-                )
-            })?;
-            if !seen.insert(real) {
-                continue;
-            }
-            if depth > MAX_DEPTH {
-                return Err(BundleError::one(
-                    &d.display().to_string(),
-                    format!("policy directories nest deeper than {MAX_DEPTH} levels"),
-                ));
-            }
-            let entries = std::fs::read_dir(&d).map_err(|e| {
-                BundleError::one(
-                    &d.display().to_string(),
-                    format!("cannot read directory: {e}"),
-                )
-            })?;
-            for entry in entries {
-                let entry = entry.map_err(|e| {
-                    BundleError::one(
-                        &d.display().to_string(),
-                        format!("cannot read directory: {e}"),
-                    )
-                })?;
-                let path = entry.path();
-                // `fs::metadata` follows symbolic links: a linked directory or file is
-                // read, never silently skipped, and size limits apply to the target.
-                let meta = std::fs::metadata(&path).map_err(|e| {
-                    BundleError::one(
-                        &path.display().to_string(),
-                        format!("cannot read (dangling link?): {e}"),
-                    )
-                })?;
-                if meta.is_dir() {
-                    stack.push((path, depth + 1));
-                } else if path.extension().is_some_and(|x| x == "cedar") {
-                    let rel = path
-                        .strip_prefix(dir)
-                        .unwrap_or(&path)
-                        .to_string_lossy()
-                        .replace('\\', "/");
-                    if meta.len() > MAX_FILE_BYTES {
-                        return Err(BundleError::one(&rel, "policy file is larger than 1 MiB"));
-                    }
-                    let text = std::fs::read_to_string(&path)
-                        .map_err(|e| BundleError::one(&rel, format!("cannot read: {e}")))?;
-                    files.insert(rel, text);
-                }
-            }
-        }
-        Self::from_sources(files)
+        Self::from_sources(read_sources(dir)?)
+    }
+
+    /// The version the files under `dir` would have as a bundle, without validating them:
+    /// cheap enough to poll for changes.
+    pub fn version_of_dir(dir: &Path) -> Result<String, BundleError> {
+        Ok(bundle_version(&read_sources(dir)?))
     }
 
     /// Builds a bundle from `(file name, Cedar text)` pairs.
@@ -391,6 +332,79 @@ impl Bundle {
     }
 }
 
+/// Reads every `*.cedar` file under `dir`, following symbolic links, bounded in depth
+/// and size.
+fn read_sources(dir: &Path) -> Result<BTreeMap<String, String>, BundleError> {
+    let shown = dir.display().to_string();
+    if !dir.is_dir() {
+        return Err(BundleError::one(
+            &shown,
+            "policy directory does not exist or is not a directory: create it, or pass --policies <dir> (examples/policies/demo is a starting point)",
+        ));
+    }
+    let mut files = BTreeMap::new();
+    let mut stack = vec![(dir.to_path_buf(), 0usize)];
+    let mut seen = std::collections::HashSet::new();
+    while let Some((d, depth)) = stack.pop() {
+        // Symbolic links are followed (policy repos use them), but each directory is
+        // read once and nesting is bounded, so a link loop cannot hang the loader.
+        let real = std::fs::canonicalize(&d).map_err(|e| {
+            BundleError::one(
+                &d.display().to_string(),
+                format!("cannot resolve directory: {e}"),
+            )
+        })?;
+        if !seen.insert(real) {
+            continue;
+        }
+        if depth > MAX_DEPTH {
+            return Err(BundleError::one(
+                &d.display().to_string(),
+                format!("policy directories nest deeper than {MAX_DEPTH} levels"),
+            ));
+        }
+        let entries = std::fs::read_dir(&d).map_err(|e| {
+            BundleError::one(
+                &d.display().to_string(),
+                format!("cannot read directory: {e}"),
+            )
+        })?;
+        for entry in entries {
+            let entry = entry.map_err(|e| {
+                BundleError::one(
+                    &d.display().to_string(),
+                    format!("cannot read directory: {e}"),
+                )
+            })?;
+            let path = entry.path();
+            // `fs::metadata` follows symbolic links: a linked directory or file is
+            // read, never silently skipped, and size limits apply to the target.
+            let meta = std::fs::metadata(&path).map_err(|e| {
+                BundleError::one(
+                    &path.display().to_string(),
+                    format!("cannot read (dangling link?): {e}"),
+                )
+            })?;
+            if meta.is_dir() {
+                stack.push((path, depth + 1));
+            } else if path.extension().is_some_and(|x| x == "cedar") {
+                let rel = path
+                    .strip_prefix(dir)
+                    .unwrap_or(&path)
+                    .to_string_lossy()
+                    .replace('\\', "/");
+                if meta.len() > MAX_FILE_BYTES {
+                    return Err(BundleError::one(&rel, "policy file is larger than 1 MiB"));
+                }
+                let text = std::fs::read_to_string(&path)
+                    .map_err(|e| BundleError::one(&rel, format!("cannot read: {e}")))?;
+                files.insert(rel, text);
+            }
+        }
+    }
+    Ok(files)
+}
+
 fn policy_meta(p: &Policy) -> Result<PolicyMeta, (&'static str, String)> {
     let max_ttl_secs = match p.annotation("max_ttl_secs") {
         None => None,
@@ -409,10 +423,31 @@ fn policy_meta(p: &Policy) -> Result<PolicyMeta, (&'static str, String)> {
             "@approval_required only makes sense on a permit policy".into(),
         ));
     }
+    let mut obligations = Vec::new();
+    for (key, value) in p.annotations() {
+        if let Some(name) = key.strip_prefix("obligation_") {
+            if name.is_empty() || value.is_empty() {
+                return Err((
+                    "@obligation_",
+                    format!(
+                        "@{key}({value:?}) needs a name after `obligation_` and a non-empty value"
+                    ),
+                ));
+            }
+            if p.effect() != cedar_policy::Effect::Permit {
+                return Err((
+                    "@obligation_",
+                    format!("@{key} only makes sense on a permit policy"),
+                ));
+            }
+            obligations.push((name.to_owned(), value.to_owned()));
+        }
+    }
     Ok(PolicyMeta {
         reason: p.annotation("reason").map(str::to_owned),
         approval,
         max_ttl_secs,
+        obligations,
     })
 }
 

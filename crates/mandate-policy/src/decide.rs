@@ -13,7 +13,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::facts::uid;
-use crate::{Bundle, DEFAULT_DENY_POLICY, TaskEntities};
+use crate::{Bundle, DEFAULT_DENY_POLICY, History, TaskEntities};
 
 /// The three answers policy can give.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize, ToSchema)]
@@ -51,8 +51,23 @@ pub struct Decision {
     /// Evaluation errors; any error makes the answer a deny.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<String>,
+    /// What the enforcement point must do with an allowed call (from `@obligation_*`
+    /// annotations on the determining policies).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub obligations: Vec<Obligation>,
     /// Content hash of the bundle that decided.
     pub bundle_version: String,
+}
+
+/// One obligation: `@obligation_<name>("<value>")` on a determining policy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize, ToSchema)]
+pub struct Obligation {
+    /// The name after `obligation_`, e.g. `redact`, `max_rate`.
+    pub name: String,
+    /// The annotation's value, e.g. `ssn,email` or `10/min`.
+    pub value: String,
+    /// The policy that imposed it.
+    pub policy: String,
 }
 
 impl Decision {
@@ -63,6 +78,7 @@ impl Decision {
             policies: vec![policy.to_owned()],
             reasons: vec![reason],
             errors: Vec::new(),
+            obligations: Vec::new(),
             bundle_version: bundle_version.to_owned(),
         }
     }
@@ -87,6 +103,8 @@ pub struct CallRequest<'a> {
     pub args_digest: &'a str,
     /// Unix seconds.
     pub now_secs: i64,
+    /// What the task has done so far.
+    pub history: &'a History,
 }
 
 /// A task start to decide.
@@ -137,6 +155,37 @@ fn set<'a>(items: impl Iterator<Item = &'a str>) -> RestrictedExpression {
     RestrictedExpression::new_set(items.map(s))
 }
 
+/// `context.history`, with `tool_calls` narrowed to the tool being called.
+pub fn history_record(h: &History, tool: &str) -> RestrictedExpression {
+    let long = RestrictedExpression::new_long;
+    let fields = [
+        ("calls", long(h.calls)),
+        ("reads", long(h.reads)),
+        ("writes", long(h.writes)),
+        ("deletes", long(h.deletes)),
+        ("executes", long(h.executes)),
+        (
+            "tool_calls",
+            long(h.tool_calls.get(tool).copied().unwrap_or(0)),
+        ),
+        ("tools", set(h.tool_calls.keys().map(String::as_str))),
+        (
+            "data_domains",
+            set(h.data_domains.iter().map(String::as_str)),
+        ),
+        ("sensitive_reads", long(h.sensitive_reads)),
+        ("bytes_returned", long(h.bytes_returned)),
+        (
+            "untrusted_content",
+            RestrictedExpression::new_bool(h.untrusted_content),
+        ),
+    ];
+    // Field names are distinct literals, so building the record cannot fail; if it ever
+    // did, a set in its place makes every policy that reads history error, which denies.
+    RestrictedExpression::new_record(fields.into_iter().map(|(k, v)| (k.to_owned(), v)))
+        .unwrap_or_else(|_| RestrictedExpression::new_set([]))
+}
+
 impl Bundle {
     /// Decides one tool call for a task. Total: every failure is a deny that says why.
     pub fn decide_call(&self, task: &TaskEntities, req: &CallRequest<'_>) -> Decision {
@@ -171,6 +220,10 @@ impl Bundle {
         pairs.push((
             "now".to_owned(),
             RestrictedExpression::new_long(req.now_secs),
+        ));
+        pairs.push((
+            "history".to_owned(),
+            history_record(req.history, req.tool.as_str()),
         ));
         let context = match Context::from_pairs(pairs) {
             Ok(c) => c,
@@ -252,6 +305,7 @@ impl Bundle {
         let actions: BTreeSet<ActionClass> = scope.actions.iter().copied().collect();
         let mut items = Vec::new();
         let mut granted: BTreeMap<ToolName, BTreeSet<ActionClass>> = BTreeMap::new();
+        let empty = History::default();
         for tool in tools {
             for action in &actions {
                 let call = CallRequest {
@@ -263,6 +317,7 @@ impl Bundle {
                     sensitivity: Sensitivity::default(),
                     args_digest: "",
                     now_secs: req.now_secs,
+                    history: &empty,
                 };
                 let d = self.decide_call_phase(task, &call, "grant");
                 if d.outcome != Outcome::Deny {
@@ -301,6 +356,7 @@ impl Bundle {
                 "the request could not be evaluated ({what}); errors deny"
             )],
             errors: vec![what.to_owned()],
+            obligations: Vec::new(),
             bundle_version: self.version.clone(),
         }
     }
@@ -338,6 +394,7 @@ impl Bundle {
                     })
                     .collect(),
                 errors: errors.into_iter().map(|(_, e)| e).collect(),
+                obligations: Vec::new(),
                 bundle_version: self.version.clone(),
             };
         }
@@ -347,6 +404,19 @@ impl Bundle {
         let meta = |id: &cedar_policy::PolicyId| self.meta.get(id);
         match response.decision() {
             CedarDecision::Allow => {
+                let mut obligations: Vec<Obligation> = ids
+                    .iter()
+                    .flat_map(|id| {
+                        meta(id).into_iter().flat_map(move |m| {
+                            m.obligations.iter().map(move |(name, value)| Obligation {
+                                name: name.clone(),
+                                value: value.clone(),
+                                policy: id.to_string(),
+                            })
+                        })
+                    })
+                    .collect();
+                obligations.sort_by(|a, b| (&a.name, &a.policy).cmp(&(&b.name, &b.policy)));
                 let approvals: Vec<String> = ids
                     .iter()
                     .filter_map(|id| {
@@ -368,6 +438,7 @@ impl Bundle {
                         policies,
                         reasons,
                         errors: Vec::new(),
+                        obligations,
                         bundle_version: self.version.clone(),
                     }
                 } else {
@@ -376,6 +447,7 @@ impl Bundle {
                         policies,
                         reasons: approvals,
                         errors: Vec::new(),
+                        obligations,
                         bundle_version: self.version.clone(),
                     }
                 }
@@ -398,6 +470,7 @@ impl Bundle {
                     policies,
                     reasons,
                     errors: Vec::new(),
+                    obligations: Vec::new(),
                     bundle_version: self.version.clone(),
                 }
             }

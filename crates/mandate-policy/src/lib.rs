@@ -13,10 +13,15 @@
 mod bundle;
 mod decide;
 mod facts;
+mod history;
 
 pub use bundle::{Bundle, BundleError, Diagnostic, SCHEMA_TEXT};
-pub use decide::{CallRequest, Decision, ItemOutcome, Outcome, StartDecision, StartRequest};
+pub use decide::{
+    CallRequest, Decision, ItemOutcome, Obligation, Outcome, StartDecision, StartRequest,
+    history_record,
+};
 pub use facts::{AgentFacts, TaskEntities, TaskFacts};
+pub use history::History;
 
 /// The pseudo policy id reported when a call falls outside its task's grant.
 pub const GRANT_CEILING_POLICY: &str = "mandate:grant-ceiling";

@@ -14,8 +14,8 @@ use std::collections::BTreeMap;
 use cedar_policy::{Authorizer, Context, Decision as CedarDecision, Request, RestrictedExpression};
 use mandate_core::{ActionClass, DataDomain, Destination, RequestedScope, Sensitivity, ToolName};
 use mandate_policy::{
-    AgentFacts, Bundle, CallRequest, DEFAULT_DENY_POLICY, Outcome, StartRequest, TaskEntities,
-    TaskFacts,
+    AgentFacts, Bundle, CallRequest, DEFAULT_DENY_POLICY, History, Outcome, StartRequest,
+    TaskEntities, TaskFacts,
 };
 use proptest::prelude::*;
 
@@ -202,6 +202,7 @@ fn call_table() {
                 sensitivity: c.sensitivity,
                 args_digest: "00",
                 now_secs: 1_000,
+                history: &History::default(),
             },
         );
         assert_eq!(d.outcome, c.want, "{}: {d:?}", c.name);
@@ -277,6 +278,7 @@ fn empty_bundle_denies_everything() {
                 sensitivity: Sensitivity::Public,
                 args_digest: "",
                 now_secs: 0,
+                history: &History::default(),
             },
         );
         assert_eq!(d.outcome, Outcome::Deny);
@@ -349,7 +351,7 @@ proptest! {
         let t = task(tier);
         let tool_name = ToolName::parse(TOOLS[tool]).unwrap();
         let action = ActionClass::ALL[action];
-        let d = b.decide_call(&t, &CallRequest { action, tool: &tool_name, resource: "", destination: None, data_domain: None, sensitivity: Sensitivity::Internal, args_digest: "", now_secs: 0 });
+        let d = b.decide_call(&t, &CallRequest { action, tool: &tool_name, resource: "", destination: None, data_domain: None, sensitivity: Sensitivity::Internal, args_digest: "", now_secs: 0, history: &History::default() });
 
         let applies = |r: &Rule| r.action.is_none_or(|a| ActionClass::ALL[a] == action) && r.tool.is_none_or(|i| i == tool);
         let holds = |r: &Rule| match r.cond { 0 => true, 1 => tier >= 1, _ => tier == 0 };
@@ -376,6 +378,7 @@ proptest! {
             ("sensitivity".to_owned(), RestrictedExpression::new_string("internal".into())),
             ("args_digest".to_owned(), RestrictedExpression::new_string(String::new())),
             ("now".to_owned(), RestrictedExpression::new_long(0)),
+            ("history".to_owned(), mandate_policy::history_record(&History::default(), TOOLS[tool])),
         ]).unwrap();
         let request = Request::new(
             r#"Mandate::Agent::"bot""#.parse().unwrap(),
@@ -390,4 +393,115 @@ proptest! {
             prop_assert_eq!(bare_allow, d.outcome == Outcome::Allow);
         }
     }
+}
+
+const SEQUENCE: &str = r#"
+@id("crm-read") @obligation_redact("ssn,email") @obligation_max_rate("60/min")
+permit(principal, action == Mandate::Action::"read", resource == Mandate::Tool::"crm.get");
+
+@id("write-clean") permit(principal, action == Mandate::Action::"write", resource == Mandate::Tool::"crm.update")
+when { context.history.sensitive_reads == 0 };
+
+@id("write-after-sensitive-read") @approval_required("a write after a sensitive read needs a human")
+permit(principal, action == Mandate::Action::"write", resource == Mandate::Tool::"crm.update")
+when { context.history.sensitive_reads > 0 };
+
+@id("egress-cap") forbid(principal, action == Mandate::Action::"read", resource is Mandate::Tool)
+when { context.history.bytes_returned > 1000000 };
+
+@id("no-domain-crossing") forbid(principal, action, resource is Mandate::Tool)
+when { context has data_domain && context.history.data_domains.contains("finance") && context.data_domain != "finance" };
+
+@id("rate") forbid(principal, action == Mandate::Action::"read", resource == Mandate::Tool::"crm.get")
+when { context.history.tool_calls >= 3 };
+"#;
+
+#[test]
+fn history_drives_policy_and_obligations_are_returned() {
+    let b = bundle(SEQUENCE);
+    let t = task(1);
+    let crm_get = ToolName::parse("crm.get").unwrap();
+    let crm_update = ToolName::parse("crm.update").unwrap();
+    let finance = DataDomain::parse("finance").unwrap();
+    let support = DataDomain::parse("support").unwrap();
+    let decide =
+        |h: &History, tool: &ToolName, action: ActionClass, domain: Option<&DataDomain>| {
+            b.decide_call(
+                &t,
+                &CallRequest {
+                    action,
+                    tool,
+                    resource: "",
+                    destination: None,
+                    data_domain: domain,
+                    sensitivity: Sensitivity::Internal,
+                    args_digest: "",
+                    now_secs: 0,
+                    history: h,
+                },
+            )
+        };
+    let mut h = History::default();
+
+    let d = decide(&h, &crm_get, ActionClass::Read, None);
+    assert_eq!(d.outcome, Outcome::Allow);
+    let obligations: Vec<(&str, &str)> = d
+        .obligations
+        .iter()
+        .map(|o| (o.name.as_str(), o.value.as_str()))
+        .collect();
+    assert_eq!(
+        obligations,
+        [("max_rate", "60/min"), ("redact", "ssn,email")]
+    );
+
+    assert_eq!(
+        decide(&h, &crm_update, ActionClass::Write, None).outcome,
+        Outcome::Allow
+    );
+    h.record(
+        "crm.get",
+        ActionClass::Read,
+        Some("finance"),
+        Sensitivity::Confidential,
+    );
+    let d = decide(&h, &crm_update, ActionClass::Write, None);
+    assert_eq!(
+        (d.outcome, d.policies.as_slice()),
+        (
+            Outcome::ApprovalRequired,
+            ["write-after-sensitive-read".to_owned()].as_slice()
+        )
+    );
+
+    assert_eq!(
+        decide(&h, &crm_get, ActionClass::Read, Some(&finance)).outcome,
+        Outcome::Allow
+    );
+    let d = decide(&h, &crm_get, ActionClass::Read, Some(&support));
+    assert_eq!(d.policies, ["no-domain-crossing"]);
+
+    h.record(
+        "crm.get",
+        ActionClass::Read,
+        Some("finance"),
+        Sensitivity::Internal,
+    );
+    h.record(
+        "crm.get",
+        ActionClass::Read,
+        Some("finance"),
+        Sensitivity::Internal,
+    );
+    assert_eq!(
+        decide(&h, &crm_get, ActionClass::Read, None).policies,
+        ["rate"]
+    );
+
+    let mut big = History::default();
+    big.record_result(2_000_000, false);
+    assert_eq!(
+        decide(&big, &crm_get, ActionClass::Read, None).policies,
+        ["egress-cap"]
+    );
 }

@@ -231,6 +231,13 @@ fn main() {
                 RestrictedExpression::new_string("d".into()),
             ),
             ("now".to_owned(), RestrictedExpression::new_long(0)),
+            (
+                "history".to_owned(),
+                mandate_policy::history_record(
+                    &mandate_policy::History::default(),
+                    &format!("tool{tool}"),
+                ),
+            ),
         ])
         .unwrap();
         Request::new(

@@ -28,6 +28,8 @@ pub struct ServerConfig {
     /// Admin token to install (from `MANDATE_ADMIN_TOKEN`); generated on first start if
     /// neither this nor a stored one exists.
     pub admin_token: Option<String>,
+    /// Watch the policy directory and reload on change (polled every second).
+    pub watch_policies: bool,
     /// Rotate the signing key when it is older than this, in seconds.
     pub key_rotation_secs: i64,
     /// Bounds.
@@ -49,6 +51,7 @@ impl ServerConfig {
             identity_audience: "mandate:control-plane".to_owned(),
             task_audience: "mandate:gateway".to_owned(),
             admin_token: None,
+            watch_policies: true,
             key_rotation_secs: 24 * 3600,
             limits: Limits::default(),
             clock: Arc::new(SystemClock),

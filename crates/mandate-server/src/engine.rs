@@ -7,12 +7,12 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use mandate_audit::{EventKind, NewEvent};
 use mandate_core::{
-    ActionClass, AgentName, CanonicalArgs, Clock, DataDomain, Destination, Grant, Sensitivity,
-    SpiffeId, TaskState, ToolName,
+    ActionClass, AgentName, CanonicalArgs, Clock, DataDomain, Destination, Grant, RequestedScope,
+    Sensitivity, SpiffeId, TaskState, ToolName,
 };
 use mandate_policy::{
-    AgentFacts, Bundle, CallRequest, Decision, GRANT_CEILING_POLICY, ItemOutcome, TaskEntities,
-    TaskFacts,
+    AgentFacts, Bundle, CallRequest, Decision, GRANT_CEILING_POLICY, History, ItemOutcome,
+    TaskEntities, TaskFacts,
 };
 use mandate_store::{AgentRecord, KeyRow, Store, TaskRecord};
 use mandate_token::{
@@ -35,8 +35,14 @@ pub struct LiveTask {
     pub spiffe_id: String,
     /// Declared purpose.
     pub purpose: String,
-    /// The grant ceiling.
-    pub grant: Grant,
+    /// The grant ceiling; narrowed in place when a policy change reduces it.
+    pub grant: RwLock<Grant>,
+    /// What the task asked for, re-evaluated on every policy change.
+    pub requested: RequestedScope,
+    /// The lifetime it asked for, seconds.
+    pub ttl_secs: i64,
+    /// What the task has done so far (R5).
+    pub history: Mutex<History>,
     /// Requested pairs policy refused at start (to explain grant-ceiling denials).
     pub refused: Vec<ItemOutcome>,
     /// Expiry (unix ms).
@@ -133,6 +139,8 @@ pub(crate) struct PendingEnd {
     pub reason: String,
     pub by: String,
     pub agent: String,
+    /// Extra fields for the event (e.g. both bundle versions on a policy drift).
+    pub detail: serde_json::Value,
 }
 
 #[derive(Debug, Default)]
@@ -166,6 +174,21 @@ pub struct Engine {
     anonymous: Mutex<AnonymousBudget>,
     /// Serialises policy reloads so the audit order matches the enforcement order.
     pub(crate) reload_lock: tokio::sync::Mutex<()>,
+}
+
+/// What a policy reload did.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct PolicyChange {
+    /// The bundle now enforcing.
+    pub bundle_version: String,
+    /// The bundle before.
+    pub previous_version: String,
+    /// Number of policies.
+    pub policies: usize,
+    /// Tasks revoked because the new bundle no longer permits them.
+    pub revoked: Vec<String>,
+    /// Tasks whose grant the new bundle narrowed.
+    pub reduced: Vec<String>,
 }
 
 /// What [`Engine::open`] reports back to the operator.
@@ -307,6 +330,14 @@ impl Engine {
                 continue;
             }
             let task = self.live_task(&agent, &t).map_err(|e| e.message)?;
+            // History lives in memory; rebuild it from the task's audit events so a
+            // restart does not reset caps and sequences that policy relies on.
+            let events = self
+                .store
+                .task_events(&t.id)
+                .await
+                .map_err(|e| e.to_string())?;
+            rebuild_history(&mut lock(&task.history), &events);
             self.insert_live(task);
         }
         Ok(())
@@ -339,7 +370,10 @@ impl Engine {
             agent: agent.name.clone(),
             spiffe_id,
             purpose: t.purpose.clone(),
-            grant: t.grant.clone(),
+            grant: RwLock::new(t.grant.clone()),
+            requested: t.requested.clone(),
+            ttl_secs: (t.expires_at_ms - t.created_at_ms).div_euclid(1000).max(1),
+            history: Mutex::new(History::default()),
             refused,
             expires_at_ms: t.expires_at_ms,
             token_jti: t.token_jti.clone(),
@@ -413,7 +447,13 @@ impl Engine {
             kind: end.kind,
             agent: Some(end.agent.clone()),
             task_id: Some(id.to_owned()),
-            data: serde_json::json!({ "reason": end.reason, "by": end.by }),
+            data: {
+                let mut d = serde_json::json!({ "reason": end.reason, "by": end.by });
+                if let (Some(d), Some(extra)) = (d.as_object_mut(), end.detail.as_object()) {
+                    d.extend(extra.clone());
+                }
+                d
+            },
         };
         self.store
             .transition_task(id, &end.from, end.to, now, &end.reason, event)
@@ -472,9 +512,132 @@ impl Engine {
         Arc::clone(&read(&self.bundle))
     }
 
-    /// Replaces the enforcing bundle (the caller has validated it).
-    pub(crate) fn set_bundle(&self, b: Bundle) {
+    /// Loads the policy directory and, if it is valid and different, makes it enforce:
+    /// audited, then every live task re-evaluated under it (drift). A bad bundle is
+    /// audited as rejected and the current one keeps enforcing.
+    pub async fn reload_policies(
+        &self,
+        trigger: &str,
+    ) -> Result<PolicyChange, mandate_policy::BundleError> {
+        let _serial = self.reload_lock.lock().await;
+        let old = self.bundle().version().to_owned();
+        let now = self.clock.now_ms();
+        let b = match Bundle::load_dir(&self.config.policies) {
+            Ok(b) => b,
+            Err(e) => {
+                let ev = NewEvent {
+                    ts_ms: now,
+                    kind: EventKind::PolicyRejected,
+                    agent: None,
+                    task_id: None,
+                    data: serde_json::json!({ "enforcing_version": old, "trigger": trigger, "diagnostics": e.diagnostics }),
+                };
+                if self.audit.append(ev).await.is_err() {
+                    tracing::error!("could not record a rejected policy bundle");
+                }
+                return Err(e);
+            }
+        };
+        let mut change = PolicyChange {
+            bundle_version: b.version().to_owned(),
+            previous_version: old.clone(),
+            policies: b.len(),
+            revoked: Vec::new(),
+            reduced: Vec::new(),
+        };
+        if b.version() == old {
+            return Ok(change);
+        }
+        let ev = NewEvent {
+            ts_ms: now,
+            kind: EventKind::PolicyLoaded,
+            agent: None,
+            task_id: None,
+            data: serde_json::json!({ "bundle_version": b.version(), "previous_version": old, "policies": b.len(), "trigger": trigger }),
+        };
+        if let Err(e) = self.audit.append(ev).await {
+            // Not recorded, so not enforced: the previous bundle stays.
+            tracing::error!(error = %e, "could not record the new policy bundle; keeping the previous one");
+            return Err(mandate_policy::BundleError {
+                diagnostics: vec![mandate_policy::Diagnostic {
+                    file: "<audit>".into(),
+                    line: 0,
+                    column: 0,
+                    message: "the policy change could not be recorded in the audit trail; the previous bundle keeps enforcing".into(),
+                }],
+            });
+        }
         *write(&self.bundle) = Arc::new(b);
+        self.reevaluate_live(&old, &mut change).await;
+        Ok(change)
+    }
+
+    /// Drift: re-decides every live task's start under the enforcing bundle. A task the
+    /// bundle would no longer start is revoked; a grant it would narrow is narrowed. Both
+    /// are audited with the previous and the new bundle version.
+    async fn reevaluate_live(&self, previous: &str, change: &mut PolicyChange) {
+        let bundle = self.bundle();
+        let tasks: Vec<Arc<LiveTask>> = read(&self.tasks).values().cloned().collect();
+        let now_secs = self.clock.now_secs();
+        for task in tasks {
+            let sd = bundle.decide_start(
+                &task.entities,
+                &mandate_policy::StartRequest {
+                    scope: &task.requested,
+                    ttl_secs: task.ttl_secs,
+                    environment: &self.config.environment,
+                    now_secs,
+                },
+            );
+            let old_grant = read(&task.grant).clone();
+            let new_grant = old_grant.intersect(&sd.grant);
+            let versions = serde_json::json!({
+                "previous_version": previous,
+                "bundle_version": bundle.version(),
+                "policies": sd.decision.policies,
+                "reasons": sd.decision.reasons,
+            });
+            if sd.decision.outcome == mandate_policy::Outcome::Deny || new_grant.is_empty() {
+                let end = PendingEnd {
+                    from: vec![TaskState::Active, TaskState::Pending],
+                    to: TaskState::Revoked,
+                    kind: EventKind::TaskRevoked,
+                    reason: "policy change: the task is no longer permitted".into(),
+                    by: "mandate".into(),
+                    agent: task.agent.to_string(),
+                    detail: versions,
+                };
+                if let Err(e) = self.end_task(&task.id, end).await {
+                    tracing::error!(task = %task.id, error = %e, "drift revocation not recorded yet; enforced and retried");
+                }
+                change.revoked.push(task.id.clone());
+            } else if new_grant != old_grant {
+                // Narrow in memory first, then record.
+                *write(&task.grant) = new_grant.clone();
+                let mut data = versions;
+                if let Some(d) = data.as_object_mut() {
+                    d.insert(
+                        "previous_grant".into(),
+                        serde_json::to_value(&old_grant).unwrap_or_default(),
+                    );
+                    d.insert(
+                        "grant".into(),
+                        serde_json::to_value(&new_grant).unwrap_or_default(),
+                    );
+                }
+                let ev = NewEvent {
+                    ts_ms: self.clock.now_ms(),
+                    kind: EventKind::TaskGrantReduced,
+                    agent: Some(task.agent.to_string()),
+                    task_id: Some(task.id.clone()),
+                    data,
+                };
+                if let Err(e) = self.store.update_task_grant(&task.id, &new_grant, ev).await {
+                    tracing::error!(task = %task.id, error = %e, "narrowed grant not recorded; enforced in memory");
+                }
+                change.reduced.push(task.id.clone());
+            }
+        }
     }
 
     /// The key ring.
@@ -618,12 +781,13 @@ impl Engine {
     pub fn evaluate(&self, token: &str, call: &Call) -> Result<Evaluated, Box<Refusal>> {
         let task = self.task_for_token(token)?;
         let bundle = self.bundle();
-        if let Err(outside) = task.grant.check(
+        let within = read(&task.grant).check(
             &call.tool,
             call.action,
             call.data_domain.as_ref(),
             call.destination.as_ref(),
-        ) {
+        );
+        if let Err(outside) = within {
             let mut decision =
                 Decision::deny(GRANT_CEILING_POLICY, outside.to_string(), bundle.version());
             for r in task
@@ -650,9 +814,25 @@ impl Engine {
                 sensitivity: call.sensitivity,
                 args_digest: call.args.digest(),
                 now_secs: self.clock.now_secs(),
+                history: &lock(&task.history),
             },
         );
         Ok(Evaluated { task, decision })
+    }
+
+    /// Counts an allowed call into its task's history (after its allow was recorded).
+    pub fn record_allowed(&self, task: &LiveTask, call: &Call) {
+        lock(&task.history).record(
+            call.tool.as_str(),
+            call.action,
+            call.data_domain.as_ref().map(DataDomain::as_str),
+            call.sensitivity,
+        );
+    }
+
+    /// Counts what an allowed call returned (the gateway reports it).
+    pub fn record_result(&self, task: &LiveTask, bytes_returned: u64, untrusted_content: bool) {
+        lock(&task.history).record_result(bytes_returned, untrusted_content);
     }
 
     /// Checks a bearer admin token in constant time.
@@ -676,6 +856,7 @@ impl Engine {
                 reason: "expired".into(),
                 by: "mandate".into(),
                 agent: t.agent.to_string(),
+                detail: serde_json::Value::Null,
             };
             if let Err(e) = self.end_task(&id, end).await {
                 tracing::error!(task = %id, error = %e, "could not record expiry yet; the task stays refused and the write is retried");
@@ -738,4 +919,25 @@ fn ring_from(rows: &[KeyRow], config: &ServerConfig, now: i64) -> Result<KeyRing
         })
         .collect();
     KeyRing::from_stored(&stored, config.limits.key_overlap_secs * 1000, now)
+}
+
+/// Replays a task's recorded allows (and reported results) into its history.
+fn rebuild_history(h: &mut History, events: &[mandate_audit::Event]) {
+    for e in events {
+        let d = &e.data;
+        let field = |k: &str| d.get(k).and_then(serde_json::Value::as_str);
+        if e.kind == EventKind::Decision.as_str() && field("outcome") == Some("allow") {
+            let (Some(tool), Some(action)) = (
+                field("tool"),
+                field("action").and_then(|a| a.parse::<ActionClass>().ok()),
+            ) else {
+                continue;
+            };
+            let sensitivity = d
+                .get("sensitivity")
+                .and_then(|v| serde_json::from_value::<Sensitivity>(v.clone()).ok())
+                .unwrap_or_default();
+            h.record(tool, action, field("data_domain"), sensitivity);
+        }
+    }
 }

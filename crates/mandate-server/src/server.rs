@@ -72,9 +72,16 @@ impl Server {
         let sweep_engine = Arc::clone(&engine);
         let sweeper = tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_millis(500));
+            let watch = sweep_engine.config.watch_policies;
+            let mut seen = sweep_engine.bundle().version().to_owned();
+            let mut n: u64 = 0;
             loop {
                 tick.tick().await;
                 sweep_engine.sweep().await;
+                n = n.wrapping_add(1);
+                if watch && n.is_multiple_of(2) {
+                    watch_policies(&sweep_engine, &mut seen).await;
+                }
             }
         });
         tracing::info!(%addr, bundle = engine.bundle().version(), "mandate serving");
@@ -134,5 +141,35 @@ async fn shutdown_signal() {
     tokio::select! {
         () = ctrl_c => {},
         () = term => {},
+    }
+}
+
+/// Reloads the policy directory when its content changes. A rejected change is recorded
+/// once, not on every poll; the last good bundle keeps enforcing.
+async fn watch_policies(engine: &Engine, seen: &mut String) {
+    let dir = engine.config.policies.clone();
+    let version =
+        match tokio::task::spawn_blocking(move || mandate_policy::Bundle::version_of_dir(&dir))
+            .await
+        {
+            Ok(Ok(v)) => v,
+            // An unreadable directory is reported by the reload it triggers.
+            Ok(Err(_)) => "unreadable".to_owned(),
+            Err(_) => return,
+        };
+    if version == *seen {
+        return;
+    }
+    seen.clone_from(&version);
+    match engine.reload_policies("file change").await {
+        Ok(change) => tracing::info!(
+            bundle = change.bundle_version,
+            revoked = change.revoked.len(),
+            reduced = change.reduced.len(),
+            "policy bundle reloaded"
+        ),
+        Err(e) => {
+            tracing::warn!(error = %e, "policy change rejected; the previous bundle keeps enforcing")
+        }
     }
 }

@@ -772,3 +772,174 @@ async fn identities_renew_until_their_attestation_is_too_old() {
         .await;
     assert_eq!((r.status.as_u16(), r.code()), (403, "agent_not_active"));
 }
+
+fn policy_copy() -> tempfile::TempDir {
+    let policies = tempfile::tempdir().unwrap();
+    for f in ["start.cedar", "support.cedar"] {
+        std::fs::copy(common::demo_policies().join(f), policies.path().join(f)).unwrap();
+    }
+    policies
+}
+
+#[tokio::test]
+async fn policy_drift_revokes_or_narrows_live_tasks() {
+    let policies = policy_copy();
+    let h = Harness::start_with(policies.path()).await;
+    let identity = h.agent("bot", 1).await;
+    let (narrowed_id, narrowed) = h.task(&identity).await;
+    let before = h.get("/v1/policies", Some(ADMIN)).await.body["bundle_version"].clone();
+
+    // Tighten: searching tickets is no longer allowed. The grant loses tickets.search.
+    std::fs::write(policies.path().join("tighten.cedar"), "@id(\"no-search\") forbid(principal, action == Mandate::Action::\"read\", resource == Mandate::Tool::\"tickets.search\");").unwrap();
+    let r = h.post("/v1/policies/reload", Some(ADMIN), json!({})).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.body["reduced"], json!([narrowed_id]));
+    let middle = r.body["bundle_version"].clone();
+    let d = h.decide(&narrowed, "tickets.search", "read").await;
+    assert_eq!(
+        (d.body["outcome"].as_str(), d.body["policies"][0].as_str()),
+        (Some("deny"), Some("mandate:grant-ceiling")),
+        "{:?}",
+        d.body
+    );
+    assert_eq!(
+        h.decide(&narrowed, "tickets.update", "write").await.body["outcome"],
+        "approval_required"
+    );
+
+    // Tighten further: no task may start at all. Live tasks are revoked at once.
+    std::fs::write(
+        policies.path().join("freeze.cedar"),
+        "@id(\"freeze\") forbid(principal, action == Mandate::Action::\"start_task\", resource);",
+    )
+    .unwrap();
+    let r = h.post("/v1/policies/reload", Some(ADMIN), json!({})).await;
+    assert_eq!(r.body["revoked"], json!([narrowed_id]), "{:?}", r.body);
+    let d = h.decide(&narrowed, "tickets.update", "write").await;
+    assert_eq!((d.status.as_u16(), d.code()), (403, "task_not_active"));
+
+    let events = h
+        .get(&format!("/v1/tasks/{narrowed_id}/events"), Some(ADMIN))
+        .await
+        .body;
+    let reduced = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["kind"] == "task.grant_reduced")
+        .unwrap();
+    assert_eq!(
+        (
+            &reduced["data"]["previous_version"],
+            &reduced["data"]["bundle_version"]
+        ),
+        (&before, &middle)
+    );
+    let revoked = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["kind"] == "task.revoked")
+        .unwrap();
+    assert_eq!(revoked["data"]["previous_version"], middle);
+    assert_ne!(revoked["data"]["bundle_version"], middle);
+    assert_eq!(revoked["data"]["policies"], json!(["freeze"]));
+    assert_eq!(
+        h.get(&format!("/v1/tasks/{narrowed_id}"), Some(ADMIN))
+            .await
+            .body["state"],
+        "revoked"
+    );
+}
+
+#[tokio::test]
+async fn policy_files_are_watched() {
+    let policies = policy_copy();
+    let dir = tempfile::tempdir().unwrap();
+    let clock = std::sync::Arc::new(mandate_core::ManualClock::new(
+        jiff::Timestamp::now().as_millisecond(),
+    ));
+    let mut config = common::config(&dir.path().join("data"), policies.path(), clock.clone());
+    config.watch_policies = true;
+    let server = mandate_server::Server::start(config).await.unwrap();
+    let h = Harness {
+        server,
+        clock,
+        http: reqwest::Client::new(),
+        dir,
+    };
+    let before = h.server.engine.bundle().version().to_owned();
+    std::fs::write(
+        policies.path().join("broken.cedar"),
+        "permit(principal action resource);",
+    )
+    .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    assert_eq!(
+        h.server.engine.bundle().version(),
+        before,
+        "a broken change is not enforced"
+    );
+    std::fs::write(
+        policies.path().join("broken.cedar"),
+        "@id(\"x\") forbid(principal, action == Mandate::Action::\"delete\", resource);",
+    )
+    .unwrap();
+    for _ in 0..50 {
+        if h.server.engine.bundle().version() != before {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("the changed policy directory was never reloaded");
+}
+
+#[tokio::test]
+async fn history_survives_a_restart() {
+    let policies = policy_copy();
+    std::fs::write(policies.path().join("cap.cedar"), "@id(\"two-searches\") forbid(principal, action == Mandate::Action::\"read\", resource == Mandate::Tool::\"tickets.search\") when { context.history.tool_calls >= 2 };").unwrap();
+    let h = Harness::start_with(policies.path()).await;
+    let identity = h.agent("bot", 1).await;
+    let (_, token) = h.task(&identity).await;
+    assert_eq!(
+        h.decide(&token, "tickets.search", "read").await.body["outcome"],
+        "allow"
+    );
+    assert_eq!(
+        h.decide(&token, "tickets.update", "write").await.body["outcome"],
+        "approval_required"
+    );
+    assert_eq!(
+        h.decide(&token, "tickets.search", "read").await.body["outcome"],
+        "allow"
+    );
+    assert_eq!(
+        h.decide(&token, "tickets.search", "read").await.body["policies"],
+        json!(["two-searches"])
+    );
+
+    let data = h.dir.path().join("data");
+    let (clock, issuer) = (h.clock.clone(), h.server.issuer.clone());
+    let Harness { server, dir, .. } = h;
+    server.shutdown().await.unwrap();
+    let mut config = common::config(&data, policies.path(), clock);
+    config.issuer = Some(issuer);
+    let server = mandate_server::Server::start(config).await.unwrap();
+    let r: Value = reqwest::Client::new()
+        .post(format!("{}/v1/decide", server.url()))
+        .bearer_auth(&token)
+        .json(&json!({"tool": "tickets.search", "action": "read"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        r["policies"],
+        json!(["two-searches"]),
+        "the cap still holds after a restart: {r}"
+    );
+    server.shutdown().await.unwrap();
+    drop(dir);
+}

@@ -112,6 +112,15 @@ impl Store for BreakableStore {
         self.check()?;
         self.inner.transition_task(id, from, to, now, r, e).await
     }
+    async fn update_task_grant(
+        &self,
+        id: &str,
+        g: &mandate_core::Grant,
+        e: NewEvent,
+    ) -> StoreResult<bool> {
+        self.check()?;
+        self.inner.update_task_grant(id, g, e).await
+    }
     async fn append_events(&self, events: Vec<NewEvent>) -> StoreResult<Vec<Event>> {
         self.check()?;
         self.inner.append_events(events).await

@@ -14,7 +14,7 @@ mod sqlite;
 
 use async_trait::async_trait;
 use mandate_audit::{Event, NewEvent};
-use mandate_core::{AgentName, AgentStatus, TaskState};
+use mandate_core::{AgentName, AgentStatus, Grant, TaskState};
 
 pub use records::{AgentRecord, JoinTokenRecord, KeyRow, TaskRecord};
 pub use sqlite::SqliteStore;
@@ -124,6 +124,14 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         event: NewEvent,
     ) -> StoreResult<bool>;
 
+    /// Replaces a live task's grant with its event. `Ok(false)` (and no event) when the
+    /// task is no longer pending or active.
+    async fn update_task_grant(
+        &self,
+        id: &str,
+        grant: &Grant,
+        event: NewEvent,
+    ) -> StoreResult<bool>;
     /// Appends events to the chain in one transaction (group commit).
     async fn append_events(&self, events: Vec<NewEvent>) -> StoreResult<Vec<Event>>;
     /// Up to `limit` events with `seq > after`, in order.

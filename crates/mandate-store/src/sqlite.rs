@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use mandate_audit::{Event, NewEvent, link};
-use mandate_core::{AgentName, AgentStatus, TaskState};
+use mandate_core::{AgentName, AgentStatus, Grant, TaskState};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
     SqliteSynchronous,
@@ -541,6 +541,28 @@ impl Store for SqliteStore {
             q = q.bind(s.as_str());
         }
         let updated = q.execute(&mut *tx).await?;
+        if updated.rows_affected() == 0 {
+            return Ok(false);
+        }
+        append_one(&mut tx, event).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn update_task_grant(
+        &self,
+        id: &str,
+        grant: &Grant,
+        event: NewEvent,
+    ) -> StoreResult<bool> {
+        let mut tx = self.write.begin().await?;
+        let updated = sqlx::query(
+            "UPDATE tasks SET grant_json = $1 WHERE id = $2 AND state IN ('pending', 'active')",
+        )
+        .bind(json(grant)?)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
         if updated.rows_affected() == 0 {
             return Ok(false);
         }

@@ -173,6 +173,24 @@ async fn conformance(store: Arc<dyn Store>) {
         (TaskState::Completed, Some(5), Some("done"))
     );
     assert_eq!(store.live_tasks().await.unwrap().len(), 1);
+    // Narrowing a grant: only while the task is live.
+    let mut narrowed = Grant::default();
+    narrowed
+        .data_domains
+        .insert(mandate_core::DataDomain::parse("support").unwrap());
+    assert!(
+        store
+            .update_task_grant("t2", &narrowed, ev(EventKind::TaskGrantReduced, Some("t2")))
+            .await
+            .unwrap()
+    );
+    assert_eq!(store.task("t2").await.unwrap().unwrap().grant, narrowed);
+    assert!(
+        !store
+            .update_task_grant("t1", &narrowed, ev(EventKind::TaskGrantReduced, Some("t1")))
+            .await
+            .unwrap()
+    );
 
     // Offboarding revokes every live task in the same transaction.
     let revoked = store
@@ -211,7 +229,7 @@ async fn conformance(store: Arc<dyn Store>) {
     assert_eq!(batch.len(), 10);
     assert_eq!(batch[1].prev_hash, batch[0].hash);
     let t2 = store.task_events("t2").await.unwrap();
-    assert_eq!(t2.len(), 12, "start + revoke + 10 decisions");
+    assert_eq!(t2.len(), 13, "start + narrowing + revoke + 10 decisions");
     let n = verify(store.as_ref()).await.unwrap();
     assert_eq!(n, store.audit_head().await.unwrap().unwrap().0);
 }

@@ -303,6 +303,7 @@ pub async fn set_status(
                 reason: format!("agent {}", req.status),
                 by: "admin".to_owned(),
                 agent: name.to_string(),
+                detail: serde_json::Value::Null,
             },
         );
     };

@@ -10,14 +10,14 @@ use mandate_audit::{ChainBreak, Event, EventKind, NewEvent};
 use mandate_core::{
     ActionClass, CanonicalArgs, DataDomain, Destination, Sensitivity, ToolName, random_id,
 };
-use mandate_policy::{Bundle, Diagnostic, Outcome};
+use mandate_policy::{Bundle, Outcome};
 use mandate_token::Jwks;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::extract::{ApiJson, Bearer};
 use super::{AppState, require_admin};
-use crate::engine::Call;
+use crate::engine::{Call, PolicyChange};
 use crate::error::{ApiError, ErrorBody};
 use crate::verify::{VerifyReport, verify_chain};
 
@@ -65,6 +65,9 @@ pub struct DecideResponse {
     /// Evaluation errors (any error denies).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<String>,
+    /// What the enforcement point must do with an allowed call.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub obligations: Vec<mandate_policy::Obligation>,
     /// Bundle version that decided.
     pub bundle_version: String,
     /// The task.
@@ -159,7 +162,7 @@ pub async fn decide(
             "tool": call.tool, "action": call.action, "resource": call.resource,
             "destination": call.destination, "data_domain": call.data_domain, "sensitivity": call.sensitivity,
             "args_digest": call.args.digest(),
-            "outcome": d.outcome, "policies": d.policies, "reasons": d.reasons, "errors": d.errors,
+            "outcome": d.outcome, "policies": d.policies, "reasons": d.reasons, "errors": d.errors, "obligations": d.obligations,
             "bundle_version": d.bundle_version, "latency_us": latency_us,
         }),
     };
@@ -190,12 +193,16 @@ pub async fn decide(
             ),
         ));
     }
+    if d.outcome == Outcome::Allow {
+        engine.record_allowed(&task, &call);
+    }
     Ok(Json(DecideResponse {
         decision_id,
         outcome: d.outcome,
         policies: d.policies,
         reasons: d.reasons,
         errors: d.errors,
+        obligations: d.obligations,
         bundle_version: d.bundle_version,
         task_id: task.id.clone(),
         agent: task.agent.to_string(),
@@ -303,51 +310,23 @@ pub async fn policies(
 }
 
 /// Reload the policy directory (admin). A bundle with any problem is rejected whole with
-/// each problem's file:line:column, and the previous bundle keeps enforcing.
+/// each problem's file:line:column, and the previous bundle keeps enforcing. A valid change
+/// re-evaluates every live task: tasks no longer permitted are revoked, narrowed grants
+/// are narrowed, each audited with both bundle versions.
 #[utoipa::path(post, path = "/v1/policies/reload", tag = "policies", security(("admin_token" = [])),
-    responses((status = 200, body = PolicyInfo), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+    responses((status = 200, description = "the bundle now enforcing, and the live tasks it revoked or narrowed", body = PolicyChange), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
         (status = 422, description = "`policy_invalid`: details.diagnostics lists every problem", body = ErrorBody)))]
 pub async fn reload_policies(
     State(engine): AppState,
     bearer: Bearer,
-) -> Result<Json<PolicyInfo>, ApiError> {
+) -> Result<Json<PolicyChange>, ApiError> {
     require_admin(&engine, &bearer)?;
-    let _serial = engine.reload_lock.lock().await;
-    let old = engine.bundle().version().to_owned();
-    let now = engine.clock.now_ms();
-    match Bundle::load_dir(&engine.config.policies) {
-        Ok(b) => {
-            let ev = NewEvent {
-                ts_ms: now,
-                kind: EventKind::PolicyLoaded,
-                agent: None,
-                task_id: None,
-                data: serde_json::json!({ "bundle_version": b.version(), "previous_version": old, "policies": b.len() }),
-            };
-            engine
-                .audit
-                .append(ev)
-                .await
-                .map_err(|_| ApiError::audit())?;
-            let out = info(&b);
-            engine.set_bundle(b);
-            Ok(Json(out))
-        }
+    match engine.reload_policies("api").await {
+        Ok(change) => Ok(Json(change)),
         Err(e) => {
-            let diagnostics: Vec<Diagnostic> = e.diagnostics;
-            let ev = NewEvent {
-                ts_ms: now,
-                kind: EventKind::PolicyRejected,
-                agent: None,
-                task_id: None,
-                data: serde_json::json!({ "enforcing_version": old, "diagnostics": diagnostics }),
-            };
-            engine
-                .audit
-                .append(ev)
-                .await
-                .map_err(|_| ApiError::audit())?;
-            let first = diagnostics
+            let old = engine.bundle().version().to_owned();
+            let first = e
+                .diagnostics
                 .first()
                 .map(ToString::to_string)
                 .unwrap_or_default();
@@ -357,7 +336,7 @@ pub async fn reload_policies(
                 format!("bundle rejected; {old} keeps enforcing. First problem: {first}"),
             )
             .with_details(
-                serde_json::json!({ "diagnostics": diagnostics, "enforcing_version": old }),
+                serde_json::json!({ "diagnostics": e.diagnostics, "enforcing_version": old }),
             ))
         }
     }

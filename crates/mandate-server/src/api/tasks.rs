@@ -388,6 +388,7 @@ async fn end_task(
         reason: reason.to_owned(),
         by: by.to_owned(),
         agent: task.agent.to_string(),
+        detail: serde_json::Value::Null,
     };
     let moved = engine
         .end_task(id, end)

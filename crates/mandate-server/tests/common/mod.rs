@@ -40,6 +40,8 @@ pub fn config(data: &Path, policies: &Path, clock: Arc<ManualClock>) -> ServerCo
     c.listen = ([127, 0, 0, 1], 0).into();
     c.admin_token = Some(ADMIN.to_owned());
     c.clock = clock;
+    // Tests reload explicitly; `policy_files_are_watched` turns watching on.
+    c.watch_policies = false;
     c
 }
 
