@@ -59,6 +59,9 @@ pub struct Decision {
     pub bundle_version: String,
 }
 
+/// Most policy evaluations a task start may take (pairs × (declared data domains + 1)).
+pub const MAX_GRANT_EVALUATIONS: usize = 4096;
+
 /// One obligation: `@obligation_<name>("<value>")` on a determining policy.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize, ToSchema)]
 pub struct Obligation {
@@ -306,20 +309,52 @@ impl Bundle {
         let mut items = Vec::new();
         let mut granted: BTreeMap<ToolName, BTreeSet<ActionClass>> = BTreeMap::new();
         let empty = History::default();
+        // A pair is granted if policy permits it with no data domain named, or for any
+        // one of the data domains the task declared: a permit that requires
+        // `context.data_domain` can only be satisfied by a declared domain.
+        let domains: Vec<Option<&DataDomain>> = std::iter::once(None)
+            .chain(scope.data_domains.iter().map(Some))
+            .collect();
+        let evaluations = tools.len() * actions.len() * domains.len();
+        if evaluations > MAX_GRANT_EVALUATIONS {
+            return refused(Decision::deny(
+                "mandate:scope-too-broad",
+                format!(
+                    "the requested scope needs {evaluations} grant evaluations; at most {MAX_GRANT_EVALUATIONS} are made: ask for fewer tools, actions or data domains"
+                ),
+                &self.version,
+            ));
+        }
         for tool in tools {
             for action in &actions {
-                let call = CallRequest {
-                    action: *action,
-                    tool,
-                    resource: "",
-                    destination: None,
-                    data_domain: None,
-                    sensitivity: Sensitivity::default(),
-                    args_digest: "",
-                    now_secs: req.now_secs,
-                    history: &empty,
-                };
-                let d = self.decide_call_phase(task, &call, "grant");
+                let mut first: Option<Decision> = None;
+                let mut best: Option<Decision> = None;
+                for domain in &domains {
+                    let call = CallRequest {
+                        action: *action,
+                        tool,
+                        resource: "",
+                        destination: None,
+                        data_domain: *domain,
+                        sensitivity: Sensitivity::default(),
+                        args_digest: "",
+                        now_secs: req.now_secs,
+                        history: &empty,
+                    };
+                    let d = self.decide_call_phase(task, &call, "grant");
+                    if d.outcome != Outcome::Deny {
+                        // Prefer a plain allow over an approval-required one.
+                        let better = best.as_ref().is_none_or(|b| {
+                            b.outcome == Outcome::ApprovalRequired && d.outcome == Outcome::Allow
+                        });
+                        if better {
+                            best = Some(d);
+                        }
+                    } else if first.is_none() {
+                        first = Some(d);
+                    }
+                }
+                let Some(d) = best.or(first) else { continue };
                 if d.outcome != Outcome::Deny {
                     granted.entry(tool.clone()).or_default().insert(*action);
                 }

@@ -14,6 +14,7 @@ mod bundle;
 mod decide;
 mod facts;
 mod history;
+pub mod testing;
 
 pub use bundle::{Bundle, BundleError, Diagnostic, SCHEMA_TEXT};
 pub use decide::{

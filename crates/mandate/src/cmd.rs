@@ -495,6 +495,14 @@ pub enum PolicyCmd {
         /// Policy directory.
         dir: PathBuf,
     },
+    /// Validate a policy directory, then run its tests (DIR/tests/*.json): each case is a
+    /// request (`call` or `start`) and the expected decision (`expect.outcome`, and
+    /// optionally `policies`, `obligations`, `granted`, `ttl_cap_secs`). Exit 0 when all
+    /// pass, 2 when any fails.
+    Test {
+        /// Policy directory.
+        dir: PathBuf,
+    },
     /// Print Mandate's built-in Cedar schema.
     Schema,
 }
@@ -518,6 +526,42 @@ pub fn policy(c: PolicyCmd) -> Result<ExitCode> {
                 Ok(ExitCode::from(2))
             }
         },
+        PolicyCmd::Test { dir } => {
+            let bundle = match mandate_policy::Bundle::load_dir(&dir) {
+                Ok(b) => b,
+                Err(e) => {
+                    for d in &e.diagnostics {
+                        println!("{}: {d}", style::red("error"));
+                    }
+                    return Ok(ExitCode::from(2));
+                }
+            };
+            let results = match mandate_policy::testing::run_dir(&bundle, &dir) {
+                Ok(r) => r,
+                Err(e) => {
+                    println!("{}: {e}", style::red("error"));
+                    return Ok(ExitCode::from(2));
+                }
+            };
+            let failed = results.iter().filter(|r| !r.passed()).count();
+            for r in &results {
+                if r.passed() {
+                    println!("{} {} — {}", style::green("ok  "), r.file, r.name);
+                } else {
+                    println!("{} {} — {}", style::red("FAIL"), r.file, r.name);
+                    for d in &r.differences {
+                        println!("       {d}");
+                    }
+                }
+            }
+            println!("{}", dir.display());
+            println!("policy: {} passed, {failed} failed", results.len() - failed);
+            Ok(if failed == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(2)
+            })
+        }
         PolicyCmd::Schema => {
             print!("{}", mandate_policy::SCHEMA_TEXT);
             Ok(ExitCode::SUCCESS)

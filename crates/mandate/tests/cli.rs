@@ -305,4 +305,34 @@ fn bad_policies_refuse_to_start_and_validate_names_the_line() {
     assert!(String::from_utf8_lossy(&s.stderr).contains("does not exist"));
     let v = run(bin().args(["policy", "validate"]).arg(demo_policies()));
     assert!(v.status.success());
+
+    // A fixture whose expectation is wrong fails with a readable difference.
+    let b = tempfile::tempdir().unwrap();
+    std::fs::write(
+        b.path().join("p.cedar"),
+        "@id(\"r\") permit(principal, action == Mandate::Action::\"read\", resource);",
+    )
+    .unwrap();
+    std::fs::create_dir(b.path().join("tests")).unwrap();
+    std::fs::write(
+        b.path().join("tests/t.json"),
+        r#"[{"name": "reads pass", "call": {"tool": "x", "action": "read"}, "expect": {"outcome": "allow", "policies": ["r"]}},
+            {"name": "writes pass too (wrong)", "call": {"tool": "x", "action": "write"}, "expect": {"outcome": "allow"}}]"#,
+    )
+    .unwrap();
+    let t = run(bin().args(["policy", "test"]).arg(b.path()));
+    let out = String::from_utf8_lossy(&t.stdout);
+    assert_eq!(t.status.code(), Some(2), "{out}");
+    assert!(
+        out.contains("FAIL tests/t.json — writes pass too (wrong)"),
+        "{out}"
+    );
+    assert!(
+        out.contains("outcome: expected allow, decided deny by [mandate:default-deny]"),
+        "{out}"
+    );
+    assert!(out.contains("policy: 1 passed, 1 failed"), "{out}");
+    std::fs::remove_dir_all(b.path().join("tests")).unwrap();
+    let t = run(bin().args(["policy", "test"]).arg(b.path()));
+    assert_eq!(t.status.code(), Some(2), "no fixtures is not a pass");
 }
