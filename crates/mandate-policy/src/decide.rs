@@ -201,11 +201,26 @@ impl Bundle {
         req: &CallRequest<'_>,
         phase: &str,
     ) -> Decision {
-        let (Some(slice), Some(action)) = (self.call_slice(req.action), self.call_uid(req.action))
-        else {
+        let Some(slice) = self.call_slice(req.action) else {
             return self.internal_deny("no slice for action class");
         };
-        let mut pairs = Vec::with_capacity(8);
+        match self.call_request(task, req, phase) {
+            Ok(request) => self.evaluate(&request, slice.for_tool(req.tool.as_str()), task),
+            Err(what) => self.internal_deny(&what),
+        }
+    }
+
+    /// The Cedar request for one call, built from typed values.
+    pub(crate) fn call_request(
+        &self,
+        task: &TaskEntities,
+        req: &CallRequest<'_>,
+        phase: &str,
+    ) -> Result<Request, String> {
+        let action = self
+            .call_uid(req.action)
+            .ok_or_else(|| "no uid for action class".to_owned())?;
+        let mut pairs = Vec::with_capacity(9);
         pairs.push(("phase".to_owned(), s(phase)));
         pairs.push((
             "task".to_owned(),
@@ -228,17 +243,10 @@ impl Bundle {
             "history".to_owned(),
             history_record(req.history, req.tool.as_str()),
         ));
-        let context = match Context::from_pairs(pairs) {
-            Ok(c) => c,
-            Err(e) => return self.internal_deny(&format!("context: {e}")),
-        };
+        let context = Context::from_pairs(pairs).map_err(|e| format!("context: {e}"))?;
         let resource = uid(&self.tool_type, req.tool.as_str());
-        let request =
-            match Request::new(task.agent.clone(), action.clone(), resource, context, None) {
-                Ok(r) => r,
-                Err(e) => return self.internal_deny(&format!("request: {e}")),
-            };
-        self.evaluate(&request, slice.for_tool(req.tool.as_str()), task)
+        Request::new(task.agent.clone(), action.clone(), resource, context, None)
+            .map_err(|e| format!("request: {e}"))
     }
 
     /// Decides a task start: first `start_task`, then each requested (tool, action) pair

@@ -12,6 +12,7 @@
 
 mod bundle;
 mod decide;
+mod explain;
 mod facts;
 mod history;
 pub mod testing;
@@ -21,6 +22,7 @@ pub use decide::{
     CallRequest, Decision, ItemOutcome, Obligation, Outcome, StartDecision, StartRequest,
     history_record,
 };
+pub use explain::{Explanation, PolicyTrace, Trace};
 pub use facts::{AgentFacts, TaskEntities, TaskFacts};
 pub use history::History;
 

@@ -193,23 +193,7 @@ fn compare(differences: &mut Vec<String>, what: &str, want: Option<Vec<String>>,
 /// Runs one case against a bundle.
 pub fn run_case(bundle: &Bundle, file: &str, case: &TestCase) -> CaseResult {
     let mut differences = Vec::new();
-    let agent = AgentFacts {
-        name: case.agent.name.clone(),
-        spiffe_id: format!(
-            "spiffe://{}/agent/{}",
-            case.agent.trust_domain, case.agent.name
-        ),
-        owner: case.agent.owner.clone(),
-        tier: case.agent.tier,
-        status: case.agent.status.clone(),
-        trust_domain: case.agent.trust_domain.clone(),
-    };
-    let facts = TaskFacts {
-        id: "tsk_test".into(),
-        purpose: case.task.purpose.clone(),
-        environment: case.task.environment.clone(),
-    };
-    let entities = match TaskEntities::build(&agent, &facts) {
+    let entities = match entities(&case.agent, &case.task) {
         Ok(e) => e,
         Err(e) => {
             differences.push(format!("could not build the agent and task: {e}"));
@@ -366,4 +350,58 @@ pub fn run_dir(bundle: &Bundle, dir: &Path) -> Result<Vec<CaseResult>, TestError
         results.extend(cases.iter().map(|c| run_case(bundle, &file, c)));
     }
     Ok(results)
+}
+
+/// One call to explain: a test case without an expectation.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExplainCase {
+    /// The agent.
+    #[serde(default)]
+    pub agent: TestAgent,
+    /// The task.
+    #[serde(default)]
+    pub task: TestTask,
+    /// What the task has done so far.
+    #[serde(default)]
+    pub history: History,
+    /// The call.
+    pub call: TestCall,
+}
+
+fn entities(agent: &TestAgent, task: &TestTask) -> Result<TaskEntities, String> {
+    let facts = AgentFacts {
+        name: agent.name.clone(),
+        spiffe_id: format!("spiffe://{}/agent/{}", agent.trust_domain, agent.name),
+        owner: agent.owner.clone(),
+        tier: agent.tier,
+        status: agent.status.clone(),
+        trust_domain: agent.trust_domain.clone(),
+    };
+    let task = TaskFacts {
+        id: "tsk_test".into(),
+        purpose: task.purpose.clone(),
+        environment: task.environment.clone(),
+    };
+    TaskEntities::build(&facts, &task).map_err(|e| e.to_string())
+}
+
+/// Decides and explains one call.
+pub fn explain_case(bundle: &Bundle, case: &ExplainCase) -> Result<crate::Explanation, String> {
+    let e = entities(&case.agent, &case.task)?;
+    let c = &case.call;
+    Ok(bundle.explain_call(
+        &e,
+        &CallRequest {
+            action: c.action,
+            tool: &c.tool,
+            resource: &c.resource,
+            destination: c.destination.as_ref(),
+            data_domain: c.data_domain.as_ref(),
+            sensitivity: c.sensitivity,
+            args_digest: &c.args_digest,
+            now_secs: c.now.unwrap_or(1_800_000_000),
+            history: &case.history,
+        },
+    ))
 }

@@ -505,3 +505,32 @@ fn history_drives_policy_and_obligations_are_returned() {
         ["egress-cap"]
     );
 }
+
+#[test]
+fn explain_names_every_policy_part() {
+    use mandate_policy::Trace;
+    let b = bundle(FIXTURE);
+    let tool = ToolName::parse("tickets.delete").unwrap();
+    let ex = b.explain_call(
+        &task(1),
+        &CallRequest {
+            action: ActionClass::Delete,
+            tool: &tool,
+            resource: "",
+            destination: None,
+            data_domain: None,
+            sensitivity: Sensitivity::Internal,
+            args_digest: "",
+            now_secs: 0,
+            history: &History::default(),
+        },
+    );
+    let trace = |id: &str| ex.policies.iter().find(|p| p.id == id).unwrap().trace;
+    assert_eq!(ex.decision.policies, ["no-deletes"]);
+    assert_eq!(trace("no-deletes"), Trace::Determining);
+    assert_eq!(trace("delete-allowed-but-forbidden"), Trace::Matched);
+    assert_eq!(trace("no-restricted-for-tier0"), Trace::NotMatched);
+    assert_eq!(trace("read-tickets"), Trace::Skipped);
+    assert_eq!(trace("start"), Trace::Skipped);
+    assert_eq!(ex.policies.len(), b.len());
+}

@@ -503,6 +503,20 @@ pub enum PolicyCmd {
         /// Policy directory.
         dir: PathBuf,
     },
+    /// Decide one call against a policy directory and show every policy's part in it:
+    /// which determined the decision, which matched, which did not, which failed, and
+    /// which were skipped because their scope cannot apply.
+    Explain {
+        /// Policy directory.
+        dir: PathBuf,
+        /// The call as JSON, like a test case without `expect`:
+        /// '{"agent": {"tier": 0}, "call": {"tool": "tickets.search", "action": "read"}}'.
+        /// Prefix with @ to read a file.
+        request: String,
+        /// Print the explanation as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print Mandate's built-in Cedar schema.
     Schema,
 }
@@ -561,6 +575,59 @@ pub fn policy(c: PolicyCmd) -> Result<ExitCode> {
             } else {
                 ExitCode::from(2)
             })
+        }
+        PolicyCmd::Explain { dir, request, json } => {
+            let text = match request.strip_prefix('@') {
+                Some(path) => {
+                    std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?
+                }
+                None => request,
+            };
+            let case: mandate_policy::testing::ExplainCase =
+                serde_json::from_str(&text).context("the request is not a valid explain case")?;
+            let bundle = match mandate_policy::Bundle::load_dir(&dir) {
+                Ok(b) => b,
+                Err(e) => {
+                    for d in &e.diagnostics {
+                        println!("{}: {d}", style::red("error"));
+                    }
+                    return Ok(ExitCode::from(2));
+                }
+            };
+            let ex = mandate_policy::testing::explain_case(&bundle, &case)
+                .map_err(anyhow::Error::msg)?;
+            if json {
+                print(&serde_json::to_value(&ex)?)?;
+            } else {
+                let d = &ex.decision;
+                println!(
+                    "{}  by {}  (bundle {})",
+                    style::outcome(d.outcome.as_str()),
+                    d.policies.join(", "),
+                    d.bundle_version
+                );
+                for r in &d.reasons {
+                    println!("  {r}");
+                }
+                for o in &d.obligations {
+                    println!(
+                        "  obligation {}={} (policy `{}`)",
+                        o.name, o.value, o.policy
+                    );
+                }
+                println!();
+                for p in &ex.policies {
+                    let mark = match p.trace {
+                        mandate_policy::Trace::Determining => style::bold("determining"),
+                        mandate_policy::Trace::Matched => style::yellow("matched    "),
+                        mandate_policy::Trace::NotMatched => "not matched".to_owned(),
+                        mandate_policy::Trace::Errored => style::red("errored    "),
+                        mandate_policy::Trace::Skipped => style::dim("skipped    "),
+                    };
+                    println!("  {mark}  {:<6} {:<32} {}", p.effect, p.id, p.detail);
+                }
+            }
+            Ok(ExitCode::SUCCESS)
         }
         PolicyCmd::Schema => {
             print!("{}", mandate_policy::SCHEMA_TEXT);
