@@ -71,6 +71,9 @@ pub enum EventKind {
     /// A candidate bundle was rejected; the previous one stays.
     #[serde(rename = "policy.rejected")]
     PolicyRejected,
+    /// A shadow bundle decided a call differently from the enforcing one.
+    #[serde(rename = "policy.shadow_disagreement")]
+    ShadowDisagreement,
     /// The signing key was rotated.
     #[serde(rename = "keys.rotated")]
     KeysRotated,
@@ -99,6 +102,7 @@ impl EventKind {
             Self::CallRefused => "call.refused",
             Self::PolicyLoaded => "policy.loaded",
             Self::PolicyRejected => "policy.rejected",
+            Self::ShadowDisagreement => "policy.shadow_disagreement",
             Self::KeysRotated => "keys.rotated",
             Self::ServerStarted => "server.started",
         }

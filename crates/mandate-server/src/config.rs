@@ -28,6 +28,9 @@ pub struct ServerConfig {
     /// Admin token to install (from `MANDATE_ADMIN_TOKEN`); generated on first start if
     /// neither this nor a stored one exists.
     pub admin_token: Option<String>,
+    /// A candidate policy directory evaluated beside the enforcing one; disagreements are
+    /// audited (`policy.shadow_disagreement`), never enforced.
+    pub shadow_policies: Option<PathBuf>,
     /// Watch the policy directory and reload on change (polled every second).
     pub watch_policies: bool,
     /// Rotate the signing key when it is older than this, in seconds.
@@ -51,6 +54,7 @@ impl ServerConfig {
             identity_audience: "mandate:control-plane".to_owned(),
             task_audience: "mandate:gateway".to_owned(),
             admin_token: None,
+            shadow_policies: None,
             watch_policies: true,
             key_rotation_secs: 24 * 3600,
             limits: Limits::default(),

@@ -111,6 +111,8 @@ pub struct Evaluated {
     pub task: Arc<LiveTask>,
     /// The decision.
     pub decision: Decision,
+    /// The shadow bundle's decision on the same input, when one is configured.
+    pub shadow: Option<Decision>,
 }
 
 fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
@@ -164,6 +166,8 @@ pub struct Engine {
     pub(crate) audit: AuditWriter,
     keys: RwLock<Arc<KeyRing>>,
     bundle: RwLock<Arc<Bundle>>,
+    /// A candidate bundle evaluated beside the enforcing one (shadow mode).
+    shadow: RwLock<Option<Arc<Bundle>>>,
     tasks: RwLock<HashMap<String, Arc<LiveTask>>>,
     task_cache: VerifiedCache<TaskClaims>,
     identity_cache: VerifiedCache<IdentityClaims>,
@@ -218,6 +222,10 @@ impl Engine {
             ));
         }
         let bundle = Bundle::load_dir(&config.policies).map_err(|e| e.to_string())?;
+        let shadow = match &config.shadow_policies {
+            Some(dir) => Some(Bundle::load_dir(dir).map_err(|e| format!("shadow bundle: {e}"))?),
+            None => None,
+        };
         let audit = AuditWriter::spawn(Arc::clone(&store));
 
         let now = clock.now_ms();
@@ -289,6 +297,7 @@ impl Engine {
             audit,
             keys: RwLock::new(Arc::new(ring)),
             bundle: RwLock::new(Arc::new(bundle)),
+            shadow: RwLock::new(shadow.map(Arc::new)),
             tasks: RwLock::new(HashMap::new()),
             admin_hash: RwLock::new(admin_hash),
             unrecorded_ends: Mutex::new(HashMap::new()),
@@ -507,6 +516,25 @@ impl Engine {
         read(&self.tasks).len()
     }
 
+    /// The shadow bundle, if any.
+    pub fn shadow_bundle(&self) -> Option<Arc<Bundle>> {
+        read(&self.shadow).clone()
+    }
+
+    /// Reloads the shadow bundle from its directory, keeping the previous one if the
+    /// directory no longer validates.
+    pub(crate) fn reload_shadow(&self) {
+        let Some(dir) = &self.config.shadow_policies else {
+            return;
+        };
+        match Bundle::load_dir(dir) {
+            Ok(b) => *write(&self.shadow) = Some(Arc::new(b)),
+            Err(e) => {
+                tracing::warn!(error = %e, "shadow bundle rejected; the previous shadow stays")
+            }
+        }
+    }
+
     /// The enforcing bundle.
     pub fn bundle(&self) -> Arc<Bundle> {
         Arc::clone(&read(&self.bundle))
@@ -520,6 +548,7 @@ impl Engine {
         trigger: &str,
     ) -> Result<PolicyChange, mandate_policy::BundleError> {
         let _serial = self.reload_lock.lock().await;
+        self.reload_shadow();
         let old = self.bundle().version().to_owned();
         let now = self.clock.now_ms();
         let b = match Bundle::load_dir(&self.config.policies) {
@@ -801,23 +830,36 @@ impl Engine {
                     r.policies.join(", ")
                 ));
             }
-            return Ok(Evaluated { task, decision });
+            return Ok(Evaluated {
+                task,
+                decision,
+                shadow: None,
+            });
         }
-        let decision = bundle.decide_call(
-            &task.entities,
-            &CallRequest {
-                action: call.action,
-                tool: &call.tool,
-                resource: &call.resource,
-                destination: call.destination.as_ref(),
-                data_domain: call.data_domain.as_ref(),
-                sensitivity: call.sensitivity,
-                args_digest: call.args.digest(),
-                now_secs: self.clock.now_secs(),
-                history: &lock(&task.history),
-            },
-        );
-        Ok(Evaluated { task, decision })
+        let history = lock(&task.history);
+        let request = CallRequest {
+            action: call.action,
+            tool: &call.tool,
+            resource: &call.resource,
+            destination: call.destination.as_ref(),
+            data_domain: call.data_domain.as_ref(),
+            sensitivity: call.sensitivity,
+            args_digest: call.args.digest(),
+            now_secs: self.clock.now_secs(),
+            history: &history,
+        };
+        let decision = bundle.decide_call(&task.entities, &request);
+        // Shadow mode: the candidate decides the same input; only disagreements matter,
+        // and they are recorded, never enforced.
+        let shadow = read(&self.shadow)
+            .as_ref()
+            .map(|b| b.decide_call(&task.entities, &request));
+        drop(history);
+        Ok(Evaluated {
+            task,
+            decision,
+            shadow,
+        })
     }
 
     /// Counts an allowed call into its task's history (after its allow was recorded).

@@ -943,3 +943,56 @@ async fn history_survives_a_restart() {
     server.shutdown().await.unwrap();
     drop(dir);
 }
+
+#[tokio::test]
+async fn shadow_mode_records_disagreements_without_enforcing_them() {
+    let candidate = policy_copy();
+    std::fs::write(candidate.path().join("stricter.cedar"), "@id(\"no-search\") forbid(principal, action == Mandate::Action::\"read\", resource == Mandate::Tool::\"tickets.search\");").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let clock = std::sync::Arc::new(mandate_core::ManualClock::new(
+        jiff::Timestamp::now().as_millisecond(),
+    ));
+    let mut config = common::config(
+        &dir.path().join("data"),
+        &common::demo_policies(),
+        clock.clone(),
+    );
+    config.shadow_policies = Some(candidate.path().to_path_buf());
+    let server = mandate_server::Server::start(config).await.unwrap();
+    let h = Harness {
+        server,
+        clock,
+        http: reqwest::Client::new(),
+        dir,
+    };
+    let identity = h.agent("bot", 1).await;
+    let (task_id, token) = h.task(&identity).await;
+    let r = h.decide(&token, "tickets.search", "read").await;
+    assert_eq!(r.body["outcome"], "allow", "the enforcing bundle decides");
+    assert_eq!(
+        h.decide(&token, "tickets.update", "write").await.body["outcome"],
+        "approval_required"
+    );
+    let events = h
+        .get(&format!("/v1/tasks/{task_id}/events"), Some(ADMIN))
+        .await
+        .body;
+    let shadows: Vec<&Value> = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "policy.shadow_disagreement")
+        .collect();
+    assert_eq!(
+        shadows.len(),
+        1,
+        "only the disagreement is recorded: {events}"
+    );
+    assert_eq!(shadows[0]["data"]["enforced"]["outcome"], "allow");
+    assert_eq!(shadows[0]["data"]["shadow"]["outcome"], "deny");
+    assert_eq!(
+        shadows[0]["data"]["shadow"]["policies"],
+        json!(["no-search"])
+    );
+    assert_eq!(shadows[0]["data"]["decision_id"], r.body["decision_id"]);
+}

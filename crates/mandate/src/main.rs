@@ -76,6 +76,13 @@ struct ServeArgs {
     /// Environment label that policies see as `context.task.environment`.
     #[arg(long, default_value = "development", env = "MANDATE_ENVIRONMENT")]
     environment: String,
+    /// Shadow mode: a candidate policy directory evaluated beside the enforcing one;
+    /// every disagreement is audited as `policy.shadow_disagreement`, none is enforced.
+    #[arg(long, env = "MANDATE_SHADOW_POLICIES")]
+    shadow_policies: Option<PathBuf>,
+    /// Do not watch the policy directory for changes (reload only through the API).
+    #[arg(long)]
+    no_watch: bool,
     /// Issuer URL in tokens (default http://<listen address>).
     #[arg(long, env = "MANDATE_ISSUER")]
     issuer: Option<String>,
@@ -141,6 +148,8 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
     config.trust_domain = mandate_core::TrustDomain::parse(&a.trust_domain)?;
     config.environment = a.environment;
     config.issuer = a.issuer;
+    config.shadow_policies = a.shadow_policies;
+    config.watch_policies = !a.no_watch;
     config.admin_token = std::env::var("MANDATE_ADMIN_TOKEN")
         .ok()
         .filter(|t| !t.is_empty());

@@ -151,6 +151,26 @@ pub async fn decide(
     let decision_id = random_id("dec").map_err(|_| ApiError::internal("system RNG failed"))?;
     let d = evaluated.decision;
     let task = evaluated.task;
+    if let Some(shadow) = evaluated
+        .shadow
+        .filter(|s| s.outcome != d.outcome || s.policies != d.policies)
+    {
+        let ev = NewEvent {
+            ts_ms: now,
+            kind: EventKind::ShadowDisagreement,
+            agent: Some(task.agent.to_string()),
+            task_id: Some(task.id.clone()),
+            data: serde_json::json!({
+                "decision_id": decision_id, "tool": call.tool, "action": call.action,
+                "enforced": { "outcome": d.outcome, "policies": d.policies, "bundle_version": d.bundle_version },
+                "shadow": { "outcome": shadow.outcome, "policies": shadow.policies, "bundle_version": shadow.bundle_version },
+            }),
+        };
+        // Shadow results are advisory: failing to record one never changes the answer.
+        if engine.audit.append(ev).await.is_err() {
+            tracing::warn!("could not record a shadow disagreement");
+        }
+    }
     let latency_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
     let ev = NewEvent {
         ts_ms: now,
