@@ -517,12 +517,40 @@ pub enum PolicyCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Re-run the decisions recorded in a data directory against a candidate bundle and
+    /// show what would change (allow → deny, deny → allow, new approvals), before anyone
+    /// enforces it. Each task's history is rebuilt as it happened; agents are taken as
+    /// they are now.
+    Replay {
+        /// The server's data directory.
+        #[arg(
+            long = "audit",
+            default_value = "./mandate-data",
+            env = "MANDATE_DATA_DIR"
+        )]
+        data_dir: PathBuf,
+        /// The candidate policy directory.
+        #[arg(long)]
+        candidate: PathBuf,
+        /// Environment label the recorded tasks ran in.
+        #[arg(long, default_value = "development")]
+        environment: String,
+        /// Most changed decisions to list.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
     /// Print Mandate's built-in Cedar schema.
     Schema,
 }
 
-pub fn policy(c: PolicyCmd) -> Result<ExitCode> {
+pub async fn policy(c: PolicyCmd) -> Result<ExitCode> {
     match c {
+        PolicyCmd::Replay {
+            data_dir,
+            candidate,
+            environment,
+            limit,
+        } => crate::replay::run(&data_dir, &candidate, &environment, limit).await,
         PolicyCmd::Validate { dir } => match mandate_policy::Bundle::load_dir(&dir) {
             Ok(b) => {
                 println!(

@@ -10,6 +10,7 @@
 mod client;
 mod cmd;
 mod demo;
+mod replay;
 mod style;
 mod trace;
 
@@ -130,7 +131,7 @@ fn main() -> ExitCode {
             Command::Task(c) => cmd::task(c).await.map(|()| ExitCode::SUCCESS),
             Command::Decide(a) => cmd::decide(a).await,
             Command::Audit(c) => cmd::audit(c).await,
-            Command::Policy(c) => cmd::policy(c),
+            Command::Policy(c) => cmd::policy(c).await,
         }
     });
     match result {

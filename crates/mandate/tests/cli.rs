@@ -254,6 +254,36 @@ fn serve_and_drive_with_the_cli_then_catch_tampering() {
             "{needle} missing from:\n{timeline}"
         );
     }
+
+    // Replay: a candidate that forbids searching would have changed exactly one allow.
+    let candidate = tempfile::tempdir().unwrap();
+    for f in ["start.cedar", "support.cedar"] {
+        std::fs::copy(demo_policies().join(f), candidate.path().join(f)).unwrap();
+    }
+    std::fs::write(candidate.path().join("no-search.cedar"), "@id(\"no-search\") forbid(principal, action == Mandate::Action::\"read\", resource == Mandate::Tool::\"tickets.search\");").unwrap();
+    let r = run(bin()
+        .args(["policy", "replay", "--audit"])
+        .arg(&data)
+        .arg("--candidate")
+        .arg(candidate.path()));
+    let out = String::from_utf8_lossy(&r.stdout);
+    assert!(
+        r.status.success(),
+        "{out}{}",
+        String::from_utf8_lossy(&r.stderr)
+    );
+    assert!(out.contains("1 decision(s) would change"), "{out}");
+    assert!(out.contains("allow → deny"), "{out}");
+    assert!(out.contains("by no-search"), "{out}");
+    let r = run(bin()
+        .args(["policy", "replay", "--audit"])
+        .arg(&data)
+        .arg("--candidate")
+        .arg(demo_policies()));
+    assert!(
+        String::from_utf8_lossy(&r.stdout).contains("no change"),
+        "the enforcing bundle replays unchanged"
+    );
     drop(s);
 
     // Edit one decision in place: verification names it.

@@ -1,0 +1,203 @@
+//! `mandate policy replay`: re-run recorded decisions against a candidate bundle and show
+//! what would change before anyone enforces it.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::Result;
+use mandate_core::{
+    ActionClass, AgentName, DataDomain, Destination, Sensitivity, SpiffeId, ToolName, TrustDomain,
+};
+use mandate_policy::{AgentFacts, Bundle, CallRequest, History, Outcome, TaskEntities, TaskFacts};
+use mandate_store::{SqliteStore, Store};
+use serde_json::Value;
+
+use crate::style;
+
+/// One decision whose outcome the candidate would change.
+struct Change {
+    seq: i64,
+    task: String,
+    call: String,
+    from: String,
+    to: Outcome,
+    policies: Vec<String>,
+}
+
+fn field<'a>(d: &'a Value, k: &str) -> Option<&'a str> {
+    d.get(k).and_then(Value::as_str)
+}
+
+async fn entities(
+    store: &SqliteStore,
+    task_id: &str,
+    environment: &str,
+) -> Result<Option<TaskEntities>> {
+    let Some(task) = store.task(task_id).await? else {
+        return Ok(None);
+    };
+    let Some(agent) = store.agent(&task.agent).await? else {
+        return Ok(None);
+    };
+    let td = TrustDomain::default();
+    let facts = AgentFacts {
+        name: agent.name.to_string(),
+        spiffe_id: SpiffeId::for_agent(td.clone(), AgentName::clone(&agent.name)).to_string(),
+        owner: agent.owner.clone(),
+        tier: agent.tier.get(),
+        status: agent.status.as_str().to_owned(),
+        trust_domain: td.to_string(),
+    };
+    let t = TaskFacts {
+        id: task.id.clone(),
+        purpose: task.purpose.clone(),
+        environment: environment.to_owned(),
+    };
+    Ok(TaskEntities::build(&facts, &t).ok())
+}
+
+/// Replays every recorded decision of `data_dir` against the bundle in `candidate`.
+pub async fn run(
+    data_dir: &Path,
+    candidate: &Path,
+    environment: &str,
+    limit: usize,
+) -> Result<ExitCode> {
+    let store = SqliteStore::open_existing(data_dir).await?;
+    let bundle = match Bundle::load_dir(candidate) {
+        Ok(b) => b,
+        Err(e) => {
+            for d in &e.diagnostics {
+                println!("{}: {d}", style::red("error"));
+            }
+            return Ok(ExitCode::from(2));
+        }
+    };
+    let mut histories: HashMap<String, History> = HashMap::new();
+    let mut tasks: HashMap<String, Option<TaskEntities>> = HashMap::new();
+    let mut changes: Vec<Change> = Vec::new();
+    let mut tally: BTreeMap<String, usize> = BTreeMap::new();
+    let (mut replayed, mut ceiling, mut skipped) = (0usize, 0usize, 0usize);
+    let mut after = 0;
+    loop {
+        let page = store.events_after(after, 10_000).await?;
+        let Some(last) = page.last() else { break };
+        after = last.seq;
+        for e in page.iter().filter(|e| e.kind == "decision") {
+            let d = &e.data;
+            let Some(task_id) = e.task_id.clone() else {
+                continue;
+            };
+            let recorded = field(d, "outcome").unwrap_or("deny").to_owned();
+            let parsed = (
+                field(d, "tool").and_then(|t| ToolName::parse(t).ok()),
+                field(d, "action").and_then(|a| a.parse::<ActionClass>().ok()),
+            );
+            let (Some(tool), Some(action)) = parsed else {
+                skipped += 1;
+                continue;
+            };
+            let data_domain = field(d, "data_domain").and_then(|x| DataDomain::parse(x).ok());
+            let sensitivity = d
+                .get("sensitivity")
+                .and_then(|v| serde_json::from_value::<Sensitivity>(v.clone()).ok())
+                .unwrap_or_default();
+            let policies: Vec<&str> = d
+                .get("policies")
+                .and_then(Value::as_array)
+                .map(|a| a.iter().filter_map(Value::as_str).collect())
+                .unwrap_or_default();
+            if policies.first() == Some(&mandate_policy::GRANT_CEILING_POLICY) {
+                // Denied by the task's grant, which the candidate cannot widen.
+                ceiling += 1;
+                continue;
+            }
+            if !tasks.contains_key(&task_id) {
+                let built = entities(&store, &task_id, environment).await?;
+                tasks.insert(task_id.clone(), built);
+            }
+            let Some(Some(ents)) = tasks.get(&task_id) else {
+                skipped += 1;
+                continue;
+            };
+            let history = histories.entry(task_id.clone()).or_default();
+            let destination = field(d, "destination").and_then(|x| Destination::parse(x).ok());
+            let decision = bundle.decide_call(
+                ents,
+                &CallRequest {
+                    action,
+                    tool: &tool,
+                    resource: field(d, "resource").unwrap_or(""),
+                    destination: destination.as_ref(),
+                    data_domain: data_domain.as_ref(),
+                    sensitivity,
+                    args_digest: field(d, "args_digest").unwrap_or(""),
+                    now_secs: e.ts_ms.div_euclid(1000),
+                    history,
+                },
+            );
+            replayed += 1;
+            if decision.outcome.as_str() != recorded {
+                *tally
+                    .entry(format!("{recorded} → {}", decision.outcome.as_str()))
+                    .or_default() += 1;
+                changes.push(Change {
+                    seq: e.seq,
+                    task: task_id.clone(),
+                    call: format!("{action} {tool}"),
+                    from: recorded.clone(),
+                    to: decision.outcome,
+                    policies: decision.policies,
+                });
+            }
+            // History follows what actually ran, not what the candidate would have done.
+            if recorded == "allow" {
+                history.record(
+                    tool.as_str(),
+                    action,
+                    data_domain.as_ref().map(DataDomain::as_str),
+                    sensitivity,
+                );
+            }
+        }
+    }
+    println!(
+        "replayed {replayed} recorded decisions against {} ({} policies)",
+        bundle.version(),
+        bundle.len()
+    );
+    println!(
+        "  {ceiling} denied by their task's grant (unchanged by any bundle), {skipped} not replayable"
+    );
+    if changes.is_empty() {
+        println!(
+            "{} the candidate decides every replayed call as recorded",
+            style::green("no change:")
+        );
+    } else {
+        println!(
+            "{} {} decision(s) would change:",
+            style::yellow("changes:"),
+            changes.len()
+        );
+        for (k, n) in &tally {
+            println!("  {n:>6}  {k}");
+        }
+        for c in changes.iter().take(limit) {
+            println!(
+                "  #{:<6} {}  {:<28} {} → {}  by {}",
+                c.seq,
+                c.task,
+                c.call,
+                c.from,
+                style::outcome(c.to.as_str()),
+                c.policies.join(", ")
+            );
+        }
+        if changes.len() > limit {
+            println!("  … and {} more (--limit)", changes.len() - limit);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
