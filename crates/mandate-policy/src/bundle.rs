@@ -105,12 +105,32 @@ pub(crate) struct Slice {
     pub generic: PolicySet,
     /// For each tool named by `resource == Mandate::Tool::"…"`: `generic` plus those.
     pub by_tool: HashMap<String, PolicySet>,
+    /// Whether any policy of `generic` mentions `history`.
+    pub generic_history: bool,
+    /// Tools whose slice mentions `history`.
+    pub history_tools: std::collections::HashSet<String>,
 }
 
 impl Slice {
     pub fn for_tool(&self, tool: &str) -> &PolicySet {
         self.by_tool.get(tool).unwrap_or(&self.generic)
     }
+
+    /// Whether the slice for `tool` can read `context.history`. Building the history
+    /// record is the costliest part of a call's context, so it is built only when some
+    /// policy that can apply names it. The test is textual and so conservative: an
+    /// attribute can only be read by naming it.
+    pub fn needs_history(&self, tool: &str) -> bool {
+        if self.by_tool.contains_key(tool) {
+            self.history_tools.contains(tool)
+        } else {
+            self.generic_history
+        }
+    }
+}
+
+fn mentions_history(set: &PolicySet) -> bool {
+    set.policies().any(|p| p.to_string().contains("history"))
 }
 
 /// A validated, versioned, sliced set of policies: the unit that enforces.
@@ -507,7 +527,18 @@ fn slice(
             add(set, &p)?;
         }
     }
-    Ok(Slice { generic, by_tool })
+    let generic_history = mentions_history(&generic);
+    let history_tools = by_tool
+        .iter()
+        .filter(|(_, set)| mentions_history(set))
+        .map(|(tool, _)| tool.clone())
+        .collect();
+    Ok(Slice {
+        generic,
+        by_tool,
+        generic_history,
+        history_tools,
+    })
 }
 
 #[cfg(test)]

@@ -204,7 +204,8 @@ impl Bundle {
         let Some(slice) = self.call_slice(req.action) else {
             return self.internal_deny("no slice for action class");
         };
-        match self.call_request(task, req, phase) {
+        let with_history = slice.needs_history(req.tool.as_str());
+        match self.call_request(task, req, phase, with_history) {
             Ok(request) => self.evaluate(&request, slice.for_tool(req.tool.as_str()), task),
             Err(what) => self.internal_deny(&what),
         }
@@ -216,6 +217,7 @@ impl Bundle {
         task: &TaskEntities,
         req: &CallRequest<'_>,
         phase: &str,
+        with_history: bool,
     ) -> Result<Request, String> {
         let action = self
             .call_uid(req.action)
@@ -239,10 +241,12 @@ impl Bundle {
             "now".to_owned(),
             RestrictedExpression::new_long(req.now_secs),
         ));
-        pairs.push((
-            "history".to_owned(),
-            history_record(req.history, req.tool.as_str()),
-        ));
+        if with_history {
+            pairs.push((
+                "history".to_owned(),
+                history_record(req.history, req.tool.as_str()),
+            ));
+        }
         let context = Context::from_pairs(pairs).map_err(|e| format!("context: {e}"))?;
         let resource = uid(&self.tool_type, req.tool.as_str());
         Request::new(task.agent.clone(), action.clone(), resource, context, None)

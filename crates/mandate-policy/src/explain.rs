@@ -59,7 +59,7 @@ impl Bundle {
                     .collect()
             })
             .unwrap_or_default();
-        let request = self.call_request(task, req, "call").ok();
+        let request = self.call_request(task, req, "call", true).ok();
         let action = self.call_uid(req.action);
         let determining: HashSet<&str> = decision.policies.iter().map(String::as_str).collect();
         let mut policies = Vec::new();

@@ -4,8 +4,11 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use aws_lc_rs::digest;
 
-/// A bounded cache of tokens whose signature and claims have already been verified, keyed
-/// by the SHA-256 of the token text.
+/// A bounded cache of tokens whose signature and claims have already been verified.
+///
+/// Entries are found by the token's signature segment (short, and unique per signed
+/// content) and then confirmed by comparing the whole token text, so a hit is exact: no
+/// hash collision, crafted or not, can make one token pass as another.
 ///
 /// A hit skips only the signature check: the caller still checks expiry (kept beside the
 /// entry) and revocation on every call. Rotation does not clear it (retired keys stay valid
@@ -17,6 +20,7 @@ pub struct VerifiedCache<C> {
 }
 
 struct Entry<C> {
+    token: Box<str>,
     claims: Arc<C>,
     /// Token expiry plus leeway, unix seconds: a hit at or after this is a miss.
     valid_until_secs: i64,
@@ -31,9 +35,12 @@ impl<C> fmt::Debug for VerifiedCache<C> {
     }
 }
 
+/// The lookup key: SHA-256 of the signature segment (the text after the last dot), which
+/// is at most a few hundred bytes whatever the size of the claims.
 fn key(token: &str) -> [u8; 32] {
+    let sig = token.rsplit('.').next().unwrap_or(token);
     let mut out = [0u8; 32];
-    out.copy_from_slice(digest::digest(&digest::SHA256, token.as_bytes()).as_ref());
+    out.copy_from_slice(digest::digest(&digest::SHA256, sig.as_bytes()).as_ref());
     out
 }
 
@@ -59,7 +66,11 @@ impl<C> VerifiedCache<C> {
         let k = key(token);
         let mut map = self.lock();
         match map.get(&k) {
-            Some(e) if now_secs < e.valid_until_secs => Some(Arc::clone(&e.claims)),
+            Some(e) if now_secs < e.valid_until_secs && *e.token == *token => {
+                Some(Arc::clone(&e.claims))
+            }
+            // Same signature, different text: never served from the cache.
+            Some(e) if now_secs < e.valid_until_secs => None,
             Some(_) => {
                 map.remove(&k);
                 None
@@ -85,6 +96,7 @@ impl<C> VerifiedCache<C> {
         map.insert(
             key(token),
             Entry {
+                token: token.into(),
                 claims,
                 valid_until_secs,
             },
@@ -123,5 +135,15 @@ mod tests {
         c.insert("c", Arc::new(3), 100, 0);
         assert!(c.len() <= 2);
         assert_eq!(c.get("c", 0).as_deref(), Some(&3));
+    }
+
+    #[test]
+    fn a_hit_needs_the_exact_token() {
+        let c = VerifiedCache::new(8);
+        c.insert("header.payload.sig", Arc::new(1), 100, 0);
+        assert_eq!(c.get("header.payload.sig", 0).as_deref(), Some(&1));
+        // Same signature segment, altered payload: a miss, so it is verified (and refused).
+        assert!(c.get("header.payl0ad.sig", 0).is_none());
+        assert!(c.get("sig", 0).is_none());
     }
 }
