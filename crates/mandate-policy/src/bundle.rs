@@ -147,6 +147,7 @@ pub struct Bundle {
     pub(crate) tool_type: EntityTypeName,
     pub(crate) authorizer: Authorizer,
     pub(crate) sources: BTreeMap<String, String>,
+    pub(crate) catalog: crate::ToolCatalog,
 }
 
 fn action_index(a: ActionClass) -> usize {
@@ -204,7 +205,19 @@ impl Bundle {
         let mut origin: HashMap<PolicyId, String> = HashMap::new();
         let mut meta = HashMap::new();
 
-        for (file, text) in &files {
+        let mut catalog = crate::ToolCatalog::default();
+        if let Some(text) = files.get(crate::CATALOG_FILE) {
+            match crate::ToolCatalog::parse(text) {
+                Ok(c) => catalog = c,
+                Err(message) => diagnostics.push(Diagnostic {
+                    file: crate::CATALOG_FILE.into(),
+                    line: 0,
+                    column: 0,
+                    message,
+                }),
+            }
+        }
+        for (file, text) in files.iter().filter(|(f, _)| f.ends_with(".cedar")) {
             let parsed = match PolicySet::from_str(text) {
                 Ok(p) => p,
                 Err(errs) => {
@@ -310,6 +323,7 @@ impl Bundle {
             tool_type,
             authorizer: Authorizer::new(),
             sources: files,
+            catalog,
         })
     }
 
@@ -336,6 +350,23 @@ impl Bundle {
     /// The schema the bundle was validated against.
     pub fn schema(&self) -> &Schema {
         &self.schema
+    }
+
+    /// The trusted tool catalog (`tools.json`), empty when the bundle has none.
+    pub fn catalog(&self) -> &crate::ToolCatalog {
+        &self.catalog
+    }
+
+    /// The Cedar entities of a task: its agent, the task, and each named tool as the
+    /// catalog describes it (uncataloged tools get `cataloged: false` and the most
+    /// cautious defaults).
+    pub fn task_entities<'a>(
+        &self,
+        agent: &crate::AgentFacts,
+        task: &crate::TaskFacts,
+        tools: impl IntoIterator<Item = &'a mandate_core::ToolName>,
+    ) -> Result<crate::TaskEntities, BundleError> {
+        crate::TaskEntities::build_with(agent, task, tools, &self.catalog)
     }
 
     /// The bundle's files, by relative path.
@@ -407,7 +438,9 @@ fn read_sources(dir: &Path) -> Result<BTreeMap<String, String>, BundleError> {
             })?;
             if meta.is_dir() {
                 stack.push((path, depth + 1));
-            } else if path.extension().is_some_and(|x| x == "cedar") {
+            } else if path.extension().is_some_and(|x| x == "cedar")
+                || (depth == 0 && path.file_name().is_some_and(|n| n == crate::CATALOG_FILE))
+            {
                 let rel = path
                     .strip_prefix(dir)
                     .unwrap_or(&path)

@@ -59,6 +59,9 @@ pub struct Decision {
     pub bundle_version: String,
 }
 
+/// The pseudo policy id of a call refused because it contradicts the tool catalog.
+pub const CATALOG_POLICY: &str = "mandate:catalog";
+
 /// Most policy evaluations a task start may take (pairs × (declared data domains + 1)).
 pub const MAX_GRANT_EVALUATIONS: usize = 4096;
 
@@ -192,7 +195,38 @@ pub fn history_record(h: &History, tool: &str) -> RestrictedExpression {
 impl Bundle {
     /// Decides one tool call for a task. Total: every failure is a deny that says why.
     pub fn decide_call(&self, task: &TaskEntities, req: &CallRequest<'_>) -> Decision {
-        self.decide_call_phase(task, req, "call")
+        match self.effective_data_domain(req.tool, req.data_domain) {
+            Ok(domain) => {
+                let req = CallRequest {
+                    data_domain: domain,
+                    ..*req
+                };
+                self.decide_call_phase(task, &req, "call")
+            }
+            Err(deny) => *deny,
+        }
+    }
+
+    /// The data domain a call touches: the catalog's for a tool it places in one (a call
+    /// declaring another is denied), else what the call declared.
+    pub fn effective_data_domain<'a>(
+        &'a self,
+        tool: &ToolName,
+        declared: Option<&'a DataDomain>,
+    ) -> Result<Option<&'a DataDomain>, Box<Decision>> {
+        let Some(cataloged) = self.catalog.get(tool).and_then(|e| e.data_domain.as_ref()) else {
+            return Ok(declared);
+        };
+        match declared {
+            Some(d) if d != cataloged => Err(Box::new(Decision::deny(
+                CATALOG_POLICY,
+                format!(
+                    "the call declares data domain `{d}`, but the tool catalog places `{tool}` in `{cataloged}`"
+                ),
+                &self.version,
+            ))),
+            _ => Ok(Some(cataloged)),
+        }
     }
 
     fn decide_call_phase(

@@ -3,7 +3,9 @@ use std::str::FromStr;
 
 use cedar_policy::{Entities, Entity, EntityId, EntityTypeName, EntityUid, RestrictedExpression};
 
-use crate::BundleError;
+use mandate_core::ToolName;
+
+use crate::{BundleError, ToolCatalog};
 
 /// What policy may know about an agent.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,8 +54,60 @@ pub struct TaskEntities {
 }
 
 impl TaskEntities {
-    /// Builds the agent and task entities.
+    /// Builds the agent and task entities (and no tool entities).
     pub fn build(agent: &AgentFacts, task: &TaskFacts) -> Result<Self, BundleError> {
+        Self::build_with(agent, task, [], &ToolCatalog::default())
+    }
+
+    /// Builds the agent, the task, and each tool as the catalog describes it.
+    pub fn build_with<'a>(
+        agent: &AgentFacts,
+        task: &TaskFacts,
+        tools: impl IntoIterator<Item = &'a ToolName>,
+        catalog: &ToolCatalog,
+    ) -> Result<Self, BundleError> {
+        let tool_type = type_name("Mandate::Tool")?;
+        let mut tool_entities = Vec::new();
+        let unique: std::collections::BTreeSet<&ToolName> = tools.into_iter().collect();
+        for tool in unique {
+            let entry = catalog.get(tool);
+            let mut attrs = HashMap::from([
+                (
+                    "cataloged".to_owned(),
+                    RestrictedExpression::new_bool(entry.is_some()),
+                ),
+                (
+                    "server".to_owned(),
+                    RestrictedExpression::new_string(
+                        entry.map(|e| e.server.clone()).unwrap_or_default(),
+                    ),
+                ),
+                (
+                    "risk".to_owned(),
+                    RestrictedExpression::new_string(
+                        entry.map_or("unknown", |e| e.risk.as_str()).to_owned(),
+                    ),
+                ),
+                (
+                    "read_only".to_owned(),
+                    RestrictedExpression::new_bool(entry.is_some_and(|e| e.read_only)),
+                ),
+                (
+                    "destructive".to_owned(),
+                    RestrictedExpression::new_bool(entry.is_some_and(|e| e.destructive)),
+                ),
+            ]);
+            if let Some(d) = entry.and_then(|e| e.data_domain.as_ref()) {
+                attrs.insert(
+                    "data_domain".to_owned(),
+                    RestrictedExpression::new_string(d.to_string()),
+                );
+            }
+            tool_entities.push(
+                Entity::new(uid(&tool_type, tool.as_str()), attrs, HashSet::new())
+                    .map_err(|e| BundleError::internal(format!("tool entity: {e}")))?,
+            );
+        }
         let agent_uid = uid(&type_name("Mandate::Agent")?, &agent.name);
         let task_uid = uid(&type_name("Mandate::Task")?, &task.id);
         let s = |v: &str| RestrictedExpression::new_string(v.to_owned());
@@ -87,8 +141,11 @@ impl TaskEntities {
             HashSet::new(),
         )
         .map_err(|e| BundleError::internal(format!("task entity: {e}")))?;
-        let entities = Entities::from_entities([agent_entity, task_entity], None)
-            .map_err(|e| BundleError::internal(format!("entities: {e}")))?;
+        let entities = Entities::from_entities(
+            [agent_entity, task_entity].into_iter().chain(tool_entities),
+            None,
+        )
+        .map_err(|e| BundleError::internal(format!("entities: {e}")))?;
         Ok(Self {
             entities,
             agent: agent_uid,

@@ -11,6 +11,7 @@
 //! - Obligations (approval, TTL caps) come from policy annotations, never from Rust.
 
 mod bundle;
+mod catalog;
 mod decide;
 mod explain;
 mod facts;
@@ -18,9 +19,10 @@ mod history;
 pub mod testing;
 
 pub use bundle::{Bundle, BundleError, Diagnostic, SCHEMA_TEXT};
+pub use catalog::{CATALOG_FILE, Risk, ToolCatalog, ToolEntry};
 pub use decide::{
-    CallRequest, Decision, ItemOutcome, Obligation, Outcome, StartDecision, StartRequest,
-    history_record,
+    CATALOG_POLICY, CallRequest, Decision, ItemOutcome, Obligation, Outcome, StartDecision,
+    StartRequest, history_record,
 };
 pub use explain::{Explanation, PolicyTrace, Trace};
 pub use facts::{AgentFacts, TaskEntities, TaskFacts};

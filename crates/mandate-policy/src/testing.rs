@@ -193,7 +193,12 @@ fn compare(differences: &mut Vec<String>, what: &str, want: Option<Vec<String>>,
 /// Runs one case against a bundle.
 pub fn run_case(bundle: &Bundle, file: &str, case: &TestCase) -> CaseResult {
     let mut differences = Vec::new();
-    let entities = match entities(&case.agent, &case.task) {
+    let tools: Vec<&ToolName> = match (&case.call, &case.start) {
+        (Some(c), _) => vec![&c.tool],
+        (None, Some(s)) => s.scope.tools.iter().collect(),
+        (None, None) => Vec::new(),
+    };
+    let entities = match entities(bundle, &case.agent, &case.task, tools) {
         Ok(e) => e,
         Err(e) => {
             differences.push(format!("could not build the agent and task: {e}"));
@@ -369,7 +374,12 @@ pub struct ExplainCase {
     pub call: TestCall,
 }
 
-fn entities(agent: &TestAgent, task: &TestTask) -> Result<TaskEntities, String> {
+fn entities<'a>(
+    bundle: &Bundle,
+    agent: &TestAgent,
+    task: &TestTask,
+    tools: impl IntoIterator<Item = &'a ToolName>,
+) -> Result<TaskEntities, String> {
     let facts = AgentFacts {
         name: agent.name.clone(),
         spiffe_id: format!("spiffe://{}/agent/{}", agent.trust_domain, agent.name),
@@ -383,12 +393,14 @@ fn entities(agent: &TestAgent, task: &TestTask) -> Result<TaskEntities, String> 
         purpose: task.purpose.clone(),
         environment: task.environment.clone(),
     };
-    TaskEntities::build(&facts, &task).map_err(|e| e.to_string())
+    bundle
+        .task_entities(&facts, &task, tools)
+        .map_err(|e| e.to_string())
 }
 
 /// Decides and explains one call.
 pub fn explain_case(bundle: &Bundle, case: &ExplainCase) -> Result<crate::Explanation, String> {
-    let e = entities(&case.agent, &case.task)?;
+    let e = entities(bundle, &case.agent, &case.task, [&case.call.tool])?;
     let c = &case.call;
     Ok(bundle.explain_call(
         &e,

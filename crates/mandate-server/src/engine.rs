@@ -49,8 +49,11 @@ pub struct LiveTask {
     pub expires_at_ms: i64,
     /// `jti` of its token.
     pub token_jti: String,
-    /// Cedar entities of the agent and task.
-    pub entities: TaskEntities,
+    /// Cedar entities of the agent, the task and its requested tools; rebuilt when a
+    /// policy change brings a new tool catalog.
+    pub entities: RwLock<Arc<TaskEntities>>,
+    /// What the entities were built from.
+    facts: (AgentFacts, TaskFacts),
     /// Waiting on an approval: holds no usable token.
     pub pending: bool,
     /// Set the moment the task ends; checked on every call.
@@ -113,6 +116,8 @@ pub struct Evaluated {
     pub decision: Decision,
     /// The shadow bundle's decision on the same input, when one is configured.
     pub shadow: Option<Decision>,
+    /// The data domain the call touches (the catalog's, where it names one).
+    pub data_domain: Option<DataDomain>,
 }
 
 fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
@@ -360,15 +365,18 @@ impl Engine {
     ) -> Result<Arc<LiveTask>, ApiError> {
         let spiffe_id =
             SpiffeId::for_agent(self.config.trust_domain.clone(), agent.name.clone()).to_string();
-        let entities = TaskEntities::build(
-            &self.agent_facts(agent),
-            &TaskFacts {
+        let facts = (
+            self.agent_facts(agent),
+            TaskFacts {
                 id: t.id.clone(),
                 purpose: t.purpose.clone(),
                 environment: self.config.environment.clone(),
             },
-        )
-        .map_err(ApiError::internal)?;
+        );
+        let entities = self
+            .bundle()
+            .task_entities(&facts.0, &facts.1, &t.requested.tools)
+            .map_err(ApiError::internal)?;
         let refused = serde_json::from_value::<Vec<ItemOutcome>>(t.items.clone())
             .unwrap_or_default()
             .into_iter()
@@ -386,7 +394,8 @@ impl Engine {
             refused,
             expires_at_ms: t.expires_at_ms,
             token_jti: t.token_jti.clone(),
-            entities,
+            entities: RwLock::new(Arc::new(entities)),
+            facts,
             pending: t.state == TaskState::Pending,
             ended: AtomicBool::new(false),
         }))
@@ -609,8 +618,16 @@ impl Engine {
         let tasks: Vec<Arc<LiveTask>> = read(&self.tasks).values().cloned().collect();
         let now_secs = self.clock.now_secs();
         for task in tasks {
+            // The new bundle may carry a new tool catalog: rebuild the entities first.
+            match bundle.task_entities(&task.facts.0, &task.facts.1, &task.requested.tools) {
+                Ok(e) => *write(&task.entities) = Arc::new(e),
+                Err(e) => {
+                    tracing::error!(task = %task.id, error = %e, "could not rebuild task entities; keeping the previous ones")
+                }
+            }
+            let entities = Arc::clone(&read(&task.entities));
             let sd = bundle.decide_start(
-                &task.entities,
+                &entities,
                 &mandate_policy::StartRequest {
                     scope: &task.requested,
                     ttl_secs: task.ttl_secs,
@@ -810,10 +827,22 @@ impl Engine {
     pub fn evaluate(&self, token: &str, call: &Call) -> Result<Evaluated, Box<Refusal>> {
         let task = self.task_for_token(token)?;
         let bundle = self.bundle();
+        let data_domain = match bundle.effective_data_domain(&call.tool, call.data_domain.as_ref())
+        {
+            Ok(d) => d.cloned(),
+            Err(deny) => {
+                return Ok(Evaluated {
+                    task,
+                    decision: *deny,
+                    shadow: None,
+                    data_domain: None,
+                });
+            }
+        };
         let within = read(&task.grant).check(
             &call.tool,
             call.action,
-            call.data_domain.as_ref(),
+            data_domain.as_ref(),
             call.destination.as_ref(),
         );
         if let Err(outside) = within {
@@ -834,6 +863,7 @@ impl Engine {
                 task,
                 decision,
                 shadow: None,
+                data_domain,
             });
         }
         let history = lock(&task.history);
@@ -842,32 +872,34 @@ impl Engine {
             tool: &call.tool,
             resource: &call.resource,
             destination: call.destination.as_ref(),
-            data_domain: call.data_domain.as_ref(),
+            data_domain: data_domain.as_ref(),
             sensitivity: call.sensitivity,
             args_digest: call.args.digest(),
             now_secs: self.clock.now_secs(),
             history: &history,
         };
-        let decision = bundle.decide_call(&task.entities, &request);
+        let entities = Arc::clone(&read(&task.entities));
+        let decision = bundle.decide_call(&entities, &request);
         // Shadow mode: the candidate decides the same input; only disagreements matter,
         // and they are recorded, never enforced.
         let shadow = read(&self.shadow)
             .as_ref()
-            .map(|b| b.decide_call(&task.entities, &request));
+            .map(|b| b.decide_call(&entities, &request));
         drop(history);
         Ok(Evaluated {
             task,
             decision,
             shadow,
+            data_domain,
         })
     }
 
     /// Counts an allowed call into its task's history (after its allow was recorded).
-    pub fn record_allowed(&self, task: &LiveTask, call: &Call) {
+    pub fn record_allowed(&self, task: &LiveTask, call: &Call, data_domain: Option<&DataDomain>) {
         lock(&task.history).record(
             call.tool.as_str(),
             call.action,
-            call.data_domain.as_ref().map(DataDomain::as_str),
+            data_domain.map(DataDomain::as_str),
             call.sensitivity,
         );
     }

@@ -31,6 +31,7 @@ fn field<'a>(d: &'a Value, k: &str) -> Option<&'a str> {
 
 async fn entities(
     store: &SqliteStore,
+    bundle: &Bundle,
     task_id: &str,
     environment: &str,
 ) -> Result<Option<TaskEntities>> {
@@ -54,7 +55,7 @@ async fn entities(
         purpose: task.purpose.clone(),
         environment: environment.to_owned(),
     };
-    Ok(TaskEntities::build(&facts, &t).ok())
+    Ok(bundle.task_entities(&facts, &t, &task.requested.tools).ok())
 }
 
 /// Replays every recorded decision of `data_dir` against the bundle in `candidate`.
@@ -114,7 +115,7 @@ pub async fn run(
                 continue;
             }
             if !tasks.contains_key(&task_id) {
-                let built = entities(&store, &task_id, environment).await?;
+                let built = entities(&store, &bundle, &task_id, environment).await?;
                 tasks.insert(task_id.clone(), built);
             }
             let Some(Some(ents)) = tasks.get(&task_id) else {

@@ -151,6 +151,7 @@ pub async fn decide(
     let decision_id = random_id("dec").map_err(|_| ApiError::internal("system RNG failed"))?;
     let d = evaluated.decision;
     let task = evaluated.task;
+    let data_domain = evaluated.data_domain;
     if let Some(shadow) = evaluated
         .shadow
         .filter(|s| s.outcome != d.outcome || s.policies != d.policies)
@@ -180,7 +181,7 @@ pub async fn decide(
         data: serde_json::json!({
             "decision_id": decision_id, "intent": task.purpose,
             "tool": call.tool, "action": call.action, "resource": call.resource,
-            "destination": call.destination, "data_domain": call.data_domain, "sensitivity": call.sensitivity,
+            "destination": call.destination, "data_domain": data_domain, "declared_data_domain": call.data_domain, "sensitivity": call.sensitivity,
             "args_digest": call.args.digest(),
             "outcome": d.outcome, "policies": d.policies, "reasons": d.reasons, "errors": d.errors, "obligations": d.obligations,
             "bundle_version": d.bundle_version, "latency_us": latency_us,
@@ -214,7 +215,7 @@ pub async fn decide(
         ));
     }
     if d.outcome == Outcome::Allow {
-        engine.record_allowed(&task, &call);
+        engine.record_allowed(&task, &call, data_domain.as_ref());
     }
     Ok(Json(DecideResponse {
         decision_id,

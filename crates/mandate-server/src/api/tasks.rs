@@ -5,7 +5,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use mandate_audit::{EventKind, NewEvent};
 use mandate_core::{AgentStatus, Grant, RequestedScope, SpiffeId, TaskState, random_id};
-use mandate_policy::{Decision, ItemOutcome, Outcome, StartRequest, TaskEntities, TaskFacts};
+use mandate_policy::{Decision, ItemOutcome, Outcome, StartRequest, TaskFacts};
 use mandate_store::TaskRecord;
 use mandate_token::TaskClaims;
 use serde::{Deserialize, Serialize};
@@ -189,16 +189,18 @@ async fn start_inner(
     let jti = random_id("jti").map_err(rng)?;
     let now_ms = engine.clock.now_ms();
     let now_secs = engine.clock.now_secs();
-    let entities = TaskEntities::build(
-        &engine.agent_facts(&agent),
-        &TaskFacts {
-            id: task_id.clone(),
-            purpose: purpose.to_owned(),
-            environment: engine.config.environment.clone(),
-        },
-    )
-    .map_err(ApiError::internal)?;
     let bundle = engine.bundle();
+    let entities = bundle
+        .task_entities(
+            &engine.agent_facts(&agent),
+            &TaskFacts {
+                id: task_id.clone(),
+                purpose: purpose.to_owned(),
+                environment: engine.config.environment.clone(),
+            },
+            &req.scope.tools,
+        )
+        .map_err(ApiError::internal)?;
     let sd = bundle.decide_start(
         &entities,
         &StartRequest {

@@ -1,0 +1,107 @@
+//! The trusted tool catalog: what Mandate knows about each tool from the people who own
+//! the policy, never from the tool itself. Lives in the bundle as `tools.json` and is
+//! versioned with it; policy reads it as attributes of `Mandate::Tool`.
+
+use std::collections::BTreeMap;
+
+use mandate_core::{DataDomain, ToolName};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+/// The catalog file in a bundle directory.
+pub const CATALOG_FILE: &str = "tools.json";
+
+/// How much harm a tool can do.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, ToSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Risk {
+    /// Reads public or internal data.
+    Low,
+    /// The default for a cataloged tool.
+    #[default]
+    Medium,
+    /// Changes important state or touches confidential data.
+    High,
+    /// Can cause irreversible or wide damage.
+    Critical,
+}
+
+impl Risk {
+    /// The name policy compares against.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Low => "low",
+            Self::Medium => "medium",
+            Self::High => "high",
+            Self::Critical => "critical",
+        }
+    }
+}
+
+/// One cataloged tool.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ToolEntry {
+    /// The tool's name as calls use it.
+    pub name: ToolName,
+    /// The server or upstream that provides it.
+    #[serde(default)]
+    pub server: String,
+    /// How much harm it can do.
+    #[serde(default)]
+    pub risk: Risk,
+    /// The data domain it touches. A call that declares another domain is refused; a call
+    /// that declares none is treated as touching this one.
+    #[serde(default)]
+    pub data_domain: Option<DataDomain>,
+    /// It only reads.
+    #[serde(default)]
+    pub read_only: bool,
+    /// It can destroy data.
+    #[serde(default)]
+    pub destructive: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CatalogFile {
+    tools: Vec<ToolEntry>,
+}
+
+/// The catalog, by tool name.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ToolCatalog {
+    tools: BTreeMap<ToolName, ToolEntry>,
+}
+
+impl ToolCatalog {
+    /// Parses `tools.json`; duplicate names are refused.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let file: CatalogFile =
+            serde_json::from_str(text).map_err(|e| format!("not a tool catalog: {e}"))?;
+        let mut tools = BTreeMap::new();
+        for t in file.tools {
+            if let Some(dup) = tools.insert(t.name.clone(), t) {
+                return Err(format!("tool {} is listed twice", dup.name));
+            }
+        }
+        Ok(Self { tools })
+    }
+
+    /// The entry for a tool, if cataloged.
+    pub fn get(&self, tool: &ToolName) -> Option<&ToolEntry> {
+        self.tools.get(tool)
+    }
+
+    /// Number of cataloged tools.
+    pub fn len(&self) -> usize {
+        self.tools.len()
+    }
+
+    /// True when nothing is cataloged.
+    pub fn is_empty(&self) -> bool {
+        self.tools.is_empty()
+    }
+}
