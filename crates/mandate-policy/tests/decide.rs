@@ -534,3 +534,77 @@ fn explain_names_every_policy_part() {
     assert_eq!(trace("start"), Trace::Skipped);
     assert_eq!(ex.policies.len(), b.len());
 }
+
+#[test]
+fn the_catalog_describes_tools_and_owns_their_data_domain() {
+    let b = Bundle::from_sources(BTreeMap::from([
+        ("p.cedar".to_owned(), r#"
+            @id("low-risk") permit(principal, action == Mandate::Action::"read", resource is Mandate::Tool) when { resource.cataloged && resource.risk == "low" };
+            @id("no-destructive") forbid(principal, action, resource is Mandate::Tool) when { resource.destructive };
+        "#.to_owned()),
+        ("tools.json".to_owned(), r#"{"tools": [
+            {"name": "a", "risk": "low", "data_domain": "support"},
+            {"name": "b", "risk": "low", "destructive": true},
+            {"name": "c", "risk": "high"}]}"#.to_owned()),
+    ]))
+    .unwrap();
+    assert_eq!(b.catalog().len(), 3);
+    let agent = AgentFacts {
+        name: "bot".into(),
+        spiffe_id: "spiffe://t/agent/bot".into(),
+        owner: "o".into(),
+        tier: 1,
+        status: "active".into(),
+        trust_domain: "t".into(),
+    };
+    let facts = TaskFacts {
+        id: "t1".into(),
+        purpose: "p".into(),
+        environment: "e".into(),
+    };
+    let tools: Vec<ToolName> = ["a", "b", "c", "d"]
+        .iter()
+        .map(|t| ToolName::parse(t).unwrap())
+        .collect();
+    let t = b.task_entities(&agent, &facts, &tools).unwrap();
+    let finance = DataDomain::parse("finance").unwrap();
+    let h = History::default();
+    let call = |tool: &ToolName, domain: Option<&DataDomain>| {
+        b.decide_call(
+            &t,
+            &CallRequest {
+                action: ActionClass::Read,
+                tool,
+                resource: "",
+                destination: None,
+                data_domain: domain,
+                sensitivity: Sensitivity::Internal,
+                args_digest: "",
+                now_secs: 0,
+                history: &h,
+            },
+        )
+    };
+    assert_eq!(call(&tools[0], None).policies, ["low-risk"]);
+    assert_eq!(
+        call(&tools[0], Some(&finance)).policies,
+        ["mandate:catalog"]
+    );
+    assert_eq!(call(&tools[1], None).policies, ["no-destructive"]);
+    assert_eq!(
+        call(&tools[2], None).policies,
+        ["mandate:default-deny"],
+        "high risk"
+    );
+    assert_eq!(
+        call(&tools[3], None).policies,
+        ["mandate:default-deny"],
+        "uncataloged"
+    );
+    // A broken catalog rejects the bundle.
+    let bad = Bundle::from_sources(BTreeMap::from([(
+        "tools.json".to_owned(),
+        r#"{"tools": [{"name": "a"}, {"name": "a"}]}"#.to_owned(),
+    )]));
+    assert_eq!(bad.unwrap_err().diagnostics[0].file, "tools.json");
+}
