@@ -129,8 +129,14 @@ impl Slice {
     }
 }
 
+/// Conservative: true if the policy's source or its JSON form names `history` (the JSON
+/// form has string escapes such as `\u{68}istory` resolved), or if it cannot be rendered.
 fn mentions_history(set: &PolicySet) -> bool {
-    set.policies().any(|p| p.to_string().contains("history"))
+    set.policies().any(|p| {
+        p.to_string().contains("history")
+            || p.to_json()
+                .map_or(true, |j| j.to_string().contains("history"))
+    })
 }
 
 /// A validated, versioned, sliced set of policies: the unit that enforces.

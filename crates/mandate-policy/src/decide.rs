@@ -372,10 +372,27 @@ impl Bundle {
             ));
         }
         for tool in tools {
+            // A tool the catalog places in a data domain is only ever called in it: it is
+            // decided in that domain alone, and refused if the task did not declare it.
+            let cataloged = self.catalog.get(tool).and_then(|e| e.data_domain.as_ref());
+            let tool_domains: Vec<Option<&DataDomain>> = match cataloged {
+                Some(d) if scope.data_domains.contains(d) => vec![Some(d)],
+                Some(_) => Vec::new(),
+                None => domains.clone(),
+            };
             for action in &actions {
+                if cataloged.is_some() && tool_domains.is_empty() {
+                    items.push(ItemOutcome {
+                        tool: tool.clone(),
+                        action: *action,
+                        outcome: Outcome::Deny,
+                        policies: vec![CATALOG_POLICY.to_owned()],
+                    });
+                    continue;
+                }
                 let mut first: Option<Decision> = None;
                 let mut best: Option<Decision> = None;
-                for domain in &domains {
+                for domain in &tool_domains {
                     let call = CallRequest {
                         action: *action,
                         tool,

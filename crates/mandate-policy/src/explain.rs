@@ -50,6 +50,15 @@ impl Bundle {
     /// were evaluated and did not match or failed, and which were skipped and why.
     pub fn explain_call(&self, task: &TaskEntities, req: &CallRequest<'_>) -> Explanation {
         let decision = self.decide_call(task, req);
+        // Trace each policy with the data domain the decision used (the catalog's).
+        let domain = self
+            .effective_data_domain(req.tool, req.data_domain)
+            .unwrap_or(req.data_domain);
+        let effective = CallRequest {
+            data_domain: domain,
+            ..*req
+        };
+        let req = &effective;
         let slice: HashSet<PolicyId> = self
             .call_slice(req.action)
             .map(|s| {

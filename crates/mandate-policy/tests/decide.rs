@@ -608,3 +608,36 @@ fn the_catalog_describes_tools_and_owns_their_data_domain() {
     )]));
     assert_eq!(bad.unwrap_err().diagnostics[0].file, "tools.json");
 }
+
+/// Regression: the history record is skipped for slices that never read it; a policy
+/// that names it through a string escape must still get it.
+#[test]
+fn escaped_history_reads_still_see_history() {
+    let b = bundle(
+        r#"
+        @id("r") permit(principal, action == Mandate::Action::"read", resource);
+        @id("cap") forbid(principal, action == Mandate::Action::"read", resource)
+          when { context["\u{68}istory"].calls > 5 };
+    "#,
+    );
+    let tool = ToolName::parse("x").unwrap();
+    let mut h = History::default();
+    for _ in 0..6 {
+        h.record("x", ActionClass::Read, None, Sensitivity::Internal);
+    }
+    let d = b.decide_call(
+        &task(1),
+        &CallRequest {
+            action: ActionClass::Read,
+            tool: &tool,
+            resource: "",
+            destination: None,
+            data_domain: None,
+            sensitivity: Sensitivity::Internal,
+            args_digest: "",
+            now_secs: 0,
+            history: &h,
+        },
+    );
+    assert_eq!(d.policies, ["cap"], "{d:?}");
+}

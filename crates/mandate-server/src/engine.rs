@@ -2,7 +2,7 @@
 //! and the in-process decide path that every enforcement point calls.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use mandate_audit::{EventKind, NewEvent};
@@ -45,13 +45,15 @@ pub struct LiveTask {
     pub history: Mutex<History>,
     /// Requested pairs policy refused at start (to explain grant-ceiling denials).
     pub refused: Vec<ItemOutcome>,
-    /// Expiry (unix ms).
-    pub expires_at_ms: i64,
+    /// Start (unix ms).
+    pub created_at_ms: i64,
+    /// Expiry (unix ms); a policy change may bring it forward, never back.
+    pub expires_at_ms: AtomicI64,
     /// `jti` of its token.
     pub token_jti: String,
     /// Cedar entities of the agent, the task and its requested tools; rebuilt when a
     /// policy change brings a new tool catalog.
-    pub entities: RwLock<Arc<TaskEntities>>,
+    entities: RwLock<(String, Arc<TaskEntities>)>,
     /// What the entities were built from.
     facts: (AgentFacts, TaskFacts),
     /// Waiting on an approval: holds no usable token.
@@ -61,6 +63,35 @@ pub struct LiveTask {
 }
 
 impl LiveTask {
+    /// Expiry (unix ms).
+    pub fn expires_at(&self) -> i64 {
+        self.expires_at_ms.load(Ordering::SeqCst)
+    }
+
+    /// The task's Cedar entities as `bundle`'s tool catalog describes them, rebuilt if
+    /// another bundle built them: calls never mix one bundle's policies with another's
+    /// catalog.
+    pub fn entities_for(
+        &self,
+        bundle: &Bundle,
+    ) -> Result<Arc<TaskEntities>, mandate_policy::BundleError> {
+        {
+            let cur = read(&self.entities);
+            if cur.0 == bundle.version() {
+                return Ok(Arc::clone(&cur.1));
+            }
+        }
+        let rebuilt =
+            Arc::new(bundle.task_entities(&self.facts.0, &self.facts.1, &self.requested.tools)?);
+        *write(&self.entities) = (bundle.version().to_owned(), Arc::clone(&rebuilt));
+        Ok(rebuilt)
+    }
+
+    /// The grant in force now (a policy change may have narrowed it).
+    pub fn current_grant(&self) -> Grant {
+        read(&self.grant).clone()
+    }
+
     /// True once completed, expired or revoked.
     pub fn is_ended(&self) -> bool {
         self.ended.load(Ordering::SeqCst)
@@ -186,7 +217,9 @@ pub struct Engine {
 }
 
 /// What a policy reload did.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[derive(
+    Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
 pub struct PolicyChange {
     /// The bundle now enforcing.
     pub bundle_version: String,
@@ -310,6 +343,16 @@ impl Engine {
             reload_lock: tokio::sync::Mutex::new(()),
         });
         engine.load_live_tasks().await?;
+        // Policies may have changed while the server was down: re-decide every live task
+        // under the bundle enforcing now, as a reload would.
+        let mut change = PolicyChange::default();
+        let enforcing = engine.bundle().version().to_owned();
+        engine
+            .reevaluate_live(
+                &format!("as stored (server restart under {enforcing})"),
+                &mut change,
+            )
+            .await;
         let b = engine.bundle();
         engine
             .store
@@ -373,8 +416,9 @@ impl Engine {
                 environment: self.config.environment.clone(),
             },
         );
-        let entities = self
-            .bundle()
+        let bundle = self.bundle();
+        let bundle_version = bundle.version().to_owned();
+        let entities = bundle
             .task_entities(&facts.0, &facts.1, &t.requested.tools)
             .map_err(ApiError::internal)?;
         let refused = serde_json::from_value::<Vec<ItemOutcome>>(t.items.clone())
@@ -392,9 +436,10 @@ impl Engine {
             ttl_secs: (t.expires_at_ms - t.created_at_ms).div_euclid(1000).max(1),
             history: Mutex::new(History::default()),
             refused,
-            expires_at_ms: t.expires_at_ms,
+            created_at_ms: t.created_at_ms,
+            expires_at_ms: AtomicI64::new(t.expires_at_ms),
             token_jti: t.token_jti.clone(),
-            entities: RwLock::new(Arc::new(entities)),
+            entities: RwLock::new((bundle_version, Arc::new(entities))),
             facts,
             pending: t.state == TaskState::Pending,
             ended: AtomicBool::new(false),
@@ -501,7 +546,7 @@ impl Engine {
     pub(crate) fn expired_tasks(&self, now_ms: i64) -> Vec<String> {
         read(&self.tasks)
             .values()
-            .filter(|t| t.expires_at_ms <= now_ms)
+            .filter(|t| t.expires_at() <= now_ms)
             .map(|t| t.id.clone())
             .collect()
     }
@@ -611,21 +656,35 @@ impl Engine {
     }
 
     /// Drift: re-decides every live task's start under the enforcing bundle. A task the
-    /// bundle would no longer start is revoked; a grant it would narrow is narrowed. Both
-    /// are audited with the previous and the new bundle version.
-    async fn reevaluate_live(&self, previous: &str, change: &mut PolicyChange) {
-        let bundle = self.bundle();
+    /// bundle would no longer start without a human is revoked; a grant it would narrow is
+    /// narrowed; a lower TTL cap shortens the task. All of it takes effect in memory for
+    /// every task first, then is recorded, each event naming both bundle versions.
+    pub(crate) async fn reevaluate_live(&self, previous: &str, change: &mut PolicyChange) {
         let tasks: Vec<Arc<LiveTask>> = read(&self.tasks).values().cloned().collect();
+        self.reevaluate(&tasks, previous, change).await;
+    }
+
+    async fn reevaluate(&self, tasks: &[Arc<LiveTask>], previous: &str, change: &mut PolicyChange) {
+        let bundle = self.bundle();
         let now_secs = self.clock.now_secs();
+        let mut narrowed: Vec<(Arc<LiveTask>, Grant, Grant, serde_json::Value)> = Vec::new();
+        let mut ended: Vec<(String, PendingEnd)> = Vec::new();
+        // Pass 1, no await: every change is in force before anything is written.
+        let now_ms = self.clock.now_ms();
         for task in tasks {
-            // The new bundle may carry a new tool catalog: rebuild the entities first.
-            match bundle.task_entities(&task.facts.0, &task.facts.1, &task.requested.tools) {
-                Ok(e) => *write(&task.entities) = Arc::new(e),
-                Err(e) => {
-                    tracing::error!(task = %task.id, error = %e, "could not rebuild task entities; keeping the previous ones")
-                }
+            if task.expires_at() <= now_ms || task.is_ended() {
+                // Already over: the sweeper records its end.
+                continue;
             }
-            let entities = Arc::clone(&read(&task.entities));
+            let entities = match task.entities_for(&bundle) {
+                Ok(e) => e,
+                Err(e) => {
+                    tracing::error!(task = %task.id, error = %e, "cannot rebuild task entities under the new bundle; revoking");
+                    ended.push((task.id.clone(), drift_end(task, serde_json::json!({ "previous_version": previous, "bundle_version": bundle.version(), "error": e.to_string() }))));
+                    self.end_live(&task.id);
+                    continue;
+                }
+            };
             let sd = bundle.decide_start(
                 &entities,
                 &mandate_policy::StartRequest {
@@ -643,46 +702,70 @@ impl Engine {
                 "policies": sd.decision.policies,
                 "reasons": sd.decision.reasons,
             });
-            if sd.decision.outcome == mandate_policy::Outcome::Deny || new_grant.is_empty() {
-                let end = PendingEnd {
-                    from: vec![TaskState::Active, TaskState::Pending],
-                    to: TaskState::Revoked,
-                    kind: EventKind::TaskRevoked,
-                    reason: "policy change: the task is no longer permitted".into(),
-                    by: "mandate".into(),
-                    agent: task.agent.to_string(),
-                    detail: versions,
-                };
-                if let Err(e) = self.end_task(&task.id, end).await {
-                    tracing::error!(task = %task.id, error = %e, "drift revocation not recorded yet; enforced and retried");
-                }
+            // An active task stands only if the new bundle would start it outright; one
+            // that would now need a human is revoked (a pending task may stay pending).
+            let stands = match sd.decision.outcome {
+                mandate_policy::Outcome::Allow => true,
+                mandate_policy::Outcome::ApprovalRequired => task.pending,
+                mandate_policy::Outcome::Deny => false,
+            };
+            if !stands || new_grant.is_empty() {
+                self.end_live(&task.id);
+                ended.push((task.id.clone(), drift_end(task, versions)));
                 change.revoked.push(task.id.clone());
-            } else if new_grant != old_grant {
-                // Narrow in memory first, then record.
+                continue;
+            }
+            if let Some(cap) = sd.ttl_cap_secs {
+                let capped = task.created_at_ms.saturating_add(cap.saturating_mul(1000));
+                task.expires_at_ms.fetch_min(capped, Ordering::SeqCst);
+            }
+            if new_grant != old_grant {
                 *write(&task.grant) = new_grant.clone();
-                let mut data = versions;
-                if let Some(d) = data.as_object_mut() {
-                    d.insert(
-                        "previous_grant".into(),
-                        serde_json::to_value(&old_grant).unwrap_or_default(),
-                    );
-                    d.insert(
-                        "grant".into(),
-                        serde_json::to_value(&new_grant).unwrap_or_default(),
-                    );
-                }
-                let ev = NewEvent {
-                    ts_ms: self.clock.now_ms(),
-                    kind: EventKind::TaskGrantReduced,
-                    agent: Some(task.agent.to_string()),
-                    task_id: Some(task.id.clone()),
-                    data,
-                };
-                if let Err(e) = self.store.update_task_grant(&task.id, &new_grant, ev).await {
-                    tracing::error!(task = %task.id, error = %e, "narrowed grant not recorded; enforced in memory");
-                }
+                narrowed.push((Arc::clone(task), old_grant, new_grant, versions));
                 change.reduced.push(task.id.clone());
             }
+        }
+        // Pass 2: record. Ends that fail to record stay enforced and are retried by the
+        // sweeper; a narrowing that fails to record is re-derived on restart, which
+        // re-decides every live task under the bundle then enforcing.
+        for (id, end) in ended {
+            self.remember_end(&id, end.clone());
+            if self.record_end(&id, &end).await.is_ok() {
+                self.forget_end(&id);
+            }
+        }
+        for (task, old_grant, new_grant, mut data) in narrowed {
+            if let Some(d) = data.as_object_mut() {
+                d.insert(
+                    "previous_grant".into(),
+                    serde_json::to_value(&old_grant).unwrap_or_default(),
+                );
+                d.insert(
+                    "grant".into(),
+                    serde_json::to_value(&new_grant).unwrap_or_default(),
+                );
+            }
+            let ev = NewEvent {
+                ts_ms: self.clock.now_ms(),
+                kind: EventKind::TaskGrantReduced,
+                agent: Some(task.agent.to_string()),
+                task_id: Some(task.id.clone()),
+                data,
+            };
+            if let Err(e) = self.store.update_task_grant(&task.id, &new_grant, ev).await {
+                tracing::error!(task = %task.id, error = %e, "narrowed grant not recorded; enforced in memory");
+            }
+        }
+    }
+
+    /// Re-decides one task that started under `version` if another bundle enforces now
+    /// (a start that raced a reload).
+    pub(crate) async fn catch_up(&self, task: &Arc<LiveTask>, version: &str) {
+        let _serial = self.reload_lock.lock().await;
+        if self.bundle().version() != version {
+            let mut change = PolicyChange::default();
+            self.reevaluate(std::slice::from_ref(task), version, &mut change)
+                .await;
         }
     }
 
@@ -813,7 +896,7 @@ impl Engine {
                 "the token is not the one issued for this task and agent".into(),
             ));
         }
-        if self.clock.now_ms() >= task.expires_at_ms {
+        if self.clock.now_ms() >= task.expires_at() {
             return Err(refusal(
                 "task_expired",
                 format!("task {} has expired: start a new task", task.id),
@@ -878,13 +961,45 @@ impl Engine {
             now_secs: self.clock.now_secs(),
             history: &history,
         };
-        let entities = Arc::clone(&read(&task.entities));
+        let entities = match task.entities_for(&bundle) {
+            Ok(e) => e,
+            Err(e) => {
+                drop(history);
+                let decision = Decision::deny(
+                    "mandate:internal-error",
+                    format!(
+                        "the task's entities could not be built under this bundle ({e}); errors deny"
+                    ),
+                    bundle.version(),
+                );
+                return Ok(Evaluated {
+                    task,
+                    decision,
+                    shadow: None,
+                    data_domain,
+                });
+            }
+        };
         let decision = bundle.decide_call(&entities, &request);
         // Shadow mode: the candidate decides the same input; only disagreements matter,
         // and they are recorded, never enforced.
-        let shadow = read(&self.shadow)
-            .as_ref()
-            .map(|b| b.decide_call(&entities, &request));
+        // The shadow bundle sees the call as its own catalog describes it, with the data
+        // domain the caller declared (its catalog may place the tool elsewhere). Building
+        // its entities costs a few microseconds, paid only in shadow mode.
+        let shadow = read(&self.shadow).clone().map(|b| {
+            let declared = CallRequest {
+                data_domain: call.data_domain.as_ref(),
+                ..request
+            };
+            match b.task_entities(&task.facts.0, &task.facts.1, &task.requested.tools) {
+                Ok(e) => b.decide_call(&e, &declared),
+                Err(e) => Decision::deny(
+                    "mandate:internal-error",
+                    format!("shadow entities: {e}"),
+                    b.version(),
+                ),
+            }
+        });
         drop(history);
         Ok(Evaluated {
             task,
@@ -1013,5 +1128,17 @@ fn rebuild_history(h: &mut History, events: &[mandate_audit::Event]) {
                 .unwrap_or_default();
             h.record(tool, action, field("data_domain"), sensitivity);
         }
+    }
+}
+
+fn drift_end(task: &LiveTask, detail: serde_json::Value) -> PendingEnd {
+    PendingEnd {
+        from: vec![TaskState::Active, TaskState::Pending],
+        to: TaskState::Revoked,
+        kind: EventKind::TaskRevoked,
+        reason: "policy change: the task is no longer permitted".into(),
+        by: "mandate".into(),
+        agent: task.agent.to_string(),
+        detail,
     }
 }

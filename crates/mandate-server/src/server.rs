@@ -160,7 +160,7 @@ async fn watch_policies(engine: &Engine, seen: &mut String) {
     if version == *seen {
         return;
     }
-    seen.clone_from(&version);
+    let previous = std::mem::replace(seen, version);
     match engine.reload_policies("file change").await {
         Ok(change) => tracing::info!(
             bundle = change.bundle_version,
@@ -168,6 +168,11 @@ async fn watch_policies(engine: &Engine, seen: &mut String) {
             reduced = change.reduced.len(),
             "policy bundle reloaded"
         ),
+        Err(e) if e.diagnostics.iter().any(|d| d.file == "<audit>") => {
+            // A valid bundle that could not be recorded: try again on the next poll.
+            tracing::warn!(error = %e, "policy change not recorded; retrying");
+            *seen = previous;
+        }
         Err(e) => {
             tracing::warn!(error = %e, "policy change rejected; the previous bundle keeps enforcing")
         }

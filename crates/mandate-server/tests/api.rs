@@ -996,3 +996,48 @@ async fn shadow_mode_records_disagreements_without_enforcing_them() {
     );
     assert_eq!(shadows[0]["data"]["decision_id"], r.body["decision_id"]);
 }
+
+#[tokio::test]
+async fn drift_applies_new_ttl_caps_and_new_approval_requirements() {
+    let policies = policy_copy();
+    let h = Harness::start_with(policies.path()).await;
+    let identity = h.agent("bot", 1).await;
+    let (_, token) = h.task(&identity).await;
+    let start = std::fs::read_to_string(policies.path().join("start.cedar")).unwrap();
+
+    // A lower TTL cap brings the live task's expiry forward.
+    std::fs::write(
+        policies.path().join("start.cedar"),
+        start.replace("@max_ttl_secs(\"1800\")", "@max_ttl_secs(\"60\")"),
+    )
+    .unwrap();
+    let r = h.post("/v1/policies/reload", Some(ADMIN), json!({})).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(
+        h.decide(&token, "tickets.search", "read").await.body["outcome"],
+        "allow"
+    );
+    h.clock.advance_ms(61_000);
+    let d = h.decide(&token, "tickets.search", "read").await;
+    assert_eq!(
+        (d.status.as_u16(), d.code()),
+        (403, "task_expired"),
+        "{:?}",
+        d.body
+    );
+
+    // Starting tasks now needs a human: running tasks that never had one are revoked.
+    let (task_id, token) = h.task(&identity).await;
+    std::fs::write(
+        policies.path().join("start.cedar"),
+        start.replace(
+            "@max_ttl_secs(\"1800\")",
+            "@max_ttl_secs(\"1800\")\n@approval_required(\"every task needs a human now\")",
+        ),
+    )
+    .unwrap();
+    let r = h.post("/v1/policies/reload", Some(ADMIN), json!({})).await;
+    assert_eq!(r.body["revoked"], json!([task_id]), "{:?}", r.body);
+    let d = h.decide(&token, "tickets.search", "read").await;
+    assert_eq!((d.status.as_u16(), d.code()), (403, "task_not_active"));
+}

@@ -535,6 +535,9 @@ pub enum PolicyCmd {
         /// Environment label the recorded tasks ran in.
         #[arg(long, default_value = "development")]
         environment: String,
+        /// The SPIFFE trust domain the server ran with.
+        #[arg(long, default_value = "mandate.local", env = "MANDATE_TRUST_DOMAIN")]
+        trust_domain: String,
         /// Most changed decisions to list.
         #[arg(long, default_value_t = 50)]
         limit: usize,
@@ -549,8 +552,12 @@ pub async fn policy(c: PolicyCmd) -> Result<ExitCode> {
             data_dir,
             candidate,
             environment,
+            trust_domain,
             limit,
-        } => crate::replay::run(&data_dir, &candidate, &environment, limit).await,
+        } => {
+            let td = mandate_core::TrustDomain::parse(&trust_domain)?;
+            crate::replay::run(&data_dir, &candidate, &environment, &td, limit).await
+        }
         PolicyCmd::Validate { dir } => match mandate_policy::Bundle::load_dir(&dir) {
             Ok(b) => {
                 println!(

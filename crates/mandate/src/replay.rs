@@ -32,6 +32,7 @@ fn field<'a>(d: &'a Value, k: &str) -> Option<&'a str> {
 async fn entities(
     store: &SqliteStore,
     bundle: &Bundle,
+    trust_domain: &TrustDomain,
     task_id: &str,
     environment: &str,
 ) -> Result<Option<TaskEntities>> {
@@ -41,7 +42,7 @@ async fn entities(
     let Some(agent) = store.agent(&task.agent).await? else {
         return Ok(None);
     };
-    let td = TrustDomain::default();
+    let td = trust_domain.clone();
     let facts = AgentFacts {
         name: agent.name.to_string(),
         spiffe_id: SpiffeId::for_agent(td.clone(), AgentName::clone(&agent.name)).to_string(),
@@ -63,6 +64,7 @@ pub async fn run(
     data_dir: &Path,
     candidate: &Path,
     environment: &str,
+    trust_domain: &TrustDomain,
     limit: usize,
 ) -> Result<ExitCode> {
     let store = SqliteStore::open_existing(data_dir).await?;
@@ -99,7 +101,16 @@ pub async fn run(
                 skipped += 1;
                 continue;
             };
-            let data_domain = field(d, "data_domain").and_then(|x| DataDomain::parse(x).ok());
+            // Replay what the caller declared: the candidate's catalog decides the domain.
+            let data_domain = field(d, "declared_data_domain")
+                .or_else(|| {
+                    if d.get("declared_data_domain").is_some() {
+                        None
+                    } else {
+                        field(d, "data_domain")
+                    }
+                })
+                .and_then(|x| DataDomain::parse(x).ok());
             let sensitivity = d
                 .get("sensitivity")
                 .and_then(|v| serde_json::from_value::<Sensitivity>(v.clone()).ok())
@@ -115,7 +126,7 @@ pub async fn run(
                 continue;
             }
             if !tasks.contains_key(&task_id) {
-                let built = entities(&store, &bundle, &task_id, environment).await?;
+                let built = entities(&store, &bundle, trust_domain, &task_id, environment).await?;
                 tasks.insert(task_id.clone(), built);
             }
             let Some(Some(ents)) = tasks.get(&task_id) else {

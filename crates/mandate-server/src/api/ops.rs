@@ -194,7 +194,7 @@ pub async fn decide(
         .map_err(|_| ApiError::audit())?;
     // The task may have been revoked, or run out of time, while the event was being
     // written. A revoke acknowledged before this answer must not be followed by an allow.
-    if task.is_ended() || engine.clock.now_ms() >= task.expires_at_ms {
+    if task.is_ended() || engine.clock.now_ms() >= task.expires_at() {
         let ev = NewEvent {
             ts_ms: engine.clock.now_ms(),
             kind: EventKind::CallRefused,

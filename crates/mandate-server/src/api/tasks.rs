@@ -1,5 +1,7 @@
 //! Tasks: start (with policy-decided grants), inspect, complete, revoke.
 
+use std::sync::Arc;
+
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -295,7 +297,19 @@ async fn start_inner(
             other => ApiError::store(&other),
         })?;
     let live = engine.live_task(&agent, &record)?;
-    engine.insert_live(live);
+    engine.insert_live(Arc::clone(&live));
+    // A reload that swapped bundles after this start was decided did not see this task:
+    // re-decide it under the bundle enforcing now.
+    engine.catch_up(&live, bundle.version()).await;
+    if live.is_ended() {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "task_refused",
+            "the policy changed while the task was starting, and the new policy does not permit it",
+        ));
+    }
+    let grant = live.current_grant();
+    let expires_at_ms = live.expires_at();
     // A quarantine that committed between the insert and the line above revoked the
     // task in the store without seeing it in memory: look again before handing out the
     // token, so the token never works for a contained agent.
@@ -321,8 +335,8 @@ async fn start_inner(
             task_id,
             state,
             task_token: token,
-            expires_at_ms: record.expires_at_ms,
-            grant: sd.grant,
+            expires_at_ms,
+            grant,
             items: sd.items,
             decision: sd.decision,
         }),
