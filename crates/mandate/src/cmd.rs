@@ -576,14 +576,8 @@ pub async fn policy(c: PolicyCmd) -> Result<ExitCode> {
             }
         },
         PolicyCmd::Test { dir } => {
-            let bundle = match mandate_policy::Bundle::load_dir(&dir) {
-                Ok(b) => b,
-                Err(e) => {
-                    for d in &e.diagnostics {
-                        println!("{}: {d}", style::red("error"));
-                    }
-                    return Ok(ExitCode::from(2));
-                }
+            let Some(bundle) = load_or_report(&dir) else {
+                return Ok(ExitCode::from(2));
             };
             let results = match mandate_policy::testing::run_dir(&bundle, &dir) {
                 Ok(r) => r,
@@ -620,14 +614,8 @@ pub async fn policy(c: PolicyCmd) -> Result<ExitCode> {
             };
             let case: mandate_policy::testing::ExplainCase =
                 serde_json::from_str(&text).context("the request is not a valid explain case")?;
-            let bundle = match mandate_policy::Bundle::load_dir(&dir) {
-                Ok(b) => b,
-                Err(e) => {
-                    for d in &e.diagnostics {
-                        println!("{}: {d}", style::red("error"));
-                    }
-                    return Ok(ExitCode::from(2));
-                }
+            let Some(bundle) = load_or_report(&dir) else {
+                return Ok(ExitCode::from(2));
             };
             let ex = mandate_policy::testing::explain_case(&bundle, &case)
                 .map_err(anyhow::Error::msg)?;
@@ -667,6 +655,19 @@ pub async fn policy(c: PolicyCmd) -> Result<ExitCode> {
         PolicyCmd::Schema => {
             print!("{}", mandate_policy::SCHEMA_TEXT);
             Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// Loads a bundle, or prints every problem with its file:line:column.
+pub fn load_or_report(dir: &std::path::Path) -> Option<mandate_policy::Bundle> {
+    match mandate_policy::Bundle::load_dir(dir) {
+        Ok(b) => Some(b),
+        Err(e) => {
+            for d in &e.diagnostics {
+                println!("{}: {d}", style::red("error"));
+            }
+            None
         }
     }
 }

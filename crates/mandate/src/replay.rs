@@ -68,14 +68,8 @@ pub async fn run(
     limit: usize,
 ) -> Result<ExitCode> {
     let store = SqliteStore::open_existing(data_dir).await?;
-    let bundle = match Bundle::load_dir(candidate) {
-        Ok(b) => b,
-        Err(e) => {
-            for d in &e.diagnostics {
-                println!("{}: {d}", style::red("error"));
-            }
-            return Ok(ExitCode::from(2));
-        }
+    let Some(bundle) = crate::cmd::load_or_report(candidate) else {
+        return Ok(ExitCode::from(2));
     };
     let mut histories: HashMap<String, History> = HashMap::new();
     let mut tasks: HashMap<String, Option<TaskEntities>> = HashMap::new();

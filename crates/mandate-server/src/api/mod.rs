@@ -66,27 +66,18 @@ struct ResponseDescriptions;
 
 impl Modify for ResponseDescriptions {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        for item in openapi.paths.paths.values_mut() {
-            let ops = [
-                &mut item.get,
-                &mut item.put,
-                &mut item.post,
-                &mut item.delete,
-                &mut item.patch,
-            ];
-            for op in ops.into_iter().flatten() {
-                for (status, response) in op.responses.responses.iter_mut() {
-                    if let utoipa::openapi::RefOr::T(r) = response
-                        && r.description.is_empty()
-                    {
-                        r.description = status
-                            .parse::<u16>()
-                            .ok()
-                            .and_then(|s| StatusCode::from_u16(s).ok())
-                            .and_then(|s| s.canonical_reason())
-                            .unwrap_or("response")
-                            .to_owned();
-                    }
+        for op in operations(openapi) {
+            for (status, response) in op.responses.responses.iter_mut() {
+                if let utoipa::openapi::RefOr::T(r) = response
+                    && r.description.is_empty()
+                {
+                    r.description = status
+                        .parse::<u16>()
+                        .ok()
+                        .and_then(|s| StatusCode::from_u16(s).ok())
+                        .and_then(|s| s.canonical_reason())
+                        .unwrap_or("response")
+                        .to_owned();
                 }
             }
         }
@@ -115,51 +106,59 @@ impl Modify for CommonErrors {
                     .build(),
             )
         };
-        for item in openapi.paths.paths.values_mut() {
-            let ops = [
-                &mut item.get,
-                &mut item.put,
-                &mut item.post,
-                &mut item.delete,
-                &mut item.patch,
-            ];
-            for op in ops.into_iter().flatten() {
-                let mut codes = vec![(
-                    "503",
-                    "`store_unavailable`, `audit_unavailable` or the request's time budget spent: refused",
-                )];
-                if op.request_body.is_some() {
-                    codes.extend([
-                        ("400", "`malformed_json` or `invalid_body`"),
-                        ("413", "`body_too_large`"),
-                        (
-                            "415",
-                            "`unsupported_media_type`: send `Content-Type: application/json`",
-                        ),
-                        ("422", "`invalid_request`: unknown fields or invalid values"),
-                    ]);
-                }
-                if op.security.is_some() {
-                    codes.extend([
-                        (
-                            "401",
-                            "`missing_token`, `invalid_authorization_header` or a `token_*` code",
-                        ),
-                        ("403", "not allowed for this credential"),
-                    ]);
-                }
-                if item_has_path_params(op) {
-                    codes.push(("400", "invalid path parameter"));
-                }
-                for (code, description) in codes {
-                    op.responses
-                        .responses
-                        .entry(code.to_owned())
-                        .or_insert_with(|| error(description));
-                }
+        for op in operations(openapi) {
+            let mut codes = vec![(
+                "503",
+                "`store_unavailable`, `audit_unavailable` or the request's time budget spent: refused",
+            )];
+            if op.request_body.is_some() {
+                codes.extend([
+                    ("400", "`malformed_json` or `invalid_body`"),
+                    ("413", "`body_too_large`"),
+                    (
+                        "415",
+                        "`unsupported_media_type`: send `Content-Type: application/json`",
+                    ),
+                    ("422", "`invalid_request`: unknown fields or invalid values"),
+                ]);
+            }
+            if op.security.is_some() {
+                codes.extend([
+                    (
+                        "401",
+                        "`missing_token`, `invalid_authorization_header` or a `token_*` code",
+                    ),
+                    ("403", "not allowed for this credential"),
+                ]);
+            }
+            if item_has_path_params(op) {
+                codes.push(("400", "invalid path parameter"));
+            }
+            for (code, description) in codes {
+                op.responses
+                    .responses
+                    .entry(code.to_owned())
+                    .or_insert_with(|| error(description));
             }
         }
     }
+}
+
+/// Every operation of the document.
+fn operations(
+    openapi: &mut utoipa::openapi::OpenApi,
+) -> impl Iterator<Item = &mut utoipa::openapi::path::Operation> {
+    openapi.paths.paths.values_mut().flat_map(|item| {
+        [
+            &mut item.get,
+            &mut item.put,
+            &mut item.post,
+            &mut item.delete,
+            &mut item.patch,
+        ]
+        .into_iter()
+        .flatten()
+    })
 }
 
 fn item_has_path_params(op: &utoipa::openapi::path::Operation) -> bool {
