@@ -319,17 +319,6 @@ impl Grant {
                 .collect(),
         }
     }
-
-    /// True when every permission of `self` is also in `other`.
-    pub fn is_subset_of(&self, other: &Grant) -> bool {
-        self.tools.iter().all(|(tool, actions)| {
-            other
-                .tools
-                .get(tool)
-                .is_some_and(|granted| actions.is_subset(granted))
-        }) && self.data_domains.is_subset(&other.data_domains)
-            && self.destinations.is_subset(&other.destinations)
-    }
 }
 
 #[cfg(test)]

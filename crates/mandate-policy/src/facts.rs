@@ -153,15 +153,6 @@ impl TaskEntities {
         })
     }
 
-    /// Adds unrelated entities (for benchmarks and tests that model a large directory).
-    pub fn with_extra(self, extra: Vec<Entity>) -> Result<Self, BundleError> {
-        let entities = self
-            .entities
-            .add_entities(extra, None)
-            .map_err(|e| BundleError::internal(format!("entities: {e}")))?;
-        Ok(Self { entities, ..self })
-    }
-
     /// The Cedar entity store.
     pub fn entities(&self) -> &Entities {
         &self.entities

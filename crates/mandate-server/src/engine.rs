@@ -523,6 +523,16 @@ impl Engine {
             .await
     }
 
+    /// Records a refusal: in full when it names an agent (a genuine credential was shown),
+    /// through the unauthenticated budget otherwise.
+    pub(crate) async fn record_refusal(&self, event: NewEvent) -> Result<(), String> {
+        if event.agent.is_some() {
+            self.audit.append(event).await.map(|_| ())
+        } else {
+            self.record_anonymous(event).await
+        }
+    }
+
     /// Records a refusal of a caller with no valid credential, within the per-second
     /// budget; beyond it the refusal is only counted (see the sweeper's summary event).
     pub(crate) async fn record_anonymous(&self, event: NewEvent) -> Result<(), String> {
@@ -568,11 +578,6 @@ impl Engine {
     /// Number of live tasks.
     pub fn live_count(&self) -> usize {
         read(&self.tasks).len()
-    }
-
-    /// The shadow bundle, if any.
-    pub fn shadow_bundle(&self) -> Option<Arc<Bundle>> {
-        read(&self.shadow).clone()
     }
 
     /// Reloads the shadow bundle from its directory, keeping the previous one if the

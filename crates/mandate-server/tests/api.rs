@@ -973,10 +973,18 @@ async fn shadow_mode_records_disagreements_without_enforcing_them() {
         h.decide(&token, "tickets.update", "write").await.body["outcome"],
         "approval_required"
     );
-    let events = h
-        .get(&format!("/v1/tasks/{task_id}/events"), Some(ADMIN))
-        .await
-        .body;
+    // Disagreements are recorded off the call's path: wait for the record.
+    let mut events = Value::Null;
+    for _ in 0..50 {
+        events = h
+            .get(&format!("/v1/tasks/{task_id}/events"), Some(ADMIN))
+            .await
+            .body;
+        if events.to_string().contains("policy.shadow_disagreement") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     let shadows: Vec<&Value> = events
         .as_array()
         .unwrap()

@@ -137,12 +137,7 @@ pub async fn decide(
                 task_id: refusal.task.clone(),
                 data: serde_json::json!({ "code": refusal.error.code, "tool": call.tool, "action": call.action, "args_digest": call.args.digest() }),
             };
-            let recorded = if refusal.agent.is_some() {
-                engine.audit.append(ev).await.map(|_| ())
-            } else {
-                engine.record_anonymous(ev).await
-            };
-            if recorded.is_err() {
+            if engine.record_refusal(ev).await.is_err() {
                 return Err(ApiError::audit());
             }
             return Err(refusal.error);
@@ -152,26 +147,6 @@ pub async fn decide(
     let d = evaluated.decision;
     let task = evaluated.task;
     let data_domain = evaluated.data_domain;
-    if let Some(shadow) = evaluated
-        .shadow
-        .filter(|s| s.outcome != d.outcome || s.policies != d.policies)
-    {
-        let ev = NewEvent {
-            ts_ms: now,
-            kind: EventKind::ShadowDisagreement,
-            agent: Some(task.agent.to_string()),
-            task_id: Some(task.id.clone()),
-            data: serde_json::json!({
-                "decision_id": decision_id, "tool": call.tool, "action": call.action,
-                "enforced": { "outcome": d.outcome, "policies": d.policies, "bundle_version": d.bundle_version },
-                "shadow": { "outcome": shadow.outcome, "policies": shadow.policies, "bundle_version": shadow.bundle_version },
-            }),
-        };
-        // Shadow results are advisory: failing to record one never changes the answer.
-        if engine.audit.append(ev).await.is_err() {
-            tracing::warn!("could not record a shadow disagreement");
-        }
-    }
     let latency_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
     let ev = NewEvent {
         ts_ms: now,
@@ -192,6 +167,30 @@ pub async fn decide(
         .append(ev)
         .await
         .map_err(|_| ApiError::audit())?;
+    if let Some(shadow) = evaluated
+        .shadow
+        .filter(|s| s.outcome != d.outcome || s.policies != d.policies)
+    {
+        let ev = NewEvent {
+            ts_ms: now,
+            kind: EventKind::ShadowDisagreement,
+            agent: Some(task.agent.to_string()),
+            task_id: Some(task.id.clone()),
+            data: serde_json::json!({
+                "decision_id": decision_id, "tool": call.tool, "action": call.action,
+                "enforced": { "outcome": d.outcome, "policies": d.policies, "bundle_version": d.bundle_version },
+                "shadow": { "outcome": shadow.outcome, "policies": shadow.policies, "bundle_version": shadow.bundle_version },
+            }),
+        };
+        // Shadow results are advisory: recorded after the decision, off the call's path,
+        // and a failure to record one never changes the answer.
+        let audit = engine.audit.clone();
+        tokio::spawn(async move {
+            if audit.append(ev).await.is_err() {
+                tracing::warn!("could not record a shadow disagreement");
+            }
+        });
+    }
     // The task may have been revoked, or run out of time, while the event was being
     // written. A revoke acknowledged before this answer must not be followed by an allow.
     if task.is_ended() || engine.clock.now_ms() >= task.expires_at() {

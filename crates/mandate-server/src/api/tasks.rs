@@ -114,12 +114,7 @@ pub async fn start(
                 task_id: None,
                 data: serde_json::json!({ "code": e.code, "message": e.message }),
             };
-            let recorded = if agent.is_some() {
-                engine.audit.append(ev).await.map(|_| ())
-            } else {
-                engine.record_anonymous(ev).await
-            };
-            if recorded.is_err() {
+            if engine.record_refusal(ev).await.is_err() {
                 return Err(ApiError::audit());
             }
             Err(e)
