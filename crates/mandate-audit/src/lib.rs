@@ -80,6 +80,45 @@ pub enum EventKind {
     /// The server started.
     #[serde(rename = "server.started")]
     ServerStarted,
+    /// A pending task was approved and became active.
+    #[serde(rename = "task.activated")]
+    TaskActivated,
+    /// A decision needed a human: an approval request was opened.
+    #[serde(rename = "approval.requested")]
+    ApprovalRequested,
+    /// One approver approved a request that needs more than one.
+    #[serde(rename = "approval.vote")]
+    ApprovalVote,
+    /// A request gathered its approvals.
+    #[serde(rename = "approval.approved")]
+    ApprovalApproved,
+    /// An approver refused a request.
+    #[serde(rename = "approval.denied")]
+    ApprovalDenied,
+    /// A request or an unused approval ran out of time.
+    #[serde(rename = "approval.expired")]
+    ApprovalExpired,
+    /// An approval stopped being valid (task ended, policy changed).
+    #[serde(rename = "approval.invalidated")]
+    ApprovalInvalidated,
+    /// An approval was used for the action it was bound to.
+    #[serde(rename = "approval.consumed")]
+    ApprovalConsumed,
+    /// A human approver was added.
+    #[serde(rename = "approver.added")]
+    ApproverAdded,
+    /// A human approver was disabled.
+    #[serde(rename = "approver.removed")]
+    ApproverRemoved,
+    /// An approver group's notification webhook changed.
+    #[serde(rename = "approver_group.updated")]
+    ApproverGroupUpdated,
+    /// A human declared break-glass: an emergency grant.
+    #[serde(rename = "break_glass.declared")]
+    BreakGlassDeclared,
+    /// A break-glass use was reviewed afterwards and closed.
+    #[serde(rename = "break_glass.reviewed")]
+    BreakGlassReviewed,
 }
 
 impl EventKind {
@@ -105,6 +144,19 @@ impl EventKind {
             Self::ShadowDisagreement => "policy.shadow_disagreement",
             Self::KeysRotated => "keys.rotated",
             Self::ServerStarted => "server.started",
+            Self::TaskActivated => "task.activated",
+            Self::ApprovalRequested => "approval.requested",
+            Self::ApprovalVote => "approval.vote",
+            Self::ApprovalApproved => "approval.approved",
+            Self::ApprovalDenied => "approval.denied",
+            Self::ApprovalExpired => "approval.expired",
+            Self::ApprovalInvalidated => "approval.invalidated",
+            Self::ApprovalConsumed => "approval.consumed",
+            Self::ApproverAdded => "approver.added",
+            Self::ApproverRemoved => "approver.removed",
+            Self::ApproverGroupUpdated => "approver_group.updated",
+            Self::BreakGlassDeclared => "break_glass.declared",
+            Self::BreakGlassReviewed => "break_glass.reviewed",
         }
     }
 }

@@ -6,6 +6,7 @@
 //! and only typed values travel inward.
 
 mod agent;
+mod approval;
 mod args;
 mod clock;
 mod ids;
@@ -14,6 +15,7 @@ mod scope;
 mod task;
 
 pub use agent::{AgentStatus, AttestationRule, RiskTier};
+pub use approval::{ApprovalKind, ApprovalState, ApproverRole};
 pub use args::{ArgsError, CanonicalArgs, canonical_json};
 pub use clock::{Clock, ManualClock, SystemClock, UnixMillis};
 pub use ids::{AgentName, IdError, SpiffeId, TrustDomain, random_id, random_secret, sha256_hex};

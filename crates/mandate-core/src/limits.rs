@@ -31,6 +31,17 @@ pub struct Limits {
     /// How long a retired signing key stays published after rotation, in seconds. Must be
     /// at least the longest token lifetime so every issued token stays verifiable.
     pub key_overlap_secs: i64,
+    /// How long an approval request waits for an answer, and an approval for its use,
+    /// in seconds.
+    pub approval_ttl_secs: i64,
+    /// Longest a call may wait for its approval (long-poll), in seconds.
+    pub max_approval_wait_secs: i64,
+    /// Most approval requests one agent may have pending at once.
+    pub max_pending_approvals_per_agent: i64,
+    /// Most approval requests one task may have pending at once.
+    pub max_pending_approvals_per_task: i64,
+    /// Longest life of a break-glass grant, in seconds.
+    pub max_break_glass_ttl_secs: i64,
 }
 
 impl Default for Limits {
@@ -48,6 +59,11 @@ impl Default for Limits {
             max_scope_items: 256,
             max_purpose_chars: 1024,
             key_overlap_secs: 3600 + 300,
+            approval_ttl_secs: 15 * 60,
+            max_approval_wait_secs: 25,
+            max_pending_approvals_per_agent: 20,
+            max_pending_approvals_per_task: 5,
+            max_break_glass_ttl_secs: 30 * 60,
         }
     }
 }

@@ -92,6 +92,12 @@ pub(crate) struct PolicyMeta {
     pub reason: Option<String>,
     /// `@approval_required("…")`: an allow by this policy needs a human first.
     pub approval: Option<String>,
+    /// `@approvals("N")`: distinct approvers needed (1 when absent).
+    pub approvals: u32,
+    /// `@owner_may_approve`: the agent's owner may approve (separation of duties waived).
+    pub owner_may_approve: bool,
+    /// `@approver_group("name")`: the group asked to approve.
+    pub approver_group: Option<String>,
     /// `@max_ttl_secs("N")`: caps the life of a task this policy lets start.
     pub max_ttl_secs: Option<i64>,
     /// `@obligation_<name>("value")`: what an enforcement point must do with an allow.
@@ -464,6 +470,9 @@ fn read_sources(dir: &Path) -> Result<BTreeMap<String, String>, BundleError> {
     Ok(files)
 }
 
+/// Most distinct approvers a policy may require.
+pub const MAX_APPROVALS: u32 = 5;
+
 fn policy_meta(p: &Policy) -> Result<PolicyMeta, (&'static str, String)> {
     let max_ttl_secs = match p.annotation("max_ttl_secs") {
         None => None,
@@ -480,6 +489,55 @@ fn policy_meta(p: &Policy) -> Result<PolicyMeta, (&'static str, String)> {
         return Err((
             "@approval_required",
             "@approval_required only makes sense on a permit policy".into(),
+        ));
+    }
+    let approvals = match p.annotation("approvals") {
+        None => 1,
+        Some(v) => v
+            .parse::<u32>()
+            .ok()
+            .filter(|n| (1..=MAX_APPROVALS).contains(n))
+            .ok_or_else(|| {
+                (
+                    "@approvals",
+                    format!("@approvals({v:?}) must be a whole number from 1 to {MAX_APPROVALS}"),
+                )
+            })?,
+    };
+    let owner_may_approve = match p.annotation("owner_may_approve") {
+        None => false,
+        Some("" | "true") => true,
+        Some(v) => {
+            return Err((
+                "@owner_may_approve",
+                format!("@owner_may_approve takes no value (or \"true\"), not {v:?}"),
+            ));
+        }
+    };
+    let approver_group = match p.annotation("approver_group") {
+        None => None,
+        Some(v) => {
+            let ok = !v.is_empty()
+                && v.len() <= 64
+                && v.bytes().all(|b| {
+                    b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_'
+                });
+            if !ok {
+                return Err((
+                    "@approver_group",
+                    format!("@approver_group({v:?}) must be 1-64 of a-z, 0-9, '-' and '_'"),
+                ));
+            }
+            Some(v.to_owned())
+        }
+    };
+    let approval_terms = p.annotation("approvals").is_some()
+        || p.annotation("owner_may_approve").is_some()
+        || approver_group.is_some();
+    if approval_terms && approval.is_none() {
+        return Err((
+            "@approvals",
+            "@approvals, @owner_may_approve and @approver_group only make sense beside @approval_required".into(),
         ));
     }
     let mut obligations = Vec::new();
@@ -505,6 +563,9 @@ fn policy_meta(p: &Policy) -> Result<PolicyMeta, (&'static str, String)> {
     Ok(PolicyMeta {
         reason: p.annotation("reason").map(str::to_owned),
         approval,
+        approvals,
+        owner_may_approve,
+        approver_group,
         max_ttl_secs,
         obligations,
     })

@@ -12,6 +12,7 @@ use mandate_core::{
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use crate::bundle::PolicyMeta;
 use crate::facts::uid;
 use crate::{Bundle, DEFAULT_DENY_POLICY, History, TaskEntities};
 
@@ -55,9 +56,28 @@ pub struct Decision {
     /// annotations on the determining policies).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub obligations: Vec<Obligation>,
+    /// Who must approve, when the answer is `approval_required`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval: Option<ApprovalTerms>,
     /// Content hash of the bundle that decided.
     pub bundle_version: String,
 }
+
+/// Who must approve an approval-required action, from the determining policies'
+/// annotations.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize, ToSchema)]
+pub struct ApprovalTerms {
+    /// Distinct approvers needed (`@approvals("N")`; the largest among the policies).
+    pub approvals: u32,
+    /// Whether the agent's owner may approve (`@owner_may_approve` on every approval
+    /// policy); by default they may not (separation of duties).
+    pub owner_may_approve: bool,
+    /// The approver group asked (`@approver_group("…")`, default `default`).
+    pub group: String,
+}
+
+/// The approver group of an approval-required action whose policies name none.
+pub const DEFAULT_APPROVER_GROUP: &str = "default";
 
 /// The pseudo policy id of a call refused because it contradicts the tool catalog.
 pub const CATALOG_POLICY: &str = "mandate:catalog";
@@ -85,6 +105,7 @@ impl Decision {
             reasons: vec![reason],
             errors: Vec::new(),
             obligations: Vec::new(),
+            approval: None,
             bundle_version: bundle_version.to_owned(),
         }
     }
@@ -455,6 +476,7 @@ impl Bundle {
             )],
             errors: vec![what.to_owned()],
             obligations: Vec::new(),
+            approval: None,
             bundle_version: self.version.clone(),
         }
     }
@@ -493,6 +515,7 @@ impl Bundle {
                     .collect(),
                 errors: errors.into_iter().map(|(_, e)| e).collect(),
                 obligations: Vec::new(),
+                approval: None,
                 bundle_version: self.version.clone(),
             };
         }
@@ -537,15 +560,34 @@ impl Bundle {
                         reasons,
                         errors: Vec::new(),
                         obligations,
+                        approval: None,
                         bundle_version: self.version.clone(),
                     }
                 } else {
+                    let mut asking: Vec<(String, &PolicyMeta)> = ids
+                        .iter()
+                        .filter_map(|id| {
+                            meta(id)
+                                .filter(|m| m.approval.is_some())
+                                .map(|m| (id.to_string(), m))
+                        })
+                        .collect();
+                    asking.sort_by(|a, b| a.0.cmp(&b.0));
+                    let terms = ApprovalTerms {
+                        approvals: asking.iter().map(|(_, m)| m.approvals).max().unwrap_or(1),
+                        owner_may_approve: asking.iter().all(|(_, m)| m.owner_may_approve),
+                        group: asking
+                            .iter()
+                            .find_map(|(_, m)| m.approver_group.clone())
+                            .unwrap_or_else(|| DEFAULT_APPROVER_GROUP.to_owned()),
+                    };
                     Decision {
                         outcome: Outcome::ApprovalRequired,
                         policies,
                         reasons: approvals,
                         errors: Vec::new(),
                         obligations,
+                        approval: Some(terms),
                         bundle_version: self.version.clone(),
                     }
                 }
@@ -569,6 +611,7 @@ impl Bundle {
                     reasons,
                     errors: Vec::new(),
                     obligations: Vec::new(),
+                    approval: None,
                     bundle_version: self.version.clone(),
                 }
             }

@@ -18,11 +18,11 @@ mod facts;
 mod history;
 pub mod testing;
 
-pub use bundle::{Bundle, BundleError, Diagnostic, SCHEMA_TEXT};
+pub use bundle::{Bundle, BundleError, Diagnostic, MAX_APPROVALS, SCHEMA_TEXT};
 pub use catalog::{CATALOG_FILE, Risk, ToolCatalog, ToolEntry};
 pub use decide::{
-    CATALOG_POLICY, CallRequest, Decision, ItemOutcome, Obligation, Outcome, StartDecision,
-    StartRequest, history_record,
+    ApprovalTerms, CATALOG_POLICY, CallRequest, DEFAULT_APPROVER_GROUP, Decision, ItemOutcome,
+    Obligation, Outcome, StartDecision, StartRequest, history_record,
 };
 pub use explain::{Explanation, PolicyTrace, Trace};
 pub use facts::{AgentFacts, TaskEntities, TaskFacts};

@@ -641,3 +641,70 @@ fn escaped_history_reads_still_see_history() {
     );
     assert_eq!(d.policies, ["cap"], "{d:?}");
 }
+
+#[test]
+fn approval_terms_come_from_the_approval_policies() {
+    let src = r#"
+@id("two-from-finance")
+@approval_required("payments need two people")
+@approvals("2")
+@approver_group("finance")
+permit(principal, action == Mandate::Action::"write", resource == Mandate::Tool::"payments.send");
+
+@id("owner-may")
+@approval_required("owners may confirm their own agent's writes")
+@owner_may_approve
+permit(principal, action == Mandate::Action::"write", resource);
+"#;
+    let b = bundle(src);
+    let decide = |tool: &str| {
+        let tool = ToolName::parse(tool).unwrap();
+        b.decide_call(
+            &task(1),
+            &CallRequest {
+                action: ActionClass::Write,
+                tool: &tool,
+                resource: "",
+                destination: None,
+                data_domain: None,
+                sensitivity: Sensitivity::Internal,
+                args_digest: "00",
+                now_secs: 1_000,
+                history: &History::default(),
+            },
+        )
+    };
+    let d = decide("payments.send");
+    assert_eq!(d.outcome, Outcome::ApprovalRequired);
+    let terms = d.approval.unwrap();
+    assert_eq!(terms.approvals, 2, "the strictest policy's count");
+    assert!(
+        !terms.owner_may_approve,
+        "waived only when every approval policy waives it"
+    );
+    assert_eq!(terms.group, "finance");
+    let d = decide("notes.write");
+    let terms = d.approval.unwrap();
+    assert_eq!(
+        (
+            terms.approvals,
+            terms.owner_may_approve,
+            terms.group.as_str()
+        ),
+        (1, true, "default")
+    );
+
+    for bad in [
+        "@approval_required(\"x\") @approvals(\"0\") permit(principal, action, resource);",
+        "@approval_required(\"x\") @approvals(\"6\") permit(principal, action, resource);",
+        "@approval_required(\"x\") @approvals(\"two\") permit(principal, action, resource);",
+        "@approvals(\"2\") permit(principal, action, resource);",
+        "@approval_required(\"x\") @owner_may_approve(\"yes\") permit(principal, action, resource);",
+        "@approval_required(\"x\") @approver_group(\"Fin Ops\") permit(principal, action, resource);",
+    ] {
+        assert!(
+            Bundle::from_sources(BTreeMap::from([("b.cedar".to_owned(), bad.to_owned())])).is_err(),
+            "{bad}"
+        );
+    }
+}

@@ -79,6 +79,9 @@ impl ApiError {
             mandate_store::StoreError::NotFound(what) => {
                 Self::not_found(format!("{what} does not exist"))
             }
+            mandate_store::StoreError::Limit(what) => {
+                Self::new(StatusCode::TOO_MANY_REQUESTS, "limit_reached", what.clone())
+            }
             _ => Self::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "store_unavailable",

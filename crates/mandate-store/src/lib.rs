@@ -14,9 +14,12 @@ mod sqlite;
 
 use async_trait::async_trait;
 use mandate_audit::{Event, NewEvent};
-use mandate_core::{AgentName, AgentStatus, Grant, TaskState};
+use mandate_core::{AgentName, AgentStatus, ApprovalState, Grant, TaskState};
 
-pub use records::{AgentRecord, JoinTokenRecord, KeyRow, TaskRecord};
+pub use records::{
+    AgentRecord, ApprovalRecord, ApprovalVote, ApproverGroup, ApproverRecord, BreakGlassRecord,
+    BreakGlassReview, JoinTokenRecord, KeyRow, TaskRecord, VoteOutcome,
+};
 pub use sqlite::SqliteStore;
 
 /// Why a store operation failed.
@@ -31,6 +34,9 @@ pub enum StoreError {
     /// A stored value could not be read back as its type: the store was altered.
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    /// A bound on stored records was reached (e.g. pending approvals per agent).
+    #[error("{0}")]
+    Limit(String),
     /// The database failed.
     #[error("database error: {0}")]
     Db(String),
@@ -142,4 +148,89 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn audit_head(&self) -> StoreResult<Option<(i64, String)>>;
     /// Readiness probe.
     async fn ping(&self) -> StoreResult<()>;
+
+    /// Every task of one agent, oldest first (for oversight reports).
+    async fn agent_task_records(&self, agent: &AgentName) -> StoreResult<Vec<TaskRecord>>;
+
+    /// Adds a human approver whose API token hashes to `token_hash`.
+    async fn insert_approver(
+        &self,
+        approver: &ApproverRecord,
+        token_hash: &str,
+        event: NewEvent,
+    ) -> StoreResult<Event>;
+    /// The enabled approver whose token hashes to `token_hash`.
+    async fn approver_by_token(&self, token_hash: &str) -> StoreResult<Option<ApproverRecord>>;
+    /// Every approver, by name.
+    async fn approvers(&self) -> StoreResult<Vec<ApproverRecord>>;
+    /// Disables an approver; `Ok(false)` when there is no enabled approver of that name.
+    async fn disable_approver(&self, name: &str, now_ms: i64, event: NewEvent)
+    -> StoreResult<bool>;
+    /// Creates or replaces an approver group.
+    async fn put_approver_group(&self, group: &ApproverGroup, event: NewEvent) -> StoreResult<()>;
+    /// An approver group by name.
+    async fn approver_group(&self, name: &str) -> StoreResult<Option<ApproverGroup>>;
+
+    /// Opens an approval request, unless its agent already has `max_per_agent` or its task
+    /// `max_per_task` pending (`Limit`), checked in the same transaction.
+    async fn insert_approval(
+        &self,
+        approval: &ApprovalRecord,
+        max_per_agent: i64,
+        max_per_task: i64,
+        event: NewEvent,
+    ) -> StoreResult<Event>;
+    /// An approval by id.
+    async fn approval(&self, id: &str) -> StoreResult<Option<ApprovalRecord>>;
+    /// Approvals, newest first, optionally only in one state or of one agent.
+    async fn approvals(
+        &self,
+        state: Option<ApprovalState>,
+        agent: Option<&AgentName>,
+        limit: i64,
+    ) -> StoreResult<Vec<ApprovalRecord>>;
+    /// Counts one approver's approve on a pending, unexpired request, in one transaction:
+    /// it becomes `approved` when it has `required` distinct approvers. `event` is
+    /// recorded as `approval.approved` then, `approval.vote` otherwise. Of concurrent
+    /// calls, each is counted once and exactly one moves it to `approved`.
+    async fn vote_approval(
+        &self,
+        id: &str,
+        vote: &ApprovalVote,
+        event: NewEvent,
+    ) -> StoreResult<VoteOutcome>;
+    /// Moves an approval from one of `from` to `to` with its event. `Ok(false)` (and no
+    /// event) when it was not in one of `from`: of concurrent calls, one wins.
+    #[allow(clippy::too_many_arguments)]
+    async fn transition_approval(
+        &self,
+        id: &str,
+        from: &[ApprovalState],
+        to: ApprovalState,
+        by: &str,
+        now_ms: i64,
+        reason: &str,
+        event: NewEvent,
+    ) -> StoreResult<bool>;
+
+    /// Records a break-glass declaration and the task it grants, in one transaction, only
+    /// while the agent is active (`NotFound` otherwise).
+    async fn insert_break_glass(
+        &self,
+        record: &BreakGlassRecord,
+        task: &TaskRecord,
+        event: NewEvent,
+    ) -> StoreResult<Event>;
+    /// A break-glass record by id.
+    async fn break_glass(&self, id: &str) -> StoreResult<Option<BreakGlassRecord>>;
+    /// Every break-glass record, newest first.
+    async fn break_glass_records(&self) -> StoreResult<Vec<BreakGlassRecord>>;
+    /// Closes a break-glass after-review. `Ok(false)` when it is already closed or
+    /// `review.by` declared it (a declarer never reviews their own use).
+    async fn close_break_glass(
+        &self,
+        id: &str,
+        review: &BreakGlassReview,
+        event: NewEvent,
+    ) -> StoreResult<bool>;
 }

@@ -1,7 +1,8 @@
 use std::fmt;
 
 use mandate_core::{
-    AgentName, AgentStatus, AttestationRule, Grant, RequestedScope, RiskTier, TaskState,
+    AgentName, AgentStatus, ApprovalKind, ApprovalState, ApproverRole, AttestationRule, Grant,
+    RequestedScope, RiskTier, TaskState,
 };
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -91,4 +92,147 @@ pub struct TaskRecord {
     pub ended_at_ms: Option<i64>,
     /// Why it ended.
     pub end_reason: Option<String>,
+}
+
+/// A human who answers approval requests (and, by role, declares or reviews break-glass).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ApproverRecord {
+    /// Unique name (an email or a login).
+    pub name: String,
+    /// What they may do.
+    pub roles: Vec<ApproverRole>,
+    /// Approver groups they answer for.
+    pub groups: Vec<String>,
+    /// Added at (unix ms).
+    pub created_at_ms: i64,
+    /// Disabled at (unix ms); a disabled approver's token is refused.
+    pub disabled_at_ms: Option<i64>,
+}
+
+impl ApproverRecord {
+    /// Whether they hold `role`.
+    pub fn has(&self, role: ApproverRole) -> bool {
+        self.roles.contains(&role)
+    }
+}
+
+/// An approver group and where its notifications go. `Debug` hides the signing secret.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ApproverGroup {
+    /// Group name.
+    pub name: String,
+    /// Webhook that receives signed notifications, if any.
+    pub webhook_url: Option<String>,
+    /// HMAC-SHA256 key signing those notifications.
+    pub webhook_secret: Option<String>,
+    /// Last changed (unix ms).
+    pub updated_at_ms: i64,
+}
+
+impl fmt::Debug for ApproverGroup {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ApproverGroup")
+            .field("name", &self.name)
+            .field("webhook_url", &self.webhook_url)
+            .field("updated_at_ms", &self.updated_at_ms)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One approver's yes on a request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ApprovalVote {
+    /// Who.
+    pub by: String,
+    /// When (unix ms).
+    pub at_ms: i64,
+}
+
+/// A request for a human decision on one exact action.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ApprovalRecord {
+    /// Approval id.
+    pub id: String,
+    /// A call or a task start.
+    pub kind: ApprovalKind,
+    /// The task.
+    pub task_id: String,
+    /// The agent.
+    pub agent: AgentName,
+    /// The agent's accountable owner.
+    pub owner: String,
+    /// The approver group asked.
+    pub group: String,
+    /// SHA-256 binding the approval to (task, agent, tool, action, canonical arguments,
+    /// resource, destination, data domain, policy bundle version).
+    pub digest: String,
+    /// What will run, exactly as Mandate parsed it (never an agent-written summary), with
+    /// the task's purpose, the agent's risk tier and the policies that asked.
+    #[schema(value_type = Object)]
+    pub action: serde_json::Value,
+    /// The bundle whose decision asked for approval; another bundle invalidates it.
+    pub bundle_version: String,
+    /// Distinct approvers needed.
+    pub required: u32,
+    /// Whether the agent's owner may approve.
+    pub owner_may_approve: bool,
+    /// Approvals given so far.
+    pub votes: Vec<ApprovalVote>,
+    /// Where it stands.
+    pub state: ApprovalState,
+    /// Opened at (unix ms).
+    pub created_at_ms: i64,
+    /// Unusable from (unix ms).
+    pub expires_at_ms: i64,
+    /// Approved, denied, expired, consumed or invalidated at (unix ms).
+    pub decided_at_ms: Option<i64>,
+    /// Who (or what) moved it last.
+    pub decided_by: Option<String>,
+    /// Why (a denial's reason, an invalidation's cause).
+    pub reason: Option<String>,
+}
+
+/// What became of one approver's approve.
+#[derive(Debug, Clone, PartialEq)]
+pub enum VoteOutcome {
+    /// Counted; the record as it now stands (approved once enough approvers agreed).
+    Counted(Box<ApprovalRecord>),
+    /// This approver had already approved it.
+    Duplicate,
+    /// It is no longer pending (or has expired): nothing changed.
+    NotPending(Box<ApprovalRecord>),
+    /// No such approval.
+    Missing,
+}
+
+/// The after-review of a break-glass use.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct BreakGlassReview {
+    /// Who reviewed it (never the declarer).
+    pub by: String,
+    /// When (unix ms).
+    pub at_ms: i64,
+    /// Their findings.
+    pub notes: String,
+}
+
+/// An emergency grant declared by a named human.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct BreakGlassRecord {
+    /// Break-glass id.
+    pub id: String,
+    /// The human who declared it.
+    pub declared_by: String,
+    /// The agent that acts under it.
+    pub agent: AgentName,
+    /// The task it created.
+    pub task_id: String,
+    /// Why (mandatory).
+    pub justification: String,
+    /// Declared at (unix ms).
+    pub created_at_ms: i64,
+    /// Ends at (unix ms).
+    pub expires_at_ms: i64,
+    /// The after-review, once someone else has closed it.
+    pub review: Option<BreakGlassReview>,
 }

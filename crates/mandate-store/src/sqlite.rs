@@ -7,18 +7,28 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use mandate_audit::{Event, NewEvent, link};
-use mandate_core::{AgentName, AgentStatus, Grant, TaskState};
+use mandate_core::{AgentName, AgentStatus, ApprovalKind, ApprovalState, Grant, TaskState};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
     SqliteSynchronous,
 };
 use sqlx::{AssertSqlSafe, Row, Sqlite, Transaction};
 
-use crate::{AgentRecord, JoinTokenRecord, KeyRow, Store, StoreError, StoreResult, TaskRecord};
+use crate::{
+    AgentRecord, ApprovalRecord, ApprovalVote, ApproverGroup, ApproverRecord, BreakGlassRecord,
+    BreakGlassReview, JoinTokenRecord, KeyRow, Store, StoreError, StoreResult, TaskRecord,
+    VoteOutcome,
+};
 
 /// Versioned migrations, applied in order, each in its own transaction.
-const MIGRATIONS: &[(i64, &str, &str)] =
-    &[(1, "initial", include_str!("../migrations/0001_initial.sql"))];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (1, "initial", include_str!("../migrations/0001_initial.sql")),
+    (
+        2,
+        "approvals",
+        include_str!("../migrations/0002_approvals.sql"),
+    ),
+];
 
 /// The database file inside the data directory.
 pub const DB_FILE: &str = "mandate.db";
@@ -262,6 +272,102 @@ fn json(v: &impl serde::Serialize) -> StoreResult<String> {
 
 const TASK_COLUMNS: &str = "id, agent, purpose, requested, grant_json, items, state, bundle_version, token_jti, created_at_ms, expires_at_ms, ended_at_ms, end_reason";
 
+const APPROVAL_COLUMNS: &str = "id, kind, task_id, agent, owner, grp, digest, action_json, bundle_version, required, owner_may_approve, votes, state, created_at_ms, expires_at_ms, decided_at_ms, decided_by, reason";
+
+fn approval_from_row(r: &SqliteRow) -> StoreResult<ApprovalRecord> {
+    let kind: String = r.try_get("kind")?;
+    let agent: String = r.try_get("agent")?;
+    let action: String = r.try_get("action_json")?;
+    let votes: String = r.try_get("votes")?;
+    let state: String = r.try_get("state")?;
+    let required: i64 = r.try_get("required")?;
+    let owner_may: i64 = r.try_get("owner_may_approve")?;
+    Ok(ApprovalRecord {
+        id: r.try_get("id")?,
+        kind: ApprovalKind::from_str(&kind).map_err(corrupt)?,
+        task_id: r.try_get("task_id")?,
+        agent: AgentName::parse(&agent).map_err(corrupt)?,
+        owner: r.try_get("owner")?,
+        group: r.try_get("grp")?,
+        digest: r.try_get("digest")?,
+        action: serde_json::from_str(&action).map_err(corrupt)?,
+        bundle_version: r.try_get("bundle_version")?,
+        required: u32::try_from(required).map_err(corrupt)?,
+        owner_may_approve: owner_may != 0,
+        votes: serde_json::from_str(&votes).map_err(corrupt)?,
+        state: ApprovalState::from_str(&state).map_err(corrupt)?,
+        created_at_ms: r.try_get("created_at_ms")?,
+        expires_at_ms: r.try_get("expires_at_ms")?,
+        decided_at_ms: r.try_get("decided_at_ms")?,
+        decided_by: r.try_get("decided_by")?,
+        reason: r.try_get("reason")?,
+    })
+}
+
+const APPROVER_COLUMNS: &str = "name, roles, groups_json, created_at_ms, disabled_at_ms";
+
+fn approver_from_row(r: &SqliteRow) -> StoreResult<ApproverRecord> {
+    let roles: String = r.try_get("roles")?;
+    let groups: String = r.try_get("groups_json")?;
+    Ok(ApproverRecord {
+        name: r.try_get("name")?,
+        roles: serde_json::from_str(&roles).map_err(corrupt)?,
+        groups: serde_json::from_str(&groups).map_err(corrupt)?,
+        created_at_ms: r.try_get("created_at_ms")?,
+        disabled_at_ms: r.try_get("disabled_at_ms")?,
+    })
+}
+
+const BREAK_GLASS_COLUMNS: &str = "id, declared_by, agent, task_id, justification, created_at_ms, expires_at_ms, reviewed_by, reviewed_at_ms, review_notes";
+
+fn break_glass_from_row(r: &SqliteRow) -> StoreResult<BreakGlassRecord> {
+    let agent: String = r.try_get("agent")?;
+    let by: Option<String> = r.try_get("reviewed_by")?;
+    let at: Option<i64> = r.try_get("reviewed_at_ms")?;
+    let notes: Option<String> = r.try_get("review_notes")?;
+    Ok(BreakGlassRecord {
+        id: r.try_get("id")?,
+        declared_by: r.try_get("declared_by")?,
+        agent: AgentName::parse(&agent).map_err(corrupt)?,
+        task_id: r.try_get("task_id")?,
+        justification: r.try_get("justification")?,
+        created_at_ms: r.try_get("created_at_ms")?,
+        expires_at_ms: r.try_get("expires_at_ms")?,
+        review: match (by, at, notes) {
+            (Some(by), Some(at_ms), Some(notes)) => Some(BreakGlassReview { by, at_ms, notes }),
+            _ => None,
+        },
+    })
+}
+
+async fn insert_task_in(tx: &mut Transaction<'_, Sqlite>, task: &TaskRecord) -> StoreResult<()> {
+    let inserted = sqlx::query(
+        "INSERT INTO tasks (id, agent, purpose, requested, grant_json, items, state, bundle_version, token_jti, created_at_ms, expires_at_ms, ended_at_ms, end_reason) \
+         SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13 \
+         WHERE EXISTS (SELECT 1 FROM agents WHERE name = $14 AND status = 'active')",
+    )
+    .bind(&task.id)
+    .bind(task.agent.as_str())
+    .bind(&task.purpose)
+    .bind(json(&task.requested)?)
+    .bind(json(&task.grant)?)
+    .bind(json(&task.items)?)
+    .bind(task.state.as_str())
+    .bind(&task.bundle_version)
+    .bind(&task.token_jti)
+    .bind(task.created_at_ms)
+    .bind(task.expires_at_ms)
+    .bind(task.ended_at_ms)
+    .bind(&task.end_reason)
+    .bind(task.agent.as_str())
+    .execute(&mut **tx)
+    .await?;
+    if inserted.rows_affected() == 0 {
+        return Err(StoreError::NotFound(format!("active agent {}", task.agent)));
+    }
+    Ok(())
+}
+
 #[async_trait]
 impl Store for SqliteStore {
     async fn setting(&self, key: &str) -> StoreResult<Option<String>> {
@@ -462,30 +568,7 @@ impl Store for SqliteStore {
 
     async fn insert_task(&self, task: &TaskRecord, event: NewEvent) -> StoreResult<Event> {
         let mut tx = self.write.begin().await?;
-        let inserted = sqlx::query(
-            "INSERT INTO tasks (id, agent, purpose, requested, grant_json, items, state, bundle_version, token_jti, created_at_ms, expires_at_ms, ended_at_ms, end_reason) \
-             SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13 \
-             WHERE EXISTS (SELECT 1 FROM agents WHERE name = $14 AND status = 'active')",
-        )
-        .bind(&task.id)
-        .bind(task.agent.as_str())
-        .bind(&task.purpose)
-        .bind(json(&task.requested)?)
-        .bind(json(&task.grant)?)
-        .bind(json(&task.items)?)
-        .bind(task.state.as_str())
-        .bind(&task.bundle_version)
-        .bind(&task.token_jti)
-        .bind(task.created_at_ms)
-        .bind(task.expires_at_ms)
-        .bind(task.ended_at_ms)
-        .bind(&task.end_reason)
-        .bind(task.agent.as_str())
-        .execute(&mut *tx)
-        .await?;
-        if inserted.rows_affected() == 0 {
-            return Err(StoreError::NotFound(format!("active agent {}", task.agent)));
-        }
+        insert_task_in(&mut tx, task).await?;
         let e = append_one(&mut tx, event).await?;
         tx.commit().await?;
         Ok(e)
@@ -613,6 +696,378 @@ impl Store for SqliteStore {
     async fn ping(&self) -> StoreResult<()> {
         sqlx::query("SELECT 1").execute(&self.read).await?;
         Ok(())
+    }
+
+    async fn agent_task_records(&self, agent: &AgentName) -> StoreResult<Vec<TaskRecord>> {
+        sqlx::query(AssertSqlSafe(format!(
+            "SELECT {TASK_COLUMNS} FROM tasks WHERE agent = $1 ORDER BY created_at_ms, id"
+        )))
+        .bind(agent.as_str())
+        .fetch_all(&self.read)
+        .await?
+        .iter()
+        .map(task_from_row)
+        .collect()
+    }
+
+    async fn insert_approver(
+        &self,
+        approver: &ApproverRecord,
+        token_hash: &str,
+        event: NewEvent,
+    ) -> StoreResult<Event> {
+        let mut tx = self.write.begin().await?;
+        sqlx::query(
+            "INSERT INTO approvers (name, roles, groups_json, token_hash, created_at_ms, disabled_at_ms) VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(&approver.name)
+        .bind(json(&approver.roles)?)
+        .bind(json(&approver.groups)?)
+        .bind(token_hash)
+        .bind(approver.created_at_ms)
+        .bind(approver.disabled_at_ms)
+        .execute(&mut *tx)
+        .await?;
+        let e = append_one(&mut tx, event).await?;
+        tx.commit().await?;
+        Ok(e)
+    }
+
+    async fn approver_by_token(&self, token_hash: &str) -> StoreResult<Option<ApproverRecord>> {
+        sqlx::query(AssertSqlSafe(format!(
+            "SELECT {APPROVER_COLUMNS} FROM approvers WHERE token_hash = $1 AND disabled_at_ms IS NULL"
+        )))
+        .bind(token_hash)
+        .fetch_optional(&self.read)
+        .await?
+        .as_ref()
+        .map(approver_from_row)
+        .transpose()
+    }
+
+    async fn approvers(&self) -> StoreResult<Vec<ApproverRecord>> {
+        sqlx::query(AssertSqlSafe(format!(
+            "SELECT {APPROVER_COLUMNS} FROM approvers ORDER BY name"
+        )))
+        .fetch_all(&self.read)
+        .await?
+        .iter()
+        .map(approver_from_row)
+        .collect()
+    }
+
+    async fn disable_approver(
+        &self,
+        name: &str,
+        now_ms: i64,
+        event: NewEvent,
+    ) -> StoreResult<bool> {
+        let mut tx = self.write.begin().await?;
+        let updated = sqlx::query(
+            "UPDATE approvers SET disabled_at_ms = $1 WHERE name = $2 AND disabled_at_ms IS NULL",
+        )
+        .bind(now_ms)
+        .bind(name)
+        .execute(&mut *tx)
+        .await?;
+        if updated.rows_affected() == 0 {
+            return Ok(false);
+        }
+        append_one(&mut tx, event).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn put_approver_group(&self, group: &ApproverGroup, event: NewEvent) -> StoreResult<()> {
+        let mut tx = self.write.begin().await?;
+        sqlx::query(
+            "INSERT INTO approver_groups (name, webhook_url, webhook_secret, updated_at_ms) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (name) DO UPDATE SET webhook_url = excluded.webhook_url, webhook_secret = excluded.webhook_secret, updated_at_ms = excluded.updated_at_ms",
+        )
+        .bind(&group.name)
+        .bind(&group.webhook_url)
+        .bind(&group.webhook_secret)
+        .bind(group.updated_at_ms)
+        .execute(&mut *tx)
+        .await?;
+        append_one(&mut tx, event).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn approver_group(&self, name: &str) -> StoreResult<Option<ApproverGroup>> {
+        let row = sqlx::query(
+            "SELECT name, webhook_url, webhook_secret, updated_at_ms FROM approver_groups WHERE name = $1",
+        )
+        .bind(name)
+        .fetch_optional(&self.read)
+        .await?;
+        row.map(|r| {
+            Ok(ApproverGroup {
+                name: r.try_get("name")?,
+                webhook_url: r.try_get("webhook_url")?,
+                webhook_secret: r.try_get("webhook_secret")?,
+                updated_at_ms: r.try_get("updated_at_ms")?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn insert_approval(
+        &self,
+        a: &ApprovalRecord,
+        max_per_agent: i64,
+        max_per_task: i64,
+        event: NewEvent,
+    ) -> StoreResult<Event> {
+        let mut tx = self.write.begin().await?;
+        let (by_agent, by_task): (i64, i64) = sqlx::query_as(
+            "SELECT COUNT(*), COALESCE(SUM(CASE WHEN task_id = $1 THEN 1 ELSE 0 END), 0) FROM approvals WHERE agent = $2 AND state = 'pending'",
+        )
+        .bind(&a.task_id)
+        .bind(a.agent.as_str())
+        .fetch_one(&mut *tx)
+        .await?;
+        if by_agent >= max_per_agent {
+            return Err(StoreError::Limit(format!(
+                "agent {} already has {by_agent} approval requests pending (at most {max_per_agent}): wait for answers",
+                a.agent
+            )));
+        }
+        if by_task >= max_per_task {
+            return Err(StoreError::Limit(format!(
+                "task {} already has {by_task} approval requests pending (at most {max_per_task}): wait for answers",
+                a.task_id
+            )));
+        }
+        sqlx::query(AssertSqlSafe(format!(
+            "INSERT INTO approvals ({APPROVAL_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)"
+        )))
+        .bind(&a.id)
+        .bind(a.kind.as_str())
+        .bind(&a.task_id)
+        .bind(a.agent.as_str())
+        .bind(&a.owner)
+        .bind(&a.group)
+        .bind(&a.digest)
+        .bind(json(&a.action)?)
+        .bind(&a.bundle_version)
+        .bind(i64::from(a.required))
+        .bind(i64::from(a.owner_may_approve))
+        .bind(json(&a.votes)?)
+        .bind(a.state.as_str())
+        .bind(a.created_at_ms)
+        .bind(a.expires_at_ms)
+        .bind(a.decided_at_ms)
+        .bind(&a.decided_by)
+        .bind(&a.reason)
+        .execute(&mut *tx)
+        .await?;
+        let e = append_one(&mut tx, event).await?;
+        tx.commit().await?;
+        Ok(e)
+    }
+
+    async fn approval(&self, id: &str) -> StoreResult<Option<ApprovalRecord>> {
+        sqlx::query(AssertSqlSafe(format!(
+            "SELECT {APPROVAL_COLUMNS} FROM approvals WHERE id = $1"
+        )))
+        .bind(id)
+        .fetch_optional(&self.read)
+        .await?
+        .as_ref()
+        .map(approval_from_row)
+        .transpose()
+    }
+
+    async fn approvals(
+        &self,
+        state: Option<ApprovalState>,
+        agent: Option<&AgentName>,
+        limit: i64,
+    ) -> StoreResult<Vec<ApprovalRecord>> {
+        sqlx::query(AssertSqlSafe(format!(
+            "SELECT {APPROVAL_COLUMNS} FROM approvals WHERE ($1 IS NULL OR state = $1) AND ($2 IS NULL OR agent = $2) ORDER BY created_at_ms DESC, id LIMIT $3"
+        )))
+        .bind(state.map(ApprovalState::as_str))
+        .bind(agent.map(AgentName::as_str))
+        .bind(limit)
+        .fetch_all(&self.read)
+        .await?
+        .iter()
+        .map(approval_from_row)
+        .collect()
+    }
+
+    async fn vote_approval(
+        &self,
+        id: &str,
+        vote: &ApprovalVote,
+        mut event: NewEvent,
+    ) -> StoreResult<VoteOutcome> {
+        let mut tx = self.write.begin().await?;
+        let row = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {APPROVAL_COLUMNS} FROM approvals WHERE id = $1"
+        )))
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = row else {
+            return Ok(VoteOutcome::Missing);
+        };
+        let mut a = approval_from_row(&row)?;
+        if a.state != ApprovalState::Pending || vote.at_ms >= a.expires_at_ms {
+            return Ok(VoteOutcome::NotPending(Box::new(a)));
+        }
+        if a.votes.iter().any(|v| v.by == vote.by) {
+            return Ok(VoteOutcome::Duplicate);
+        }
+        a.votes.push(vote.clone());
+        let done = a.votes.len() >= usize::try_from(a.required).unwrap_or(usize::MAX);
+        if done {
+            a.state = ApprovalState::Approved;
+            a.decided_at_ms = Some(vote.at_ms);
+            a.decided_by = Some(
+                a.votes
+                    .iter()
+                    .map(|v| v.by.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            );
+        }
+        sqlx::query(
+            "UPDATE approvals SET votes = $1, state = $2, decided_at_ms = $3, decided_by = $4 WHERE id = $5 AND state = 'pending'",
+        )
+        .bind(json(&a.votes)?)
+        .bind(a.state.as_str())
+        .bind(a.decided_at_ms)
+        .bind(&a.decided_by)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        event.kind = if done {
+            mandate_audit::EventKind::ApprovalApproved
+        } else {
+            mandate_audit::EventKind::ApprovalVote
+        };
+        if let Some(d) = event.data.as_object_mut() {
+            d.insert("approvals".into(), serde_json::json!(a.votes.len()));
+            d.insert("required".into(), serde_json::json!(a.required));
+            d.insert("state".into(), serde_json::json!(a.state));
+        }
+        append_one(&mut tx, event).await?;
+        tx.commit().await?;
+        Ok(VoteOutcome::Counted(Box::new(a)))
+    }
+
+    async fn transition_approval(
+        &self,
+        id: &str,
+        from: &[ApprovalState],
+        to: ApprovalState,
+        by: &str,
+        now_ms: i64,
+        reason: &str,
+        event: NewEvent,
+    ) -> StoreResult<bool> {
+        if from.is_empty() {
+            return Ok(false);
+        }
+        let placeholders: Vec<String> = (0..from.len()).map(|i| format!("${}", i + 6)).collect();
+        let sql = format!(
+            "UPDATE approvals SET state = $1, decided_at_ms = $2, decided_by = $3, reason = $4 WHERE id = $5 AND state IN ({})",
+            placeholders.join(", ")
+        );
+        let mut tx = self.write.begin().await?;
+        // Safe: the SQL text holds only generated `$n` placeholders, never input.
+        let mut q = sqlx::query(AssertSqlSafe(sql))
+            .bind(to.as_str())
+            .bind(now_ms)
+            .bind(by)
+            .bind(reason)
+            .bind(id);
+        for s in from {
+            q = q.bind(s.as_str());
+        }
+        if q.execute(&mut *tx).await?.rows_affected() == 0 {
+            return Ok(false);
+        }
+        append_one(&mut tx, event).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn insert_break_glass(
+        &self,
+        record: &BreakGlassRecord,
+        task: &TaskRecord,
+        event: NewEvent,
+    ) -> StoreResult<Event> {
+        let mut tx = self.write.begin().await?;
+        insert_task_in(&mut tx, task).await?;
+        sqlx::query(AssertSqlSafe(format!(
+            "INSERT INTO break_glass ({BREAK_GLASS_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, NULL, NULL, NULL)"
+        )))
+        .bind(&record.id)
+        .bind(&record.declared_by)
+        .bind(record.agent.as_str())
+        .bind(&record.task_id)
+        .bind(&record.justification)
+        .bind(record.created_at_ms)
+        .bind(record.expires_at_ms)
+        .execute(&mut *tx)
+        .await?;
+        let e = append_one(&mut tx, event).await?;
+        tx.commit().await?;
+        Ok(e)
+    }
+
+    async fn break_glass(&self, id: &str) -> StoreResult<Option<BreakGlassRecord>> {
+        sqlx::query(AssertSqlSafe(format!(
+            "SELECT {BREAK_GLASS_COLUMNS} FROM break_glass WHERE id = $1"
+        )))
+        .bind(id)
+        .fetch_optional(&self.read)
+        .await?
+        .as_ref()
+        .map(break_glass_from_row)
+        .transpose()
+    }
+
+    async fn break_glass_records(&self) -> StoreResult<Vec<BreakGlassRecord>> {
+        sqlx::query(AssertSqlSafe(format!(
+            "SELECT {BREAK_GLASS_COLUMNS} FROM break_glass ORDER BY created_at_ms DESC, id"
+        )))
+        .fetch_all(&self.read)
+        .await?
+        .iter()
+        .map(break_glass_from_row)
+        .collect()
+    }
+
+    async fn close_break_glass(
+        &self,
+        id: &str,
+        review: &BreakGlassReview,
+        event: NewEvent,
+    ) -> StoreResult<bool> {
+        let mut tx = self.write.begin().await?;
+        let updated = sqlx::query(
+            "UPDATE break_glass SET reviewed_by = $1, reviewed_at_ms = $2, review_notes = $3 WHERE id = $4 AND reviewed_by IS NULL AND declared_by <> $5",
+        )
+        .bind(&review.by)
+        .bind(review.at_ms)
+        .bind(&review.notes)
+        .bind(id)
+        .bind(&review.by)
+        .execute(&mut *tx)
+        .await?;
+        if updated.rows_affected() == 0 {
+            return Ok(false);
+        }
+        append_one(&mut tx, event).await?;
+        tx.commit().await?;
+        Ok(true)
     }
 }
 

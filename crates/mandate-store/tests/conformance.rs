@@ -11,9 +11,13 @@ use std::sync::Arc;
 
 use mandate_audit::{EventKind, NewEvent, Verifier};
 use mandate_core::{
-    AgentName, AgentStatus, AttestationRule, Grant, RequestedScope, RiskTier, TaskState,
+    AgentName, AgentStatus, ApprovalKind, ApprovalState, ApproverRole, AttestationRule, Grant,
+    RequestedScope, RiskTier, TaskState,
 };
-use mandate_store::{AgentRecord, JoinTokenRecord, SqliteStore, Store, StoreError, TaskRecord};
+use mandate_store::{
+    AgentRecord, ApprovalRecord, ApprovalVote, ApproverGroup, ApproverRecord, BreakGlassRecord,
+    BreakGlassReview, JoinTokenRecord, SqliteStore, Store, StoreError, TaskRecord, VoteOutcome,
+};
 
 fn ev(kind: EventKind, task: Option<&str>) -> NewEvent {
     NewEvent {
@@ -238,7 +242,8 @@ async fn conformance(store: Arc<dyn Store>) {
 async fn sqlite_conformance() {
     let dir = tempfile::tempdir().unwrap();
     let store = SqliteStore::open(dir.path()).await.unwrap();
-    conformance(Arc::new(store)).await;
+    conformance(Arc::new(store.clone())).await;
+    approvals_conformance(Arc::new(store)).await;
     // Reopening applies no migration twice and keeps everything.
     let again = SqliteStore::open(dir.path()).await.unwrap();
     assert!(verify(&again).await.is_ok());
@@ -273,4 +278,378 @@ async fn tampering_with_the_file_is_detected() {
     let store = SqliteStore::open_existing(dir.path()).await.unwrap();
     let brk = verify(&store).await.unwrap_err();
     assert_eq!(brk.seq, 5, "{brk}");
+}
+
+fn approval(id: &str, task: &str, required: u32) -> ApprovalRecord {
+    ApprovalRecord {
+        id: id.into(),
+        kind: ApprovalKind::Call,
+        task_id: task.into(),
+        agent: AgentName::parse("bot").unwrap(),
+        owner: "alice".into(),
+        group: "default".into(),
+        digest: "d".into(),
+        action: serde_json::json!({"tool": "tickets.update"}),
+        bundle_version: "v".into(),
+        required,
+        owner_may_approve: false,
+        votes: vec![],
+        state: ApprovalState::Pending,
+        created_at_ms: 10,
+        expires_at_ms: 1_000,
+        decided_at_ms: None,
+        decided_by: None,
+        reason: None,
+    }
+}
+
+fn vote(by: &str, at_ms: i64) -> ApprovalVote {
+    ApprovalVote {
+        by: by.into(),
+        at_ms,
+    }
+}
+
+/// Approvers, approval requests and break-glass. Runs after `conformance` (agent `bot`
+/// exists and is active).
+async fn approvals_conformance(store: Arc<dyn Store>) {
+    store
+        .set_agent_status(
+            &AgentName::parse("bot").unwrap(),
+            AgentStatus::Active,
+            5,
+            ev(EventKind::AgentStatusChanged, None),
+        )
+        .await
+        .unwrap();
+    store
+        .insert_task(&task("ta"), ev(EventKind::TaskStarted, Some("ta")))
+        .await
+        .unwrap();
+    store
+        .insert_task(&task("tb"), ev(EventKind::TaskStarted, Some("tb")))
+        .await
+        .unwrap();
+
+    // Approvers: found by token hash only while enabled; names and token hashes unique.
+    let carol = ApproverRecord {
+        name: "carol".into(),
+        roles: vec![ApproverRole::Approver],
+        groups: vec!["default".into()],
+        created_at_ms: 1,
+        disabled_at_ms: None,
+    };
+    store
+        .insert_approver(&carol, "hc", ev(EventKind::ApproverAdded, None))
+        .await
+        .unwrap();
+    assert!(matches!(
+        store
+            .insert_approver(&carol, "hc2", ev(EventKind::ApproverAdded, None))
+            .await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert_eq!(store.approver_by_token("hc").await.unwrap(), Some(carol));
+    assert!(store.approver_by_token("nope").await.unwrap().is_none());
+    assert!(
+        store
+            .disable_approver("carol", 9, ev(EventKind::ApproverRemoved, None))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .disable_approver("carol", 9, ev(EventKind::ApproverRemoved, None))
+            .await
+            .unwrap()
+    );
+    assert!(store.approver_by_token("hc").await.unwrap().is_none());
+    assert_eq!(store.approvers().await.unwrap().len(), 1);
+
+    let g = ApproverGroup {
+        name: "default".into(),
+        webhook_url: Some("http://127.0.0.1:1/hook".into()),
+        webhook_secret: Some("s3cret".into()),
+        updated_at_ms: 3,
+    };
+    store
+        .put_approver_group(&g, ev(EventKind::ApproverGroupUpdated, None))
+        .await
+        .unwrap();
+    let g2 = ApproverGroup {
+        updated_at_ms: 4,
+        ..g
+    };
+    store
+        .put_approver_group(&g2, ev(EventKind::ApproverGroupUpdated, None))
+        .await
+        .unwrap();
+    assert_eq!(store.approver_group("default").await.unwrap(), Some(g2));
+    assert!(
+        !format!("{:?}", store.approver_group("default").await.unwrap()).contains("s3cret"),
+        "Debug never shows the webhook secret"
+    );
+
+    // Pending requests are bounded per task and per agent, in the inserting transaction.
+    for i in 0..2 {
+        store
+            .insert_approval(
+                &approval(&format!("a{i}"), "ta", 1),
+                3,
+                2,
+                ev(EventKind::ApprovalRequested, Some("ta")),
+            )
+            .await
+            .unwrap();
+    }
+    assert!(matches!(
+        store
+            .insert_approval(
+                &approval("a2", "ta", 1),
+                3,
+                2,
+                ev(EventKind::ApprovalRequested, Some("ta"))
+            )
+            .await,
+        Err(StoreError::Limit(_))
+    ));
+    store
+        .insert_approval(
+            &approval("b0", "tb", 2),
+            3,
+            2,
+            ev(EventKind::ApprovalRequested, Some("tb")),
+        )
+        .await
+        .unwrap();
+    assert!(matches!(
+        store
+            .insert_approval(
+                &approval("b1", "tb", 1),
+                3,
+                2,
+                ev(EventKind::ApprovalRequested, Some("tb"))
+            )
+            .await,
+        Err(StoreError::Limit(_))
+    ));
+    assert_eq!(
+        store.approval("a0").await.unwrap().unwrap(),
+        approval("a0", "ta", 1)
+    );
+
+    // Concurrent approves of a one-approver request: exactly one moves it to approved.
+    let mut handles = Vec::new();
+    for i in 0..50 {
+        let s = Arc::clone(&store);
+        handles.push(tokio::spawn(async move {
+            s.vote_approval(
+                "a0",
+                &vote(&format!("h{i}"), 20),
+                ev(EventKind::ApprovalVote, Some("ta")),
+            )
+            .await
+            .unwrap()
+        }));
+    }
+    let mut counted = 0;
+    for h in handles {
+        if let VoteOutcome::Counted(a) = h.await.unwrap() {
+            assert_eq!(a.state, ApprovalState::Approved);
+            counted += 1;
+        }
+    }
+    assert_eq!(counted, 1, "exactly one approve counts");
+    // Two approvers needed: the same one twice counts once; a second one approves.
+    let b = |o: VoteOutcome| match o {
+        VoteOutcome::Counted(a) => a.state,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(
+        b(store
+            .vote_approval(
+                "b0",
+                &vote("x", 20),
+                ev(EventKind::ApprovalVote, Some("tb"))
+            )
+            .await
+            .unwrap()),
+        ApprovalState::Pending
+    );
+    assert_eq!(
+        store
+            .vote_approval(
+                "b0",
+                &vote("x", 21),
+                ev(EventKind::ApprovalVote, Some("tb"))
+            )
+            .await
+            .unwrap(),
+        VoteOutcome::Duplicate
+    );
+    assert_eq!(
+        b(store
+            .vote_approval(
+                "b0",
+                &vote("y", 22),
+                ev(EventKind::ApprovalVote, Some("tb"))
+            )
+            .await
+            .unwrap()),
+        ApprovalState::Approved
+    );
+    let kinds: Vec<String> = store
+        .task_events("tb")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.kind)
+        .collect();
+    assert_eq!(
+        kinds[kinds.len() - 2..],
+        ["approval.vote", "approval.approved"],
+        "the store names the vote that completed it"
+    );
+    // Expired requests take no votes; missing ones say so.
+    assert!(matches!(
+        store
+            .vote_approval(
+                "a1",
+                &vote("z", 1_000),
+                ev(EventKind::ApprovalVote, Some("ta"))
+            )
+            .await
+            .unwrap(),
+        VoteOutcome::NotPending(_)
+    ));
+    assert_eq!(
+        store
+            .vote_approval("zz", &vote("z", 1), ev(EventKind::ApprovalVote, None))
+            .await
+            .unwrap(),
+        VoteOutcome::Missing
+    );
+
+    // Using an approval: of 50 concurrent consumers exactly one wins.
+    let mut handles = Vec::new();
+    for _ in 0..50 {
+        let s = Arc::clone(&store);
+        handles.push(tokio::spawn(async move {
+            s.transition_approval(
+                "a0",
+                &[ApprovalState::Approved],
+                ApprovalState::Consumed,
+                "bot",
+                30,
+                "used",
+                ev(EventKind::ApprovalConsumed, Some("ta")),
+            )
+            .await
+            .unwrap()
+        }));
+    }
+    let mut wins = 0;
+    for h in handles {
+        wins += usize::from(h.await.unwrap());
+    }
+    assert_eq!(wins, 1, "an approval is used once");
+    let a0 = store.approval("a0").await.unwrap().unwrap();
+    assert_eq!(
+        (a0.state, a0.decided_by.as_deref()),
+        (ApprovalState::Consumed, Some("bot"))
+    );
+    let pending = store
+        .approvals(Some(ApprovalState::Pending), None, 100)
+        .await
+        .unwrap();
+    assert_eq!(
+        pending.iter().map(|a| a.id.as_str()).collect::<Vec<_>>(),
+        ["a1"]
+    );
+    assert_eq!(
+        store
+            .approvals(None, Some(&AgentName::parse("bot").unwrap()), 100)
+            .await
+            .unwrap()
+            .len(),
+        3
+    );
+
+    // Break-glass: recorded with its task; reviewed once, never by its declarer.
+    let mut bg_task = task("tbg");
+    bg_task.purpose = "BREAK-GLASS".into();
+    let bg = BreakGlassRecord {
+        id: "bg1".into(),
+        declared_by: "dana".into(),
+        agent: AgentName::parse("bot").unwrap(),
+        task_id: "tbg".into(),
+        justification: "outage".into(),
+        created_at_ms: 40,
+        expires_at_ms: 100,
+        review: None,
+    };
+    store
+        .insert_break_glass(
+            &bg,
+            &bg_task,
+            ev(EventKind::BreakGlassDeclared, Some("tbg")),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        store.task("tbg").await.unwrap().unwrap().purpose,
+        "BREAK-GLASS"
+    );
+    let review = |by: &str| BreakGlassReview {
+        by: by.into(),
+        at_ms: 50,
+        notes: "ok".into(),
+    };
+    assert!(
+        !store
+            .close_break_glass(
+                "bg1",
+                &review("dana"),
+                ev(EventKind::BreakGlassReviewed, Some("tbg"))
+            )
+            .await
+            .unwrap(),
+        "the declarer cannot review their own break-glass"
+    );
+    assert!(
+        store
+            .close_break_glass(
+                "bg1",
+                &review("erin"),
+                ev(EventKind::BreakGlassReviewed, Some("tbg"))
+            )
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .close_break_glass(
+                "bg1",
+                &review("fred"),
+                ev(EventKind::BreakGlassReviewed, Some("tbg"))
+            )
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        store.break_glass("bg1").await.unwrap().unwrap().review,
+        Some(review("erin"))
+    );
+    assert_eq!(store.break_glass_records().await.unwrap().len(), 1);
+    assert_eq!(
+        store
+            .agent_task_records(&AgentName::parse("bot").unwrap())
+            .await
+            .unwrap()
+            .iter()
+            .filter(|t| ["ta", "tb", "tbg"].contains(&t.id.as_str()))
+            .count(),
+        3
+    );
+    verify(store.as_ref()).await.unwrap();
 }
