@@ -57,7 +57,9 @@ pub struct LiveTask {
     /// What the entities were built from.
     facts: (AgentFacts, TaskFacts),
     /// Waiting on an approval: holds no usable token.
-    pub pending: bool,
+    pending: AtomicBool,
+    /// Set when the task is a break-glass grant: (break-glass id, the human who declared it).
+    pub break_glass: Option<(String, String)>,
     /// Set the moment the task ends; checked on every call.
     ended: AtomicBool,
 }
@@ -90,6 +92,26 @@ impl LiveTask {
     /// The grant in force now (a policy change may have narrowed it).
     pub fn current_grant(&self) -> Grant {
         read(&self.grant).clone()
+    }
+
+    /// The agent's accountable owner.
+    pub fn owner(&self) -> &str {
+        &self.facts.0.owner
+    }
+
+    /// The agent's risk tier.
+    pub fn tier(&self) -> u8 {
+        self.facts.0.tier
+    }
+
+    /// True while it waits on the approval of its start.
+    pub fn is_pending(&self) -> bool {
+        self.pending.load(Ordering::SeqCst)
+    }
+
+    /// Its start was approved: from now on its token is honoured.
+    pub(crate) fn activate(&self) {
+        self.pending.store(false, Ordering::SeqCst);
     }
 
     /// True once completed, expired or revoked.
@@ -163,6 +185,9 @@ fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
 
 const ADMIN_HASH_KEY: &str = "admin_token_sha256";
 
+/// The pseudo policy id of a call allowed by a break-glass grant.
+pub const BREAK_GLASS_POLICY: &str = "mandate:break-glass";
+
 /// Refusals of callers who presented no valid credential that are recorded per second;
 /// beyond it they are counted and summarised, so an unauthenticated flood cannot fill the
 /// audit queue that real decisions wait on.
@@ -214,6 +239,10 @@ pub struct Engine {
     anonymous: Mutex<AnonymousBudget>,
     /// Serialises policy reloads so the audit order matches the enforcement order.
     pub(crate) reload_lock: tokio::sync::Mutex<()>,
+    /// Ids of approvals whose state changed, for calls waiting on them.
+    pub(crate) approval_changes: tokio::sync::broadcast::Sender<String>,
+    /// Outbound HTTP for approver-group webhooks.
+    pub(crate) http: reqwest::Client,
 }
 
 /// What a policy reload did.
@@ -341,6 +370,8 @@ impl Engine {
             unrecorded_ends: Mutex::new(HashMap::new()),
             anonymous: Mutex::new(AnonymousBudget::default()),
             reload_lock: tokio::sync::Mutex::new(()),
+            approval_changes: tokio::sync::broadcast::channel(1024).0,
+            http: crate::webhook::client().map_err(|e| format!("webhook client: {e}"))?,
         });
         engine.load_live_tasks().await?;
         // Policies may have changed while the server was down: re-decide every live task
@@ -373,6 +404,14 @@ impl Engine {
 
     async fn load_live_tasks(&self) -> Result<(), String> {
         let live = self.store.live_tasks().await.map_err(|e| e.to_string())?;
+        let break_glass: HashMap<String, (String, String)> = self
+            .store
+            .break_glass_records()
+            .await
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .map(|b| (b.task_id, (b.id, b.declared_by)))
+            .collect();
         for t in live {
             let Some(agent) = self
                 .store
@@ -386,7 +425,10 @@ impl Engine {
                 // Its revocation did not commit before a crash: keep it refused.
                 continue;
             }
-            let task = self.live_task(&agent, &t).map_err(|e| e.message)?;
+            let mut task = self.live_task(&agent, &t).map_err(|e| e.message)?;
+            if let (Some(bg), Some(t)) = (break_glass.get(&t.id), Arc::get_mut(&mut task)) {
+                t.break_glass = Some(bg.clone());
+            }
             // History lives in memory; rebuild it from the task's audit events so a
             // restart does not reset caps and sequences that policy relies on.
             let events = self
@@ -441,7 +483,8 @@ impl Engine {
             token_jti: t.token_jti.clone(),
             entities: RwLock::new((bundle_version, Arc::new(entities))),
             facts,
-            pending: t.state == TaskState::Pending,
+            pending: AtomicBool::new(t.state == TaskState::Pending),
+            break_glass: None,
             ended: AtomicBool::new(false),
         }))
     }
@@ -657,6 +700,7 @@ impl Engine {
         }
         *write(&self.bundle) = Arc::new(b);
         self.reevaluate_live(&old, &mut change).await;
+        self.invalidate_stale_approvals().await;
         Ok(change)
     }
 
@@ -679,6 +723,11 @@ impl Engine {
         for task in tasks {
             if task.expires_at() <= now_ms || task.is_ended() {
                 // Already over: the sweeper records its end.
+                continue;
+            }
+            if task.break_glass.is_some() {
+                // A break-glass grant stands outside policy by design; its own short life,
+                // audit and after-review bound it.
                 continue;
             }
             let entities = match task.entities_for(&bundle) {
@@ -711,7 +760,7 @@ impl Engine {
             // that would now need a human is revoked (a pending task may stay pending).
             let stands = match sd.decision.outcome {
                 mandate_policy::Outcome::Allow => true,
-                mandate_policy::Outcome::ApprovalRequired => task.pending,
+                mandate_policy::Outcome::ApprovalRequired => task.is_pending(),
                 mandate_policy::Outcome::Deny => false,
             };
             if !stands || new_grant.is_empty() {
@@ -883,7 +932,7 @@ impl Engine {
                 ),
             ));
         };
-        if task.pending {
+        if task.is_pending() {
             return Err(refusal(
                 "task_not_active",
                 format!("task {} is pending an approval", task.id),
@@ -947,6 +996,29 @@ impl Engine {
                     r.policies.join(", ")
                 ));
             }
+            return Ok(Evaluated {
+                task,
+                decision,
+                shadow: None,
+                data_domain,
+            });
+        }
+        if let Some((bg, by)) = &task.break_glass {
+            let decision = Decision {
+                outcome: mandate_policy::Outcome::Allow,
+                policies: vec![BREAK_GLASS_POLICY.to_owned()],
+                reasons: vec![format!(
+                    "break-glass {bg} declared by {by}: allowed within its emergency grant, outside policy"
+                )],
+                errors: Vec::new(),
+                obligations: vec![mandate_policy::Obligation {
+                    name: "alert".into(),
+                    value: "break-glass".into(),
+                    policy: BREAK_GLASS_POLICY.to_owned(),
+                }],
+                approval: None,
+                bundle_version: bundle.version().to_owned(),
+            };
             return Ok(Evaluated {
                 task,
                 decision,
@@ -1068,6 +1140,7 @@ impl Engine {
                 }
             }
         }
+        self.expire_approvals().await;
         let suppressed = std::mem::take(&mut lock(&self.anonymous).suppressed);
         if suppressed > 0 {
             let event = NewEvent {

@@ -9,13 +9,16 @@
 //! - Input is parsed once at the edge into typed values; handlers see only those.
 
 pub mod api;
+mod approvals;
 mod audit_writer;
 pub mod config;
 pub mod engine;
 pub mod error;
 mod server;
 pub mod verify;
+pub mod webhook;
 
+pub use approvals::ApprovalRef;
 pub use config::ServerConfig;
 pub use engine::{Call, Engine, Evaluated, LiveTask};
 pub use server::{RunningServer, Server};

@@ -42,6 +42,13 @@ async fn the_whole_flow_over_http() {
     let r = h.decide(&token, "tickets.update", "write").await;
     assert_eq!(r.body["outcome"], "approval_required", "{:?}", r.body);
     assert_eq!(r.body["policies"], json!(["ticket-write-needs-approval"]));
+    assert_eq!(r.body["approval"]["state"], "pending", "{:?}", r.body);
+    assert!(
+        r.body["approval"]["id"]
+            .as_str()
+            .unwrap()
+            .starts_with("apr_")
+    );
 
     let r = h.decide(&token, "tickets.delete", "delete").await;
     assert_eq!(r.body["outcome"], "deny");
@@ -81,6 +88,7 @@ async fn the_whole_flow_over_http() {
         [
             "task.started",
             "decision",
+            "approval.requested",
             "decision",
             "decision",
             "decision",

@@ -15,9 +15,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use async_trait::async_trait;
 use common::{Harness, Reply};
 use mandate_audit::{Event, NewEvent};
-use mandate_core::{AgentName, AgentStatus, ManualClock, TaskState};
+use mandate_core::{AgentName, AgentStatus, ApprovalState, ManualClock, TaskState};
 use mandate_store::{
-    AgentRecord, JoinTokenRecord, KeyRow, SqliteStore, Store, StoreError, StoreResult, TaskRecord,
+    AgentRecord, ApprovalRecord, ApprovalVote, ApproverGroup, ApproverRecord, BreakGlassRecord,
+    BreakGlassReview, JoinTokenRecord, KeyRow, SqliteStore, Store, StoreError, StoreResult,
+    TaskRecord, VoteOutcome,
 };
 
 /// The real SQLite store, except that appends fail while `broken` is set.
@@ -136,6 +138,110 @@ impl Store for BreakableStore {
     }
     async fn ping(&self) -> StoreResult<()> {
         self.inner.ping().await
+    }
+    async fn agent_task_records(&self, a: &AgentName) -> StoreResult<Vec<TaskRecord>> {
+        self.inner.agent_task_records(a).await
+    }
+    async fn insert_approver(
+        &self,
+        a: &ApproverRecord,
+        h: &str,
+        e: NewEvent,
+    ) -> StoreResult<Event> {
+        self.check()?;
+        self.inner.insert_approver(a, h, e).await
+    }
+    async fn approver_by_token(&self, h: &str) -> StoreResult<Option<ApproverRecord>> {
+        self.inner.approver_by_token(h).await
+    }
+    async fn approvers(&self) -> StoreResult<Vec<ApproverRecord>> {
+        self.inner.approvers().await
+    }
+    async fn disable_approver(&self, n: &str, now: i64, e: NewEvent) -> StoreResult<bool> {
+        self.check()?;
+        self.inner.disable_approver(n, now, e).await
+    }
+    async fn put_approver_group(&self, g: &ApproverGroup, e: NewEvent) -> StoreResult<()> {
+        self.check()?;
+        self.inner.put_approver_group(g, e).await
+    }
+    async fn approver_group(&self, n: &str) -> StoreResult<Option<ApproverGroup>> {
+        self.inner.approver_group(n).await
+    }
+    async fn insert_approval(
+        &self,
+        a: &ApprovalRecord,
+        per_agent: i64,
+        per_task: i64,
+        e: NewEvent,
+    ) -> StoreResult<Event> {
+        self.check()?;
+        self.inner.insert_approval(a, per_agent, per_task, e).await
+    }
+    async fn approval(&self, id: &str) -> StoreResult<Option<ApprovalRecord>> {
+        self.inner.approval(id).await
+    }
+    async fn approvals(
+        &self,
+        s: Option<ApprovalState>,
+        a: Option<&AgentName>,
+        limit: i64,
+    ) -> StoreResult<Vec<ApprovalRecord>> {
+        self.inner.approvals(s, a, limit).await
+    }
+    async fn due_approvals(&self, now: i64, limit: i64) -> StoreResult<Vec<ApprovalRecord>> {
+        self.inner.due_approvals(now, limit).await
+    }
+    async fn stale_approvals(&self, v: &str) -> StoreResult<Vec<ApprovalRecord>> {
+        self.inner.stale_approvals(v).await
+    }
+    async fn vote_approval(
+        &self,
+        id: &str,
+        v: &ApprovalVote,
+        e: NewEvent,
+    ) -> StoreResult<VoteOutcome> {
+        self.check()?;
+        self.inner.vote_approval(id, v, e).await
+    }
+    async fn transition_approval(
+        &self,
+        id: &str,
+        from: &[ApprovalState],
+        to: ApprovalState,
+        by: &str,
+        now: i64,
+        r: &str,
+        e: NewEvent,
+    ) -> StoreResult<bool> {
+        self.check()?;
+        self.inner
+            .transition_approval(id, from, to, by, now, r, e)
+            .await
+    }
+    async fn insert_break_glass(
+        &self,
+        b: &BreakGlassRecord,
+        t: &TaskRecord,
+        e: NewEvent,
+    ) -> StoreResult<Event> {
+        self.check()?;
+        self.inner.insert_break_glass(b, t, e).await
+    }
+    async fn break_glass(&self, id: &str) -> StoreResult<Option<BreakGlassRecord>> {
+        self.inner.break_glass(id).await
+    }
+    async fn break_glass_records(&self) -> StoreResult<Vec<BreakGlassRecord>> {
+        self.inner.break_glass_records().await
+    }
+    async fn close_break_glass(
+        &self,
+        id: &str,
+        r: &BreakGlassReview,
+        e: NewEvent,
+    ) -> StoreResult<bool> {
+        self.check()?;
+        self.inner.close_break_glass(id, r, e).await
     }
 }
 

@@ -189,6 +189,10 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         agent: Option<&AgentName>,
         limit: i64,
     ) -> StoreResult<Vec<ApprovalRecord>>;
+    /// Up to `limit` pending or approved approvals whose time ran out by `now_ms`.
+    async fn due_approvals(&self, now_ms: i64, limit: i64) -> StoreResult<Vec<ApprovalRecord>>;
+    /// Pending or approved approvals given under a bundle other than `version`.
+    async fn stale_approvals(&self, version: &str) -> StoreResult<Vec<ApprovalRecord>>;
     /// Counts one approver's approve on a pending, unexpired request, in one transaction:
     /// it becomes `approved` when it has `required` distinct approvers. `event` is
     /// recorded as `approval.approved` then, `approval.vote` otherwise. Of concurrent

@@ -899,6 +899,31 @@ impl Store for SqliteStore {
         .collect()
     }
 
+    async fn due_approvals(&self, now_ms: i64, limit: i64) -> StoreResult<Vec<ApprovalRecord>> {
+        sqlx::query(AssertSqlSafe(format!(
+            "SELECT {APPROVAL_COLUMNS} FROM approvals WHERE state IN ('pending', 'approved') AND expires_at_ms <= $1 ORDER BY expires_at_ms LIMIT $2"
+        )))
+        .bind(now_ms)
+        .bind(limit)
+        .fetch_all(&self.read)
+        .await?
+        .iter()
+        .map(approval_from_row)
+        .collect()
+    }
+
+    async fn stale_approvals(&self, version: &str) -> StoreResult<Vec<ApprovalRecord>> {
+        sqlx::query(AssertSqlSafe(format!(
+            "SELECT {APPROVAL_COLUMNS} FROM approvals WHERE state IN ('pending', 'approved') AND bundle_version <> $1"
+        )))
+        .bind(version)
+        .fetch_all(&self.read)
+        .await?
+        .iter()
+        .map(approval_from_row)
+        .collect()
+    }
+
     async fn vote_approval(
         &self,
         id: &str,

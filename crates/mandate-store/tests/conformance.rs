@@ -530,6 +530,21 @@ async fn approvals_conformance(store: Arc<dyn Store>) {
         VoteOutcome::Missing
     );
 
+    let due: Vec<String> = store
+        .due_approvals(1_000, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|a| a.id)
+        .collect();
+    assert_eq!(
+        due.len(),
+        3,
+        "a0, a1, b0 are pending or approved and due: {due:?}"
+    );
+    assert!(store.due_approvals(999, 10).await.unwrap().is_empty());
+    assert_eq!(store.stale_approvals("v").await.unwrap().len(), 0);
+    assert_eq!(store.stale_approvals("v2").await.unwrap().len(), 3);
     // Using an approval: of 50 concurrent consumers exactly one wins.
     let mut handles = Vec::new();
     for _ in 0..50 {

@@ -2,6 +2,7 @@
 //! health endpoints.
 
 mod agents;
+mod approvals;
 mod extract;
 mod ops;
 mod tasks;
@@ -12,7 +13,7 @@ use std::time::Duration;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use tower_http::timeout::TimeoutLayer;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
@@ -22,6 +23,9 @@ use crate::engine::Engine;
 use crate::error::{ApiError, ErrorBody};
 
 pub use agents::{AttestRequest, AttestResponse, RegisterAgentRequest, RegisterAgentResponse};
+pub use approvals::{
+    AccessReport, AddApproverResponse, ApprovalsReport, BreakGlassResponse, SetGroupResponse,
+};
 pub use ops::{DecideRequest, DecideResponse, VerifyResponse};
 pub use tasks::{StartTaskRequest, StartTaskResponse};
 
@@ -52,6 +56,13 @@ impl Modify for SecuritySchemes {
         components.add_security_scheme(
             "identity_token",
             bearer("JWT-SVID identity token from POST /v1/attest.", true),
+        );
+        components.add_security_scheme(
+            "approver_token",
+            bearer(
+                "A human approver's API token (POST /v1/approvers; shown once).",
+                false,
+            ),
         );
         components.add_security_scheme(
             "task_token",
@@ -173,7 +184,11 @@ fn item_has_path_params(op: &utoipa::openapi::path::Operation) -> bool {
     info(title = "Mandate API", description = "Runtime authorization control plane for AI agents: identity, tasks, per-call decisions, audit."),
     paths(
         agents::register, agents::list, agents::get_agent, agents::join_token, agents::set_status, agents::attest, agents::renew,
-        tasks::start, tasks::get_task, tasks::list_tasks, tasks::complete, tasks::revoke,
+        tasks::start, tasks::get_task, tasks::list_tasks, tasks::complete, tasks::revoke, tasks::activate,
+        approvals::add_approver, approvals::list_approvers, approvals::disable_approver, approvals::set_group,
+        approvals::list_approvals, approvals::get_approval, approvals::approve, approvals::deny,
+        approvals::declare_break_glass, approvals::list_break_glass, approvals::review_break_glass,
+        approvals::approvals_report, approvals::access_report,
         ops::decide, ops::verify_audit, ops::task_events, ops::policies, ops::reload_policies, ops::rotate_keys,
         ops::jwks, ops::openid_configuration, healthz, readyz, openapi_json,
     ),
@@ -252,6 +267,30 @@ pub fn router(engine: Arc<Engine>) -> Router {
         .route("/v1/tasks/{id}", get(tasks::get_task))
         .route("/v1/tasks/{id}/complete", post(tasks::complete))
         .route("/v1/tasks/{id}/revoke", post(tasks::revoke))
+        .route("/v1/tasks/{id}/activate", post(tasks::activate))
+        .route(
+            "/v1/approvers",
+            post(approvals::add_approver).get(approvals::list_approvers),
+        )
+        .route(
+            "/v1/approvers/{name}/disable",
+            post(approvals::disable_approver),
+        )
+        .route("/v1/approver-groups/{name}", put(approvals::set_group))
+        .route("/v1/approvals", get(approvals::list_approvals))
+        .route("/v1/approvals/{id}", get(approvals::get_approval))
+        .route("/v1/approvals/{id}/approve", post(approvals::approve))
+        .route("/v1/approvals/{id}/deny", post(approvals::deny))
+        .route(
+            "/v1/break-glass",
+            post(approvals::declare_break_glass).get(approvals::list_break_glass),
+        )
+        .route(
+            "/v1/break-glass/{id}/review",
+            post(approvals::review_break_glass),
+        )
+        .route("/v1/reports/approvals", get(approvals::approvals_report))
+        .route("/v1/reports/access/{agent}", get(approvals::access_report))
         .route("/v1/tasks/{id}/events", get(ops::task_events))
         .route("/v1/decide", post(ops::decide))
         .route("/v1/audit/verify", get(ops::verify_audit))

@@ -1,6 +1,6 @@
 //! The decide endpoint, audit, policy and key operations, and the well-known documents.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::Json;
 use axum::extract::{Path, State};
@@ -17,6 +17,7 @@ use utoipa::ToSchema;
 
 use super::extract::{ApiJson, Bearer};
 use super::{AppState, require_admin};
+use crate::approvals::ApprovalRef;
 use crate::engine::{Call, PolicyChange};
 use crate::error::{ApiError, ErrorBody};
 use crate::verify::{VerifyReport, verify_chain};
@@ -49,6 +50,15 @@ pub struct DecideRequest {
     /// Sensitivity of the data (default `internal`).
     #[serde(default)]
     pub sensitivity: Option<Sensitivity>,
+    /// An approval given for exactly this call: used once if it is approved.
+    #[serde(default)]
+    #[schema(max_length = 64)]
+    pub approval_id: Option<String>,
+    /// When the call needs an approval, wait up to this many seconds for it (long-poll;
+    /// at most the server's limit, default 0: answer at once).
+    #[serde(default)]
+    #[schema(minimum = 0, maximum = 25)]
+    pub wait_secs: Option<u64>,
 }
 
 /// A per-call decision.
@@ -76,10 +86,17 @@ pub struct DecideResponse {
     pub agent: String,
     /// SHA-256 of the canonical arguments.
     pub args_digest: String,
+    /// The approval this call needs (when `approval_required`) or used (when allowed on
+    /// an approval).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval: Option<ApprovalRef>,
+    /// Allowed by a break-glass grant, outside policy.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub break_glass: bool,
 }
 
 impl DecideRequest {
-    fn into_call(self, max_args: usize) -> Result<Call, ApiError> {
+    fn into_call(self, max_args: usize) -> Result<(Call, Option<String>, u64), ApiError> {
         let resource = self.resource.unwrap_or_default();
         if resource.chars().count() > MAX_RESOURCE_CHARS || resource.chars().any(char::is_control) {
             return Err(ApiError::new(
@@ -96,7 +113,7 @@ impl DecideRequest {
                 e.to_string(),
             )
         })?;
-        Ok(Call {
+        let call = Call {
             tool: self.tool,
             action: self.action,
             resource,
@@ -104,7 +121,15 @@ impl DecideRequest {
             destination: self.destination,
             data_domain: self.data_domain,
             sensitivity: self.sensitivity.unwrap_or_default(),
-        })
+        };
+        if self.approval_id.as_ref().is_some_and(|a| a.len() > 64) {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_request",
+                "approval_id is at most 64 characters",
+            ));
+        }
+        Ok((call, self.approval_id, self.wait_secs.unwrap_or(0)))
     }
 }
 
@@ -125,7 +150,15 @@ pub async fn decide(
     ApiJson(req): ApiJson<DecideRequest>,
 ) -> Result<Json<DecideResponse>, ApiError> {
     let started = Instant::now();
-    let call = req.into_call(engine.config.limits.max_args_bytes)?;
+    let (call, approval_id, wait_secs) = req.into_call(engine.config.limits.max_args_bytes)?;
+    let max_wait = u64::try_from(engine.config.limits.max_approval_wait_secs).unwrap_or(0);
+    if wait_secs > max_wait {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_request",
+            format!("wait_secs must be at most {max_wait}"),
+        ));
+    }
     let now = engine.clock.now_ms();
     let evaluated = match engine.evaluate(&bearer.0, &call) {
         Ok(e) => e,
@@ -144,9 +177,39 @@ pub async fn decide(
         }
     };
     let decision_id = random_id("dec").map_err(|_| ApiError::internal("system RNG failed"))?;
-    let d = evaluated.decision;
     let task = evaluated.task;
     let data_domain = evaluated.data_domain;
+    let break_glass = task.break_glass.is_some();
+    let (d, approval) = if evaluated.decision.outcome == Outcome::ApprovalRequired {
+        match engine
+            .settle_call(
+                &task,
+                &call,
+                data_domain.as_ref(),
+                evaluated.decision,
+                approval_id.as_deref(),
+                Duration::from_secs(wait_secs),
+            )
+            .await
+        {
+            Ok(s) => (s.decision, Some(ApprovalRef::from(&s.approval))),
+            Err(e) => {
+                let ev = NewEvent {
+                    ts_ms: engine.clock.now_ms(),
+                    kind: EventKind::CallRefused,
+                    agent: Some(task.agent.to_string()),
+                    task_id: Some(task.id.clone()),
+                    data: serde_json::json!({ "code": e.code, "tool": call.tool, "action": call.action, "args_digest": call.args.digest(), "approval_id": approval_id }),
+                };
+                if engine.audit.append(ev).await.is_err() {
+                    return Err(ApiError::audit());
+                }
+                return Err(e);
+            }
+        }
+    } else {
+        (evaluated.decision, None)
+    };
     let latency_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
     let ev = NewEvent {
         ts_ms: now,
@@ -160,6 +223,8 @@ pub async fn decide(
             "args_digest": call.args.digest(),
             "outcome": d.outcome, "policies": d.policies, "reasons": d.reasons, "errors": d.errors, "obligations": d.obligations,
             "bundle_version": d.bundle_version, "latency_us": latency_us,
+            "approval_id": approval.as_ref().map(|a| &a.id), "approved_by": approval.as_ref().filter(|_| d.outcome == Outcome::Allow).map(|a| &a.approved_by),
+            "break_glass": break_glass,
         }),
     };
     engine
@@ -227,6 +292,8 @@ pub async fn decide(
         task_id: task.id.clone(),
         agent: task.agent.to_string(),
         args_digest: call.args.digest().to_owned(),
+        approval,
+        break_glass,
     }))
 }
 

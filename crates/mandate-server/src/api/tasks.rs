@@ -6,7 +6,9 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use mandate_audit::{EventKind, NewEvent};
-use mandate_core::{AgentStatus, Grant, RequestedScope, SpiffeId, TaskState, random_id};
+use mandate_core::{
+    AgentStatus, ApprovalKind, Grant, RequestedScope, SpiffeId, TaskState, random_id,
+};
 use mandate_policy::{Decision, ItemOutcome, Outcome, StartRequest, TaskFacts};
 use mandate_store::TaskRecord;
 use mandate_token::TaskClaims;
@@ -15,6 +17,7 @@ use utoipa::ToSchema;
 
 use super::extract::{ApiJson, Bearer};
 use super::{AppState, require_admin, text};
+use crate::approvals::{ApprovalRef, start_digest};
 use crate::engine::{Engine, PendingEnd};
 use crate::error::{ApiError, ErrorBody};
 
@@ -55,6 +58,23 @@ pub struct StartTaskResponse {
     pub items: Vec<ItemOutcome>,
     /// The `start_task` decision.
     pub decision: Decision,
+    /// The approval the start waits for, when `pending`: once approved, exchange it for
+    /// the token at `POST /v1/tasks/{id}/activate`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval: Option<ApprovalRef>,
+}
+
+/// Exchange an approved start for the task token.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ActivateRequest {
+    /// The start's approval id.
+    #[schema(max_length = 64)]
+    pub approval_id: String,
+    /// Wait up to this many seconds for the approval (long-poll; default 0).
+    #[serde(default)]
+    #[schema(minimum = 0, maximum = 25)]
+    pub wait_secs: Option<u64>,
 }
 
 /// Why a task is being revoked.
@@ -293,6 +313,44 @@ async fn start_inner(
         })?;
     let live = engine.live_task(&agent, &record)?;
     engine.insert_live(Arc::clone(&live));
+    let approval = if pending {
+        let opened = engine
+            .open_approval(crate::approvals::Request {
+                kind: ApprovalKind::TaskStart,
+                task_id: &task_id,
+                agent: &agent.name,
+                owner: &agent.owner,
+                digest: start_digest(&task_id, &agent.name, &req.scope, ttl, bundle.version()),
+                action: serde_json::json!({
+                    "purpose": purpose, "requested": req.scope, "ttl_secs": granted_ttl,
+                    "grant": sd.grant, "agent_tier": agent.tier.get(),
+                    "policies": sd.decision.policies, "reasons": sd.decision.reasons,
+                }),
+                decision: &sd.decision,
+                not_after_ms: record.expires_at_ms,
+            })
+            .await;
+        match opened {
+            Ok(a) => Some(ApprovalRef::from(&a)),
+            Err(e) => {
+                let end = PendingEnd {
+                    from: vec![TaskState::Pending],
+                    to: TaskState::Revoked,
+                    kind: EventKind::TaskRevoked,
+                    reason: format!("its approval request could not be opened ({})", e.code),
+                    by: "mandate".into(),
+                    agent: agent.name.to_string(),
+                    detail: serde_json::Value::Null,
+                };
+                if let Err(err) = engine.end_task(&task_id, end).await {
+                    tracing::error!(task = %task_id, error = %err, "not recorded yet; retried by the sweeper");
+                }
+                return Err(e);
+            }
+        }
+    } else {
+        None
+    };
     // A reload that swapped bundles after this start was decided did not see this task:
     // re-decide it under the bundle enforcing now.
     engine.catch_up(&live, bundle.version()).await;
@@ -334,8 +392,97 @@ async fn start_inner(
             grant,
             items: sd.items,
             decision: sd.decision,
+            approval,
         }),
     ))
+}
+
+/// Exchange an approved task start for the task token (the agent's identity token). The
+/// approval is used once; a second exchange is refused.
+#[utoipa::path(post, path = "/v1/tasks/{id}/activate", tag = "tasks", request_body = ActivateRequest,
+    security(("identity_token" = [])),
+    params(("id" = String, Path, description = "task id", max_length = 64)),
+    responses(
+        (status = 200, description = "task active; token issued", body = StartTaskResponse),
+        (status = 403, description = "not this agent's task, or the approval is for another task (`approval_mismatch`)", body = ErrorBody),
+        (status = 404, body = ErrorBody),
+        (status = 409, description = "approval pending, denied, expired, used or invalidated", body = ErrorBody)))]
+pub async fn activate(
+    State(engine): AppState,
+    bearer: Bearer,
+    Path(id): Path<String>,
+    ApiJson(req): ApiJson<ActivateRequest>,
+) -> Result<Json<StartTaskResponse>, ApiError> {
+    let claims = engine.verify_identity(&bearer.0)?;
+    let wait = req.wait_secs.unwrap_or(0);
+    let max_wait = u64::try_from(engine.config.limits.max_approval_wait_secs).unwrap_or(0);
+    if wait > max_wait {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_request",
+            format!("wait_secs must be at most {max_wait}"),
+        ));
+    }
+    let record = load_task(&engine, &id).await?;
+    let live = engine.live_get(&id).filter(|t| !t.is_ended());
+    let Some(live) = live.filter(|t| t.spiffe_id == claims.sub) else {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "task_not_active",
+            format!("task {id} is not a live task of this agent"),
+        ));
+    };
+    if !live.is_pending() {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "task_not_pending",
+            format!("task {id} is not waiting on an approval"),
+        ));
+    }
+    let a = engine
+        .activate_start(
+            &live,
+            &req.approval_id,
+            std::time::Duration::from_secs(wait),
+        )
+        .await?;
+    let now_secs = engine.clock.now_secs();
+    let claims = TaskClaims {
+        iss: engine.issuer.clone(),
+        sub: live.spiffe_id.clone(),
+        aud: engine.config.task_audience.clone(),
+        exp: live.expires_at().div_euclid(1000),
+        iat: now_secs,
+        nbf: now_secs,
+        jti: live.token_jti.clone(),
+        task_id: id.clone(),
+        grant: live.current_grant(),
+        act: None,
+    };
+    let token = mandate_token::sign(&engine.keys(), &claims)?;
+    let items: Vec<ItemOutcome> = serde_json::from_value(record.items).unwrap_or_default();
+    let decision: Decision = engine
+        .store
+        .task_events(&id)
+        .await
+        .map_err(|e| ApiError::store(&e))?
+        .into_iter()
+        .find(|e| e.kind == EventKind::TaskStarted.as_str())
+        .and_then(|e| e.data.get("decision").cloned())
+        .and_then(|d| serde_json::from_value(d).ok())
+        .ok_or_else(|| {
+            ApiError::internal("the task's start decision is missing from its events")
+        })?;
+    Ok(Json(StartTaskResponse {
+        task_id: id,
+        state: TaskState::Active,
+        task_token: Some(token),
+        expires_at_ms: live.expires_at(),
+        grant: live.current_grant(),
+        items,
+        decision,
+        approval: Some(ApprovalRef::from(&a)),
+    }))
 }
 
 async fn load_task(engine: &Engine, id: &str) -> Result<TaskRecord, ApiError> {

@@ -1,0 +1,899 @@
+//! Humans in the loop: approvers and their groups, approval requests, break-glass and
+//! the oversight reports.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use mandate_audit::{EventKind, NewEvent};
+use mandate_core::{
+    AgentName, AgentStatus, ApprovalState, ApproverRole, Grant, RequestedScope, SpiffeId,
+    TaskState, random_id, random_secret, sha256_hex,
+};
+use mandate_store::{
+    ApprovalRecord, ApproverGroup, ApproverRecord, BreakGlassRecord, BreakGlassReview, TaskRecord,
+};
+use mandate_token::TaskClaims;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use super::extract::{ApiJson, Bearer};
+use super::{AppState, require_admin, text};
+use crate::approvals::Human;
+use crate::engine::Engine;
+use crate::error::{ApiError, ErrorBody};
+
+const NAME_PATTERN: &str = "a name of 1-128 letters, digits and . _ @ + -";
+
+fn valid_name(field: &str, v: &str) -> Result<(), ApiError> {
+    let ok = !v.is_empty()
+        && v.len() <= 128
+        && v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._@+-".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_request",
+            format!("{field} must be {NAME_PATTERN}"),
+        ))
+    }
+}
+
+fn valid_group(v: &str) -> Result<(), ApiError> {
+    let ok = !v.is_empty()
+        && v.len() <= 64
+        && v.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_request",
+            "a group name is 1-64 of a-z, 0-9, '-' and '_'",
+        ))
+    }
+}
+
+/// Add a human approver.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AddApproverRequest {
+    /// Unique name (an email or a login).
+    #[schema(min_length = 1, max_length = 128, pattern = "^[A-Za-z0-9._@+-]+$")]
+    pub name: String,
+    /// What they may do.
+    #[schema(min_items = 1, max_items = 3)]
+    pub roles: Vec<ApproverRole>,
+    /// Approver groups they answer for (default `["default"]`).
+    #[serde(default)]
+    #[schema(max_items = 32)]
+    pub groups: Option<Vec<String>>,
+}
+
+/// A new approver and their API token (shown once).
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct AddApproverResponse {
+    /// The approver.
+    pub approver: ApproverRecord,
+    /// Their API token: shown once, stored only as a hash.
+    pub token: String,
+}
+
+/// Add an approver (admin). Their token is returned once.
+#[utoipa::path(post, path = "/v1/approvers", tag = "approvals", request_body = AddApproverRequest,
+    security(("admin_token" = [])),
+    responses((status = 201, body = AddApproverResponse), (status = 409, body = ErrorBody)))]
+pub async fn add_approver(
+    State(engine): AppState,
+    bearer: Bearer,
+    ApiJson(req): ApiJson<AddApproverRequest>,
+) -> Result<(StatusCode, Json<AddApproverResponse>), ApiError> {
+    require_admin(&engine, &bearer)?;
+    valid_name("name", &req.name)?;
+    if req.roles.is_empty() || req.roles.len() > 3 {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_request",
+            "roles must name 1-3 of approver, break_glass, reviewer",
+        ));
+    }
+    let groups = req
+        .groups
+        .unwrap_or_else(|| vec![mandate_policy::DEFAULT_APPROVER_GROUP.to_owned()]);
+    if groups.len() > 32 {
+        return Err(ApiError::invalid("at most 32 groups"));
+    }
+    for g in &groups {
+        valid_group(g)?;
+    }
+    let roles: BTreeSet<ApproverRole> = req.roles.into_iter().collect();
+    let groups: BTreeSet<String> = groups.into_iter().collect();
+    let token = random_secret("mdt_apr").map_err(|_| ApiError::internal("system RNG failed"))?;
+    let now = engine.clock.now_ms();
+    let approver = ApproverRecord {
+        name: req.name,
+        roles: roles.into_iter().collect(),
+        groups: groups.into_iter().collect(),
+        created_at_ms: now,
+        disabled_at_ms: None,
+    };
+    let ev = NewEvent {
+        ts_ms: now,
+        kind: EventKind::ApproverAdded,
+        agent: None,
+        task_id: None,
+        data: serde_json::json!({ "name": approver.name, "roles": approver.roles, "groups": approver.groups, "by": "admin" }),
+    };
+    engine
+        .store
+        .insert_approver(&approver, &sha256_hex(token.as_bytes()), ev)
+        .await
+        .map_err(|e| ApiError::store(&e))?;
+    Ok((
+        StatusCode::CREATED,
+        Json(AddApproverResponse { approver, token }),
+    ))
+}
+
+/// All approvers (admin).
+#[utoipa::path(get, path = "/v1/approvers", tag = "approvals", security(("admin_token" = [])),
+    responses((status = 200, body = Vec<ApproverRecord>)))]
+pub async fn list_approvers(
+    State(engine): AppState,
+    bearer: Bearer,
+) -> Result<Json<Vec<ApproverRecord>>, ApiError> {
+    require_admin(&engine, &bearer)?;
+    Ok(Json(
+        engine
+            .store
+            .approvers()
+            .await
+            .map_err(|e| ApiError::store(&e))?,
+    ))
+}
+
+/// Disable an approver (admin): their token stops working at once.
+#[utoipa::path(post, path = "/v1/approvers/{name}/disable", tag = "approvals", security(("admin_token" = [])),
+    params(("name" = String, Path, description = "approver name", max_length = 128)),
+    responses((status = 204, description = "disabled"), (status = 404, body = ErrorBody)))]
+pub async fn disable_approver(
+    State(engine): AppState,
+    bearer: Bearer,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    require_admin(&engine, &bearer)?;
+    valid_name("name", &name)?;
+    let now = engine.clock.now_ms();
+    let ev = NewEvent {
+        ts_ms: now,
+        kind: EventKind::ApproverRemoved,
+        agent: None,
+        task_id: None,
+        data: serde_json::json!({ "name": name, "by": "admin" }),
+    };
+    if engine
+        .store
+        .disable_approver(&name, now, ev)
+        .await
+        .map_err(|e| ApiError::store(&e))?
+    {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::not_found(format!(
+            "no enabled approver named {name}"
+        )))
+    }
+}
+
+/// Where an approver group's notifications go.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SetGroupRequest {
+    /// Webhook receiving signed notifications (`http` or `https`); absent to stop them.
+    #[serde(default)]
+    #[schema(max_length = 2048)]
+    pub webhook_url: Option<String>,
+}
+
+/// An approver group after a change.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct SetGroupResponse {
+    /// Group name.
+    pub name: String,
+    /// Its webhook.
+    pub webhook_url: Option<String>,
+    /// The key that signs its notifications (`Mandate-Signature`): shown once, here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook_secret: Option<String>,
+}
+
+/// Set an approver group's webhook (admin). A new signing secret is generated and shown
+/// once.
+#[utoipa::path(put, path = "/v1/approver-groups/{name}", tag = "approvals", request_body = SetGroupRequest,
+    security(("admin_token" = [])),
+    params(("name" = String, Path, description = "group name", max_length = 64)),
+    responses((status = 200, body = SetGroupResponse)))]
+pub async fn set_group(
+    State(engine): AppState,
+    bearer: Bearer,
+    Path(name): Path<String>,
+    ApiJson(req): ApiJson<SetGroupRequest>,
+) -> Result<Json<SetGroupResponse>, ApiError> {
+    require_admin(&engine, &bearer)?;
+    valid_group(&name)?;
+    if let Some(url) = &req.webhook_url {
+        let parsed = reqwest::Url::parse(url).ok().filter(|u| {
+            matches!(u.scheme(), "http" | "https")
+                && u.host_str().is_some()
+                && u.username().is_empty()
+                && u.password().is_none()
+                && url.len() <= 2048
+        });
+        if parsed.is_none() {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_request",
+                "webhook_url must be an http(s) URL with a host and no credentials, at most 2048 characters",
+            ));
+        }
+    }
+    let secret = match &req.webhook_url {
+        Some(_) => {
+            Some(random_secret("mdt_whk").map_err(|_| ApiError::internal("system RNG failed"))?)
+        }
+        None => None,
+    };
+    let now = engine.clock.now_ms();
+    let group = ApproverGroup {
+        name: name.clone(),
+        webhook_url: req.webhook_url.clone(),
+        webhook_secret: secret.clone(),
+        updated_at_ms: now,
+    };
+    let ev = NewEvent {
+        ts_ms: now,
+        kind: EventKind::ApproverGroupUpdated,
+        agent: None,
+        task_id: None,
+        data: serde_json::json!({ "group": name, "webhook_url": req.webhook_url, "by": "admin" }),
+    };
+    engine
+        .store
+        .put_approver_group(&group, ev)
+        .await
+        .map_err(|e| ApiError::store(&e))?;
+    Ok(Json(SetGroupResponse {
+        name,
+        webhook_url: req.webhook_url,
+        webhook_secret: secret,
+    }))
+}
+
+/// Filters for the approval queue.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    /// Only approvals in this state (default: all).
+    pub state: Option<ApprovalState>,
+    /// Only this agent's.
+    pub agent: Option<AgentName>,
+    /// At most this many, newest first (default 100, at most 1000).
+    pub limit: Option<i64>,
+}
+
+/// The approval queue (admin or approver). Approvers see their groups' requests.
+#[utoipa::path(get, path = "/v1/approvals", tag = "approvals", security(("admin_token" = []), ("approver_token" = [])),
+    params(ListQuery),
+    responses((status = 200, body = Vec<ApprovalRecord>)))]
+pub async fn list_approvals(
+    State(engine): AppState,
+    bearer: Bearer,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<Vec<ApprovalRecord>>, ApiError> {
+    let human = engine.human(&bearer.0).await?;
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::invalid("limit must be between 1 and 1000"));
+    }
+    let mut list = engine
+        .store
+        .approvals(q.state, q.agent.as_ref(), limit)
+        .await
+        .map_err(|e| ApiError::store(&e))?;
+    if let Human::Approver(a) = &human
+        && !a.has(ApproverRole::Reviewer)
+    {
+        list.retain(|r| a.groups.contains(&r.group));
+    }
+    Ok(Json(list))
+}
+
+/// Long-poll bound for reading one approval.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct WaitQuery {
+    /// While it is pending, wait up to this many seconds for an answer (default 0).
+    #[param(minimum = 0, maximum = 25)]
+    pub wait_secs: Option<u64>,
+}
+
+/// One approval: for humans (admin, approvers) or for the agent whose task it concerns
+/// (its task or identity token), who may wait for the answer.
+#[utoipa::path(get, path = "/v1/approvals/{id}", tag = "approvals",
+    security(("admin_token" = []), ("approver_token" = []), ("task_token" = []), ("identity_token" = [])),
+    params(("id" = String, Path, description = "approval id", max_length = 64), WaitQuery),
+    responses((status = 200, body = ApprovalRecord), (status = 404, body = ErrorBody)))]
+pub async fn get_approval(
+    State(engine): AppState,
+    bearer: Bearer,
+    Path(id): Path<String>,
+    Query(q): Query<WaitQuery>,
+) -> Result<Json<ApprovalRecord>, ApiError> {
+    let wait = q.wait_secs.unwrap_or(0);
+    let max_wait = u64::try_from(engine.config.limits.max_approval_wait_secs).unwrap_or(0);
+    if wait > max_wait {
+        return Err(ApiError::invalid(format!(
+            "wait_secs must be at most {max_wait}"
+        )));
+    }
+    let a = engine.load_approval(&id).await?;
+    // An agent may read only approvals of its own tasks.
+    let agent_sub = engine
+        .verify_task_token(&bearer.0)
+        .map(|c| c.sub.clone())
+        .or_else(|_| engine.verify_identity(&bearer.0).map(|c| c.sub.clone()))
+        .ok();
+    match agent_sub {
+        Some(sub) => {
+            let mine = SpiffeId::parse(&sub)
+                .ok()
+                .filter(|s| s.trust_domain() == &engine.config.trust_domain)
+                .is_some_and(|s| s.agent() == &a.agent);
+            if !mine {
+                return Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "not_your_approval",
+                    "this approval concerns another agent",
+                ));
+            }
+        }
+        None => {
+            engine.human(&bearer.0).await?;
+        }
+    }
+    let a = if wait > 0 && a.state == ApprovalState::Pending {
+        engine
+            .wait_for_approval(&id, Duration::from_secs(wait))
+            .await?
+    } else {
+        a
+    };
+    Ok(Json(a))
+}
+
+/// Approve a request (an approver of its group; never the agent's owner unless policy
+/// allows it). When enough approvers agree it becomes usable, once.
+#[utoipa::path(post, path = "/v1/approvals/{id}/approve", tag = "approvals", security(("approver_token" = [])),
+    params(("id" = String, Path, description = "approval id", max_length = 64)),
+    responses((status = 200, body = ApprovalRecord), (status = 404, body = ErrorBody),
+        (status = 409, description = "already decided, expired, stale or already approved by this approver", body = ErrorBody)))]
+pub async fn approve(
+    State(engine): AppState,
+    bearer: Bearer,
+    Path(id): Path<String>,
+) -> Result<Json<ApprovalRecord>, ApiError> {
+    let approver = engine
+        .approver_with(&bearer.0, ApproverRole::Approver)
+        .await?;
+    Ok(Json(engine.approve(&approver, &id).await?))
+}
+
+/// Why a request is refused.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DenyRequest {
+    /// Recorded in the audit trail and shown to the agent.
+    #[schema(
+        min_length = 1,
+        max_length = 1024,
+        pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]*[^\\s\\u0000-\\u001f\\u007f-\\u009f][^\\u0000-\\u001f\\u007f-\\u009f]*$"
+    )]
+    pub reason: String,
+}
+
+/// Deny a request (an approver of its group).
+#[utoipa::path(post, path = "/v1/approvals/{id}/deny", tag = "approvals", request_body = DenyRequest,
+    security(("approver_token" = [])),
+    params(("id" = String, Path, description = "approval id", max_length = 64)),
+    responses((status = 200, body = ApprovalRecord), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn deny(
+    State(engine): AppState,
+    bearer: Bearer,
+    Path(id): Path<String>,
+    ApiJson(req): ApiJson<DenyRequest>,
+) -> Result<Json<ApprovalRecord>, ApiError> {
+    let approver = engine
+        .approver_with(&bearer.0, ApproverRole::Approver)
+        .await?;
+    let reason = text("reason", &req.reason, 1024, false)?;
+    Ok(Json(engine.deny(&approver, &id, reason).await?))
+}
+
+/// Declare break-glass: an emergency grant for an agent, outside policy.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BreakGlassRequest {
+    /// The agent that will act.
+    pub agent: AgentName,
+    /// Why this cannot wait for the normal path (mandatory, at least 20 characters).
+    #[schema(min_length = 20, max_length = 2048)]
+    pub justification: String,
+    /// What the emergency needs.
+    pub scope: RequestedScope,
+    /// Lifetime, seconds (default and maximum: the server's break-glass limit).
+    #[serde(default)]
+    #[schema(minimum = 1, maximum = 1800)]
+    pub ttl_secs: Option<i64>,
+}
+
+/// A declared break-glass and the task token it grants.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct BreakGlassResponse {
+    /// The record (its after-review is open).
+    pub break_glass: BreakGlassRecord,
+    /// The task token for the agent.
+    pub task_token: String,
+    /// What is granted.
+    pub grant: Grant,
+}
+
+fn grant_of(scope: &RequestedScope) -> Grant {
+    let actions: BTreeSet<_> = scope.actions.iter().copied().collect();
+    Grant {
+        tools: scope
+            .tools
+            .iter()
+            .map(|t| (t.clone(), actions.clone()))
+            .collect(),
+        data_domains: scope.data_domains.iter().cloned().collect(),
+        destinations: scope.destinations.iter().cloned().collect(),
+    }
+}
+
+/// Declare break-glass (an approver holding the `break_glass` role). Every call under it
+/// is allowed within its grant, audited as break-glass, and alerts the default group; its
+/// after-review stays open until someone else closes it.
+#[utoipa::path(post, path = "/v1/break-glass", tag = "approvals", request_body = BreakGlassRequest,
+    security(("approver_token" = [])),
+    responses((status = 201, body = BreakGlassResponse), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn declare_break_glass(
+    State(engine): AppState,
+    bearer: Bearer,
+    ApiJson(req): ApiJson<BreakGlassRequest>,
+) -> Result<(StatusCode, Json<BreakGlassResponse>), ApiError> {
+    let human = engine
+        .approver_with(&bearer.0, ApproverRole::BreakGlass)
+        .await?;
+    let justification = text("justification", &req.justification, 2048, true)?;
+    if justification.chars().count() < 20 {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "justification_required",
+            "break-glass needs a justification of at least 20 characters: say what is broken and why it cannot wait",
+        ));
+    }
+    let limits = &engine.config.limits;
+    req.scope
+        .check_bounds(limits.max_scope_items)
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_request",
+                e.to_string(),
+            )
+        })?;
+    let max = limits.max_break_glass_ttl_secs;
+    let ttl = req.ttl_secs.unwrap_or(max);
+    if !(1..=max).contains(&ttl) {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_request",
+            format!("ttl_secs must be between 1 and {max}"),
+        ));
+    }
+    let agent = engine
+        .store
+        .agent(&req.agent)
+        .await
+        .map_err(|e| ApiError::store(&e))?
+        .filter(|a| a.status == AgentStatus::Active)
+        .ok_or_else(|| ApiError::not_found(format!("no active agent named {}", req.agent)))?;
+    let rng = |_| ApiError::internal("system RNG failed");
+    let id = random_id("bg").map_err(rng)?;
+    let task_id = random_id("tsk").map_err(rng)?;
+    let jti = random_id("jti").map_err(rng)?;
+    let now_ms = engine.clock.now_ms();
+    let now_secs = engine.clock.now_secs();
+    let grant = grant_of(&req.scope);
+    let purpose = format!("BREAK-GLASS by {}: {justification}", human.name);
+    let task = TaskRecord {
+        id: task_id.clone(),
+        agent: agent.name.clone(),
+        purpose: purpose.chars().take(limits.max_purpose_chars).collect(),
+        requested: req.scope.clone(),
+        grant: grant.clone(),
+        items: serde_json::json!([]),
+        state: TaskState::Active,
+        bundle_version: engine.bundle().version().to_owned(),
+        token_jti: jti.clone(),
+        created_at_ms: now_ms,
+        expires_at_ms: (now_secs + ttl) * 1000,
+        ended_at_ms: None,
+        end_reason: None,
+    };
+    let record = BreakGlassRecord {
+        id: id.clone(),
+        declared_by: human.name.clone(),
+        agent: agent.name.clone(),
+        task_id: task_id.clone(),
+        justification: justification.to_owned(),
+        created_at_ms: now_ms,
+        expires_at_ms: task.expires_at_ms,
+        review: None,
+    };
+    let spiffe = SpiffeId::for_agent(engine.config.trust_domain.clone(), agent.name.clone());
+    let claims = TaskClaims {
+        iss: engine.issuer.clone(),
+        sub: spiffe.to_string(),
+        aud: engine.config.task_audience.clone(),
+        exp: now_secs + ttl,
+        iat: now_secs,
+        nbf: now_secs,
+        jti,
+        task_id: task_id.clone(),
+        grant: grant.clone(),
+        act: None,
+    };
+    let token = mandate_token::sign(&engine.keys(), &claims)?;
+    let ev = NewEvent {
+        ts_ms: now_ms,
+        kind: EventKind::BreakGlassDeclared,
+        agent: Some(agent.name.to_string()),
+        task_id: Some(task_id.clone()),
+        data: serde_json::json!({
+            "break_glass_id": id, "declared_by": human.name, "justification": justification,
+            "grant": grant, "ttl_secs": ttl, "expires_at_ms": task.expires_at_ms, "purpose": task.purpose,
+        }),
+    };
+    engine
+        .store
+        .insert_break_glass(&record, &task, ev)
+        .await
+        .map_err(|e| ApiError::store(&e))?;
+    let mut live = engine.live_task(&agent, &task)?;
+    if let Some(t) = Arc::get_mut(&mut live) {
+        t.break_glass = Some((id.clone(), human.name.clone()));
+    }
+    engine.insert_live(live);
+    engine.notify_group(
+        mandate_policy::DEFAULT_APPROVER_GROUP,
+        "break_glass.declared",
+        serde_json::json!({ "break_glass": record }),
+    );
+    Ok((
+        StatusCode::CREATED,
+        Json(BreakGlassResponse {
+            break_glass: record,
+            task_token: token,
+            grant,
+        }),
+    ))
+}
+
+/// Break-glass records, newest first (admin or reviewer).
+#[utoipa::path(get, path = "/v1/break-glass", tag = "approvals", security(("admin_token" = []), ("approver_token" = [])),
+    responses((status = 200, body = Vec<BreakGlassRecord>)))]
+pub async fn list_break_glass(
+    State(engine): AppState,
+    bearer: Bearer,
+) -> Result<Json<Vec<BreakGlassRecord>>, ApiError> {
+    require_oversight(&engine, &bearer).await?;
+    Ok(Json(
+        engine
+            .store
+            .break_glass_records()
+            .await
+            .map_err(|e| ApiError::store(&e))?,
+    ))
+}
+
+/// Closing a break-glass after-review.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReviewRequest {
+    /// What the review found.
+    #[schema(min_length = 1, max_length = 4096)]
+    pub notes: String,
+}
+
+/// Close a break-glass after-review (a reviewer who did not declare it).
+#[utoipa::path(post, path = "/v1/break-glass/{id}/review", tag = "approvals", request_body = ReviewRequest,
+    security(("approver_token" = [])),
+    params(("id" = String, Path, description = "break-glass id", max_length = 64)),
+    responses((status = 200, body = BreakGlassRecord), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn review_break_glass(
+    State(engine): AppState,
+    bearer: Bearer,
+    Path(id): Path<String>,
+    ApiJson(req): ApiJson<ReviewRequest>,
+) -> Result<Json<BreakGlassRecord>, ApiError> {
+    let reviewer = engine
+        .approver_with(&bearer.0, ApproverRole::Reviewer)
+        .await?;
+    let notes = text("notes", &req.notes, 4096, true)?;
+    if id.len() > 64 {
+        return Err(ApiError::invalid("break-glass id is too long"));
+    }
+    let bg = engine
+        .store
+        .break_glass(&id)
+        .await
+        .map_err(|e| ApiError::store(&e))?
+        .ok_or_else(|| ApiError::not_found(format!("break-glass {id} does not exist")))?;
+    if bg.declared_by == reviewer.name {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "separation_of_duties",
+            "the person who declared break-glass cannot review it",
+        ));
+    }
+    let review = BreakGlassReview {
+        by: reviewer.name.clone(),
+        at_ms: engine.clock.now_ms(),
+        notes: notes.to_owned(),
+    };
+    let ev = NewEvent {
+        ts_ms: review.at_ms,
+        kind: EventKind::BreakGlassReviewed,
+        agent: Some(bg.agent.to_string()),
+        task_id: Some(bg.task_id.clone()),
+        data: serde_json::json!({ "break_glass_id": id, "by": review.by, "notes": review.notes }),
+    };
+    if !engine
+        .store
+        .close_break_glass(&id, &review, ev)
+        .await
+        .map_err(|e| ApiError::store(&e))?
+    {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "already_reviewed",
+            format!("break-glass {id} has already been reviewed"),
+        ));
+    }
+    Ok(Json(BreakGlassRecord {
+        review: Some(review),
+        ..bg
+    }))
+}
+
+async fn require_oversight(engine: &Engine, bearer: &Bearer) -> Result<(), ApiError> {
+    match engine.human(&bearer.0).await? {
+        Human::Admin => Ok(()),
+        Human::Approver(a) if a.has(ApproverRole::Reviewer) => Ok(()),
+        Human::Approver(a) => Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "role_required",
+            format!("{} does not hold the reviewer role", a.name),
+        )),
+    }
+}
+
+/// Approvals given, by whom, and how they ended (R11).
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ApprovalsReport {
+    /// Requests per final state.
+    pub by_state: BTreeMap<String, u64>,
+    /// Approvals given per approver.
+    pub by_approver: BTreeMap<String, u64>,
+    /// Median time from request to answer, ms (answered requests only).
+    pub median_answer_ms: Option<i64>,
+    /// The requests, newest first.
+    pub approvals: Vec<ApprovalRecord>,
+    /// Break-glass uses, newest first.
+    pub break_glass: Vec<BreakGlassRecord>,
+}
+
+/// Approvals and break-glass report (admin or reviewer).
+#[utoipa::path(get, path = "/v1/reports/approvals", tag = "reports", security(("admin_token" = []), ("approver_token" = [])),
+    responses((status = 200, body = ApprovalsReport)))]
+pub async fn approvals_report(
+    State(engine): AppState,
+    bearer: Bearer,
+) -> Result<Json<ApprovalsReport>, ApiError> {
+    require_oversight(&engine, &bearer).await?;
+    let approvals = engine
+        .store
+        .approvals(None, None, 10_000)
+        .await
+        .map_err(|e| ApiError::store(&e))?;
+    let mut by_state = BTreeMap::new();
+    let mut by_approver = BTreeMap::new();
+    let mut answer_times = Vec::new();
+    for a in &approvals {
+        *by_state.entry(a.state.to_string()).or_insert(0) += 1;
+        for v in &a.votes {
+            *by_approver.entry(v.by.clone()).or_insert(0) += 1;
+        }
+        let answered = match a.state {
+            ApprovalState::Denied => a.decided_at_ms,
+            ApprovalState::Approved | ApprovalState::Consumed => a.votes.last().map(|v| v.at_ms),
+            _ => None,
+        };
+        if let Some(t) = answered {
+            answer_times.push(t - a.created_at_ms);
+        }
+    }
+    answer_times.sort_unstable();
+    let median_answer_ms = answer_times.get(answer_times.len() / 2).copied();
+    let break_glass = engine
+        .store
+        .break_glass_records()
+        .await
+        .map_err(|e| ApiError::store(&e))?;
+    Ok(Json(ApprovalsReport {
+        by_state,
+        by_approver,
+        median_answer_ms,
+        approvals,
+        break_glass,
+    }))
+}
+
+/// One granted (tool, action) pair and what the agent did with it.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct PairUse {
+    /// Tool.
+    pub tool: String,
+    /// Action class.
+    pub action: String,
+    /// Tasks that were granted it.
+    pub granted_in_tasks: u64,
+    /// Calls allowed.
+    pub allowed: u64,
+    /// Calls denied.
+    pub denied: u64,
+    /// Calls that needed an approval.
+    pub approval_required: u64,
+}
+
+/// Granted versus used for one agent, with least-privilege recommendations (R11).
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct AccessReport {
+    /// The agent.
+    pub agent: String,
+    /// Its owner.
+    pub owner: String,
+    /// Its status.
+    pub status: AgentStatus,
+    /// Tasks examined (the most recent, at most 1000).
+    pub tasks: u64,
+    /// Each (tool, action) pair granted or attempted.
+    pub pairs: Vec<PairUse>,
+    /// Least-privilege recommendations: pairs granted and never used.
+    pub recommendations: Vec<String>,
+    /// Approvals concerning the agent, newest first, with who gave them.
+    pub approvals: Vec<ApprovalRecord>,
+    /// Break-glass uses for the agent.
+    pub break_glass: Vec<BreakGlassRecord>,
+}
+
+/// Access report for one agent (admin or reviewer).
+#[utoipa::path(get, path = "/v1/reports/access/{agent}", tag = "reports", security(("admin_token" = []), ("approver_token" = [])),
+    params(("agent" = String, Path, description = "agent name", max_length = 63)),
+    responses((status = 200, body = AccessReport), (status = 404, body = ErrorBody)))]
+pub async fn access_report(
+    State(engine): AppState,
+    bearer: Bearer,
+    Path(agent): Path<String>,
+) -> Result<Json<AccessReport>, ApiError> {
+    require_oversight(&engine, &bearer).await?;
+    let name = AgentName::parse(&agent).map_err(|e| ApiError::invalid(e.to_string()))?;
+    let record = engine
+        .store
+        .agent(&name)
+        .await
+        .map_err(|e| ApiError::store(&e))?
+        .ok_or_else(|| ApiError::not_found(format!("agent {name} does not exist")))?;
+    let mut tasks = engine
+        .store
+        .agent_task_records(&name)
+        .await
+        .map_err(|e| ApiError::store(&e))?;
+    let skip = tasks.len().saturating_sub(1000);
+    tasks.drain(..skip);
+    let mut pairs: BTreeMap<(String, String), PairUse> = BTreeMap::new();
+    for t in &tasks {
+        for (tool, actions) in &t.grant.tools {
+            for a in actions {
+                pair(&mut pairs, tool.as_str(), a.as_str()).granted_in_tasks += 1;
+            }
+        }
+        let events = engine
+            .store
+            .task_events(&t.id)
+            .await
+            .map_err(|e| ApiError::store(&e))?;
+        for e in events
+            .iter()
+            .filter(|e| e.kind == EventKind::Decision.as_str())
+        {
+            let field = |k: &str| e.data.get(k).and_then(serde_json::Value::as_str);
+            let (Some(tool), Some(action)) = (field("tool"), field("action")) else {
+                continue;
+            };
+            let p = pair(&mut pairs, tool, action);
+            match field("outcome") {
+                Some("allow") => p.allowed += 1,
+                Some("approval_required") => p.approval_required += 1,
+                _ => p.denied += 1,
+            }
+        }
+    }
+    let recommendations = pairs
+        .values()
+        .filter(|p| p.granted_in_tasks > 0 && p.allowed == 0)
+        .map(|p| {
+            format!(
+                "{} {} was granted in {} task(s) and never used: consider removing it from the agent's requested scope or the policy that grants it",
+                p.tool, p.action, p.granted_in_tasks
+            )
+        })
+        .collect();
+    let approvals = engine
+        .store
+        .approvals(None, Some(&name), 1000)
+        .await
+        .map_err(|e| ApiError::store(&e))?;
+    let break_glass = engine
+        .store
+        .break_glass_records()
+        .await
+        .map_err(|e| ApiError::store(&e))?
+        .into_iter()
+        .filter(|b| b.agent == name)
+        .collect();
+    Ok(Json(AccessReport {
+        agent: name.to_string(),
+        owner: record.owner,
+        status: record.status,
+        tasks: u64::try_from(tasks.len()).unwrap_or(u64::MAX),
+        pairs: pairs.into_values().collect(),
+        recommendations,
+        approvals,
+        break_glass,
+    }))
+}
+
+fn pair<'a>(
+    pairs: &'a mut BTreeMap<(String, String), PairUse>,
+    tool: &str,
+    action: &str,
+) -> &'a mut PairUse {
+    pairs
+        .entry((tool.to_owned(), action.to_owned()))
+        .or_insert_with(|| PairUse {
+            tool: tool.to_owned(),
+            action: action.to_owned(),
+            granted_in_tasks: 0,
+            allowed: 0,
+            denied: 0,
+            approval_required: 0,
+        })
+}

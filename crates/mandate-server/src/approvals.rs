@@ -1,0 +1,816 @@
+//! Human approvals on the engine: opening a request bound to the exact action, counting
+//! approvers under separation of duties, waiting, single use, expiry and invalidation, and
+//! the signed webhook notifications that go with them.
+//!
+//! Invariants:
+//! - An approval is bound to a digest of (task, agent, tool, action, canonical arguments,
+//!   resource, destination, data domain, sensitivity, bundle version); a call with any
+//!   other value does not match it.
+//! - It is used at most once: the `approved → consumed` transition has one winner.
+//! - Only named humans approve. Agent tokens and the admin token are not approvers.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use mandate_audit::{EventKind, NewEvent};
+use mandate_core::{
+    AgentName, ApprovalKind, ApprovalState, ApproverRole, DataDomain, RequestedScope,
+    canonical_json, random_id, sha256_hex,
+};
+use mandate_policy::{DEFAULT_APPROVER_GROUP, Decision, Outcome};
+use mandate_store::{ApprovalRecord, ApprovalVote, ApproverRecord, VoteOutcome};
+use serde_json::{Value, json};
+
+use crate::engine::{Call, Engine, LiveTask};
+use crate::error::ApiError;
+
+/// Who presented a human credential.
+#[derive(Debug, Clone)]
+pub(crate) enum Human {
+    /// The admin token: manages approvers, reads everything, approves nothing.
+    Admin,
+    /// A named approver.
+    Approver(ApproverRecord),
+}
+
+/// The approval-required decision of one call, settled against its approval.
+#[derive(Debug)]
+pub(crate) struct Settled {
+    /// The decision to return and record: `allow` only if an approval was used for it.
+    pub decision: Decision,
+    /// The approval concerned.
+    pub approval: ApprovalRecord,
+}
+
+/// What the API says about an approval that concerns a caller.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct ApprovalRef {
+    /// Approval id: poll `GET /v1/approvals/{id}` or retry the call with it.
+    pub id: String,
+    /// Where it stands.
+    pub state: ApprovalState,
+    /// When it stops being usable (unix ms).
+    pub expires_at_ms: i64,
+    /// Distinct approvers needed.
+    pub required: u32,
+    /// Approvers so far.
+    pub approved_by: Vec<String>,
+}
+
+impl From<&ApprovalRecord> for ApprovalRef {
+    fn from(a: &ApprovalRecord) -> Self {
+        Self {
+            id: a.id.clone(),
+            state: a.state,
+            expires_at_ms: a.expires_at_ms,
+            required: a.required,
+            approved_by: a.votes.iter().map(|v| v.by.clone()).collect(),
+        }
+    }
+}
+
+fn conflict(code: &'static str, message: impl Into<String>) -> ApiError {
+    ApiError::new(StatusCode::CONFLICT, code, message)
+}
+
+/// The binding digest of one call.
+pub(crate) fn call_digest(
+    task: &LiveTask,
+    call: &Call,
+    data_domain: Option<&DataDomain>,
+    bundle_version: &str,
+) -> String {
+    let material = json!({
+        "kind": ApprovalKind::Call.as_str(),
+        "task": task.id, "agent": task.agent, "tool": call.tool, "action": call.action,
+        "args_digest": call.args.digest(), "resource": call.resource,
+        "destination": call.destination, "data_domain": data_domain,
+        "sensitivity": call.sensitivity, "bundle_version": bundle_version,
+    });
+    sha256_hex(canonical_json(&material).as_bytes())
+}
+
+/// The binding digest of a task start.
+pub(crate) fn start_digest(
+    task_id: &str,
+    agent: &AgentName,
+    scope: &RequestedScope,
+    ttl_secs: i64,
+    bundle_version: &str,
+) -> String {
+    let material = json!({
+        "kind": ApprovalKind::TaskStart.as_str(),
+        "task": task_id, "agent": agent, "requested": scope, "ttl_secs": ttl_secs,
+        "bundle_version": bundle_version,
+    });
+    sha256_hex(canonical_json(&material).as_bytes())
+}
+
+/// A new approval request, before it is stored.
+#[derive(Debug)]
+pub(crate) struct Request<'a> {
+    pub kind: ApprovalKind,
+    pub task_id: &'a str,
+    pub agent: &'a AgentName,
+    pub owner: &'a str,
+    pub digest: String,
+    /// What will run, as parsed, plus the context an approver needs.
+    pub action: Value,
+    pub decision: &'a Decision,
+    /// The request is never usable beyond this (the task's own end).
+    pub not_after_ms: i64,
+}
+
+impl Engine {
+    /// The human behind a bearer token: the admin token or an enabled approver's token.
+    /// Anything else, agent tokens included, is refused.
+    pub(crate) async fn human(&self, token: &str) -> Result<Human, ApiError> {
+        if self.is_admin(token) {
+            return Ok(Human::Admin);
+        }
+        let hash = sha256_hex(token.as_bytes());
+        match self
+            .store
+            .approver_by_token(&hash)
+            .await
+            .map_err(|e| ApiError::store(&e))?
+        {
+            Some(a) => Ok(Human::Approver(a)),
+            None => Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "approver_required",
+                "this endpoint needs a human approver's token (agents never approve)",
+            )),
+        }
+    }
+
+    /// The approver behind a token, who must hold `role`.
+    pub(crate) async fn approver_with(
+        &self,
+        token: &str,
+        role: ApproverRole,
+    ) -> Result<ApproverRecord, ApiError> {
+        match self.human(token).await? {
+            Human::Approver(a) if a.has(role) => Ok(a),
+            Human::Approver(a) => Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "role_required",
+                format!("{} does not hold the {role} role", a.name),
+            )),
+            Human::Admin => Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "approver_required",
+                format!(
+                    "the admin token is not a person: use a named approver's token with the {role} role"
+                ),
+            )),
+        }
+    }
+
+    /// Opens an approval request (bounded per agent and per task), records it, and
+    /// notifies the approver group.
+    pub(crate) async fn open_approval(&self, r: Request<'_>) -> Result<ApprovalRecord, ApiError> {
+        let now = self.clock.now_ms();
+        let terms = r.decision.approval.clone();
+        let limits = &self.config.limits;
+        let a = ApprovalRecord {
+            id: random_id("apr").map_err(|_| ApiError::internal("system RNG failed"))?,
+            kind: r.kind,
+            task_id: r.task_id.to_owned(),
+            agent: r.agent.clone(),
+            owner: r.owner.to_owned(),
+            group: terms
+                .as_ref()
+                .map_or_else(|| DEFAULT_APPROVER_GROUP.to_owned(), |t| t.group.clone()),
+            digest: r.digest,
+            action: r.action,
+            bundle_version: r.decision.bundle_version.clone(),
+            required: terms.as_ref().map_or(1, |t| t.approvals),
+            owner_may_approve: terms.as_ref().is_some_and(|t| t.owner_may_approve),
+            votes: Vec::new(),
+            state: ApprovalState::Pending,
+            created_at_ms: now,
+            expires_at_ms: (now + limits.approval_ttl_secs * 1000).min(r.not_after_ms),
+            decided_at_ms: None,
+            decided_by: None,
+            reason: None,
+        };
+        let ev = NewEvent {
+            ts_ms: now,
+            kind: EventKind::ApprovalRequested,
+            agent: Some(a.agent.to_string()),
+            task_id: Some(a.task_id.clone()),
+            data: json!({
+                "approval_id": a.id, "kind": a.kind, "digest": a.digest, "group": a.group,
+                "required": a.required, "owner_may_approve": a.owner_may_approve,
+                "expires_at_ms": a.expires_at_ms, "bundle_version": a.bundle_version,
+                "policies": r.decision.policies, "reasons": r.decision.reasons,
+                "action": a.action,
+            }),
+        };
+        self.store
+            .insert_approval(
+                &a,
+                limits.max_pending_approvals_per_agent,
+                limits.max_pending_approvals_per_task,
+                ev,
+            )
+            .await
+            .map_err(|e| match e {
+                mandate_store::StoreError::Limit(m) => {
+                    ApiError::new(StatusCode::TOO_MANY_REQUESTS, "approval_queue_full", m)
+                }
+                other => ApiError::store(&other),
+            })?;
+        self.notify_group(&a.group, "approval.requested", json!({ "approval": a }));
+        Ok(a)
+    }
+
+    /// An approval by id, or 404.
+    pub(crate) async fn load_approval(&self, id: &str) -> Result<ApprovalRecord, ApiError> {
+        if id.len() > 64 {
+            return Err(ApiError::invalid("approval id is too long"));
+        }
+        self.store
+            .approval(id)
+            .await
+            .map_err(|e| ApiError::store(&e))?
+            .ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    "approval_not_found",
+                    format!("approval {id} does not exist"),
+                )
+            })
+    }
+
+    /// Waits (at most `wait`) for a pending approval to be answered; returns it as it
+    /// stands then.
+    pub(crate) async fn wait_for_approval(
+        &self,
+        id: &str,
+        wait: Duration,
+    ) -> Result<ApprovalRecord, ApiError> {
+        let mut changes = self.approval_changes.subscribe();
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let a = self.load_approval(id).await?;
+            if a.state != ApprovalState::Pending || tokio::time::Instant::now() >= deadline {
+                return Ok(a);
+            }
+            // Woken by any approval change (or a lagged channel); re-read and look again.
+            loop {
+                match tokio::time::timeout_at(deadline, changes.recv()).await {
+                    Ok(Ok(changed)) if changed != id => continue,
+                    _ => break,
+                }
+            }
+        }
+    }
+
+    fn changed(&self, id: &str) {
+        // No receiver simply means no call is waiting.
+        let _ = self.approval_changes.send(id.to_owned());
+    }
+
+    /// One approver approves. Separation of duties: approvers answer only for their
+    /// groups, never for an agent they own unless policy allows it, and count once.
+    pub(crate) async fn approve(
+        &self,
+        approver: &ApproverRecord,
+        id: &str,
+    ) -> Result<ApprovalRecord, ApiError> {
+        let a = self.load_approval(id).await?;
+        self.may_answer(approver, &a)?;
+        self.still_valid(&a).await?;
+        let vote = ApprovalVote {
+            by: approver.name.clone(),
+            at_ms: self.clock.now_ms(),
+        };
+        let ev = NewEvent {
+            ts_ms: vote.at_ms,
+            // The store records `approval.approved` when this vote completes it.
+            kind: EventKind::ApprovalVote,
+            agent: Some(a.agent.to_string()),
+            task_id: Some(a.task_id.clone()),
+            data: json!({ "approval_id": a.id, "by": approver.name, "digest": a.digest }),
+        };
+        let outcome = self
+            .store
+            .vote_approval(id, &vote, ev)
+            .await
+            .map_err(|e| ApiError::store(&e))?;
+        match outcome {
+            VoteOutcome::Counted(a) => {
+                self.changed(id);
+                if a.state == ApprovalState::Approved {
+                    self.notify_group(&a.group, "approval.approved", json!({ "approval": a }));
+                }
+                Ok(*a)
+            }
+            VoteOutcome::Duplicate => Err(conflict(
+                "already_approved_by_you",
+                format!(
+                    "{} has already approved {id}; another approver is needed",
+                    approver.name
+                ),
+            )),
+            VoteOutcome::NotPending(a) => Err(not_pending(&a, self.clock.now_ms())),
+            VoteOutcome::Missing => Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "approval_not_found",
+                format!("approval {id} does not exist"),
+            )),
+        }
+    }
+
+    /// One approver refuses; the request is closed.
+    pub(crate) async fn deny(
+        &self,
+        approver: &ApproverRecord,
+        id: &str,
+        reason: &str,
+    ) -> Result<ApprovalRecord, ApiError> {
+        let a = self.load_approval(id).await?;
+        self.may_answer(approver, &a)?;
+        let now = self.clock.now_ms();
+        if now >= a.expires_at_ms {
+            return Err(not_pending(&a, now));
+        }
+        let moved = self
+            .move_approval(
+                &a,
+                &[ApprovalState::Pending],
+                ApprovalState::Denied,
+                &approver.name,
+                reason,
+                EventKind::ApprovalDenied,
+            )
+            .await?;
+        if !moved {
+            let a = self.load_approval(id).await?;
+            return Err(not_pending(&a, now));
+        }
+        if a.kind == ApprovalKind::TaskStart {
+            self.end_denied_start(&a, &approver.name).await;
+        }
+        let a = self.load_approval(id).await?;
+        self.notify_group(&a.group, "approval.denied", json!({ "approval": a }));
+        Ok(a)
+    }
+
+    fn may_answer(&self, approver: &ApproverRecord, a: &ApprovalRecord) -> Result<(), ApiError> {
+        if !approver.has(ApproverRole::Approver) {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "role_required",
+                format!("{} does not hold the approver role", approver.name),
+            ));
+        }
+        if !approver.groups.iter().any(|g| g == &a.group) {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "not_in_group",
+                format!(
+                    "approval {} is for the {} group, which {} does not answer for",
+                    a.id, a.group, approver.name
+                ),
+            ));
+        }
+        if approver.name == a.owner && !a.owner_may_approve {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "separation_of_duties",
+                format!(
+                    "{} owns agent {}; someone else must approve its requests (policy does not allow owner approval)",
+                    approver.name, a.agent
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Refuses (and invalidates) an approval whose task ended or whose bundle no longer
+    /// enforces.
+    async fn still_valid(&self, a: &ApprovalRecord) -> Result<(), ApiError> {
+        let live = self.live_get(&a.task_id).filter(|t| !t.is_ended());
+        let task_ok = match (a.kind, &live) {
+            (_, None) => false,
+            (ApprovalKind::Call, Some(t)) => !t.is_pending(),
+            (ApprovalKind::TaskStart, Some(t)) => t.is_pending(),
+        };
+        if a.state.is_final() {
+            return Err(not_pending(a, self.clock.now_ms()));
+        }
+        if !task_ok {
+            self.invalidate(a, "the task is no longer active").await;
+            return Err(conflict(
+                "approval_invalid",
+                format!(
+                    "task {} is no longer active; approval {} is void",
+                    a.task_id, a.id
+                ),
+            ));
+        }
+        let enforcing = self.bundle().version().to_owned();
+        if a.bundle_version != enforcing {
+            self.invalidate(a, "the policy bundle changed since it was requested")
+                .await;
+            return Err(conflict(
+                "approval_stale",
+                format!(
+                    "approval {} was requested under policy {}, and {} enforces now: the agent must ask again",
+                    a.id, a.bundle_version, enforcing
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    async fn move_approval(
+        &self,
+        a: &ApprovalRecord,
+        from: &[ApprovalState],
+        to: ApprovalState,
+        by: &str,
+        reason: &str,
+        kind: EventKind,
+    ) -> Result<bool, ApiError> {
+        let now = self.clock.now_ms();
+        let ev = NewEvent {
+            ts_ms: now,
+            kind,
+            agent: Some(a.agent.to_string()),
+            task_id: Some(a.task_id.clone()),
+            data: json!({ "approval_id": a.id, "by": by, "reason": reason, "digest": a.digest }),
+        };
+        let moved = self
+            .store
+            .transition_approval(&a.id, from, to, by, now, reason, ev)
+            .await
+            .map_err(|e| ApiError::store(&e))?;
+        if moved {
+            self.changed(&a.id);
+        }
+        Ok(moved)
+    }
+
+    /// Voids a pending or approved approval (best effort: a failure leaves it to expire).
+    pub(crate) async fn invalidate(&self, a: &ApprovalRecord, reason: &str) {
+        if let Err(e) = self
+            .move_approval(
+                a,
+                &[ApprovalState::Pending, ApprovalState::Approved],
+                ApprovalState::Invalidated,
+                "mandate",
+                reason,
+                EventKind::ApprovalInvalidated,
+            )
+            .await
+        {
+            tracing::warn!(approval = %a.id, error = e.message, "could not record an invalidated approval; it will expire");
+        }
+    }
+
+    /// Uses an approved approval once. `Ok(true)` for the one caller that won it.
+    pub(crate) async fn consume(&self, a: &ApprovalRecord, by: &str) -> Result<bool, ApiError> {
+        self.move_approval(
+            a,
+            &[ApprovalState::Approved],
+            ApprovalState::Consumed,
+            by,
+            "used for the approved action",
+            EventKind::ApprovalConsumed,
+        )
+        .await
+    }
+
+    /// Settles an approval-required call decision: opens an approval (or takes the one
+    /// the caller names), optionally waits for it, and uses it if it is approved.
+    pub(crate) async fn settle_call(
+        &self,
+        task: &Arc<LiveTask>,
+        call: &Call,
+        data_domain: Option<&DataDomain>,
+        decision: Decision,
+        approval_id: Option<&str>,
+        wait: Duration,
+    ) -> Result<Settled, ApiError> {
+        let digest = call_digest(task, call, data_domain, &decision.bundle_version);
+        let mut a = match approval_id {
+            Some(id) => {
+                let a = self.load_approval(id).await?;
+                if a.task_id != task.id || a.kind != ApprovalKind::Call {
+                    return Err(ApiError::new(
+                        StatusCode::FORBIDDEN,
+                        "approval_mismatch",
+                        format!("approval {id} is not for a call of task {}", task.id),
+                    ));
+                }
+                // A denial is answered below as a deny; every other final state is refused.
+                if a.state.is_final() && a.state != ApprovalState::Denied {
+                    return Err(not_pending(&a, self.clock.now_ms()));
+                }
+                if a.bundle_version != decision.bundle_version && !a.state.is_final() {
+                    self.still_valid(&a).await?;
+                }
+                if a.digest != digest {
+                    return Err(ApiError::new(
+                        StatusCode::FORBIDDEN,
+                        "approval_mismatch",
+                        format!(
+                            "approval {id} was given for another action: the tool, arguments, resource, destination, data domain or policy differ from what was approved"
+                        ),
+                    ));
+                }
+                a
+            }
+            None => {
+                let owner = task.owner().to_owned();
+                self.open_approval(Request {
+                    kind: ApprovalKind::Call,
+                    task_id: &task.id,
+                    agent: &task.agent,
+                    owner: &owner,
+                    digest,
+                    action: json!({
+                        "tool": call.tool, "action": call.action, "resource": call.resource,
+                        "arguments": call.args, "args_digest": call.args.digest(),
+                        "destination": call.destination, "data_domain": data_domain,
+                        "sensitivity": call.sensitivity, "purpose": task.purpose,
+                        "agent_tier": task.tier(), "policies": decision.policies,
+                        "reasons": decision.reasons,
+                    }),
+                    decision: &decision,
+                    not_after_ms: task.expires_at(),
+                })
+                .await?
+            }
+        };
+        if a.state == ApprovalState::Pending && !wait.is_zero() {
+            a = self.wait_for_approval(&a.id, wait).await?;
+        }
+        let now = self.clock.now_ms();
+        match a.state {
+            ApprovalState::Pending => Ok(Settled {
+                decision,
+                approval: a,
+            }),
+            ApprovalState::Approved if now < a.expires_at_ms => {
+                if task.is_ended() || now >= task.expires_at() {
+                    return Err(ApiError::new(
+                        StatusCode::FORBIDDEN,
+                        "task_not_active",
+                        format!("task {} ended while its approval was pending", task.id),
+                    ));
+                }
+                if !self.consume(&a, task.agent.as_str()).await? {
+                    let a = self.load_approval(&a.id).await?;
+                    return Err(not_pending(&a, now));
+                }
+                let approved_by: Vec<&str> = a.votes.iter().map(|v| v.by.as_str()).collect();
+                let mut reasons = vec![format!(
+                    "approved by {} (approval {})",
+                    approved_by.join(", "),
+                    a.id
+                )];
+                reasons.extend(decision.reasons);
+                let decision = Decision {
+                    outcome: Outcome::Allow,
+                    reasons,
+                    approval: None,
+                    ..decision
+                };
+                let a = self.load_approval(&a.id).await?;
+                Ok(Settled {
+                    decision,
+                    approval: a,
+                })
+            }
+            ApprovalState::Denied => {
+                let who = a.decided_by.clone().unwrap_or_default();
+                let why = a.reason.clone().unwrap_or_default();
+                let decision = Decision {
+                    outcome: Outcome::Deny,
+                    policies: vec![APPROVAL_DENIED_POLICY.to_owned()],
+                    reasons: vec![format!("{who} denied approval {}: {why}", a.id)],
+                    errors: Vec::new(),
+                    obligations: Vec::new(),
+                    approval: None,
+                    bundle_version: decision.bundle_version,
+                };
+                Ok(Settled {
+                    decision,
+                    approval: a,
+                })
+            }
+            _ => Err(not_pending(&a, now)),
+        }
+    }
+
+    /// A task start approved: the task becomes active, once. Returns the approval used.
+    pub(crate) async fn activate_start(
+        &self,
+        task: &Arc<LiveTask>,
+        approval_id: &str,
+        wait: Duration,
+    ) -> Result<ApprovalRecord, ApiError> {
+        let mut a = self.load_approval(approval_id).await?;
+        if a.task_id != task.id || a.kind != ApprovalKind::TaskStart {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "approval_mismatch",
+                format!(
+                    "approval {approval_id} is not the start approval of task {}",
+                    task.id
+                ),
+            ));
+        }
+        if a.state == ApprovalState::Pending && !wait.is_zero() {
+            a = self.wait_for_approval(&a.id, wait).await?;
+        }
+        let now = self.clock.now_ms();
+        match a.state {
+            ApprovalState::Pending => Err(conflict(
+                "approval_pending",
+                format!("approval {} is still waiting for an approver", a.id),
+            )
+            .with_details(json!({ "approval": ApprovalRef::from(&a) }))),
+            ApprovalState::Approved if now < a.expires_at_ms => {
+                self.still_valid(&a).await?;
+                if !self.consume(&a, task.agent.as_str()).await? {
+                    let a = self.load_approval(&a.id).await?;
+                    return Err(not_pending(&a, now));
+                }
+                let ev = NewEvent {
+                    ts_ms: now,
+                    kind: EventKind::TaskActivated,
+                    agent: Some(task.agent.to_string()),
+                    task_id: Some(task.id.clone()),
+                    data: json!({ "approval_id": a.id, "approved_by": a.votes.iter().map(|v| &v.by).collect::<Vec<_>>() }),
+                };
+                let moved = self
+                    .store
+                    .transition_task(
+                        &task.id,
+                        &[mandate_core::TaskState::Pending],
+                        mandate_core::TaskState::Active,
+                        now,
+                        "start approved",
+                        ev,
+                    )
+                    .await
+                    .map_err(|e| ApiError::store(&e))?;
+                if !moved {
+                    return Err(ApiError::new(
+                        StatusCode::FORBIDDEN,
+                        "task_not_active",
+                        format!("task {} is no longer pending", task.id),
+                    ));
+                }
+                task.activate();
+                self.load_approval(&a.id).await
+            }
+            _ => Err(not_pending(&a, now)),
+        }
+    }
+
+    /// A denied start ends its pending task.
+    async fn end_denied_start(&self, a: &ApprovalRecord, by: &str) {
+        let end = crate::engine::PendingEnd {
+            from: vec![mandate_core::TaskState::Pending],
+            to: mandate_core::TaskState::Revoked,
+            kind: EventKind::TaskRevoked,
+            reason: format!("start denied by {by}"),
+            by: by.to_owned(),
+            agent: a.agent.to_string(),
+            detail: json!({ "approval_id": a.id }),
+        };
+        if let Err(e) = self.end_task(&a.task_id, end).await {
+            tracing::error!(task = %a.task_id, error = %e, "denied start not recorded yet; retried by the sweeper");
+        }
+    }
+
+    /// Expires approvals whose time ran out (called by the sweeper).
+    pub(crate) async fn expire_approvals(&self) {
+        let now = self.clock.now_ms();
+        let due = match self.store.due_approvals(now, 256).await {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot list due approvals");
+                return;
+            }
+        };
+        for a in due {
+            if let Err(e) = self
+                .move_approval(
+                    &a,
+                    &[ApprovalState::Pending, ApprovalState::Approved],
+                    ApprovalState::Expired,
+                    "mandate",
+                    if a.state == ApprovalState::Pending {
+                        "no answer in time"
+                    } else {
+                        "approved but not used in time"
+                    },
+                    EventKind::ApprovalExpired,
+                )
+                .await
+            {
+                tracing::error!(approval = %a.id, error = e.message, "could not expire an approval; retrying");
+            }
+        }
+    }
+
+    /// Voids every approval given under another bundle (called after a policy change).
+    pub(crate) async fn invalidate_stale_approvals(&self) {
+        let enforcing = self.bundle().version().to_owned();
+        match self.store.stale_approvals(&enforcing).await {
+            Ok(stale) => {
+                for a in stale {
+                    self.invalidate(&a, "the policy bundle changed since it was requested")
+                        .await;
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot list approvals to invalidate; they are refused on use")
+            }
+        }
+    }
+
+    /// Sends a signed notification to a group's webhook, off the request path.
+    pub(crate) fn notify_group(&self, group: &str, event: &'static str, mut payload: Value) {
+        let store = Arc::clone(&self.store);
+        let http = self.http.clone();
+        let clock = Arc::clone(&self.clock);
+        let group = group.to_owned();
+        let id = payload
+            .pointer("/approval/id")
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+        if let (Some(obj), Some(id)) = (payload.as_object_mut(), id) {
+            obj.insert(
+                "link".into(),
+                json!(format!("{}/v1/approvals/{id}", self.issuer)),
+            );
+            obj.insert(
+                "approve_with".into(),
+                json!(format!("mandate approvals approve {id}")),
+            );
+        }
+        if let Some(obj) = payload.as_object_mut() {
+            obj.insert("event".into(), json!(event));
+            obj.insert("group".into(), json!(group));
+        }
+        tokio::spawn(async move {
+            let g = match store.approver_group(&group).await {
+                Ok(Some(g)) => g,
+                Ok(None) => return,
+                Err(e) => {
+                    tracing::warn!(group, error = %e, "cannot read the approver group; notification not sent");
+                    return;
+                }
+            };
+            let (Some(url), Some(secret)) = (g.webhook_url, g.webhook_secret) else {
+                return;
+            };
+            let body = serde_json::to_vec(&payload).unwrap_or_default();
+            if let Err(e) =
+                crate::webhook::deliver(&http, &url, &secret, event, body, || clock.now_secs())
+                    .await
+            {
+                tracing::warn!(group, event, error = e, "webhook notification failed");
+            }
+        });
+    }
+}
+
+/// The pseudo policy id of a call whose approval was denied.
+pub const APPROVAL_DENIED_POLICY: &str = "mandate:approval-denied";
+
+/// Why an approval cannot be used or answered now.
+fn not_pending(a: &ApprovalRecord, now_ms: i64) -> ApiError {
+    let (code, what) = match a.state {
+        ApprovalState::Pending | ApprovalState::Approved if now_ms >= a.expires_at_ms => {
+            ("approval_expired", "has expired".to_owned())
+        }
+        ApprovalState::Pending => ("approval_pending", "is still pending".to_owned()),
+        ApprovalState::Approved => ("approval_approved", "is already approved".to_owned()),
+        ApprovalState::Denied => ("approval_denied", "was denied".to_owned()),
+        ApprovalState::Expired => ("approval_expired", "has expired".to_owned()),
+        ApprovalState::Consumed => (
+            "approval_used",
+            "was already used: an approval is good for one action, once".to_owned(),
+        ),
+        ApprovalState::Invalidated => (
+            "approval_invalid",
+            format!(
+                "was invalidated ({})",
+                a.reason.as_deref().unwrap_or("no longer valid")
+            ),
+        ),
+    };
+    conflict(code, format!("approval {} {what}", a.id))
+        .with_details(json!({ "approval": ApprovalRef::from(a) }))
+}
