@@ -67,6 +67,14 @@ impl Client {
         Self::send(req).await
     }
 
+    pub async fn put(&self, path: &str, bearer: Option<&str>, body: &Value) -> Result<Reply> {
+        let mut req = self.http.put(format!("{}{path}", self.base)).json(body);
+        if let Some(t) = bearer {
+            req = req.bearer_auth(t);
+        }
+        Self::send(req).await
+    }
+
     async fn send(req: reqwest::RequestBuilder) -> Result<Reply> {
         let res = req.send().await.context(
             "cannot reach the Mandate server (is `mandate serve` running? see --server)",

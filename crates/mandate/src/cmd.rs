@@ -35,7 +35,7 @@ impl ServerOpts {
     }
 }
 
-fn print(v: &Value) -> Result<()> {
+pub fn print(v: &Value) -> Result<()> {
     println!("{}", serde_json::to_string_pretty(v)?);
     Ok(())
 }
@@ -259,6 +259,20 @@ pub enum TaskCmd {
         #[command(flatten)]
         server: ServerOpts,
     },
+    /// Exchange an approved task start for its task token (identity token).
+    Activate {
+        id: String,
+        #[arg(long, env = "MANDATE_IDENTITY_TOKEN", hide_env_values = true)]
+        identity_token: String,
+        /// The start's approval id.
+        #[arg(long)]
+        approval_id: String,
+        /// Wait up to this many seconds for the approval.
+        #[arg(long)]
+        wait: Option<u64>,
+        #[command(flatten)]
+        server: ServerOpts,
+    },
     /// Revoke a task (admin).
     Revoke {
         id: String,
@@ -323,6 +337,23 @@ pub async fn task(c: TaskCmd) -> Result<()> {
                 .await?
                 .ok()?,
         ),
+        TaskCmd::Activate {
+            id,
+            identity_token,
+            approval_id,
+            wait,
+            server,
+        } => print(
+            &server
+                .client()?
+                .post(
+                    &format!("/v1/tasks/{id}/activate"),
+                    Some(&identity_token),
+                    &strip_nulls(json!({ "approval_id": approval_id, "wait_secs": wait })),
+                )
+                .await?
+                .ok()?,
+        ),
         TaskCmd::Revoke { id, reason, server } => print(
             &server
                 .client()?
@@ -363,6 +394,12 @@ pub struct DecideArgs {
     /// Sensitivity: public, internal, confidential, restricted.
     #[arg(long)]
     sensitivity: Option<String>,
+    /// Use this approval (given for exactly this call) if it is approved.
+    #[arg(long)]
+    approval_id: Option<String>,
+    /// If the call needs an approval, wait up to this many seconds for it.
+    #[arg(long)]
+    wait: Option<u64>,
     /// Print the whole decision as JSON.
     #[arg(long)]
     json: bool,
@@ -380,6 +417,7 @@ pub async fn decide(a: DecideArgs) -> Result<ExitCode> {
     let body = json!({
         "tool": a.tool, "action": a.action, "resource": a.resource, "arguments": args,
         "destination": a.destination, "data_domain": a.data_domain, "sensitivity": a.sensitivity,
+        "approval_id": a.approval_id, "wait_secs": a.wait,
     });
     let body = strip_nulls(body);
     let d = a
@@ -406,6 +444,14 @@ pub async fn decide(a: DecideArgs) -> Result<ExitCode> {
         );
         for r in d["reasons"].as_array().into_iter().flatten() {
             println!("  {}", r.as_str().unwrap_or(""));
+        }
+        if outcome == "approval_required"
+            && let Some(id) = d["approval"]["id"].as_str()
+        {
+            println!(
+                "  approval {id} ({}): an approver runs `mandate approvals approve {id}`; then repeat this call with --approval-id {id}",
+                d["approval"]["state"].as_str().unwrap_or("pending")
+            );
         }
     }
     Ok(match outcome.as_str() {

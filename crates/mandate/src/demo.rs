@@ -214,20 +214,82 @@ pub async fn run(data_dir: Option<PathBuf>) -> Result<ExitCode> {
         &decision_line(&r),
     );
 
-    n.say("Write: update a ticket — needs a human");
-    let r = decide(
-        &c,
-        &task_token,
-        call(
-            "tickets.update",
-            "write",
-            json!({ "id": 42, "status": "closed" }),
-        ),
-    )
-    .await?;
+    n.say("Write: update a ticket — the call is held for a human, and waits");
+    let approver_token = {
+        let r = c
+            .post(
+                "/v1/approvers",
+                Some(&admin),
+                &json!({ "name": "bob@example.com", "roles": ["approver"], "groups": ["default"] }),
+            )
+            .await?;
+        r.body["token"].as_str().unwrap_or_default().to_owned()
+    };
+    let write = call(
+        "tickets.update",
+        "write",
+        json!({ "id": 42, "status": "closed" }),
+    );
+    let waiting = {
+        let (c, token) = (c.clone(), task_token.clone());
+        let mut body = write.clone();
+        body["wait_secs"] = json!(20);
+        tokio::spawn(async move { decide(&c, &token, body).await })
+    };
+    let mut pending = Value::Null;
+    for _ in 0..100 {
+        let q = c
+            .get("/v1/approvals?state=pending", Some(&approver_token))
+            .await?;
+        if let Some(a) = q.body.as_array().and_then(|a| a.first()) {
+            pending = a.clone();
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let approval_id = pending["id"].as_str().unwrap_or_default().to_owned();
     n.check(
-        r.status == 200 && r.body["outcome"] == "approval_required",
-        &decision_line(&r),
+        !approval_id.is_empty()
+            && pending["action"]["arguments"] == json!({ "id": 42, "status": "closed" }),
+        &format!(
+            "approval {approval_id} opened for exactly {} (owner {}); the agent's call is waiting",
+            canonical(&pending["action"]["arguments"]),
+            pending["owner"].as_str().unwrap_or("?")
+        ),
+    );
+
+    n.say(&format!(
+        "bob@example.com runs `mandate approvals approve {approval_id}`"
+    ));
+    let approved = run_cli(
+        &[
+            "approvals",
+            "approve",
+            &approval_id,
+            "--server",
+            &server.url(),
+        ],
+        &approver_token,
+    )
+    .await;
+    n.check(
+        approved.as_ref().is_ok_and(|o| o.contains("approved")),
+        &match &approved {
+            Ok(o) => o.trim().to_owned(),
+            Err(e) => format!("{e:#}"),
+        },
+    );
+    let r = waiting.await.context("the waiting call")??;
+    n.check(
+        r.status == 200 && r.body["outcome"] == "allow",
+        &format!("the waiting call proceeds: {}", decision_line(&r)),
+    );
+    let mut again = write.clone();
+    again["approval_id"] = json!(approval_id);
+    let r = decide(&c, &task_token, again).await?;
+    n.check(
+        r.status == 409 && r.code() == "approval_used",
+        &format!("the same approval a second time: {}", decision_line(&r)),
     );
 
     n.say("Delete: remove a ticket — denied");
@@ -296,7 +358,7 @@ pub async fn run(data_dir: Option<PathBuf>) -> Result<ExitCode> {
     );
     let events = store.task_events(&task_id).await?;
     n.check(
-        events.len() == 6,
+        events.len() == 10,
         &format!("{} events recorded for the task:", events.len()),
     );
     print!("{}", trace::render(&task_id, &events));
@@ -318,6 +380,38 @@ pub async fn run(data_dir: Option<PathBuf>) -> Result<ExitCode> {
             println!("  {f}");
         }
         Ok(ExitCode::FAILURE)
+    }
+}
+
+fn canonical(v: &Value) -> String {
+    mandate_core::canonical_json(v)
+}
+
+/// Runs this very binary with `args` as the approver would, returning its output.
+async fn run_cli(args: &[&str], approver_token: &str) -> Result<String> {
+    let exe = std::env::current_exe().context("locating the mandate binary")?;
+    let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+    let token = approver_token.to_owned();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(exe)
+            .args(&args)
+            .env("MANDATE_APPROVER_TOKEN", token)
+            .env("NO_COLOR", "1")
+            .output()
+    })
+    .await
+    .context("running the mandate binary")?
+    .context("running the mandate binary")?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    if out.status.success() {
+        Ok(text)
+    } else {
+        anyhow::bail!(
+            "exit {}: {}{}",
+            out.status,
+            text,
+            String::from_utf8_lossy(&out.stderr)
+        )
     }
 }
 

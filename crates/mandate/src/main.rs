@@ -10,6 +10,7 @@
 mod client;
 mod cmd;
 mod demo;
+mod humans;
 mod replay;
 mod style;
 mod trace;
@@ -54,9 +55,22 @@ enum Command {
     /// Validate a policy directory against Mandate's schema.
     #[command(subcommand)]
     Policy(cmd::PolicyCmd),
+    /// The approval queue: list, show, approve and deny requests for exact actions.
+    #[command(subcommand)]
+    Approvals(humans::ApprovalsCmd),
+    /// Human approvers, their roles and groups, and group webhooks (admin).
+    #[command(subcommand)]
+    Approvers(humans::ApproversCmd),
+    /// Emergency grants outside policy: declare, list, and close their after-review.
+    #[command(subcommand, name = "break-glass")]
+    BreakGlass(humans::BreakGlassCmd),
+    /// Oversight reports: approvals and who gave them, granted versus used per agent.
+    #[command(subcommand)]
+    Report(humans::ReportCmd),
     /// Watch the whole idea work in a few seconds: an in-process server, an agent, a task,
-    /// an allowed read, a write held for approval, a denied delete, a forged token, the
-    /// task's end, and a verified audit chain. Exits 0 only if every step behaves.
+    /// an allowed read, a write held until `mandate approvals approve` lets it through
+    /// (once), a denied delete, a forged token, the task's end, and a verified audit
+    /// chain. Exits 0 only if every step behaves.
     Demo(DemoArgs),
 }
 
@@ -132,6 +146,10 @@ fn main() -> ExitCode {
             Command::Decide(a) => cmd::decide(a).await,
             Command::Audit(c) => cmd::audit(c).await,
             Command::Policy(c) => cmd::policy(c).await,
+            Command::Approvals(c) => humans::approvals(c).await,
+            Command::Approvers(c) => humans::approvers(c).await,
+            Command::BreakGlass(c) => humans::break_glass(c).await,
+            Command::Report(c) => humans::report(c).await,
         }
     });
     match result {

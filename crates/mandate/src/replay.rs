@@ -86,7 +86,17 @@ pub async fn run(
             let Some(task_id) = e.task_id.clone() else {
                 continue;
             };
-            let recorded = field(d, "outcome").unwrap_or("deny").to_owned();
+            if d.get("break_glass").and_then(Value::as_bool) == Some(true) {
+                // Break-glass calls were allowed outside policy: nothing to replay.
+                skipped += 1;
+                continue;
+            }
+            let mut recorded = field(d, "outcome").unwrap_or("deny").to_owned();
+            if d.get("approval_id").is_some_and(|a| !a.is_null()) {
+                // Policy asked for a human; the approval, not policy, turned it into an
+                // allow or a deny. Replay compares what policy said.
+                recorded = "approval_required".to_owned();
+            }
             let parsed = (
                 field(d, "tool").and_then(|t| ToolName::parse(t).ok()),
                 field(d, "action").and_then(|a| a.parse::<ActionClass>().ok()),

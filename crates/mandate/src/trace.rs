@@ -57,18 +57,27 @@ pub fn line(e: &Event) -> String {
             short(&d["decision"]["bundle_version"])
         ),
         "task.refused" => format!("refused: {}", list(&d["decision"]["reasons"])),
-        "decision" => format!(
-            "{:<17} {} {} {}  by {}",
-            style::outcome(d["outcome"].as_str().unwrap_or("")),
-            d["action"].as_str().unwrap_or(""),
-            d["tool"].as_str().unwrap_or(""),
-            d["resource"]
-                .as_str()
-                .filter(|r| !r.is_empty())
-                .map(|r| format!("on {r}"))
-                .unwrap_or_default(),
-            list(&d["policies"])
-        ),
+        "decision" => {
+            format!(
+                "{:<17} {} {} {}  by {}",
+                style::outcome(d["outcome"].as_str().unwrap_or("")),
+                d["action"].as_str().unwrap_or(""),
+                d["tool"].as_str().unwrap_or(""),
+                d["resource"]
+                    .as_str()
+                    .filter(|r| !r.is_empty())
+                    .map(|r| format!("on {r}"))
+                    .unwrap_or_default(),
+                list(&d["policies"])
+            ) + &match (d["approval_id"].as_str(), d["break_glass"].as_bool()) {
+                (_, Some(true)) => format!("  {}", style::red("[break-glass]")),
+                (Some(id), _) if d["outcome"] == "allow" => {
+                    format!("  approved by {} ({id})", list(&d["approved_by"]))
+                }
+                (Some(id), _) => format!("  ({id})"),
+                _ => String::new(),
+            }
+        }
         "call.refused" => format!(
             "{} {} {}",
             style::red(d["code"].as_str().unwrap_or("")),
@@ -79,6 +88,51 @@ pub fn line(e: &Event) -> String {
             "{} (by {})",
             d["reason"].as_str().unwrap_or(""),
             d["by"].as_str().unwrap_or("mandate")
+        ),
+        "approval.requested" => format!(
+            "{} {} {} needs {} approver(s) of {} until {} ({})",
+            d["approval_id"].as_str().unwrap_or(""),
+            d["action"]["action"].as_str().unwrap_or("start"),
+            d["action"]["tool"].as_str().unwrap_or("of the task"),
+            d["required"],
+            d["group"].as_str().unwrap_or(""),
+            time(d["expires_at_ms"].as_i64().unwrap_or(0)),
+            list(&d["reasons"])
+        ),
+        "approval.vote" | "approval.approved" => format!(
+            "{} approved by {} ({}/{})",
+            d["approval_id"].as_str().unwrap_or(""),
+            d["by"].as_str().unwrap_or(""),
+            d["approvals"],
+            d["required"]
+        ),
+        "approval.denied" | "approval.expired" | "approval.invalidated" | "approval.consumed" => {
+            format!(
+                "{} by {}: {}",
+                d["approval_id"].as_str().unwrap_or(""),
+                d["by"].as_str().unwrap_or("mandate"),
+                d["reason"].as_str().unwrap_or("")
+            )
+        }
+        "task.activated" => format!(
+            "start approved ({}) by {}",
+            d["approval_id"].as_str().unwrap_or(""),
+            list(&d["approved_by"])
+        ),
+        "break_glass.declared" => format!(
+            "{} {} by {}: {:?}; granted {} for {}s",
+            style::red("BREAK-GLASS"),
+            d["break_glass_id"].as_str().unwrap_or(""),
+            d["declared_by"].as_str().unwrap_or(""),
+            d["justification"].as_str().unwrap_or(""),
+            grant(&d["grant"]),
+            d["ttl_secs"]
+        ),
+        "break_glass.reviewed" => format!(
+            "{} reviewed by {}: {:?}",
+            d["break_glass_id"].as_str().unwrap_or(""),
+            d["by"].as_str().unwrap_or(""),
+            d["notes"].as_str().unwrap_or("")
         ),
         _ => d.to_string(),
     };

@@ -124,6 +124,11 @@ fn every_command_explains_itself() {
         vec!["audit", "verify"],
         vec!["audit", "trace"],
         vec!["policy"],
+        vec!["approvals"],
+        vec!["approvals", "approve"],
+        vec!["approvers", "add"],
+        vec!["break-glass", "declare"],
+        vec!["report", "access"],
         vec!["demo"],
     ] {
         let o = run(bin().args(&cmd).arg("--help"));
@@ -224,6 +229,70 @@ fn serve_and_drive_with_the_cli_then_catch_tampering() {
         "an error exits 1"
     );
 
+    // A human approves the write from the terminal; the exact call then runs once.
+    let added = json(&cli(&[
+        "approvers",
+        "add",
+        "bob@example.com",
+        "--role",
+        "approver",
+        "--role",
+        "reviewer",
+    ]));
+    let bob = added["token"].as_str().unwrap().to_owned();
+    let as_bob = |args: &[&str]| {
+        let mut c = bin();
+        c.args(args)
+            .env("MANDATE_URL", &s.url)
+            .env("MANDATE_APPROVER_TOKEN", &bob);
+        run(&mut c)
+    };
+    let write = |extra: &[&str]| {
+        let mut args = vec![
+            "decide",
+            "--task-token",
+            token,
+            "--tool",
+            "tickets.update",
+            "--action",
+            "write",
+            "--args",
+            r#"{"id": 42}"#,
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        cli(&args)
+    };
+    let held = write(&[]);
+    assert_eq!(held.status.code(), Some(3));
+    let held: Value = serde_json::from_slice(&held.stdout).unwrap();
+    let approval = held["approval"]["id"].as_str().unwrap().to_owned();
+    let queue = as_bob(&["approvals", "list"]);
+    assert!(String::from_utf8_lossy(&queue.stdout).contains(&approval));
+    let shown = as_bob(&["approvals", "show", &approval]);
+    assert!(String::from_utf8_lossy(&shown.stdout).contains("\"id\": 42"));
+    let ok = as_bob(&["approvals", "approve", &approval]);
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert_eq!(write(&["--approval-id", &approval]).status.code(), Some(0));
+    let reused = write(&["--approval-id", &approval]);
+    assert_eq!(reused.status.code(), Some(1), "an approval is used once");
+    assert!(String::from_utf8_lossy(&reused.stderr).contains("approval_used"));
+    let report = json(&as_bob(&["report", "access", "ticket-bot", "--json"]));
+    assert_eq!(
+        report["approvals"].as_array().unwrap().len(),
+        2,
+        "the earlier held write and this one"
+    );
+    let text = as_bob(&["report", "approvals"]);
+    assert!(String::from_utf8_lossy(&text.stdout).contains("bob@example.com"));
+    // The admin token is not a person: it cannot approve.
+    let admin_try = cli(&["approvals", "approve", &approval, "--token", ADMIN]);
+    assert!(!admin_try.status.success());
+
     json(&cli(&["task", "complete", task_id, "--task-token", token]));
     assert_eq!(
         decide("tickets.search", "read"),
@@ -242,6 +311,10 @@ fn serve_and_drive_with_the_cli_then_catch_tampering() {
     let timeline = String::from_utf8_lossy(&t.stdout);
     for needle in [
         "task.started",
+        "approval.requested",
+        "approval.approved",
+        "approval.consumed",
+        "approved by bob@example.com",
         "decision",
         "allow",
         "approval_required",

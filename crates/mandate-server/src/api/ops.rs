@@ -212,7 +212,8 @@ pub async fn decide(
     };
     let latency_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
     let ev = NewEvent {
-        ts_ms: now,
+        // After a wait for an approval, the decision is made now, not when the call came.
+        ts_ms: engine.clock.now_ms(),
         kind: EventKind::Decision,
         agent: Some(task.agent.to_string()),
         task_id: Some(task.id.clone()),
