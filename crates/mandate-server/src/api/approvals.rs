@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use mandate_audit::{EventKind, NewEvent};
 use mandate_core::{
@@ -20,7 +20,7 @@ use mandate_token::TaskClaims;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::extract::{ApiJson, Bearer};
+use super::extract::{ApiJson, ApiQuery, Bearer};
 use super::{AppState, require_admin, text};
 use crate::approvals::Human;
 use crate::engine::Engine;
@@ -294,7 +294,7 @@ pub struct ListQuery {
 pub async fn list_approvals(
     State(engine): AppState,
     bearer: Bearer,
-    Query(q): Query<ListQuery>,
+    ApiQuery(q): ApiQuery<ListQuery>,
 ) -> Result<Json<Vec<ApprovalRecord>>, ApiError> {
     let human = engine.human(&bearer.0).await?;
     let limit = q.limit.unwrap_or(100);
@@ -333,7 +333,7 @@ pub async fn get_approval(
     State(engine): AppState,
     bearer: Bearer,
     Path(id): Path<String>,
-    Query(q): Query<WaitQuery>,
+    ApiQuery(q): ApiQuery<WaitQuery>,
 ) -> Result<Json<ApprovalRecord>, ApiError> {
     let wait = q.wait_secs.unwrap_or(0);
     let max_wait = u64::try_from(engine.config.limits.max_approval_wait_secs).unwrap_or(0);

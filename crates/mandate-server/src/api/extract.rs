@@ -97,3 +97,25 @@ impl<S: Send + Sync> FromRequestParts<S> for Bearer {
         Ok(Self(token.trim().to_owned()))
     }
 }
+
+/// Query parameters with Mandate's error code: `invalid_query` (400) names what is wrong.
+#[derive(Debug)]
+pub struct ApiQuery<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Query(v)) => Ok(Self(v)),
+            Err(rejection) => Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_query",
+                format!(
+                    "query parameters do not fit this endpoint: {}",
+                    inner(&rejection)
+                ),
+            )),
+        }
+    }
+}
