@@ -119,6 +119,9 @@ pub enum EventKind {
     /// A break-glass use was reviewed afterwards and closed.
     #[serde(rename = "break_glass.reviewed")]
     BreakGlassReviewed,
+    /// A human's approve, deny, break-glass or review attempt was refused.
+    #[serde(rename = "human.refused")]
+    HumanRefused,
 }
 
 impl EventKind {
@@ -157,6 +160,7 @@ impl EventKind {
             Self::ApproverGroupUpdated => "approver_group.updated",
             Self::BreakGlassDeclared => "break_glass.declared",
             Self::BreakGlassReviewed => "break_glass.reviewed",
+            Self::HumanRefused => "human.refused",
         }
     }
 }

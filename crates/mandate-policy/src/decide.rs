@@ -76,6 +76,9 @@ pub struct ApprovalTerms {
     pub group: String,
 }
 
+/// The pseudo policy id of a deny caused by approval policies naming different groups.
+pub const APPROVER_GROUP_CONFLICT_POLICY: &str = "mandate:approver-group-conflict";
+
 /// The approver group of an approval-required action whose policies name none.
 pub const DEFAULT_APPROVER_GROUP: &str = "default";
 
@@ -573,6 +576,30 @@ impl Bundle {
                         })
                         .collect();
                     asking.sort_by(|a, b| a.0.cmp(&b.0));
+                    let groups: BTreeSet<&str> = asking
+                        .iter()
+                        .map(|(_, m)| {
+                            m.approver_group
+                                .as_deref()
+                                .unwrap_or(DEFAULT_APPROVER_GROUP)
+                        })
+                        .collect();
+                    if groups.len() > 1 {
+                        // Which humans may answer must never depend on which policy sorts
+                        // first: conflicting groups fail closed, visibly.
+                        let names: Vec<&str> = groups.into_iter().collect();
+                        let mut d = Decision::deny(
+                            APPROVER_GROUP_CONFLICT_POLICY,
+                            format!(
+                                "the approval policies that apply ({}) name different approver groups ({}); name one group per action",
+                                policies.join(", "),
+                                names.join(", ")
+                            ),
+                            &self.version,
+                        );
+                        d.policies.extend(policies);
+                        return d;
+                    }
                     let terms = ApprovalTerms {
                         approvals: asking.iter().map(|(_, m)| m.approvals).max().unwrap_or(1),
                         owner_may_approve: asking.iter().all(|(_, m)| m.owner_may_approve),

@@ -654,6 +654,7 @@ permit(principal, action == Mandate::Action::"write", resource == Mandate::Tool:
 @id("owner-may")
 @approval_required("owners may confirm their own agent's writes")
 @owner_may_approve
+@approver_group("finance")
 permit(principal, action == Mandate::Action::"write", resource);
 "#;
     let b = bundle(src);
@@ -691,8 +692,30 @@ permit(principal, action == Mandate::Action::"write", resource);
             terms.owner_may_approve,
             terms.group.as_str()
         ),
-        (1, true, "default")
+        (1, true, "finance")
     );
+
+    // Two approval policies naming different groups: fail closed.
+    let conflict = bundle(&format!(
+        "{src}\n@id(\"security-too\") @approval_required(\"and security\") @approver_group(\"security\")\npermit(principal, action == Mandate::Action::\"write\", resource == Mandate::Tool::\"payments.send\");"
+    ));
+    let tool = ToolName::parse("payments.send").unwrap();
+    let d = conflict.decide_call(
+        &task(1),
+        &CallRequest {
+            action: ActionClass::Write,
+            tool: &tool,
+            resource: "",
+            destination: None,
+            data_domain: None,
+            sensitivity: Sensitivity::Internal,
+            args_digest: "00",
+            now_secs: 1_000,
+            history: &History::default(),
+        },
+    );
+    assert_eq!(d.outcome, Outcome::Deny, "{d:?}");
+    assert_eq!(d.policies[0], "mandate:approver-group-conflict");
 
     for bad in [
         "@approval_required(\"x\") @approvals(\"0\") permit(principal, action, resource);",

@@ -206,7 +206,14 @@ impl Engine {
                 "required": a.required, "owner_may_approve": a.owner_may_approve,
                 "expires_at_ms": a.expires_at_ms, "bundle_version": a.bundle_version,
                 "policies": r.decision.policies, "reasons": r.decision.reasons,
-                "action": a.action,
+                // The arguments themselves stay in the approval record: the chain keeps
+                // their digest, never the values (they may be sensitive, and it is
+                // append-only).
+                "action": {
+                    "tool": a.action.get("tool"), "action": a.action.get("action"),
+                    "resource": a.action.get("resource"), "args_digest": a.action.get("args_digest"),
+                    "destination": a.action.get("destination"), "data_domain": a.action.get("data_domain"),
+                },
             }),
         };
         self.store
@@ -524,10 +531,23 @@ impl Engine {
                         ),
                     ));
                 }
+                if let Err(why) = meets_terms(&a, &decision) {
+                    return Err(ApiError::new(
+                        StatusCode::FORBIDDEN,
+                        "approval_mismatch",
+                        format!(
+                            "approval {id} no longer satisfies this call's approval rules ({why}): call again without approval_id to ask anew"
+                        ),
+                    ));
+                }
                 a
             }
             None => {
                 let owner = task.owner().to_owned();
+                let bundle = self.bundle();
+                let entry = bundle.catalog().get(&call.tool);
+                let tool_risk = entry.map(|e| e.risk.as_str());
+                let tool_destructive = entry.map(|e| e.destructive);
                 self.open_approval(Request {
                     kind: ApprovalKind::Call,
                     task_id: &task.id,
@@ -539,7 +559,8 @@ impl Engine {
                         "arguments": call.args, "args_digest": call.args.digest(),
                         "destination": call.destination, "data_domain": data_domain,
                         "sensitivity": call.sensitivity, "purpose": task.purpose,
-                        "agent_tier": task.tier(), "policies": decision.policies,
+                        "agent_tier": task.tier(), "tool_risk": tool_risk,
+                        "tool_destructive": tool_destructive, "policies": decision.policies,
                         "reasons": decision.reasons,
                     }),
                     decision: &decision,
@@ -609,13 +630,16 @@ impl Engine {
         }
     }
 
-    /// A task start approved: the task becomes active, once. Returns the approval used.
-    pub(crate) async fn activate_start(
+    /// A task start approved: the task becomes active, once. `prepare` runs (and may
+    /// fail) before the approval is used, so a failure there leaves it usable. Returns the
+    /// approval used and what `prepare` made.
+    pub(crate) async fn activate_start<T>(
         &self,
         task: &Arc<LiveTask>,
         approval_id: &str,
         wait: Duration,
-    ) -> Result<ApprovalRecord, ApiError> {
+        prepare: impl FnOnce() -> Result<T, ApiError>,
+    ) -> Result<(ApprovalRecord, T), ApiError> {
         let mut a = self.load_approval(approval_id).await?;
         if a.task_id != task.id || a.kind != ApprovalKind::TaskStart {
             return Err(ApiError::new(
@@ -639,6 +663,7 @@ impl Engine {
             .with_details(json!({ "approval": ApprovalRef::from(&a) }))),
             ApprovalState::Approved if now < a.expires_at_ms => {
                 self.still_valid(&a).await?;
+                let prepared = prepare()?;
                 if !self.consume(&a, task.agent.as_str()).await? {
                     let a = self.load_approval(&a.id).await?;
                     return Err(not_pending(&a, now));
@@ -670,7 +695,7 @@ impl Engine {
                     ));
                 }
                 task.activate();
-                self.load_approval(&a.id).await
+                Ok((self.load_approval(&a.id).await?, prepared))
             }
             _ => Err(not_pending(&a, now)),
         }
@@ -689,6 +714,46 @@ impl Engine {
         };
         if let Err(e) = self.end_task(&a.task_id, end).await {
             tracing::error!(task = %a.task_id, error = %e, "denied start not recorded yet; retried by the sweeper");
+        }
+    }
+
+    /// Voids the open approvals of a task that ended (best effort: the rest expire).
+    pub(crate) async fn invalidate_task_approvals(&self, task_id: &str, agent: &AgentName) {
+        for state in [ApprovalState::Pending, ApprovalState::Approved] {
+            match self
+                .store
+                .approvals(Some(state), Some(agent), None, 1000)
+                .await
+            {
+                Ok(list) => {
+                    for a in list.iter().filter(|a| a.task_id == task_id) {
+                        self.invalidate(a, "the task ended").await;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(task = task_id, error = %e, "cannot list the task's approvals; they will expire")
+                }
+            }
+        }
+    }
+
+    /// Voids the open approvals a disabled approver voted for.
+    pub(crate) async fn invalidate_votes_of(&self, approver: &str) {
+        for state in [ApprovalState::Pending, ApprovalState::Approved] {
+            match self.store.approvals(Some(state), None, None, 10_000).await {
+                Ok(list) => {
+                    for a in list
+                        .iter()
+                        .filter(|a| a.votes.iter().any(|v| v.by == approver))
+                    {
+                        self.invalidate(a, "an approver who approved it was disabled")
+                            .await;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(approver, error = %e, "cannot list approvals to void; they are refused when they expire")
+                }
+            }
         }
     }
 
@@ -784,6 +849,33 @@ impl Engine {
             }
         });
     }
+}
+
+/// Whether an approval given earlier satisfies the approval rules the call is under now
+/// (history or time can bring in stricter policies under the same bundle).
+fn meets_terms(a: &ApprovalRecord, d: &Decision) -> Result<(), String> {
+    let (required, group, owner_may) = d
+        .approval
+        .as_ref()
+        .map_or((1, DEFAULT_APPROVER_GROUP, false), |t| {
+            (t.approvals, t.group.as_str(), t.owner_may_approve)
+        });
+    if a.required < required {
+        return Err(format!(
+            "it now needs {required} approvers, it was asked with {}",
+            a.required
+        ));
+    }
+    if a.group != group {
+        return Err(format!(
+            "it is now for the {group} group, it was asked of {}",
+            a.group
+        ));
+    }
+    if !owner_may && a.votes.iter().any(|v| v.by == a.owner) {
+        return Err("its owner approved it, which policy no longer allows".into());
+    }
+    Ok(())
 }
 
 /// The pseudo policy id of a call whose approval was denied.

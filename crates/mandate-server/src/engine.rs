@@ -185,6 +185,9 @@ fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
 
 const ADMIN_HASH_KEY: &str = "admin_token_sha256";
 
+/// Every request's time budget, seconds (long-polls included).
+pub const REQUEST_TIMEOUT_SECS: i64 = 30;
+
 /// The pseudo policy id of a call allowed by a break-glass grant.
 pub const BREAK_GLASS_POLICY: &str = "mandate:break-glass";
 
@@ -281,7 +284,17 @@ impl Engine {
     ) -> Result<Opened, String> {
         let clock = Arc::clone(&config.clock);
         let l = &config.limits;
-        let longest = l.identity_token_ttl_secs.max(l.max_task_ttl_secs) + l.token_leeway_secs;
+        let longest = l
+            .identity_token_ttl_secs
+            .max(l.max_task_ttl_secs)
+            .max(l.max_break_glass_ttl_secs)
+            + l.token_leeway_secs;
+        if l.max_approval_wait_secs >= REQUEST_TIMEOUT_SECS {
+            return Err(format!(
+                "max_approval_wait_secs ({}) must be below the {REQUEST_TIMEOUT_SECS}s request timeout",
+                l.max_approval_wait_secs
+            ));
+        }
         if l.key_overlap_secs < longest {
             return Err(format!(
                 "key_overlap_secs ({}) must cover the longest token life plus leeway ({longest}s), or rotation would strand live tokens",
@@ -529,6 +542,9 @@ impl Engine {
         if r.is_ok() {
             self.forget_end(id);
         }
+        if let Ok(agent) = AgentName::parse(&end.agent) {
+            self.invalidate_task_approvals(id, &agent).await;
+        }
         r
     }
 
@@ -616,6 +632,14 @@ impl Engine {
             .filter(|t| &t.agent == agent)
             .map(|t| t.id.clone())
             .collect()
+    }
+
+    /// The break-glass id of a live break-glass task of an agent, if any.
+    pub(crate) fn live_break_glass(&self, agent: &AgentName) -> Option<String> {
+        read(&self.tasks)
+            .values()
+            .filter(|t| &t.agent == agent && !t.is_ended())
+            .find_map(|t| t.break_glass.as_ref().map(|(id, _)| id.clone()))
     }
 
     /// Number of live tasks.

@@ -93,6 +93,7 @@ async fn the_whole_flow_over_http() {
             "decision",
             "decision",
             "task.completed",
+            "approval.invalidated",
             "call.refused"
         ]
     );

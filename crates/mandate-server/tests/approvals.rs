@@ -205,7 +205,11 @@ async fn expired_approvals_are_refused() {
     // The sweeper records the expiry.
     let mut expired = false;
     for _ in 0..40 {
-        if h.kinds(&task).await.iter().any(|k| k == "approval.expired") {
+        if h.kinds(&task)
+            .await
+            .iter()
+            .any(|k| k == "approval.invalidated")
+        {
             expired = true;
             break;
         }
@@ -240,6 +244,17 @@ async fn approval_shorter_than_task_expires_on_its_own() {
         "{:?}",
         r.body
     );
+    // The sweeper records the expiry.
+    let mut expired = false;
+    for _ in 0..40 {
+        let r = h.get(&format!("/v1/approvals/{id}"), Some(&bob)).await;
+        if r.body["state"] == "expired" {
+            expired = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(expired, "the sweeper expires unused approvals");
 }
 
 #[tokio::test]
@@ -737,14 +752,46 @@ async fn webhooks_are_signed_and_break_glass_is_loud() {
     let both = h
         .approver("dana2", &["break_glass", "reviewer"], &["default"])
         .await;
+    // One emergency at a time per agent: grants cannot be chained.
+    let second = declare("second incident on the same queue, purge again");
+    let r = h.post("/v1/break-glass", Some(&both), second.clone()).await;
+    assert_eq!(
+        (r.status.as_u16(), r.code()),
+        (409, "break_glass_active"),
+        "{:?}",
+        r.body
+    );
+    // The review covers every action: not before the grant has ended.
     let r = h
         .post(
-            "/v1/break-glass",
-            Some(&both),
-            declare("second incident on the same queue, purge again"),
+            &format!("/v1/break-glass/{bg}/review"),
+            Some(&erin),
+            json!({ "notes": "too early" }),
         )
         .await;
+    assert_eq!(r.code(), "break_glass_active", "{:?}", r.body);
+    let end = |task: String| {
+        let h = &h;
+        async move {
+            let r = h
+                .post(
+                    &format!("/v1/tasks/{task}/revoke"),
+                    Some(ADMIN),
+                    json!({ "reason": "incident over" }),
+                )
+                .await;
+            assert_eq!(r.status, 200, "{:?}", r.body);
+        }
+    };
+    end(bg_task.clone()).await;
+    let r = h.post("/v1/break-glass", Some(&both), second).await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
     let bg2 = r.body["break_glass"]["id"].as_str().unwrap().to_owned();
+    end(r.body["break_glass"]["task_id"]
+        .as_str()
+        .unwrap()
+        .to_owned())
+    .await;
     let r = h
         .post(
             &format!("/v1/break-glass/{bg2}/review"),
@@ -839,4 +886,88 @@ impl NowSecs for mandate_core::ManualClock {
         use mandate_core::Clock as _;
         self.now_secs()
     }
+}
+
+#[tokio::test]
+async fn an_approval_cannot_satisfy_stricter_rules_that_arrived_later() {
+    let policies = tempfile::tempdir().unwrap();
+    std::fs::write(
+        policies.path().join("p.cedar"),
+        r#"
+@id("start") permit(principal, action == Mandate::Action::"start_task", resource);
+@id("read") permit(principal, action == Mandate::Action::"read", resource);
+@id("write-one")
+@approval_required("a write needs a human")
+permit(principal, action == Mandate::Action::"write", resource);
+@id("write-after-sensitive-read-two")
+@approval_required("after reading confidential data, two humans")
+@approvals("2")
+permit(principal, action == Mandate::Action::"write", resource)
+when { context.history.sensitive_reads > 0 };
+"#,
+    )
+    .unwrap();
+    let h = Harness::start_with(policies.path()).await;
+    let identity = h.agent("bot", 1).await;
+    let r = h
+        .post(
+            "/v1/tasks",
+            Some(&identity),
+            json!({
+                "purpose": "update a ticket",
+                "scope": { "tools": ["tickets.update", "crm.read"], "actions": ["read", "write"] },
+                "ttl_secs": 600,
+            }),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let token = r.body["task_token"].as_str().unwrap().to_owned();
+    let bob = h.approver("bob", &["approver"], &["default"]).await;
+    let id = ask(&h, &token).await;
+    assert_eq!(h.approve(&bob, &id).await.body["state"], "approved");
+    // Now the task reads confidential data: the same write needs two people.
+    let r = h
+        .post(
+            "/v1/decide",
+            Some(&token),
+            json!({ "tool": "crm.read", "action": "read", "sensitivity": "confidential" }),
+        )
+        .await;
+    assert_eq!(r.body["outcome"], "allow", "{:?}", r.body);
+    let r = h
+        .write_call(&token, args(), json!({ "approval_id": id }))
+        .await;
+    assert_eq!(
+        (r.status.as_u16(), r.code()),
+        (403, "approval_mismatch"),
+        "{:?}",
+        r.body
+    );
+    assert!(
+        r.body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("2 approvers")
+    );
+
+    // Refused human attempts are in the audit trail too.
+    let store = mandate_store::SqliteStore::open_existing(&h.dir.path().join("data"))
+        .await
+        .unwrap();
+    let alice = h
+        .approver("alice@example.com", &["approver"], &["default"])
+        .await;
+    let id = ask(&h, &token).await;
+    assert_eq!(h.approve(&alice, &id).await.code(), "separation_of_duties");
+    use mandate_store::Store as _;
+    let refused: Vec<_> = store
+        .events_after(0, 10_000)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.kind == "human.refused")
+        .collect();
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert_eq!(refused[0].data["by"], "alice@example.com");
+    assert_eq!(refused[0].data["code"], "separation_of_duties");
 }

@@ -185,9 +185,10 @@ impl Store for BreakableStore {
         &self,
         s: Option<ApprovalState>,
         a: Option<&AgentName>,
+        g: Option<&[String]>,
         limit: i64,
     ) -> StoreResult<Vec<ApprovalRecord>> {
-        self.inner.approvals(s, a, limit).await
+        self.inner.approvals(s, a, g, limit).await
     }
     async fn due_approvals(&self, now: i64, limit: i64) -> StoreResult<Vec<ApprovalRecord>> {
         self.inner.due_approvals(now, limit).await

@@ -182,11 +182,13 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     ) -> StoreResult<Event>;
     /// An approval by id.
     async fn approval(&self, id: &str) -> StoreResult<Option<ApprovalRecord>>;
-    /// Approvals, newest first, optionally only in one state or of one agent.
+    /// Approvals, newest first, optionally only in one state, of one agent, or asking one
+    /// of `groups`.
     async fn approvals(
         &self,
         state: Option<ApprovalState>,
         agent: Option<&AgentName>,
+        groups: Option<&[String]>,
         limit: i64,
     ) -> StoreResult<Vec<ApprovalRecord>>;
     /// Up to `limit` pending or approved approvals whose time ran out by `now_ms`.

@@ -884,19 +884,36 @@ impl Store for SqliteStore {
         &self,
         state: Option<ApprovalState>,
         agent: Option<&AgentName>,
+        groups: Option<&[String]>,
         limit: i64,
     ) -> StoreResult<Vec<ApprovalRecord>> {
-        sqlx::query(AssertSqlSafe(format!(
-            "SELECT {APPROVAL_COLUMNS} FROM approvals WHERE ($1 IS NULL OR state = $1) AND ($2 IS NULL OR agent = $2) ORDER BY created_at_ms DESC, id LIMIT $3"
-        )))
-        .bind(state.map(ApprovalState::as_str))
-        .bind(agent.map(AgentName::as_str))
-        .bind(limit)
-        .fetch_all(&self.read)
-        .await?
-        .iter()
-        .map(approval_from_row)
-        .collect()
+        let in_groups = match groups {
+            None => String::new(),
+            Some([]) => return Ok(Vec::new()),
+            Some(g) => format!(
+                " AND grp IN ({})",
+                (0..g.len())
+                    .map(|i| format!("${}", i + 4))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        };
+        // Safe: the SQL text holds only generated `$n` placeholders, never input.
+        let sql = format!(
+            "SELECT {APPROVAL_COLUMNS} FROM approvals WHERE ($1 IS NULL OR state = $1) AND ($2 IS NULL OR agent = $2){in_groups} ORDER BY created_at_ms DESC, id LIMIT $3"
+        );
+        let mut q = sqlx::query(AssertSqlSafe(sql))
+            .bind(state.map(ApprovalState::as_str))
+            .bind(agent.map(AgentName::as_str))
+            .bind(limit);
+        for g in groups.unwrap_or_default() {
+            q = q.bind(g);
+        }
+        q.fetch_all(&self.read)
+            .await?
+            .iter()
+            .map(approval_from_row)
+            .collect()
     }
 
     async fn due_approvals(&self, now_ms: i64, limit: i64) -> StoreResult<Vec<ApprovalRecord>> {
@@ -914,7 +931,7 @@ impl Store for SqliteStore {
 
     async fn stale_approvals(&self, version: &str) -> StoreResult<Vec<ApprovalRecord>> {
         sqlx::query(AssertSqlSafe(format!(
-            "SELECT {APPROVAL_COLUMNS} FROM approvals WHERE state IN ('pending', 'approved') AND bundle_version <> $1"
+            "SELECT {APPROVAL_COLUMNS} FROM approvals WHERE state IN ('pending', 'approved') AND bundle_version <> $1 LIMIT 10000"
         )))
         .bind(version)
         .fetch_all(&self.read)

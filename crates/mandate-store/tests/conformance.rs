@@ -574,16 +574,33 @@ async fn approvals_conformance(store: Arc<dyn Store>) {
         (ApprovalState::Consumed, Some("bot"))
     );
     let pending = store
-        .approvals(Some(ApprovalState::Pending), None, 100)
+        .approvals(Some(ApprovalState::Pending), None, None, 100)
         .await
         .unwrap();
     assert_eq!(
         pending.iter().map(|a| a.id.as_str()).collect::<Vec<_>>(),
         ["a1"]
     );
+    let in_default = store
+        .approvals(
+            None,
+            None,
+            Some(&["default".to_owned(), "x".to_owned()]),
+            100,
+        )
+        .await
+        .unwrap();
+    assert_eq!(in_default.len(), 3);
+    assert!(
+        store
+            .approvals(None, None, Some(&["finance".to_owned()]), 100)
+            .await
+            .unwrap()
+            .is_empty()
+    );
     assert_eq!(
         store
-            .approvals(None, Some(&AgentName::parse("bot").unwrap()), 100)
+            .approvals(None, Some(&AgentName::parse("bot").unwrap()), None, 100)
             .await
             .unwrap()
             .len(),

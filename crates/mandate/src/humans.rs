@@ -127,6 +127,10 @@ fn details(a: &Value) -> String {
     };
     field("purpose", act["purpose"].as_str().unwrap_or("").to_owned());
     field("risk tier", act["agent_tier"].to_string());
+    field(
+        "tool risk",
+        act["tool_risk"].as_str().unwrap_or("").to_owned(),
+    );
     field("task", a["task_id"].as_str().unwrap_or("").to_owned());
     if a["kind"] == "task_start" {
         field("grant", grant(&act["grant"]));
@@ -357,6 +361,9 @@ pub enum BreakGlassCmd {
         /// Lifetime in seconds (at most the server's break-glass limit).
         #[arg(long)]
         ttl: Option<i64>,
+        /// The approver group whose webhook is alerted (default: default).
+        #[arg(long)]
+        alert_group: Option<String>,
         #[command(flatten)]
         opts: HumanOpts,
     },
@@ -386,12 +393,13 @@ pub async fn break_glass(c: BreakGlassCmd) -> Result<ExitCode> {
             data_domains,
             destinations,
             ttl,
+            alert_group,
             opts,
         } => {
             let body = json!({
                 "agent": agent, "justification": justification,
                 "scope": { "tools": tools, "actions": actions, "data_domains": data_domains, "destinations": destinations },
-                "ttl_secs": ttl,
+                "ttl_secs": ttl, "alert_group": alert_group,
             });
             let v = opts
                 .client()?

@@ -183,6 +183,7 @@ pub async fn disable_approver(
         .await
         .map_err(|e| ApiError::store(&e))?
     {
+        engine.invalidate_votes_of(&name).await;
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::not_found(format!(
@@ -301,16 +302,16 @@ pub async fn list_approvals(
     if !(1..=1000).contains(&limit) {
         return Err(ApiError::invalid("limit must be between 1 and 1000"));
     }
-    let mut list = engine
+    // Approvers see their groups' requests (reviewers and the admin see all).
+    let groups = match &human {
+        Human::Approver(a) if !a.has(ApproverRole::Reviewer) => Some(a.groups.as_slice()),
+        _ => None,
+    };
+    let list = engine
         .store
-        .approvals(q.state, q.agent.as_ref(), limit)
+        .approvals(q.state, q.agent.as_ref(), groups, limit)
         .await
         .map_err(|e| ApiError::store(&e))?;
-    if let Human::Approver(a) = &human
-        && !a.has(ApproverRole::Reviewer)
-    {
-        list.retain(|r| a.groups.contains(&r.group));
-    }
     Ok(Json(list))
 }
 
@@ -338,34 +339,40 @@ pub async fn get_approval(
     let wait = q.wait_secs.unwrap_or(0);
     let max_wait = u64::try_from(engine.config.limits.max_approval_wait_secs).unwrap_or(0);
     if wait > max_wait {
-        return Err(ApiError::invalid(format!(
-            "wait_secs must be at most {max_wait}"
-        )));
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+            format!("wait_secs must be at most {max_wait}"),
+        ));
     }
-    let a = engine.load_approval(&id).await?;
-    // An agent may read only approvals of its own tasks.
+    // Who is asking comes first: nothing is read for an unknown caller.
     let agent_sub = engine
         .verify_task_token(&bearer.0)
         .map(|c| c.sub.clone())
         .or_else(|_| engine.verify_identity(&bearer.0).map(|c| c.sub.clone()))
         .ok();
-    match agent_sub {
-        Some(sub) => {
-            let mine = SpiffeId::parse(&sub)
-                .ok()
-                .filter(|s| s.trust_domain() == &engine.config.trust_domain)
-                .is_some_and(|s| s.agent() == &a.agent);
-            if !mine {
-                return Err(ApiError::new(
-                    StatusCode::FORBIDDEN,
-                    "not_your_approval",
-                    "this approval concerns another agent",
-                ));
-            }
+    let human = match &agent_sub {
+        Some(_) => None,
+        None => Some(engine.human(&bearer.0).await?),
+    };
+    let a = engine.load_approval(&id).await?;
+    let allowed = match (&agent_sub, &human) {
+        // An agent may read only approvals of its own tasks.
+        (Some(sub), _) => SpiffeId::parse(sub)
+            .ok()
+            .filter(|s| s.trust_domain() == &engine.config.trust_domain)
+            .is_some_and(|s| s.agent() == &a.agent),
+        (None, Some(Human::Approver(ap))) => {
+            ap.has(ApproverRole::Reviewer) || ap.groups.contains(&a.group)
         }
-        None => {
-            engine.human(&bearer.0).await?;
-        }
+        _ => true,
+    };
+    if !allowed {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "not_your_approval",
+            "this approval concerns another agent or another approver group",
+        ));
     }
     let a = if wait > 0 && a.state == ApprovalState::Pending {
         engine
@@ -388,10 +395,17 @@ pub async fn approve(
     bearer: Bearer,
     Path(id): Path<String>,
 ) -> Result<Json<ApprovalRecord>, ApiError> {
-    let approver = engine
+    let approver = match engine
         .approver_with(&bearer.0, ApproverRole::Approver)
-        .await?;
-    Ok(Json(engine.approve(&approver, &id).await?))
+        .await
+    {
+        Ok(a) => a,
+        Err(e) => return Err(refused(&engine, "approve", &id, None, e).await),
+    };
+    match engine.approve(&approver, &id).await {
+        Ok(a) => Ok(Json(a)),
+        Err(e) => Err(refused(&engine, "approve", &id, Some(&approver.name), e).await),
+    }
 }
 
 /// Why a request is refused.
@@ -418,11 +432,18 @@ pub async fn deny(
     Path(id): Path<String>,
     ApiJson(req): ApiJson<DenyRequest>,
 ) -> Result<Json<ApprovalRecord>, ApiError> {
-    let approver = engine
+    let approver = match engine
         .approver_with(&bearer.0, ApproverRole::Approver)
-        .await?;
+        .await
+    {
+        Ok(a) => a,
+        Err(e) => return Err(refused(&engine, "deny", &id, None, e).await),
+    };
     let reason = text("reason", &req.reason, 1024, false)?;
-    Ok(Json(engine.deny(&approver, &id, reason).await?))
+    match engine.deny(&approver, &id, reason).await {
+        Ok(a) => Ok(Json(a)),
+        Err(e) => Err(refused(&engine, "deny", &id, Some(&approver.name), e).await),
+    }
 }
 
 /// Declare break-glass: an emergency grant for an agent, outside policy.
@@ -440,6 +461,10 @@ pub struct BreakGlassRequest {
     #[serde(default)]
     #[schema(minimum = 1, maximum = 1800)]
     pub ttl_secs: Option<i64>,
+    /// The approver group alerted through its webhook (default `default`).
+    #[serde(default)]
+    #[schema(max_length = 64)]
+    pub alert_group: Option<String>,
 }
 
 /// A declared break-glass and the task token it grants.
@@ -477,9 +502,35 @@ pub async fn declare_break_glass(
     bearer: Bearer,
     ApiJson(req): ApiJson<BreakGlassRequest>,
 ) -> Result<(StatusCode, Json<BreakGlassResponse>), ApiError> {
-    let human = engine
+    let human = match engine
         .approver_with(&bearer.0, ApproverRole::BreakGlass)
-        .await?;
+        .await
+    {
+        Ok(h) => h,
+        Err(e) => return Err(refused(&engine, "break_glass", req.agent.as_str(), None, e).await),
+    };
+    match declare(&engine, &human, req).await {
+        Ok(r) => Ok(r),
+        Err((agent, e)) => Err(refused(&engine, "break_glass", &agent, Some(&human.name), e).await),
+    }
+}
+
+async fn declare(
+    engine: &Engine,
+    human: &ApproverRecord,
+    req: BreakGlassRequest,
+) -> Result<(StatusCode, Json<BreakGlassResponse>), (String, ApiError)> {
+    let target = req.agent.to_string();
+    declare_inner(engine, human, req)
+        .await
+        .map_err(|e| (target, e))
+}
+
+async fn declare_inner(
+    engine: &Engine,
+    human: &ApproverRecord,
+    req: BreakGlassRequest,
+) -> Result<(StatusCode, Json<BreakGlassResponse>), ApiError> {
     let justification = text("justification", &req.justification, 2048, true)?;
     if justification.chars().count() < 20 {
         return Err(ApiError::new(
@@ -507,6 +558,11 @@ pub async fn declare_break_glass(
             format!("ttl_secs must be between 1 and {max}"),
         ));
     }
+    let alert_group = req
+        .alert_group
+        .clone()
+        .unwrap_or_else(|| mandate_policy::DEFAULT_APPROVER_GROUP.to_owned());
+    valid_group(&alert_group)?;
     let agent = engine
         .store
         .agent(&req.agent)
@@ -514,6 +570,23 @@ pub async fn declare_break_glass(
         .map_err(|e| ApiError::store(&e))?
         .filter(|a| a.status == AgentStatus::Active)
         .ok_or_else(|| ApiError::not_found(format!("no active agent named {}", req.agent)))?;
+    // One emergency at a time per agent: grants cannot be chained back to back.
+    if let Some(open) = engine.live_break_glass(&agent.name) {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "break_glass_active",
+            format!(
+                "agent {} already holds break-glass {}: end it (revoke its task) before declaring another",
+                agent.name, open
+            ),
+        ));
+    }
+    let alert_webhook = engine
+        .store
+        .approver_group(&alert_group)
+        .await
+        .map_err(|e| ApiError::store(&e))?
+        .is_some_and(|g| g.webhook_url.is_some());
     let rng = |_| ApiError::internal("system RNG failed");
     let id = random_id("bg").map_err(rng)?;
     let task_id = random_id("tsk").map_err(rng)?;
@@ -569,6 +642,7 @@ pub async fn declare_break_glass(
         data: serde_json::json!({
             "break_glass_id": id, "declared_by": human.name, "justification": justification,
             "grant": grant, "ttl_secs": ttl, "expires_at_ms": task.expires_at_ms, "purpose": task.purpose,
+            "alert_group": alert_group, "alert_webhook": alert_webhook,
         }),
     };
     engine
@@ -581,11 +655,34 @@ pub async fn declare_break_glass(
         t.break_glass = Some((id.clone(), human.name.clone()));
     }
     engine.insert_live(live);
+    // A quarantine that committed between the insert and the line above revoked the task
+    // in the store without seeing it in memory: look again before handing out the token.
+    let stored = engine.store.task(&task_id).await;
+    if !matches!(
+        stored,
+        Ok(Some(TaskRecord {
+            state: TaskState::Active,
+            ..
+        }))
+    ) {
+        engine.end_live(&task_id);
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "agent_not_active",
+            format!(
+                "agent {} stopped being active while break-glass was declared",
+                agent.name
+            ),
+        ));
+    }
     engine.notify_group(
-        mandate_policy::DEFAULT_APPROVER_GROUP,
+        &alert_group,
         "break_glass.declared",
         serde_json::json!({ "break_glass": record }),
     );
+    if !alert_webhook {
+        tracing::warn!(group = alert_group, break_glass = %id, "break-glass declared, but the alert group has no webhook");
+    }
     Ok((
         StatusCode::CREATED,
         Json(BreakGlassResponse {
@@ -633,19 +730,44 @@ pub async fn review_break_glass(
     Path(id): Path<String>,
     ApiJson(req): ApiJson<ReviewRequest>,
 ) -> Result<Json<BreakGlassRecord>, ApiError> {
-    let reviewer = engine
+    let reviewer = match engine
         .approver_with(&bearer.0, ApproverRole::Reviewer)
-        .await?;
+        .await
+    {
+        Ok(r) => r,
+        Err(e) => return Err(refused(&engine, "review", &id, None, e).await),
+    };
+    match review(&engine, &reviewer, &id, &req).await {
+        Ok(r) => Ok(Json(r)),
+        Err(e) => Err(refused(&engine, "review", &id, Some(&reviewer.name), e).await),
+    }
+}
+
+async fn review(
+    engine: &Engine,
+    reviewer: &ApproverRecord,
+    id: &str,
+    req: &ReviewRequest,
+) -> Result<BreakGlassRecord, ApiError> {
     let notes = text("notes", &req.notes, 4096, true)?;
     if id.len() > 64 {
         return Err(ApiError::invalid("break-glass id is too long"));
     }
     let bg = engine
         .store
-        .break_glass(&id)
+        .break_glass(id)
         .await
         .map_err(|e| ApiError::store(&e))?
         .ok_or_else(|| ApiError::not_found(format!("break-glass {id} does not exist")))?;
+    if engine.live_get(&bg.task_id).is_some_and(|t| !t.is_ended()) {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "break_glass_active",
+            format!(
+                "break-glass {id} is still in force: review it once its task has ended, so every action is covered"
+            ),
+        ));
+    }
     if bg.declared_by == reviewer.name {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
@@ -667,7 +789,7 @@ pub async fn review_break_glass(
     };
     if !engine
         .store
-        .close_break_glass(&id, &review, ev)
+        .close_break_glass(id, &review, ev)
         .await
         .map_err(|e| ApiError::store(&e))?
     {
@@ -677,10 +799,44 @@ pub async fn review_break_glass(
             format!("break-glass {id} has already been reviewed"),
         ));
     }
-    Ok(Json(BreakGlassRecord {
+    Ok(BreakGlassRecord {
         review: Some(review),
         ..bg
-    }))
+    })
+}
+
+/// Records a refused human action (approve, deny, break-glass, review) and returns the
+/// refusal: in full when the human is known, within the unauthenticated budget otherwise.
+/// Failures of the store or audit themselves cannot be recorded and pass through.
+async fn refused(
+    engine: &Engine,
+    action: &str,
+    target: &str,
+    by: Option<&str>,
+    e: ApiError,
+) -> ApiError {
+    if matches!(
+        e.code,
+        "store_unavailable" | "audit_unavailable" | "internal_error"
+    ) {
+        return e;
+    }
+    let ev = NewEvent {
+        ts_ms: engine.clock.now_ms(),
+        kind: EventKind::HumanRefused,
+        agent: None,
+        task_id: None,
+        data: serde_json::json!({ "action": action, "target": target, "by": by, "code": e.code, "message": e.message }),
+    };
+    let recorded = if by.is_some() {
+        engine.audit.append(ev).await.map(|_| ())
+    } else {
+        engine.record_anonymous(ev).await
+    };
+    if recorded.is_err() {
+        return ApiError::audit();
+    }
+    e
 }
 
 async fn require_oversight(engine: &Engine, bearer: &Bearer) -> Result<(), ApiError> {
@@ -720,7 +876,7 @@ pub async fn approvals_report(
     require_oversight(&engine, &bearer).await?;
     let approvals = engine
         .store
-        .approvals(None, None, 10_000)
+        .approvals(None, None, None, 1000)
         .await
         .map_err(|e| ApiError::store(&e))?;
     let mut by_state = BTreeMap::new();
@@ -858,7 +1014,7 @@ pub async fn access_report(
         .collect();
     let approvals = engine
         .store
-        .approvals(None, Some(&name), 1000)
+        .approvals(None, Some(&name), None, 1000)
         .await
         .map_err(|e| ApiError::store(&e))?;
     let break_glass = engine

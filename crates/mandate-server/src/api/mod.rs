@@ -302,7 +302,7 @@ pub fn router(engine: Arc<Engine>) -> Router {
         .layer(DefaultBodyLimit::max(limit))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::SERVICE_UNAVAILABLE,
-            Duration::from_secs(30),
+            Duration::from_secs(crate::engine::REQUEST_TIMEOUT_SECS.unsigned_abs()),
         ))
         .with_state(engine)
 }

@@ -141,7 +141,10 @@ impl DecideRequest {
         (status = 200, description = "a decision (allow, deny or approval_required)", body = DecideResponse),
         (status = 400, body = ErrorBody),
         (status = 401, description = "missing or invalid task token (`token_*` codes)", body = ErrorBody),
-        (status = 403, description = "task not active, expired, or token not bound to it", body = ErrorBody),
+        (status = 403, description = "task not active, expired, or token not bound to it; `approval_mismatch` when the approval is for another action", body = ErrorBody),
+        (status = 404, description = "`approval_not_found`", body = ErrorBody),
+        (status = 409, description = "the approval is used, expired, invalidated or stale", body = ErrorBody),
+        (status = 429, description = "`approval_queue_full`: too many pending approval requests", body = ErrorBody),
         (status = 413, body = ErrorBody), (status = 415, body = ErrorBody), (status = 422, body = ErrorBody),
         (status = 503, description = "audit or store unavailable: denied", body = ErrorBody)))]
 pub async fn decide(

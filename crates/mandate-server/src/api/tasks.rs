@@ -439,27 +439,8 @@ pub async fn activate(
             format!("task {id} is not waiting on an approval"),
         ));
     }
-    let a = engine
-        .activate_start(
-            &live,
-            &req.approval_id,
-            std::time::Duration::from_secs(wait),
-        )
-        .await?;
-    let now_secs = engine.clock.now_secs();
-    let claims = TaskClaims {
-        iss: engine.issuer.clone(),
-        sub: live.spiffe_id.clone(),
-        aud: engine.config.task_audience.clone(),
-        exp: live.expires_at().div_euclid(1000),
-        iat: now_secs,
-        nbf: now_secs,
-        jti: live.token_jti.clone(),
-        task_id: id.clone(),
-        grant: live.current_grant(),
-        act: None,
-    };
-    let token = mandate_token::sign(&engine.keys(), &claims)?;
+    // Everything that can fail is prepared before the approval is used, so a failure
+    // leaves it usable for a retry.
     let items: Vec<ItemOutcome> = serde_json::from_value(record.items).unwrap_or_default();
     let decision: Decision = engine
         .store
@@ -473,6 +454,30 @@ pub async fn activate(
         .ok_or_else(|| {
             ApiError::internal("the task's start decision is missing from its events")
         })?;
+    let sign = || {
+        let now_secs = engine.clock.now_secs();
+        let claims = TaskClaims {
+            iss: engine.issuer.clone(),
+            sub: live.spiffe_id.clone(),
+            aud: engine.config.task_audience.clone(),
+            exp: live.expires_at().div_euclid(1000),
+            iat: now_secs,
+            nbf: now_secs,
+            jti: live.token_jti.clone(),
+            task_id: id.clone(),
+            grant: live.current_grant(),
+            act: None,
+        };
+        mandate_token::sign(&engine.keys(), &claims).map_err(ApiError::from)
+    };
+    let (a, token) = engine
+        .activate_start(
+            &live,
+            &req.approval_id,
+            std::time::Duration::from_secs(wait),
+            sign,
+        )
+        .await?;
     Ok(Json(StartTaskResponse {
         task_id: id,
         state: TaskState::Active,
