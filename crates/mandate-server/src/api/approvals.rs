@@ -395,13 +395,7 @@ pub async fn approve(
     bearer: Bearer,
     Path(id): Path<String>,
 ) -> Result<Json<ApprovalRecord>, ApiError> {
-    let approver = match engine
-        .approver_with(&bearer.0, ApproverRole::Approver)
-        .await
-    {
-        Ok(a) => a,
-        Err(e) => return Err(refused(&engine, "approve", &id, None, e).await),
-    };
+    let approver = acting(&engine, &bearer, ApproverRole::Approver, "approve", &id).await?;
     match engine.approve(&approver, &id).await {
         Ok(a) => Ok(Json(a)),
         Err(e) => Err(refused(&engine, "approve", &id, Some(&approver.name), e).await),
@@ -432,13 +426,7 @@ pub async fn deny(
     Path(id): Path<String>,
     ApiJson(req): ApiJson<DenyRequest>,
 ) -> Result<Json<ApprovalRecord>, ApiError> {
-    let approver = match engine
-        .approver_with(&bearer.0, ApproverRole::Approver)
-        .await
-    {
-        Ok(a) => a,
-        Err(e) => return Err(refused(&engine, "deny", &id, None, e).await),
-    };
+    let approver = acting(&engine, &bearer, ApproverRole::Approver, "deny", &id).await?;
     let reason = text("reason", &req.reason, 1024, false)?;
     match engine.deny(&approver, &id, reason).await {
         Ok(a) => Ok(Json(a)),
@@ -502,13 +490,14 @@ pub async fn declare_break_glass(
     bearer: Bearer,
     ApiJson(req): ApiJson<BreakGlassRequest>,
 ) -> Result<(StatusCode, Json<BreakGlassResponse>), ApiError> {
-    let human = match engine
-        .approver_with(&bearer.0, ApproverRole::BreakGlass)
-        .await
-    {
-        Ok(h) => h,
-        Err(e) => return Err(refused(&engine, "break_glass", req.agent.as_str(), None, e).await),
-    };
+    let human = acting(
+        &engine,
+        &bearer,
+        ApproverRole::BreakGlass,
+        "break_glass",
+        req.agent.as_str(),
+    )
+    .await?;
     match declare(&engine, &human, req).await {
         Ok(r) => Ok(r),
         Err((agent, e)) => Err(refused(&engine, "break_glass", &agent, Some(&human.name), e).await),
@@ -730,13 +719,7 @@ pub async fn review_break_glass(
     Path(id): Path<String>,
     ApiJson(req): ApiJson<ReviewRequest>,
 ) -> Result<Json<BreakGlassRecord>, ApiError> {
-    let reviewer = match engine
-        .approver_with(&bearer.0, ApproverRole::Reviewer)
-        .await
-    {
-        Ok(r) => r,
-        Err(e) => return Err(refused(&engine, "review", &id, None, e).await),
-    };
+    let reviewer = acting(&engine, &bearer, ApproverRole::Reviewer, "review", &id).await?;
     match review(&engine, &reviewer, &id, &req).await {
         Ok(r) => Ok(Json(r)),
         Err(e) => Err(refused(&engine, "review", &id, Some(&reviewer.name), e).await),
@@ -803,6 +786,20 @@ async fn review(
         review: Some(review),
         ..bg
     })
+}
+
+/// The approver behind the bearer token, holding `role`; a refusal is audited.
+async fn acting(
+    engine: &Engine,
+    bearer: &Bearer,
+    role: ApproverRole,
+    action: &str,
+    target: &str,
+) -> Result<ApproverRecord, ApiError> {
+    match engine.approver_with(&bearer.0, role).await {
+        Ok(a) => Ok(a),
+        Err(e) => Err(refused(engine, action, target, None, e).await),
+    }
 }
 
 /// Records a refused human action (approve, deny, break-glass, review) and returns the
