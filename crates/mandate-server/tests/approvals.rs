@@ -971,3 +971,78 @@ when { context.history.sensitive_reads > 0 };
     assert_eq!(refused[0].data["by"], "alice@example.com");
     assert_eq!(refused[0].data["code"], "separation_of_duties");
 }
+
+impl Harness {
+    /// Stops the server and starts another on the same data directory and clock.
+    async fn restart(self) -> Harness {
+        let data = self.dir.path().join("data");
+        let issuer = self.server.issuer.clone();
+        let Harness {
+            server,
+            dir,
+            clock,
+            http,
+        } = self;
+        server.shutdown().await.unwrap();
+        let mut config = common::config(&data, &common::demo_policies(), clock.clone());
+        config.issuer = Some(issuer);
+        let server = mandate_server::Server::start(config).await.unwrap();
+        Harness {
+            server,
+            clock,
+            http,
+            dir,
+        }
+    }
+}
+
+#[tokio::test]
+async fn approvals_and_break_glass_survive_a_restart() {
+    let h = Harness::start().await;
+    let identity = h.agent("bot", 1).await;
+    let (_, token) = h.task(&identity).await;
+    let bob = h.approver("bob", &["approver"], &["default"]).await;
+    let dana = h.approver("dana", &["break_glass"], &["default"]).await;
+    let id = ask(&h, &token).await;
+    assert_eq!(h.approve(&bob, &id).await.status, 200);
+    let r = h
+        .post(
+            "/v1/break-glass",
+            Some(&dana),
+            json!({
+                "agent": "bot", "justification": "the nightly purge is stuck and the disk is full",
+                "scope": { "tools": ["tickets.delete"], "actions": ["delete"] }, "ttl_secs": 600,
+            }),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let bg_token = r.body["task_token"].as_str().unwrap().to_owned();
+
+    let h = h.restart().await;
+    // The acknowledged approval is still there and still good for exactly one use.
+    let r = h
+        .write_call(&token, args(), json!({ "approval_id": id }))
+        .await;
+    assert_eq!(r.body["outcome"], "allow", "{:?}", r.body);
+    let r = h
+        .write_call(&token, args(), json!({ "approval_id": id }))
+        .await;
+    assert_eq!(r.code(), "approval_used");
+    // The break-glass grant is still break-glass (not re-decided away by policy on restart).
+    let r = h
+        .post(
+            "/v1/decide",
+            Some(&bg_token),
+            json!({ "tool": "tickets.delete", "action": "delete" }),
+        )
+        .await;
+    assert_eq!(
+        (r.body["outcome"].as_str(), r.body["break_glass"].as_bool()),
+        (Some("allow"), Some(true)),
+        "{:?}",
+        r.body
+    );
+    // And the approver's token still works.
+    let id = ask(&h, &token).await;
+    assert_eq!(h.approve(&bob, &id).await.status, 200);
+}
