@@ -3,6 +3,7 @@
 
 mod agents;
 mod approvals;
+mod authzen;
 mod extract;
 mod ops;
 mod tasks;
@@ -189,6 +190,7 @@ fn item_has_path_params(op: &utoipa::openapi::path::Operation) -> bool {
         approvals::list_approvals, approvals::get_approval, approvals::approve, approvals::deny,
         approvals::declare_break_glass, approvals::list_break_glass, approvals::review_break_glass,
         approvals::approvals_report, approvals::access_report,
+        authzen::evaluation, authzen::evaluations, authzen::configuration,
         ops::decide, ops::verify_audit, ops::task_events, ops::policies, ops::reload_policies, ops::rotate_keys,
         ops::jwks, ops::openid_configuration, healthz, readyz, openapi_json,
     ),
@@ -288,6 +290,12 @@ pub fn router(engine: Arc<Engine>) -> Router {
         .route(
             "/v1/break-glass/{id}/review",
             post(approvals::review_break_glass),
+        )
+        .route("/access/v1/evaluation", post(authzen::evaluation))
+        .route("/access/v1/evaluations", post(authzen::evaluations))
+        .route(
+            "/.well-known/authzen-configuration",
+            get(authzen::configuration),
         )
         .route("/v1/reports/approvals", get(approvals::approvals_report))
         .route("/v1/reports/access/{agent}", get(approvals::access_report))

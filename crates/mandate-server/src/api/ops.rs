@@ -18,7 +18,7 @@ use utoipa::ToSchema;
 use super::extract::{ApiJson, Bearer};
 use super::{AppState, require_admin};
 use crate::approvals::ApprovalRef;
-use crate::engine::{Call, PolicyChange};
+use crate::engine::{Call, Engine, PolicyChange};
 use crate::error::{ApiError, ErrorBody};
 use crate::verify::{VerifyReport, verify_chain};
 
@@ -152,6 +152,16 @@ pub async fn decide(
     bearer: Bearer,
     ApiJson(req): ApiJson<DecideRequest>,
 ) -> Result<Json<DecideResponse>, ApiError> {
+    decide_one(&engine, &bearer.0, req).await.map(Json)
+}
+
+/// The decide path every decision API shares (`/v1/decide`, AuthZEN): parse, evaluate,
+/// settle approvals, record durably, answer.
+pub(crate) async fn decide_one(
+    engine: &Engine,
+    token: &str,
+    req: DecideRequest,
+) -> Result<DecideResponse, ApiError> {
     let started = Instant::now();
     let (call, approval_id, wait_secs) = req.into_call(engine.config.limits.max_args_bytes)?;
     let max_wait = u64::try_from(engine.config.limits.max_approval_wait_secs).unwrap_or(0);
@@ -163,7 +173,7 @@ pub async fn decide(
         ));
     }
     let now = engine.clock.now_ms();
-    let evaluated = match engine.evaluate(&bearer.0, &call) {
+    let evaluated = match engine.evaluate(token, &call) {
         Ok(e) => e,
         Err(refusal) => {
             let ev = NewEvent {
@@ -285,7 +295,7 @@ pub async fn decide(
     if d.outcome == Outcome::Allow {
         engine.record_allowed(&task, &call, data_domain.as_ref());
     }
-    Ok(Json(DecideResponse {
+    Ok(DecideResponse {
         decision_id,
         outcome: d.outcome,
         policies: d.policies,
@@ -298,7 +308,7 @@ pub async fn decide(
         args_digest: call.args.digest().to_owned(),
         approval,
         break_glass,
-    }))
+    })
 }
 
 /// The result of walking the audit chain.
