@@ -11,6 +11,8 @@ use mandate_core::{Clock, Limits, SystemClock, TrustDomain};
 pub struct ServerConfig {
     /// Address to listen on; port 0 picks a free port.
     pub listen: SocketAddr,
+    /// Where to serve Envoy `ext_authz` v3 over gRPC (off when `None`).
+    pub ext_authz_listen: Option<SocketAddr>,
     /// Directory holding the embedded database.
     pub data_dir: PathBuf,
     /// Directory of `*.cedar` policy files.
@@ -46,6 +48,7 @@ impl ServerConfig {
     pub fn new(data_dir: PathBuf, policies: PathBuf) -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8181)),
+            ext_authz_listen: None,
             data_dir,
             policies,
             issuer: None,

@@ -14,6 +14,7 @@ mod audit_writer;
 pub mod config;
 pub mod engine;
 pub mod error;
+pub mod ext_authz;
 mod server;
 pub mod verify;
 pub mod webhook;

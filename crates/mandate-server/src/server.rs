@@ -27,7 +27,10 @@ pub struct RunningServer {
     pub engine: Arc<Engine>,
     /// Set on first start when no admin token was configured: print once.
     pub generated_admin_token: Option<String>,
+    /// The bound address of the Envoy `ext_authz` gRPC service, when configured.
+    pub ext_authz_addr: Option<SocketAddr>,
     shutdown: Option<oneshot::Sender<()>>,
+    ext_authz: Option<(oneshot::Sender<()>, JoinHandle<()>)>,
     handle: JoinHandle<Result<(), String>>,
     sweeper: JoinHandle<()>,
 }
@@ -51,6 +54,14 @@ impl Server {
             .await
             .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
         let addr = listener.local_addr().map_err(|e| e.to_string())?;
+        let grpc_listener = match config.ext_authz_listen {
+            Some(a) => Some(
+                TcpListener::bind(a)
+                    .await
+                    .map_err(|e| format!("cannot listen for ext_authz on {a}: {e}"))?,
+            ),
+            None => None,
+        };
         let issuer = config
             .issuer
             .clone()
@@ -84,13 +95,44 @@ impl Server {
                 }
             }
         });
+        let mut ext_authz_addr = None;
+        let mut ext_authz = None;
+        if let Some(l) = grpc_listener {
+            ext_authz_addr = Some(l.local_addr().map_err(|e| e.to_string())?);
+            let service = envoy_types::ext_authz::v3::pb::AuthorizationServer::new(
+                crate::ext_authz::ExtAuthz::new(Arc::clone(&engine)),
+            )
+            .max_decoding_message_size(engine.config.limits.max_body_bytes);
+            let (gtx, grx) = oneshot::channel::<()>();
+            let grpc = tokio::spawn(async move {
+                let served = tonic::transport::Server::builder()
+                    .timeout(Duration::from_secs(
+                        crate::engine::REQUEST_TIMEOUT_SECS.unsigned_abs(),
+                    ))
+                    .add_service(service)
+                    .serve_with_incoming_shutdown(
+                        tonic::transport::server::TcpIncoming::from(l),
+                        async move {
+                            let _ = grx.await;
+                        },
+                    )
+                    .await;
+                if let Err(e) = served {
+                    tracing::error!(error = %e, "ext_authz service stopped");
+                }
+            });
+            ext_authz = Some((gtx, grpc));
+            tracing::info!(addr = ?ext_authz_addr, "ext_authz gRPC serving");
+        }
         tracing::info!(%addr, bundle = engine.bundle().version(), "mandate serving");
         Ok(RunningServer {
             addr,
             issuer,
             engine,
             generated_admin_token,
+            ext_authz_addr,
             shutdown: Some(tx),
+            ext_authz,
             handle,
             sweeper,
         })
@@ -107,6 +149,10 @@ impl RunningServer {
     pub async fn shutdown(mut self) -> Result<(), String> {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
+        }
+        if let Some((tx, handle)) = self.ext_authz.take() {
+            let _ = tx.send(());
+            let _ = handle.await;
         }
         self.sweeper.abort();
         match self.handle.await {

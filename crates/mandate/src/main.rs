@@ -101,6 +101,9 @@ struct ServeArgs {
     /// Issuer URL in tokens (default http://<listen address>).
     #[arg(long, env = "MANDATE_ISSUER")]
     issuer: Option<String>,
+    /// Also serve Envoy ext_authz v3 over gRPC on this address (e.g. 127.0.0.1:9191).
+    #[arg(long, env = "MANDATE_EXT_AUTHZ_LISTEN")]
+    ext_authz_listen: Option<SocketAddr>,
 }
 
 #[derive(Debug, Args)]
@@ -169,6 +172,7 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
     config.issuer = a.issuer;
     config.shadow_policies = a.shadow_policies;
     config.watch_policies = !a.no_watch;
+    config.ext_authz_listen = a.ext_authz_listen;
     config.admin_token = std::env::var("MANDATE_ADMIN_TOKEN")
         .ok()
         .filter(|t| !t.is_empty());
@@ -185,5 +189,8 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
         running.url(),
         running.issuer
     );
+    if let Some(a) = running.ext_authz_addr {
+        eprintln!("ext_authz gRPC listening on {a}");
+    }
     running.run_until_signal().await.map_err(anyhow::Error::msg)
 }

@@ -27,6 +27,7 @@ pub use agents::{AttestRequest, AttestResponse, RegisterAgentRequest, RegisterAg
 pub use approvals::{
     AccessReport, AddApproverResponse, ApprovalsReport, BreakGlassResponse, SetGroupResponse,
 };
+pub(crate) use ops::decide_one;
 pub use ops::{DecideRequest, DecideResponse, VerifyResponse};
 pub use tasks::{StartTaskRequest, StartTaskResponse};
 
