@@ -122,6 +122,19 @@ pub enum EventKind {
     /// A human's approve, deny, break-glass or review attempt was refused.
     #[serde(rename = "human.refused")]
     HumanRefused,
+    /// An upstream secret was stored or replaced (the value is never recorded).
+    #[serde(rename = "secret.put")]
+    SecretPut,
+    /// An upstream secret was deleted.
+    #[serde(rename = "secret.deleted")]
+    SecretDeleted,
+    /// Every stored secret was re-sealed under the current master key.
+    #[serde(rename = "secrets.resealed")]
+    SecretsResealed,
+    /// What the upstream answered to an allowed gateway call: status, bytes, duration,
+    /// and whether a secret had to be redacted from the response.
+    #[serde(rename = "gateway.result")]
+    GatewayResult,
 }
 
 impl EventKind {
@@ -161,6 +174,10 @@ impl EventKind {
             Self::BreakGlassDeclared => "break_glass.declared",
             Self::BreakGlassReviewed => "break_glass.reviewed",
             Self::HumanRefused => "human.refused",
+            Self::SecretPut => "secret.put",
+            Self::SecretDeleted => "secret.deleted",
+            Self::SecretsResealed => "secrets.resealed",
+            Self::GatewayResult => "gateway.result",
         }
     }
 }

@@ -98,7 +98,9 @@ impl CanonicalArgs {
         Ok(Self::from_value(value))
     }
 
-    fn from_value(value: Value) -> Self {
+    /// Arguments from a value built by trusted code (the gateway composes a request's
+    /// path, query and parsed body this way); untrusted text goes through [`Self::parse`].
+    pub fn from_value(value: Value) -> Self {
         let canonical = canonical_json(&value);
         let digest = sha256_hex(canonical.as_bytes());
         Self {

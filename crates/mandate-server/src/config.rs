@@ -37,6 +37,12 @@ pub struct ServerConfig {
     pub watch_policies: bool,
     /// Rotate the signing key when it is older than this, in seconds.
     pub key_rotation_secs: i64,
+    /// Where the master key ring sealing upstream secrets comes from.
+    pub master_key: crate::secrets::MasterKeySource,
+    /// The gateway: upstreams, routes and their limits (off when `None`).
+    pub gateway: Option<std::sync::Arc<mandate_gateway::GatewayConfig>>,
+    /// The Vault token (`VAULT_TOKEN`) for `vault://` credentials without a token file.
+    pub vault_token: Option<mandate_gateway::SecretValue>,
     /// Bounds.
     pub limits: Limits,
     /// Source of time.
@@ -60,6 +66,9 @@ impl ServerConfig {
             shadow_policies: None,
             watch_policies: true,
             key_rotation_secs: 24 * 3600,
+            master_key: crate::secrets::MasterKeySource::DataDir,
+            gateway: None,
+            vault_token: None,
             limits: Limits::default(),
             clock: Arc::new(SystemClock),
         }

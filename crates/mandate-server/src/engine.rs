@@ -173,13 +173,13 @@ pub struct Evaluated {
     pub data_domain: Option<DataDomain>,
 }
 
-fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+pub(crate) fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
     // Writers replace whole values (an Arc or a map entry) in one step, so a poisoned
     // lock still guards a consistent value.
     lock.read().unwrap_or_else(PoisonError::into_inner)
 }
 
-fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+pub(crate) fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
     lock.write().unwrap_or_else(PoisonError::into_inner)
 }
 
@@ -216,7 +216,7 @@ struct AnonymousBudget {
     suppressed: u64,
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
@@ -246,6 +246,8 @@ pub struct Engine {
     pub(crate) approval_changes: tokio::sync::broadcast::Sender<String>,
     /// Outbound HTTP for approver-group webhooks.
     pub(crate) http: reqwest::Client,
+    /// Sealed upstream credentials.
+    pub(crate) secrets: crate::secrets::SecretStore,
 }
 
 /// What a policy reload did.
@@ -366,6 +368,13 @@ impl Engine {
                 h
             }
         };
+        let secrets = crate::secrets::SecretStore::open(
+            Arc::clone(&store),
+            Arc::clone(&clock),
+            config.master_key.clone(),
+            config.data_dir.clone(),
+        )
+        .await?;
 
         let engine = Arc::new(Self {
             task_cache: VerifiedCache::new(config.limits.token_cache_capacity),
@@ -385,6 +394,7 @@ impl Engine {
             reload_lock: tokio::sync::Mutex::new(()),
             approval_changes: tokio::sync::broadcast::channel(1024).0,
             http: crate::webhook::client().map_err(|e| format!("webhook client: {e}"))?,
+            secrets,
         });
         engine.load_live_tasks().await?;
         // Policies may have changed while the server was down: re-decide every live task

@@ -15,6 +15,8 @@ pub mod config;
 pub mod engine;
 pub mod error;
 pub mod ext_authz;
+pub mod gateway;
+pub mod secrets;
 mod server;
 pub mod verify;
 pub mod webhook;

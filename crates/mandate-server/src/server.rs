@@ -70,7 +70,15 @@ impl Server {
             engine,
             generated_admin_token,
         } = Engine::open(config, issuer.clone(), store).await?;
-        let app = crate::api::router(Arc::clone(&engine));
+        let mut app = crate::api::router(Arc::clone(&engine));
+        if let Some(gc) = engine.config.gateway.clone() {
+            let gw = crate::gateway::Gateway::new(
+                Arc::clone(&engine),
+                gc,
+                engine.config.vault_token.clone(),
+            )?;
+            app = app.merge(Arc::new(gw).router());
+        }
         let (tx, rx) = oneshot::channel::<()>();
         let handle = tokio::spawn(async move {
             axum::serve(listener, app)

@@ -18,8 +18,8 @@ use mandate_audit::{Event, NewEvent};
 use mandate_core::{AgentName, AgentStatus, ApprovalState, ManualClock, TaskState};
 use mandate_store::{
     AgentRecord, ApprovalRecord, ApprovalVote, ApproverGroup, ApproverRecord, BreakGlassRecord,
-    BreakGlassReview, JoinTokenRecord, KeyRow, SqliteStore, Store, StoreError, StoreResult,
-    TaskRecord, VoteOutcome,
+    BreakGlassReview, JoinTokenRecord, KeyRow, SecretRecord, SqliteStore, Store, StoreError,
+    StoreResult, TaskRecord, VoteOutcome,
 };
 
 /// The real SQLite store, except that appends fail while `broken` is set.
@@ -243,6 +243,26 @@ impl Store for BreakableStore {
     ) -> StoreResult<bool> {
         self.check()?;
         self.inner.close_break_glass(id, r, e).await
+    }
+    async fn put_secret(&self, s: &SecretRecord, e: NewEvent) -> StoreResult<()> {
+        self.check()?;
+        self.inner.put_secret(s, e).await
+    }
+    async fn secret(&self, name: &str) -> StoreResult<Option<SecretRecord>> {
+        self.check()?;
+        self.inner.secret(name).await
+    }
+    async fn secrets(&self) -> StoreResult<Vec<SecretRecord>> {
+        self.check()?;
+        self.inner.secrets().await
+    }
+    async fn delete_secret(&self, name: &str, e: NewEvent) -> StoreResult<bool> {
+        self.check()?;
+        self.inner.delete_secret(name, e).await
+    }
+    async fn reseal_secrets(&self, r: &[(SecretRecord, i64)], e: NewEvent) -> StoreResult<()> {
+        self.check()?;
+        self.inner.reseal_secrets(r, e).await
     }
 }
 

@@ -18,7 +18,7 @@ use mandate_core::{AgentName, AgentStatus, ApprovalState, Grant, TaskState};
 
 pub use records::{
     AgentRecord, ApprovalRecord, ApprovalVote, ApproverGroup, ApproverRecord, BreakGlassRecord,
-    BreakGlassReview, JoinTokenRecord, KeyRow, TaskRecord, VoteOutcome,
+    BreakGlassReview, JoinTokenRecord, KeyRow, SecretRecord, TaskRecord, VoteOutcome,
 };
 pub use sqlite::SqliteStore;
 
@@ -239,4 +239,21 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         review: &BreakGlassReview,
         event: NewEvent,
     ) -> StoreResult<bool>;
+
+    /// Stores or replaces a sealed secret, with its event, in one transaction.
+    async fn put_secret(&self, secret: &SecretRecord, event: NewEvent) -> StoreResult<()>;
+    /// A sealed secret by name.
+    async fn secret(&self, name: &str) -> StoreResult<Option<SecretRecord>>;
+    /// Every sealed secret, by name.
+    async fn secrets(&self) -> StoreResult<Vec<SecretRecord>>;
+    /// Deletes a secret; `Ok(false)` when there was none.
+    async fn delete_secret(&self, name: &str, event: NewEvent) -> StoreResult<bool>;
+    /// Replaces sealed values after a key rotation, all or none, with one event. A row
+    /// changed since it was read (`updated_at_ms` differs from `read_at_ms`) fails the
+    /// whole swap with `Conflict`.
+    async fn reseal_secrets(
+        &self,
+        resealed: &[(SecretRecord, i64)],
+        event: NewEvent,
+    ) -> StoreResult<()>;
 }

@@ -236,3 +236,21 @@ pub struct BreakGlassRecord {
     /// The after-review, once someone else has closed it.
     pub review: Option<BreakGlassReview>,
 }
+
+/// An upstream credential sealed under the master key ring. The value is never held
+/// here in clear.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecretRecord {
+    /// Its name (what upstream credentials refer to).
+    pub name: String,
+    /// Id of the master key that sealed it.
+    pub key_id: String,
+    /// Nonce, ciphertext and tag, base64.
+    pub sealed: String,
+    /// Free text for operators.
+    pub description: String,
+    /// First stored (unix ms).
+    pub created_at_ms: i64,
+    /// Last replaced or re-sealed (unix ms).
+    pub updated_at_ms: i64,
+}

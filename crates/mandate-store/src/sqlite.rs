@@ -16,8 +16,8 @@ use sqlx::{AssertSqlSafe, Row, Sqlite, Transaction};
 
 use crate::{
     AgentRecord, ApprovalRecord, ApprovalVote, ApproverGroup, ApproverRecord, BreakGlassRecord,
-    BreakGlassReview, JoinTokenRecord, KeyRow, Store, StoreError, StoreResult, TaskRecord,
-    VoteOutcome,
+    BreakGlassReview, JoinTokenRecord, KeyRow, SecretRecord, Store, StoreError, StoreResult,
+    TaskRecord, VoteOutcome,
 };
 
 /// Versioned migrations, applied in order, each in its own transaction.
@@ -28,7 +28,10 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "approvals",
         include_str!("../migrations/0002_approvals.sql"),
     ),
+    (3, "secrets", include_str!("../migrations/0003_secrets.sql")),
 ];
+
+mod secrets;
 
 /// The database file inside the data directory.
 pub const DB_FILE: &str = "mandate.db";
@@ -1110,6 +1113,30 @@ impl Store for SqliteStore {
         append_one(&mut tx, event).await?;
         tx.commit().await?;
         Ok(true)
+    }
+
+    async fn put_secret(&self, secret: &SecretRecord, event: NewEvent) -> StoreResult<()> {
+        secrets::put(self, secret, event).await
+    }
+
+    async fn secret(&self, name: &str) -> StoreResult<Option<SecretRecord>> {
+        secrets::get(self, name).await
+    }
+
+    async fn secrets(&self) -> StoreResult<Vec<SecretRecord>> {
+        secrets::all(self).await
+    }
+
+    async fn delete_secret(&self, name: &str, event: NewEvent) -> StoreResult<bool> {
+        secrets::delete(self, name, event).await
+    }
+
+    async fn reseal_secrets(
+        &self,
+        resealed: &[(SecretRecord, i64)],
+        event: NewEvent,
+    ) -> StoreResult<()> {
+        secrets::reseal(self, resealed, event).await
     }
 }
 

@@ -16,7 +16,8 @@ use mandate_core::{
 };
 use mandate_store::{
     AgentRecord, ApprovalRecord, ApprovalVote, ApproverGroup, ApproverRecord, BreakGlassRecord,
-    BreakGlassReview, JoinTokenRecord, SqliteStore, Store, StoreError, TaskRecord, VoteOutcome,
+    BreakGlassReview, JoinTokenRecord, SecretRecord, SqliteStore, Store, StoreError, TaskRecord,
+    VoteOutcome,
 };
 
 fn ev(kind: EventKind, task: Option<&str>) -> NewEvent {
@@ -683,5 +684,72 @@ async fn approvals_conformance(store: Arc<dyn Store>) {
             .count(),
         3
     );
+    verify(store.as_ref()).await.unwrap();
+}
+
+#[tokio::test]
+async fn sealed_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(dir.path()).await.unwrap());
+    let rec = SecretRecord {
+        name: "tickets".into(),
+        key_id: "k1".into(),
+        sealed: "c2VhbGVk".into(),
+        description: "ticket API".into(),
+        created_at_ms: 1,
+        updated_at_ms: 1,
+    };
+    store
+        .put_secret(&rec, ev(EventKind::SecretPut, None))
+        .await
+        .unwrap();
+    assert_eq!(store.secret("tickets").await.unwrap(), Some(rec.clone()));
+    let replaced = SecretRecord {
+        sealed: "bmV3".into(),
+        updated_at_ms: 2,
+        ..rec.clone()
+    };
+    store
+        .put_secret(&replaced, ev(EventKind::SecretPut, None))
+        .await
+        .unwrap();
+    assert_eq!(store.secrets().await.unwrap(), vec![replaced.clone()]);
+
+    // A re-seal that read a row before it changed fails whole.
+    let resealed = SecretRecord {
+        key_id: "k2".into(),
+        updated_at_ms: 3,
+        ..replaced.clone()
+    };
+    let stale = store
+        .reseal_secrets(
+            &[(resealed.clone(), 1)],
+            ev(EventKind::SecretsResealed, None),
+        )
+        .await;
+    assert!(matches!(stale, Err(StoreError::Conflict(_))), "{stale:?}");
+    assert_eq!(store.secret("tickets").await.unwrap(), Some(replaced));
+    store
+        .reseal_secrets(
+            &[(resealed.clone(), 2)],
+            ev(EventKind::SecretsResealed, None),
+        )
+        .await
+        .unwrap();
+    assert_eq!(store.secret("tickets").await.unwrap(), Some(resealed));
+
+    assert!(
+        store
+            .delete_secret("tickets", ev(EventKind::SecretDeleted, None))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .delete_secret("tickets", ev(EventKind::SecretDeleted, None))
+            .await
+            .unwrap()
+    );
+    assert!(store.secrets().await.unwrap().is_empty());
     verify(store.as_ref()).await.unwrap();
 }

@@ -75,6 +75,14 @@ impl Client {
         Self::send(req).await
     }
 
+    pub async fn delete(&self, path: &str, bearer: Option<&str>) -> Result<Reply> {
+        let mut req = self.http.delete(format!("{}{path}", self.base));
+        if let Some(t) = bearer {
+            req = req.bearer_auth(t);
+        }
+        Self::send(req).await
+    }
+
     async fn send(req: reqwest::RequestBuilder) -> Result<Reply> {
         let res = req.send().await.context(
             "cannot reach the Mandate server (is `mandate serve` running? see --server)",

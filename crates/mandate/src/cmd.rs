@@ -24,11 +24,11 @@ pub struct ServerOpts {
 }
 
 impl ServerOpts {
-    fn client(&self) -> Result<Client> {
+    pub fn client(&self) -> Result<Client> {
         Client::new(&self.server)
     }
 
-    fn admin(&self) -> Result<&str> {
+    pub fn admin(&self) -> Result<&str> {
         self.admin_token.as_deref().context(
             "this command needs the admin token: pass --admin-token or set MANDATE_ADMIN_TOKEN",
         )

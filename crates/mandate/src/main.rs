@@ -12,6 +12,7 @@ mod cmd;
 mod demo;
 mod humans;
 mod replay;
+mod secret;
 mod style;
 mod trace;
 
@@ -19,6 +20,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 
 /// Mandate: every agent action authorised at the moment it happens, under a task with a
@@ -67,6 +69,10 @@ enum Command {
     /// Oversight reports: approvals and who gave them, granted versus used per agent.
     #[command(subcommand)]
     Report(humans::ReportCmd),
+    /// Upstream credentials for the gateway: put, list, rotate the master key, delete.
+    /// Values are sealed by the server and never shown again.
+    #[command(subcommand)]
+    Secret(secret::SecretCmd),
     /// Watch the whole idea work in a few seconds: an in-process server, an agent, a task,
     /// an allowed read, a write held until `mandate approvals approve` lets it through
     /// (once), a denied delete, a forged token, the task's end, and a verified audit
@@ -104,6 +110,15 @@ struct ServeArgs {
     /// Also serve Envoy ext_authz v3 over gRPC on this address (e.g. 127.0.0.1:9191).
     #[arg(long, env = "MANDATE_EXT_AUTHZ_LISTEN")]
     ext_authz_listen: Option<SocketAddr>,
+    /// Gateway configuration (TOML: upstreams, routes, credentials, limits); agents then
+    /// reach those upstreams only through /gw/<upstream>/...
+    #[arg(long, env = "MANDATE_GATEWAY_CONFIG")]
+    gateway_config: Option<PathBuf>,
+    /// Master key ring sealing upstream secrets: one base64 32-byte key per line, the
+    /// first seals. Without it, MANDATE_MASTER_KEY (keys separated by commas), else a key
+    /// generated in the data directory.
+    #[arg(long, env = "MANDATE_MASTER_KEY_FILE")]
+    master_key_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -153,6 +168,7 @@ fn main() -> ExitCode {
             Command::Approvers(c) => humans::approvers(c).await,
             Command::BreakGlass(c) => humans::break_glass(c).await,
             Command::Report(c) => humans::report(c).await,
+            Command::Secret(c) => secret::secret(c).await,
         }
     });
     match result {
@@ -176,6 +192,24 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
     config.admin_token = std::env::var("MANDATE_ADMIN_TOKEN")
         .ok()
         .filter(|t| !t.is_empty());
+    config.master_key = match (a.master_key_file, std::env::var("MANDATE_MASTER_KEY").ok()) {
+        (Some(f), _) => mandate_server::secrets::MasterKeySource::File(f),
+        (None, Some(k)) if !k.is_empty() => mandate_server::secrets::MasterKeySource::Text(
+            std::sync::Arc::new(zeroize::Zeroizing::new(k)),
+        ),
+        _ => mandate_server::secrets::MasterKeySource::DataDir,
+    };
+    if let Some(path) = a.gateway_config {
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading the gateway config {}", path.display()))?;
+        let gc = mandate_gateway::GatewayConfig::from_toml(&text)
+            .with_context(|| format!("in {}", path.display()))?;
+        config.gateway = Some(std::sync::Arc::new(gc));
+    }
+    config.vault_token = std::env::var("VAULT_TOKEN")
+        .ok()
+        .filter(|t| !t.is_empty())
+        .map(|t| mandate_gateway::SecretValue::new(t.into_bytes()));
     let running = mandate_server::Server::start(config)
         .await
         .map_err(anyhow::Error::msg)?;

@@ -74,28 +74,33 @@ impl<S: Send + Sync> FromRequestParts<S> for Bearer {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        let Some(value) = parts.headers.get(axum::http::header::AUTHORIZATION) else {
-            return Err(ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "missing_token",
-                "send `Authorization: Bearer <token>`",
-            ));
-        };
-        let bad = || {
-            ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "invalid_authorization_header",
-                "the Authorization header must be `Bearer <token>`",
-            )
-        };
-        let value = value.to_str().map_err(|_| bad())?;
-        let (scheme, token) = value.split_once(' ').ok_or_else(bad)?;
-        if !scheme.eq_ignore_ascii_case("bearer") || token.trim().is_empty() || token.contains(' ')
-        {
-            return Err(bad());
-        }
-        Ok(Self(token.trim().to_owned()))
+        bearer_token(&parts.headers).map(Self)
     }
+}
+
+/// The token of `Authorization: Bearer …`, or 401 `missing_token` /
+/// `invalid_authorization_header`.
+pub(crate) fn bearer_token(headers: &axum::http::HeaderMap) -> Result<String, ApiError> {
+    let Some(value) = headers.get(axum::http::header::AUTHORIZATION) else {
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "missing_token",
+            "send `Authorization: Bearer <token>`",
+        ));
+    };
+    let bad = || {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid_authorization_header",
+            "the Authorization header must be `Bearer <token>`",
+        )
+    };
+    let value = value.to_str().map_err(|_| bad())?;
+    let (scheme, token) = value.split_once(' ').ok_or_else(bad)?;
+    if !scheme.eq_ignore_ascii_case("bearer") || token.trim().is_empty() || token.contains(' ') {
+        return Err(bad());
+    }
+    Ok(token.trim().to_owned())
 }
 
 /// Query parameters with Mandate's error code: `invalid_query` (400) names what is wrong.

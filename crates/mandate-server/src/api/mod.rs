@@ -6,6 +6,7 @@ mod approvals;
 mod authzen;
 mod extract;
 mod ops;
+mod secrets;
 mod tasks;
 
 use std::sync::Arc;
@@ -27,6 +28,7 @@ pub use agents::{AttestRequest, AttestResponse, RegisterAgentRequest, RegisterAg
 pub use approvals::{
     AccessReport, AddApproverResponse, ApprovalsReport, BreakGlassResponse, SetGroupResponse,
 };
+pub(crate) use extract::bearer_token;
 pub(crate) use ops::decide_one;
 pub use ops::{DecideRequest, DecideResponse, VerifyResponse};
 pub use tasks::{StartTaskRequest, StartTaskResponse};
@@ -193,6 +195,7 @@ fn item_has_path_params(op: &utoipa::openapi::path::Operation) -> bool {
         approvals::approvals_report, approvals::access_report,
         authzen::evaluation, authzen::evaluations, authzen::configuration,
         ops::decide, ops::verify_audit, ops::task_events, ops::policies, ops::reload_policies, ops::rotate_keys,
+        secrets::put_secret, secrets::list_secrets, secrets::delete_secret, secrets::rotate_secrets,
         ops::jwks, ops::openid_configuration, healthz, readyz, openapi_json,
     ),
     components(schemas(ErrorBody)),
@@ -306,6 +309,12 @@ pub fn router(engine: Arc<Engine>) -> Router {
         .route("/v1/policies", get(ops::policies))
         .route("/v1/policies/reload", post(ops::reload_policies))
         .route("/v1/keys/rotate", post(ops::rotate_keys))
+        .route("/v1/secrets", get(secrets::list_secrets))
+        .route("/v1/secrets/rotate", post(secrets::rotate_secrets))
+        .route(
+            "/v1/secrets/{name}",
+            put(secrets::put_secret).delete(secrets::delete_secret),
+        )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(limit))

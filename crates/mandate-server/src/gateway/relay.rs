@@ -1,0 +1,171 @@
+//! The response on its way back: streamed, counted, redacted, cut when the task ends or
+//! the response outgrows its limit, and recorded (`gateway.result`, task history) once it
+//! is over, however it ends.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Poll, ready};
+use std::time::Instant;
+
+use bytes::Bytes;
+use futures_util::Stream;
+use mandate_audit::{EventKind, NewEvent};
+use mandate_gateway::Redactor;
+
+use crate::engine::{Engine, LiveTask};
+
+/// What the result event needs to know about the call.
+pub struct Context {
+    pub engine: Arc<Engine>,
+    pub task: Arc<LiveTask>,
+    pub decision_id: String,
+    pub upstream: String,
+    pub tool: String,
+    pub untrusted: bool,
+    pub started: Instant,
+}
+
+/// The context once the upstream answered.
+pub struct Answered {
+    ctx: Context,
+    status: u16,
+    redacted_header: bool,
+}
+
+impl Context {
+    /// The upstream answered with `status`.
+    pub fn with_status(self, status: u16, redacted_header: bool) -> Answered {
+        Answered {
+            ctx: self,
+            status,
+            redacted_header,
+        }
+    }
+
+    /// Records an allowed call that got no answer to relay.
+    pub fn finish_without_response(self, error: &str) {
+        record(&self, None, 0, false, Some(error));
+    }
+}
+
+fn record(ctx: &Context, status: Option<u16>, bytes: u64, redacted: bool, error: Option<&str>) {
+    ctx.engine
+        .record_result(&ctx.task, bytes, ctx.untrusted && status.is_some());
+    if redacted {
+        tracing::warn!(task = %ctx.task.id, decision = %ctx.decision_id, upstream = %ctx.upstream,
+            "the upstream echoed the injected credential: redacted from the response");
+    }
+    let ev = NewEvent {
+        ts_ms: ctx.engine.clock.now_ms(),
+        kind: EventKind::GatewayResult,
+        agent: Some(ctx.task.agent.to_string()),
+        task_id: Some(ctx.task.id.clone()),
+        data: serde_json::json!({
+            "decision_id": ctx.decision_id, "upstream": ctx.upstream, "tool": ctx.tool,
+            "upstream_status": status, "bytes_returned": bytes, "secret_redacted": redacted,
+            "untrusted_content": ctx.untrusted, "error": error,
+            "duration_us": u64::try_from(ctx.started.elapsed().as_micros()).unwrap_or(u64::MAX),
+        }),
+    };
+    // The decision was recorded durably before forwarding; the result follows it through
+    // the same group commit without holding the response.
+    let audit = ctx.engine.audit.clone();
+    if let Ok(rt) = tokio::runtime::Handle::try_current() {
+        rt.spawn(async move {
+            if audit.append(ev).await.is_err() {
+                tracing::error!("could not record a gateway result");
+            }
+        });
+    }
+}
+
+type Inner = Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>>;
+
+/// The relayed response body.
+pub struct Relay {
+    inner: Inner,
+    redactor: Redactor,
+    bytes: u64,
+    max: u64,
+    answered: Option<Answered>,
+    error: Option<&'static str>,
+}
+
+impl Relay {
+    /// Relays `inner`.
+    pub fn new(
+        inner: impl Stream<Item = reqwest::Result<Bytes>> + Send + 'static,
+        redactor: Redactor,
+        max: u64,
+        answered: Answered,
+    ) -> Self {
+        Self {
+            inner: Box::pin(inner),
+            redactor,
+            bytes: 0,
+            max,
+            answered: Some(answered),
+            error: None,
+        }
+    }
+
+    fn finish(&mut self) {
+        if let Some(a) = self.answered.take() {
+            let redacted = a.redacted_header || self.redactor.found();
+            record(&a.ctx, Some(a.status), self.bytes, redacted, self.error);
+        }
+    }
+
+    fn cut(&mut self, why: &'static str) -> Poll<Option<Result<Bytes, std::io::Error>>> {
+        self.error = Some(why);
+        self.finish();
+        Poll::Ready(Some(Err(std::io::Error::other(why))))
+    }
+}
+
+impl Stream for Relay {
+    type Item = Result<Bytes, std::io::Error>;
+
+    fn poll_next(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<Option<Self::Item>> {
+        let Some(a) = &self.answered else {
+            return Poll::Ready(None);
+        };
+        if a.ctx.task.is_ended() {
+            // Revocation cuts the stream: nothing more of it reaches the agent.
+            return self.cut("task_ended");
+        }
+        match ready!(self.inner.as_mut().poll_next(cx)) {
+            Some(Ok(chunk)) => {
+                self.bytes = self.bytes.saturating_add(chunk.len() as u64);
+                if self.bytes > self.max {
+                    return self.cut("response_too_large");
+                }
+                let out = self.redactor.push(&chunk);
+                Poll::Ready(Some(Ok(Bytes::from(out))))
+            }
+            Some(Err(_)) => self.cut("upstream_stream_error"),
+            None => {
+                let tail = self.redactor.finish();
+                self.finish();
+                if tail.is_empty() {
+                    Poll::Ready(None)
+                } else {
+                    Poll::Ready(Some(Ok(Bytes::from(tail))))
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        if self.answered.is_some() {
+            // The agent went away before the end.
+            self.error = Some("client_disconnected");
+            self.finish();
+        }
+    }
+}
