@@ -2,6 +2,8 @@
 
 #![allow(dead_code, reason = "each test binary uses a different subset")]
 
+pub mod upstream;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -51,11 +53,16 @@ impl Harness {
     }
 
     pub async fn start_with(policies: &Path) -> Self {
+        Self::start_configured(policies, |_| {}).await
+    }
+
+    /// Starts with the configuration changed by `change` (a gateway, a master key…).
+    pub async fn start_configured(policies: &Path, change: impl FnOnce(&mut ServerConfig)) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let clock = Arc::new(ManualClock::new(jiff::Timestamp::now().as_millisecond()));
-        let server = Server::start(config(&dir.path().join("data"), policies, clock.clone()))
-            .await
-            .unwrap();
+        let mut c = config(&dir.path().join("data"), policies, clock.clone());
+        change(&mut c);
+        let server = Server::start(c).await.unwrap();
         Self {
             server,
             clock,

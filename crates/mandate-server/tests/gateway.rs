@@ -1,0 +1,503 @@
+//! The HTTP gateway against a real upstream server that records every request it gets:
+//! allowed calls arrive with the injected credential and without the task token; denied,
+//! held, malformed and oversized calls never reach it.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::indexing_slicing,
+    clippy::panic,
+    reason = "test code: a panic is a test failure"
+)]
+
+mod common;
+
+use std::sync::Arc;
+
+use common::upstream::Upstream;
+use common::{ADMIN, Harness, demo_policies};
+use mandate_gateway::GatewayConfig;
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const TOKEN_SECRET: &str = "upstream-bearer-9f8e7d6c5b4a";
+
+fn gateway_toml(upstream: &Upstream, extra: &str) -> String {
+    format!(
+        r#"
+[limits]
+max_request_body_bytes = 2048
+{extra}
+
+[[upstream]]
+name = "tickets"
+base_url = "http://{addr}/api"
+allow_private = true
+credential = {{ secret = "tickets-token", kind = "bearer" }}
+
+[[route]]
+upstream = "tickets"
+method = "GET"
+path = "/tickets"
+tool = "tickets.search"
+data_domain = "support"
+
+[[route]]
+upstream = "tickets"
+method = "GET"
+path = "/tickets/{{id}}/echo-auth"
+tool = "tickets.search"
+data_domain = "support"
+
+[[route]]
+upstream = "tickets"
+method = "GET"
+path = "/tickets/{{id}}/big"
+tool = "tickets.search"
+data_domain = "support"
+
+[[route]]
+upstream = "tickets"
+method = "PUT"
+path = "/tickets/{{id}}"
+tool = "tickets.update"
+data_domain = "support"
+
+[[route]]
+upstream = "tickets"
+method = "POST"
+path = "/tickets/search"
+tool = "tickets.search"
+action = "read"
+data_domain = "support"
+
+[[route]]
+upstream = "tickets"
+method = "DELETE"
+path = "/tickets/{{id}}"
+tool = "tickets.delete"
+data_domain = "support"
+"#,
+        addr = upstream.addr
+    )
+}
+
+struct Gw {
+    h: Harness,
+    up: Upstream,
+    task: String,
+    token: String,
+}
+
+async fn start_with(extra_limits: &str, secret: &str) -> Gw {
+    let up = Upstream::start().await;
+    let cfg = GatewayConfig::from_toml(&gateway_toml(&up, extra_limits)).unwrap();
+    let h = Harness::start_configured(&demo_policies(), |c| c.gateway = Some(Arc::new(cfg))).await;
+    let r = h
+        .send(
+            h.http
+                .put(h.url("/v1/secrets/tickets-token"))
+                .bearer_auth(ADMIN)
+                .json(&json!({ "value": secret, "description": "ticket API" })),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert!(
+        !r.body.to_string().contains(secret),
+        "the API never returns a secret"
+    );
+    let identity = h.agent("bot", 1).await;
+    let (task, token) = task_with(&h, &identity, &up).await;
+    Gw { h, up, task, token }
+}
+
+async fn start() -> Gw {
+    start_with("", TOKEN_SECRET).await
+}
+
+async fn task_with(h: &Harness, identity: &str, up: &Upstream) -> (String, String) {
+    let r = h
+        .post("/v1/tasks", Some(identity), json!({
+            "purpose": "summarise open tickets",
+            "scope": { "tools": ["tickets.search", "tickets.update", "tickets.delete"], "actions": ["read", "write", "delete"],
+                       "data_domains": ["support"], "destinations": [up.addr.to_string()] },
+            "ttl_secs": 600,
+        }))
+        .await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    (
+        r.body["task_id"].as_str().unwrap().to_owned(),
+        r.body["task_token"].as_str().unwrap().to_owned(),
+    )
+}
+
+impl Gw {
+    fn gw(&self, path: &str) -> String {
+        self.h.url(&format!("/gw/tickets{path}"))
+    }
+
+    async fn call(&self, method: reqwest::Method, path: &str) -> common::Reply {
+        self.h
+            .send(
+                self.h
+                    .http
+                    .request(method, self.gw(path))
+                    .bearer_auth(&self.token),
+            )
+            .await
+    }
+
+    /// Sends a request line exactly as written (no client-side URL normalisation).
+    async fn raw(&self, method: &str, target: &str) -> u16 {
+        let mut s = tokio::net::TcpStream::connect(self.h.server.addr)
+            .await
+            .unwrap();
+        let req = format!(
+            "{method} {target} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nConnection: close\r\n\r\n",
+            self.token
+        );
+        s.write_all(req.as_bytes()).await.unwrap();
+        let mut out = Vec::new();
+        s.read_to_end(&mut out).await.unwrap();
+        let text = String::from_utf8_lossy(&out);
+        text.split(' ')
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0)
+    }
+
+    async fn events(&self) -> Vec<Value> {
+        let r = self
+            .h
+            .get(&format!("/v1/tasks/{}/events", self.task), Some(ADMIN))
+            .await;
+        r.body.as_array().unwrap().clone()
+    }
+}
+
+#[tokio::test]
+async fn an_allowed_call_arrives_with_the_credential_and_without_the_task_token() {
+    let g = start().await;
+    let r = g
+        .call(reqwest::Method::GET, "/tickets?status=open&b=2")
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.body, json!({ "ok": true, "path": "/api/tickets" }));
+    let decision = r.headers["x-mandate-decision-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+
+    let seen = g.up.seen();
+    assert_eq!(seen.len(), 1);
+    let s = &seen[0];
+    assert_eq!(s.target, "/api/tickets?status=open&b=2");
+    assert_eq!(
+        s.header("authorization"),
+        Some(format!("Bearer {TOKEN_SECRET}").as_str())
+    );
+    assert_eq!(s.header("x-mandate-decision-id"), Some(decision.as_str()));
+    for (name, value) in &s.headers {
+        assert!(
+            !value.contains(&g.token),
+            "the task token reached the upstream in {name}"
+        );
+    }
+
+    // The decision names the route's tool, the canonical path and query; the result
+    // event follows with the upstream's status and the bytes returned.
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let events = g.events().await;
+    let d = events.iter().find(|e| e["kind"] == "decision").unwrap();
+    assert_eq!(d["data"]["tool"], "tickets.search");
+    assert_eq!(d["data"]["resource"], "/tickets");
+    assert_eq!(d["data"]["destination"], g.up.addr.to_string());
+    assert_eq!(d["data"]["outcome"], "allow");
+    let res = events
+        .iter()
+        .find(|e| e["kind"] == "gateway.result")
+        .unwrap();
+    assert_eq!(res["data"]["decision_id"], decision);
+    assert_eq!(res["data"]["upstream_status"], 200);
+    assert_eq!(res["data"]["bytes_returned"], 33);
+    assert_eq!(res["data"]["secret_redacted"], false);
+}
+
+#[tokio::test]
+async fn denied_and_held_calls_never_reach_the_upstream_until_approved() {
+    let g = start().await;
+    let r = g.call(reqwest::Method::DELETE, "/tickets/T-1").await;
+    assert_eq!(
+        (r.status.as_u16(), r.code()),
+        (403, "denied"),
+        "{:?}",
+        r.body
+    );
+    assert!(
+        r.body["error"]["details"]["policies"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("no-deletes"))
+    );
+
+    let put = |approval: Option<&str>| {
+        let mut req =
+            g.h.http
+                .put(g.gw("/tickets/T-1"))
+                .bearer_auth(&g.token)
+                .json(&json!({ "status": "closed" }));
+        if let Some(a) = approval {
+            req = req.header("x-mandate-approval-id", a);
+        }
+        req
+    };
+    let r = g.h.send(put(None)).await;
+    assert_eq!(
+        (r.status.as_u16(), r.code()),
+        (403, "approval_required"),
+        "{:?}",
+        r.body
+    );
+    let id = r.headers["x-mandate-approval-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(g.up.count(), 0, "nothing reached the upstream");
+
+    // Another body is another action: the approval does not cover it.
+    let approver =
+        g.h.post(
+            "/v1/approvers",
+            Some(ADMIN),
+            json!({ "name": "bob@example.com", "roles": ["approver"] }),
+        )
+        .await;
+    let approver = approver.body["token"].as_str().unwrap().to_owned();
+    let a =
+        g.h.post(
+            &format!("/v1/approvals/{id}/approve"),
+            Some(&approver),
+            json!({}),
+        )
+        .await;
+    assert_eq!(a.status, 200, "{:?}", a.body);
+    let other =
+        g.h.send(
+            g.h.http
+                .put(g.gw("/tickets/T-1"))
+                .bearer_auth(&g.token)
+                .header("x-mandate-approval-id", &id)
+                .json(&json!({ "status": "deleted" })),
+        )
+        .await;
+    assert_eq!(other.status, 403, "{:?}", other.body);
+    assert_eq!(g.up.count(), 0);
+
+    let r = g.h.send(put(Some(&id))).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let seen = g.up.seen();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].method, "PUT");
+    assert_eq!(seen[0].body, br#"{"status":"closed"}"#);
+    // Single use.
+    let again = g.h.send(put(Some(&id))).await;
+    assert_ne!(again.status, 200);
+    assert_eq!(g.up.count(), 1);
+}
+
+#[tokio::test]
+async fn the_upstream_receives_exactly_what_policy_evaluated() {
+    let g = start().await;
+    // Key order and whitespace do not matter: the canonical form is decided and forwarded.
+    let r =
+        g.h.send(
+            g.h.http
+                .post(g.gw("/tickets/search"))
+                .bearer_auth(&g.token)
+                .header("content-type", "application/json")
+                .body(r#"{ "z": 1,  "a": {"y": true, "b": null} }"#),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(g.up.seen()[0].body, br#"{"a":{"b":null,"y":true},"z":1}"#);
+    // Duplicate keys could be read two ways: refused.
+    let r =
+        g.h.send(
+            g.h.http
+                .post(g.gw("/tickets/search"))
+                .bearer_auth(&g.token)
+                .header("content-type", "application/json")
+                .body(r#"{"q": "open", "q": "all"}"#),
+        )
+        .await;
+    assert_eq!(
+        (r.status.as_u16(), r.code()),
+        (400, "invalid_body"),
+        "{:?}",
+        r.body
+    );
+    assert_eq!(g.up.count(), 1);
+    let events = g.events().await;
+    let d = events.iter().find(|e| e["kind"] == "decision").unwrap();
+    let digest = mandate_core::CanonicalArgs::parse(
+        &json!({ "method": "POST", "path": {}, "query": {}, "body": { "a": { "b": null, "y": true }, "z": 1 } }).to_string(),
+    )
+    .unwrap();
+    assert_eq!(d["data"]["args_digest"], digest.digest());
+}
+
+#[tokio::test]
+async fn traversal_and_encoding_tricks_are_refused() {
+    let g = start().await;
+    for target in [
+        "/gw/tickets/tickets/../admin",
+        "/gw/tickets/tickets/%2e%2e/admin",
+        "/gw/tickets/tickets/%2E%2E%2Fadmin",
+        "/gw/tickets/tickets/..%2fadmin",
+        "/gw/tickets/tickets/..;/admin",
+        "/gw/tickets/tickets/%252e%252e/admin",
+        "/gw/tickets/tickets//T-1",
+        "/gw/tickets/tickets/T-1%00/echo-auth",
+        "/gw/tickets/tickets/.%2e/echo-auth",
+        "/gw/tickets/tickets/a\\..\\b",
+        "/gw/tickets/tickets/%c0%ae%c0%ae/x",
+        "/gw/tickets/tickets?a=%00",
+    ] {
+        let status = g.raw("GET", target).await;
+        assert_eq!(status, 400, "{target}");
+    }
+    // Unknown upstreams and paths that are no route are not tools.
+    assert_eq!(g.raw("GET", "/gw/nope/tickets").await, 404);
+    assert_eq!(g.raw("GET", "/gw/tickets/admin").await, 404);
+    assert_eq!(g.raw("PATCH", "/gw/tickets/tickets").await, 404);
+    assert_eq!(g.up.count(), 0, "nothing reached the upstream");
+}
+
+#[tokio::test]
+async fn oversized_bodies_get_413_before_any_upstream_connection() {
+    let g = start().await;
+    let big = "x".repeat(4096);
+    let r =
+        g.h.send(
+            g.h.http
+                .post(g.gw("/tickets/search"))
+                .bearer_auth(&g.token)
+                .header("content-type", "application/json")
+                .body(format!("{{\"q\":\"{big}\"}}")),
+        )
+        .await;
+    assert_eq!(
+        (r.status.as_u16(), r.code()),
+        (413, "body_too_large"),
+        "{:?}",
+        r.body
+    );
+    // Without a content-length (chunked), the limit holds while reading.
+    let chunk = bytes::Bytes::from(big.clone());
+    let stream =
+        futures_util::stream::iter((0..2).map(move |_| Ok::<_, std::io::Error>(chunk.clone())));
+    let r =
+        g.h.send(
+            g.h.http
+                .post(g.gw("/tickets/search"))
+                .bearer_auth(&g.token)
+                .header("content-type", "application/json")
+                .body(reqwest::Body::wrap_stream(stream)),
+        )
+        .await;
+    assert_eq!(
+        (r.status.as_u16(), r.code()),
+        (413, "body_too_large"),
+        "{:?}",
+        r.body
+    );
+    assert_eq!(g.up.count(), 0);
+}
+
+#[tokio::test]
+async fn bad_tokens_and_ended_tasks_forward_nothing() {
+    let g = start().await;
+    let r = g.h.send(g.h.http.get(g.gw("/tickets"))).await;
+    assert_eq!((r.status.as_u16(), r.code()), (401, "missing_token"));
+    let r =
+        g.h.send(g.h.http.get(g.gw("/tickets")).bearer_auth("not-a-token"))
+            .await;
+    assert_eq!(r.status, 401, "{:?}", r.body);
+    let c =
+        g.h.post(
+            &format!("/v1/tasks/{}/complete", g.task),
+            Some(&g.token),
+            json!({}),
+        )
+        .await;
+    assert!(c.status.is_success(), "{:?}", c.body);
+    let r = g.call(reqwest::Method::GET, "/tickets").await;
+    assert_eq!(r.status, 403, "{:?}", r.body);
+    assert_eq!(g.up.count(), 0);
+}
+
+#[tokio::test]
+async fn a_flood_from_one_agent_gets_429_and_does_not_starve_another() {
+    let g = start_with(
+        "agent_rate_per_sec = 1\nagent_burst = 3\ntask_rate_per_sec = 1\ntask_burst = 3",
+        TOKEN_SECRET,
+    )
+    .await;
+    for _ in 0..3 {
+        assert_eq!(g.call(reqwest::Method::GET, "/tickets").await.status, 200);
+    }
+    let r = g.call(reqwest::Method::GET, "/tickets").await;
+    assert_eq!(
+        (r.status.as_u16(), r.code()),
+        (429, "rate_limited"),
+        "{:?}",
+        r.body
+    );
+    let identity = g.h.agent("other", 1).await;
+    let (_, other) = task_with(&g.h, &identity, &g.up).await;
+    let r =
+        g.h.send(g.h.http.get(g.gw("/tickets")).bearer_auth(&other))
+            .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    // Time refills the bucket (the clock is injected: no sleeping).
+    g.h.clock.advance_ms(1500);
+    assert_eq!(g.call(reqwest::Method::GET, "/tickets").await.status, 200);
+    assert_eq!(g.up.count(), 5);
+}
+
+#[tokio::test]
+async fn ssrf_guard_refuses_internal_destinations_unless_allowed() {
+    // An address literal: refused at start, with a clear reason.
+    let cfg = GatewayConfig::from_toml("[[upstream]]\nname = 'meta'\nbase_url = 'http://169.254.169.254/latest'\nallow_private = true\n").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(mandate_core::ManualClock::new(0));
+    let mut c = common::config(dir.path(), &demo_policies(), clock);
+    c.gateway = Some(Arc::new(cfg));
+    let e = mandate_server::Server::start(c).await.err().unwrap();
+    assert!(e.contains("metadata"), "{e}");
+
+    // A name resolving to loopback without allow_private: refused at connection time.
+    let up = Upstream::start().await;
+    let toml = format!(
+        "[[upstream]]\nname = 'tickets'\nbase_url = 'http://localhost:{}/api'\n\n[[route]]\nupstream = 'tickets'\nmethod = 'GET'\npath = '/tickets'\ntool = 'tickets.search'\ndata_domain = 'support'\n",
+        up.addr.port()
+    );
+    let cfg = GatewayConfig::from_toml(&toml).unwrap();
+    let h = Harness::start_configured(&demo_policies(), |c| c.gateway = Some(Arc::new(cfg))).await;
+    let identity = h.agent("bot", 1).await;
+    let r = h
+        .post("/v1/tasks", Some(&identity), json!({
+            "purpose": "p", "scope": { "tools": ["tickets.search"], "actions": ["read"], "data_domains": ["support"], "destinations": [format!("localhost:{}", up.addr.port())] }, "ttl_secs": 600,
+        }))
+        .await;
+    let token = r.body["task_token"].as_str().unwrap();
+    let r = h
+        .send(h.http.get(h.url("/gw/tickets/tickets")).bearer_auth(token))
+        .await;
+    assert_eq!(
+        (r.status.as_u16(), r.code()),
+        (502, "destination_refused"),
+        "{:?}",
+        r.body
+    );
+    assert_eq!(up.count(), 0);
+}
