@@ -21,7 +21,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const TOKEN_SECRET: &str = "upstream-bearer-9f8e7d6c5b4a";
 
-fn gateway_toml(upstream: &Upstream, extra: &str) -> String {
+fn gateway_toml_with(upstream: &Upstream, extra: &str, credential: &str) -> String {
     format!(
         r#"
 [limits]
@@ -32,7 +32,7 @@ max_request_body_bytes = 2048
 name = "tickets"
 base_url = "http://{addr}/api"
 allow_private = true
-credential = {{ secret = "tickets-token", kind = "bearer" }}
+credential = {credential}
 
 [[route]]
 upstream = "tickets"
@@ -89,8 +89,17 @@ struct Gw {
 }
 
 async fn start_with(extra_limits: &str, secret: &str) -> Gw {
+    start_full(
+        extra_limits,
+        secret,
+        r#"{ secret = "tickets-token", kind = "bearer" }"#,
+    )
+    .await
+}
+
+async fn start_full(extra_limits: &str, secret: &str, credential: &str) -> Gw {
     let up = Upstream::start().await;
-    let cfg = GatewayConfig::from_toml(&gateway_toml(&up, extra_limits)).unwrap();
+    let cfg = GatewayConfig::from_toml(&gateway_toml_with(&up, extra_limits, credential)).unwrap();
     let h = Harness::start_configured(&demo_policies(), |c| c.gateway = Some(Arc::new(cfg))).await;
     let r = h
         .send(
@@ -500,4 +509,248 @@ async fn ssrf_guard_refuses_internal_destinations_unless_allowed() {
         r.body
     );
     assert_eq!(up.count(), 0);
+}
+
+/// Captured log output of this test binary.
+#[derive(Clone, Default)]
+struct Logs(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Logs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+#[tokio::test]
+async fn a_canary_secret_appears_in_no_response_log_event_or_file() {
+    let logs = Logs::default();
+    let writer = logs.clone();
+    let _ = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_writer(move || writer.clone())
+        .try_init();
+    const CANARY: &str = "canary-4b1d-SECRET/value+9c";
+    let g = start_with("", CANARY).await;
+    // The upstream echoes the injected credential in a header and in its body.
+    let r = g.call(reqwest::Method::GET, "/tickets/T-1/echo-auth").await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(
+        g.up.seen()[0].header("authorization"),
+        Some(format!("Bearer {CANARY}").as_str()),
+        "the upstream did get it"
+    );
+    // Errors and denials too.
+    let denied = g.call(reqwest::Method::DELETE, "/tickets/T-1").await;
+    assert_eq!(denied.status, 403);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+
+    let forms = mandate_gateway::redact::forms(CANARY.as_bytes());
+    assert!(
+        forms.len() > 8,
+        "raw, base64 (three alignments, two alphabets), hex, percent, JSON"
+    );
+    let response = format!("{:?} {} {}", r.headers, r.body, denied.body);
+    let events = g.events().await;
+    assert!(
+        events
+            .iter()
+            .any(|e| e["kind"] == "gateway.result" && e["data"]["secret_redacted"] == true),
+        "{events:?}"
+    );
+    let all_events = g.h.get("/v1/audit/verify", Some(ADMIN)).await;
+    assert_eq!(all_events.body["ok"], true);
+    let listing = g.h.get("/v1/secrets", Some(ADMIN)).await;
+    assert_eq!(listing.body[0]["name"], "tickets-token");
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(g.h.dir.path().join("data")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "key") {
+            files.extend(std::fs::read(&path).unwrap_or_default());
+        }
+    }
+    let log_text = logs.0.lock().unwrap().clone();
+    assert!(!log_text.is_empty(), "logs were captured");
+    for f in &forms {
+        let text = String::from_utf8_lossy(f);
+        assert!(!contains(response.as_bytes(), f), "response carries {text}");
+        assert!(
+            !contains(serde_json::to_string(&events).unwrap().as_bytes(), f),
+            "audit event carries {text}"
+        );
+        assert!(
+            !contains(listing.body.to_string().as_bytes(), f),
+            "listing carries {text}"
+        );
+        assert!(!contains(&log_text, f), "a log line carries {text}");
+        assert!(
+            !contains(&files, f),
+            "the database files carry {text} in clear"
+        );
+    }
+    assert!(r.body.to_string().contains("[REDACTED]"), "{}", r.body);
+}
+
+#[tokio::test]
+async fn header_and_basic_credentials_are_injected_and_redacted() {
+    let g = start_full(
+        "",
+        "key-0a1b2c3d4e5f",
+        r#"{ secret = "tickets-token", kind = "header", header = "X-Api-Key" }"#,
+    )
+    .await;
+    let r = g.call(reqwest::Method::GET, "/tickets/T-1/echo-auth").await;
+    assert_eq!(r.status, 200);
+    let seen = g.up.seen();
+    assert_eq!(seen[0].header("x-api-key"), Some("key-0a1b2c3d4e5f"));
+    assert_eq!(
+        seen[0].header("authorization"),
+        None,
+        "neither the task token nor anything else"
+    );
+    assert!(
+        !r.body.to_string().contains("key-0a1b2c3d4e5f"),
+        "{}",
+        r.body
+    );
+
+    let g = start_full(
+        "",
+        "svc-user:pa55-w0rd-long",
+        r#"{ secret = "tickets-token", kind = "basic" }"#,
+    )
+    .await;
+    let r = g.call(reqwest::Method::GET, "/tickets/T-1/echo-auth").await;
+    assert_eq!(r.status, 200);
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD.encode("svc-user:pa55-w0rd-long");
+    assert_eq!(
+        g.up.seen()[0].header("authorization"),
+        Some(format!("Basic {b64}").as_str())
+    );
+    let text = format!("{:?} {}", r.headers, r.body);
+    assert!(
+        !text.contains(&b64) && !text.contains("pa55-w0rd-long"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn a_missing_secret_fails_closed_and_large_responses_are_cut() {
+    let g = start_full(
+        "max_response_bytes = 1000",
+        TOKEN_SECRET,
+        r#"{ secret = "tickets-token", kind = "bearer" }"#,
+    )
+    .await;
+    // The upstream's 64 KiB answer is cut at the limit: the client never gets it whole.
+    let got = match g
+        .h
+        .http
+        .get(g.gw("/tickets/T-1/big"))
+        .bearer_auth(&g.token)
+        .send()
+        .await
+    {
+        Ok(res) => res.bytes().await.map(|b| b.len()).unwrap_or(0),
+        Err(_) => 0,
+    };
+    assert!(got <= 1000, "{got} bytes relayed");
+    let d =
+        g.h.send(
+            g.h.http
+                .delete(g.h.url("/v1/secrets/tickets-token"))
+                .bearer_auth(ADMIN),
+        )
+        .await;
+    assert_eq!(d.status, 204);
+    let before = g.up.count();
+    let r = g.call(reqwest::Method::GET, "/tickets").await;
+    assert_eq!(
+        (r.status.as_u16(), r.code()),
+        (502, "credential_unavailable"),
+        "{:?}",
+        r.body
+    );
+    assert_eq!(
+        g.up.count(),
+        before,
+        "nothing forwarded without its credential"
+    );
+}
+
+#[tokio::test]
+async fn master_key_rotation_reseals_without_downtime() {
+    use base64::Engine as _;
+    let keys = tempfile::tempdir().unwrap();
+    let ring = keys.path().join("master.keys");
+    let key = |b: u8| base64::engine::general_purpose::STANDARD.encode([b; 32]);
+    std::fs::write(&ring, format!("{}\n", key(1))).unwrap();
+    let up = Upstream::start().await;
+    let cfg = GatewayConfig::from_toml(&gateway_toml_with(
+        &up,
+        "",
+        r#"{ secret = "tickets-token", kind = "bearer" }"#,
+    ))
+    .unwrap();
+    let file = ring.clone();
+    let h = Harness::start_configured(&demo_policies(), move |c| {
+        c.gateway = Some(Arc::new(cfg));
+        c.master_key = mandate_server::secrets::MasterKeySource::File(file);
+    })
+    .await;
+    let put = h
+        .send(
+            h.http
+                .put(h.url("/v1/secrets/tickets-token"))
+                .bearer_auth(ADMIN)
+                .json(&json!({ "value": TOKEN_SECRET })),
+        )
+        .await;
+    let old_kid = put.body["key_id"].as_str().unwrap().to_owned();
+    let identity = h.agent("bot", 1).await;
+    let (_, token) = task_with(&h, &identity, &up).await;
+
+    // A broken ring file is refused and the old ring keeps working.
+    std::fs::write(&ring, "not a key\n").unwrap();
+    let r = h.post("/v1/secrets/rotate", Some(ADMIN), json!({})).await;
+    assert_eq!(
+        (r.status.as_u16(), r.code()),
+        (422, "master_key_invalid"),
+        "{:?}",
+        r.body
+    );
+    let r = h
+        .send(h.http.get(h.url("/gw/tickets/tickets")).bearer_auth(&token))
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+
+    // New key first, old key kept: re-seal, then calls go on.
+    std::fs::write(&ring, format!("{}\n{}\n", key(2), key(1))).unwrap();
+    let r = h.post("/v1/secrets/rotate", Some(ADMIN), json!({})).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.body["resealed"], 1);
+    assert_ne!(r.body["key_id"], old_kid.as_str());
+    let listed = h.get("/v1/secrets", Some(ADMIN)).await;
+    assert_eq!(listed.body[0]["key_id"], r.body["key_id"]);
+    let r = h
+        .send(h.http.get(h.url("/gw/tickets/tickets")).bearer_auth(&token))
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(
+        up.seen().last().unwrap().header("authorization"),
+        Some(format!("Bearer {TOKEN_SECRET}").as_str())
+    );
+    // Non-admins cannot touch secrets.
+    let r = h.post("/v1/secrets/rotate", Some(&token), json!({})).await;
+    assert_eq!(r.status, 403);
+    let r = h.get("/v1/secrets", None).await;
+    assert_eq!(r.status, 401);
 }
