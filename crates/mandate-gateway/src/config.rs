@@ -533,3 +533,15 @@ tool = "tickets.delete"
         }
     }
 }
+
+#[cfg(test)]
+mod example {
+    /// The example shipped in the repository stays valid.
+    #[test]
+    fn the_example_config_parses() {
+        let text = include_str!("../../../examples/gateway/gateway.toml");
+        let c = super::GatewayConfig::from_toml(text);
+        assert!(c.is_ok(), "{c:?}");
+        assert_eq!(c.map(|c| c.upstreams.len()).ok(), Some(1));
+    }
+}
