@@ -75,6 +75,21 @@ impl Client {
         Self::send(req).await
     }
 
+    /// A GET whose answer is kept as text (for gateway calls, whose bodies are the
+    /// upstream's).
+    pub async fn get_text(&self, path: &str, bearer: Option<&str>) -> Result<(u16, String)> {
+        let mut req = self.http.get(format!("{}{path}", self.base));
+        if let Some(t) = bearer {
+            req = req.bearer_auth(t);
+        }
+        let res = req
+            .send()
+            .await
+            .context("cannot reach the Mandate server")?;
+        let status = res.status().as_u16();
+        Ok((status, res.text().await.context("reading the response")?))
+    }
+
     pub async fn delete(&self, path: &str, bearer: Option<&str>) -> Result<Reply> {
         let mut req = self.http.delete(format!("{}{path}", self.base));
         if let Some(t) = bearer {

@@ -87,10 +87,15 @@ pub async fn run(data_dir: Option<PathBuf>) -> Result<ExitCode> {
         failures: Vec::new(),
     };
 
-    n.say("Start a Mandate server in-process (embedded store, demo policies)");
+    n.say("Start a Mandate server in-process (embedded store, demo policies, a gateway)");
+    let ticket_api = TicketApi::start().await?;
     let mut config = mandate_server::ServerConfig::new(data_dir.clone(), policy_dir);
     config.listen = ([127, 0, 0, 1], 0).into();
     config.environment = "demo".into();
+    config.gateway = Some(std::sync::Arc::new(
+        mandate_gateway::GatewayConfig::from_toml(&ticket_api.gateway_toml())
+            .map_err(anyhow::Error::msg)?,
+    ));
     let server = mandate_server::Server::start(config)
         .await
         .map_err(anyhow::Error::msg)?;
@@ -165,7 +170,7 @@ pub async fn run(data_dir: Option<PathBuf>) -> Result<ExitCode> {
     let start = c
         .post("/v1/tasks", Some(&identity), &json!({
             "purpose": "summarise open tickets",
-            "scope": { "tools": ["tickets.search", "tickets.update", "tickets.delete"], "actions": ["read", "write", "delete"], "data_domains": ["support"] },
+            "scope": { "tools": ["tickets.search", "tickets.update", "tickets.delete"], "actions": ["read", "write", "delete"], "data_domains": ["support"], "destinations": [ticket_api.addr.to_string()] },
             "ttl_secs": 900,
         }))
         .await?;
@@ -212,6 +217,43 @@ pub async fn run(data_dir: Option<PathBuf>) -> Result<ExitCode> {
     n.check(
         r.status == 200 && r.body["outcome"] == "allow",
         &decision_line(&r),
+    );
+
+    n.say("Through the gateway: read ticket 42 from the ticket API (the agent holds no API key)");
+    let put = c
+        .put(
+            "/v1/secrets/ticket-api-key",
+            Some(&admin),
+            &json!({ "value": TICKET_API_KEY, "description": "ticket API key" }),
+        )
+        .await?;
+    n.check(
+        put.status == 200 && !put.body.to_string().contains(TICKET_API_KEY),
+        "the ticket API's key is stored sealed (AES-256-GCM); the API never returns it",
+    );
+    let r = c
+        .get_text("/gw/tickets/tickets/42", Some(&task_token))
+        .await?;
+    let seen = ticket_api.seen();
+    n.check(
+        r.0 == 200 && seen.len() == 1,
+        &format!("decided as tickets.search:read, forwarded: {}", r.1),
+    );
+    n.check(
+        seen.first()
+            .is_some_and(|a| a == &format!("Bearer {TICKET_API_KEY}")),
+        "the ticket API received Mandate's injected key and not the agent's task token",
+    );
+    n.check(
+        !r.1.contains(TICKET_API_KEY) && r.1.contains("[REDACTED]"),
+        "the API echoed its key back; the gateway redacted it before the agent saw it",
+    );
+    let r = c
+        .get_text("/gw/tickets/tickets/..%2f..%2fadmin", Some(&task_token))
+        .await?;
+    n.check(
+        r.0 == 400 && ticket_api.seen().len() == 1,
+        "a traversal trick (`..%2f..%2fadmin`) is refused with 400 and never reaches the API",
     );
 
     n.say("Write: update a ticket — the call is held for a human, and waits");
@@ -358,7 +400,7 @@ pub async fn run(data_dir: Option<PathBuf>) -> Result<ExitCode> {
     );
     let events = store.task_events(&task_id).await?;
     n.check(
-        events.len() == 10,
+        events.len() == 12,
         &format!("{} events recorded for the task:", events.len()),
     );
     print!("{}", trace::render(&task_id, &events));
@@ -435,4 +477,56 @@ fn forge(token: &str) -> String {
 
 async fn decide(c: &Client, token: &str, body: Value) -> Result<Reply> {
     c.post("/v1/decide", Some(token), &body).await
+}
+
+const TICKET_API_KEY: &str = "tk-live-7d2f9a4c1e8b";
+
+/// A ticket API on loopback that wants an API key, records the `Authorization` it is
+/// given, and (carelessly) echoes it back.
+struct TicketApi {
+    addr: std::net::SocketAddr,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl TicketApi {
+    async fn start() -> Result<Self> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let seen: std::sync::Arc<std::sync::Mutex<Vec<String>>> = Default::default();
+        let log = std::sync::Arc::clone(&seen);
+        let app = axum::Router::new().fallback(move |headers: axum::http::HeaderMap| {
+            let log = std::sync::Arc::clone(&log);
+            async move {
+                let auth = headers
+                    .get("authorization")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+                    .to_owned();
+                if let Ok(mut l) = log.lock() {
+                    l.push(auth.clone());
+                }
+                axum::Json(
+                    json!({ "id": 42, "status": "open", "debug": { "authorization": auth } }),
+                )
+            }
+        });
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Ok(Self { addr, seen })
+    }
+
+    fn seen(&self) -> Vec<String> {
+        self.seen.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    fn gateway_toml(&self) -> String {
+        format!(
+            "[[upstream]]\nname = \"tickets\"\nbase_url = \"http://{}/api\"\nallow_private = true\n\
+             credential = {{ secret = \"ticket-api-key\", kind = \"bearer\" }}\n\n\
+             [[route]]\nupstream = \"tickets\"\nmethod = \"GET\"\npath = \"/tickets/{{id}}\"\n\
+             tool = \"tickets.search\"\ndata_domain = \"support\"\n",
+            self.addr
+        )
+    }
 }
