@@ -76,6 +76,9 @@ pub struct GatewayLimits {
     pub task_burst: u32,
     /// Most calls in flight through the gateway at once; beyond, 503.
     pub max_in_flight: usize,
+    /// Most calls one agent may have in flight at once (a response being relayed counts);
+    /// beyond, 429, so one agent cannot take every slot.
+    pub max_in_flight_per_agent: usize,
 }
 
 impl Default for GatewayLimits {
@@ -91,6 +94,7 @@ impl Default for GatewayLimits {
             task_rate_per_sec: 50,
             task_burst: 100,
             max_in_flight: 1024,
+            max_in_flight_per_agent: 64,
         }
     }
 }
@@ -235,6 +239,7 @@ impl GatewayConfig {
         let l = &raw.limits;
         if l.max_request_body_bytes == 0
             || l.max_in_flight == 0
+            || l.max_in_flight_per_agent == 0
             || l.agent_rate_per_sec == 0
             || l.task_rate_per_sec == 0
             || l.upstream_timeout_secs == 0

@@ -47,10 +47,9 @@ fn classify(ip: IpAddr) -> Option<Refused> {
 
 fn classify_v4(ip: Ipv4Addr) -> Option<Refused> {
     let [a, b, c, _] = ip.octets();
-    if ip == Ipv4Addr::new(169, 254, 169, 254)
-        || ip == Ipv4Addr::new(169, 254, 170, 2)
-        || ip == Ipv4Addr::new(100, 100, 100, 200)
-    {
+    // AWS/GCP/Azure/OCI instance metadata and ECS/EKS credential endpoints live in
+    // 169.254.169.0/24 and 169.254.170.0/24; Alibaba's at 100.100.100.200.
+    if (a == 169 && b == 254 && (c == 169 || c == 170)) || ip == Ipv4Addr::new(100, 100, 100, 200) {
         return Some(Refused::Metadata);
     }
     if ip.is_loopback()
@@ -77,15 +76,26 @@ fn classify_v4(ip: Ipv4Addr) -> Option<Refused> {
 fn classify_v6(ip: Ipv6Addr) -> Option<Refused> {
     let seg = ip.segments();
     let first = seg.first().copied().unwrap_or(0);
-    if ip == Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254) {
+    // AWS's IPv6 metadata and credential endpoints: fd00:ec2::/32.
+    if first == 0xfd00 && seg.get(1) == Some(&0x0ec2) {
         return Some(Refused::Metadata);
+    }
+    // IPv4-compatible (deprecated) ::a.b.c.d carries an IPv4 address.
+    if seg.iter().take(6).all(|s| *s == 0) && !ip.is_loopback() && !ip.is_unspecified() {
+        let [.., w, x, y, z] = ip.octets();
+        return classify_v4(Ipv4Addr::new(w, x, y, z)).or(Some(Refused::Reserved));
     }
     if ip.is_loopback()
         || ip.is_unspecified()
         || (first & 0xfe00) == 0xfc00
         || (first & 0xffc0) == 0xfe80
+        || (first & 0xffc0) == 0xfec0
     {
         return Some(Refused::Private);
+    }
+    // Teredo (2001::/32) tunnels to any IPv4 address.
+    if first == 0x2001 && seg.get(1) == Some(&0) {
+        return Some(Refused::Reserved);
     }
     // NAT64 and 6to4 prefixes can embed any IPv4 address; documentation; multicast.
     if ip.is_multicast()
@@ -127,6 +137,14 @@ mod tests {
             ("255.255.255.255", true, Err(Refused::Reserved)),
             ("2002:7f00:1::", true, Err(Refused::Reserved)),
             ("64:ff9b::7f00:1", true, Err(Refused::Reserved)),
+            ("169.254.170.23", true, Err(Refused::Metadata)),
+            ("169.254.169.1", true, Err(Refused::Metadata)),
+            ("fd00:ec2::23", true, Err(Refused::Metadata)),
+            ("::7f00:1", false, Err(Refused::Private)),
+            ("::a9fe:a9fe", true, Err(Refused::Metadata)),
+            ("2001:0:4136:e378::1", true, Err(Refused::Reserved)),
+            ("fec0::1", false, Err(Refused::Private)),
+            ("169.254.1.1", true, Ok(())),
         ];
         for (ip, allow, want) in table {
             let parsed: IpAddr = ip.parse().unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));

@@ -334,6 +334,21 @@ mod tests {
     }
 
     proptest::proptest! {
+        /// Arbitrary input never panics, and whatever is accepted has no dot segment, no
+        /// empty segment and no separator inside a segment.
+        #[test]
+        fn arbitrary_paths_are_refused_or_clean(raw in "/[ -~]{0,40}", q in "[ -~]{0,40}") {
+            if let Ok(p) = CanonicalPath::parse(&raw) {
+                for s in p.segments() {
+                    proptest::prop_assert!(s != "." && s != ".." && !s.is_empty() && !s.contains(['/', '\\']));
+                }
+                proptest::prop_assert_eq!(CanonicalPath::parse(&p.to_string()).ok(), Some(p));
+            }
+            if let Ok(query) = CanonicalQuery::parse(&q) {
+                proptest::prop_assert_eq!(CanonicalQuery::parse(&query.to_string()).ok(), Some(query));
+            }
+        }
+
         /// Canonicalisation is idempotent: the canonical text parses to itself.
         #[test]
         fn canonical_is_a_fixed_point(raw in "(/[a-zA-Z0-9%._~:@ -]{1,8}){0,5}") {

@@ -226,9 +226,10 @@ impl SecretStore {
         by: &str,
     ) -> Result<SecretInfo, ApiError> {
         check_name(name)?;
-        if value.expose().is_empty() || value.expose().len() > MAX_SECRET_BYTES {
+        let min = mandate_gateway::redact::MIN_SECRET_LEN;
+        if value.expose().len() < min || value.expose().len() > MAX_SECRET_BYTES {
             return Err(ApiError::invalid(format!(
-                "a secret value is 1-{MAX_SECRET_BYTES} bytes"
+                "a secret value is {min}-{MAX_SECRET_BYTES} bytes (shorter ones cannot be redacted reliably from responses)"
             )));
         }
         let _w = self.write.lock().await;

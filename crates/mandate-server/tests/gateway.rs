@@ -348,10 +348,67 @@ async fn the_upstream_receives_exactly_what_policy_evaluated() {
     let events = g.events().await;
     let d = events.iter().find(|e| e["kind"] == "decision").unwrap();
     let digest = mandate_core::CanonicalArgs::parse(
-        &json!({ "method": "POST", "path": {}, "query": {}, "body": { "a": { "b": null, "y": true }, "z": 1 } }).to_string(),
+        &json!({ "method": "POST", "path": {}, "query": {}, "body": { "a": { "b": null, "y": true }, "z": 1 }, "content_type": "application/json", "headers": {} }).to_string(),
     )
     .unwrap();
     assert_eq!(d["data"]["args_digest"], digest.digest());
+
+    // JSON sent as text/plain (or with no type) is still decided as JSON, and forwarded
+    // canonical: an upstream that parses it regardless sees only what policy saw.
+    for ct in [Some("text/plain"), None] {
+        let mut req =
+            g.h.http
+                .post(g.gw("/tickets/search"))
+                .bearer_auth(&g.token)
+                .body(r#"{"b": 1, "a": 2}"#);
+        if let Some(ct) = ct {
+            req = req.header("content-type", ct);
+        }
+        let r = g.h.send(req).await;
+        assert_eq!(r.status, 200, "{ct:?}: {:?}", r.body);
+        assert_eq!(g.up.seen().last().unwrap().body, br#"{"a":2,"b":1}"#);
+    }
+    // Two content types could be read two ways: refused.
+    let r =
+        g.h.send(
+            g.h.http
+                .post(g.gw("/tickets/search"))
+                .bearer_auth(&g.token)
+                .header("content-type", "text/plain")
+                .header("content-type", "application/json")
+                .body("{}"),
+        )
+        .await;
+    assert_eq!(
+        (r.status.as_u16(), r.code()),
+        (400, "invalid_header"),
+        "{:?}",
+        r.body
+    );
+    // A form is decided as its fields and forwarded in canonical form.
+    let r =
+        g.h.send(
+            g.h.http
+                .post(g.gw("/tickets/search"))
+                .bearer_auth(&g.token)
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body("q=open+now&n=%31"),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(g.up.seen().last().unwrap().body, b"q=open%20now&n=1");
+    let events = g.events().await;
+    let last = events
+        .iter()
+        .rev()
+        .find(|e| e["kind"] == "decision")
+        .unwrap();
+    let form = mandate_core::CanonicalArgs::parse(
+        &json!({ "method": "POST", "path": {}, "query": {}, "body": { "q": "open now", "n": "1" }, "content_type": "application/x-www-form-urlencoded", "headers": {} }).to_string(),
+    )
+    .unwrap();
+    assert_eq!(last["data"]["args_digest"], form.digest());
+    assert_eq!(g.up.count(), 4);
 }
 
 #[tokio::test]

@@ -19,12 +19,43 @@ use crate::secrets::{RotationReport, SecretInfo};
 pub struct PutSecretRequest {
     /// The value (a token, an API key, or `user:password` for basic auth). Sealed at once,
     /// never returned, never logged.
-    #[schema(min_length = 1, max_length = 16384)]
+    #[schema(min_length = 8, max_length = 16384)]
+    #[serde(deserialize_with = "secret_string")]
     pub value: String,
     /// What it is for.
     #[serde(default)]
     #[schema(max_length = 256)]
     pub description: Option<String>,
+}
+
+/// A string, refused without echoing what was sent (serde's own messages quote the value).
+fn secret_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    struct V;
+    impl serde::de::Visitor<'_> for V {
+        type Value = String;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a string")
+        }
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<String, E> {
+            Ok(v.to_owned())
+        }
+        fn visit_string<E: serde::de::Error>(self, v: String) -> Result<String, E> {
+            Ok(v)
+        }
+        fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<String, E> {
+            Err(E::custom("value must be a string"))
+        }
+        fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<String, E> {
+            Err(E::custom("value must be a string"))
+        }
+        fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<String, E> {
+            Err(E::custom("value must be a string"))
+        }
+        fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<String, E> {
+            Err(E::custom("value must be a string"))
+        }
+    }
+    d.deserialize_any(V)
 }
 
 impl std::fmt::Debug for PutSecretRequest {

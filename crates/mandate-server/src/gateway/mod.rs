@@ -35,11 +35,11 @@ use crate::error::ApiError;
 /// Where the gateway is mounted.
 pub const PREFIX: &str = "/gw/";
 
-/// Request headers forwarded to every upstream (besides the ones an upstream adds).
+/// Request headers forwarded to every upstream (besides the ones an upstream adds). The
+/// body's `content-type` is forwarded as decided, separately.
 const FORWARDED: &[&str] = &[
     "accept",
     "accept-language",
-    "content-type",
     "if-match",
     "if-none-match",
     "if-modified-since",
@@ -47,6 +47,15 @@ const FORWARDED: &[&str] = &[
     "cache-control",
     "user-agent",
     "x-request-id",
+];
+
+/// Forwarded headers that change what a call does, so policy sees them (and an approval is
+/// bound to them) in `arguments.headers`, besides each upstream's own `forward_headers`.
+const DECIDED_HEADERS: &[&str] = &[
+    "if-match",
+    "if-none-match",
+    "if-modified-since",
+    "if-unmodified-since",
 ];
 
 /// Response headers never passed back (hop-by-hop, and lengths the redactor may change).
@@ -71,6 +80,26 @@ pub struct Gateway {
     agent_buckets: Mutex<Buckets>,
     task_buckets: Mutex<Buckets>,
     in_flight: Arc<tokio::sync::Semaphore>,
+    agent_in_flight: Arc<Mutex<HashMap<String, usize>>>,
+}
+
+/// One agent's call in flight: released when the response has been relayed.
+pub(crate) struct AgentSlot {
+    agent: String,
+    counts: Arc<Mutex<HashMap<String, usize>>>,
+    _global: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl Drop for AgentSlot {
+    fn drop(&mut self) {
+        let mut counts = lock(&self.counts);
+        if let Some(n) = counts.get_mut(&self.agent) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                counts.remove(&self.agent);
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for Gateway {
@@ -101,6 +130,17 @@ impl Gateway {
         for (name, u) in &config.upstreams {
             upstream::check_literal(&u.base, u.allow_private)
                 .map_err(|e| format!("upstream {name}: {e}"))?;
+            if let Some(h) = u.credential.as_ref().and_then(|c| c.header.as_ref()) {
+                let h = h.to_ascii_lowercase();
+                if FORWARDED.contains(&h.as_str())
+                    || u.forward_headers.contains(&h)
+                    || h == "content-type"
+                {
+                    return Err(format!(
+                        "upstream {name}: the credential header {h:?} is also a forwarded header: the agent could set it"
+                    ));
+                }
+            }
             clients.insert(
                 name.clone(),
                 upstream::client(
@@ -122,15 +162,58 @@ impl Gateway {
             agent_buckets: Mutex::new(Buckets::new(l.agent_rate_per_sec, l.agent_burst)),
             task_buckets: Mutex::new(Buckets::new(l.task_rate_per_sec, l.task_burst)),
             in_flight: Arc::new(tokio::sync::Semaphore::new(l.max_in_flight)),
+            agent_in_flight: Arc::default(),
             config,
         })
     }
 
     /// The gateway's routes, to merge into the server's router.
     pub fn router(self: Arc<Self>) -> Router {
+        if self.vault.is_some() {
+            // Vault values live no longer than their task: drop those of ended tasks.
+            let weak = Arc::downgrade(&self);
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(1));
+                loop {
+                    tick.tick().await;
+                    let Some(gw) = weak.upgrade() else { return };
+                    if let Some(v) = &gw.vault {
+                        let engine = &gw.engine;
+                        v.retain_live(
+                            |t| engine.live_get(t).is_some_and(|t| !t.is_ended()),
+                            engine.clock.now_ms(),
+                        );
+                    }
+                }
+            });
+        }
         Router::new()
             .route("/gw/{*rest}", axum::routing::any(proxy))
             .with_state(self)
+    }
+
+    /// A slot for one of `agent`'s calls, or 429 when it has too many in flight.
+    fn agent_slot(
+        &self,
+        agent: &str,
+        global: tokio::sync::OwnedSemaphorePermit,
+    ) -> Result<AgentSlot, ApiError> {
+        let max = self.config.limits.max_in_flight_per_agent;
+        let mut counts = lock(&self.agent_in_flight);
+        let n = counts.entry(agent.to_owned()).or_insert(0);
+        if *n >= max {
+            return Err(gw_error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_in_flight",
+                format!("this agent already has {max} calls in flight through the gateway"),
+            ));
+        }
+        *n += 1;
+        Ok(AgentSlot {
+            agent: agent.to_owned(),
+            counts: Arc::clone(&self.agent_in_flight),
+            _global: global,
+        })
     }
 
     /// Takes a token from the agent's and the task's buckets.
@@ -188,6 +271,12 @@ impl Gateway {
                 .map_err(unavailable)?
                 .ok_or_else(|| unavailable(format!("no secret named {:?}", c.secret)))?
         };
+        if value.expose().len() < mandate_gateway::redact::MIN_SECRET_LEN {
+            return Err(unavailable(format!(
+                "the secret is shorter than {} bytes, too short to redact reliably",
+                mandate_gateway::redact::MIN_SECRET_LEN
+            )));
+        }
         Ok(Some((c.kind, c.header.clone(), value)))
     }
 }
@@ -196,16 +285,86 @@ fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
-fn is_json(content_type: Option<&str>) -> bool {
-    content_type.is_some_and(|ct| {
-        let mime = ct
-            .split(';')
-            .next()
-            .unwrap_or_default()
-            .trim()
-            .to_ascii_lowercase();
-        mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"))
-    })
+fn mime_of(content_type: &str) -> String {
+    content_type
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase()
+}
+
+fn invalid_body(message: impl Into<String>) -> ApiError {
+    gw_error(StatusCode::BAD_REQUEST, "invalid_body", message)
+}
+
+/// How a body is decided (its value in `arguments.body`) and what is forwarded. A body
+/// that is JSON is decided and forwarded as canonical JSON whatever its content type says
+/// (an upstream that parses JSON regardless must not act on fields policy never saw); a
+/// form is decided as its fields and forwarded in canonical form; anything else is decided
+/// by digest and forwarded byte for byte.
+fn body_of(bytes: bytes::Bytes, mime: Option<&str>) -> Result<(Value, bytes::Bytes), ApiError> {
+    if bytes.is_empty() {
+        return Ok((Value::Null, bytes));
+    }
+    let text = std::str::from_utf8(&bytes).ok();
+    let declared_json = mime.is_some_and(|m| {
+        m == "application/json" || (m.starts_with("application/") && m.ends_with("+json"))
+    });
+    let is_json = text.is_some_and(|t| serde_json::from_str::<serde::de::IgnoredAny>(t).is_ok());
+    if declared_json || is_json {
+        let text = text.ok_or_else(|| invalid_body("the JSON body is not UTF-8"))?;
+        let body = CanonicalArgs::parse(text).map_err(|e| invalid_body(e.to_string()))?;
+        let canonical = bytes::Bytes::from(body.canonical().to_owned());
+        return Ok((body.value().clone(), canonical));
+    }
+    if mime == Some("application/x-www-form-urlencoded") {
+        let text = text.ok_or_else(|| invalid_body("the form body is not UTF-8"))?;
+        let form = CanonicalQuery::parse(text).map_err(|e| invalid_body(e.to_string()))?;
+        let canonical = bytes::Bytes::from(form.to_string());
+        return Ok((form.to_json(), canonical));
+    }
+    Ok((
+        json!({ "sha256": mandate_core::sha256_hex(&bytes), "length": bytes.len() }),
+        bytes,
+    ))
+}
+
+/// The request headers forwarded, each at most once (a repeated one could be read two
+/// ways), and the decided ones as policy sees them.
+fn forwarded_headers(
+    headers: &HeaderMap,
+    up: &Upstream,
+) -> Result<(Vec<(HeaderName, HeaderValue)>, Map<String, Value>), ApiError> {
+    let mut out = Vec::new();
+    let mut decided = Map::new();
+    for name in headers.keys() {
+        let n = name.as_str();
+        let extra = up.forward_headers.iter().any(|h| h == n);
+        if !(n == "content-type" || FORWARDED.contains(&n) || extra) {
+            continue;
+        }
+        let mut values = headers.get_all(name).iter();
+        let (Some(v), None) = (values.next(), values.next()) else {
+            return Err(gw_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_header",
+                format!("header {n} is repeated; send it once"),
+            ));
+        };
+        let text = v.to_str().map_err(|_| {
+            gw_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_header",
+                format!("header {n} is not visible ASCII"),
+            )
+        })?;
+        if extra || DECIDED_HEADERS.contains(&n) {
+            decided.insert(n.to_owned(), Value::String(text.to_owned()));
+        }
+        out.push((name.clone(), v.clone()));
+    }
+    Ok((out, decided))
 }
 
 /// What the request stands for, once canonical: the call to decide and what to forward.
@@ -280,7 +439,7 @@ async fn proxy(State(gw): State<Arc<Gateway>>, req: Request) -> Response {
 
 async fn handle(gw: &Arc<Gateway>, req: Request) -> Result<Response, ApiError> {
     let started = Instant::now();
-    let _permit = Arc::clone(&gw.in_flight).try_acquire_owned().map_err(|_| {
+    let permit = Arc::clone(&gw.in_flight).try_acquire_owned().map_err(|_| {
         gw_error(
             StatusCode::SERVICE_UNAVAILABLE,
             "gateway_busy",
@@ -297,9 +456,14 @@ async fn handle(gw: &Arc<Gateway>, req: Request) -> Result<Response, ApiError> {
     )?;
     // Rate limits apply to a verified identity only; a bad token is refused (and
     // audited) by the decide path below.
-    if let Ok(claims) = gw.engine.verify_task_token(&token) {
-        gw.rate_limit(&claims.sub, &claims.task_id)?;
-    }
+    let slot = match gw.engine.verify_task_token(&token) {
+        Ok(claims) => {
+            gw.rate_limit(&claims.sub, &claims.task_id)?;
+            Some(gw.agent_slot(&claims.sub, permit)?)
+        }
+        Err(_) => None,
+    };
+    let (forward_headers, decided_headers) = forwarded_headers(&parts.headers, parsed.upstream)?;
     let limits = &gw.config.limits;
     let declared_len = header_str(&parts.headers, "content-length")
         .map(|v| v.parse::<u64>())
@@ -337,7 +501,7 @@ async fn handle(gw: &Arc<Gateway>, req: Request) -> Result<Response, ApiError> {
         )
     })?
     .map_err(|_| too_large())?;
-    let content_type = header_str(&parts.headers, "content-type");
+    let mime = header_str(&parts.headers, "content-type").map(mime_of);
     let Parsed {
         upstream: up,
         route,
@@ -345,31 +509,10 @@ async fn handle(gw: &Arc<Gateway>, req: Request) -> Result<Response, ApiError> {
         query,
         mut args,
     } = parsed;
-    // JSON bodies are decided on, and forwarded as, their canonical form; other bodies by
-    // digest, forwarded byte for byte.
-    let forward_body: bytes::Bytes = if bytes.is_empty() {
-        args.insert("body".into(), Value::Null);
-        bytes
-    } else if is_json(content_type) {
-        let text = std::str::from_utf8(&bytes).map_err(|_| {
-            gw_error(
-                StatusCode::BAD_REQUEST,
-                "invalid_body",
-                "the JSON body is not UTF-8",
-            )
-        })?;
-        let body = CanonicalArgs::parse(text)
-            .map_err(|e| gw_error(StatusCode::BAD_REQUEST, "invalid_body", e.to_string()))?;
-        let canonical = bytes::Bytes::from(body.canonical().to_owned());
-        args.insert("body".into(), body.value().clone());
-        canonical
-    } else {
-        args.insert(
-            "body".into(),
-            json!({ "sha256": mandate_core::sha256_hex(&bytes), "length": bytes.len(), "content_type": content_type }),
-        );
-        bytes
-    };
+    let (body, forward_body) = body_of(bytes, mime.as_deref())?;
+    args.insert("body".into(), body);
+    args.insert("content_type".into(), json!(mime));
+    args.insert("headers".into(), Value::Object(decided_headers));
     let approval_id = header_str(&parts.headers, "x-mandate-approval-id").map(str::to_owned);
     let wait_secs = header_str(&parts.headers, "x-mandate-approval-wait")
         .map(str::parse::<u64>)
@@ -427,11 +570,8 @@ async fn handle(gw: &Arc<Gateway>, req: Request) -> Result<Response, ApiError> {
         .get(&up.name)
         .ok_or_else(|| ApiError::internal("no client for upstream"))?;
     let mut out = client.request(parts.method.clone(), url);
-    for (name, value) in &parts.headers {
-        let n = name.as_str();
-        if FORWARDED.contains(&n) || up.forward_headers.iter().any(|h| h == n) {
-            out = out.header(name, value);
-        }
+    for (name, value) in forward_headers {
+        out = out.header(name, value);
     }
     if let Some((kind, header_name, value)) = credential {
         let (name, v) = match kind {
@@ -472,7 +612,10 @@ async fn handle(gw: &Arc<Gateway>, req: Request) -> Result<Response, ApiError> {
     if let Some(v) = &gw.vault {
         redact_forms.push(v.token().clone());
     }
-    out = out.header("x-mandate-decision-id", d.decision_id.as_str());
+    // An encoded answer would hide an echoed credential from the redactor.
+    out = out
+        .header(header::ACCEPT_ENCODING, "identity")
+        .header("x-mandate-decision-id", d.decision_id.as_str());
     if !forward_body.is_empty() {
         out = out.body(forward_body);
     }
@@ -484,6 +627,7 @@ async fn handle(gw: &Arc<Gateway>, req: Request) -> Result<Response, ApiError> {
         tool: route.tool.to_string(),
         untrusted: up.untrusted,
         started,
+        _slot: slot,
     };
     let res = tokio::time::timeout(
         Duration::from_secs(limits.upstream_timeout_secs),
@@ -537,18 +681,29 @@ async fn handle(gw: &Arc<Gateway>, req: Request) -> Result<Response, ApiError> {
     let mut headers = HeaderMap::new();
     let mut header_redactor = redactor.clone();
     let mut redacted_header = false;
+    let connection_named: Vec<String> = res
+        .headers()
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|v| v.trim().to_ascii_lowercase())
+        .collect();
     for (name, value) in res.headers() {
-        if DROPPED_RESPONSE.contains(&name.as_str()) {
+        let n = name.as_str();
+        // Only Mandate speaks `x-mandate-*` to the agent.
+        if DROPPED_RESPONSE.contains(&n)
+            || n.starts_with("x-mandate-")
+            || connection_named.iter().any(|c| c == n)
+        {
             continue;
         }
         let clean = header_redactor.redact_all(value.as_bytes());
-        let value = if header_redactor.found() && !redacted_header {
+        let value = if clean.as_slice() == value.as_bytes() {
+            value.clone()
+        } else {
             redacted_header = true;
             HeaderValue::from_bytes(&clean).unwrap_or(HeaderValue::from_static("[REDACTED]"))
-        } else if clean.as_slice() != value.as_bytes() {
-            HeaderValue::from_bytes(&clean).unwrap_or(HeaderValue::from_static("[REDACTED]"))
-        } else {
-            value.clone()
         };
         headers.append(HeaderName::from(name), value);
     }
@@ -560,7 +715,7 @@ async fn handle(gw: &Arc<Gateway>, req: Request) -> Result<Response, ApiError> {
         res.bytes_stream(),
         redactor,
         limits.max_response_bytes,
-        relay_ctx.with_status(status.as_u16(), header_redactor.found()),
+        relay_ctx.with_status(status.as_u16(), redacted_header),
     );
     let mut response = Response::new(Body::from_stream(body));
     *response.status_mut() = status;

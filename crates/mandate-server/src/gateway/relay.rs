@@ -23,6 +23,8 @@ pub struct Context {
     pub tool: String,
     pub untrusted: bool,
     pub started: Instant,
+    /// The agent's in-flight slot, held until the response has been relayed.
+    pub _slot: Option<super::AgentSlot>,
 }
 
 /// The context once the upstream answered.

@@ -50,8 +50,8 @@ impl Vault {
             ),
             None => env_token.ok_or("no vault token: set token_file in [vault] or VAULT_TOKEN")?,
         };
-        if token.expose().is_empty() {
-            return Err("the vault token is empty".into());
+        if token.expose().len() < mandate_gateway::redact::MIN_SECRET_LEN {
+            return Err("the vault token is empty or too short to redact reliably".into());
         }
         Ok(Self {
             address,
@@ -88,10 +88,13 @@ impl Vault {
             }
             cache.retain(|_, (end, _)| *end > now_ms);
         }
-        let url = self
-            .address
-            .join(&r.api_path())
-            .map_err(|e| format!("vault url: {e}"))?;
+        // Keep a path prefix of the address (a Vault behind a reverse proxy).
+        let mut url = self.address.clone();
+        url.set_path(&format!(
+            "{}{}",
+            self.address.path().trim_end_matches('/'),
+            r.api_path()
+        ));
         let token =
             std::str::from_utf8(self.token.expose()).map_err(|_| "vault token is not UTF-8")?;
         let res = self
@@ -124,9 +127,14 @@ impl Vault {
         Ok(v)
     }
 
-    /// Forgets every value cached for a task (called when its call finds it ended).
+    /// Forgets every value cached for a task that has ended, and every expired one.
     pub fn forget_task(&self, task_id: &str) {
         crate::engine::lock(&self.cache).retain(|(t, _), _| t != task_id);
+    }
+
+    /// Drops the values of tasks that are no longer live (called by the gateway's sweep).
+    pub fn retain_live(&self, live: impl Fn(&str) -> bool, now_ms: i64) {
+        crate::engine::lock(&self.cache).retain(|(t, _), (end, _)| *end > now_ms && live(t));
     }
 }
 
