@@ -330,12 +330,15 @@ fn body_of(bytes: bytes::Bytes, mime: Option<&str>) -> Result<(Value, bytes::Byt
     ))
 }
 
+/// Headers on their way upstream.
+type Headers = Vec<(HeaderName, HeaderValue)>;
+
 /// The request headers forwarded, each at most once (a repeated one could be read two
 /// ways), and the decided ones as policy sees them.
 fn forwarded_headers(
     headers: &HeaderMap,
     up: &Upstream,
-) -> Result<(Vec<(HeaderName, HeaderValue)>, Map<String, Value>), ApiError> {
+) -> Result<(Headers, Map<String, Value>), ApiError> {
     let mut out = Vec::new();
     let mut decided = Map::new();
     for name in headers.keys() {
