@@ -135,6 +135,18 @@ pub enum EventKind {
     /// and whether a secret had to be redacted from the response.
     #[serde(rename = "gateway.result")]
     GatewayResult,
+    /// MCP tool definitions were pinned on first sight.
+    #[serde(rename = "tool.pinned")]
+    ToolPinned,
+    /// An MCP server showed a new, changed or shadowing tool: held until approved.
+    #[serde(rename = "tool.changed")]
+    ToolChanged,
+    /// An admin approved a held tool definition.
+    #[serde(rename = "tool.approved")]
+    ToolApproved,
+    /// An MCP request that is not a tool call (listing, reading a resource, a prompt).
+    #[serde(rename = "mcp.request")]
+    McpRequest,
 }
 
 impl EventKind {
@@ -178,6 +190,10 @@ impl EventKind {
             Self::SecretDeleted => "secret.deleted",
             Self::SecretsResealed => "secrets.resealed",
             Self::GatewayResult => "gateway.result",
+            Self::ToolPinned => "tool.pinned",
+            Self::ToolChanged => "tool.changed",
+            Self::ToolApproved => "tool.approved",
+            Self::McpRequest => "mcp.request",
         }
     }
 }

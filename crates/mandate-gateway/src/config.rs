@@ -34,6 +34,9 @@ pub struct RawGatewayConfig {
     /// Routes.
     #[serde(default, rename = "route")]
     pub routes: Vec<RawRoute>,
+    /// MCP servers, reached at `/mcp/<name>`.
+    #[serde(default, rename = "mcp_server")]
+    pub mcp_servers: Vec<crate::mcp::RawMcpServer>,
 }
 
 /// A HashiCorp Vault / OpenBao server holding KV v2 secrets.
@@ -205,6 +208,8 @@ pub struct GatewayConfig {
     pub vault: Option<VaultConfig>,
     /// Upstreams by name.
     pub upstreams: BTreeMap<String, Upstream>,
+    /// MCP servers by name.
+    pub mcp_servers: BTreeMap<String, crate::mcp::McpServer>,
 }
 
 /// Headers that may never be configured for forwarding: credentials, hop-by-hop, and
@@ -277,10 +282,19 @@ impl GatewayConfig {
             };
             up.routes.push(route(r)?);
         }
+        let mut mcp_servers = BTreeMap::new();
+        for m in raw.mcp_servers {
+            let m = crate::mcp::validate(m)?;
+            if mcp_servers.contains_key(&m.name) {
+                return Err(err(format!("mcp_server {:?} is defined twice", m.name)));
+            }
+            mcp_servers.insert(m.name.clone(), m);
+        }
         Ok(Self {
             limits: raw.limits,
             vault: raw.vault,
             upstreams,
+            mcp_servers,
         })
     }
 }

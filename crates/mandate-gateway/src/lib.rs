@@ -11,6 +11,7 @@
 
 pub mod config;
 pub mod guard;
+pub mod mcp;
 pub mod path;
 pub mod ratelimit;
 pub mod redact;

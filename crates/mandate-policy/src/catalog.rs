@@ -62,6 +62,9 @@ pub struct ToolEntry {
     /// It can destroy data.
     #[serde(default)]
     pub destructive: bool,
+    /// What agents are told the tool does, instead of what its server says (MCP).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -248,6 +248,8 @@ pub struct Engine {
     pub(crate) http: reqwest::Client,
     /// Sealed upstream credentials.
     pub(crate) secrets: crate::secrets::SecretStore,
+    /// Pinned MCP tool definitions.
+    pub(crate) pins: crate::mcp::pins::Pins,
 }
 
 /// What a policy reload did.
@@ -375,6 +377,7 @@ impl Engine {
             config.data_dir.clone(),
         )
         .await?;
+        let pins = crate::mcp::pins::Pins::load(Arc::clone(&store), Arc::clone(&clock)).await?;
 
         let engine = Arc::new(Self {
             task_cache: VerifiedCache::new(config.limits.token_cache_capacity),
@@ -395,6 +398,7 @@ impl Engine {
             approval_changes: tokio::sync::broadcast::channel(1024).0,
             http: crate::webhook::client().map_err(|e| format!("webhook client: {e}"))?,
             secrets,
+            pins,
         });
         engine.load_live_tasks().await?;
         // Policies may have changed while the server was down: re-decide every live task

@@ -72,6 +72,10 @@ impl Server {
         } = Engine::open(config, issuer.clone(), store).await?;
         let mut app = crate::api::router(Arc::clone(&engine));
         if let Some(gc) = engine.config.gateway.clone() {
+            if !gc.mcp_servers.is_empty() {
+                let mcp = crate::mcp::McpGateway::new(Arc::clone(&engine), gc.mcp_servers.clone())?;
+                app = app.merge(Arc::new(mcp).router());
+            }
             let gw = crate::gateway::Gateway::new(
                 Arc::clone(&engine),
                 gc,

@@ -264,6 +264,14 @@ impl Store for BreakableStore {
         self.check()?;
         self.inner.reseal_secrets(r, e).await
     }
+    async fn tool_pins(&self) -> StoreResult<Vec<mandate_store::ToolPin>> {
+        self.check()?;
+        self.inner.tool_pins().await
+    }
+    async fn put_tool_pins(&self, p: &[mandate_store::ToolPin], e: NewEvent) -> StoreResult<()> {
+        self.check()?;
+        self.inner.put_tool_pins(p, e).await
+    }
 }
 
 #[tokio::test]

@@ -18,7 +18,7 @@ use mandate_core::{AgentName, AgentStatus, ApprovalState, Grant, TaskState};
 
 pub use records::{
     AgentRecord, ApprovalRecord, ApprovalVote, ApproverGroup, ApproverRecord, BreakGlassRecord,
-    BreakGlassReview, JoinTokenRecord, KeyRow, SecretRecord, TaskRecord, VoteOutcome,
+    BreakGlassReview, JoinTokenRecord, KeyRow, SecretRecord, TaskRecord, ToolPin, VoteOutcome,
 };
 pub use sqlite::SqliteStore;
 
@@ -256,4 +256,9 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         resealed: &[(SecretRecord, i64)],
         event: NewEvent,
     ) -> StoreResult<()>;
+    /// Every pinned MCP tool definition.
+    async fn tool_pins(&self) -> StoreResult<Vec<ToolPin>>;
+    /// Records pins (first sight, a change, an approval), with one event, in one
+    /// transaction.
+    async fn put_tool_pins(&self, pins: &[ToolPin], event: NewEvent) -> StoreResult<()>;
 }

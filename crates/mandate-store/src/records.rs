@@ -254,3 +254,27 @@ pub struct SecretRecord {
     /// Last replaced or re-sealed (unix ms).
     pub updated_at_ms: i64,
 }
+
+/// A pinned MCP tool definition. A tool is callable only while `status` is `approved` and
+/// the definition the server shows hashes to `approved_digest`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ToolPin {
+    /// The MCP server.
+    pub server: String,
+    /// The tool's name on that server.
+    pub tool: String,
+    /// Digest of the definition last seen.
+    pub digest: String,
+    /// Digest of the definition an admin (or first sight) approved.
+    pub approved_digest: Option<String>,
+    /// The definition last seen (name, description, input schema), as JSON text.
+    pub definition: String,
+    /// `approved` or `pending`.
+    pub status: String,
+    /// Why it is pending (`new`, `changed`, `shadows <server>`), or how it was approved.
+    pub reason: String,
+    /// Who approved it (`first-sight` for the initial pin).
+    pub decided_by: Option<String>,
+    /// Last changed (unix ms).
+    pub updated_at_ms: i64,
+}

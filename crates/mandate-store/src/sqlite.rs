@@ -17,7 +17,7 @@ use sqlx::{AssertSqlSafe, Row, Sqlite, Transaction};
 use crate::{
     AgentRecord, ApprovalRecord, ApprovalVote, ApproverGroup, ApproverRecord, BreakGlassRecord,
     BreakGlassReview, JoinTokenRecord, KeyRow, SecretRecord, Store, StoreError, StoreResult,
-    TaskRecord, VoteOutcome,
+    TaskRecord, ToolPin, VoteOutcome,
 };
 
 /// Versioned migrations, applied in order, each in its own transaction.
@@ -29,8 +29,14 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../migrations/0002_approvals.sql"),
     ),
     (3, "secrets", include_str!("../migrations/0003_secrets.sql")),
+    (
+        4,
+        "tool_pins",
+        include_str!("../migrations/0004_tool_pins.sql"),
+    ),
 ];
 
+mod pins;
 mod secrets;
 
 /// The database file inside the data directory.
@@ -1137,6 +1143,14 @@ impl Store for SqliteStore {
         event: NewEvent,
     ) -> StoreResult<()> {
         secrets::reseal(self, resealed, event).await
+    }
+
+    async fn tool_pins(&self) -> StoreResult<Vec<ToolPin>> {
+        pins::all(self).await
+    }
+
+    async fn put_tool_pins(&self, pins: &[ToolPin], event: NewEvent) -> StoreResult<()> {
+        pins::put(self, pins, event).await
     }
 }
 

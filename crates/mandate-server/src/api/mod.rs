@@ -8,6 +8,7 @@ mod extract;
 mod ops;
 mod secrets;
 mod tasks;
+mod tools;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -196,6 +197,7 @@ fn item_has_path_params(op: &utoipa::openapi::path::Operation) -> bool {
         authzen::evaluation, authzen::evaluations, authzen::configuration,
         ops::decide, ops::verify_audit, ops::task_events, ops::policies, ops::reload_policies, ops::rotate_keys,
         secrets::put_secret, secrets::list_secrets, secrets::delete_secret, secrets::rotate_secrets,
+        tools::list_pins, tools::approve_tool,
         ops::jwks, ops::openid_configuration, healthz, readyz, openapi_json,
     ),
     components(schemas(ErrorBody)),
@@ -309,6 +311,8 @@ pub fn router(engine: Arc<Engine>) -> Router {
         .route("/v1/policies", get(ops::policies))
         .route("/v1/policies/reload", post(ops::reload_policies))
         .route("/v1/keys/rotate", post(ops::rotate_keys))
+        .route("/v1/tools/pins", get(tools::list_pins))
+        .route("/v1/tools/approve", post(tools::approve_tool))
         .route("/v1/secrets", get(secrets::list_secrets))
         .route("/v1/secrets/rotate", post(secrets::rotate_secrets))
         .route(

@@ -8,6 +8,8 @@ mod relay;
 mod upstream;
 pub mod vault;
 
+pub(crate) use upstream::{check_literal, client};
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};

@@ -1,0 +1,235 @@
+//! The MCP gateway: Mandate is an MCP server to the agent (`/mcp/<server>`, streamable
+//! HTTP, rmcp) and an MCP client to the real servers (remote over streamable HTTP, or a
+//! local process over stdio started with a clean environment). Listings are filtered to the
+//! task's grant and to pinned definitions; every `tools/call`, `resources/read` and
+//! `prompts/get` is decided on the shared decide path with its arguments before it is
+//! forwarded. The agent's token never reaches a server.
+
+pub mod pins;
+mod proxy;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use mandate_gateway::CredentialKind;
+use mandate_gateway::mcp::{McpServer, McpTransport};
+use rmcp::ServiceExt as _;
+use rmcp::service::{RoleClient, RunningService};
+use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
+use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
+
+use crate::engine::Engine;
+use crate::error::ApiError;
+
+type Upstream = RunningService<RoleClient, ()>;
+
+/// The MCP side of the gateway.
+pub struct McpGateway {
+    engine: Arc<Engine>,
+    servers: BTreeMap<String, McpServer>,
+    upstreams: tokio::sync::Mutex<HashMap<String, Arc<Upstream>>>,
+    http: HashMap<String, reqwest::Client>,
+}
+
+impl std::fmt::Debug for McpGateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("McpGateway")
+            .field("servers", &self.servers.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+impl McpGateway {
+    /// The MCP servers of the gateway configuration.
+    pub fn new(engine: Arc<Engine>, servers: BTreeMap<String, McpServer>) -> Result<Self, String> {
+        let mut http = HashMap::new();
+        for (name, s) in &servers {
+            if let McpTransport::Remote(url) = &s.transport {
+                crate::gateway::check_literal(url, s.allow_private)
+                    .map_err(|e| format!("mcp_server {name}: {e}"))?;
+                http.insert(
+                    name.clone(),
+                    crate::gateway::client(
+                        s.allow_private,
+                        Duration::from_secs(5),
+                        Duration::from_secs(300),
+                    )?,
+                );
+            }
+        }
+        Ok(Self {
+            engine,
+            servers,
+            upstreams: tokio::sync::Mutex::new(HashMap::new()),
+            http,
+        })
+    }
+
+    /// A live client session with `server`, connecting (or reconnecting) as needed.
+    async fn upstream(&self, server: &McpServer) -> Result<Arc<Upstream>, String> {
+        let mut map = self.upstreams.lock().await;
+        if let Some(u) = map.get(&server.name)
+            && !u.is_closed()
+        {
+            return Ok(Arc::clone(u));
+        }
+        let running = match &server.transport {
+            McpTransport::Remote(url) => {
+                use rmcp::transport::StreamableHttpClientTransport;
+                use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+                let mut cfg = StreamableHttpClientTransportConfig::with_uri(url.as_str());
+                if let Some(c) = &server.credential {
+                    let v = self.secret(&c.secret).await?;
+                    let text = String::from_utf8(v.expose().to_vec())
+                        .map_err(|_| "credential is not UTF-8")?;
+                    match c.kind {
+                        CredentialKind::Bearer => cfg = cfg.auth_header(text),
+                        CredentialKind::Header | CredentialKind::Basic => {
+                            let (name, value) = match c.kind {
+                                CredentialKind::Header => {
+                                    (c.header.clone().unwrap_or_default(), text)
+                                }
+                                _ => {
+                                    use base64::Engine as _;
+                                    (
+                                        "authorization".to_owned(),
+                                        format!(
+                                            "Basic {}",
+                                            base64::engine::general_purpose::STANDARD.encode(text)
+                                        ),
+                                    )
+                                }
+                            };
+                            let mut headers = HashMap::new();
+                            let mut hv = HeaderValue::from_str(&value)
+                                .map_err(|_| "credential is not a header value")?;
+                            hv.set_sensitive(true);
+                            headers.insert(
+                                axum::http::HeaderName::from_bytes(name.as_bytes())
+                                    .map_err(|_| "bad header name")?,
+                                hv,
+                            );
+                            cfg = cfg.custom_headers(headers);
+                        }
+                    }
+                }
+                let client = self.http.get(&server.name).cloned().ok_or("no client")?;
+                let transport = StreamableHttpClientTransport::with_client(client, cfg);
+                ().serve(transport)
+                    .await
+                    .map_err(|e| format!("cannot reach mcp server {}: {e}", server.name))?
+            }
+            McpTransport::Stdio { command, env } => {
+                let (program, args) = command.split_first().ok_or("empty command")?;
+                let mut cmd = tokio::process::Command::new(program);
+                cmd.args(args)
+                    .env_clear()
+                    .stderr(std::process::Stdio::null());
+                for (var, secret) in env {
+                    let v = self.secret(secret).await?;
+                    let text = String::from_utf8(v.expose().to_vec())
+                        .map_err(|_| "secret is not UTF-8")?;
+                    cmd.env(var, text);
+                }
+                let child = rmcp::transport::TokioChildProcess::new(cmd)
+                    .map_err(|e| format!("cannot start mcp server {}: {e}", server.name))?;
+                ().serve(child)
+                    .await
+                    .map_err(|e| format!("mcp server {} did not initialise: {e}", server.name))?
+            }
+        };
+        let running = Arc::new(running);
+        map.insert(server.name.clone(), Arc::clone(&running));
+        Ok(running)
+    }
+
+    async fn secret(&self, name: &str) -> Result<mandate_gateway::SecretValue, String> {
+        self.engine
+            .secrets
+            .open_value(name)
+            .await?
+            .ok_or_else(|| format!("no secret named {name:?}"))
+    }
+
+    /// `/mcp/<server>` for every server, and their RFC 9728 protected-resource metadata.
+    pub fn router(self: Arc<Self>) -> Router {
+        let mut router = Router::new();
+        let limit = self.engine.config.limits.max_body_bytes;
+        for name in self.servers.keys() {
+            let gw = Arc::clone(&self);
+            let server = name.clone();
+            let config = StreamableHttpServerConfig::default();
+            let service: StreamableHttpService<proxy::ProxyHandler, LocalSessionManager> =
+                StreamableHttpService::new(
+                    move || Ok(proxy::ProxyHandler::new(Arc::clone(&gw), server.clone())),
+                    Default::default(),
+                    config,
+                );
+            let path = format!("/mcp/{name}");
+            let guarded = Router::new()
+                .nest_service(&path, service)
+                .layer(axum::middleware::from_fn_with_state(
+                    (Arc::clone(&self), name.clone()),
+                    authenticate,
+                ))
+                .layer(tower_http::limit::RequestBodyLimitLayer::new(limit));
+            router = router.merge(guarded).route(
+                &format!("/.well-known/oauth-protected-resource/mcp/{name}"),
+                axum::routing::get(resource_metadata).with_state((Arc::clone(&self), name.clone())),
+            );
+        }
+        router
+    }
+}
+
+type ServerState = State<(Arc<McpGateway>, String)>;
+
+/// RFC 9728 protected-resource metadata: where the bearer token comes from.
+async fn resource_metadata(State((gw, server)): ServerState) -> impl IntoResponse {
+    let issuer = &gw.engine.issuer;
+    axum::Json(serde_json::json!({
+        "resource": format!("{issuer}/mcp/{server}"),
+        "authorization_servers": [issuer],
+        "bearer_methods_supported": ["header"],
+        "resource_name": format!("Mandate MCP gateway for {server}"),
+        "resource_documentation": format!("{issuer}/openapi.json"),
+        "mandate_token_endpoint": format!("{issuer}/v1/tasks"),
+    }))
+}
+
+/// A request without a verifiable task token gets 401 pointing at the metadata; the
+/// task's state is checked per request inside, so a call after the task ended gets an MCP
+/// error rather than a transport failure.
+async fn authenticate(State((gw, server)): ServerState, req: Request, next: Next) -> Response {
+    let token = crate::api::bearer_token(req.headers());
+    let ok = token
+        .as_ref()
+        .is_ok_and(|t| gw.engine.verify_task_token(t).is_ok());
+    if ok {
+        return next.run(req).await;
+    }
+    let code = match token {
+        Err(e) => e.code,
+        Ok(_) => "token_invalid",
+    };
+    let mut res = ApiError::new(
+        StatusCode::UNAUTHORIZED,
+        code,
+        "send `Authorization: Bearer <task token>` (start a task: POST /v1/tasks)",
+    )
+    .into_response();
+    let meta = format!(
+        "Bearer resource_metadata=\"{}/.well-known/oauth-protected-resource/mcp/{server}\", error=\"invalid_token\"",
+        gw.engine.issuer
+    );
+    if let Ok(v) = HeaderValue::from_str(&meta) {
+        res.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+    }
+    res
+}

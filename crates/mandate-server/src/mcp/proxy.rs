@@ -1,0 +1,476 @@
+//! One agent session's MCP server: each request is authenticated with its own bearer
+//! token, decided, and only then sent to the real server.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use mandate_audit::{EventKind, NewEvent};
+use mandate_core::{ActionClass, CanonicalArgs, ToolName};
+use mandate_gateway::mcp::{McpServer, McpTransport};
+use mandate_policy::Outcome;
+use rmcp::model::{
+    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, GetPromptRequestParams,
+    GetPromptResponse, ListToolsResult, PaginatedRequestParams, ReadResourceRequestParams,
+    ReadResourceResponse, ServerCapabilities, ServerConfig, Tool,
+};
+use rmcp::service::{RequestContext, RoleServer};
+use rmcp::{ErrorData, ServerHandler};
+use serde_json::{Value, json};
+
+use super::McpGateway;
+use super::pins::{Definition, Verdict};
+use crate::api::{DecideRequest, decide_one};
+use crate::engine::LiveTask;
+use crate::error::ApiError;
+
+/// `_meta` key naming an approval for exactly this call.
+pub const APPROVAL_META: &str = "mandate/approval_id";
+/// `_meta` key: wait up to this many seconds for the call's approval.
+pub const WAIT_META: &str = "mandate/approval_wait_secs";
+
+pub struct ProxyHandler {
+    gw: Arc<McpGateway>,
+    server: String,
+}
+
+impl ProxyHandler {
+    pub fn new(gw: Arc<McpGateway>, server: String) -> Self {
+        Self { gw, server }
+    }
+
+    fn config(&self) -> Result<&McpServer, ErrorData> {
+        self.gw
+            .servers
+            .get(&self.server)
+            .ok_or_else(|| ErrorData::internal_error("unknown mcp server", None))
+    }
+
+    /// The request's own task token (each request carries it; a session is not a grant).
+    fn token(ctx: &RequestContext<RoleServer>) -> Result<String, ErrorData> {
+        ctx.extensions
+            .get::<axum::http::request::Parts>()
+            .ok_or_else(|| ErrorData::invalid_request("no HTTP request", None))
+            .and_then(|p| {
+                crate::api::bearer_token(&p.headers).map_err(|e| {
+                    ErrorData::invalid_request(e.message, Some(json!({ "code": e.code })))
+                })
+            })
+    }
+
+    fn task(&self, token: &str) -> Result<Arc<LiveTask>, ErrorData> {
+        self.gw
+            .engine
+            .task_for_token(token)
+            .map_err(|r| refusal(&r.error))
+    }
+
+    async fn audit(&self, task: &LiveTask, kind: EventKind, data: Value) -> Result<(), ErrorData> {
+        let ev = NewEvent {
+            ts_ms: self.gw.engine.clock.now_ms(),
+            kind,
+            agent: Some(task.agent.to_string()),
+            task_id: Some(task.id.clone()),
+            data,
+        };
+        self.gw
+            .engine
+            .audit
+            .append(ev)
+            .await
+            .map(|_| ())
+            .map_err(|_| ErrorData::internal_error("audit unavailable: refused", None))
+    }
+
+    /// What the server lists, pinned, with each tool's verdict.
+    async fn listing(&self) -> Result<Vec<(Tool, Verdict)>, ErrorData> {
+        let server = self.config()?;
+        let up = self.gw.upstream(server).await.map_err(upstream_err)?;
+        let tools = up
+            .list_all_tools()
+            .await
+            .map_err(|e| upstream_err(format!("tools/list failed: {e}")))?;
+        let defs: Vec<Definition> = tools
+            .iter()
+            .map(|t| Definition {
+                name: t.name.to_string(),
+                description: t.description.as_ref().map(ToString::to_string),
+                input_schema: Value::Object((*t.input_schema).clone()),
+            })
+            .collect();
+        let verdicts = self
+            .gw
+            .engine
+            .pins
+            .observe(&self.server, &defs)
+            .await
+            .map_err(|_| ErrorData::internal_error("could not record tool pins: refused", None))?;
+        Ok(tools
+            .into_iter()
+            .map(|t| {
+                let v = verdicts
+                    .get(t.name.as_ref())
+                    .cloned()
+                    .unwrap_or(Verdict::Held("unrecorded".into()));
+                (t, v)
+            })
+            .collect())
+    }
+
+    fn policy_tool(&self, name: &str) -> Result<ToolName, ErrorData> {
+        ToolName::parse(&format!("{}.{name}", self.server)).map_err(|_| {
+            ErrorData::invalid_params(
+                format!("tool name {name:?} cannot be governed: refused"),
+                None,
+            )
+        })
+    }
+
+    /// The action class: from the trusted catalog, else from annotations of a trusted
+    /// server, else `write` (the cautious default).
+    fn action_of(&self, tool: &ToolName, def: Option<&Tool>) -> ActionClass {
+        if let Some(e) = self.gw.engine.bundle().catalog().get(tool) {
+            return if e.destructive {
+                ActionClass::Delete
+            } else if e.read_only {
+                ActionClass::Read
+            } else {
+                ActionClass::Write
+            };
+        }
+        let trusted = self.config().is_ok_and(|s| s.trusted);
+        match def.and_then(|d| d.annotations.as_ref()).filter(|_| trusted) {
+            Some(a) if a.destructive_hint == Some(true) => ActionClass::Delete,
+            Some(a) if a.read_only_hint == Some(true) => ActionClass::Read,
+            _ => ActionClass::Write,
+        }
+    }
+
+    fn destination(&self) -> Option<mandate_core::Destination> {
+        match &self.config().ok()?.transport {
+            McpTransport::Remote(url) => mandate_gateway::config::destination_of(url),
+            McpTransport::Stdio { .. } => None,
+        }
+    }
+
+    /// Decides one MCP request as a call. `Ok(None)` when allowed; `Ok(Some(result))` is the
+    /// tool error to give the agent (denied or held).
+    async fn decide(
+        &self,
+        token: &str,
+        tool: ToolName,
+        action: ActionClass,
+        resource: &str,
+        arguments: Value,
+        meta: Option<&serde_json::Map<String, Value>>,
+    ) -> Result<Result<crate::api::DecideResponse, CallToolResult>, ErrorData> {
+        let args = CanonicalArgs::parse(&arguments.to_string())
+            .map_err(|e| ErrorData::invalid_params(e.to_string(), None))?;
+        let approval_id = meta
+            .and_then(|m| m.get(APPROVAL_META))
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+        let wait_secs = meta.and_then(|m| m.get(WAIT_META)).and_then(Value::as_u64);
+        let call = DecideRequest {
+            tool,
+            action,
+            resource: Some(resource.to_owned()),
+            arguments: Some(args),
+            destination: self.destination(),
+            data_domain: None,
+            sensitivity: None,
+            approval_id,
+            wait_secs,
+        };
+        let d = decide_one(&self.gw.engine, token, call)
+            .await
+            .map_err(|e| refusal(&e))?;
+        if d.outcome == Outcome::Allow {
+            return Ok(Ok(d));
+        }
+        let text = match (&d.outcome, &d.approval) {
+            (Outcome::ApprovalRequired, Some(a)) => format!(
+                "approval required: {}. A human must approve {} (mandate approvals approve {}); then repeat exactly this call with _meta {{\"{APPROVAL_META}\": \"{}\"}}.",
+                d.reasons.join("; "),
+                a.id,
+                a.id,
+                a.id
+            ),
+            _ => format!("denied by policy: {}", d.reasons.join("; ")),
+        };
+        let mut r = CallToolResult::error(vec![ContentBlock::text(text)]);
+        r.structured_content = Some(json!({ "mandate": {
+            "outcome": d.outcome, "decision_id": d.decision_id, "policies": d.policies,
+            "approval": d.approval,
+            "approval_url": d.approval.as_ref().map(|a| format!("{}/v1/approvals/{}", self.gw.engine.issuer, a.id)),
+        }}));
+        Ok(Err(r))
+    }
+
+    /// Records what the server answered to an allowed request.
+    async fn result(
+        &self,
+        task: &LiveTask,
+        decision: &str,
+        what: &str,
+        size: usize,
+        error: Option<String>,
+        started: Instant,
+    ) {
+        let untrusted = self.config().is_ok_and(|s| s.untrusted_content) && error.is_none();
+        self.gw.engine.record_result(task, size as u64, untrusted);
+        let ev = NewEvent {
+            ts_ms: self.gw.engine.clock.now_ms(),
+            kind: EventKind::GatewayResult,
+            agent: Some(task.agent.to_string()),
+            task_id: Some(task.id.clone()),
+            data: json!({
+                "protocol": "mcp", "decision_id": decision, "upstream": self.server, "request": what,
+                "bytes_returned": size, "untrusted_content": untrusted, "error": error,
+                "duration_us": u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+            }),
+        };
+        let audit = self.gw.engine.audit.clone();
+        tokio::spawn(async move {
+            if audit.append(ev).await.is_err() {
+                tracing::error!("could not record an mcp result");
+            }
+        });
+    }
+}
+
+fn refusal(e: &ApiError) -> ErrorData {
+    let data = Some(json!({ "code": e.code, "status": e.status.as_u16() }));
+    match e.status.as_u16() {
+        401 | 403 | 404 | 409 | 413 | 422 | 429 => {
+            ErrorData::invalid_request(format!("{}: {}", e.code, e.message), data)
+        }
+        _ => ErrorData::internal_error(format!("{}: refused", e.code), data),
+    }
+}
+
+fn upstream_err(e: String) -> ErrorData {
+    tracing::warn!(error = %e, "mcp upstream failed");
+    ErrorData::internal_error("the MCP server is unavailable: nothing was forwarded", None)
+}
+
+impl ServerHandler for ProxyHandler {
+    fn get_info(&self) -> ServerConfig {
+        ServerConfig::new(
+            ServerCapabilities::builder()
+                .enable_tools()
+                .enable_resources()
+                .enable_prompts()
+                .build(),
+        )
+        .with_instructions(format!(
+            "Mandate MCP gateway for {}: every call is authorised against your task",
+            self.server
+        ))
+    }
+
+    async fn list_tools(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<ListToolsResult, ErrorData> {
+        let token = Self::token(&ctx)?;
+        let task = self.task(&token)?;
+        let grant = task.current_grant();
+        let bundle = self.gw.engine.bundle();
+        let mut shown = Vec::new();
+        let mut held = Vec::new();
+        for (mut t, v) in self.listing().await? {
+            let Ok(name) = self.policy_tool(&t.name) else {
+                continue;
+            };
+            match v {
+                Verdict::Held(why) => held.push(json!({ "tool": t.name, "why": why })),
+                Verdict::Callable if grant.tools.contains_key(&name) => {
+                    if let Some(d) = bundle
+                        .catalog()
+                        .get(&name)
+                        .and_then(|e| e.description.clone())
+                    {
+                        t.description = Some(d.into());
+                    }
+                    shown.push(t);
+                }
+                Verdict::Callable => {}
+            }
+        }
+        self.audit(
+            &task,
+            EventKind::McpRequest,
+            json!({
+                "server": self.server, "method": "tools/list",
+                "shown": shown.iter().map(|t| t.name.to_string()).collect::<Vec<_>>(), "held": held,
+            }),
+        )
+        .await?;
+        Ok(ListToolsResult::with_all_items(shown))
+    }
+
+    async fn call_tool(
+        &self,
+        request: CallToolRequestParams,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, ErrorData> {
+        let started = Instant::now();
+        let token = Self::token(&ctx)?;
+        let task = self.task(&token)?;
+        let tool = self.policy_tool(&request.name)?;
+        // The definition must be pinned and approved: look at what the server shows now.
+        let listing = self.listing().await?;
+        let def = listing.iter().find(|(t, _)| t.name == request.name);
+        match def.map(|(_, v)| v) {
+            Some(Verdict::Callable) => {}
+            Some(Verdict::Held(why)) => {
+                self.audit(&task, EventKind::CallRefused, json!({ "code": "tool_held", "server": self.server, "tool": request.name, "why": why })).await?;
+                return Ok(CallToolResult::error(vec![ContentBlock::text(why.clone())]).into());
+            }
+            None => {
+                return Err(ErrorData::invalid_params(
+                    format!("no tool {:?} on {}", request.name, self.server),
+                    None,
+                ));
+            }
+        }
+        let action = self.action_of(&tool, def.map(|(t, _)| t));
+        let arguments = Value::Object(request.arguments.clone().unwrap_or_default());
+        // rmcp moves a request's `_meta` into the context.
+        let meta = request
+            .meta
+            .as_ref()
+            .map(|m| &m.0.0)
+            .or(Some(&ctx.meta.0.0));
+        let d = match self
+            .decide(&token, tool, action, &request.name, arguments.clone(), meta)
+            .await?
+        {
+            Ok(d) => d,
+            Err(result) => return Ok(result.into()),
+        };
+        let server = self.config()?;
+        let up = self.gw.upstream(server).await.map_err(upstream_err)?;
+        if task.is_ended() {
+            return Err(ErrorData::invalid_request(
+                "task_not_active: the task ended before the call was forwarded",
+                None,
+            ));
+        }
+        // Exactly the arguments decided on, in canonical form; never the agent's token.
+        let mut forward = CallToolRequestParams::new(request.name.clone());
+        if let Value::Object(m) = arguments {
+            forward.arguments = Some(m);
+        }
+        match up.call_tool(forward).await {
+            Ok(result) => {
+                let size = serde_json::to_vec(&result).map(|v| v.len()).unwrap_or(0);
+                self.result(&task, &d.decision_id, "tools/call", size, None, started)
+                    .await;
+                Ok(result.into())
+            }
+            Err(e) => {
+                self.result(
+                    &task,
+                    &d.decision_id,
+                    "tools/call",
+                    0,
+                    Some(e.to_string()),
+                    started,
+                )
+                .await;
+                Ok(CallToolResult::error(vec![ContentBlock::text(
+                    "the MCP server failed to answer",
+                )])
+                .into())
+            }
+        }
+    }
+
+    async fn read_resource(
+        &self,
+        request: ReadResourceRequestParams,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<ReadResourceResponse, ErrorData> {
+        let started = Instant::now();
+        let token = Self::token(&ctx)?;
+        let task = self.task(&token)?;
+        let tool = self.policy_tool("resources")?;
+        let d = match self
+            .decide(
+                &token,
+                tool,
+                ActionClass::Read,
+                &request.uri,
+                json!({ "uri": request.uri }),
+                None,
+            )
+            .await?
+        {
+            Ok(d) => d,
+            Err(r) => {
+                let why = r
+                    .content
+                    .first()
+                    .and_then(|c| c.as_text())
+                    .map(|t| t.text.clone())
+                    .unwrap_or_default();
+                return Err(ErrorData::invalid_request(why, r.structured_content));
+            }
+        };
+        let up = self
+            .gw
+            .upstream(self.config()?)
+            .await
+            .map_err(upstream_err)?;
+        let res = up
+            .read_resource(request)
+            .await
+            .map_err(|e| upstream_err(e.to_string()))?;
+        let size = serde_json::to_vec(&res).map(|v| v.len()).unwrap_or(0);
+        self.result(&task, &d.decision_id, "resources/read", size, None, started)
+            .await;
+        Ok(res.into())
+    }
+
+    async fn get_prompt(
+        &self,
+        request: GetPromptRequestParams,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<GetPromptResponse, ErrorData> {
+        let started = Instant::now();
+        let token = Self::token(&ctx)?;
+        let task = self.task(&token)?;
+        let tool = self.policy_tool("prompts")?;
+        let args = json!({ "name": request.name, "arguments": request.arguments });
+        let d = match self
+            .decide(&token, tool, ActionClass::Read, &request.name, args, None)
+            .await?
+        {
+            Ok(d) => d,
+            Err(r) => {
+                let why = r
+                    .content
+                    .first()
+                    .and_then(|c| c.as_text())
+                    .map(|t| t.text.clone())
+                    .unwrap_or_default();
+                return Err(ErrorData::invalid_request(why, r.structured_content));
+            }
+        };
+        let up = self
+            .gw
+            .upstream(self.config()?)
+            .await
+            .map_err(upstream_err)?;
+        let res = up
+            .get_prompt(request)
+            .await
+            .map_err(|e| upstream_err(e.to_string()))?;
+        let size = serde_json::to_vec(&res).map(|v| v.len()).unwrap_or(0);
+        self.result(&task, &d.decision_id, "prompts/get", size, None, started)
+            .await;
+        Ok(res.into())
+    }
+}
