@@ -146,7 +146,13 @@ async fn start() -> Mcp {
 name = "docs"
 url = "http://{addr}/mcp"
 allow_private = true
+untrusted_content = true
 credential = {{ secret = "docs-token", kind = "bearer" }}
+
+[[mcp_server]]
+name = "mirror"
+url = "http://{addr}/mcp"
+allow_private = true
 
 [[mcp_server]]
 name = "local"

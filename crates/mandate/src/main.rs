@@ -14,6 +14,7 @@ mod humans;
 mod replay;
 mod secret;
 mod style;
+mod tools;
 mod trace;
 
 use std::net::SocketAddr;
@@ -73,6 +74,9 @@ enum Command {
     /// Values are sealed by the server and never shown again.
     #[command(subcommand)]
     Secret(secret::SecretCmd),
+    /// MCP tools: definitions held after a change (rug-pull defence), and approving them.
+    #[command(subcommand)]
+    Tools(tools::ToolsCmd),
     /// Watch the whole idea work in a few seconds: an in-process server, an agent, a task,
     /// an allowed read, a write held until `mandate approvals approve` lets it through
     /// (once), a denied delete, a forged token, the task's end, and a verified audit
@@ -169,6 +173,7 @@ fn main() -> ExitCode {
             Command::BreakGlass(c) => humans::break_glass(c).await,
             Command::Report(c) => humans::report(c).await,
             Command::Secret(c) => secret::secret(c).await,
+            Command::Tools(c) => tools::tools(c).await,
         }
     });
     match result {

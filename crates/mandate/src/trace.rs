@@ -134,6 +134,33 @@ pub fn line(e: &Event) -> String {
             d["by"].as_str().unwrap_or(""),
             d["notes"].as_str().unwrap_or("")
         ),
+        "gateway.result" => format!(
+            "{} {} {} → {} {} bytes in {} µs{}{}",
+            d["protocol"].as_str().unwrap_or("http"),
+            d["upstream"].as_str().unwrap_or(""),
+            d["request"].as_str().or(d["tool"].as_str()).unwrap_or(""),
+            d["upstream_status"]
+                .as_u64()
+                .map_or("-".to_owned(), |s| s.to_string()),
+            d["bytes_returned"],
+            d["duration_us"],
+            if d["secret_redacted"] == true {
+                format!("  {}", style::red("[secret redacted]"))
+            } else {
+                String::new()
+            },
+            d["error"]
+                .as_str()
+                .map(|e| format!("  ({e})"))
+                .unwrap_or_default()
+        ),
+        "mcp.request" => format!(
+            "{} {}: shown {} held {}",
+            d["server"].as_str().unwrap_or(""),
+            d["method"].as_str().unwrap_or(""),
+            list(&d["shown"]),
+            d["held"].as_array().map_or(0, Vec::len)
+        ),
         _ => d.to_string(),
     };
     format!(

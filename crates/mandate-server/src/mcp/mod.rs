@@ -149,6 +149,26 @@ impl McpGateway {
         Ok(running)
     }
 
+    /// The secrets Mandate gives `server` (its credential, its environment), to redact
+    /// from what it answers.
+    async fn secrets_of(&self, server: &McpServer) -> Vec<mandate_gateway::SecretValue> {
+        let mut names: Vec<&str> = server
+            .credential
+            .iter()
+            .map(|c| c.secret.as_str())
+            .collect();
+        if let McpTransport::Stdio { env, .. } = &server.transport {
+            names.extend(env.values().map(String::as_str));
+        }
+        let mut out = Vec::new();
+        for n in names {
+            if let Ok(v) = self.secret(n).await {
+                out.push(v);
+            }
+        }
+        out
+    }
+
     async fn secret(&self, name: &str) -> Result<mandate_gateway::SecretValue, String> {
         self.engine
             .secrets

@@ -206,6 +206,27 @@ impl ProxyHandler {
         Ok(Err(r))
     }
 
+    /// Masks any echo of the secrets Mandate gave this server, in every encoding.
+    async fn redact<T: serde::Serialize + serde::de::DeserializeOwned>(
+        &self,
+        value: T,
+    ) -> Result<(T, usize, bool), ErrorData> {
+        let bytes = serde_json::to_vec(&value)
+            .map_err(|_| ErrorData::internal_error("unserialisable answer", None))?;
+        let secrets = self.gw.secrets_of(self.config()?).await;
+        let forms: Vec<&[u8]> = secrets.iter().map(|s| s.expose()).collect();
+        let mut r = mandate_gateway::Redactor::new(forms);
+        let clean = r.redact_all(&bytes);
+        if !r.found() {
+            return Ok((value, bytes.len(), false));
+        }
+        tracing::warn!(server = %self.server, "an MCP server echoed the secret Mandate gave it: redacted");
+        let v = serde_json::from_slice(&clean).map_err(|_| {
+            ErrorData::internal_error("the answer carried a secret and was withheld", None)
+        })?;
+        Ok((v, bytes.len(), true))
+    }
+
     /// Records what the server answered to an allowed request.
     async fn result(
         &self,
@@ -216,7 +237,7 @@ impl ProxyHandler {
         error: Option<String>,
         started: Instant,
     ) {
-        let untrusted = self.config().is_ok_and(|s| s.untrusted_content) && error.is_none();
+        let untrusted = self.config().is_ok_and(|s| s.untrusted_content);
         self.gw.engine.record_result(task, size as u64, untrusted);
         let ev = NewEvent {
             ts_ms: self.gw.engine.clock.now_ms(),
@@ -365,8 +386,9 @@ impl ServerHandler for ProxyHandler {
         }
         match up.call_tool(forward).await {
             Ok(result) => {
-                let size = serde_json::to_vec(&result).map(|v| v.len()).unwrap_or(0);
-                self.result(&task, &d.decision_id, "tools/call", size, None, started)
+                let (result, size, redacted) = self.redact(result).await?;
+                let note = redacted.then(|| "secret redacted from the answer".to_owned());
+                self.result(&task, &d.decision_id, "tools/call", size, note, started)
                     .await;
                 Ok(result.into())
             }
@@ -428,7 +450,7 @@ impl ServerHandler for ProxyHandler {
             .read_resource(request)
             .await
             .map_err(|e| upstream_err(e.to_string()))?;
-        let size = serde_json::to_vec(&res).map(|v| v.len()).unwrap_or(0);
+        let (res, size, _) = self.redact(res).await?;
         self.result(&task, &d.decision_id, "resources/read", size, None, started)
             .await;
         Ok(res.into())
@@ -468,7 +490,7 @@ impl ServerHandler for ProxyHandler {
             .get_prompt(request)
             .await
             .map_err(|e| upstream_err(e.to_string()))?;
-        let size = serde_json::to_vec(&res).map(|v| v.len()).unwrap_or(0);
+        let (res, size, _) = self.redact(res).await?;
         self.result(&task, &d.decision_id, "prompts/get", size, None, started)
             .await;
         Ok(res.into())
