@@ -29,12 +29,17 @@ use crate::error::ApiError;
 
 type Upstream = RunningService<RoleClient, ()>;
 
+/// How long a server's tool listing is reused by calls before it is asked again (a
+/// listing by the agent always asks, and any change it shows is held until approved).
+pub const LISTING_TTL: Duration = Duration::from_secs(2);
+
 /// The MCP side of the gateway.
 pub struct McpGateway {
     engine: Arc<Engine>,
     servers: BTreeMap<String, McpServer>,
     upstreams: tokio::sync::Mutex<HashMap<String, Arc<Upstream>>>,
     http: HashMap<String, reqwest::Client>,
+    listings: std::sync::Mutex<HashMap<String, (std::time::Instant, Vec<rmcp::model::Tool>)>>,
 }
 
 impl std::fmt::Debug for McpGateway {
@@ -68,6 +73,7 @@ impl McpGateway {
             servers,
             upstreams: tokio::sync::Mutex::new(HashMap::new()),
             http,
+            listings: std::sync::Mutex::new(HashMap::new()),
         })
     }
 
@@ -147,6 +153,20 @@ impl McpGateway {
         let running = Arc::new(running);
         map.insert(server.name.clone(), Arc::clone(&running));
         Ok(running)
+    }
+
+    fn cached_listing(&self, server: &str) -> Option<Vec<rmcp::model::Tool>> {
+        crate::engine::lock(&self.listings)
+            .get(server)
+            .filter(|(at, _)| at.elapsed() < LISTING_TTL)
+            .map(|(_, t)| t.clone())
+    }
+
+    fn cache_listing(&self, server: &str, tools: &[rmcp::model::Tool]) {
+        crate::engine::lock(&self.listings).insert(
+            server.to_owned(),
+            (std::time::Instant::now(), tools.to_vec()),
+        );
     }
 
     /// The secrets Mandate gives `server` (its credential, its environment), to redact

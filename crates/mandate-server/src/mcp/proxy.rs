@@ -81,8 +81,23 @@ impl ProxyHandler {
             .map_err(|_| ErrorData::internal_error("audit unavailable: refused", None))
     }
 
-    /// What the server lists, pinned, with each tool's verdict.
-    async fn listing(&self) -> Result<Vec<(Tool, Verdict)>, ErrorData> {
+    /// What the server lists, pinned, with each tool's verdict. A call reuses a listing
+    /// younger than [`super::LISTING_TTL`]; `tools/list` always asks the server.
+    async fn listing(&self, fresh: bool) -> Result<Vec<(Tool, Verdict)>, ErrorData> {
+        if !fresh && let Some(tools) = self.gw.cached_listing(&self.server) {
+            return Ok(tools
+                .into_iter()
+                .map(|t| {
+                    let v = self
+                        .gw
+                        .engine
+                        .pins
+                        .verdict(&self.server, &t.name)
+                        .unwrap_or(Verdict::Held("unrecorded".into()));
+                    (t, v)
+                })
+                .collect());
+        }
         let server = self.config()?;
         let up = self.gw.upstream(server).await.map_err(upstream_err)?;
         let tools = up
@@ -97,6 +112,7 @@ impl ProxyHandler {
                 input_schema: Value::Object((*t.input_schema).clone()),
             })
             .collect();
+        self.gw.cache_listing(&self.server, &tools);
         let verdicts = self
             .gw
             .engine
@@ -300,7 +316,7 @@ impl ServerHandler for ProxyHandler {
         let bundle = self.gw.engine.bundle();
         let mut shown = Vec::new();
         let mut held = Vec::new();
-        for (mut t, v) in self.listing().await? {
+        for (mut t, v) in self.listing(true).await? {
             let Ok(name) = self.policy_tool(&t.name) else {
                 continue;
             };
@@ -341,7 +357,7 @@ impl ServerHandler for ProxyHandler {
         let task = self.task(&token)?;
         let tool = self.policy_tool(&request.name)?;
         // The definition must be pinned and approved: look at what the server shows now.
-        let listing = self.listing().await?;
+        let listing = self.listing(false).await?;
         let def = listing.iter().find(|(t, _)| t.name == request.name);
         match def.map(|(_, v)| v) {
             Some(Verdict::Callable) => {}
