@@ -561,6 +561,7 @@ mod example {
         let text = include_str!("../../../examples/gateway/gateway.toml");
         let c = super::GatewayConfig::from_toml(text);
         assert!(c.is_ok(), "{c:?}");
-        assert_eq!(c.map(|c| c.upstreams.len()).ok(), Some(1));
+        assert_eq!(c.as_ref().map(|c| c.upstreams.len()).ok(), Some(1));
+        assert_eq!(c.map(|c| c.mcp_servers.len()).ok(), Some(1));
     }
 }
