@@ -480,6 +480,27 @@ async fn bad_requests_and_ended_tasks_reach_nothing() {
     let r = m.h.send(post(format!("{{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"tools/call\",\"params\":{{\"name\":\"search\",\"arguments\":{{\"q\":\"{}\"}}}}}}", "x".repeat(2 * 1024 * 1024)))).await;
     assert_eq!(r.status, 413);
 
+    // Protocol revisions are negotiated: an older client gets its own revision back.
+    let init = |v: &str| {
+        format!(
+            r#"{{"jsonrpc":"2.0","id":1,"method":"initialize","params":{{"protocolVersion":"{v}","capabilities":{{}},"clientInfo":{{"name":"t","version":"1"}}}}}}"#
+        )
+    };
+    for v in ["2025-03-26", "2025-06-18"] {
+        let r = m.h.send(post(init(v))).await;
+        assert_eq!(r.status, 200, "{:?}", r.body);
+        // The answer may come as JSON or as one SSE event: read its text either way.
+        let text = r
+            .body
+            .as_str()
+            .map_or_else(|| r.body.to_string(), str::to_owned);
+        let answer: Value = text
+            .lines()
+            .find_map(|l| serde_json::from_str(l.trim_start_matches("data:").trim()).ok())
+            .unwrap_or(r.body.clone());
+        assert_eq!(answer["result"]["protocolVersion"], v, "{text}");
+    }
+
     // An unknown method, and a call after the task ended: MCP errors.
     let client = m.client("docs").await;
     let unknown = client
