@@ -182,7 +182,7 @@ env = {{ FIXTURE_TOKEN = "local-token" }}
     let r = h
         .post("/v1/tasks", Some(&identity), json!({
             "purpose": "tidy the documents",
-            "scope": { "tools": ["docs.search", "docs.update", "docs.delete_all", "local.whoami"], "actions": ["read", "write", "delete"],
+            "scope": { "tools": ["docs.search", "docs.update", "docs.delete_all", "local.whoami", "docs.resources"], "actions": ["read", "write", "delete"],
                        "destinations": [addr.to_string()] },
             "ttl_secs": 600,
         }))

@@ -222,6 +222,56 @@ impl ProxyHandler {
         Ok(Err(r))
     }
 
+    /// `resources/read` and `prompts/get`: decided as a read of `<server>.<kind>` on
+    /// `resource`, then sent with `send`, redacted and recorded.
+    async fn decided_read<T, F, Fut>(
+        &self,
+        ctx: &RequestContext<RoleServer>,
+        kind: &str,
+        resource: &str,
+        args: Value,
+        send: F,
+    ) -> Result<T, ErrorData>
+    where
+        T: serde::Serialize + serde::de::DeserializeOwned,
+        F: FnOnce(Arc<super::Upstream>) -> Fut,
+        Fut: std::future::Future<Output = Result<T, rmcp::ServiceError>>,
+    {
+        let started = Instant::now();
+        let token = Self::token(ctx)?;
+        let task = self.task(&token)?;
+        let tool = self.policy_tool(kind)?;
+        let d = match self
+            .decide(&token, tool, ActionClass::Read, resource, args, None)
+            .await?
+        {
+            Ok(d) => d,
+            Err(r) => {
+                let why = r
+                    .content
+                    .first()
+                    .and_then(|c| c.as_text())
+                    .map(|t| t.text.clone())
+                    .unwrap_or_default();
+                return Err(ErrorData::invalid_request(why, r.structured_content));
+            }
+        };
+        let up = self
+            .gw
+            .upstream(self.config()?)
+            .await
+            .map_err(upstream_err)?;
+        let res = send(up).await.map_err(|e| upstream_err(e.to_string()))?;
+        let (res, size, _) = self.redact(res).await?;
+        let what = format!(
+            "{kind}/{}",
+            if kind == "resources" { "read" } else { "get" }
+        );
+        self.result(&task, &d.decision_id, &what, size, None, started)
+            .await;
+        Ok(res)
+    }
+
     /// Masks any echo of the secrets Mandate gave this server, in every encoding.
     async fn redact<T: serde::Serialize + serde::de::DeserializeOwned>(
         &self,
@@ -431,44 +481,12 @@ impl ServerHandler for ProxyHandler {
         request: ReadResourceRequestParams,
         ctx: RequestContext<RoleServer>,
     ) -> Result<ReadResourceResponse, ErrorData> {
-        let started = Instant::now();
-        let token = Self::token(&ctx)?;
-        let task = self.task(&token)?;
-        let tool = self.policy_tool("resources")?;
-        let d = match self
-            .decide(
-                &token,
-                tool,
-                ActionClass::Read,
-                &request.uri,
-                json!({ "uri": request.uri }),
-                None,
-            )
-            .await?
-        {
-            Ok(d) => d,
-            Err(r) => {
-                let why = r
-                    .content
-                    .first()
-                    .and_then(|c| c.as_text())
-                    .map(|t| t.text.clone())
-                    .unwrap_or_default();
-                return Err(ErrorData::invalid_request(why, r.structured_content));
-            }
-        };
-        let up = self
-            .gw
-            .upstream(self.config()?)
-            .await
-            .map_err(upstream_err)?;
-        let res = up
-            .read_resource(request)
-            .await
-            .map_err(|e| upstream_err(e.to_string()))?;
-        let (res, size, _) = self.redact(res).await?;
-        self.result(&task, &d.decision_id, "resources/read", size, None, started)
-            .await;
+        let (uri, args) = (request.uri.clone(), json!({ "uri": request.uri }));
+        let res = self
+            .decided_read(&ctx, "resources", &uri, args, |up| async move {
+                up.read_resource(request).await
+            })
+            .await?;
         Ok(res.into())
     }
 
@@ -477,38 +495,13 @@ impl ServerHandler for ProxyHandler {
         request: GetPromptRequestParams,
         ctx: RequestContext<RoleServer>,
     ) -> Result<GetPromptResponse, ErrorData> {
-        let started = Instant::now();
-        let token = Self::token(&ctx)?;
-        let task = self.task(&token)?;
-        let tool = self.policy_tool("prompts")?;
+        let name = request.name.clone();
         let args = json!({ "name": request.name, "arguments": request.arguments });
-        let d = match self
-            .decide(&token, tool, ActionClass::Read, &request.name, args, None)
-            .await?
-        {
-            Ok(d) => d,
-            Err(r) => {
-                let why = r
-                    .content
-                    .first()
-                    .and_then(|c| c.as_text())
-                    .map(|t| t.text.clone())
-                    .unwrap_or_default();
-                return Err(ErrorData::invalid_request(why, r.structured_content));
-            }
-        };
-        let up = self
-            .gw
-            .upstream(self.config()?)
-            .await
-            .map_err(upstream_err)?;
-        let res = up
-            .get_prompt(request)
-            .await
-            .map_err(|e| upstream_err(e.to_string()))?;
-        let (res, size, _) = self.redact(res).await?;
-        self.result(&task, &d.decision_id, "prompts/get", size, None, started)
-            .await;
+        let res = self
+            .decided_read(&ctx, "prompts", &name, args, |up| async move {
+                up.get_prompt(request).await
+            })
+            .await?;
         Ok(res.into())
     }
 }
