@@ -4,8 +4,14 @@
 //!
 //! Run: `cargo bench -p mandate-server --bench mcp`
 //!
+//! The same MCP server runs twice: served with `axum::serve` defaults (Nagle's algorithm
+//! on, as most servers built that way are) and with `TCP_NODELAY` set. Mandate keeps its
+//! connection to the server alive, so the former shows what delayed ACKs cost a gateway
+//! hop; the latter shows Mandate's own cost.
+//!
 //! Knobs (environment):
 //! - `MCP_BENCH_CALLS`: sequential calls timed per path (default 2000; a tenth more warm up)
+//! - `MCP_BENCH_LAT_SECS`: cap on each sequential series, seconds (default 15)
 //! - `MCP_BENCH_SECS`: seconds each throughput run lasts, per path and client count (default 5)
 //! - `MCP_BENCH_CLIENTS`: comma-separated client counts for throughput (default `8,32`)
 
@@ -96,8 +102,9 @@ impl ServerHandler for Docs {
     }
 }
 
-/// A real streamable-HTTP MCP server on loopback.
-async fn docs_server() -> (std::net::SocketAddr, Arc<Seen>) {
+/// A real streamable-HTTP MCP server on loopback; `nodelay` sets `TCP_NODELAY` on the
+/// connections it accepts.
+async fn docs_server(nodelay: bool) -> (std::net::SocketAddr, Arc<Seen>) {
     let seen = Arc::new(Seen::default());
     let s = Arc::clone(&seen);
     let service: StreamableHttpService<Docs, LocalSessionManager> = StreamableHttpService::new(
@@ -109,7 +116,18 @@ async fn docs_server() -> (std::net::SocketAddr, Arc<Seen>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
+        use axum::serve::ListenerExt as _;
+        let _ = if nodelay {
+            axum::serve(
+                listener.tap_io(|tcp| {
+                    let _ = tcp.set_nodelay(true);
+                }),
+                app,
+            )
+            .await
+        } else {
+            axum::serve(listener, app).await
+        };
     });
     (addr, seen)
 }
@@ -219,8 +237,44 @@ async fn load(url: &str, bearer: &str, n: usize, secs: f64) -> Load {
     }
 }
 
+/// One MCP server as both paths reach it.
+struct Upstream {
+    /// Its name in the gateway configuration (and its tools' prefix).
+    name: &'static str,
+    /// How it is served.
+    label: &'static str,
+    addr: std::net::SocketAddr,
+    seen: Arc<Seen>,
+    direct_url: String,
+    mandate_url: String,
+}
+
+impl Upstream {
+    fn calls(&self) -> u64 {
+        self.seen.calls.load(Ordering::Relaxed)
+    }
+    fn lists(&self) -> u64 {
+        self.seen.lists.load(Ordering::Relaxed)
+    }
+}
+
+struct Sequential {
+    direct: Pcts,
+    via: Pcts,
+    n: u64,
+    lists_per_call: f64,
+}
+
+struct Throughput {
+    clients: usize,
+    direct: Load,
+    via: Load,
+    lists_per_call: f64,
+}
+
 fn main() {
     let calls: u64 = env_or("MCP_BENCH_CALLS", 2000);
+    let lat_secs: f64 = env_or("MCP_BENCH_LAT_SECS", 15.0);
     let secs: f64 = env_or("MCP_BENCH_SECS", 5.0);
     let clients: Vec<usize> = std::env::var("MCP_BENCH_CLIENTS")
         .unwrap_or_else(|_| "8,32".into())
@@ -233,25 +287,77 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    rt.block_on(run(calls, secs, &clients, workers));
+    rt.block_on(run(calls, lat_secs, secs, &clients, workers));
 }
 
-async fn run(calls: u64, secs: f64, counts: &[usize], workers: usize) {
-    // --- Setup: the MCP server, then Mandate (real SystemClock) with a gateway in front of it.
-    let (addr, seen) = docs_server().await;
-    let direct_url = format!("http://{addr}/mcp");
-    let toml = format!(
-        r#"
-[[mcp_server]]
-name = "docs"
-url = "http://{addr}/mcp"
-allow_private = true
-credential = {{ secret = "docs-token", kind = "bearer" }}
-"#
-    );
+/// Policies: reads of either server's `search` are allowed; deletes are forbidden.
+fn write_policies(dir: &Path, names: &[&str]) {
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(
+        dir.join("start.cedar"),
+        "@id(\"start\")\npermit (principal, action == Mandate::Action::\"start_task\", resource)\nwhen { principal.status == \"active\" };\n",
+    )
+    .unwrap();
+    let tools: Vec<String> = names
+        .iter()
+        .map(|n| format!("Mandate::Tool::\"{n}.search\""))
+        .collect();
+    std::fs::write(
+        dir.join("mcp.cedar"),
+        format!(
+            "@id(\"docs-read\")\n@reason(\"reading documents is fine\")\npermit (principal, action == Mandate::Action::\"read\", resource)\nwhen {{ [{}].contains(resource) }};\n\n\
+             @id(\"no-delete\")\n@reason(\"agents never delete documents\")\nforbid (principal, action == Mandate::Action::\"delete\", resource);\n",
+            tools.join(", ")
+        ),
+    )
+    .unwrap();
+    let catalog: Vec<Value> = names
+        .iter()
+        .flat_map(|n| {
+            [
+                json!({ "name": format!("{n}.search"), "server": n, "risk": "low", "read_only": true }),
+                json!({ "name": format!("{n}.delete_all"), "server": n, "risk": "critical", "destructive": true }),
+            ]
+        })
+        .collect();
+    std::fs::write(
+        dir.join("tools.json"),
+        serde_json::to_string_pretty(&json!({ "tools": catalog })).unwrap(),
+    )
+    .unwrap();
+}
+
+async fn run(calls: u64, lat_secs: f64, secs: f64, counts: &[usize], workers: usize) {
+    // --- Setup: the MCP servers, then Mandate (real SystemClock) with a gateway in front.
+    let mut ups = Vec::new();
+    for (name, label, nodelay) in [
+        ("nagle", "axum::serve defaults (Nagle on)", false),
+        ("nodelay", "TCP_NODELAY set", true),
+    ] {
+        let (addr, seen) = docs_server(nodelay).await;
+        ups.push(Upstream {
+            name,
+            label,
+            addr,
+            seen,
+            direct_url: format!("http://{addr}/mcp"),
+            mandate_url: String::new(),
+        });
+    }
+    let toml: String = ups
+        .iter()
+        .map(|u| {
+            format!(
+                "[[mcp_server]]\nname = \"{}\"\nurl = \"http://{}/mcp\"\nallow_private = true\ncredential = {{ secret = \"docs-token\", kind = \"bearer\" }}\n\n",
+                u.name, u.addr
+            )
+        })
+        .collect();
     let gateway = GatewayConfig::from_toml(&toml).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let policies = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/mcp-policies");
+    let policies = dir.path().join("policies");
+    let names: Vec<&str> = ups.iter().map(|u| u.name).collect();
+    write_policies(&policies, &names);
     let mut config = mandate_server::ServerConfig::new(dir.path().join("data"), policies);
     config.listen = ([127, 0, 0, 1], 0).into();
     config.admin_token = Some(ADMIN.into());
@@ -259,6 +365,9 @@ credential = {{ secret = "docs-token", kind = "bearer" }}
     config.gateway = Some(Arc::new(gateway));
     let server = mandate_server::Server::start(config).await.unwrap();
     let url = server.url();
+    for u in &mut ups {
+        u.mandate_url = format!("{url}/mcp/{}", u.name);
+    }
     let http = reqwest::Client::new();
 
     let r = http
@@ -289,12 +398,14 @@ credential = {{ secret = "docs-token", kind = "bearer" }}
         .await
         .unwrap();
     let identity = r["identity_token"].as_str().expect("identity token");
+    let tools: Vec<String> = names.iter().map(|n| format!("{n}.search")).collect();
+    let destinations: Vec<String> = ups.iter().map(|u| u.addr.to_string()).collect();
     let r: Value = http
         .post(format!("{url}/v1/tasks"))
         .bearer_auth(identity)
         .json(&json!({
             "purpose": "benchmark document search",
-            "scope": { "tools": ["docs.search"], "actions": ["read"], "destinations": [addr.to_string()] },
+            "scope": { "tools": tools, "actions": ["read"], "destinations": destinations },
             "ttl_secs": 3600,
         }))
         .send()
@@ -305,78 +416,122 @@ credential = {{ secret = "docs-token", kind = "bearer" }}
         .unwrap();
     let token = r["task_token"].as_str().expect("task token").to_owned();
     let task_id = r["task_id"].as_str().expect("task id").to_owned();
-    let mandate_url = format!("{url}/mcp/docs");
 
-    // --- Verify both paths before timing: the call through Mandate is allowed, forwarded
-    // and answered by the server; the direct call reaches the same server.
-    let direct = client(&direct_url, DOCS_SECRET).await;
-    let via = client(&mandate_url, &token).await;
-    let before = seen.calls.load(Ordering::Relaxed);
-    let r = via.call_tool(search(1)).await.unwrap();
-    assert_ne!(r.is_error, Some(true), "through Mandate: {r:?}");
-    assert!(text(&r).contains("search ran with"), "{r:?}");
-    assert_eq!(
-        seen.calls.load(Ordering::Relaxed),
-        before + 1,
-        "the server saw the call"
-    );
-    let r = direct.call_tool(search(2)).await.unwrap();
-    assert_ne!(r.is_error, Some(true), "direct: {r:?}");
-    assert_eq!(seen.calls.load(Ordering::Relaxed), before + 2);
-    // And a call outside the grant is refused without reaching the server.
-    let mut denied = CallToolRequestParams::new("delete_all");
-    denied.arguments = Some(schema(json!({})));
-    let r = via.call_tool(denied).await.unwrap();
-    assert_eq!(r.is_error, Some(true), "delete_all must be denied");
-    assert_eq!(seen.calls.load(Ordering::Relaxed), before + 2);
+    // Pin each server's tools (a listing through Mandate), then approve what the second
+    // server's identical tool names are held for (they shadow the first server's), as an
+    // admin would.
+    for u in &ups {
+        let via = client(&u.mandate_url, &token).await;
+        via.list_all_tools().await.unwrap();
+        let _ = via.cancel().await;
+    }
+    let pins: Value = http
+        .get(format!("{url}/v1/tools/pins"))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    for p in pins.as_array().unwrap() {
+        if p["status"] == "pending" {
+            let r = http
+                .post(format!("{url}/v1/tools/approve"))
+                .bearer_auth(ADMIN)
+                .json(&json!({ "server": p["server"], "tool": p["tool"] }))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200, "{:?}", r.text().await);
+        }
+    }
+
+    // --- Verify both paths to each server before timing: the call through Mandate is
+    // allowed, forwarded and answered by the server; the direct call reaches the same
+    // server; a call outside the grant is refused without reaching it.
+    for u in &ups {
+        let direct = client(&u.direct_url, DOCS_SECRET).await;
+        let via = client(&u.mandate_url, &token).await;
+        let before = u.calls();
+        let r = via.call_tool(search(1)).await.unwrap();
+        assert_ne!(r.is_error, Some(true), "{} through Mandate: {r:?}", u.name);
+        assert!(text(&r).contains("search ran with"), "{r:?}");
+        assert_eq!(u.calls(), before + 1, "{} saw the call", u.name);
+        let r = direct.call_tool(search(2)).await.unwrap();
+        assert_ne!(r.is_error, Some(true), "{} direct: {r:?}", u.name);
+        assert_eq!(u.calls(), before + 2);
+        let mut denied = CallToolRequestParams::new("delete_all");
+        denied.arguments = Some(schema(json!({})));
+        let r = via.call_tool(denied).await.unwrap();
+        assert_eq!(r.is_error, Some(true), "delete_all must be denied");
+        assert!(text(&r).contains("denied"), "{r:?}");
+        assert_eq!(
+            u.calls(),
+            before + 2,
+            "a denied call never reaches the server"
+        );
+        let _ = direct.cancel().await;
+        let _ = via.cancel().await;
+    }
 
     // --- Sequential latency, one client per path; the two paths alternate call by call so
     // drift (page cache, CPU frequency, neighbours) hits both alike.
-    let warm = calls / 10;
-    for i in 0..warm {
-        assert!(
-            call(&direct, i).await && call(&via, i).await,
-            "warm-up failed"
-        );
+    let mut seq = Vec::new();
+    for u in &ups {
+        let direct = client(&u.direct_url, DOCS_SECRET).await;
+        let via = client(&u.mandate_url, &token).await;
+        for i in 0..(calls / 10).min(50) {
+            assert!(
+                call(&direct, i).await && call(&via, i).await,
+                "warm-up failed"
+            );
+        }
+        let (calls0, lists0) = (u.calls(), u.lists());
+        let (mut d_ns, mut m_ns) = (Vec::new(), Vec::new());
+        let started = Instant::now();
+        let mut n = 0;
+        while n < calls && started.elapsed().as_secs_f64() < lat_secs {
+            let t = Instant::now();
+            assert!(call(&direct, n).await, "direct call failed");
+            d_ns.push(t.elapsed().as_nanos() as u64);
+            let t = Instant::now();
+            assert!(call(&via, n).await, "call through Mandate failed");
+            m_ns.push(t.elapsed().as_nanos() as u64);
+            n += 1;
+        }
+        assert_eq!(u.calls() - calls0, 2 * n, "the server saw every timed call");
+        seq.push(Sequential {
+            direct: percentiles(d_ns),
+            via: percentiles(m_ns),
+            n,
+            lists_per_call: (u.lists() - lists0) as f64 / n as f64,
+        });
+        let _ = direct.cancel().await;
+        let _ = via.cancel().await;
     }
-    let (calls0, lists0) = (
-        seen.calls.load(Ordering::Relaxed),
-        seen.lists.load(Ordering::Relaxed),
-    );
-    let (mut d_ns, mut m_ns) = (
-        Vec::with_capacity(calls as usize),
-        Vec::with_capacity(calls as usize),
-    );
-    for i in 0..calls {
-        let t = Instant::now();
-        assert!(call(&direct, i).await, "direct call failed");
-        d_ns.push(t.elapsed().as_nanos() as u64);
-        let t = Instant::now();
-        assert!(call(&via, i).await, "call through Mandate failed");
-        m_ns.push(t.elapsed().as_nanos() as u64);
-    }
-    let seq_calls = seen.calls.load(Ordering::Relaxed) - calls0;
-    let seq_lists = seen.lists.load(Ordering::Relaxed) - lists0;
-    assert_eq!(seq_calls, 2 * calls, "the server saw every timed call");
 
-    // Components of the Mandate path, measured alone: the upstream tools/list Mandate makes
-    // on every tools/call (pin check), and an audited decision over plain HTTP.
-    let mut list_ns = Vec::with_capacity(calls as usize);
-    for _ in 0..calls {
+    // Components of the Mandate path, measured alone against the TCP_NODELAY server: the
+    // upstream tools/list Mandate makes when its cached listing (2 s) is stale, and an
+    // audited decision over plain HTTP.
+    let fast = &ups[1];
+    let direct = client(&fast.direct_url, DOCS_SECRET).await;
+    let n_comp = calls.min(1000);
+    let mut list_ns = Vec::new();
+    for _ in 0..n_comp {
         let t = Instant::now();
         direct.list_all_tools().await.unwrap();
         list_ns.push(t.elapsed().as_nanos() as u64);
     }
-    let mut decide_ns = Vec::with_capacity(calls as usize);
-    for i in 0..calls {
+    let _ = direct.cancel().await;
+    let mut decide_ns = Vec::new();
+    for i in 0..n_comp {
         let t = Instant::now();
         let r: Value = http
             .post(format!("{url}/v1/decide"))
             .bearer_auth(&token)
-            .json(
-                &json!({ "tool": "docs.search", "action": "read", "resource": "search",
-                           "arguments": { "q": format!("budget {i}") } }),
-            )
+            .json(&json!({ "tool": format!("{}.search", fast.name), "action": "read", "resource": "search",
+                           "arguments": { "q": format!("budget {i}") } }))
             .send()
             .await
             .unwrap()
@@ -386,24 +541,34 @@ credential = {{ secret = "docs-token", kind = "bearer" }}
         decide_ns.push(t.elapsed().as_nanos() as u64);
         assert_eq!(r["outcome"], "allow", "{r}");
     }
-    let _ = direct.cancel().await;
-    let _ = via.cancel().await;
 
     // --- Throughput: N clients per path, each calling in a loop for `secs`.
-    let mut loads = Vec::new();
-    for &n in counts {
-        let before = seen.calls.load(Ordering::Relaxed);
-        let d = load(&direct_url, DOCS_SECRET, n, secs).await;
-        let m = load(&mandate_url, &token, n, secs).await;
-        let received = seen.calls.load(Ordering::Relaxed) - before;
-        // Warm-ups (one per session) plus every successful timed call (each loop finishes
-        // its call in flight at the deadline). A failed call may or may not have arrived.
-        let expected = d.ok + m.ok + 2 * n as u64;
-        assert!(
-            received >= expected && received <= expected + d.errors + m.errors,
-            "server saw {received} calls, clients counted {expected} successes"
-        );
-        loads.push((n, d, m));
+    let mut thr: Vec<Vec<Throughput>> = Vec::new();
+    for u in &ups {
+        let mut rows = Vec::new();
+        for &n in counts {
+            let before = u.calls();
+            let direct = load(&u.direct_url, DOCS_SECRET, n, secs).await;
+            let lists0 = u.lists();
+            let via = load(&u.mandate_url, &token, n, secs).await;
+            let lists = u.lists() - lists0;
+            let received = u.calls() - before;
+            // Warm-ups (one per session) plus every successful timed call (each loop
+            // finishes its call in flight at the deadline). A failed call may or may not
+            // have arrived.
+            let expected = direct.ok + via.ok + 2 * n as u64;
+            assert!(
+                received >= expected && received <= expected + direct.errors + via.errors,
+                "server saw {received} calls, clients counted {expected} successes"
+            );
+            rows.push(Throughput {
+                clients: n,
+                lists_per_call: lists as f64 / (via.ok + n as u64).max(1) as f64,
+                direct,
+                via,
+            });
+        }
+        thr.push(rows);
     }
 
     // Audit trail sanity: the decisions were recorded.
@@ -418,75 +583,94 @@ credential = {{ secret = "docs-token", kind = "bearer" }}
         .unwrap();
     let decisions = events.as_array().map_or(0, |e| {
         e.iter()
-            .filter(|e| e["kind"] == "decision" && e["data"]["tool"] == "docs.search")
+            .filter(|e| e["kind"] == "decision" && e["data"]["outcome"] == "allow")
             .count()
     });
     assert!(decisions > 0, "no decision events recorded");
 
     // --- Report.
-    let d = percentiles(d_ns);
-    let m = percentiles(m_ns);
-    let l = percentiles(list_ns);
-    let dec = percentiles(decide_ns);
     println!("## MCP `tools/call`: through Mandate's MCP gateway vs direct\n");
     println!(
-        "Command: `cargo bench -p mandate-server --bench mcp` (MCP_BENCH_CALLS={calls}, MCP_BENCH_SECS={secs}, MCP_BENCH_CLIENTS={}); \
-         rmcp streamable-HTTP server and clients, and Mandate, in one process on loopback; tokio multi-thread runtime, {workers} workers; \
-         audit in SQLite on a temp dir (synchronous=FULL, group commit).\n",
+        "Command: `cargo bench -p mandate-server --bench mcp` (MCP_BENCH_CALLS={calls}, MCP_BENCH_LAT_SECS={lat_secs}, MCP_BENCH_SECS={secs}, MCP_BENCH_CLIENTS={}). \
+         rmcp streamable-HTTP MCP server (tool `search`), rmcp clients and Mandate in one process on loopback; tokio multi-thread runtime, {workers} workers, {workers} cores shared by all; \
+         audit in SQLite in a temp dir (synchronous=FULL, group commit). The same server runs twice: with `axum::serve` defaults (Nagle on) and with TCP_NODELAY.\n",
         counts
             .iter()
             .map(ToString::to_string)
             .collect::<Vec<_>>()
             .join(",")
     );
-    println!("### Sequential latency (one client, {calls} calls per path, alternating)\n");
-    println!("| path | p50 µs | p90 µs | p99 µs | mean µs |");
-    println!("|---|---:|---:|---:|---:|");
-    let row = |label: &str, p: Pcts| {
+    println!("### Sequential latency (one client per path, calls alternating between paths)\n");
+    println!("| MCP server | path | calls | p50 µs | p90 µs | p99 µs | mean µs |");
+    println!("|---|---|---:|---:|---:|---:|---:|");
+    let row = |server: &str, path: &str, n: String, p: Pcts| {
         println!(
-            "| {label} | {:.0} | {:.0} | {:.0} | {:.0} |",
+            "| {server} | {path} | {n} | {:.0} | {:.0} | {:.0} | {:.0} |",
             p.p50, p.p90, p.p99, p.mean
         );
     };
-    row("direct `tools/call`", d);
-    row("through Mandate `tools/call`", m);
-    println!(
-        "| added by Mandate | {:+.0} | {:+.0} | {:+.0} | {:+.0} |",
-        m.p50 - d.p50,
-        m.p90 - d.p90,
-        m.p99 - d.p99,
-        m.mean - d.mean
+    for (u, s) in ups.iter().zip(&seq) {
+        row(u.label, "direct", s.n.to_string(), s.direct);
+        row(u.label, "through Mandate", s.n.to_string(), s.via);
+        println!(
+            "| {} | added by Mandate | | {:+.0} | {:+.0} | {:+.0} | {:+.0} |",
+            u.label,
+            s.via.p50 - s.direct.p50,
+            s.via.p90 - s.direct.p90,
+            s.via.p99 - s.direct.p99,
+            s.via.mean - s.direct.mean
+        );
+    }
+    row(
+        ups[1].label,
+        "component: direct `tools/list` (Mandate's pin check when its listing is stale)",
+        n_comp.to_string(),
+        percentiles(list_ns),
     );
     row(
-        "component: direct `tools/list` (Mandate re-lists per call)",
-        l,
-    );
-    row(
+        "—",
         "component: `POST /v1/decide` over HTTP (audited allow)",
-        dec,
+        n_comp.to_string(),
+        percentiles(decide_ns),
     );
+    println!();
+    for (u, s) in ups.iter().zip(&seq) {
+        println!(
+            "Upstream `tools/list` per Mandate `tools/call` ({}): {:.3}",
+            u.label, s.lists_per_call
+        );
+    }
+    println!("\n### Throughput ({secs} s per run, each client calling in a loop)\n");
     println!(
-        "\nUpstream requests per Mandate `tools/call`: {:.2} `tools/list` + 1 `tools/call` ({seq_lists} lists for {calls} calls).\n",
-        seq_lists as f64 / calls as f64
+        "| MCP server | path | clients | calls/s | p50 µs | p90 µs | p99 µs | errors | upstream lists/call |"
     );
-    println!("### Throughput ({secs} s per run, each client calling in a loop)\n");
-    println!("| path | clients | calls/s | p50 µs | p90 µs | p99 µs | errors |");
-    println!("|---|---:|---:|---:|---:|---:|---:|");
-    for (n, d, m) in &loads {
-        for (label, x) in [("direct", d), ("through Mandate", m)] {
-            println!(
-                "| {label} | {n} | {:.0} | {:.0} | {:.0} | {:.0} | {} |",
-                x.ok as f64 / x.secs,
-                x.lat.p50,
-                x.lat.p90,
-                x.lat.p99,
-                x.errors
-            );
+    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|");
+    for (u, rows) in ups.iter().zip(&thr) {
+        for t in rows {
+            for (path, x, lists) in [
+                ("direct", &t.direct, "—".to_owned()),
+                (
+                    "through Mandate",
+                    &t.via,
+                    format!("{:.3}", t.lists_per_call),
+                ),
+            ] {
+                println!(
+                    "| {} | {path} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {} | {lists} |",
+                    u.label,
+                    t.clients,
+                    x.ok as f64 / x.secs,
+                    x.lat.p50,
+                    x.lat.p90,
+                    x.lat.p99,
+                    x.errors
+                );
+            }
         }
     }
     println!(
-        "\nVerified before timing: calls through Mandate allowed and answered (not is_error), the server saw each one, and `delete_all` was denied without reaching it; \
-         the server's call count matched every successful call; {decisions} `docs.search` decision events in the task's audit trail."
+        "\nVerified before timing, per server: a call through Mandate allowed and answered (not is_error) and seen by the server, a direct call seen by it, \
+         `delete_all` denied without reaching it; during timing the servers' call counts matched every successful call; {decisions} allow decisions in the task's audit trail."
     );
     server.shutdown().await.unwrap();
 }

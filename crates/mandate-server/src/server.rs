@@ -85,6 +85,14 @@ impl Server {
         }
         let (tx, rx) = oneshot::channel::<()>();
         let handle = tokio::spawn(async move {
+            // Answers go out in more than one write (headers, then body or SSE events): without
+            // TCP_NODELAY a keep-alive client can wait ~40 ms on Nagle and delayed ACKs.
+            use axum::serve::ListenerExt as _;
+            let listener = listener.tap_io(|tcp| {
+                if let Err(e) = tcp.set_nodelay(true) {
+                    tracing::debug!(error = %e, "could not set TCP_NODELAY");
+                }
+            });
             axum::serve(listener, app)
                 .with_graceful_shutdown(async move {
                     let _ = rx.await;
