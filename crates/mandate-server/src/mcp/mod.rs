@@ -204,7 +204,21 @@ impl McpGateway {
         for name in self.servers.keys() {
             let gw = Arc::clone(&self);
             let server = name.clone();
-            let config = StreamableHttpServerConfig::default();
+            // DNS-rebinding guard: the Host an agent uses must be loopback or the issuer's.
+            let mut hosts = vec![
+                "localhost".to_owned(),
+                "127.0.0.1".to_owned(),
+                "::1".to_owned(),
+            ];
+            if let Ok(u) = url::Url::parse(&self.engine.issuer)
+                && let Some(h) = u.host_str()
+            {
+                hosts.push(h.to_owned());
+                if let Some(p) = u.port() {
+                    hosts.push(format!("{h}:{p}"));
+                }
+            }
+            let config = StreamableHttpServerConfig::default().with_allowed_hosts(hosts);
             let service: StreamableHttpService<proxy::ProxyHandler, LocalSessionManager> =
                 StreamableHttpService::new(
                     move || Ok(proxy::ProxyHandler::new(Arc::clone(&gw), server.clone())),
