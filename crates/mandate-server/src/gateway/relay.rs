@@ -69,16 +69,9 @@ fn record(ctx: &Context, status: Option<u16>, bytes: u64, redacted: bool, error:
             "duration_us": u64::try_from(ctx.started.elapsed().as_micros()).unwrap_or(u64::MAX),
         }),
     };
-    // The decision was recorded durably before forwarding; the result follows it through
-    // the same group commit without holding the response.
-    let audit = ctx.engine.audit.clone();
-    if let Ok(rt) = tokio::runtime::Handle::try_current() {
-        rt.spawn(async move {
-            if audit.append(ev).await.is_err() {
-                tracing::error!("could not record a gateway result");
-            }
-        });
-    }
+    // The decision was recorded durably before forwarding; the result joins the next
+    // group commit without holding this response or the next call.
+    ctx.engine.audit.append_deferred(ev);
 }
 
 type Inner = Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>>;

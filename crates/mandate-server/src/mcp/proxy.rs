@@ -316,12 +316,7 @@ impl ProxyHandler {
                 "duration_us": u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
             }),
         };
-        let audit = self.gw.engine.audit.clone();
-        tokio::spawn(async move {
-            if audit.append(ev).await.is_err() {
-                tracing::error!("could not record an mcp result");
-            }
-        });
+        self.gw.engine.audit.append_deferred(ev);
     }
 }
 
