@@ -63,6 +63,9 @@ pub struct GatewayLimits {
     pub max_request_body_bytes: usize,
     /// Largest response accepted from an upstream, in bytes; the stream is cut beyond.
     pub max_response_bytes: u64,
+    /// Longest a response may take to relay, in seconds; the stream is cut beyond (each
+    /// read is also bounded by `upstream_timeout_secs`).
+    pub max_response_secs: u64,
     /// Time allowed to read the whole request body, in seconds.
     pub request_body_timeout_secs: u64,
     /// Time allowed for the upstream to answer (headers), in seconds.
@@ -89,6 +92,7 @@ impl Default for GatewayLimits {
         Self {
             max_request_body_bytes: 1024 * 1024,
             max_response_bytes: 64 * 1024 * 1024,
+            max_response_secs: 300,
             request_body_timeout_secs: 10,
             upstream_timeout_secs: 30,
             connect_timeout_secs: 5,
@@ -250,6 +254,7 @@ impl GatewayConfig {
             || l.upstream_timeout_secs == 0
             || l.request_body_timeout_secs == 0
             || l.connect_timeout_secs == 0
+            || l.max_response_secs == 0
         {
             return Err(err(
                 "limits must be positive (a zero limit would refuse every call)",
@@ -539,6 +544,7 @@ tool = "tickets.delete"
                 "dot",
             ),
             ("[limits]\nagent_rate_per_sec = 0", "positive"),
+            ("[limits]\nmax_response_secs = 0", "positive"),
             ("[limits]\nsurprise = 1", "unknown field"),
             (
                 "[[upstream]]\nname='a'\nbase_url='http://x'\n[[upstream]]\nname='a'\nbase_url='http://y'",

@@ -720,6 +720,7 @@ async fn handle(gw: &Arc<Gateway>, req: Request) -> Result<Response, ApiError> {
         res.bytes_stream(),
         redactor,
         limits.max_response_bytes,
+        Duration::from_secs(limits.max_response_secs),
         relay_ctx.with_status(status.as_u16(), redacted_header),
     );
     let mut response = Response::new(Body::from_stream(body));

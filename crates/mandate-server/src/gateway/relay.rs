@@ -82,6 +82,7 @@ pub struct Relay {
     redactor: Redactor,
     bytes: u64,
     max: u64,
+    deadline: Instant,
     answered: Option<Answered>,
     error: Option<&'static str>,
 }
@@ -92,6 +93,7 @@ impl Relay {
         inner: impl Stream<Item = reqwest::Result<Bytes>> + Send + 'static,
         redactor: Redactor,
         max: u64,
+        max_duration: std::time::Duration,
         answered: Answered,
     ) -> Self {
         Self {
@@ -99,6 +101,7 @@ impl Relay {
             redactor,
             bytes: 0,
             max,
+            deadline: answered.ctx.started + max_duration,
             answered: Some(answered),
             error: None,
         }
@@ -131,6 +134,9 @@ impl Stream for Relay {
         if a.ctx.task.is_ended() {
             // Revocation cuts the stream: nothing more of it reaches the agent.
             return self.cut("task_ended");
+        }
+        if Instant::now() >= self.deadline {
+            return self.cut("response_too_slow");
         }
         match ready!(self.inner.as_mut().poll_next(cx)) {
             Some(Ok(chunk)) => {
