@@ -62,6 +62,8 @@ pub struct LiveTask {
     pub break_glass: Option<(String, String)>,
     /// Set the moment the task ends; checked on every call.
     ended: AtomicBool,
+    /// Wakes whatever waits on the task's end (calls in flight, streams).
+    end_signal: tokio::sync::Notify,
 }
 
 impl LiveTask {
@@ -117,6 +119,24 @@ impl LiveTask {
     /// True once completed, expired or revoked.
     pub fn is_ended(&self) -> bool {
         self.ended.load(Ordering::SeqCst)
+    }
+
+    /// Resolves once the task has ended (at once if it already has): race it against
+    /// anything done on the task's behalf that must stop when it ends.
+    pub async fn until_ended(&self) {
+        let notified = self.end_signal.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if self.is_ended() {
+            return;
+        }
+        notified.await;
+    }
+
+    /// Marks the task ended and wakes everything waiting on it.
+    fn mark_ended(&self) {
+        self.ended.store(true, Ordering::SeqCst);
+        self.end_signal.notify_waiters();
     }
 }
 
@@ -513,6 +533,7 @@ impl Engine {
             pending: AtomicBool::new(t.state == TaskState::Pending),
             break_glass: None,
             ended: AtomicBool::new(false),
+            end_signal: tokio::sync::Notify::new(),
         }))
     }
 
@@ -537,7 +558,7 @@ impl Engine {
     pub(crate) fn end_live(&self, id: &str) -> Option<Arc<LiveTask>> {
         let t = write(&self.tasks).remove(id);
         if let Some(t) = &t {
-            t.ended.store(true, Ordering::SeqCst);
+            t.mark_ended();
         }
         t
     }
