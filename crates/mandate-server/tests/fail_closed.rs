@@ -18,8 +18,8 @@ use mandate_audit::{Event, NewEvent};
 use mandate_core::{AgentName, AgentStatus, ApprovalState, ManualClock, TaskState};
 use mandate_store::{
     AgentRecord, ApprovalRecord, ApprovalVote, ApproverGroup, ApproverRecord, BreakGlassRecord,
-    BreakGlassReview, JoinTokenRecord, KeyRow, SecretRecord, SqliteStore, Store, StoreError,
-    StoreResult, TaskRecord, VoteOutcome,
+    BreakGlassReview, HistoryRow, JoinTokenRecord, KeyRow, SecretRecord, SqliteStore, Store,
+    StoreError, StoreResult, TaskRecord, VoteOutcome,
 };
 
 /// The real SQLite store, except that appends fail while `broken` is set.
@@ -126,6 +126,20 @@ impl Store for BreakableStore {
     async fn append_events(&self, events: Vec<NewEvent>) -> StoreResult<Vec<Event>> {
         self.check()?;
         self.inner.append_events(events).await
+    }
+    async fn append_batch(
+        &self,
+        events: Vec<NewEvent>,
+        histories: Vec<HistoryRow>,
+    ) -> StoreResult<Vec<Event>> {
+        self.check()?;
+        self.inner.append_batch(events, histories).await
+    }
+    async fn live_histories(&self) -> StoreResult<Vec<HistoryRow>> {
+        self.inner.live_histories().await
+    }
+    async fn audit_tail(&self) -> StoreResult<Option<Event>> {
+        self.inner.audit_tail().await
     }
     async fn events_after(&self, after: i64, limit: i64) -> StoreResult<Vec<Event>> {
         self.inner.events_after(after, limit).await

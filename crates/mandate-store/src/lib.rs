@@ -22,6 +22,19 @@ pub use records::{
 };
 pub use sqlite::SqliteStore;
 
+/// A snapshot of one task's history (opaque JSON to the store), written in the same
+/// transaction as the events that changed it. Of two snapshots of one task, the one with
+/// the higher `rev` wins whatever order they are written in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryRow {
+    /// The task.
+    pub task_id: String,
+    /// Revision: increases with every change to the task's history.
+    pub rev: i64,
+    /// The history as JSON.
+    pub data: String,
+}
+
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -40,6 +53,9 @@ pub enum StoreError {
     /// The database failed.
     #[error("database error: {0}")]
     Db(String),
+    /// The audit chain does not end where its head says: nothing is appended to it.
+    #[error("audit chain is broken: {0}")]
+    ChainBroken(String),
 }
 
 impl From<sqlx::Error> for StoreError {
@@ -140,6 +156,17 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     ) -> StoreResult<bool>;
     /// Appends events to the chain in one transaction (group commit).
     async fn append_events(&self, events: Vec<NewEvent>) -> StoreResult<Vec<Event>>;
+    /// Appends events and writes task history snapshots in one transaction (either may
+    /// be empty); a snapshot older than the stored one for its task is ignored.
+    async fn append_batch(
+        &self,
+        events: Vec<NewEvent>,
+        histories: Vec<HistoryRow>,
+    ) -> StoreResult<Vec<Event>>;
+    /// The latest history snapshot of every active or pending task.
+    async fn live_histories(&self) -> StoreResult<Vec<HistoryRow>>;
+    /// The last audit record, if any.
+    async fn audit_tail(&self) -> StoreResult<Option<Event>>;
     /// Up to `limit` events with `seq > after`, in order.
     async fn events_after(&self, after: i64, limit: i64) -> StoreResult<Vec<Event>>;
     /// Every event of one task, in order.

@@ -3,6 +3,8 @@
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -16,8 +18,8 @@ use sqlx::{AssertSqlSafe, Row, Sqlite, Transaction};
 
 use crate::{
     AgentRecord, ApprovalRecord, ApprovalVote, ApproverGroup, ApproverRecord, BreakGlassRecord,
-    BreakGlassReview, JoinTokenRecord, KeyRow, SecretRecord, Store, StoreError, StoreResult,
-    TaskRecord, ToolPin, VoteOutcome,
+    BreakGlassReview, HistoryRow, JoinTokenRecord, KeyRow, SecretRecord, Store, StoreError,
+    StoreResult, TaskRecord, ToolPin, VoteOutcome,
 };
 
 /// Versioned migrations, applied in order, each in its own transaction.
@@ -34,6 +36,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "tool_pins",
         include_str!("../migrations/0004_tool_pins.sql"),
     ),
+    (
+        5,
+        "task_history",
+        include_str!("../migrations/0005_task_history.sql"),
+    ),
 ];
 
 mod pins;
@@ -48,6 +55,8 @@ pub struct SqliteStore {
     write: SqlitePool,
     read: SqlitePool,
     path: PathBuf,
+    /// `PRAGMA max_page_count` for every writer connection (0: SQLite's default).
+    max_pages: Arc<AtomicU64>,
 }
 
 fn corrupt(what: impl std::fmt::Display) -> StoreError {
@@ -103,9 +112,22 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(5));
+        let max_pages = Arc::new(AtomicU64::new(0));
+        let limit = Arc::clone(&max_pages);
         let write = SqlitePoolOptions::new()
             .max_connections(1)
             .acquire_timeout(Duration::from_secs(10))
+            .after_connect(move |conn, _meta| {
+                let pages = limit.load(Ordering::SeqCst);
+                Box::pin(async move {
+                    if pages > 0 {
+                        sqlx::query(AssertSqlSafe(format!("PRAGMA max_page_count = {pages}")))
+                            .execute(conn)
+                            .await?;
+                    }
+                    Ok(())
+                })
+            })
             .connect_with(opts.clone())
             .await?;
         let read = SqlitePoolOptions::new()
@@ -113,12 +135,45 @@ impl SqliteStore {
             .acquire_timeout(Duration::from_secs(10))
             .connect_with(opts)
             .await?;
-        Ok(Self { write, read, path })
+        Ok(Self {
+            write,
+            read,
+            path,
+            max_pages,
+        })
     }
 
     /// Path of the database file.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Caps the database file at `pages` pages (of 4 KiB by default) on the writer
+    /// connection and on every one opened after it; `None` lifts the cap. Past the cap,
+    /// writes fail with `SQLITE_FULL` exactly as on a full disk.
+    pub async fn limit_pages(&self, pages: Option<u64>) -> StoreResult<()> {
+        let pages = pages.unwrap_or(u64::from(u32::MAX - 1));
+        self.max_pages.store(pages, Ordering::SeqCst);
+        let mut w = self.writer().await?;
+        sqlx::query(AssertSqlSafe(format!("PRAGMA max_page_count = {pages}")))
+            .execute(&mut *w)
+            .await?;
+        w.keep();
+        Ok(())
+    }
+
+    /// Closes every connection (waiting for those in use to come back).
+    pub async fn close(&self) {
+        self.write.close().await;
+        self.read.close().await;
+    }
+
+    /// The writer connection for one write (see [`WriteConn`]).
+    async fn writer(&self) -> StoreResult<WriteConn> {
+        Ok(WriteConn {
+            conn: self.write.acquire().await?,
+            kept: false,
+        })
     }
 
     async fn migrate(&self) -> StoreResult<()> {
@@ -141,7 +196,8 @@ impl SqliteStore {
             if applied.contains(version) {
                 continue;
             }
-            let mut tx = self.write.begin().await?;
+            let mut w = self.writer().await?;
+            let mut tx = w.begin().await?;
             sqlx::raw_sql(*sql).execute(&mut *tx).await?;
             sqlx::query(
                 "INSERT INTO schema_migrations (version, name, applied_at_ms) VALUES ($1, $2, $3)",
@@ -152,6 +208,7 @@ impl SqliteStore {
             .execute(&mut *tx)
             .await?;
             tx.commit().await?;
+            w.keep();
         }
         Ok(())
     }
@@ -174,6 +231,52 @@ fn restrict_permissions(dir: &Path) {
 #[cfg(not(unix))]
 fn restrict_permissions(_dir: &Path) {}
 
+/// The writer connection, held for one write. Every way out but [`WriteConn::keep`] — an
+/// error, a failed COMMIT, a future dropped half way — closes the connection instead of
+/// returning it to the pool. After `SQLITE_FULL` or an I/O error SQLite may or may not have
+/// rolled the transaction back by itself, and sqlx's count of open transactions can then
+/// disagree with the connection's: the next BEGIN would become a savepoint inside a
+/// transaction that never commits, and every later "commit" would be acknowledged while
+/// nothing reaches the file. A fresh connection has no such doubt.
+struct WriteConn {
+    conn: sqlx::pool::PoolConnection<Sqlite>,
+    kept: bool,
+}
+
+impl WriteConn {
+    /// A write transaction on the writer connection.
+    async fn begin(&mut self) -> StoreResult<Transaction<'_, Sqlite>> {
+        use sqlx::Connection as _;
+        Ok(self.conn.begin().await?)
+    }
+
+    /// The write committed (or needed no transaction): the connection can be reused.
+    fn keep(&mut self) {
+        self.kept = true;
+    }
+}
+
+impl Drop for WriteConn {
+    fn drop(&mut self) {
+        if !self.kept {
+            self.conn.close_on_drop();
+        }
+    }
+}
+
+impl std::ops::Deref for WriteConn {
+    type Target = sqlx::SqliteConnection;
+    fn deref(&self) -> &Self::Target {
+        &self.conn
+    }
+}
+
+impl std::ops::DerefMut for WriteConn {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.conn
+    }
+}
+
 async fn append_in(
     tx: &mut Transaction<'_, Sqlite>,
     events: Vec<NewEvent>,
@@ -184,6 +287,25 @@ async fn append_in(
         .ok_or_else(|| corrupt("audit head row is missing"))?;
     let mut seq: i64 = head.try_get("seq")?;
     let mut hash: String = head.try_get("hash")?;
+    // Never append to a broken chain: the last record must be the one the head names.
+    let tail = sqlx::query("SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1")
+        .fetch_optional(&mut **tx)
+        .await?;
+    let tail: Option<(i64, String)> = tail
+        .map(|r| Ok::<_, StoreError>((r.try_get("seq")?, r.try_get("hash")?)))
+        .transpose()?;
+    match &tail {
+        None if seq == 0 => {}
+        Some((s, h)) if *s == seq && *h == hash => {}
+        other => {
+            return Err(StoreError::ChainBroken(format!(
+                "the last audit record ({}) is not the one the head names (seq {seq}): the chain was truncated, rewritten or its head moved; refusing to append",
+                other
+                    .as_ref()
+                    .map_or_else(|| "none".to_owned(), |(s, _)| format!("seq {s}"))
+            )));
+        }
+    }
     let mut out = Vec::with_capacity(events.len());
     for new in events {
         let e = link(new, seq, &hash);
@@ -211,6 +333,25 @@ async fn append_in(
         .execute(&mut **tx)
         .await?;
     Ok(out)
+}
+
+async fn put_histories_in(
+    tx: &mut Transaction<'_, Sqlite>,
+    histories: &[HistoryRow],
+) -> StoreResult<()> {
+    for h in histories {
+        sqlx::query(
+            "INSERT INTO task_history (task_id, rev, data) VALUES ($1, $2, $3) \
+             ON CONFLICT (task_id) DO UPDATE SET rev = excluded.rev, data = excluded.data \
+             WHERE excluded.rev > task_history.rev",
+        )
+        .bind(&h.task_id)
+        .bind(h.rev)
+        .bind(&h.data)
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(())
 }
 
 async fn append_one(tx: &mut Transaction<'_, Sqlite>, event: NewEvent) -> StoreResult<Event> {
@@ -389,11 +530,13 @@ impl Store for SqliteStore {
     }
 
     async fn put_setting(&self, key: &str, value: &str) -> StoreResult<()> {
+        let mut w = self.writer().await?;
         sqlx::query("INSERT INTO settings (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = excluded.value")
             .bind(key)
             .bind(value)
-            .execute(&self.write)
+            .execute(&mut *w)
             .await?;
+        w.keep();
         Ok(())
     }
 
@@ -420,7 +563,8 @@ impl Store for SqliteStore {
         prune_before_ms: i64,
         event: Option<NewEvent>,
     ) -> StoreResult<()> {
-        let mut tx = self.write.begin().await?;
+        let mut w = self.writer().await?;
+        let mut tx = w.begin().await?;
         sqlx::query("UPDATE signing_keys SET retired_at_ms = $1 WHERE retired_at_ms IS NULL")
             .bind(now_ms)
             .execute(&mut *tx)
@@ -441,6 +585,7 @@ impl Store for SqliteStore {
             append_one(&mut tx, event).await?;
         }
         tx.commit().await?;
+        w.keep();
         Ok(())
     }
 
@@ -450,7 +595,8 @@ impl Store for SqliteStore {
         join: &JoinTokenRecord,
         event: NewEvent,
     ) -> StoreResult<Event> {
-        let mut tx = self.write.begin().await?;
+        let mut w = self.writer().await?;
+        let mut tx = w.begin().await?;
         let inserted = sqlx::query(
             "INSERT INTO agents (name, owner, tier, status, attestation, created_at_ms, updated_at_ms) VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (name) DO NOTHING",
         )
@@ -469,6 +615,7 @@ impl Store for SqliteStore {
         insert_join(&mut tx, join).await?;
         let e = append_one(&mut tx, event).await?;
         tx.commit().await?;
+        w.keep();
         Ok(e)
     }
 
@@ -498,7 +645,8 @@ impl Store for SqliteStore {
         now_ms: i64,
         event: NewEvent,
     ) -> StoreResult<Vec<String>> {
-        let mut tx = self.write.begin().await?;
+        let mut w = self.writer().await?;
+        let mut tx = w.begin().await?;
         let updated =
             sqlx::query("UPDATE agents SET status = $1, updated_at_ms = $2 WHERE name = $3")
                 .bind(status.as_str())
@@ -542,6 +690,7 @@ impl Store for SqliteStore {
         }
         append_in(&mut tx, events).await?;
         tx.commit().await?;
+        w.keep();
         Ok(revoked)
     }
 
@@ -550,10 +699,12 @@ impl Store for SqliteStore {
         join: &JoinTokenRecord,
         event: NewEvent,
     ) -> StoreResult<Event> {
-        let mut tx = self.write.begin().await?;
+        let mut w = self.writer().await?;
+        let mut tx = w.begin().await?;
         insert_join(&mut tx, join).await?;
         let e = append_one(&mut tx, event).await?;
         tx.commit().await?;
+        w.keep();
         Ok(e)
     }
 
@@ -562,24 +713,28 @@ impl Store for SqliteStore {
         token_hash: &str,
         now_ms: i64,
     ) -> StoreResult<Option<AgentName>> {
+        let mut w = self.writer().await?;
         let agent: Option<String> = sqlx::query_scalar(
             "UPDATE join_tokens SET used_at_ms = $1 WHERE token_hash = $2 AND used_at_ms IS NULL AND expires_at_ms > $3 RETURNING agent",
         )
         .bind(now_ms)
         .bind(token_hash)
         .bind(now_ms)
-        .fetch_optional(&self.write)
+        .fetch_optional(&mut *w)
         .await?;
+        w.keep();
         agent
             .map(|a| AgentName::parse(&a).map_err(corrupt))
             .transpose()
     }
 
     async fn insert_task(&self, task: &TaskRecord, event: NewEvent) -> StoreResult<Event> {
-        let mut tx = self.write.begin().await?;
+        let mut w = self.writer().await?;
+        let mut tx = w.begin().await?;
         insert_task_in(&mut tx, task).await?;
         let e = append_one(&mut tx, event).await?;
         tx.commit().await?;
+        w.keep();
         Ok(e)
     }
 
@@ -622,7 +777,8 @@ impl Store for SqliteStore {
             placeholders.join(", ")
         );
         let ended = to.is_final().then_some(now_ms);
-        let mut tx = self.write.begin().await?;
+        let mut w = self.writer().await?;
+        let mut tx = w.begin().await?;
         // Safe: the SQL text holds only generated `$n` placeholders, never input.
         let mut q = sqlx::query(AssertSqlSafe(sql))
             .bind(to.as_str())
@@ -638,6 +794,7 @@ impl Store for SqliteStore {
         }
         append_one(&mut tx, event).await?;
         tx.commit().await?;
+        w.keep();
         Ok(true)
     }
 
@@ -647,7 +804,8 @@ impl Store for SqliteStore {
         grant: &Grant,
         event: NewEvent,
     ) -> StoreResult<bool> {
-        let mut tx = self.write.begin().await?;
+        let mut w = self.writer().await?;
+        let mut tx = w.begin().await?;
         let updated = sqlx::query(
             "UPDATE tasks SET grant_json = $1 WHERE id = $2 AND state IN ('pending', 'active')",
         )
@@ -660,17 +818,57 @@ impl Store for SqliteStore {
         }
         append_one(&mut tx, event).await?;
         tx.commit().await?;
+        w.keep();
         Ok(true)
     }
 
     async fn append_events(&self, events: Vec<NewEvent>) -> StoreResult<Vec<Event>> {
-        if events.is_empty() {
+        self.append_batch(events, Vec::new()).await
+    }
+
+    async fn append_batch(
+        &self,
+        events: Vec<NewEvent>,
+        histories: Vec<HistoryRow>,
+    ) -> StoreResult<Vec<Event>> {
+        if events.is_empty() && histories.is_empty() {
             return Ok(Vec::new());
         }
-        let mut tx = self.write.begin().await?;
-        let out = append_in(&mut tx, events).await?;
+        let mut w = self.writer().await?;
+        let mut tx = w.begin().await?;
+        let out = if events.is_empty() {
+            Vec::new()
+        } else {
+            append_in(&mut tx, events).await?
+        };
+        put_histories_in(&mut tx, &histories).await?;
         tx.commit().await?;
+        w.keep();
         Ok(out)
+    }
+
+    async fn live_histories(&self) -> StoreResult<Vec<HistoryRow>> {
+        let rows = sqlx::query(
+            "SELECT h.task_id, h.rev, h.data FROM task_history h JOIN tasks t ON t.id = h.task_id WHERE t.state IN ('active', 'pending')",
+        )
+        .fetch_all(&self.read)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(HistoryRow {
+                    task_id: r.try_get("task_id")?,
+                    rev: r.try_get("rev")?,
+                    data: r.try_get("data")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn audit_tail(&self) -> StoreResult<Option<Event>> {
+        let row = sqlx::query("SELECT * FROM audit_events ORDER BY seq DESC LIMIT 1")
+            .fetch_optional(&self.read)
+            .await?;
+        row.as_ref().map(event_from_row).transpose()
     }
 
     async fn events_after(&self, after: i64, limit: i64) -> StoreResult<Vec<Event>> {
@@ -725,7 +923,8 @@ impl Store for SqliteStore {
         token_hash: &str,
         event: NewEvent,
     ) -> StoreResult<Event> {
-        let mut tx = self.write.begin().await?;
+        let mut w = self.writer().await?;
+        let mut tx = w.begin().await?;
         sqlx::query(
             "INSERT INTO approvers (name, roles, groups_json, token_hash, created_at_ms, disabled_at_ms) VALUES ($1, $2, $3, $4, $5, $6)",
         )
@@ -739,6 +938,7 @@ impl Store for SqliteStore {
         .await?;
         let e = append_one(&mut tx, event).await?;
         tx.commit().await?;
+        w.keep();
         Ok(e)
     }
 
@@ -771,7 +971,8 @@ impl Store for SqliteStore {
         now_ms: i64,
         event: NewEvent,
     ) -> StoreResult<bool> {
-        let mut tx = self.write.begin().await?;
+        let mut w = self.writer().await?;
+        let mut tx = w.begin().await?;
         let updated = sqlx::query(
             "UPDATE approvers SET disabled_at_ms = $1 WHERE name = $2 AND disabled_at_ms IS NULL",
         )
@@ -784,11 +985,13 @@ impl Store for SqliteStore {
         }
         append_one(&mut tx, event).await?;
         tx.commit().await?;
+        w.keep();
         Ok(true)
     }
 
     async fn put_approver_group(&self, group: &ApproverGroup, event: NewEvent) -> StoreResult<()> {
-        let mut tx = self.write.begin().await?;
+        let mut w = self.writer().await?;
+        let mut tx = w.begin().await?;
         sqlx::query(
             "INSERT INTO approver_groups (name, webhook_url, webhook_secret, updated_at_ms) VALUES ($1, $2, $3, $4) \
              ON CONFLICT (name) DO UPDATE SET webhook_url = excluded.webhook_url, webhook_secret = excluded.webhook_secret, updated_at_ms = excluded.updated_at_ms",
@@ -801,6 +1004,7 @@ impl Store for SqliteStore {
         .await?;
         append_one(&mut tx, event).await?;
         tx.commit().await?;
+        w.keep();
         Ok(())
     }
 
@@ -829,7 +1033,8 @@ impl Store for SqliteStore {
         max_per_task: i64,
         event: NewEvent,
     ) -> StoreResult<Event> {
-        let mut tx = self.write.begin().await?;
+        let mut w = self.writer().await?;
+        let mut tx = w.begin().await?;
         let (by_agent, by_task): (i64, i64) = sqlx::query_as(
             "SELECT COUNT(*), COALESCE(SUM(CASE WHEN task_id = $1 THEN 1 ELSE 0 END), 0) FROM approvals WHERE agent = $2 AND state = 'pending'",
         )
@@ -874,6 +1079,7 @@ impl Store for SqliteStore {
         .await?;
         let e = append_one(&mut tx, event).await?;
         tx.commit().await?;
+        w.keep();
         Ok(e)
     }
 
@@ -956,7 +1162,8 @@ impl Store for SqliteStore {
         vote: &ApprovalVote,
         mut event: NewEvent,
     ) -> StoreResult<VoteOutcome> {
-        let mut tx = self.write.begin().await?;
+        let mut w = self.writer().await?;
+        let mut tx = w.begin().await?;
         let row = sqlx::query(AssertSqlSafe(format!(
             "SELECT {APPROVAL_COLUMNS} FROM approvals WHERE id = $1"
         )))
@@ -1008,6 +1215,7 @@ impl Store for SqliteStore {
         }
         append_one(&mut tx, event).await?;
         tx.commit().await?;
+        w.keep();
         Ok(VoteOutcome::Counted(Box::new(a)))
     }
 
@@ -1029,7 +1237,8 @@ impl Store for SqliteStore {
             "UPDATE approvals SET state = $1, decided_at_ms = $2, decided_by = $3, reason = $4 WHERE id = $5 AND state IN ({})",
             placeholders.join(", ")
         );
-        let mut tx = self.write.begin().await?;
+        let mut w = self.writer().await?;
+        let mut tx = w.begin().await?;
         // Safe: the SQL text holds only generated `$n` placeholders, never input.
         let mut q = sqlx::query(AssertSqlSafe(sql))
             .bind(to.as_str())
@@ -1045,6 +1254,7 @@ impl Store for SqliteStore {
         }
         append_one(&mut tx, event).await?;
         tx.commit().await?;
+        w.keep();
         Ok(true)
     }
 
@@ -1054,7 +1264,8 @@ impl Store for SqliteStore {
         task: &TaskRecord,
         event: NewEvent,
     ) -> StoreResult<Event> {
-        let mut tx = self.write.begin().await?;
+        let mut w = self.writer().await?;
+        let mut tx = w.begin().await?;
         insert_task_in(&mut tx, task).await?;
         sqlx::query(AssertSqlSafe(format!(
             "INSERT INTO break_glass ({BREAK_GLASS_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, NULL, NULL, NULL)"
@@ -1070,6 +1281,7 @@ impl Store for SqliteStore {
         .await?;
         let e = append_one(&mut tx, event).await?;
         tx.commit().await?;
+        w.keep();
         Ok(e)
     }
 
@@ -1102,7 +1314,8 @@ impl Store for SqliteStore {
         review: &BreakGlassReview,
         event: NewEvent,
     ) -> StoreResult<bool> {
-        let mut tx = self.write.begin().await?;
+        let mut w = self.writer().await?;
+        let mut tx = w.begin().await?;
         let updated = sqlx::query(
             "UPDATE break_glass SET reviewed_by = $1, reviewed_at_ms = $2, review_notes = $3 WHERE id = $4 AND reviewed_by IS NULL AND declared_by <> $5",
         )
@@ -1118,6 +1331,7 @@ impl Store for SqliteStore {
         }
         append_one(&mut tx, event).await?;
         tx.commit().await?;
+        w.keep();
         Ok(true)
     }
 

@@ -30,7 +30,8 @@ pub(super) async fn all(s: &SqliteStore) -> StoreResult<Vec<ToolPin>> {
 }
 
 pub(super) async fn put(s: &SqliteStore, pins: &[ToolPin], event: NewEvent) -> StoreResult<()> {
-    let mut tx = s.write.begin().await?;
+    let mut w = s.writer().await?;
+    let mut tx = w.begin().await?;
     for p in pins {
         sqlx::query(
             "INSERT INTO tool_pins (server, tool, digest, approved_digest, definition, status, reason, decided_by, updated_at_ms) \
@@ -53,5 +54,6 @@ pub(super) async fn put(s: &SqliteStore, pins: &[ToolPin], event: NewEvent) -> S
     }
     append_one(&mut tx, event).await?;
     tx.commit().await?;
+    w.keep();
     Ok(())
 }

@@ -21,7 +21,8 @@ fn row(r: &SqliteRow) -> StoreResult<SecretRecord> {
 }
 
 pub(super) async fn put(s: &SqliteStore, rec: &SecretRecord, event: NewEvent) -> StoreResult<()> {
-    let mut tx = s.write.begin().await?;
+    let mut w = s.writer().await?;
+    let mut tx = w.begin().await?;
     sqlx::query(
         "INSERT INTO secrets (name, key_id, sealed, description, created_at_ms, updated_at_ms) VALUES ($1, $2, $3, $4, $5, $6) \
          ON CONFLICT (name) DO UPDATE SET key_id = excluded.key_id, sealed = excluded.sealed, description = excluded.description, updated_at_ms = excluded.updated_at_ms",
@@ -36,6 +37,7 @@ pub(super) async fn put(s: &SqliteStore, rec: &SecretRecord, event: NewEvent) ->
     .await?;
     append_one(&mut tx, event).await?;
     tx.commit().await?;
+    w.keep();
     Ok(())
 }
 
@@ -59,7 +61,8 @@ pub(super) async fn all(s: &SqliteStore) -> StoreResult<Vec<SecretRecord>> {
 }
 
 pub(super) async fn delete(s: &SqliteStore, name: &str, event: NewEvent) -> StoreResult<bool> {
-    let mut tx = s.write.begin().await?;
+    let mut w = s.writer().await?;
+    let mut tx = w.begin().await?;
     let gone = sqlx::query("DELETE FROM secrets WHERE name = $1")
         .bind(name)
         .execute(&mut *tx)
@@ -69,6 +72,7 @@ pub(super) async fn delete(s: &SqliteStore, name: &str, event: NewEvent) -> Stor
     }
     append_one(&mut tx, event).await?;
     tx.commit().await?;
+    w.keep();
     Ok(true)
 }
 
@@ -77,7 +81,8 @@ pub(super) async fn reseal(
     resealed: &[(SecretRecord, i64)],
     event: NewEvent,
 ) -> StoreResult<()> {
-    let mut tx = s.write.begin().await?;
+    let mut w = s.writer().await?;
+    let mut tx = w.begin().await?;
     for (rec, read_at) in resealed {
         let done = sqlx::query(
             "UPDATE secrets SET key_id = $1, sealed = $2, updated_at_ms = $3 WHERE name = $4 AND updated_at_ms = $5",
@@ -98,5 +103,6 @@ pub(super) async fn reseal(
     }
     append_one(&mut tx, event).await?;
     tx.commit().await?;
+    w.keep();
     Ok(())
 }
