@@ -147,6 +147,12 @@ pub enum EventKind {
     /// An MCP request that is not a tool call (listing, reading a resource, a prompt).
     #[serde(rename = "mcp.request")]
     McpRequest,
+    /// Content from an untrusted source entered a task (recorded before it reaches the agent).
+    #[serde(rename = "task.tainted")]
+    TaskTainted,
+    /// The store commits again after failing (full disk, I/O error).
+    #[serde(rename = "store.recovered")]
+    StoreRecovered,
 }
 
 impl EventKind {
@@ -194,6 +200,8 @@ impl EventKind {
             Self::ToolChanged => "tool.changed",
             Self::ToolApproved => "tool.approved",
             Self::McpRequest => "mcp.request",
+            Self::TaskTainted => "task.tainted",
+            Self::StoreRecovered => "store.recovered",
         }
     }
 }

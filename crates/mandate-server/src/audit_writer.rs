@@ -4,12 +4,16 @@
 //! the next transaction instead of paying a commit of their own, or are flushed after
 //! [`DEFERRED_FLUSH`].
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use mandate_audit::{Event, NewEvent};
-use mandate_store::Store;
+use mandate_store::{HistoryRow, Store, StoreError};
 use tokio::sync::{mpsc, oneshot};
+
+use crate::error::ApiError;
+use axum::http::StatusCode;
 
 /// Most events committed in one transaction.
 const MAX_BATCH: usize = 512;
@@ -20,21 +24,114 @@ pub const DEFERRED_FLUSH: Duration = Duration::from_millis(20);
 /// Most deferred events held; beyond, one is committed on its own at once.
 const MAX_DEFERRED: usize = 4096;
 
-type Job = (NewEvent, oneshot::Sender<Result<Event, String>>);
+/// Why an event was not recorded. Either way the caller must not act as if it were.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuditError {
+    /// The store could not commit (full disk, I/O error, lost database...).
+    #[error("the audit store cannot commit: {0}")]
+    Unavailable(String),
+    /// The chain is broken: nothing is appended to it until an operator repairs it.
+    #[error("the audit chain is broken: {0}")]
+    ChainBroken(String),
+}
+
+impl From<AuditError> for ApiError {
+    fn from(e: AuditError) -> Self {
+        match e {
+            AuditError::Unavailable(_) => ApiError::audit(),
+            AuditError::ChainBroken(why) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "audit_chain_broken",
+                format!("the audit chain is broken, so nothing is decided or recorded until an operator restores it (run `mandate audit verify`): {why}"),
+            ),
+        }
+    }
+}
+
+/// Whether the store commits, as the writer last saw it, and whether the chain may be
+/// appended to. Read by readiness; decisions need a commit anyway, so they fail closed on
+/// their own while it fails, and succeed again with the first commit that does.
+#[derive(Debug, Default)]
+pub struct StoreHealth {
+    failing: AtomicBool,
+    reason: Mutex<Option<String>>,
+    chain_break: Mutex<Option<String>>,
+}
+
+impl StoreHealth {
+    fn committed(&self) {
+        if self.failing.swap(false, Ordering::SeqCst) {
+            tracing::warn!("the audit store commits again");
+            *crate::engine::lock(&self.reason) = None;
+        }
+    }
+
+    fn failed(&self, why: &str) {
+        *crate::engine::lock(&self.reason) = Some(why.to_owned());
+        self.failing.store(true, Ordering::SeqCst);
+    }
+
+    /// Why the store cannot commit, while it cannot.
+    pub fn failure(&self) -> Option<String> {
+        if self.failing.load(Ordering::SeqCst) {
+            crate::engine::lock(&self.reason).clone()
+        } else {
+            None
+        }
+    }
+
+    /// Why the chain may not be appended to, once it is found broken.
+    pub fn chain_break(&self) -> Option<String> {
+        crate::engine::lock(&self.chain_break).clone()
+    }
+
+    /// Stops every append: the chain was found broken (at start-up, by verification, or
+    /// by the store refusing an append).
+    pub fn halt(&self, why: &str) {
+        let mut b = crate::engine::lock(&self.chain_break);
+        if b.is_none() {
+            tracing::error!(reason = why, "audit chain broken: refusing every append and decision");
+            *b = Some(why.to_owned());
+        }
+    }
+}
+
+/// One event to commit, with the task history it changes, and who waits for it.
+struct Job {
+    event: NewEvent,
+    history: Option<HistoryRow>,
+    done: oneshot::Sender<Result<Event, AuditError>>,
+}
+
+/// Events and history snapshots nobody waits for.
+#[derive(Debug, Default)]
+struct Deferred {
+    events: Vec<NewEvent>,
+    histories: Vec<HistoryRow>,
+}
 
 /// Handle to the writer task.
 #[derive(Debug, Clone)]
 pub struct AuditWriter {
     tx: mpsc::Sender<Job>,
-    deferred: Arc<Mutex<Vec<NewEvent>>>,
+    deferred: Arc<Mutex<Deferred>>,
+    health: Arc<StoreHealth>,
+}
+
+impl std::fmt::Debug for Job {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Job").field("kind", &self.event.kind).finish()
+    }
 }
 
 impl AuditWriter {
     /// Starts the writer on the current runtime.
     pub fn spawn(store: Arc<dyn Store>) -> Self {
         let (tx, mut rx) = mpsc::channel::<Job>(QUEUE);
-        let deferred: Arc<Mutex<Vec<NewEvent>>> = Arc::default();
+        let deferred: Arc<Mutex<Deferred>> = Arc::default();
+        let health: Arc<StoreHealth> = Arc::default();
         let pending = Arc::clone(&deferred);
+        let state = Arc::clone(&health);
         tokio::spawn(async move {
             let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
             let mut tick = tokio::time::interval(DEFERRED_FLUSH);
@@ -48,17 +145,29 @@ impl AuditWriter {
                     }
                     _ = tick.tick() => {}
                 }
+                if let Some(why) = state.chain_break() {
+                    for job in batch.drain(..) {
+                        let _ = job.done.send(Err(AuditError::ChainBroken(why.clone())));
+                    }
+                    continue;
+                }
                 let riders = std::mem::take(&mut *crate::engine::lock(&pending));
-                if batch.is_empty() && riders.is_empty() {
+                if batch.is_empty() && riders.events.is_empty() && riders.histories.is_empty() {
                     continue;
                 }
                 // Deferred events happened before the ones now waiting: they go first.
-                let skip = riders.len();
-                let (waited, waiters): (Vec<NewEvent>, Vec<_>) = batch.drain(..).unzip();
-                let mut events = riders;
-                events.extend(waited);
-                match store.append_events(events).await {
+                let skip = riders.events.len();
+                let mut events = riders.events.clone();
+                let mut histories = riders.histories.clone();
+                let mut waiters = Vec::with_capacity(batch.len());
+                for job in batch.drain(..) {
+                    events.push(job.event);
+                    histories.extend(job.history);
+                    waiters.push(job.done);
+                }
+                match store.append_batch(events, histories).await {
                     Ok(stored) => {
+                        state.committed();
                         for (waiter, event) in
                             waiters.into_iter().zip(stored.into_iter().skip(skip))
                         {
@@ -66,23 +175,52 @@ impl AuditWriter {
                         }
                     }
                     Err(e) => {
-                        tracing::error!(error = %e, "audit append failed; the batch is refused");
+                        let err = match &e {
+                            StoreError::ChainBroken(why) => {
+                                state.halt(why);
+                                AuditError::ChainBroken(why.clone())
+                            }
+                            other => {
+                                tracing::error!(error = %other, "audit append failed; the batch is refused");
+                                state.failed(&other.to_string());
+                                AuditError::Unavailable(other.to_string())
+                            }
+                        };
                         for waiter in waiters {
-                            let _ = waiter.send(Err(e.to_string()));
+                            let _ = waiter.send(Err(err.clone()));
                         }
+                        // Nobody was told the deferred ones failed: they wait for the next
+                        // transaction, ahead of anything deferred since.
+                        let mut d = crate::engine::lock(&pending);
+                        let mut events = riders.events;
+                        events.append(&mut d.events);
+                        events.truncate(MAX_DEFERRED);
+                        d.events = events;
+                        let mut histories = riders.histories;
+                        histories.append(&mut d.histories);
+                        d.histories = histories;
                     }
                 }
             }
         });
-        Self { tx, deferred }
+        Self {
+            tx,
+            deferred,
+            health,
+        }
+    }
+
+    /// What the writer knows of the store's health.
+    pub fn health(&self) -> &StoreHealth {
+        &self.health
     }
 
     /// Records an event nobody waits for with the next transaction (at most
     /// [`DEFERRED_FLUSH`] later). A store failure is logged, like any unawaited write.
     pub fn append_deferred(&self, event: NewEvent) {
         let mut d = crate::engine::lock(&self.deferred);
-        if d.len() < MAX_DEFERRED {
-            d.push(event);
+        if d.events.len() < MAX_DEFERRED {
+            d.events.push(event);
             return;
         }
         drop(d);
@@ -96,16 +234,43 @@ impl AuditWriter {
         }
     }
 
+    /// Writes a task history snapshot with the next transaction (at most
+    /// [`DEFERRED_FLUSH`] later); only the newest snapshot of a task is kept.
+    pub fn defer_history(&self, row: HistoryRow) {
+        let mut d = crate::engine::lock(&self.deferred);
+        if let Some(old) = d.histories.iter_mut().find(|h| h.task_id == row.task_id) {
+            if row.rev > old.rev {
+                *old = row;
+            }
+        } else {
+            d.histories.push(row);
+        }
+    }
+
     /// Appends one event and returns once it is durable. Any failure is an error: the
     /// caller must not act as if the event were recorded.
     pub async fn append(&self, event: NewEvent) -> Result<Event, String> {
-        let (tx, rx) = oneshot::channel();
+        self.record(event, None).await.map_err(|e| e.to_string())
+    }
+
+    /// Appends one event, with the history snapshot it brings about, in one transaction,
+    /// and returns once both are durable.
+    pub async fn record(
+        &self,
+        event: NewEvent,
+        history: Option<HistoryRow>,
+    ) -> Result<Event, AuditError> {
+        let (done, rx) = oneshot::channel();
         self.tx
-            .send((event, tx))
+            .send(Job {
+                event,
+                history,
+                done,
+            })
             .await
-            .map_err(|_| "audit writer stopped".to_owned())?;
+            .map_err(|_| AuditError::Unavailable("audit writer stopped".to_owned()))?;
         rx.await
-            .map_err(|_| "audit writer dropped the event".to_owned())?
+            .map_err(|_| AuditError::Unavailable("audit writer dropped the event".to_owned()))?
     }
 }
 

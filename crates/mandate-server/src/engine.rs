@@ -10,16 +10,17 @@ use mandate_core::{
     ActionClass, AgentName, CanonicalArgs, Clock, DataDomain, Destination, Grant, RequestedScope,
     Sensitivity, SpiffeId, TaskState, ToolName,
 };
+use mandate_gateway::ratelimit::Buckets;
 use mandate_policy::{
     AgentFacts, Bundle, CallRequest, Decision, GRANT_CEILING_POLICY, History, ItemOutcome,
     TaskEntities, TaskFacts,
 };
-use mandate_store::{AgentRecord, KeyRow, Store, TaskRecord};
+use mandate_store::{AgentRecord, HistoryRow, KeyRow, Store, TaskRecord};
 use mandate_token::{
     Expectations, IdentityClaims, KeyRing, StoredKey, TaskClaims, TokenError, VerifiedCache,
 };
 
-use crate::audit_writer::AuditWriter;
+use crate::audit_writer::{AuditError, AuditWriter};
 use crate::config::ServerConfig;
 use crate::error::ApiError;
 use axum::http::StatusCode;
@@ -64,7 +65,30 @@ pub struct LiveTask {
     ended: AtomicBool,
     /// Wakes whatever waits on the task's end (calls in flight, streams).
     end_signal: tokio::sync::Notify,
+    /// Revision of `history`: increases with each change, so the newest durable snapshot
+    /// wins whatever order snapshots are committed in.
+    history_rev: AtomicI64,
+    /// Decisions of this task between their last check that it is live and their answer;
+    /// an end waits for them before it is acknowledged.
+    in_flight: std::sync::atomic::AtomicUsize,
+    /// Wakes an end waiting for `in_flight` to drain.
+    drained: tokio::sync::Notify,
 }
+
+/// A decision in flight on a live task: while it is held, an end of the task waits.
+#[derive(Debug)]
+pub(crate) struct Flight<'a>(&'a LiveTask);
+
+impl Drop for Flight<'_> {
+    fn drop(&mut self) {
+        if self.0.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.drained.notify_waiters();
+        }
+    }
+}
+
+/// Longest an end waits for the decisions in flight on its task.
+const DRAIN_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl LiveTask {
     /// Expiry (unix ms).
@@ -131,6 +155,50 @@ impl LiveTask {
             return;
         }
         notified.await;
+    }
+
+    /// Registers a decision about to be recorded and answered; `None` once the task has
+    /// ended. An end is acknowledged only after every decision that found the task live
+    /// has been recorded, so what a caller was told and what the audit says agree, and no
+    /// allow follows an acknowledged end.
+    pub(crate) fn enter(&self) -> Option<Flight<'_>> {
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        let flight = Flight(self);
+        (!self.is_ended()).then_some(flight)
+    }
+
+    /// Waits (bounded) until no decision that found the task live is still in flight.
+    pub(crate) async fn drain(&self) {
+        let wait = async {
+            loop {
+                let notified = self.drained.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                if self.in_flight.load(Ordering::SeqCst) == 0 {
+                    return;
+                }
+                notified.await;
+            }
+        };
+        if tokio::time::timeout(DRAIN_WAIT, wait).await.is_err() {
+            tracing::error!(task = %self.id, "decisions still in flight after the end; acknowledging it anyway");
+        }
+    }
+
+    /// Applies `change` to the history and returns the snapshot to make durable with the
+    /// event that caused it.
+    pub(crate) fn change_history(&self, change: impl FnOnce(&mut History)) -> HistoryRow {
+        let mut h = lock(&self.history);
+        change(&mut h);
+        let rev = self.history_rev.fetch_add(1, Ordering::SeqCst) + 1;
+        HistoryRow {
+            task_id: self.id.clone(),
+            rev,
+            // Cannot fail (string keys only); were it to, the snapshot says "tainted", the
+            // stricter reading, rather than "nothing happened".
+            data: serde_json::to_string(&*h)
+                .unwrap_or_else(|_| r#"{"untrusted_content":true}"#.to_owned()),
+        }
     }
 
     /// Marks the task ended and wakes everything waiting on it.
@@ -260,6 +328,11 @@ pub struct Engine {
     /// sweeper retries them, so a revocation is never silently forgotten.
     unrecorded_ends: Mutex<HashMap<String, PendingEnd>>,
     anonymous: Mutex<AnonymousBudget>,
+    /// Decision rates per agent and per task (S4): a flood from one agent is refused with
+    /// 429 before it costs an audit record, and does not starve others.
+    decision_buckets: Mutex<(Buckets, Buckets)>,
+    /// Decisions refused by rate, per (agent, task), summarised into the audit each second.
+    rate_refused: Mutex<HashMap<(String, String), u64>>,
     /// Serialises policy reloads so the audit order matches the enforcement order.
     pub(crate) reload_lock: tokio::sync::Mutex<()>,
     /// Ids of approvals whose state changed, for calls waiting on them.
@@ -331,6 +404,12 @@ impl Engine {
             None => None,
         };
         let audit = AuditWriter::spawn(Arc::clone(&store));
+        // A broken chain is never appended to: the server starts (so readiness can say
+        // why) but records and decides nothing.
+        let chain_break = chain_tail_break(&*store).await?;
+        if let Some(why) = &chain_break {
+            audit.health().halt(why);
+        }
 
         let now = clock.now_ms();
         let mut rows = store.signing_keys().await.map_err(|e| e.to_string())?;
@@ -338,7 +417,13 @@ impl Engine {
             .iter()
             .find(|k| k.retired_at_ms.is_none())
             .map(|k| now - k.created_at_ms);
-        if active_age.is_none_or(|age| age >= config.key_rotation_secs.saturating_mul(1000)) {
+        let rotate = match active_age {
+            None => true,
+            // No rotation event can be recorded on a broken chain: keep the key.
+            Some(_) if chain_break.is_some() => false,
+            Some(age) => age >= config.key_rotation_secs.saturating_mul(1000),
+        };
+        if rotate {
             let key = StoredKey::generate(now).map_err(|e| e.to_string())?;
             let event = NewEvent {
                 ts_ms: now,
@@ -399,6 +484,14 @@ impl Engine {
         .await?;
         let pins = crate::mcp::pins::Pins::load(Arc::clone(&store), Arc::clone(&clock)).await?;
 
+        let (agent_rate, task_rate) = (
+            config.limits.agent_decisions_per_sec,
+            config.limits.task_decisions_per_sec,
+        );
+        let decision_buckets = (
+            Buckets::new(agent_rate, agent_rate.saturating_mul(2)),
+            Buckets::new(task_rate, task_rate.saturating_mul(2)),
+        );
         let engine = Arc::new(Self {
             task_cache: VerifiedCache::new(config.limits.token_cache_capacity),
             identity_cache: VerifiedCache::new(config.limits.token_cache_capacity),
@@ -414,6 +507,8 @@ impl Engine {
             admin_hash: RwLock::new(admin_hash),
             unrecorded_ends: Mutex::new(HashMap::new()),
             anonymous: Mutex::new(AnonymousBudget::default()),
+            decision_buckets: Mutex::new(decision_buckets),
+            rate_refused: Mutex::new(HashMap::new()),
             reload_lock: tokio::sync::Mutex::new(()),
             approval_changes: tokio::sync::broadcast::channel(1024).0,
             http: crate::webhook::client().map_err(|e| format!("webhook client: {e}"))?,
@@ -432,17 +527,27 @@ impl Engine {
             )
             .await;
         let b = engine.bundle();
-        engine
-            .store
-            .append_events(vec![NewEvent {
-                ts_ms: now,
-                kind: EventKind::PolicyLoaded,
-                agent: None,
-                task_id: None,
-                data: serde_json::json!({ "bundle_version": b.version(), "policies": b.len(), "source": engine.config.policies.display().to_string() }),
-            }])
-            .await
-            .map_err(|e| e.to_string())?;
+        let loaded = engine
+            .audit
+            .record(
+                NewEvent {
+                    ts_ms: now,
+                    kind: EventKind::PolicyLoaded,
+                    agent: None,
+                    task_id: None,
+                    data: serde_json::json!({ "bundle_version": b.version(), "policies": b.len(), "source": engine.config.policies.display().to_string() }),
+                },
+                None,
+            )
+            .await;
+        match loaded {
+            Ok(_) => {}
+            Err(AuditError::ChainBroken(why)) => {
+                tracing::error!(reason = %why, "the audit chain is broken: serving refusals only until it is restored");
+            }
+            Err(e) => return Err(e.to_string()),
+        }
+        engine.verify_in_background();
         Ok(Opened {
             engine,
             generated_admin_token,
@@ -459,34 +564,80 @@ impl Engine {
             .into_iter()
             .map(|b| (b.task_id, (b.id, b.declared_by)))
             .collect();
+        let agents: HashMap<AgentName, AgentRecord> = self
+            .store
+            .agents()
+            .await
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .map(|a| (a.name.clone(), a))
+            .collect();
+        // History is durable state, one row per task: restoring it costs one query for all
+        // live tasks, whatever the number of events.
+        let mut histories: HashMap<String, HistoryRow> = self
+            .store
+            .live_histories()
+            .await
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .map(|h| (h.task_id.clone(), h))
+            .collect();
         for t in live {
-            let Some(agent) = self
-                .store
-                .agent(&t.agent)
-                .await
-                .map_err(|e| e.to_string())?
-            else {
+            let Some(agent) = agents.get(&t.agent) else {
                 continue;
             };
             if agent.status != mandate_core::AgentStatus::Active {
                 // Its revocation did not commit before a crash: keep it refused.
                 continue;
             }
-            let mut task = self.live_task(&agent, &t).map_err(|e| e.message)?;
+            let mut task = self.live_task(agent, &t).map_err(|e| e.message)?;
             if let (Some(bg), Some(t)) = (break_glass.get(&t.id), Arc::get_mut(&mut task)) {
                 t.break_glass = Some(bg.clone());
             }
-            // History lives in memory; rebuild it from the task's audit events so a
-            // restart does not reset caps and sequences that policy relies on.
-            let events = self
-                .store
-                .task_events(&t.id)
-                .await
-                .map_err(|e| e.to_string())?;
-            rebuild_history(&mut lock(&task.history), &events);
+            match histories.remove(&t.id) {
+                Some(row) => {
+                    let h: History = serde_json::from_str(&row.data).map_err(|e| {
+                        format!("the stored history of task {} is corrupt: {e}", t.id)
+                    })?;
+                    *lock(&task.history) = h;
+                    task.history_rev.store(row.rev, Ordering::SeqCst);
+                }
+                None => {
+                    // Written before history was durable state (schema 4 and older):
+                    // replay the task's decisions once and make the result durable.
+                    let events = self
+                        .store
+                        .task_events(&t.id)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    let row = task.change_history(|h| rebuild_history(h, &events));
+                    self.audit.defer_history(row);
+                }
+            }
             self.insert_live(task);
         }
         Ok(())
+    }
+
+    /// Walks the whole chain once, off the request path; a break halts appends and
+    /// decisions as at start-up.
+    pub(crate) fn verify_in_background(self: &Arc<Self>) {
+        let engine = Arc::clone(self);
+        tokio::spawn(async move {
+            match crate::verify::verify_chain(&*engine.store).await {
+                Ok(report) => {
+                    if let Some(b) = report.first_bad {
+                        engine
+                            .audit
+                            .health()
+                            .halt(&format!("first bad record {}: {}", b.seq, b.problem));
+                    } else {
+                        tracing::info!(records = report.records, "audit chain verified");
+                    }
+                }
+                Err(e) => tracing::error!(error = %e, "could not verify the audit chain"),
+            }
+        });
     }
 
     /// Builds the in-memory form of an active task.
@@ -534,6 +685,9 @@ impl Engine {
             break_glass: None,
             ended: AtomicBool::new(false),
             end_signal: tokio::sync::Notify::new(),
+            history_rev: AtomicI64::new(0),
+            in_flight: std::sync::atomic::AtomicUsize::new(0),
+            drained: tokio::sync::Notify::new(),
         }))
     }
 
@@ -571,8 +725,11 @@ impl Engine {
         id: &str,
         end: PendingEnd,
     ) -> Result<bool, mandate_store::StoreError> {
-        self.end_live(id);
+        let ended = self.end_live(id);
         self.remember_end(id, end.clone());
+        if let Some(t) = &ended {
+            t.drain().await;
+        }
         let r = self.record_end(id, &end).await;
         if r.is_ok() {
             self.forget_end(id);
@@ -1145,19 +1302,77 @@ impl Engine {
         })
     }
 
-    /// Counts an allowed call into its task's history (after its allow was recorded).
-    pub fn record_allowed(&self, task: &LiveTask, call: &Call, data_domain: Option<&DataDomain>) {
-        lock(&task.history).record(
-            call.tool.as_str(),
-            call.action,
-            data_domain.map(DataDomain::as_str),
-            call.sensitivity,
-        );
+    /// Counts an allowed call into its task's history, before its allow is recorded: the
+    /// snapshot returned commits in the same transaction as the decision event. Should the
+    /// commit fail, memory keeps the count (the stricter reading: the call is refused).
+    pub(crate) fn count_allowed(
+        &self,
+        task: &LiveTask,
+        call: &Call,
+        data_domain: Option<&DataDomain>,
+    ) -> HistoryRow {
+        task.change_history(|h| {
+            h.record(
+                call.tool.as_str(),
+                call.action,
+                data_domain.map(DataDomain::as_str),
+                call.sensitivity,
+            );
+        })
     }
 
-    /// Counts what an allowed call returned (the gateway reports it).
+    /// Counts what an allowed call returned (the gateway reports it); the snapshot is
+    /// written with the next transaction. Untrusted content should have been recorded by
+    /// [`Engine::taint`] before it reached the agent; this is the backstop.
     pub fn record_result(&self, task: &LiveTask, bytes_returned: u64, untrusted_content: bool) {
-        lock(&task.history).record_result(bytes_returned, untrusted_content);
+        let row = task.change_history(|h| h.record_result(bytes_returned, untrusted_content));
+        self.audit.defer_history(row);
+    }
+
+    /// Records, durably and before the content reaches the agent, that content from an
+    /// untrusted source entered the task. Once per task: a tainted task stays tainted.
+    /// An error means the taint is not durable: the content must not be relayed.
+    pub async fn taint(&self, task: &LiveTask, source: &str) -> Result<(), AuditError> {
+        if lock(&task.history).untrusted_content {
+            return Ok(());
+        }
+        let row = task.change_history(|h| h.record_result(0, true));
+        let event = NewEvent {
+            ts_ms: self.clock.now_ms(),
+            kind: EventKind::TaskTainted,
+            agent: Some(task.agent.to_string()),
+            task_id: Some(task.id.clone()),
+            data: serde_json::json!({ "source": source }),
+        };
+        self.audit.record(event, Some(row)).await.map(|_| ())
+    }
+
+    /// Takes a decision from the task's and its agent's budgets: 429 `rate_limited` when
+    /// either is empty. Refusals are counted and summarised once a second, not recorded one
+    /// by one (that would be the flood the limit stops).
+    pub(crate) fn admit_decision(&self, task: &LiveTask) -> Result<(), ApiError> {
+        let now = self.clock.now_ms();
+        let refused = {
+            let mut b = lock(&self.decision_buckets);
+            b.0.take(task.agent.as_str(), now)
+                .and_then(|()| b.1.take(&task.id, now))
+                .err()
+        };
+        let Some(retry_ms) = refused else {
+            return Ok(());
+        };
+        *lock(&self.rate_refused)
+            .entry((task.agent.to_string(), task.id.clone()))
+            .or_insert(0) += 1;
+        Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            format!(
+                "agent {} or task {} is over its decision rate: retry in {retry_ms} ms",
+                task.agent, task.id
+            ),
+        )
+        .with_details(serde_json::json!({ "retry_after_ms": retry_ms })))
     }
 
     /// Checks a bearer admin token in constant time.
@@ -1200,6 +1415,31 @@ impl Engine {
             }
         }
         self.expire_approvals().await;
+        let limited = std::mem::take(&mut *lock(&self.rate_refused));
+        for ((agent, task), count) in limited {
+            let event = NewEvent {
+                ts_ms: now,
+                kind: EventKind::CallRefused,
+                agent: Some(agent),
+                task_id: Some(task),
+                data: serde_json::json!({ "code": "rate_limited", "count": count, "summarised": true }),
+            };
+            self.audit.append_deferred(event);
+        }
+        if let Some(why) = self.audit.health().failure() {
+            // Nothing else may be writing while the store fails: try a commit, so readiness
+            // turns green again by itself once space (or the database) is back.
+            let event = NewEvent {
+                ts_ms: now,
+                kind: EventKind::StoreRecovered,
+                agent: None,
+                task_id: None,
+                data: serde_json::json!({ "failure": why }),
+            };
+            if self.audit.record(event, None).await.is_ok() {
+                tracing::warn!("the store commits again; decisions resume");
+            }
+        }
         let suppressed = std::mem::take(&mut lock(&self.anonymous).suppressed);
         if suppressed > 0 {
             let event = NewEvent {
@@ -1245,6 +1485,42 @@ fn ring_from(rows: &[KeyRow], config: &ServerConfig, now: i64) -> Result<KeyRing
         })
         .collect();
     KeyRing::from_stored(&stored, config.limits.key_overlap_secs * 1000, now)
+}
+
+/// Checks, before anything is appended, that the chain ends where its head says and that
+/// its last record is intact. On a break, names the first bad record (a full walk, only
+/// then). The rest of the chain is walked in the background once the server runs
+/// ([`Engine::verify_in_background`]).
+async fn chain_tail_break(store: &dyn Store) -> Result<Option<String>, String> {
+    let head = store.audit_head().await.map_err(|e| e.to_string())?;
+    let tail = store.audit_tail().await.map_err(|e| e.to_string())?;
+    let intact = match (&head, &tail) {
+        (Some((0, h)), None) => h == mandate_audit::GENESIS_HASH,
+        (Some((seq, hash)), Some(e)) => {
+            e.seq == *seq
+                && e.hash == *hash
+                && mandate_audit::event_hash(
+                    e.seq,
+                    e.ts_ms,
+                    &e.kind,
+                    e.agent.as_deref(),
+                    e.task_id.as_deref(),
+                    &e.data,
+                    &e.prev_hash,
+                ) == e.hash
+        }
+        _ => false,
+    };
+    if intact {
+        return Ok(None);
+    }
+    let report = crate::verify::verify_chain(store)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(Some(report.first_bad.map_or_else(
+        || "the last record does not match the chain head".to_owned(),
+        |b| format!("first bad record {}: {}", b.seq, b.problem),
+    )))
 }
 
 /// Replays a task's recorded allows (and reported results) into its history.

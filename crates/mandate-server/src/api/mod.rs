@@ -218,7 +218,8 @@ pub async fn healthz() -> impl IntoResponse {
     Json(serde_json::json!({ "status": "ok" }))
 }
 
-/// Readiness: the store answers, a policy bundle and a signing key are loaded.
+/// Readiness: the store answers and commits, the audit chain is intact, a policy bundle
+/// and a signing key are loaded.
 #[utoipa::path(get, path = "/readyz", tag = "health", responses((status = 200, description = "ready"), (status = 503, description = "not ready", body = ErrorBody)))]
 pub async fn readyz(State(engine): AppState) -> Result<impl IntoResponse, ApiError> {
     engine.store.ping().await.map_err(|e| {
@@ -229,6 +230,20 @@ pub async fn readyz(State(engine): AppState) -> Result<impl IntoResponse, ApiErr
             "the state store is not answering",
         )
     })?;
+    if let Some(why) = engine.audit.health().chain_break() {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "audit_chain_broken",
+            format!("the audit chain is broken; nothing is decided or recorded: {why}"),
+        ));
+    }
+    if let Some(why) = engine.audit.health().failure() {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "store_cannot_commit",
+            format!("the store cannot commit, so every decision is refused until it can (retried each second): {why}"),
+        ));
+    }
     let b = engine.bundle();
     Ok(Json(
         serde_json::json!({ "status": "ready", "bundle_version": b.version(), "policies": b.len(), "live_tasks": engine.live_count() }),

@@ -189,6 +189,7 @@ pub(crate) async fn decide_one(
             return Err(refusal.error);
         }
     };
+    engine.admit_decision(&evaluated.task)?;
     let decision_id = random_id("dec").map_err(|_| ApiError::internal("system RNG failed"))?;
     let task = evaluated.task;
     let data_domain = evaluated.data_domain;
@@ -224,6 +225,36 @@ pub(crate) async fn decide_one(
         (evaluated.decision, None)
     };
     let latency_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+    // From here to the answer the task's end waits for this decision, so the record says
+    // what the caller is told: an allow is recorded only while the task is live, and a
+    // task that ended (or ran out of time) after policy said yes is recorded as refused.
+    let flight = task.enter();
+    if flight.is_none() || engine.clock.now_ms() >= task.expires_at() {
+        let ev = NewEvent {
+            ts_ms: engine.clock.now_ms(),
+            kind: EventKind::CallRefused,
+            agent: Some(task.agent.to_string()),
+            task_id: Some(task.id.clone()),
+            data: serde_json::json!({
+                "code": "task_not_active", "decision_id": decision_id,
+                "tool": call.tool, "action": call.action, "resource": call.resource,
+                "args_digest": call.args.digest(),
+                "policy_outcome": d.outcome, "policies": d.policies, "bundle_version": d.bundle_version,
+                "latency_us": latency_us,
+            }),
+        };
+        engine.audit.record(ev, None).await?;
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "task_not_active",
+            format!(
+                "task {} ended while this call was being decided: start a new task",
+                task.id
+            ),
+        ));
+    }
+    let history = (d.outcome == Outcome::Allow)
+        .then(|| engine.count_allowed(&task, &call, data_domain.as_ref()));
     let ev = NewEvent {
         // After a wait for an approval, the decision is made now, not when the call came.
         ts_ms: engine.clock.now_ms(),
@@ -241,11 +272,8 @@ pub(crate) async fn decide_one(
             "break_glass": break_glass,
         }),
     };
-    engine
-        .audit
-        .append(ev)
-        .await
-        .map_err(|_| ApiError::audit())?;
+    engine.audit.record(ev, history).await?;
+    drop(flight);
     if let Some(shadow) = evaluated
         .shadow
         .filter(|s| s.outcome != d.outcome || s.policies != d.policies)
@@ -263,37 +291,7 @@ pub(crate) async fn decide_one(
         };
         // Shadow results are advisory: recorded after the decision, off the call's path,
         // and a failure to record one never changes the answer.
-        let audit = engine.audit.clone();
-        tokio::spawn(async move {
-            if audit.append(ev).await.is_err() {
-                tracing::warn!("could not record a shadow disagreement");
-            }
-        });
-    }
-    // The task may have been revoked, or run out of time, while the event was being
-    // written. A revoke acknowledged before this answer must not be followed by an allow.
-    if task.is_ended() || engine.clock.now_ms() >= task.expires_at() {
-        let ev = NewEvent {
-            ts_ms: engine.clock.now_ms(),
-            kind: EventKind::CallRefused,
-            agent: Some(task.agent.to_string()),
-            task_id: Some(task.id.clone()),
-            data: serde_json::json!({ "code": "task_not_active", "superseded_decision": decision_id }),
-        };
-        if engine.audit.append(ev).await.is_err() {
-            return Err(ApiError::audit());
-        }
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "task_not_active",
-            format!(
-                "task {} ended while this call was being decided: start a new task",
-                task.id
-            ),
-        ));
-    }
-    if d.outcome == Outcome::Allow {
-        engine.record_allowed(&task, &call, data_domain.as_ref());
+        engine.audit.append_deferred(ev);
     }
     Ok(DecideResponse {
         decision_id,
