@@ -1,0 +1,295 @@
+//! Faults driven against the real `mandate serve` process: a data directory that fills up,
+//! `kill -9` after untrusted content entered a task, and a chain tampered with while the
+//! server was down. Each must fail closed, lose nothing acknowledged, and say why.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic,
+    reason = "test code: a panic is a test failure"
+)]
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+const ADMIN: &str = "fault-test-admin-token-0123456789";
+
+fn demo_policies() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/policies/demo")
+}
+
+/// One HTTP/1.1 request on its own connection; (status, JSON body or the text as a string).
+fn http(port: u16, method: &str, path: &str, bearer: Option<&str>, body: Option<&Value>) -> (u16, Value) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let body = body.map(Value::to_string).unwrap_or_default();
+    let auth = bearer.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw);
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let status = text.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let (head, rest) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let rest = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        dechunk(rest)
+    } else {
+        rest.to_owned()
+    };
+    let value = serde_json::from_str(&rest).unwrap_or(Value::String(rest));
+    (status, value)
+}
+
+fn dechunk(mut s: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = s.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        s = rest.get(n + 2..).unwrap_or("");
+    }
+    out
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// `mandate serve` as a child process; dropped (or `kill`ed) with SIGKILL.
+struct Served {
+    child: Child,
+    port: u16,
+}
+
+impl Served {
+    fn start(data: &Path, policies: &Path, extra: &[&str]) -> Self {
+        let port = free_port();
+        let child = Command::new(env!("CARGO_BIN_EXE_mandate"))
+            .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--no-watch", "--data-dir"])
+            .arg(data)
+            .arg("--policies")
+            .arg(policies)
+            .args(extra)
+            .env("MANDATE_ADMIN_TOKEN", ADMIN)
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let served = Self { child, port };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return served;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("mandate serve did not start listening");
+    }
+
+    fn kill9(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    fn get(&self, path: &str, bearer: Option<&str>) -> (u16, Value) {
+        http(self.port, "GET", path, bearer, None)
+    }
+
+    fn post(&self, path: &str, bearer: Option<&str>, body: Value) -> (u16, Value) {
+        http(self.port, "POST", path, bearer, Some(&body))
+    }
+
+    /// Registers and attests an agent; its identity token.
+    fn agent(&self, name: &str) -> String {
+        let (s, r) = self.post("/v1/agents", Some(ADMIN), json!({ "name": name, "owner": "alice@example.com", "tier": 1 }));
+        assert_eq!(s, 201, "{r}");
+        let (s, r) = self.post("/v1/attest", None, json!({ "agent": name, "join_token": r["join_token"] }));
+        assert_eq!(s, 200, "{r}");
+        r["identity_token"].as_str().unwrap().to_owned()
+    }
+
+    /// Starts a support task; (id, token).
+    fn task(&self, identity: &str) -> (String, String) {
+        let (s, r) = self.post("/v1/tasks", Some(identity), json!({
+            "purpose": "summarise open tickets",
+            "scope": { "tools": ["tickets.search", "tickets.update"], "actions": ["read", "write"], "data_domains": ["support"] },
+            "ttl_secs": 3600,
+        }));
+        assert_eq!(s, 201, "{r}");
+        (r["task_id"].as_str().unwrap().to_owned(), r["task_token"].as_str().unwrap().to_owned())
+    }
+
+    fn read(&self, token: &str, n: usize) -> (u16, Value) {
+        self.post("/v1/decide", Some(token), json!({ "tool": "tickets.search", "action": "read", "resource": "queue/open", "arguments": { "n": n } }))
+    }
+
+    /// Every audit event, through the admin API.
+    fn events(&self, task: &str) -> Vec<Value> {
+        let (s, r) = self.get(&format!("/v1/tasks/{task}/events"), Some(ADMIN));
+        assert_eq!(s, 200, "{r}");
+        r.as_array().cloned().unwrap_or_default()
+    }
+
+    fn wait_ready(&self, want: u16) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let (s, r) = self.get("/readyz", None);
+            if s == want || Instant::now() > deadline {
+                assert_eq!(s, want, "readiness: {r}");
+                return r;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn verify(data: &Path) -> (bool, String) {
+    let o = Command::new(env!("CARGO_BIN_EXE_mandate"))
+        .args(["audit", "verify", "--data-dir"])
+        .arg(data)
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    (o.status.success(), format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr)))
+}
+
+/// A small tmpfs on a fresh directory (needs root), lazily unmounted on drop.
+struct SmallFs(tempfile::TempDir);
+
+impl SmallFs {
+    fn mount(size: &str) -> Option<Self> {
+        let dir = tempfile::tempdir().unwrap();
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then_some(Self(dir))
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(self.0.path()).status();
+    }
+}
+
+/// Fills what is left of the filesystem holding `dir`, keeping `keep` bytes free.
+fn fill(dir: &Path, keep: u64) {
+    let mut f = std::fs::File::create(dir.join("ballast")).unwrap();
+    let block = vec![0_u8; 4096];
+    loop {
+        let free = fs_free(dir);
+        if free <= keep {
+            break;
+        }
+        let n = usize::try_from((free - keep).min(4096)).unwrap();
+        if f.write_all(&block[..n]).is_err() {
+            break;
+        }
+        let _ = f.flush();
+    }
+    let _ = f.sync_all();
+}
+
+fn fs_free(dir: &Path) -> u64 {
+    let o = Command::new("df").args(["-B1", "--output=avail"]).arg(dir).output().unwrap();
+    String::from_utf8_lossy(&o.stdout).lines().nth(1).and_then(|l| l.trim().parse().ok()).unwrap_or(0)
+}
+
+#[test]
+fn disk_full_fails_closed_then_recovers_and_loses_nothing_acknowledged() {
+    let Some(fs) = SmallFs::mount("24m") else {
+        eprintln!("skipped: needs root to mount a small tmpfs (crates/mandate-store/tests/disk_full.rs covers the store)");
+        return;
+    };
+    let data = fs.0.path().join("data");
+    let server = Served::start(&data, &demo_policies(), &[]);
+    let id = server.agent("filler");
+    let (task, token) = server.task(&id);
+    let (doomed, doomed_token) = server.task(&id);
+    let (s, r) = server.read(&token, 0);
+    assert_eq!((s, r["outcome"].as_str()), (200, Some("allow")), "{r}");
+
+    fill(fs.0.path(), 64 * 1024);
+    let mut allowed = Vec::new();
+    let mut refused = 0;
+    let mut revoke_acknowledged = false;
+    for n in 1..600 {
+        let (s, r) = server.read(&token, n);
+        match s {
+            200 => {
+                assert_eq!(r["outcome"], "allow", "{r}");
+                allowed.push(r["decision_id"].as_str().unwrap().to_owned());
+            }
+            503 => {
+                assert!(r["error"]["code"].is_string(), "a JSON error body: {r}");
+                refused += 1;
+            }
+            other => panic!("unexpected {other}: {r}"),
+        }
+        if n == 300 {
+            let (s, _) = server.post(&format!("/v1/tasks/{doomed}/revoke"), Some(ADMIN), json!({ "reason": "during a full disk" }));
+            revoke_acknowledged = s == 200;
+            // Acknowledged or not, the revoked task is refused from now on.
+            let (s, r) = server.read(&doomed_token, 0);
+            assert_ne!(s, 200, "a revoked task is refused even when the revoke could not be recorded: {r}");
+        }
+    }
+    assert!(refused > 200, "the disk filled up ({refused} refused, {} allowed)", allowed.len());
+    let r = server.wait_ready(503);
+    assert_eq!(r["error"]["code"], "store_cannot_commit", "{r}");
+    let (s, _) = server.get("/healthz", None);
+    assert_eq!(s, 200, "liveness stays: the process answers");
+
+    // Space comes back: readiness turns green and decisions are allowed again, no restart.
+    std::fs::remove_file(fs.0.path().join("ballast")).unwrap();
+    server.wait_ready(200);
+    let (s, r) = server.read(&token, 10_000);
+    assert_eq!(s, 200, "{r}");
+    allowed.push(r["decision_id"].as_str().unwrap().to_owned());
+    let (s, _) = server.post(&format!("/v1/tasks/{doomed}/revoke"), Some(ADMIN), json!({ "reason": "again" }));
+    revoke_acknowledged |= s == 200 || s == 409;
+    server.kill9();
+
+    // After kill -9 and a restart, every acknowledged allow is in the audit, the revoked
+    // task stays revoked, and the chain verifies.
+    let server = Served::start(&data, &demo_policies(), &[]);
+    server.wait_ready(200);
+    let recorded: Vec<String> = server
+        .events(&task)
+        .iter()
+        .filter(|e| e["kind"] == "decision" && e["data"]["outcome"] == "allow")
+        .filter_map(|e| e["data"]["decision_id"].as_str().map(str::to_owned))
+        .collect();
+    for d in &allowed {
+        assert!(recorded.contains(d), "acknowledged allow {d} was lost ({} of {} recorded)", recorded.len(), allowed.len());
+    }
+    assert!(revoke_acknowledged);
+    let (s, r) = server.read(&doomed_token, 1);
+    assert_ne!(s, 200, "an acknowledged revocation survives the restart: {r}");
+    drop(server);
+    let (ok, out) = verify(&data);
+    assert!(ok, "{out}");
+}
