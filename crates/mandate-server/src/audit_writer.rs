@@ -249,8 +249,8 @@ impl AuditWriter {
 
     /// Appends one event and returns once it is durable. Any failure is an error: the
     /// caller must not act as if the event were recorded.
-    pub async fn append(&self, event: NewEvent) -> Result<Event, String> {
-        self.record(event, None).await.map_err(|e| e.to_string())
+    pub async fn append(&self, event: NewEvent) -> Result<Event, AuditError> {
+        self.record(event, None).await
     }
 
     /// Appends one event, with the history snapshot it brings about, in one transaction,

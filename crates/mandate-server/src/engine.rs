@@ -627,10 +627,13 @@ impl Engine {
             match crate::verify::verify_chain(&*engine.store).await {
                 Ok(report) => {
                     if let Some(b) = report.first_bad {
-                        engine
-                            .audit
-                            .health()
-                            .halt(&format!("first bad record {}: {}", b.seq, b.problem));
+                        let why = format!("first bad record {}: {}", b.seq, b.problem);
+                        engine.audit.health().halt(&why);
+                        // Remembered outside the chain, so the next start walks the whole
+                        // chain before appending anything.
+                        if let Err(e) = engine.store.put_setting(CHAIN_BREAK_KEY, &why).await {
+                            tracing::error!(error = %e, "could not remember the chain break");
+                        }
                     } else {
                         tracing::info!(records = report.records, "audit chain verified");
                     }
@@ -776,7 +779,7 @@ impl Engine {
 
     /// Records a refusal: in full when it names an agent (a genuine credential was shown),
     /// through the unauthenticated budget otherwise.
-    pub(crate) async fn record_refusal(&self, event: NewEvent) -> Result<(), String> {
+    pub(crate) async fn record_refusal(&self, event: NewEvent) -> Result<(), AuditError> {
         if event.agent.is_some() {
             self.audit.append(event).await.map(|_| ())
         } else {
@@ -786,7 +789,7 @@ impl Engine {
 
     /// Records a refusal of a caller with no valid credential, within the per-second
     /// budget; beyond it the refusal is only counted (see the sweeper's summary event).
-    pub(crate) async fn record_anonymous(&self, event: NewEvent) -> Result<(), String> {
+    pub(crate) async fn record_anonymous(&self, event: NewEvent) -> Result<(), AuditError> {
         let now = self.clock.now_secs();
         {
             let mut b = lock(&self.anonymous);
@@ -1487,11 +1490,35 @@ fn ring_from(rows: &[KeyRow], config: &ServerConfig, now: i64) -> Result<KeyRing
     KeyRing::from_stored(&stored, config.limits.key_overlap_secs * 1000, now)
 }
 
+/// Setting that remembers a chain break found by a walk, until a walk finds it intact.
+const CHAIN_BREAK_KEY: &str = "audit_chain_break";
+
 /// Checks, before anything is appended, that the chain ends where its head says and that
 /// its last record is intact. On a break, names the first bad record (a full walk, only
 /// then). The rest of the chain is walked in the background once the server runs
 /// ([`Engine::verify_in_background`]).
 async fn chain_tail_break(store: &dyn Store) -> Result<Option<String>, String> {
+    let known = store
+        .setting(CHAIN_BREAK_KEY)
+        .await
+        .map_err(|e| e.to_string())?;
+    if known.is_some_and(|k| !k.is_empty()) {
+        // A walk found the chain broken before: walk it all now (it may have been
+        // restored since), before anything is appended.
+        let report = crate::verify::verify_chain(store)
+            .await
+            .map_err(|e| e.to_string())?;
+        return match report.first_bad {
+            Some(b) => Ok(Some(format!("first bad record {}: {}", b.seq, b.problem))),
+            None => {
+                store
+                    .put_setting(CHAIN_BREAK_KEY, "")
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok(None)
+            }
+        };
+    }
     let head = store.audit_head().await.map_err(|e| e.to_string())?;
     let tail = store.audit_tail().await.map_err(|e| e.to_string())?;
     let intact = match (&head, &tail) {

@@ -293,3 +293,80 @@ fn disk_full_fails_closed_then_recovers_and_loses_nothing_acknowledged() {
     let (ok, out) = verify(&data);
     assert!(ok, "{out}");
 }
+
+/// Runs SQL on the database file behind Mandate's back, as an attacker with the file would.
+fn tamper(data: &Path, sql: &str) {
+    let rt = tokio_rt();
+    rt.block_on(async {
+        use sqlx::Connection as _;
+        let url = format!("sqlite://{}", data.join("mandate.db").display());
+        let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned())).execute(&mut conn).await.unwrap();
+        conn.close().await.unwrap();
+    });
+}
+
+fn count(data: &Path) -> i64 {
+    tokio_rt().block_on(async {
+        use sqlx::Connection as _;
+        let url = format!("sqlite://{}?mode=ro", data.join("mandate.db").display());
+        let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM audit_events").fetch_one(&mut conn).await.unwrap();
+        conn.close().await.unwrap();
+        n
+    })
+}
+
+fn tokio_rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+}
+
+#[test]
+fn a_tampered_or_truncated_chain_is_not_served_as_intact() {
+    for (name, sql, why) in [
+        (
+            "tail truncated, head left",
+            "DELETE FROM audit_events WHERE seq = (SELECT MAX(seq) FROM audit_events)",
+            "first bad record",
+        ),
+        (
+            "last record rewritten without rehashing",
+            "UPDATE audit_events SET data = json_set(data, '$.outcome', 'deny') WHERE seq = (SELECT MAX(seq) FROM audit_events)",
+            "first bad record",
+        ),
+        (
+            "a record in the middle rewritten",
+            "UPDATE audit_events SET data = json_set(data, '$.tampered', 1) WHERE seq = 3",
+            "first bad record 3",
+        ),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let server = Served::start(&data, &demo_policies(), &[]);
+        let id = server.agent("victim");
+        let (_task, token) = server.task(&id);
+        for n in 0..5 {
+            assert_eq!(server.read(&token, n).0, 200);
+        }
+        server.kill9();
+        tamper(&data, sql);
+
+        let server = Served::start(&data, &demo_policies(), &[]);
+        let r = server.wait_ready(503);
+        assert_eq!(r["error"]["code"], "audit_chain_broken", "{name}: {r}");
+        let msg = r["error"]["message"].as_str().unwrap();
+        assert!(msg.contains(why), "{name}: readiness names the first bad record: {msg}");
+        let (s, r) = server.read(&token, 99);
+        assert_eq!(s, 503, "{name}: no decision on a broken chain: {r}");
+        assert_eq!(r["error"]["code"], "audit_chain_broken", "{name}: {r}");
+        drop(server);
+        let (ok, out) = verify(&data);
+        assert!(!ok, "{name}: offline verification fails too: {out}");
+        let rows = count(&data);
+        let server = Served::start(&data, &demo_policies(), &[]);
+        server.wait_ready(503);
+        assert_eq!(server.read(&token, 100).0, 503);
+        drop(server);
+        assert_eq!(count(&data), rows, "{name}: nothing is appended to a broken chain");
+    }
+}

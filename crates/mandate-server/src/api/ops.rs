@@ -183,9 +183,7 @@ pub(crate) async fn decide_one(
                 task_id: refusal.task.clone(),
                 data: serde_json::json!({ "code": refusal.error.code, "tool": call.tool, "action": call.action, "args_digest": call.args.digest() }),
             };
-            if engine.record_refusal(ev).await.is_err() {
-                return Err(ApiError::audit());
-            }
+            engine.record_refusal(ev).await?;
             return Err(refusal.error);
         }
     };
@@ -215,9 +213,7 @@ pub(crate) async fn decide_one(
                     task_id: Some(task.id.clone()),
                     data: serde_json::json!({ "code": e.code, "tool": call.tool, "action": call.action, "args_digest": call.args.digest(), "approval_id": approval_id }),
                 };
-                if engine.audit.append(ev).await.is_err() {
-                    return Err(ApiError::audit());
-                }
+                engine.audit.append(ev).await?;
                 return Err(e);
             }
         }
