@@ -42,7 +42,9 @@ impl From<AuditError> for ApiError {
             AuditError::ChainBroken(why) => ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "audit_chain_broken",
-                format!("the audit chain is broken, so nothing is decided or recorded until an operator restores it (run `mandate audit verify`): {why}"),
+                format!(
+                    "the audit chain is broken, so nothing is decided or recorded until an operator restores it (run `mandate audit verify`): {why}"
+                ),
             ),
         }
     }
@@ -90,7 +92,10 @@ impl StoreHealth {
     pub fn halt(&self, why: &str) {
         let mut b = crate::engine::lock(&self.chain_break);
         if b.is_none() {
-            tracing::error!(reason = why, "audit chain broken: refusing every append and decision");
+            tracing::error!(
+                reason = why,
+                "audit chain broken: refusing every append and decision"
+            );
             *b = Some(why.to_owned());
         }
     }
@@ -120,7 +125,9 @@ pub struct AuditWriter {
 
 impl std::fmt::Debug for Job {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Job").field("kind", &self.event.kind).finish()
+        f.debug_struct("Job")
+            .field("kind", &self.event.kind)
+            .finish()
     }
 }
 

@@ -733,7 +733,16 @@ impl Engine {
         if let Some(t) = &ended {
             t.drain().await;
         }
-        let r = self.record_end(id, &end).await;
+        let mut r = self.record_end(id, &end).await;
+        if matches!(r, Ok(false)) && ended.is_some() {
+            // This call ended the live task; while it waited for decisions in flight the
+            // sweeper may have recorded the end already.
+            if let Ok(Some(t)) = self.store.task(id).await
+                && t.state == end.to
+            {
+                r = Ok(true);
+            }
+        }
         if r.is_ok() {
             self.forget_end(id);
         }
@@ -1357,8 +1366,9 @@ impl Engine {
         let now = self.clock.now_ms();
         let refused = {
             let mut b = lock(&self.decision_buckets);
-            b.0.take(task.agent.as_str(), now)
-                .and_then(|()| b.1.take(&task.id, now))
+            // The task's bucket first: a call its task may not make costs its agent nothing.
+            b.1.take(&task.id, now)
+                .and_then(|()| b.0.take(task.agent.as_str(), now))
                 .err()
         };
         let Some(retry_ms) = refused else {

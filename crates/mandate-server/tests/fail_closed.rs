@@ -27,6 +27,8 @@ use mandate_store::{
 struct BreakableStore {
     inner: SqliteStore,
     broken: AtomicBool,
+    /// Milliseconds every append waits before it is written (a slow disk).
+    slow_ms: std::sync::atomic::AtomicU64,
 }
 
 impl BreakableStore {
@@ -133,6 +135,10 @@ impl Store for BreakableStore {
         histories: Vec<HistoryRow>,
     ) -> StoreResult<Vec<Event>> {
         self.check()?;
+        let slow = self.slow_ms.load(Ordering::SeqCst);
+        if slow > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(slow)).await;
+        }
         self.inner.append_batch(events, histories).await
     }
     async fn live_histories(&self) -> StoreResult<Vec<HistoryRow>> {
@@ -294,6 +300,7 @@ async fn no_allow_without_a_durable_audit_record() {
     let store = Arc::new(BreakableStore {
         inner: SqliteStore::open(dir.path()).await.unwrap(),
         broken: AtomicBool::new(false),
+        slow_ms: std::sync::atomic::AtomicU64::new(0),
     });
     let clock = Arc::new(ManualClock::new(jiff::Timestamp::now().as_millisecond()));
     let config = common::config(dir.path(), &common::demo_policies(), clock.clone());
@@ -364,4 +371,154 @@ async fn no_allow_without_a_durable_audit_record() {
     );
     let r = h.get("/v1/audit/verify", Some(common::ADMIN)).await;
     assert_eq!(r.body["ok"], true, "{:?}", r.body);
+}
+
+async fn breakable_harness(
+    change: impl FnOnce(&mut mandate_server::ServerConfig),
+) -> (Harness, Arc<BreakableStore>) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(BreakableStore {
+        inner: SqliteStore::open(dir.path()).await.unwrap(),
+        broken: AtomicBool::new(false),
+        slow_ms: std::sync::atomic::AtomicU64::new(0),
+    });
+    let clock = Arc::new(ManualClock::new(jiff::Timestamp::now().as_millisecond()));
+    let mut config = common::config(dir.path(), &common::demo_policies(), clock.clone());
+    change(&mut config);
+    let server = mandate_server::Server::start_with_store(config, store.clone())
+        .await
+        .unwrap();
+    let h = Harness {
+        server,
+        clock,
+        http: reqwest::Client::new(),
+        dir,
+    };
+    (h, store)
+}
+
+/// A call decided `allow` by policy while its task is revoked must be recorded as what
+/// the caller got: either an allow answered before the revoke is acknowledged, or a
+/// refusal recorded as a refusal — never `outcome: allow` plus a later `call.refused`.
+#[tokio::test]
+async fn an_allow_superseded_by_a_revocation_is_recorded_as_what_the_caller_got() {
+    let (h, store) = breakable_harness(|_| {}).await;
+    let h = Arc::new(h);
+    let identity = h.agent("racer", 1).await;
+    for round in 0..6 {
+        let (task_id, token) = h.task(&identity).await;
+        store.slow_ms.store(300, Ordering::SeqCst);
+        let caller = {
+            let h = Arc::clone(&h);
+            let token = token.clone();
+            tokio::spawn(async move {
+                let r = h.decide(&token, "tickets.search", "read").await;
+                (r, std::time::Instant::now())
+            })
+        };
+        // Revoke while the allow's record is being written (or, in later rounds, before).
+        tokio::time::sleep(std::time::Duration::from_millis(50 * round)).await;
+        let revoke = h
+            .post(
+                &format!("/v1/tasks/{task_id}/revoke"),
+                Some(common::ADMIN),
+                serde_json::json!({"reason": "race"}),
+            )
+            .await;
+        let acknowledged = std::time::Instant::now();
+        assert_eq!(revoke.status, 200, "{:?}", revoke.body);
+        let (answer, answered) = caller.await.unwrap();
+        store.slow_ms.store(0, Ordering::SeqCst);
+
+        let events = h
+            .get(&format!("/v1/tasks/{task_id}/events"), Some(common::ADMIN))
+            .await
+            .body;
+        let events = events.as_array().unwrap();
+        let allows = events
+            .iter()
+            .filter(|e| e["kind"] == "decision" && e["data"]["outcome"] == "allow")
+            .count();
+        let refusals = events
+            .iter()
+            .filter(|e| e["kind"] == "call.refused" && e["data"]["code"] == "task_not_active")
+            .count();
+        if answer.status == 200 {
+            assert_eq!(answer.body["outcome"], "allow");
+            assert_eq!((allows, refusals), (1, 0), "round {round}: {events:?}");
+            assert!(
+                answered <= acknowledged,
+                "round {round}: an allow answered after the revocation was acknowledged"
+            );
+        } else {
+            assert_eq!(answer.code(), "task_not_active", "{:?}", answer.body);
+            assert_eq!((allows, refusals), (0, 1), "round {round}: {events:?}");
+        }
+    }
+}
+
+/// One agent flooding the decide path is refused with 429 before it costs an audit
+/// record each, and another agent is still served.
+#[tokio::test]
+async fn decisions_are_rate_limited_per_agent_and_per_task() {
+    let (h, _store) = breakable_harness(|c| {
+        c.limits.agent_decisions_per_sec = 5;
+        c.limits.task_decisions_per_sec = 3;
+    })
+    .await;
+    let flooder = h.agent("flooder", 1).await;
+    let (task_a, token_a) = h.task(&flooder).await;
+    let (_task_b, token_b) = h.task(&flooder).await;
+    let mut codes = Vec::new();
+    for _ in 0..10 {
+        let r = h.decide(&token_a, "tickets.search", "read").await;
+        codes.push((r.status.as_u16(), r.code().to_owned()));
+    }
+    let allowed = codes.iter().filter(|c| c.0 == 200).count();
+    assert_eq!(allowed, 6, "the task's burst (2 x 3/s): {codes:?}");
+    assert!(
+        codes
+            .iter()
+            .skip(6)
+            .all(|c| *c == (429, "rate_limited".to_owned())),
+        "{codes:?}"
+    );
+    // Another task of the same agent: only the agent's remaining burst (10 - 6 = 4).
+    let mut more = 0;
+    for _ in 0..10 {
+        if h.decide(&token_b, "tickets.search", "read").await.status == 200 {
+            more += 1;
+        }
+    }
+    assert_eq!(
+        more, 4,
+        "the agent's burst (2 x 5/s) is shared by its tasks"
+    );
+    // Another agent is not starved.
+    let other = h.agent("quiet", 1).await;
+    let (_t, token) = h.task(&other).await;
+    assert_eq!(h.decide(&token, "tickets.search", "read").await.status, 200);
+    // Time passes (injected clock): the flooder is served again.
+    h.clock.advance_ms(1000);
+    assert_eq!(
+        h.decide(&token_a, "tickets.search", "read").await.status,
+        200
+    );
+    // The refusals are summarised in the audit, not recorded one by one.
+    let mut summarised = None;
+    for _ in 0..50 {
+        let events = h
+            .get(&format!("/v1/tasks/{task_a}/events"), Some(common::ADMIN))
+            .await
+            .body;
+        summarised = events.as_array().unwrap().iter().find_map(|e| {
+            (e["kind"] == "call.refused" && e["data"]["code"] == "rate_limited")
+                .then(|| e["data"]["count"].as_u64().unwrap())
+        });
+        if summarised.is_some() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(summarised, Some(4));
 }

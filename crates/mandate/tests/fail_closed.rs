@@ -25,11 +25,19 @@ fn demo_policies() -> PathBuf {
 }
 
 /// One HTTP/1.1 request on its own connection; (status, JSON body or the text as a string).
-fn http(port: u16, method: &str, path: &str, bearer: Option<&str>, body: Option<&Value>) -> (u16, Value) {
+fn http(
+    port: u16,
+    method: &str,
+    path: &str,
+    bearer: Option<&str>,
+    body: Option<&Value>,
+) -> (u16, Value) {
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     let body = body.map(Value::to_string).unwrap_or_default();
-    let auth = bearer.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    let auth = bearer
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
     write!(
         s,
         "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
@@ -41,7 +49,10 @@ fn http(port: u16, method: &str, path: &str, bearer: Option<&str>, body: Option<
     let text = String::from_utf8_lossy(&raw).into_owned();
     let status = text.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
     let (head, rest) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let rest = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+    let rest = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
         dechunk(rest)
     } else {
         rest.to_owned()
@@ -64,7 +75,11 @@ fn dechunk(mut s: &str) -> String {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// `mandate serve` as a child process; dropped (or `kill`ed) with SIGKILL.
@@ -77,7 +92,13 @@ impl Served {
     fn start(data: &Path, policies: &Path, extra: &[&str]) -> Self {
         let port = free_port();
         let child = Command::new(env!("CARGO_BIN_EXE_mandate"))
-            .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--no-watch", "--data-dir"])
+            .args([
+                "serve",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--no-watch",
+                "--data-dir",
+            ])
             .arg(data)
             .arg("--policies")
             .arg(policies)
@@ -114,9 +135,17 @@ impl Served {
 
     /// Registers and attests an agent; its identity token.
     fn agent(&self, name: &str) -> String {
-        let (s, r) = self.post("/v1/agents", Some(ADMIN), json!({ "name": name, "owner": "alice@example.com", "tier": 1 }));
+        let (s, r) = self.post(
+            "/v1/agents",
+            Some(ADMIN),
+            json!({ "name": name, "owner": "alice@example.com", "tier": 1 }),
+        );
         assert_eq!(s, 201, "{r}");
-        let (s, r) = self.post("/v1/attest", None, json!({ "agent": name, "join_token": r["join_token"] }));
+        let (s, r) = self.post(
+            "/v1/attest",
+            None,
+            json!({ "agent": name, "join_token": r["join_token"] }),
+        );
         assert_eq!(s, 200, "{r}");
         r["identity_token"].as_str().unwrap().to_owned()
     }
@@ -129,7 +158,10 @@ impl Served {
             "ttl_secs": 3600,
         }));
         assert_eq!(s, 201, "{r}");
-        (r["task_id"].as_str().unwrap().to_owned(), r["task_token"].as_str().unwrap().to_owned())
+        (
+            r["task_id"].as_str().unwrap().to_owned(),
+            r["task_token"].as_str().unwrap().to_owned(),
+        )
     }
 
     fn read(&self, token: &str, n: usize) -> (u16, Value) {
@@ -170,7 +202,14 @@ fn verify(data: &Path) -> (bool, String) {
         .env("NO_COLOR", "1")
         .output()
         .unwrap();
-    (o.status.success(), format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr)))
+    (
+        o.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        ),
+    )
 }
 
 /// A small tmpfs on a fresh directory (needs root), lazily unmounted on drop.
@@ -214,14 +253,24 @@ fn fill(dir: &Path, keep: u64) {
 }
 
 fn fs_free(dir: &Path) -> u64 {
-    let o = Command::new("df").args(["-B1", "--output=avail"]).arg(dir).output().unwrap();
-    String::from_utf8_lossy(&o.stdout).lines().nth(1).and_then(|l| l.trim().parse().ok()).unwrap_or(0)
+    let o = Command::new("df")
+        .args(["-B1", "--output=avail"])
+        .arg(dir)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .nth(1)
+        .and_then(|l| l.trim().parse().ok())
+        .unwrap_or(0)
 }
 
 #[test]
 fn disk_full_fails_closed_then_recovers_and_loses_nothing_acknowledged() {
     let Some(fs) = SmallFs::mount("24m") else {
-        eprintln!("skipped: needs root to mount a small tmpfs (crates/mandate-store/tests/disk_full.rs covers the store)");
+        eprintln!(
+            "skipped: needs root to mount a small tmpfs (crates/mandate-store/tests/disk_full.rs covers the store)"
+        );
         return;
     };
     let data = fs.0.path().join("data");
@@ -250,14 +299,25 @@ fn disk_full_fails_closed_then_recovers_and_loses_nothing_acknowledged() {
             other => panic!("unexpected {other}: {r}"),
         }
         if n == 300 {
-            let (s, _) = server.post(&format!("/v1/tasks/{doomed}/revoke"), Some(ADMIN), json!({ "reason": "during a full disk" }));
+            let (s, _) = server.post(
+                &format!("/v1/tasks/{doomed}/revoke"),
+                Some(ADMIN),
+                json!({ "reason": "during a full disk" }),
+            );
             revoke_acknowledged = s == 200;
             // Acknowledged or not, the revoked task is refused from now on.
             let (s, r) = server.read(&doomed_token, 0);
-            assert_ne!(s, 200, "a revoked task is refused even when the revoke could not be recorded: {r}");
+            assert_ne!(
+                s, 200,
+                "a revoked task is refused even when the revoke could not be recorded: {r}"
+            );
         }
     }
-    assert!(refused > 200, "the disk filled up ({refused} refused, {} allowed)", allowed.len());
+    assert!(
+        refused > 200,
+        "the disk filled up ({refused} refused, {} allowed)",
+        allowed.len()
+    );
     let r = server.wait_ready(503);
     assert_eq!(r["error"]["code"], "store_cannot_commit", "{r}");
     let (s, _) = server.get("/healthz", None);
@@ -269,7 +329,11 @@ fn disk_full_fails_closed_then_recovers_and_loses_nothing_acknowledged() {
     let (s, r) = server.read(&token, 10_000);
     assert_eq!(s, 200, "{r}");
     allowed.push(r["decision_id"].as_str().unwrap().to_owned());
-    let (s, _) = server.post(&format!("/v1/tasks/{doomed}/revoke"), Some(ADMIN), json!({ "reason": "again" }));
+    let (s, _) = server.post(
+        &format!("/v1/tasks/{doomed}/revoke"),
+        Some(ADMIN),
+        json!({ "reason": "again" }),
+    );
     revoke_acknowledged |= s == 200 || s == 409;
     server.kill9();
 
@@ -284,11 +348,19 @@ fn disk_full_fails_closed_then_recovers_and_loses_nothing_acknowledged() {
         .filter_map(|e| e["data"]["decision_id"].as_str().map(str::to_owned))
         .collect();
     for d in &allowed {
-        assert!(recorded.contains(d), "acknowledged allow {d} was lost ({} of {} recorded)", recorded.len(), allowed.len());
+        assert!(
+            recorded.contains(d),
+            "acknowledged allow {d} was lost ({} of {} recorded)",
+            recorded.len(),
+            allowed.len()
+        );
     }
     assert!(revoke_acknowledged);
     let (s, r) = server.read(&doomed_token, 1);
-    assert_ne!(s, 200, "an acknowledged revocation survives the restart: {r}");
+    assert_ne!(
+        s, 200,
+        "an acknowledged revocation survives the restart: {r}"
+    );
     drop(server);
     let (ok, out) = verify(&data);
     assert!(ok, "{out}");
@@ -301,7 +373,10 @@ fn tamper(data: &Path, sql: &str) {
         use sqlx::Connection as _;
         let url = format!("sqlite://{}", data.join("mandate.db").display());
         let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
-        sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned())).execute(&mut conn).await.unwrap();
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned()))
+            .execute(&mut conn)
+            .await
+            .unwrap();
         conn.close().await.unwrap();
     });
 }
@@ -311,14 +386,20 @@ fn count(data: &Path) -> i64 {
         use sqlx::Connection as _;
         let url = format!("sqlite://{}?mode=ro", data.join("mandate.db").display());
         let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
-        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM audit_events").fetch_one(&mut conn).await.unwrap();
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM audit_events")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
         conn.close().await.unwrap();
         n
     })
 }
 
 fn tokio_rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
 }
 
 #[test]
@@ -355,7 +436,10 @@ fn a_tampered_or_truncated_chain_is_not_served_as_intact() {
         let r = server.wait_ready(503);
         assert_eq!(r["error"]["code"], "audit_chain_broken", "{name}: {r}");
         let msg = r["error"]["message"].as_str().unwrap();
-        assert!(msg.contains(why), "{name}: readiness names the first bad record: {msg}");
+        assert!(
+            msg.contains(why),
+            "{name}: readiness names the first bad record: {msg}"
+        );
         let (s, r) = server.read(&token, 99);
         assert_eq!(s, 503, "{name}: no decision on a broken chain: {r}");
         assert_eq!(r["error"]["code"], "audit_chain_broken", "{name}: {r}");
@@ -367,6 +451,10 @@ fn a_tampered_or_truncated_chain_is_not_served_as_intact() {
         server.wait_ready(503);
         assert_eq!(server.read(&token, 100).0, 503);
         drop(server);
-        assert_eq!(count(&data), rows, "{name}: nothing is appended to a broken chain");
+        assert_eq!(
+            count(&data),
+            rows,
+            "{name}: nothing is appended to a broken chain"
+        );
     }
 }

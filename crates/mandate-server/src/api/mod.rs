@@ -241,7 +241,9 @@ pub async fn readyz(State(engine): AppState) -> Result<impl IntoResponse, ApiErr
         return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "store_cannot_commit",
-            format!("the store cannot commit, so every decision is refused until it can (retried each second): {why}"),
+            format!(
+                "the store cannot commit, so every decision is refused until it can (retried each second): {why}"
+            ),
         ));
     }
     let b = engine.bundle();
