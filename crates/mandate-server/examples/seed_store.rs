@@ -43,7 +43,16 @@ async fn main() {
             expires_at_ms: now,
         };
         store
-            .insert_agent(&record, &join, ev(EventKind::AgentRegistered, Some(format!("bench-{a}")), None, serde_json::json!({})))
+            .insert_agent(
+                &record,
+                &join,
+                ev(
+                    EventKind::AgentRegistered,
+                    Some(format!("bench-{a}")),
+                    None,
+                    serde_json::json!({}),
+                ),
+            )
             .await
             .unwrap();
     }
@@ -69,7 +78,15 @@ async fn main() {
             end_reason: None,
         };
         store
-            .insert_task(&record, ev(EventKind::TaskStarted, Some(agent), Some(id.clone()), serde_json::json!({})))
+            .insert_task(
+                &record,
+                ev(
+                    EventKind::TaskStarted,
+                    Some(agent),
+                    Some(id.clone()),
+                    serde_json::json!({}),
+                ),
+            )
             .await
             .unwrap();
         ids.push((id, t % agents.max(1)));
@@ -100,5 +117,8 @@ async fn main() {
         written += batch;
     }
     store.close().await;
-    println!("seeded {agents} agents, {tasks} live tasks, {events} events in {}", dir.display());
+    println!(
+        "seeded {agents} agents, {tasks} live tasks, {events} events in {}",
+        dir.display()
+    );
 }
