@@ -25,7 +25,8 @@ mport="$(port)"; cport="$(port)"
 export MANDATE_ADMIN_TOKEN="bench-admin-token-$(python3 -c 'import secrets; print(secrets.token_hex(16))')"
 export MANDATE_URL="http://127.0.0.1:$mport"
 MANDATE_LOG=warn ./target/release/mandate serve --listen "127.0.0.1:$mport" --data-dir "$work/data" \
-  --policies examples/policies/demo --no-watch >"$work/server.log" 2>&1 &
+  --policies examples/policies/demo --no-watch \
+  --agent-decisions-per-sec 100000000 --task-decisions-per-sec 100000000 >"$work/server.log" 2>&1 &
 mandate_pid=$!
 ./target/release/examples/constant_server "127.0.0.1:$cport" 2>/dev/null &
 constant_pid=$!

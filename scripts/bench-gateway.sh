@@ -127,7 +127,8 @@ m=./target/release/mandate
 # credential, registers an agent and starts a task; sets $token to its task token.
 start_mandate() {
   MANDATE_LOG=warn $m serve --listen "127.0.0.1:$1" --data-dir "$2" --policies examples/policies/demo \
-    --no-watch --gateway-config "$work/gateway.toml" >"$work/server-$1.log" 2>&1 &
+    --no-watch --gateway-config "$work/gateway.toml" \
+    --agent-decisions-per-sec 100000000 --task-decisions-per-sec 100000000 >"$work/server-$1.log" 2>&1 &
   mandate_pids+=($!)
   wait_port "$1"
   local url="http://127.0.0.1:$1" join identity

@@ -112,6 +112,9 @@ fn run(n_policies: usize) {
     config.listen = ([127, 0, 0, 1], 0).into();
     config.admin_token = Some("bench-admin-token-0123456789abcdef".into());
     config.clock = clock;
+    // One agent and one task drive the whole run: no rate limit in the way.
+    config.limits.agent_decisions_per_sec = u32::MAX / 2;
+    config.limits.task_decisions_per_sec = u32::MAX / 2;
     let server = rt.block_on(Server::start(config)).unwrap();
     let http = reqwest::Client::new();
     let url = server.url();

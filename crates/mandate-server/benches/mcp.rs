@@ -362,6 +362,9 @@ async fn run(calls: u64, lat_secs: f64, secs: f64, counts: &[usize], workers: us
     config.listen = ([127, 0, 0, 1], 0).into();
     config.admin_token = Some(ADMIN.into());
     config.watch_policies = false;
+    // One agent and one task drive the whole run: no rate limit in the way.
+    config.limits.agent_decisions_per_sec = u32::MAX / 2;
+    config.limits.task_decisions_per_sec = u32::MAX / 2;
     config.gateway = Some(Arc::new(gateway));
     let server = mandate_server::Server::start(config).await.unwrap();
     let url = server.url();

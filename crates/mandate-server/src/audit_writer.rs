@@ -103,9 +103,10 @@ impl StoreHealth {
 
 /// One event to commit, with the task history it changes, and who waits for it.
 struct Job {
-    event: NewEvent,
+    /// None: a barrier, answered once everything deferred before it is committed.
+    event: Option<NewEvent>,
     history: Option<HistoryRow>,
-    done: oneshot::Sender<Result<Event, AuditError>>,
+    done: oneshot::Sender<Result<Option<Event>, AuditError>>,
 }
 
 /// Events and history snapshots nobody waits for.
@@ -126,7 +127,7 @@ pub struct AuditWriter {
 impl std::fmt::Debug for Job {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Job")
-            .field("kind", &self.event.kind)
+            .field("kind", &self.event.as_ref().map(|e| e.kind))
             .finish()
     }
 }
@@ -168,16 +169,17 @@ impl AuditWriter {
                 let mut histories = riders.histories.clone();
                 let mut waiters = Vec::with_capacity(batch.len());
                 for job in batch.drain(..) {
-                    events.push(job.event);
+                    let waits_for_event = job.event.is_some();
+                    events.extend(job.event);
                     histories.extend(job.history);
-                    waiters.push(job.done);
+                    waiters.push((job.done, waits_for_event));
                 }
                 match store.append_batch(events, histories).await {
                     Ok(stored) => {
                         state.committed();
-                        for (waiter, event) in
-                            waiters.into_iter().zip(stored.into_iter().skip(skip))
-                        {
+                        let mut stored = stored.into_iter().skip(skip);
+                        for (waiter, waits_for_event) in waiters {
+                            let event = if waits_for_event { stored.next() } else { None };
                             let _ = waiter.send(Ok(event));
                         }
                     }
@@ -193,7 +195,7 @@ impl AuditWriter {
                                 AuditError::Unavailable(other.to_string())
                             }
                         };
-                        for waiter in waiters {
+                        for (waiter, _) in waiters {
                             let _ = waiter.send(Err(err.clone()));
                         }
                         // Nobody was told the deferred ones failed: they wait for the next
@@ -215,6 +217,12 @@ impl AuditWriter {
             deferred,
             health,
         }
+    }
+
+    /// Returns once everything deferred so far is committed (at shutdown: nothing
+    /// recorded in memory is left behind).
+    pub async fn flush(&self) -> Result<(), AuditError> {
+        self.submit(None, None).await.map(|_| ())
     }
 
     /// What the writer knows of the store's health.
@@ -267,6 +275,19 @@ impl AuditWriter {
         event: NewEvent,
         history: Option<HistoryRow>,
     ) -> Result<Event, AuditError> {
+        match self.submit(Some(event), history).await? {
+            Some(stored) => Ok(stored),
+            None => Err(AuditError::Unavailable(
+                "audit writer dropped the event".to_owned(),
+            )),
+        }
+    }
+
+    async fn submit(
+        &self,
+        event: Option<NewEvent>,
+        history: Option<HistoryRow>,
+    ) -> Result<Option<Event>, AuditError> {
         let (done, rx) = oneshot::channel();
         self.tx
             .send(Job {

@@ -175,10 +175,16 @@ impl RunningServer {
             let _ = handle.await;
         }
         self.sweeper.abort();
-        match self.handle.await {
+        let served = match self.handle.await {
             Ok(r) => r,
             Err(e) => Err(e.to_string()),
+        };
+        // What the last responses left deferred (results, bytes returned) is committed
+        // before the process goes.
+        if let Err(e) = self.engine.audit.flush().await {
+            tracing::error!(error = %e, "records deferred at shutdown could not be committed");
         }
+        served
     }
 
     /// Serves until the process receives Ctrl-C / SIGTERM.

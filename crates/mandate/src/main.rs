@@ -123,6 +123,15 @@ struct ServeArgs {
     /// generated in the data directory.
     #[arg(long, env = "MANDATE_MASTER_KEY_FILE")]
     master_key_file: Option<PathBuf>,
+    /// Decisions one agent may ask for per second, across its tasks (bursts up to twice
+    /// that); over it, 429 `rate_limited` with `retry_after_ms`.
+    #[arg(long, default_value_t = 500, env = "MANDATE_AGENT_DECISIONS_PER_SEC",
+          value_parser = clap::value_parser!(u32).range(1..))]
+    agent_decisions_per_sec: u32,
+    /// Decisions one task may ask for per second (bursts up to twice that).
+    #[arg(long, default_value_t = 250, env = "MANDATE_TASK_DECISIONS_PER_SEC",
+          value_parser = clap::value_parser!(u32).range(1..))]
+    task_decisions_per_sec: u32,
 }
 
 #[derive(Debug, Args)]
@@ -194,6 +203,8 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
     config.shadow_policies = a.shadow_policies;
     config.watch_policies = !a.no_watch;
     config.ext_authz_listen = a.ext_authz_listen;
+    config.limits.agent_decisions_per_sec = a.agent_decisions_per_sec;
+    config.limits.task_decisions_per_sec = a.task_decisions_per_sec;
     config.admin_token = std::env::var("MANDATE_ADMIN_TOKEN")
         .ok()
         .filter(|t| !t.is_empty());

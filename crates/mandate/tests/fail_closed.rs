@@ -96,6 +96,9 @@ impl Served {
                 "serve",
                 "--listen",
                 &format!("127.0.0.1:{port}"),
+                // One issuer whatever the port: tokens stay valid across restarts.
+                "--issuer",
+                "http://mandate.test",
                 "--no-watch",
                 "--data-dir",
             ])
@@ -307,9 +310,9 @@ fn disk_full_fails_closed_then_recovers_and_loses_nothing_acknowledged() {
             revoke_acknowledged = s == 200;
             // Acknowledged or not, the revoked task is refused from now on.
             let (s, r) = server.read(&doomed_token, 0);
-            assert_ne!(
-                s, 200,
-                "a revoked task is refused even when the revoke could not be recorded: {r}"
+            assert!(
+                s == 403 || s == 503,
+                "a revoked task is refused even when the revoke could not be recorded: {s} {r}"
             );
         }
     }
@@ -357,9 +360,16 @@ fn disk_full_fails_closed_then_recovers_and_loses_nothing_acknowledged() {
     }
     assert!(revoke_acknowledged);
     let (s, r) = server.read(&doomed_token, 1);
-    assert_ne!(
-        s, 200,
+    assert_eq!(
+        (s, r["error"]["code"].as_str()),
+        (403, Some("task_not_active")),
         "an acknowledged revocation survives the restart: {r}"
+    );
+    let (s, r) = server.read(&token, 1);
+    assert_eq!(
+        (s, r["outcome"].as_str()),
+        (200, Some("allow")),
+        "the other task lives on: {r}"
     );
     drop(server);
     let (ok, out) = verify(&data);
@@ -457,4 +467,104 @@ fn a_tampered_or_truncated_chain_is_not_served_as_intact() {
             "{name}: nothing is appended to a broken chain"
         );
     }
+}
+
+/// An upstream answering `hello` to every request (untrusted content, 5 bytes).
+fn hello_upstream() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { continue };
+            std::thread::spawn(move || {
+                let mut buf = [0_u8; 4096];
+                let mut seen = Vec::new();
+                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => seen.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello");
+            });
+        }
+    });
+    port
+}
+
+/// The demo policies plus one rule on history; and a gateway in front of `upstream`.
+fn history_bundle(dir: &Path, rule: &str, upstream: u16) -> (PathBuf, PathBuf) {
+    let policies = dir.join("policies");
+    std::fs::create_dir_all(&policies).unwrap();
+    for f in ["support.cedar", "start.cedar"] {
+        std::fs::copy(demo_policies().join(f), policies.join(f)).unwrap();
+    }
+    std::fs::write(
+        policies.join("history.cedar"),
+        format!("@id(\"history-rule\")\n@reason(\"what the task did before forbids this\")\nforbid (principal, action == Mandate::Action::\"read\", resource == Mandate::Tool::\"tickets.search\")\nwhen {{ {rule} }};\n"),
+    )
+    .unwrap();
+    let gateway = dir.join("gateway.toml");
+    std::fs::write(
+        &gateway,
+        format!("[[upstream]]\nname = \"tickets\"\nbase_url = \"http://127.0.0.1:{upstream}/api\"\nallow_private = true\nuntrusted = true\n\n[[route]]\nupstream = \"tickets\"\nmethod = \"GET\"\npath = \"/tickets\"\ntool = \"tickets.search\"\ndata_domain = \"support\"\n"),
+    )
+    .unwrap();
+    (policies, gateway)
+}
+
+fn history_survives(rule: &str, stop: impl FnOnce(Served)) {
+    let up = hello_upstream();
+    let dir = tempfile::tempdir().unwrap();
+    let (policies, gateway) = history_bundle(dir.path(), rule, up);
+    let gw = gateway.to_str().unwrap().to_owned();
+    let data = dir.path().join("data");
+    let server = Served::start(&data, &policies, &["--gateway-config", &gw]);
+    let id = server.agent("reader");
+    let (s, r) = server.post("/v1/tasks", Some(&id), json!({
+        "purpose": "summarise open tickets",
+        "scope": { "tools": ["tickets.search"], "actions": ["read"], "data_domains": ["support"], "destinations": [format!("127.0.0.1:{up}")] },
+        "ttl_secs": 3600,
+    }));
+    assert_eq!(s, 201, "{r}");
+    let token = r["task_token"].as_str().unwrap().to_owned();
+    let (s, r) = server.read(&token, 1);
+    assert_eq!(
+        (s, r["outcome"].as_str()),
+        (200, Some("allow")),
+        "clean so far: {r}"
+    );
+    let (s, body) = http(
+        server.port,
+        "GET",
+        "/gw/tickets/tickets",
+        Some(&token),
+        None,
+    );
+    assert_eq!((s, body.as_str()), (200, Some("hello")), "{body}");
+    // No other call between the answer and the stop: nothing else flushes the history.
+    stop(server);
+    let server = Served::start(&data, &policies, &["--gateway-config", &gw]);
+    let (s, r) = server.read(&token, 2);
+    assert_eq!(s, 200, "{r}");
+    assert_eq!(
+        r["outcome"], "deny",
+        "the history survived the restart: {r}"
+    );
+    assert_eq!(r["policies"][0], "history-rule", "{r}");
+}
+
+#[test]
+fn task_history_keeps_taint_across_kill_9() {
+    history_survives("context.history.untrusted_content", Served::kill9);
+}
+
+#[test]
+fn task_history_keeps_bytes_returned_across_a_restart() {
+    history_survives("context.history.bytes_returned >= 5", |s| {
+        let pid = s.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let mut s = s;
+        let _ = s.child.wait();
+    });
 }

@@ -663,6 +663,14 @@ async fn handle(gw: &Arc<Gateway>, req: Request) -> Result<Response, ApiError> {
             ));
         }
     };
+    // Untrusted content reaches the agent only once the task's taint is durable: a
+    // restart must not forget that the task has read it.
+    if up.untrusted
+        && let Err(e) = gw.engine.taint(&task, &up.name).await
+    {
+        relay_ctx.finish_without_response("audit_unavailable");
+        return Err(e.into());
+    }
     let forms: Vec<&[u8]> = redact_forms.iter().map(SecretValue::expose).collect();
     let redactor = Redactor::new(
         forms

@@ -267,8 +267,8 @@ impl ProxyHandler {
             "{kind}/{}",
             if kind == "resources" { "read" } else { "get" }
         );
-        self.result(&task, &d.decision_id, &what, size, None, started)
-            .await;
+        self.result(&task, &d.decision_id, &what, size, None, true, started)
+            .await?;
         Ok(res)
     }
 
@@ -301,10 +301,23 @@ impl ProxyHandler {
         what: &str,
         size: usize,
         error: Option<String>,
+        answered: bool,
         started: Instant,
-    ) {
+    ) -> Result<(), ErrorData> {
         let untrusted = self.config().is_ok_and(|s| s.untrusted_content);
-        self.gw.engine.record_result(task, size as u64, untrusted);
+        // Untrusted content reaches the agent only once the task's taint is durable.
+        let tainted = if untrusted && answered {
+            self.gw
+                .engine
+                .taint(task, &self.server)
+                .await
+                .map_err(|e| refusal(&e.into()))
+        } else {
+            Ok(())
+        };
+        self.gw
+            .engine
+            .record_result(task, size as u64, untrusted && answered);
         let ev = NewEvent {
             ts_ms: self.gw.engine.clock.now_ms(),
             kind: EventKind::GatewayResult,
@@ -317,6 +330,7 @@ impl ProxyHandler {
             }),
         };
         self.gw.engine.audit.append_deferred(ev);
+        tainted
     }
 }
 
@@ -449,8 +463,16 @@ impl ServerHandler for ProxyHandler {
             Ok(result) => {
                 let (result, size, redacted) = self.redact(result).await?;
                 let note = redacted.then(|| "secret redacted from the answer".to_owned());
-                self.result(&task, &d.decision_id, "tools/call", size, note, started)
-                    .await;
+                self.result(
+                    &task,
+                    &d.decision_id,
+                    "tools/call",
+                    size,
+                    note,
+                    true,
+                    started,
+                )
+                .await?;
                 Ok(result.into())
             }
             Err(e) => {
@@ -460,9 +482,11 @@ impl ServerHandler for ProxyHandler {
                     "tools/call",
                     0,
                     Some(e.to_string()),
+                    false,
                     started,
                 )
-                .await;
+                .await
+                .ok();
                 Ok(CallToolResult::error(vec![ContentBlock::text(
                     "the MCP server failed to answer",
                 )])
