@@ -21,7 +21,8 @@ pub enum ToolsCmd {
     /// Approve the definition a server shows now for a held tool; it becomes callable.
     Approve {
         /// The MCP server (as in the gateway configuration).
-        server: String,
+        #[arg(value_name = "SERVER")]
+        mcp_server: String,
         /// The tool's name on that server.
         tool: String,
         #[command(flatten)]
@@ -46,13 +47,17 @@ pub async fn tools(c: ToolsCmd) -> Result<ExitCode> {
                 .collect();
             print(&json!(shown))?;
         }
-        ToolsCmd::Approve { server, tool, opts } => {
+        ToolsCmd::Approve {
+            mcp_server,
+            tool,
+            opts,
+        } => {
             let v = opts
                 .client()?
                 .post(
                     "/v1/tools/approve",
                     Some(opts.admin()?),
-                    &json!({ "server": server, "tool": tool }),
+                    &json!({ "server": mcp_server, "tool": tool }),
                 )
                 .await?
                 .ok()?;

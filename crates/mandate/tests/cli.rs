@@ -129,6 +129,8 @@ fn every_command_explains_itself() {
         vec!["approvers", "add"],
         vec!["break-glass", "declare"],
         vec!["report", "access"],
+        vec!["tools", "pending"],
+        vec!["tools", "approve"],
         vec!["demo"],
     ] {
         let o = run(bin().args(&cmd).arg("--help"));
@@ -139,6 +141,31 @@ fn every_command_explains_itself() {
             String::from_utf8_lossy(&o.stdout)
         );
     }
+}
+
+/// The README's way to release a held tool: its positional SERVER must not collide with
+/// the `--server` URL option. Against the real server it reaches the API and is answered
+/// there (no such pin), not refused by the argument parser.
+#[test]
+fn tools_approve_server_tool_can_be_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = serve(&dir.path().join("data"), &demo_policies());
+    let o = run(bin().args([
+        "tools",
+        "approve",
+        "docs",
+        "search",
+        "--server",
+        &s.url,
+        "--admin-token",
+        ADMIN,
+    ]));
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(
+        stderr.contains("no pinned tool search on server docs"),
+        "the request must reach the server: {stderr}"
+    );
 }
 
 #[test]
