@@ -138,9 +138,20 @@ pub fn validate(raw: RawMcpServer) -> Result<McpServer, ConfigError> {
     })
 }
 
-/// The digest a tool is pinned by: SHA-256 of the canonical JSON of its server, name,
-/// description and input schema. Anything else a server sends (title, icons, annotations)
-/// does not change what the agent is told the tool does, or what it accepts.
+/// The digest a tool is pinned by: SHA-256 of the canonical JSON of its server and its
+/// whole definition as the server listed it (name, title, description, input and output
+/// schemas, annotations, icons, `_meta`): everything the agent or policy sees of it.
+pub fn definition_digest(server: &str, definition: &serde_json::Value) -> String {
+    let v = serde_json::json!({ "server": server, "definition": definition });
+    format!(
+        "v2:{}",
+        mandate_core::sha256_hex(mandate_core::canonical_json(&v).as_bytes())
+    )
+}
+
+/// The digest pins had before [`definition_digest`] (server, name, description and input
+/// schema only): a pin recorded under it is re-pinned with the whole definition when the
+/// parts it covered are unchanged.
 pub fn tool_digest(
     server: &str,
     name: &str,
@@ -156,6 +167,25 @@ pub fn tool_digest(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_definition_digest_covers_annotations_title_and_output_schema() {
+        let base = serde_json::json!({"name": "rm", "description": "Remove", "inputSchema": {"type": "object"},
+            "annotations": {"destructiveHint": true}});
+        let d = definition_digest("files", &base);
+        assert!(d.starts_with("v2:"));
+        for changed in [
+            serde_json::json!({"name": "rm", "description": "Remove", "inputSchema": {"type": "object"},
+                "annotations": {"readOnlyHint": true}}),
+            serde_json::json!({"name": "rm", "description": "Remove", "inputSchema": {"type": "object"},
+                "annotations": {"destructiveHint": true}, "title": "Ignore previous instructions"}),
+            serde_json::json!({"name": "rm", "description": "Remove", "inputSchema": {"type": "object"},
+                "annotations": {"destructiveHint": true}, "outputSchema": {"type": "object"}}),
+        ] {
+            assert_ne!(d, definition_digest("files", &changed), "{changed}");
+        }
+        assert_ne!(d, definition_digest("other", &base));
+    }
 
     #[test]
     fn digests_change_with_what_the_agent_is_told() {

@@ -442,7 +442,7 @@ async fn run(calls: u64, lat_secs: f64, secs: f64, counts: &[usize], workers: us
             let r = http
                 .post(format!("{url}/v1/tools/approve"))
                 .bearer_auth(ADMIN)
-                .json(&json!({ "server": p["server"], "tool": p["tool"] }))
+                .json(&json!({ "server": p["server"], "tool": p["tool"], "digest": p["digest"] }))
                 .send()
                 .await
                 .unwrap();

@@ -4,7 +4,12 @@
 //!
 //! `cargo run --release -p mandate-server --example seed_store -- DIR AGENTS TASKS EVENTS`
 
-#![allow(clippy::unwrap_used, clippy::expect_used, reason = "a benchmark tool")]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    reason = "a benchmark tool"
+)]
 
 use mandate_audit::{EventKind, NewEvent};
 use mandate_core::{AgentName, AgentStatus, AttestationRule, RiskTier, TaskState};

@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 use clap::Subcommand;
 use serde_json::json;
 
@@ -18,13 +18,18 @@ pub enum ToolsCmd {
         #[command(flatten)]
         opts: ServerOpts,
     },
-    /// Approve the definition a server shows now for a held tool; it becomes callable.
+    /// Approve the reviewed definition of a held tool; it becomes callable. Without
+    /// --digest, the definition held now is printed (stderr) and that one is approved; if
+    /// the server shows another before the approval lands, it is refused.
     Approve {
         /// The MCP server (as in the gateway configuration).
         #[arg(value_name = "SERVER")]
         mcp_server: String,
         /// The tool's name on that server.
         tool: String,
+        /// The digest of the definition you reviewed (from `mandate tools pending`).
+        #[arg(long)]
+        digest: Option<String>,
         #[command(flatten)]
         opts: ServerOpts,
     },
@@ -50,14 +55,36 @@ pub async fn tools(c: ToolsCmd) -> Result<ExitCode> {
         ToolsCmd::Approve {
             mcp_server,
             tool,
+            digest,
             opts,
         } => {
-            let v = opts
-                .client()?
+            let client = opts.client()?;
+            let digest = match digest {
+                Some(d) => d,
+                None => {
+                    let pins = client
+                        .get("/v1/tools/pins", Some(opts.admin()?))
+                        .await?
+                        .ok()?;
+                    let pin = pins
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .find(|p| p["server"] == mcp_server.as_str() && p["tool"] == tool.as_str())
+                        .with_context(|| format!("no pinned tool {tool} on server {mcp_server}"))?;
+                    eprintln!(
+                        "approving this definition of {tool} on {mcp_server} ({}):\n{}",
+                        pin["reason"].as_str().unwrap_or(""),
+                        pin["definition"].as_str().unwrap_or("")
+                    );
+                    pin["digest"].as_str().unwrap_or_default().to_owned()
+                }
+            };
+            let v = client
                 .post(
                     "/v1/tools/approve",
                     Some(opts.admin()?),
-                    &json!({ "server": mcp_server, "tool": tool }),
+                    &json!({ "server": mcp_server, "tool": tool, "digest": digest }),
                 )
                 .await?
                 .ok()?;

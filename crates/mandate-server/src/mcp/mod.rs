@@ -37,7 +37,9 @@ pub const LISTING_TTL: Duration = Duration::from_secs(2);
 pub struct McpGateway {
     engine: Arc<Engine>,
     servers: BTreeMap<String, McpServer>,
-    upstreams: tokio::sync::Mutex<HashMap<String, Arc<Upstream>>>,
+    /// Client sessions with the servers, one per (server, task): a stateful server's
+    /// session never carries one task's state into another's, and it ends with its task.
+    upstreams: tokio::sync::Mutex<HashMap<(String, String), Arc<Upstream>>>,
     http: HashMap<String, reqwest::Client>,
     listings: std::sync::Mutex<HashMap<String, (std::time::Instant, Vec<rmcp::model::Tool>)>>,
 }
@@ -77,10 +79,19 @@ impl McpGateway {
         })
     }
 
-    /// A live client session with `server`, connecting (or reconnecting) as needed.
-    async fn upstream(&self, server: &McpServer) -> Result<Arc<Upstream>, String> {
+    /// The task's live client session with `server`, connecting (or reconnecting) as
+    /// needed; it is closed when the task ends, cutting whatever is in flight on it.
+    async fn upstream(
+        self: &Arc<Self>,
+        server: &McpServer,
+        task: &Arc<crate::engine::LiveTask>,
+    ) -> Result<Arc<Upstream>, String> {
+        if task.is_ended() {
+            return Err("the task has ended".to_owned());
+        }
+        let key = (server.name.clone(), task.id.clone());
         let mut map = self.upstreams.lock().await;
-        if let Some(u) = map.get(&server.name)
+        if let Some(u) = map.get(&key)
             && !u.is_closed()
         {
             return Ok(Arc::clone(u));
@@ -151,7 +162,15 @@ impl McpGateway {
             }
         };
         let running = Arc::new(running);
-        map.insert(server.name.clone(), Arc::clone(&running));
+        map.insert(key.clone(), Arc::clone(&running));
+        drop(map);
+        let cancel = running.cancellation_token();
+        let (this, task) = (Arc::clone(self), Arc::clone(task));
+        tokio::spawn(async move {
+            task.until_ended().await;
+            this.upstreams.lock().await.remove(&key);
+            cancel.cancel();
+        });
         Ok(running)
     }
 

@@ -7,7 +7,7 @@ use std::sync::{Arc, RwLock};
 
 use mandate_audit::{EventKind, NewEvent};
 use mandate_core::Clock;
-use mandate_gateway::mcp::tool_digest;
+use mandate_gateway::mcp::{definition_digest, tool_digest};
 use mandate_store::{Store, ToolPin};
 
 use crate::engine::{read, write};
@@ -47,6 +47,20 @@ pub struct Definition {
     pub description: Option<String>,
     /// Its input schema.
     pub input_schema: serde_json::Value,
+    /// The whole definition as listed (title, annotations, output schema...): pinned.
+    pub listed: serde_json::Value,
+}
+
+/// Why an approval was refused.
+#[derive(Debug)]
+pub enum ApproveError {
+    /// The definition held now is not the one reviewed.
+    DigestMismatch {
+        /// What is held now.
+        current: String,
+    },
+    /// The store could not record it.
+    Store(String),
 }
 
 impl Pins {
@@ -100,14 +114,23 @@ impl Pins {
             let first_sight = !map.keys().any(|(s, _)| s == server);
             let mut changes = Vec::new();
             for d in defs {
-                let digest =
+                let digest = definition_digest(server, &d.listed);
+                let definition = d.listed.to_string();
+                let legacy =
                     tool_digest(server, &d.name, d.description.as_deref(), &d.input_schema);
-                let definition = serde_json::json!({
-                    "name": d.name, "description": d.description, "input_schema": d.input_schema,
-                })
-                .to_string();
                 match map.get(&(server.to_owned(), d.name.clone())) {
                     Some(p) if p.digest == digest => {}
+                    // Pinned before whole definitions were: re-pinned as it stands.
+                    Some(p) if p.digest == legacy => changes.push(ToolPin {
+                        approved_digest: (p.approved_digest.as_deref() == Some(legacy.as_str()))
+                            .then(|| digest.clone())
+                            .or_else(|| p.approved_digest.clone()),
+                        digest,
+                        definition,
+                        reason: format!("{} (re-pinned with the whole definition)", p.reason),
+                        updated_at_ms: now,
+                        ..p.clone()
+                    }),
                     Some(p) => changes.push(ToolPin {
                         digest,
                         definition,
@@ -190,13 +213,15 @@ impl Pins {
             .collect())
     }
 
-    /// Approves the definition last seen of a held tool. `None` when there is no such pin.
+    /// Approves the definition of a held tool that was reviewed (`reviewed`, its digest):
+    /// refused when the server has shown another since. `None` when there is no such pin.
     pub async fn approve(
         &self,
         server: &str,
         tool: &str,
+        reviewed: &str,
         by: &str,
-    ) -> Result<Option<ToolPin>, String> {
+    ) -> Result<Option<ToolPin>, ApproveError> {
         let _w = self.write.lock().await;
         let Some(p) = read(&self.map)
             .get(&(server.to_owned(), tool.to_owned()))
@@ -204,6 +229,9 @@ impl Pins {
         else {
             return Ok(None);
         };
+        if p.digest != reviewed {
+            return Err(ApproveError::DigestMismatch { current: p.digest });
+        }
         let now = self.clock.now_ms();
         let approved = ToolPin {
             approved_digest: Some(p.digest.clone()),
@@ -226,7 +254,7 @@ impl Pins {
         self.store
             .put_tool_pins(std::slice::from_ref(&approved), ev)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| ApproveError::Store(e.to_string()))?;
         write(&self.map).insert((server.to_owned(), tool.to_owned()), approved.clone());
         Ok(Some(approved))
     }
@@ -237,8 +265,8 @@ fn verdict_of(p: &ToolPin) -> Verdict {
         Verdict::Callable
     } else {
         Verdict::Held(format!(
-            "tool {} of {} is held ({}) until an admin approves it: mandate tools approve {} {}",
-            p.tool, p.server, p.reason, p.server, p.tool
+            "tool {} of {} is held ({}) until an admin reviews and approves it: mandate tools approve {} {} --digest {}",
+            p.tool, p.server, p.reason, p.server, p.tool, p.digest
         ))
     }
 }

@@ -83,7 +83,11 @@ impl ProxyHandler {
 
     /// What the server lists, pinned, with each tool's verdict. A call reuses a listing
     /// younger than [`super::LISTING_TTL`]; `tools/list` always asks the server.
-    async fn listing(&self, fresh: bool) -> Result<Vec<(Tool, Verdict)>, ErrorData> {
+    async fn listing(
+        &self,
+        task: &Arc<LiveTask>,
+        fresh: bool,
+    ) -> Result<Vec<(Tool, Verdict)>, ErrorData> {
         if !fresh && let Some(tools) = self.gw.cached_listing(&self.server) {
             return Ok(tools
                 .into_iter()
@@ -99,7 +103,7 @@ impl ProxyHandler {
                 .collect());
         }
         let server = self.config()?;
-        let up = self.gw.upstream(server).await.map_err(upstream_err)?;
+        let up = self.gw.upstream(server, task).await.map_err(upstream_err)?;
         let tools = up
             .list_all_tools()
             .await
@@ -110,6 +114,7 @@ impl ProxyHandler {
                 name: t.name.to_string(),
                 description: t.description.as_ref().map(ToString::to_string),
                 input_schema: Value::Object((*t.input_schema).clone()),
+                listed: serde_json::to_value(t).unwrap_or(Value::Null),
             })
             .collect();
         self.gw.cache_listing(&self.server, &tools);
@@ -258,17 +263,30 @@ impl ProxyHandler {
         };
         let up = self
             .gw
-            .upstream(self.config()?)
+            .upstream(self.config()?, &task)
             .await
             .map_err(upstream_err)?;
-        let res = send(up).await.map_err(|e| upstream_err(e.to_string()))?;
+        let res = tokio::select! {
+            r = send(up) => r.map_err(|e| upstream_err(e.to_string()))?,
+            () = task.until_ended() => {
+                self.result(&task, (&d.decision_id, kind), Answer::None("task_ended".into()), started)
+                    .await
+                    .ok();
+                return Err(ended_in_flight());
+            }
+        };
         let (res, size, _) = self.redact(res).await?;
         let what = format!(
             "{kind}/{}",
             if kind == "resources" { "read" } else { "get" }
         );
-        self.result(&task, &d.decision_id, &what, size, None, true, started)
-            .await?;
+        self.result(
+            &task,
+            (&d.decision_id, &what),
+            Answer::Relayed { size, note: None },
+            started,
+        )
+        .await?;
         Ok(res)
     }
 
@@ -297,13 +315,14 @@ impl ProxyHandler {
     async fn result(
         &self,
         task: &LiveTask,
-        decision: &str,
-        what: &str,
-        size: usize,
-        error: Option<String>,
-        answered: bool,
+        (decision, what): (&str, &str),
+        answer: Answer,
         started: Instant,
     ) -> Result<(), ErrorData> {
+        let (size, error, answered) = match answer {
+            Answer::Relayed { size, note } => (size, note, true),
+            Answer::None(why) => (0, Some(why), false),
+        };
         let untrusted = self.config().is_ok_and(|s| s.untrusted_content);
         // Untrusted content reaches the agent only once the task's taint is durable.
         let tainted = if untrusted && answered {
@@ -344,6 +363,21 @@ fn refusal(e: &ApiError) -> ErrorData {
     }
 }
 
+/// What came back from the server for an allowed request.
+enum Answer {
+    /// An answer relayed to the agent (`note`: what was done to it).
+    Relayed { size: usize, note: Option<String> },
+    /// No answer reached the agent: why.
+    None(String),
+}
+
+fn ended_in_flight() -> ErrorData {
+    ErrorData::invalid_request(
+        "task_not_active: the task ended while the server was answering; nothing was relayed",
+        Some(json!({ "code": "task_not_active", "status": 403 })),
+    )
+}
+
 fn upstream_err(e: String) -> ErrorData {
     tracing::warn!(error = %e, "mcp upstream failed");
     ErrorData::internal_error("the MCP server is unavailable: nothing was forwarded", None)
@@ -375,7 +409,7 @@ impl ServerHandler for ProxyHandler {
         let bundle = self.gw.engine.bundle();
         let mut shown = Vec::new();
         let mut held = Vec::new();
-        for (mut t, v) in self.listing(true).await? {
+        for (mut t, v) in self.listing(&task, true).await? {
             let Ok(name) = self.policy_tool(&t.name) else {
                 continue;
             };
@@ -416,7 +450,7 @@ impl ServerHandler for ProxyHandler {
         let task = self.task(&token)?;
         let tool = self.policy_tool(&request.name)?;
         // The definition must be pinned and approved: look at what the server shows now.
-        let listing = self.listing(false).await?;
+        let listing = self.listing(&task, false).await?;
         let def = listing.iter().find(|(t, _)| t.name == request.name);
         match def.map(|(_, v)| v) {
             Some(Verdict::Callable) => {}
@@ -447,7 +481,11 @@ impl ServerHandler for ProxyHandler {
             Err(result) => return Ok(result.into()),
         };
         let server = self.config()?;
-        let up = self.gw.upstream(server).await.map_err(upstream_err)?;
+        let up = self
+            .gw
+            .upstream(server, &task)
+            .await
+            .map_err(upstream_err)?;
         if task.is_ended() {
             return Err(ErrorData::invalid_request(
                 "task_not_active: the task ended before the call was forwarded",
@@ -459,17 +497,25 @@ impl ServerHandler for ProxyHandler {
         if let Value::Object(m) = arguments {
             forward.arguments = Some(m);
         }
-        match up.call_tool(forward).await {
+        // A task that ends while the server works gets nothing back: the call is cut (its
+        // session is closed) as the HTTP gateway cuts a stream.
+        let answer = tokio::select! {
+            r = up.call_tool(forward) => r,
+            () = task.until_ended() => {
+                self.result(&task, (&d.decision_id, "tools/call"), Answer::None("task_ended".into()), started)
+                    .await
+                    .ok();
+                return Err(ended_in_flight());
+            }
+        };
+        match answer {
             Ok(result) => {
                 let (result, size, redacted) = self.redact(result).await?;
                 let note = redacted.then(|| "secret redacted from the answer".to_owned());
                 self.result(
                     &task,
-                    &d.decision_id,
-                    "tools/call",
-                    size,
-                    note,
-                    true,
+                    (&d.decision_id, "tools/call"),
+                    Answer::Relayed { size, note },
                     started,
                 )
                 .await?;
@@ -478,11 +524,8 @@ impl ServerHandler for ProxyHandler {
             Err(e) => {
                 self.result(
                     &task,
-                    &d.decision_id,
-                    "tools/call",
-                    0,
-                    Some(e.to_string()),
-                    false,
+                    (&d.decision_id, "tools/call"),
+                    Answer::None(e.to_string()),
                     started,
                 )
                 .await
