@@ -29,7 +29,7 @@ pub use agents::{AttestRequest, AttestResponse, RegisterAgentRequest, RegisterAg
 pub use approvals::{
     AccessReport, AddApproverResponse, ApprovalsReport, BreakGlassResponse, SetGroupResponse,
 };
-pub(crate) use extract::bearer_token;
+pub(crate) use extract::{bearer_token, strict_json_body};
 pub(crate) use ops::decide_one;
 pub use ops::{DecideRequest, DecideResponse, VerifyResponse};
 pub use tasks::{StartTaskRequest, StartTaskResponse};
