@@ -9,6 +9,7 @@ mod agent;
 mod approval;
 mod args;
 mod clock;
+mod human;
 mod ids;
 mod limits;
 mod scope;
@@ -21,6 +22,7 @@ pub use args::{
     from_slice_strict, strict_json,
 };
 pub use clock::{Clock, ManualClock, SystemClock, UnixMillis};
+pub use human::{HumanId, HumanIdError};
 pub use ids::{AgentName, IdError, SpiffeId, TrustDomain, random_id, random_secret, sha256_hex};
 pub use limits::Limits;
 pub use scope::{

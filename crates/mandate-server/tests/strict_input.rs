@@ -170,11 +170,12 @@ fn refusal(r: &CheckResponse) -> (i32, String) {
     use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
     let grpc = r.status.as_ref().map_or(-1, |s| s.code);
     let code = match &r.http_response {
-        Some(HttpResponse::DeniedResponse(d)) => serde_json::from_str::<Value>(&d.body).unwrap()
-            ["error"]["code"]
-            .as_str()
-            .unwrap_or("")
-            .to_owned(),
+        Some(HttpResponse::DeniedResponse(d)) => {
+            serde_json::from_str::<Value>(&d.body).unwrap()["error"]["code"]
+                .as_str()
+                .unwrap_or("")
+                .to_owned()
+        }
         _ => String::new(),
     };
     (grpc, code)
@@ -205,7 +206,11 @@ async fn authzen_refuses_duplicate_keys_like_decide() {
             )
             .await;
         let authzen = s
-            .raw("/access/v1/evaluation", Some(&s.token), &evaluation(args, None))
+            .raw(
+                "/access/v1/evaluation",
+                Some(&s.token),
+                &evaluation(args, None),
+            )
             .await;
         let batch = s
             .raw(
@@ -214,7 +219,11 @@ async fn authzen_refuses_duplicate_keys_like_decide() {
                 &format!(r#"{{"evaluations":[{}]}}"#, evaluation(args, None)),
             )
             .await;
-        for (what, r) in [("decide", &decide), ("evaluation", &authzen), ("evaluations", &batch)] {
+        for (what, r) in [
+            ("decide", &decide),
+            ("evaluation", &authzen),
+            ("evaluations", &batch),
+        ] {
             assert_eq!(
                 (r.status.as_u16(), r.code()),
                 (400, "malformed_json"),
@@ -222,7 +231,10 @@ async fn authzen_refuses_duplicate_keys_like_decide() {
                 r.body
             );
             let message = r.body["error"]["message"].as_str().unwrap();
-            assert!(message.contains(r#"duplicate key "amount""#), "{what}: {message}");
+            assert!(
+                message.contains(r#"duplicate key "amount""#),
+                "{what}: {message}"
+            );
         }
     }
     // A duplicate anywhere in the envelope is refused too, not only in the arguments.
@@ -233,13 +245,22 @@ async fn authzen_refuses_duplicate_keys_like_decide() {
             r#"{"subject":{"type":"agent"},"action":{"name":"read"},"action":{"name":"write"},"resource":{"type":"tool","id":"tickets.search"}}"#,
         )
         .await;
-    assert_eq!((r.status.as_u16(), r.code()), (400, "malformed_json"), "{:?}", r.body);
+    assert_eq!(
+        (r.status.as_u16(), r.code()),
+        (400, "malformed_json"),
+        "{:?}",
+        r.body
+    );
     assert_eq!(s.decisions().await, before, "nothing was decided");
 
     // The same document without the duplicate is decided, by both.
     let ok = r#"{"amount":1000,"id":42}"#;
     let r = s
-        .raw("/access/v1/evaluation", Some(&s.token), &evaluation(ok, None))
+        .raw(
+            "/access/v1/evaluation",
+            Some(&s.token),
+            &evaluation(ok, None),
+        )
         .await;
     assert_eq!(r.status, 200, "{:?}", r.body);
     assert_eq!(r.body["context"]["outcome"], "approval_required");
@@ -250,15 +271,29 @@ async fn an_approval_cannot_be_replayed_with_a_duplicate_key() {
     let s = setup().await;
     let approved = r#"{"amount":10,"id":42}"#;
     let r = s
-        .raw("/access/v1/evaluation", Some(&s.token), &evaluation(approved, None))
+        .raw(
+            "/access/v1/evaluation",
+            Some(&s.token),
+            &evaluation(approved, None),
+        )
         .await;
-    assert_eq!(r.body["context"]["outcome"], "approval_required", "{:?}", r.body);
-    let id = r.body["context"]["approval"]["id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        r.body["context"]["outcome"], "approval_required",
+        "{:?}",
+        r.body
+    );
+    let id = r.body["context"]["approval"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let bob = s.approver("bob").await;
     let bob = bob.body["token"].as_str().unwrap().to_owned();
-    let r = s
-        .h
-        .post(&format!("/v1/approvals/{id}/approve"), Some(&bob), json!({}))
+    let r =
+        s.h.post(
+            &format!("/v1/approvals/{id}/approve"),
+            Some(&bob),
+            json!({}),
+        )
         .await;
     assert_eq!(r.status, 200, "{:?}", r.body);
 
@@ -270,7 +305,11 @@ async fn an_approval_cannot_be_replayed_with_a_duplicate_key() {
         r#"{"amount":1000,"id":42,"\u0061mount":10}"#,
     ] {
         let r = s
-            .raw("/access/v1/evaluation", Some(&s.token), &evaluation(smuggled, Some(&id)))
+            .raw(
+                "/access/v1/evaluation",
+                Some(&s.token),
+                &evaluation(smuggled, Some(&id)),
+            )
             .await;
         assert_eq!(
             (r.status.as_u16(), r.code()),
@@ -282,7 +321,11 @@ async fn an_approval_cannot_be_replayed_with_a_duplicate_key() {
     }
     // The approval was not used up: the exact approved call still goes through, once.
     let r = s
-        .raw("/access/v1/evaluation", Some(&s.token), &evaluation(approved, Some(&id)))
+        .raw(
+            "/access/v1/evaluation",
+            Some(&s.token),
+            &evaluation(approved, Some(&id)),
+        )
         .await;
     assert_eq!(r.body["decision"], true, "{:?}", r.body);
 }
@@ -298,7 +341,12 @@ async fn mcp_and_gateway_refuse_duplicate_keys_like_decide() {
             r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"delete_all","arguments":{"q":"x"},"name":"search"}}"#,
         )
         .await;
-    assert_eq!((r.status.as_u16(), r.code()), (400, "malformed_json"), "{:?}", r.body);
+    assert_eq!(
+        (r.status.as_u16(), r.code()),
+        (400, "malformed_json"),
+        "{:?}",
+        r.body
+    );
     let r = s
         .raw(
             "/mcp/docs",
@@ -306,12 +354,16 @@ async fn mcp_and_gateway_refuse_duplicate_keys_like_decide() {
             r#"{"jsonrpc":"2.0","id":1,"method":"tools/list","\u006dethod":"tools/call"}"#,
         )
         .await;
-    assert_eq!((r.status.as_u16(), r.code()), (400, "malformed_json"), "{:?}", r.body);
+    assert_eq!(
+        (r.status.as_u16(), r.code()),
+        (400, "malformed_json"),
+        "{:?}",
+        r.body
+    );
     // The gateway decides on JSON bodies with the same parser, whatever the content type.
     for ct in ["application/json", "text/plain"] {
-        let r = s
-            .h
-            .send(
+        let r =
+            s.h.send(
                 s.h.http
                     .post(s.h.url("/gw/tickets/tickets/search"))
                     .bearer_auth(&s.token)
@@ -329,7 +381,10 @@ async fn mcp_and_gateway_refuse_duplicate_keys_like_decide() {
             r.body
         );
     }
-    assert!(s.up.seen.lock().unwrap().is_empty(), "nothing was forwarded");
+    assert!(
+        s.up.seen.lock().unwrap().is_empty(),
+        "nothing was forwarded"
+    );
 }
 
 #[tokio::test]
@@ -365,7 +420,10 @@ async fn ext_authz_refuses_a_body_it_cannot_parse_instead_of_deciding_on_null() 
         ),
         (
             "a duplicate key",
-            http_request(&[("authorization", &auth)], r#"{"q":"open","\u0071":"all"}"#),
+            http_request(
+                &[("authorization", &auth)],
+                r#"{"q":"open","\u0071":"all"}"#,
+            ),
         ),
         (
             "not JSON",
@@ -422,12 +480,17 @@ async fn two_authorization_headers_are_refused_everywhere() {
         "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": { "name": "t", "version": "1" } } });
     let before = s.decisions().await;
     // Both orders: whichever a reader picks, the request is refused.
-    for (first, second) in [(s.token.as_str(), "not-a-token"), ("not-a-token", s.token.as_str())] {
+    for (first, second) in [
+        (s.token.as_str(), "not-a-token"),
+        ("not-a-token", s.token.as_str()),
+    ] {
         let requests = [
             ("decide", s.h.http.post(s.h.url("/v1/decide")).json(&decide)),
             (
                 "authzen",
-                s.h.http.post(s.h.url("/access/v1/evaluation")).json(&evaluation),
+                s.h.http
+                    .post(s.h.url("/access/v1/evaluation"))
+                    .json(&evaluation),
             ),
             (
                 "gateway",
@@ -442,7 +505,10 @@ async fn two_authorization_headers_are_refused_everywhere() {
                     .header("accept", "application/json, text/event-stream")
                     .json(&mcp),
             ),
-            ("identity", s.h.http.post(s.h.url("/v1/tasks")).json(&json!({}))),
+            (
+                "identity",
+                s.h.http.post(s.h.url("/v1/tasks")).json(&json!({})),
+            ),
         ];
         for (what, req) in requests {
             let r = s.h.send(req.headers(two(first, second))).await;
@@ -454,10 +520,9 @@ async fn two_authorization_headers_are_refused_everywhere() {
             );
         }
         // The admin API: two headers, one of them the admin token.
-        let r = s
-            .h
-            .send(s.h.http.get(s.h.url("/v1/agents")).headers(two(ADMIN, "x")))
-            .await;
+        let r =
+            s.h.send(s.h.http.get(s.h.url("/v1/agents")).headers(two(ADMIN, "x")))
+                .await;
         assert_eq!(
             (r.status.as_u16(), r.code()),
             (401, "invalid_authorization_header"),
@@ -466,9 +531,8 @@ async fn two_authorization_headers_are_refused_everywhere() {
         );
     }
     // The identity token and the task token together: still two.
-    let r = s
-        .h
-        .send(
+    let r =
+        s.h.send(
             s.h.http
                 .post(s.h.url("/v1/decide"))
                 .json(&decide)
@@ -477,7 +541,10 @@ async fn two_authorization_headers_are_refused_everywhere() {
         .await;
     assert_eq!(r.code(), "invalid_authorization_header", "{:?}", r.body);
     assert_eq!(s.decisions().await, before, "nothing was decided");
-    assert!(s.up.seen.lock().unwrap().is_empty(), "nothing was forwarded");
+    assert!(
+        s.up.seen.lock().unwrap().is_empty(),
+        "nothing was forwarded"
+    );
 
     // ext_authz: Envoy merges repeated headers with a comma, or lists them apart with
     // `encode_raw_headers`.

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use mandate_audit::{EventKind, NewEvent, Verifier};
 use mandate_core::{
     AgentName, AgentStatus, ApprovalKind, ApprovalState, ApproverRole, AttestationRule, Grant,
-    RequestedScope, RiskTier, TaskState,
+    HumanId, RequestedScope, RiskTier, TaskState,
 };
 use mandate_store::{
     AgentRecord, ApprovalRecord, ApprovalVote, ApproverGroup, ApproverRecord, BreakGlassRecord,
@@ -33,7 +33,7 @@ fn ev(kind: EventKind, task: Option<&str>) -> NewEvent {
 fn agent() -> AgentRecord {
     AgentRecord {
         name: AgentName::parse("bot").unwrap(),
-        owner: "alice".into(),
+        owner: HumanId::parse("alice").unwrap(),
         tier: RiskTier::try_from(1).unwrap(),
         status: AgentStatus::Active,
         attestation: AttestationRule::JoinToken,
@@ -287,7 +287,7 @@ fn approval(id: &str, task: &str, required: u32) -> ApprovalRecord {
         kind: ApprovalKind::Call,
         task_id: task.into(),
         agent: AgentName::parse("bot").unwrap(),
-        owner: "alice".into(),
+        owner: HumanId::parse("alice").unwrap(),
         group: "default".into(),
         digest: "d".into(),
         action: serde_json::json!({"tool": "tickets.update"}),
@@ -306,7 +306,7 @@ fn approval(id: &str, task: &str, required: u32) -> ApprovalRecord {
 
 fn vote(by: &str, at_ms: i64) -> ApprovalVote {
     ApprovalVote {
-        by: by.into(),
+        by: HumanId::parse(by).unwrap(),
         at_ms,
     }
 }
@@ -334,7 +334,7 @@ async fn approvals_conformance(store: Arc<dyn Store>) {
 
     // Approvers: found by token hash only while enabled; names and token hashes unique.
     let carol = ApproverRecord {
-        name: "carol".into(),
+        name: HumanId::parse("carol").unwrap(),
         roles: vec![ApproverRole::Approver],
         groups: vec!["default".into()],
         created_at_ms: 1,
@@ -613,7 +613,7 @@ async fn approvals_conformance(store: Arc<dyn Store>) {
     bg_task.purpose = "BREAK-GLASS".into();
     let bg = BreakGlassRecord {
         id: "bg1".into(),
-        declared_by: "dana".into(),
+        declared_by: HumanId::parse("dana").unwrap(),
         agent: AgentName::parse("bot").unwrap(),
         task_id: "tbg".into(),
         justification: "outage".into(),
@@ -634,7 +634,7 @@ async fn approvals_conformance(store: Arc<dyn Store>) {
         "BREAK-GLASS"
     );
     let review = |by: &str| BreakGlassReview {
-        by: by.into(),
+        by: HumanId::parse(by).unwrap(),
         at_ms: 50,
         notes: "ok".into(),
     };
