@@ -48,9 +48,14 @@ impl HumanId {
     /// Longest identity accepted, in characters.
     pub const MAX_CHARS: usize = 256;
 
-    /// Parses an identity given at registration: trimmed, then refused if empty, longer
-    /// than [`Self::MAX_CHARS`], holding a control or a non-ASCII character; lowercased.
+    /// Parses an identity given at registration: refused if it holds a control character;
+    /// trimmed, then refused if empty, longer than [`Self::MAX_CHARS`] or holding a
+    /// non-ASCII character; lowercased.
     pub fn parse(s: &str) -> Result<Self, HumanIdError> {
+        // Control characters are refused anywhere, trailing ones too (`alice\n`).
+        if s.chars().any(char::is_control) {
+            return Err(HumanIdError::Control);
+        }
         let t = s.trim();
         if t.is_empty() {
             return Err(HumanIdError::Empty);
@@ -62,9 +67,6 @@ impl HumanId {
         }
         if let Some(c) = t.chars().find(|c| !c.is_ascii()) {
             return Err(HumanIdError::NonAscii(c));
-        }
-        if t.chars().any(|c| c.is_control()) {
-            return Err(HumanIdError::Control);
         }
         Ok(Self(t.to_ascii_lowercase()))
     }
@@ -127,6 +129,7 @@ mod tests {
         assert_eq!(HumanId::parse("  "), Err(HumanIdError::Empty));
         assert_eq!(HumanId::parse("al\nice"), Err(HumanIdError::Control));
         assert_eq!(HumanId::parse("a\u{0}b"), Err(HumanIdError::Control));
+        assert_eq!(HumanId::parse("alice\n"), Err(HumanIdError::Control));
         // Fullwidth `ａ` (NFKC folds it to `a`), Cyrillic `а`, a Kelvin sign (lowercases
         // to `k`): none is let in as a second name for the same person.
         for s in ["\u{ff41}lice", "\u{430}lice", "\u{212a}en"] {

@@ -592,3 +592,135 @@ async fn two_authorization_headers_are_refused_everywhere() {
     let r = client.check(check(raw)).await.unwrap().into_inner();
     assert_eq!(r.status.as_ref().map_or(-1, |s| s.code), 0, "{r:?}");
 }
+
+#[tokio::test]
+async fn separation_of_duties_compares_normalised_identities() {
+    let s = setup().await;
+    // The agent's owner was registered as `alice@example.com`; its approval request:
+    let r = s
+        .raw(
+            "/v1/decide",
+            Some(&s.token),
+            r#"{"tool":"tickets.update","action":"write","resource":"ticket/T-1","arguments":{"status":"closed"}}"#,
+        )
+        .await;
+    assert_eq!(r.body["outcome"], "approval_required", "{:?}", r.body);
+    let id = r.body["approval"]["id"].as_str().unwrap().to_owned();
+
+    // The owner under another spelling is still the owner: may not approve.
+    let r = s.approver("Alice@Example.COM").await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    assert_eq!(r.body["approver"]["name"], "alice@example.com");
+    let alice = r.body["token"].as_str().unwrap().to_owned();
+    let r =
+        s.h.post(
+            &format!("/v1/approvals/{id}/approve"),
+            Some(&alice),
+            json!({}),
+        )
+        .await;
+    assert_eq!(
+        (r.status.as_u16(), r.code()),
+        (403, "separation_of_duties"),
+        "{:?}",
+        r.body
+    );
+    // One person, one approver: the same name in other case is the same approver.
+    let r = s.approver("ALICE@example.com").await;
+    assert_eq!(r.status, 409, "{:?}", r.body);
+
+    // An owner registered with odd case and spaces is stored in normal form, and a
+    // look-alike or control character is refused rather than made a second person.
+    let r =
+        s.h.post(
+            "/v1/agents",
+            Some(ADMIN),
+            json!({ "name": "bot2", "owner": "  Carol@Example.com ", "tier": 1 }),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    assert_eq!(r.body["agent"]["owner"], "carol@example.com");
+    for owner in [
+        "\u{ff41}lice@example.com",
+        "\u{430}lice@example.com",
+        "alice\n",
+        " ",
+    ] {
+        let r =
+            s.h.post(
+                "/v1/agents",
+                Some(ADMIN),
+                json!({ "name": "bot3", "owner": owner, "tier": 1 }),
+            )
+            .await;
+        assert_eq!(
+            (r.status.as_u16(), r.code()),
+            (422, "invalid_request"),
+            "{owner:?}: {:?}",
+            r.body
+        );
+    }
+
+    // Break-glass: its declarer under another spelling may not review it.
+    let r = s.approver("Dana").await;
+    let dana = r.body["token"].as_str().unwrap().to_owned();
+    let r = s
+        .h
+        .post("/v1/break-glass", Some(&dana), json!({
+            "agent": "bot", "justification": "spam flood: 40k bogus tickets, purge before the SLA clock",
+            "scope": { "tools": ["tickets.delete"], "actions": ["delete"], "data_domains": ["support"] },
+            "ttl_secs": 600,
+        }))
+        .await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    assert_eq!(r.body["break_glass"]["declared_by"], "dana");
+    let bg = r.body["break_glass"]["id"].as_str().unwrap().to_owned();
+    let bg_task = r.body["break_glass"]["task_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let r =
+        s.h.post(
+            &format!("/v1/tasks/{bg_task}/revoke"),
+            Some(ADMIN),
+            json!({ "reason": "incident over" }),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    // A second approver record for Dana cannot be made by changing case…
+    assert_eq!(s.approver("DANA").await.status, 409);
+    // …so the only way to review is someone else.
+    let r = s.approver("erin").await;
+    let erin = r.body["token"].as_str().unwrap().to_owned();
+    let r =
+        s.h.post(
+            &format!("/v1/break-glass/{bg}/review"),
+            Some(&dana),
+            json!({ "notes": "all fine, reviewed by myself" }),
+        )
+        .await;
+    assert_eq!(
+        (r.status.as_u16(), r.code()),
+        (403, "separation_of_duties"),
+        "{:?}",
+        r.body
+    );
+    let r =
+        s.h.post(
+            &format!("/v1/break-glass/{bg}/review"),
+            Some(&erin),
+            json!({ "notes": "purge verified against the spam report" }),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+
+    // Someone else approves the original request.
+    let r =
+        s.h.post(
+            &format!("/v1/approvals/{id}/approve"),
+            Some(&erin),
+            json!({}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+}
