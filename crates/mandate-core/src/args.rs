@@ -58,6 +58,53 @@ fn write_canonical(value: &Value, out: &mut String) {
 /// Deepest nesting accepted while parsing; deeper documents are refused.
 pub const MAX_DEPTH: usize = 32;
 
+/// Deepest nesting accepted in a whole document (an API body, a JSON-RPC message) read by
+/// [`strict_json`]: the arguments' own limit plus room for the envelopes that carry them
+/// (`{"evaluations":[{"context":{"arguments":…}}]}`).
+pub const MAX_DOCUMENT_DEPTH: usize = MAX_DEPTH + 8;
+
+/// Checks attacker-written JSON text the one way every entry point checks it: exactly one
+/// value, no duplicate key in any object (keys compared after unescaping, so `"a"` and
+/// `"\u0061"` are the same key), nesting at most [`MAX_DOCUMENT_DEPTH`], no trailing
+/// text. Returns the value.
+///
+/// A parser that resolves duplicates (serde_json keeps the last, others the first) lets a
+/// checker and an executor read two different documents from the same bytes; refusing
+/// them here, once, means no entry point can disagree with another.
+pub fn strict_json(bytes: &[u8]) -> Result<Value, ArgsError> {
+    strict_value(bytes, MAX_DOCUMENT_DEPTH)
+}
+
+/// Deserialises attacker-written JSON into `T` after [`strict_json`] accepted the text:
+/// the typed parse then sees a document with one reading only.
+pub fn from_slice_strict<T: de::DeserializeOwned>(bytes: &[u8]) -> Result<T, StrictJsonError> {
+    strict_json(bytes).map_err(StrictJsonError::Syntax)?;
+    serde_json::from_slice(bytes).map_err(|e| StrictJsonError::Data(e.to_string()))
+}
+
+/// Why [`from_slice_strict`] refused a document.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StrictJsonError {
+    /// Not acceptable JSON: syntax, a duplicate key, too deep, trailing text.
+    #[error("{0}")]
+    Syntax(ArgsError),
+    /// Acceptable JSON that does not fit the type (unknown field, wrong type…).
+    #[error("{0}")]
+    Data(String),
+}
+
+fn strict_value(bytes: &[u8], max_depth: usize) -> Result<Value, ArgsError> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let value = ValueSeed {
+        depth: 0,
+        max: max_depth,
+    }
+    .deserialize(&mut de)
+    .map_err(|e| ArgsError::Json(e.to_string()))?;
+    de.end().map_err(|e| ArgsError::Json(e.to_string()))?;
+    Ok(value)
+}
+
 /// Why arguments were refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ArgsError {
@@ -90,12 +137,7 @@ impl CanonicalArgs {
 
     /// Parses JSON text, refusing duplicate keys and nesting deeper than 32 levels.
     pub fn parse(json: &str) -> Result<Self, ArgsError> {
-        let mut de = serde_json::Deserializer::from_str(json);
-        let value = ValueSeed { depth: 0 }
-            .deserialize(&mut de)
-            .map_err(|e| ArgsError::Json(e.to_string()))?;
-        de.end().map_err(|e| ArgsError::Json(e.to_string()))?;
-        Ok(Self::from_value(value))
+        strict_value(json.as_bytes(), MAX_DEPTH).map(Self::from_value)
     }
 
     /// Arguments from a value built by trusted code (the gateway composes a request's
@@ -152,20 +194,27 @@ impl Serialize for CanonicalArgs {
 
 impl<'de> Deserialize<'de> for CanonicalArgs {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        ValueSeed { depth: 0 }.deserialize(d).map(Self::from_value)
+        ValueSeed {
+            depth: 0,
+            max: MAX_DEPTH,
+        }
+        .deserialize(d)
+        .map(Self::from_value)
     }
 }
 
 struct ValueSeed {
     depth: usize,
+    max: usize,
 }
 
 impl<'de> DeserializeSeed<'de> for ValueSeed {
     type Value = Value;
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
-        if self.depth > MAX_DEPTH {
+        if self.depth > self.max {
             return Err(de::Error::custom(format!(
-                "arguments nest deeper than {MAX_DEPTH} levels"
+                "JSON nests deeper than {} levels",
+                self.max
             )));
         }
         d.deserialize_any(self)
@@ -210,6 +259,7 @@ impl<'de> Visitor<'de> for ValueSeed {
         let mut out = Vec::new();
         while let Some(v) = seq.next_element_seed(ValueSeed {
             depth: self.depth + 1,
+            max: self.max,
         })? {
             out.push(v);
         }
@@ -224,6 +274,7 @@ impl<'de> Visitor<'de> for ValueSeed {
             }
             let v = map.next_value_seed(ValueSeed {
                 depth: self.depth + 1,
+                max: self.max,
             })?;
             out.insert(key, v);
         }
@@ -252,6 +303,43 @@ mod tests {
         let ok = format!("{}{}", "[".repeat(30), "]".repeat(30));
         assert!(CanonicalArgs::parse(&ok).is_ok());
         assert!(CanonicalArgs::parse(r#"{} {}"#).is_err());
+    }
+
+    #[test]
+    fn strict_json_refuses_duplicates_after_unescaping() {
+        let err = strict_json(br#"{"amount":1000,"id":42,"\u0061mount":10}"#).unwrap_err();
+        assert!(
+            err.to_string().contains("duplicate key \"amount\""),
+            "{err}"
+        );
+        assert!(strict_json(br#"{"a":{"b":[{"c":1,"c":1}]}}"#).is_err());
+        assert!(strict_json(br#"{"a":1} x"#).is_err());
+        assert!(strict_json(b"\xff").is_err());
+        // Documents may carry arguments at their own limit inside a few envelopes.
+        let inner = format!("{}{}", "[".repeat(MAX_DEPTH), "]".repeat(MAX_DEPTH));
+        let doc = format!(r#"{{"evaluations":[{{"context":{{"arguments":{inner}}}}}]}}"#);
+        assert!(strict_json(doc.as_bytes()).is_ok());
+        let deep = format!("{}{}", "[".repeat(60), "]".repeat(60));
+        assert!(strict_json(deep.as_bytes()).is_err());
+    }
+
+    #[test]
+    fn from_slice_strict_tells_syntax_from_data() {
+        #[derive(Debug, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Req {
+            #[allow(dead_code, reason = "only parsed")]
+            amount: u32,
+        }
+        assert!(from_slice_strict::<Req>(br#"{"amount":1}"#).is_ok());
+        assert!(matches!(
+            from_slice_strict::<Req>(br#"{"amount":1,"amount":2}"#),
+            Err(StrictJsonError::Syntax(_))
+        ));
+        assert!(matches!(
+            from_slice_strict::<Req>(br#"{"amount":1,"other":2}"#),
+            Err(StrictJsonError::Data(_))
+        ));
     }
 
     #[test]

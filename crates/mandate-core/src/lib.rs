@@ -9,6 +9,7 @@ mod agent;
 mod approval;
 mod args;
 mod clock;
+mod human;
 mod ids;
 mod limits;
 mod scope;
@@ -16,8 +17,12 @@ mod task;
 
 pub use agent::{AgentStatus, AttestationRule, RiskTier};
 pub use approval::{ApprovalKind, ApprovalState, ApproverRole};
-pub use args::{ArgsError, CanonicalArgs, canonical_json};
+pub use args::{
+    ArgsError, CanonicalArgs, MAX_DOCUMENT_DEPTH, StrictJsonError, canonical_json,
+    from_slice_strict, strict_json,
+};
 pub use clock::{Clock, ManualClock, SystemClock, UnixMillis};
+pub use human::{HumanId, HumanIdError};
 pub use ids::{AgentName, IdError, SpiffeId, TrustDomain, random_id, random_secret, sha256_hex};
 pub use limits::Limits;
 pub use scope::{

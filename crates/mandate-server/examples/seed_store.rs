@@ -34,7 +34,7 @@ async fn main() {
         let name = AgentName::parse(&format!("bench-{a}")).unwrap();
         let record = AgentRecord {
             name: name.clone(),
-            owner: "alice@example.com".into(),
+            owner: mandate_core::HumanId::parse("alice@example.com").expect("a valid owner"),
             tier: RiskTier::try_from(1).unwrap(),
             status: AgentStatus::Active,
             attestation: AttestationRule::JoinToken,

@@ -15,7 +15,7 @@ use std::time::Duration;
 use axum::http::StatusCode;
 use mandate_audit::{EventKind, NewEvent};
 use mandate_core::{
-    AgentName, ApprovalKind, ApprovalState, ApproverRole, DataDomain, RequestedScope,
+    AgentName, ApprovalKind, ApprovalState, ApproverRole, DataDomain, HumanId, RequestedScope,
     canonical_json, random_id, sha256_hex,
 };
 use mandate_policy::{DEFAULT_APPROVER_GROUP, Decision, Outcome};
@@ -65,7 +65,7 @@ impl From<&ApprovalRecord> for ApprovalRef {
             state: a.state,
             expires_at_ms: a.expires_at_ms,
             required: a.required,
-            approved_by: a.votes.iter().map(|v| v.by.clone()).collect(),
+            approved_by: a.votes.iter().map(|v| v.by.to_string()).collect(),
         }
     }
 }
@@ -113,7 +113,7 @@ pub(crate) struct Request<'a> {
     pub kind: ApprovalKind,
     pub task_id: &'a str,
     pub agent: &'a AgentName,
-    pub owner: &'a str,
+    pub owner: HumanId,
     pub digest: String,
     /// What will run, as parsed, plus the context an approver needs.
     pub action: Value,
@@ -179,7 +179,7 @@ impl Engine {
             kind: r.kind,
             task_id: r.task_id.to_owned(),
             agent: r.agent.clone(),
-            owner: r.owner.to_owned(),
+            owner: r.owner,
             group: terms
                 .as_ref()
                 .map_or_else(|| DEFAULT_APPROVER_GROUP.to_owned(), |t| t.group.clone()),
@@ -350,7 +350,7 @@ impl Engine {
                 &a,
                 &[ApprovalState::Pending],
                 ApprovalState::Denied,
-                &approver.name,
+                approver.name.as_str(),
                 reason,
                 EventKind::ApprovalDenied,
             )
@@ -360,7 +360,7 @@ impl Engine {
             return Err(not_pending(&a, now));
         }
         if a.kind == ApprovalKind::TaskStart {
-            self.end_denied_start(&a, &approver.name).await;
+            self.end_denied_start(&a, approver.name.as_str()).await;
         }
         let a = self.load_approval(id).await?;
         self.notify_group(&a.group, "approval.denied", json!({ "approval": a }));
@@ -543,7 +543,8 @@ impl Engine {
                 a
             }
             None => {
-                let owner = task.owner().to_owned();
+                // The owner as registered (normalised); read again so it compares.
+                let owner = HumanId::from_stored(task.owner());
                 let bundle = self.bundle();
                 let entry = bundle.catalog().get(&call.tool);
                 let tool_risk = entry.map(|e| e.risk.as_str());
@@ -552,7 +553,7 @@ impl Engine {
                     kind: ApprovalKind::Call,
                     task_id: &task.id,
                     agent: &task.agent,
-                    owner: &owner,
+                    owner,
                     digest,
                     action: json!({
                         "tool": call.tool, "action": call.action, "resource": call.resource,
@@ -738,20 +739,20 @@ impl Engine {
     }
 
     /// Voids the open approvals a disabled approver voted for.
-    pub(crate) async fn invalidate_votes_of(&self, approver: &str) {
+    pub(crate) async fn invalidate_votes_of(&self, approver: &HumanId) {
         for state in [ApprovalState::Pending, ApprovalState::Approved] {
             match self.store.approvals(Some(state), None, None, 10_000).await {
                 Ok(list) => {
                     for a in list
                         .iter()
-                        .filter(|a| a.votes.iter().any(|v| v.by == approver))
+                        .filter(|a| a.votes.iter().any(|v| &v.by == approver))
                     {
                         self.invalidate(a, "an approver who approved it was disabled")
                             .await;
                     }
                 }
                 Err(e) => {
-                    tracing::warn!(approver, error = %e, "cannot list approvals to void; they are refused when they expire")
+                    tracing::warn!(approver = %approver, error = %e, "cannot list approvals to void; they are refused when they expire")
                 }
             }
         }

@@ -562,7 +562,7 @@ impl Engine {
             .await
             .map_err(|e| e.to_string())?
             .into_iter()
-            .map(|b| (b.task_id, (b.id, b.declared_by)))
+            .map(|b| (b.task_id, (b.id, b.declared_by.into())))
             .collect();
         let agents: HashMap<AgentName, AgentRecord> = self
             .store
@@ -699,7 +699,7 @@ impl Engine {
             name: a.name.to_string(),
             spiffe_id: SpiffeId::for_agent(self.config.trust_domain.clone(), a.name.clone())
                 .to_string(),
-            owner: a.owner.clone(),
+            owner: a.owner.to_string(),
             tier: a.tier.get(),
             status: a.status.as_str().to_owned(),
             trust_domain: self.config.trust_domain.to_string(),

@@ -17,6 +17,7 @@ use envoy_types::ext_authz::v3::pb::{Authorization, CheckRequest, CheckResponse,
 use envoy_types::ext_authz::v3::{
     CheckResponseExt, DeniedHttpResponseBuilder, OkHttpResponseBuilder,
 };
+use envoy_types::pb::envoy::service::auth::v3::attribute_context::HttpRequest;
 use serde_json::{Map, Value, json};
 
 use crate::api::{DecideRequest, decide_one};
@@ -44,6 +45,115 @@ fn invalid(message: impl Into<String>) -> ApiError {
     )
 }
 
+/// The values of a request header, from the merged map and from the raw list Envoy sends
+/// instead with `encode_raw_headers`.
+fn header_values<'a>(http: &'a HttpRequest, name: &str) -> Vec<&'a str> {
+    let mut out: Vec<&str> = http
+        .headers
+        .get(name)
+        .map(String::as_str)
+        .into_iter()
+        .collect();
+    if let Some(map) = &http.header_map {
+        for h in map
+            .headers
+            .iter()
+            .filter(|h| h.key.eq_ignore_ascii_case(name))
+        {
+            if h.raw_value.is_empty() {
+                out.push(&h.value);
+            } else {
+                out.push(std::str::from_utf8(&h.raw_value).unwrap_or("\u{fffd}"));
+            }
+        }
+    }
+    out
+}
+
+/// The task token: exactly one `Authorization: Bearer <token>`. Envoy merges repeated
+/// headers into one comma-separated value (a token never holds a comma), or lists them
+/// apart with `encode_raw_headers`; either way two of them are refused, as on HTTP.
+fn bearer(http: &HttpRequest) -> Result<String, ApiError> {
+    let values = header_values(http, "authorization");
+    let unauthorized = |code, message: &str| {
+        ApiError::new(
+            axum::http::StatusCode::UNAUTHORIZED,
+            code,
+            message.to_owned(),
+        )
+    };
+    let value = match values.as_slice() {
+        [] => {
+            return Err(unauthorized(
+                "missing_token",
+                "the request carries no `Authorization: Bearer <task token>`",
+            ));
+        }
+        [one] if !one.contains(',') => *one,
+        _ => {
+            return Err(unauthorized(
+                "invalid_authorization_header",
+                "the request carries more than one Authorization header: send exactly one",
+            ));
+        }
+    };
+    value
+        .split_once(' ')
+        .filter(|(scheme, t)| {
+            scheme.eq_ignore_ascii_case("bearer") && !t.trim().is_empty() && !t.trim().contains(' ')
+        })
+        .map(|(_, t)| t.trim().to_owned())
+        .ok_or_else(|| {
+            unauthorized(
+                "invalid_authorization_header",
+                "the Authorization header must be `Bearer <token>`",
+            )
+        })
+}
+
+/// The body as policy sees it: `null` only when the request has none. A body Envoy did
+/// not send whole (not buffered, or cut at `max_request_bytes`), two bodies that differ,
+/// or one that is not strict JSON is refused: deciding on `null` or on a part would allow
+/// a call nobody decided on.
+fn body_of(http: &HttpRequest) -> Result<Value, ApiError> {
+    let partial = header_values(http, "x-envoy-auth-partial-body")
+        .iter()
+        .any(|v| v.trim().eq_ignore_ascii_case("true"));
+    if partial {
+        return Err(invalid(
+            "Envoy sent only part of the request body: raise `max_request_bytes` or refuse partial messages (`allow_partial_message: false`)",
+        ));
+    }
+    let bytes = match (http.body.is_empty(), http.raw_body.is_empty()) {
+        (true, true) => {
+            let declared = header_values(http, "content-length")
+                .iter()
+                .any(|v| v.trim() != "0")
+                || !header_values(http, "transfer-encoding").is_empty()
+                || http.size > 0;
+            if declared {
+                return Err(invalid(
+                    "the request has a body but the check carries none: configure `with_request_body` so Mandate decides on what is forwarded",
+                ));
+            }
+            return Ok(Value::Null);
+        }
+        (false, true) => http.body.as_bytes(),
+        (true, false) => http.raw_body.as_slice(),
+        (false, false) if http.body.as_bytes() == http.raw_body.as_slice() => http.body.as_bytes(),
+        (false, false) => {
+            return Err(invalid(
+                "the check carries two different bodies (`body` and `raw_body`)",
+            ));
+        }
+    };
+    let text =
+        std::str::from_utf8(bytes).map_err(|_| invalid("the request body is not UTF-8 JSON"))?;
+    mandate_core::CanonicalArgs::parse(text)
+        .map(|args| args.value().clone())
+        .map_err(|e| invalid(format!("the request body is not acceptable JSON: {e}")))
+}
+
 /// The task token and the call an Envoy check stands for.
 fn translate(req: &CheckRequest) -> Result<(String, DecideRequest), ApiError> {
     let attrs = req
@@ -56,19 +166,7 @@ fn translate(req: &CheckRequest) -> Result<(String, DecideRequest), ApiError> {
         .and_then(|r| r.http.as_ref())
         .ok_or_else(|| invalid("the check carries no HTTP request"))?;
     let ext = &attrs.context_extensions;
-    let token = http
-        .headers
-        .get("authorization")
-        .and_then(|v| v.split_once(' '))
-        .filter(|(scheme, t)| scheme.eq_ignore_ascii_case("bearer") && !t.trim().is_empty())
-        .map(|(_, t)| t.trim().to_owned())
-        .ok_or_else(|| {
-            ApiError::new(
-                axum::http::StatusCode::UNAUTHORIZED,
-                "missing_token",
-                "the request carries no `Authorization: Bearer <task token>`",
-            )
-        })?;
+    let token = bearer(http)?;
     let tool = ext.get("mandate_tool").ok_or_else(|| {
         invalid("the route names no tool: set the `mandate_tool` context extension")
     })?;
@@ -86,18 +184,7 @@ fn translate(req: &CheckRequest) -> Result<(String, DecideRequest), ApiError> {
         },
     };
     let (path, query) = http.path.split_once('?').unwrap_or((&http.path, ""));
-    let body: Value = if http.body.is_empty() && http.raw_body.is_empty() {
-        Value::Null
-    } else {
-        let bytes = if http.raw_body.is_empty() {
-            http.body.as_bytes()
-        } else {
-            &http.raw_body
-        };
-        let args: mandate_core::CanonicalArgs = serde_json::from_slice(bytes)
-            .map_err(|e| invalid(format!("the request body is not acceptable JSON: {e}")))?;
-        serde_json::to_value(&args).unwrap_or(Value::Null)
-    };
+    let body = body_of(http)?;
     let mut call = Map::new();
     call.insert("tool".into(), json!(tool));
     call.insert("action".into(), json!(action));

@@ -345,8 +345,8 @@ async fn bad_input_gets_a_4xx_with_a_code() {
         (
             "duplicate argument keys",
             raw(r#"{"tool":"tickets.search","action":"read","arguments":{"id":1,"id":2}}"#),
-            422,
-            "invalid_request",
+            400,
+            "malformed_json",
         ),
         (
             "oversized",

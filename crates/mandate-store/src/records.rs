@@ -2,7 +2,7 @@ use std::fmt;
 
 use mandate_core::{
     AgentName, AgentStatus, ApprovalKind, ApprovalState, ApproverRole, AttestationRule, Grant,
-    RequestedScope, RiskTier, TaskState,
+    HumanId, RequestedScope, RiskTier, TaskState,
 };
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -12,8 +12,8 @@ use utoipa::ToSchema;
 pub struct AgentRecord {
     /// Registered name.
     pub name: AgentName,
-    /// Accountable human owner.
-    pub owner: String,
+    /// Accountable human owner (normalised).
+    pub owner: HumanId,
     /// Risk tier.
     pub tier: RiskTier,
     /// Life-cycle status.
@@ -97,8 +97,8 @@ pub struct TaskRecord {
 /// A human who answers approval requests (and, by role, declares or reviews break-glass).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct ApproverRecord {
-    /// Unique name (an email or a login).
-    pub name: String,
+    /// Unique name (an email or a login), normalised.
+    pub name: HumanId,
     /// What they may do.
     pub roles: Vec<ApproverRole>,
     /// Approver groups they answer for.
@@ -143,7 +143,7 @@ impl fmt::Debug for ApproverGroup {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct ApprovalVote {
     /// Who.
-    pub by: String,
+    pub by: HumanId,
     /// When (unix ms).
     pub at_ms: i64,
 }
@@ -159,8 +159,8 @@ pub struct ApprovalRecord {
     pub task_id: String,
     /// The agent.
     pub agent: AgentName,
-    /// The agent's accountable owner.
-    pub owner: String,
+    /// The agent's accountable owner (normalised).
+    pub owner: HumanId,
     /// The approver group asked.
     pub group: String,
     /// SHA-256 binding the approval to (task, agent, tool, action, canonical arguments,
@@ -209,7 +209,7 @@ pub enum VoteOutcome {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct BreakGlassReview {
     /// Who reviewed it (never the declarer).
-    pub by: String,
+    pub by: HumanId,
     /// When (unix ms).
     pub at_ms: i64,
     /// Their findings.
@@ -222,7 +222,7 @@ pub struct BreakGlassRecord {
     /// Break-glass id.
     pub id: String,
     /// The human who declared it.
-    pub declared_by: String,
+    pub declared_by: HumanId,
     /// The agent that acts under it.
     pub agent: AgentName,
     /// The task it created.

@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use mandate_audit::{Event, NewEvent, link};
-use mandate_core::{AgentName, AgentStatus, ApprovalKind, ApprovalState, Grant, TaskState};
+use mandate_core::{
+    AgentName, AgentStatus, ApprovalKind, ApprovalState, Grant, HumanId, TaskState,
+};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
     SqliteSynchronous,
@@ -382,7 +384,7 @@ fn agent_from_row(r: &SqliteRow) -> StoreResult<AgentRecord> {
     let attestation: String = r.try_get("attestation")?;
     Ok(AgentRecord {
         name: AgentName::parse(&name).map_err(corrupt)?,
-        owner: r.try_get("owner")?,
+        owner: human(r, "owner")?,
         tier: u8::try_from(tier)
             .map_err(corrupt)
             .and_then(|t| mandate_core::RiskTier::try_from(t).map_err(corrupt))?,
@@ -416,6 +418,13 @@ fn task_from_row(r: &SqliteRow) -> StoreResult<TaskRecord> {
     })
 }
 
+/// A human identity column, in normal form whatever was stored (rows written before
+/// identities were normalised still compare as their owners are).
+fn human(r: &SqliteRow, column: &str) -> StoreResult<HumanId> {
+    let v: String = r.try_get(column)?;
+    Ok(HumanId::from_stored(&v))
+}
+
 fn json(v: &impl serde::Serialize) -> StoreResult<String> {
     serde_json::to_string(v).map_err(|e| StoreError::Db(e.to_string()))
 }
@@ -437,7 +446,7 @@ fn approval_from_row(r: &SqliteRow) -> StoreResult<ApprovalRecord> {
         kind: ApprovalKind::from_str(&kind).map_err(corrupt)?,
         task_id: r.try_get("task_id")?,
         agent: AgentName::parse(&agent).map_err(corrupt)?,
-        owner: r.try_get("owner")?,
+        owner: human(r, "owner")?,
         group: r.try_get("grp")?,
         digest: r.try_get("digest")?,
         action: serde_json::from_str(&action).map_err(corrupt)?,
@@ -460,7 +469,7 @@ fn approver_from_row(r: &SqliteRow) -> StoreResult<ApproverRecord> {
     let roles: String = r.try_get("roles")?;
     let groups: String = r.try_get("groups_json")?;
     Ok(ApproverRecord {
-        name: r.try_get("name")?,
+        name: human(r, "name")?,
         roles: serde_json::from_str(&roles).map_err(corrupt)?,
         groups: serde_json::from_str(&groups).map_err(corrupt)?,
         created_at_ms: r.try_get("created_at_ms")?,
@@ -477,14 +486,18 @@ fn break_glass_from_row(r: &SqliteRow) -> StoreResult<BreakGlassRecord> {
     let notes: Option<String> = r.try_get("review_notes")?;
     Ok(BreakGlassRecord {
         id: r.try_get("id")?,
-        declared_by: r.try_get("declared_by")?,
+        declared_by: human(r, "declared_by")?,
         agent: AgentName::parse(&agent).map_err(corrupt)?,
         task_id: r.try_get("task_id")?,
         justification: r.try_get("justification")?,
         created_at_ms: r.try_get("created_at_ms")?,
         expires_at_ms: r.try_get("expires_at_ms")?,
         review: match (by, at, notes) {
-            (Some(by), Some(at_ms), Some(notes)) => Some(BreakGlassReview { by, at_ms, notes }),
+            (Some(by), Some(at_ms), Some(notes)) => Some(BreakGlassReview {
+                by: HumanId::from_stored(&by),
+                at_ms,
+                notes,
+            }),
             _ => None,
         },
     })
@@ -601,7 +614,7 @@ impl Store for SqliteStore {
             "INSERT INTO agents (name, owner, tier, status, attestation, created_at_ms, updated_at_ms) VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (name) DO NOTHING",
         )
         .bind(agent.name.as_str())
-        .bind(&agent.owner)
+        .bind(agent.owner.as_str())
         .bind(i64::from(agent.tier.get()))
         .bind(agent.status.as_str())
         .bind(json(&agent.attestation)?)
@@ -925,10 +938,13 @@ impl Store for SqliteStore {
     ) -> StoreResult<Event> {
         let mut w = self.writer().await?;
         let mut tx = w.begin().await?;
-        sqlx::query(
-            "INSERT INTO approvers (name, roles, groups_json, token_hash, created_at_ms, disabled_at_ms) VALUES ($1, $2, $3, $4, $5, $6)",
+        // One person, one approver: a row stored before names were normalised
+        // (`Alice`) is the same person as `alice`.
+        let inserted = sqlx::query(
+            "INSERT INTO approvers (name, roles, groups_json, token_hash, created_at_ms, disabled_at_ms) \
+             SELECT $1, $2, $3, $4, $5, $6 WHERE NOT EXISTS (SELECT 1 FROM approvers WHERE lower(trim(name)) = $1)",
         )
-        .bind(&approver.name)
+        .bind(approver.name.as_str())
         .bind(json(&approver.roles)?)
         .bind(json(&approver.groups)?)
         .bind(token_hash)
@@ -936,6 +952,9 @@ impl Store for SqliteStore {
         .bind(approver.disabled_at_ms)
         .execute(&mut *tx)
         .await?;
+        if inserted.rows_affected() == 0 {
+            return Err(StoreError::Conflict(format!("approver {}", approver.name)));
+        }
         let e = append_one(&mut tx, event).await?;
         tx.commit().await?;
         w.keep();
@@ -974,7 +993,7 @@ impl Store for SqliteStore {
         let mut w = self.writer().await?;
         let mut tx = w.begin().await?;
         let updated = sqlx::query(
-            "UPDATE approvers SET disabled_at_ms = $1 WHERE name = $2 AND disabled_at_ms IS NULL",
+            "UPDATE approvers SET disabled_at_ms = $1 WHERE lower(trim(name)) = lower(trim($2)) AND disabled_at_ms IS NULL",
         )
         .bind(now_ms)
         .bind(name)
@@ -1061,7 +1080,7 @@ impl Store for SqliteStore {
         .bind(a.kind.as_str())
         .bind(&a.task_id)
         .bind(a.agent.as_str())
-        .bind(&a.owner)
+        .bind(a.owner.as_str())
         .bind(&a.group)
         .bind(&a.digest)
         .bind(json(&a.action)?)
@@ -1271,7 +1290,7 @@ impl Store for SqliteStore {
             "INSERT INTO break_glass ({BREAK_GLASS_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, NULL, NULL, NULL)"
         )))
         .bind(&record.id)
-        .bind(&record.declared_by)
+        .bind(record.declared_by.as_str())
         .bind(record.agent.as_str())
         .bind(&record.task_id)
         .bind(&record.justification)
@@ -1317,13 +1336,13 @@ impl Store for SqliteStore {
         let mut w = self.writer().await?;
         let mut tx = w.begin().await?;
         let updated = sqlx::query(
-            "UPDATE break_glass SET reviewed_by = $1, reviewed_at_ms = $2, review_notes = $3 WHERE id = $4 AND reviewed_by IS NULL AND declared_by <> $5",
+            "UPDATE break_glass SET reviewed_by = $1, reviewed_at_ms = $2, review_notes = $3 WHERE id = $4 AND reviewed_by IS NULL AND lower(trim(declared_by)) <> lower(trim($5))",
         )
-        .bind(&review.by)
+        .bind(review.by.as_str())
         .bind(review.at_ms)
         .bind(&review.notes)
         .bind(id)
-        .bind(&review.by)
+        .bind(review.by.as_str())
         .execute(&mut *tx)
         .await?;
         if updated.rows_affected() == 0 {

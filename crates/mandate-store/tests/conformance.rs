@@ -12,7 +12,7 @@ use std::sync::Arc;
 use mandate_audit::{EventKind, NewEvent, Verifier};
 use mandate_core::{
     AgentName, AgentStatus, ApprovalKind, ApprovalState, ApproverRole, AttestationRule, Grant,
-    RequestedScope, RiskTier, TaskState,
+    HumanId, RequestedScope, RiskTier, TaskState,
 };
 use mandate_store::{
     AgentRecord, ApprovalRecord, ApprovalVote, ApproverGroup, ApproverRecord, BreakGlassRecord,
@@ -33,7 +33,7 @@ fn ev(kind: EventKind, task: Option<&str>) -> NewEvent {
 fn agent() -> AgentRecord {
     AgentRecord {
         name: AgentName::parse("bot").unwrap(),
-        owner: "alice".into(),
+        owner: HumanId::parse("alice").unwrap(),
         tier: RiskTier::try_from(1).unwrap(),
         status: AgentStatus::Active,
         attestation: AttestationRule::JoinToken,
@@ -287,7 +287,7 @@ fn approval(id: &str, task: &str, required: u32) -> ApprovalRecord {
         kind: ApprovalKind::Call,
         task_id: task.into(),
         agent: AgentName::parse("bot").unwrap(),
-        owner: "alice".into(),
+        owner: HumanId::parse("alice").unwrap(),
         group: "default".into(),
         digest: "d".into(),
         action: serde_json::json!({"tool": "tickets.update"}),
@@ -306,7 +306,7 @@ fn approval(id: &str, task: &str, required: u32) -> ApprovalRecord {
 
 fn vote(by: &str, at_ms: i64) -> ApprovalVote {
     ApprovalVote {
-        by: by.into(),
+        by: HumanId::parse(by).unwrap(),
         at_ms,
     }
 }
@@ -334,7 +334,7 @@ async fn approvals_conformance(store: Arc<dyn Store>) {
 
     // Approvers: found by token hash only while enabled; names and token hashes unique.
     let carol = ApproverRecord {
-        name: "carol".into(),
+        name: HumanId::parse("carol").unwrap(),
         roles: vec![ApproverRole::Approver],
         groups: vec!["default".into()],
         created_at_ms: 1,
@@ -613,7 +613,7 @@ async fn approvals_conformance(store: Arc<dyn Store>) {
     bg_task.purpose = "BREAK-GLASS".into();
     let bg = BreakGlassRecord {
         id: "bg1".into(),
-        declared_by: "dana".into(),
+        declared_by: HumanId::parse("dana").unwrap(),
         agent: AgentName::parse("bot").unwrap(),
         task_id: "tbg".into(),
         justification: "outage".into(),
@@ -634,7 +634,7 @@ async fn approvals_conformance(store: Arc<dyn Store>) {
         "BREAK-GLASS"
     );
     let review = |by: &str| BreakGlassReview {
-        by: by.into(),
+        by: HumanId::parse(by).unwrap(),
         at_ms: 50,
         notes: "ok".into(),
     };
@@ -752,4 +752,128 @@ async fn sealed_secrets() {
     );
     assert!(store.secrets().await.unwrap().is_empty());
     verify(store.as_ref()).await.unwrap();
+}
+
+/// Identities written before they were normalised (`Alice@Example.COM`, `Bob`, `Dana`)
+/// load in normal form and compare as the people they name: separation of duties, the
+/// one-approver-per-person rule and disabling all see through the stored case.
+#[tokio::test]
+async fn identities_stored_before_normalisation_compare_normalised() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path()).await.unwrap();
+    store
+        .insert_agent(
+            &agent(),
+            &join("h1", 50),
+            ev(EventKind::AgentRegistered, None),
+        )
+        .await
+        .unwrap();
+    let approver = |name: &str| ApproverRecord {
+        name: HumanId::parse(name).unwrap(),
+        roles: vec![ApproverRole::Approver, ApproverRole::Reviewer],
+        groups: vec!["default".into()],
+        created_at_ms: 1,
+        disabled_at_ms: None,
+    };
+    for (name, hash) in [("bob", "hb"), ("dana", "hd")] {
+        store
+            .insert_approver(&approver(name), hash, ev(EventKind::ApproverAdded, None))
+            .await
+            .unwrap();
+    }
+    let mut bg_task = task("tbg");
+    bg_task.purpose = "BREAK-GLASS".into();
+    let bg = BreakGlassRecord {
+        id: "bg1".into(),
+        declared_by: HumanId::parse("dana").unwrap(),
+        agent: AgentName::parse("bot").unwrap(),
+        task_id: "tbg".into(),
+        justification: "outage".into(),
+        created_at_ms: 40,
+        expires_at_ms: 100,
+        review: None,
+    };
+    store
+        .insert_break_glass(
+            &bg,
+            &bg_task,
+            ev(EventKind::BreakGlassDeclared, Some("tbg")),
+        )
+        .await
+        .unwrap();
+    drop(store);
+    // What an older version stored: the names as typed.
+    let pool = sqlx::SqlitePool::connect(&format!(
+        "sqlite://{}",
+        dir.path().join("mandate.db").display()
+    ))
+    .await
+    .unwrap();
+    for sql in [
+        "UPDATE agents SET owner = 'Alice@Example.COM'",
+        "UPDATE approvers SET name = 'Bob' WHERE name = 'bob'",
+        "UPDATE approvers SET name = 'Dana' WHERE name = 'dana'",
+        "UPDATE break_glass SET declared_by = 'Dana'",
+    ] {
+        sqlx::query(sql).execute(&pool).await.unwrap();
+    }
+    pool.close().await;
+
+    let store = SqliteStore::open(dir.path()).await.unwrap();
+    let bot = store
+        .agent(&AgentName::parse("bot").unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(bot.owner.as_str(), "alice@example.com");
+    assert_eq!(
+        store.approver_by_token("hb").await.unwrap().unwrap().name,
+        HumanId::parse("bob").unwrap()
+    );
+    assert_eq!(
+        store.break_glass("bg1").await.unwrap().unwrap().declared_by,
+        HumanId::parse("DANA").unwrap()
+    );
+    // `bob` is the stored `Bob`: not a second approver.
+    assert!(matches!(
+        store
+            .insert_approver(&approver("bob"), "hb2", ev(EventKind::ApproverAdded, None))
+            .await,
+        Err(StoreError::Conflict(_))
+    ));
+    // `dana` declared it (stored as `Dana`): she may not review it.
+    let review = |by: &str| BreakGlassReview {
+        by: HumanId::parse(by).unwrap(),
+        at_ms: 50,
+        notes: "ok".into(),
+    };
+    assert!(
+        !store
+            .close_break_glass(
+                "bg1",
+                &review("dana"),
+                ev(EventKind::BreakGlassReviewed, Some("tbg"))
+            )
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .close_break_glass(
+                "bg1",
+                &review("bob"),
+                ev(EventKind::BreakGlassReviewed, Some("tbg"))
+            )
+            .await
+            .unwrap()
+    );
+    // Disabling `bob` disables the stored `Bob`.
+    assert!(
+        store
+            .disable_approver("bob", 60, ev(EventKind::ApproverRemoved, None))
+            .await
+            .unwrap()
+    );
+    assert!(store.approver_by_token("hb").await.unwrap().is_none());
 }

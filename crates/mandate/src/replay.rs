@@ -46,7 +46,7 @@ async fn entities(
     let facts = AgentFacts {
         name: agent.name.to_string(),
         spiffe_id: SpiffeId::for_agent(td.clone(), AgentName::clone(&agent.name)).to_string(),
-        owner: agent.owner.clone(),
+        owner: agent.owner.to_string(),
         tier: agent.tier.get(),
         status: agent.status.as_str().to_owned(),
         trust_domain: td.to_string(),

@@ -5,7 +5,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use mandate_audit::{EventKind, NewEvent};
 use mandate_core::{
-    AgentName, AgentStatus, AttestationRule, RiskTier, SpiffeId, TaskState, random_id,
+    AgentName, AgentStatus, AttestationRule, HumanId, RiskTier, SpiffeId, TaskState, random_id,
     random_secret, sha256_hex,
 };
 use mandate_store::{AgentRecord, JoinTokenRecord};
@@ -24,12 +24,9 @@ use crate::error::{ApiError, ErrorBody};
 pub struct RegisterAgentRequest {
     /// Name: the last segment of its SPIFFE ID.
     pub name: AgentName,
-    /// Accountable human owner (an email or user id).
-    #[schema(
-        min_length = 1,
-        max_length = 256,
-        pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]*[^\\s\\u0000-\\u001f\\u007f-\\u009f][^\\u0000-\\u001f\\u007f-\\u009f]*$"
-    )]
+    /// Accountable human owner (an email or user id): printable ASCII, stored trimmed and
+    /// lowercased so that separation of duties compares one form.
+    #[schema(min_length = 1, max_length = 256, pattern = "^[ -~]*[!-~][ -~]*$")]
     pub owner: String,
     /// Risk tier 0..3.
     pub tier: RiskTier,
@@ -107,7 +104,6 @@ pub struct AttestResponse {
     pub expires_at: i64,
 }
 
-const MAX_OWNER: usize = 256;
 const MAX_REASON: usize = 1024;
 
 async fn issue_join(
@@ -145,11 +141,18 @@ pub async fn register(
     ApiJson(req): ApiJson<RegisterAgentRequest>,
 ) -> Result<(StatusCode, Json<RegisterAgentResponse>), ApiError> {
     require_admin(&engine, &bearer)?;
-    let owner = text("owner", &req.owner, MAX_OWNER, false)?;
+    // Normalised once, here: separation of duties compares this form with approvers'.
+    let owner = HumanId::parse(&req.owner).map_err(|e| {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_request",
+            format!("owner: {e}"),
+        )
+    })?;
     let now = engine.clock.now_ms();
     let agent = AgentRecord {
         name: req.name.clone(),
-        owner: owner.to_owned(),
+        owner,
         tier: req.tier,
         status: AgentStatus::Active,
         attestation: req.attestation.unwrap_or(AttestationRule::JoinToken),

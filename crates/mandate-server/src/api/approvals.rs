@@ -10,7 +10,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use mandate_audit::{EventKind, NewEvent};
 use mandate_core::{
-    AgentName, AgentStatus, ApprovalState, ApproverRole, Grant, RequestedScope, SpiffeId,
+    AgentName, AgentStatus, ApprovalState, ApproverRole, Grant, HumanId, RequestedScope, SpiffeId,
     TaskState, random_id, random_secret, sha256_hex,
 };
 use mandate_store::{
@@ -42,6 +42,18 @@ fn valid_name(field: &str, v: &str) -> Result<(), ApiError> {
             format!("{field} must be {NAME_PATTERN}"),
         ))
     }
+}
+
+/// A human identity as registered: normalised once ([`HumanId`]), so that separation of
+/// duties compares `Alice@Example.COM` and `alice@example.com` as the one person they are.
+fn human_id(field: &str, v: &str) -> Result<HumanId, ApiError> {
+    HumanId::parse(v).map_err(|e| {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_request",
+            format!("{field}: {e}"),
+        )
+    })
 }
 
 fn valid_group(v: &str) -> Result<(), ApiError> {
@@ -117,7 +129,7 @@ pub async fn add_approver(
     let token = random_secret("mdt_apr").map_err(|_| ApiError::internal("system RNG failed"))?;
     let now = engine.clock.now_ms();
     let approver = ApproverRecord {
-        name: req.name,
+        name: human_id("name", &req.name)?,
         roles: roles.into_iter().collect(),
         groups: groups.into_iter().collect(),
         created_at_ms: now,
@@ -169,6 +181,7 @@ pub async fn disable_approver(
 ) -> Result<StatusCode, ApiError> {
     require_admin(&engine, &bearer)?;
     valid_name("name", &name)?;
+    let name = human_id("name", &name)?;
     let now = engine.clock.now_ms();
     let ev = NewEvent {
         ts_ms: now,
@@ -179,7 +192,7 @@ pub async fn disable_approver(
     };
     if engine
         .store
-        .disable_approver(&name, now, ev)
+        .disable_approver(name.as_str(), now, ev)
         .await
         .map_err(|e| ApiError::store(&e))?
     {
@@ -398,7 +411,7 @@ pub async fn approve(
     let approver = acting(&engine, &bearer, ApproverRole::Approver, "approve", &id).await?;
     match engine.approve(&approver, &id).await {
         Ok(a) => Ok(Json(a)),
-        Err(e) => Err(refused(&engine, "approve", &id, Some(&approver.name), e).await),
+        Err(e) => Err(refused(&engine, "approve", &id, Some(approver.name.as_str()), e).await),
     }
 }
 
@@ -430,7 +443,7 @@ pub async fn deny(
     let reason = text("reason", &req.reason, 1024, false)?;
     match engine.deny(&approver, &id, reason).await {
         Ok(a) => Ok(Json(a)),
-        Err(e) => Err(refused(&engine, "deny", &id, Some(&approver.name), e).await),
+        Err(e) => Err(refused(&engine, "deny", &id, Some(approver.name.as_str()), e).await),
     }
 }
 
@@ -500,7 +513,9 @@ pub async fn declare_break_glass(
     .await?;
     match declare(&engine, &human, req).await {
         Ok(r) => Ok(r),
-        Err((agent, e)) => Err(refused(&engine, "break_glass", &agent, Some(&human.name), e).await),
+        Err((agent, e)) => {
+            Err(refused(&engine, "break_glass", &agent, Some(human.name.as_str()), e).await)
+        }
     }
 }
 
@@ -641,7 +656,7 @@ async fn declare_inner(
         .map_err(|e| ApiError::store(&e))?;
     let mut live = engine.live_task(&agent, &task)?;
     if let Some(t) = Arc::get_mut(&mut live) {
-        t.break_glass = Some((id.clone(), human.name.clone()));
+        t.break_glass = Some((id.clone(), human.name.to_string()));
     }
     engine.insert_live(live);
     // A quarantine that committed between the insert and the line above revoked the task
@@ -722,7 +737,7 @@ pub async fn review_break_glass(
     let reviewer = acting(&engine, &bearer, ApproverRole::Reviewer, "review", &id).await?;
     match review(&engine, &reviewer, &id, &req).await {
         Ok(r) => Ok(Json(r)),
-        Err(e) => Err(refused(&engine, "review", &id, Some(&reviewer.name), e).await),
+        Err(e) => Err(refused(&engine, "review", &id, Some(reviewer.name.as_str()), e).await),
     }
 }
 
@@ -882,7 +897,7 @@ pub async fn approvals_report(
     for a in &approvals {
         *by_state.entry(a.state.to_string()).or_insert(0) += 1;
         for v in &a.votes {
-            *by_approver.entry(v.by.clone()).or_insert(0) += 1;
+            *by_approver.entry(v.by.to_string()).or_insert(0) += 1;
         }
         let answered = match a.state {
             ApprovalState::Denied => a.decided_at_ms,
@@ -1024,7 +1039,7 @@ pub async fn access_report(
         .collect();
     Ok(Json(AccessReport {
         agent: name.to_string(),
-        owner: record.owner,
+        owner: record.owner.into(),
         status: record.status,
         tasks: u64::try_from(tasks.len()).unwrap_or(u64::MAX),
         pairs: pairs.into_values().collect(),

@@ -172,16 +172,15 @@ fn invalid(message: impl Into<String>) -> ApiError {
     ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", message)
 }
 
-fn bearer(headers: &HeaderMap) -> Option<String> {
-    let v = headers
-        .get(axum::http::header::AUTHORIZATION)?
-        .to_str()
-        .ok()?;
-    let (scheme, token) = v.split_once(' ')?;
-    scheme
-        .eq_ignore_ascii_case("bearer")
-        .then(|| token.trim().to_owned())
-        .filter(|t| !t.is_empty() && !t.contains(' '))
+/// The `Authorization` bearer, when the request has one (the token may instead ride in
+/// `subject.properties.token`). A header that is there is checked as everywhere else:
+/// malformed or repeated, it is refused, never skipped.
+fn bearer(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    if headers.contains_key(axum::http::header::AUTHORIZATION) {
+        super::extract::bearer_token(headers).map(Some)
+    } else {
+        Ok(None)
+    }
 }
 
 /// The task token and the `/v1/decide` request an evaluation stands for.
@@ -276,7 +275,7 @@ pub async fn evaluation(
     headers: HeaderMap,
     ApiJson(req): ApiJson<EvaluationRequest>,
 ) -> Result<Json<EvaluationResponse>, ApiError> {
-    evaluate_one(&engine, &req, bearer(&headers).as_deref())
+    evaluate_one(&engine, &req, bearer(&headers)?.as_deref())
         .await
         .map(Json)
 }
@@ -296,7 +295,7 @@ pub async fn evaluations(
             "evaluations must hold 1 to {MAX_EVALUATIONS} items"
         )));
     }
-    let header_token = bearer(&headers);
+    let header_token = bearer(&headers)?;
     let semantic = req.options.unwrap_or_default().evaluations_semantic;
     let mut out = Vec::with_capacity(req.evaluations.len());
     for item in req.evaluations {

@@ -8,9 +8,12 @@ use serde::de::DeserializeOwned;
 
 use crate::error::ApiError;
 
-/// JSON body with Mandate's error codes: `malformed_json` (400), `invalid_request` (422:
-/// unknown fields, wrong types, invalid values), `unsupported_media_type` (415),
-/// `body_too_large` (413).
+/// JSON body with Mandate's error codes: `malformed_json` (400: not JSON, a duplicate key,
+/// too deep, trailing text), `invalid_request` (422: unknown fields, wrong types, invalid
+/// values), `unsupported_media_type` (415), `body_too_large` (413).
+///
+/// The text is checked by [`mandate_core::strict_json`] before it is deserialised, the
+/// same check every other entry point of attacker JSON makes.
 #[derive(Debug)]
 pub struct ApiJson<T>(pub T);
 
@@ -18,10 +21,82 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        match axum::Json::<T>::from_request(req, state).await {
+        if !is_json_content_type(req.headers()) {
+            return Err(unsupported_media_type());
+        }
+        let bytes = axum::body::Bytes::from_request(req, state)
+            .await
+            .map_err(|e| json_error(&JsonRejection::BytesRejection(e)))?;
+        strict_body(&bytes)?;
+        match axum::Json::<T>::from_bytes(&bytes) {
             Ok(axum::Json(v)) => Ok(Self(v)),
             Err(rejection) => Err(json_error(&rejection)),
         }
+    }
+}
+
+/// Middleware for routes whose JSON bodies are parsed by someone else (rmcp's JSON-RPC on
+/// `/mcp`): the body is read (at most `limit` bytes) and checked by
+/// [`mandate_core::strict_json`] before the inner service sees it, so a duplicate key is
+/// refused there exactly as on `/v1`. Bodiless requests pass untouched.
+pub(crate) async fn strict_json_body(
+    axum::extract::State(limit): axum::extract::State<usize>,
+    req: Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse as _;
+    let (parts, body) = req.into_parts();
+    let bytes = match axum::body::to_bytes(body, limit).await {
+        Ok(b) => b,
+        Err(_) => {
+            return ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                format!("request bodies are at most {limit} bytes"),
+            )
+            .into_response();
+        }
+    };
+    if !bytes.is_empty()
+        && let Err(e) = strict_body(&bytes)
+    {
+        return e.into_response();
+    }
+    next.run(Request::from_parts(parts, axum::body::Body::from(bytes)))
+        .await
+}
+
+/// `application/json` or `application/<anything>+json`, as axum's `Json` accepts.
+fn is_json_content_type(headers: &axum::http::HeaderMap) -> bool {
+    let Some(ct) = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let mime = ct.split(';').next().unwrap_or_default().trim();
+    let Some((kind, sub)) = mime.split_once('/') else {
+        return false;
+    };
+    kind.eq_ignore_ascii_case("application")
+        && (sub.eq_ignore_ascii_case("json") || sub.to_ascii_lowercase().ends_with("+json"))
+}
+
+/// 400 `malformed_json` unless `bytes` pass [`mandate_core::strict_json`]; the message
+/// names what is wrong (the duplicate key, with its line and column).
+pub(crate) fn strict_body(bytes: &[u8]) -> Result<(), ApiError> {
+    match mandate_core::strict_json(bytes) {
+        Ok(_) => Ok(()),
+        Err(mandate_core::ArgsError::Json(m)) => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "malformed_json",
+            format!("request body is not valid JSON: {m}"),
+        )),
+        Err(e) => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "malformed_json",
+            format!("request body is not valid JSON: {e}"),
+        )),
     }
 }
 
@@ -37,11 +112,7 @@ fn json_error(r: &JsonRejection) -> ApiError {
             "invalid_request",
             format!("request body does not fit this endpoint: {}", inner(e)),
         ),
-        JsonRejection::MissingJsonContentType(_) => ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
-            "send the body as JSON with `Content-Type: application/json`",
-        ),
+        JsonRejection::MissingJsonContentType(_) => unsupported_media_type(),
         JsonRejection::BytesRejection(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
             ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
@@ -55,6 +126,14 @@ fn json_error(r: &JsonRejection) -> ApiError {
             format!("request body could not be read: {other}"),
         ),
     }
+}
+
+fn unsupported_media_type() -> ApiError {
+    ApiError::new(
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "unsupported_media_type",
+        "send the body as JSON with `Content-Type: application/json`",
+    )
 }
 
 /// The innermost error text (serde's own message, with line and column).
@@ -79,15 +158,25 @@ impl<S: Send + Sync> FromRequestParts<S> for Bearer {
 }
 
 /// The token of `Authorization: Bearer …`, or 401 `missing_token` /
-/// `invalid_authorization_header`.
+/// `invalid_authorization_header`. Two `Authorization` headers are refused (401
+/// `invalid_authorization_header`): whichever one a reader picks, another reader (a proxy
+/// in front, an upstream behind) may pick the other.
 pub(crate) fn bearer_token(headers: &axum::http::HeaderMap) -> Result<String, ApiError> {
-    let Some(value) = headers.get(axum::http::header::AUTHORIZATION) else {
+    let mut all = headers.get_all(axum::http::header::AUTHORIZATION).iter();
+    let Some(value) = all.next() else {
         return Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
             "missing_token",
             "send `Authorization: Bearer <token>`",
         ));
     };
+    if all.next().is_some() {
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid_authorization_header",
+            "the request carries more than one Authorization header: send exactly one",
+        ));
+    }
     let bad = || {
         ApiError::new(
             StatusCode::UNAUTHORIZED,

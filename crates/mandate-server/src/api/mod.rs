@@ -29,7 +29,7 @@ pub use agents::{AttestRequest, AttestResponse, RegisterAgentRequest, RegisterAg
 pub use approvals::{
     AccessReport, AddApproverResponse, ApprovalsReport, BreakGlassResponse, SetGroupResponse,
 };
-pub(crate) use extract::bearer_token;
+pub(crate) use extract::{bearer_token, strict_json_body};
 pub(crate) use ops::decide_one;
 pub use ops::{DecideRequest, DecideResponse, VerifyResponse};
 pub use tasks::{StartTaskRequest, StartTaskResponse};
@@ -129,7 +129,10 @@ impl Modify for CommonErrors {
             )];
             if op.request_body.is_some() {
                 codes.extend([
-                    ("400", "`malformed_json` or `invalid_body`"),
+                    (
+                        "400",
+                        "`malformed_json` (not JSON, a duplicate key, nested too deep) or `invalid_body`",
+                    ),
                     ("413", "`body_too_large`"),
                     (
                         "415",
@@ -142,7 +145,7 @@ impl Modify for CommonErrors {
                 codes.extend([
                     (
                         "401",
-                        "`missing_token`, `invalid_authorization_header` or a `token_*` code",
+                        "`missing_token`, `invalid_authorization_header` (malformed, or more than one) or a `token_*` code",
                     ),
                     ("403", "not allowed for this credential"),
                 ]);

@@ -319,7 +319,7 @@ async fn start_inner(
                 kind: ApprovalKind::TaskStart,
                 task_id: &task_id,
                 agent: &agent.name,
-                owner: &agent.owner,
+                owner: agent.owner.clone(),
                 digest: start_digest(&task_id, &agent.name, &req.scope, ttl, bundle.version()),
                 action: serde_json::json!({
                     "purpose": purpose, "requested": req.scope, "ttl_secs": granted_ttl,

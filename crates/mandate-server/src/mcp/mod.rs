@@ -247,6 +247,12 @@ impl McpGateway {
             let path = format!("/mcp/{name}");
             let guarded = Router::new()
                 .nest_service(&path, service)
+                // JSON-RPC bodies are checked as strictly as every other JSON Mandate
+                // reads, before rmcp (which keeps the last of duplicate keys) parses them.
+                .layer(axum::middleware::from_fn_with_state(
+                    limit,
+                    crate::api::strict_json_body,
+                ))
                 .layer(axum::middleware::from_fn_with_state(
                     (Arc::clone(&self), name.clone()),
                     authenticate,
