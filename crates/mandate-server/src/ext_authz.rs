@@ -6,9 +6,10 @@
 //! `mandate_tool` (required), `mandate_action` (default from the method: GET/HEAD read,
 //! POST/PUT/PATCH write, DELETE delete), `mandate_data_domain`, `mandate_destination`
 //! (where the route sends data, when it does). The agent's task token is the request's `authorization`
-//! bearer; the resource is the path; the arguments are `{method, query, body}` with a JSON
-//! body parsed strictly (duplicate keys refused); `x-mandate-approval-id` names an
-//! approval. On allow, Envoy is told to strip the agent's `authorization` header before
+//! bearer (exactly one such header); the resource is the path; the arguments are
+//! `{method, query, body}` with a JSON body parsed strictly (duplicate keys refused);
+//! `x-mandate-approval-id` names an approval. A body Envoy did not send whole (not
+//! buffered, or cut short) is refused, never decided as `null`. On allow, Envoy is told to strip the agent's `authorization` header before
 //! forwarding, so the upstream never sees the token.
 
 use std::sync::Arc;
