@@ -47,6 +47,17 @@ pub struct Limits {
     pub agent_decisions_per_sec: u32,
     /// Decisions one task may ask for per second; bursts up to twice this.
     pub task_decisions_per_sec: u32,
+    /// Most HTTP connections served at once (lowered to what the open-file limit holds);
+    /// past it a new connection gets 503 `too_many_connections` and is closed.
+    pub max_connections: usize,
+    /// Longest a connection may take to send a whole request head: from accepting it, and
+    /// on a kept-alive connection from the first byte of its next request, in seconds.
+    pub header_read_timeout_secs: u64,
+    /// Longest a kept-alive connection may sit with no request, in seconds.
+    pub idle_timeout_secs: u64,
+    /// Longest a request body may take to arrive on the API and MCP routes, in seconds
+    /// (the gateway has its own).
+    pub body_read_timeout_secs: u64,
 }
 
 impl Default for Limits {
@@ -71,6 +82,10 @@ impl Default for Limits {
             max_break_glass_ttl_secs: 30 * 60,
             agent_decisions_per_sec: 500,
             task_decisions_per_sec: 250,
+            max_connections: 1024,
+            header_read_timeout_secs: 10,
+            idle_timeout_secs: 60,
+            body_read_timeout_secs: 10,
         }
     }
 }

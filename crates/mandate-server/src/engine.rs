@@ -392,6 +392,22 @@ impl Engine {
                 l.max_approval_wait_secs
             ));
         }
+        if l.max_connections == 0
+            || l.header_read_timeout_secs == 0
+            || l.idle_timeout_secs == 0
+            || l.body_read_timeout_secs == 0
+        {
+            return Err(
+                "max_connections, header_read_timeout_secs, idle_timeout_secs and body_read_timeout_secs must be at least 1"
+                    .to_owned(),
+            );
+        }
+        if l.body_read_timeout_secs >= REQUEST_TIMEOUT_SECS.unsigned_abs() {
+            return Err(format!(
+                "body_read_timeout_secs ({}) must be below the {REQUEST_TIMEOUT_SECS}s request timeout",
+                l.body_read_timeout_secs
+            ));
+        }
         if l.key_overlap_secs < longest {
             return Err(format!(
                 "key_overlap_secs ({}) must cover the longest token life plus leeway ({longest}s), or rotation would strand live tokens",

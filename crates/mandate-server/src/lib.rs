@@ -16,6 +16,7 @@ pub mod engine;
 pub mod error;
 pub mod ext_authz;
 pub mod gateway;
+mod listener;
 pub mod mcp;
 pub mod secrets;
 mod server;

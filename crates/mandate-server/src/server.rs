@@ -83,23 +83,25 @@ impl Server {
             )?;
             app = app.merge(Arc::new(gw).router());
         }
+        let rules = crate::listener::BodyRules {
+            api: (
+                engine.config.limits.max_body_bytes,
+                Duration::from_secs(engine.config.limits.body_read_timeout_secs),
+            ),
+            gateway: engine.config.gateway.as_ref().map(|g| {
+                (
+                    g.limits.max_request_body_bytes,
+                    Duration::from_secs(g.limits.request_body_timeout_secs),
+                )
+            }),
+        };
+        let app = app.layer(axum::middleware::from_fn_with_state(
+            rules,
+            crate::listener::whole_body,
+        ));
+        let limits = crate::listener::ConnectionLimits::from_limits(&engine.config.limits);
         let (tx, rx) = oneshot::channel::<()>();
-        let handle = tokio::spawn(async move {
-            // Answers go out in more than one write (headers, then body or SSE events): without
-            // TCP_NODELAY a keep-alive client can wait ~40 ms on Nagle and delayed ACKs.
-            use axum::serve::ListenerExt as _;
-            let listener = listener.tap_io(|tcp| {
-                if let Err(e) = tcp.set_nodelay(true) {
-                    tracing::debug!(error = %e, "could not set TCP_NODELAY");
-                }
-            });
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move {
-                    let _ = rx.await;
-                })
-                .await
-                .map_err(|e| e.to_string())
-        });
+        let handle = tokio::spawn(crate::listener::serve(listener, app, limits, rx));
         let sweep_engine = Arc::clone(&engine);
         let sweeper = tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_millis(500));

@@ -132,6 +132,24 @@ struct ServeArgs {
     #[arg(long, default_value_t = 250, env = "MANDATE_TASK_DECISIONS_PER_SEC",
           value_parser = clap::value_parser!(u32).range(1..))]
     task_decisions_per_sec: u32,
+    /// Most HTTP connections served at once (lowered to fit the open-file limit); past it
+    /// a new connection gets 503 `too_many_connections` and is closed.
+    #[arg(long, default_value_t = 1024, env = "MANDATE_MAX_CONNECTIONS",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    max_connections: u64,
+    /// Seconds a connection has to send a whole request head (silent and slowloris
+    /// connections are closed after it).
+    #[arg(long, default_value_t = 10, env = "MANDATE_HEADER_READ_TIMEOUT_SECS",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    header_read_timeout_secs: u64,
+    /// Seconds a kept-alive connection may sit with no request before it is closed.
+    #[arg(long, default_value_t = 60, env = "MANDATE_IDLE_TIMEOUT_SECS",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    idle_timeout_secs: u64,
+    /// Seconds a request body may take to arrive (API and MCP; the gateway has its own).
+    #[arg(long, default_value_t = 10, env = "MANDATE_BODY_READ_TIMEOUT_SECS",
+          value_parser = clap::value_parser!(u64).range(1..30))]
+    body_read_timeout_secs: u64,
 }
 
 #[derive(Debug, Args)]
@@ -205,6 +223,10 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
     config.ext_authz_listen = a.ext_authz_listen;
     config.limits.agent_decisions_per_sec = a.agent_decisions_per_sec;
     config.limits.task_decisions_per_sec = a.task_decisions_per_sec;
+    config.limits.max_connections = usize::try_from(a.max_connections).unwrap_or(usize::MAX);
+    config.limits.header_read_timeout_secs = a.header_read_timeout_secs;
+    config.limits.idle_timeout_secs = a.idle_timeout_secs;
+    config.limits.body_read_timeout_secs = a.body_read_timeout_secs;
     config.admin_token = std::env::var("MANDATE_ADMIN_TOKEN")
         .ok()
         .filter(|t| !t.is_empty());

@@ -256,8 +256,7 @@ impl McpGateway {
                 .layer(axum::middleware::from_fn_with_state(
                     (Arc::clone(&self), name.clone()),
                     authenticate,
-                ))
-                .layer(tower_http::limit::RequestBodyLimitLayer::new(limit));
+                ));
             router = router.merge(guarded).route(
                 &format!("/.well-known/oauth-protected-resource/mcp/{name}"),
                 axum::routing::get(resource_metadata).with_state((Arc::clone(&self), name.clone())),
