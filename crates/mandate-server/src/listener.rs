@@ -525,7 +525,7 @@ mod tests {
 
     use super::*;
 
-    #[tokio::test(start_paused = true)]
+    #[tokio::test]
     async fn a_handler_over_the_request_timeout_gets_the_json_error_body() {
         let app: Router = Router::new()
             .route(
@@ -536,7 +536,7 @@ mod tests {
                 }),
             )
             .layer(axum::middleware::from_fn_with_state(
-                Duration::from_secs(30),
+                Duration::from_millis(50),
                 within_request_timeout,
             ));
         let res = app
