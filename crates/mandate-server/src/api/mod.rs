@@ -101,8 +101,9 @@ impl Modify for ResponseDescriptions {
 
 /// Documents the errors every endpoint of a kind can return, so each handler's
 /// annotation lists only its own: any JSON body can be malformed (400), too large (413),
-/// of the wrong media type (415) or invalid (422); any endpoint can find its store or audit
-/// trail unavailable or its time budget spent (503).
+/// of the wrong media type (415) or invalid (422), or arrive too slowly (408); any endpoint
+/// can find its store or audit trail unavailable, its time budget spent, or the server at
+/// its connection cap (503).
 struct CommonErrors;
 
 impl Modify for CommonErrors {
@@ -124,15 +125,19 @@ impl Modify for CommonErrors {
         for op in operations(openapi) {
             let mut codes = vec![(
                 "503",
-                "`store_unavailable`, `audit_unavailable` or the request's time budget spent: refused",
+                "`store_unavailable`, `audit_unavailable`, `request_timeout` (the request's time budget spent) or `too_many_connections` (the server at its connection cap; `Retry-After`): refused",
             )];
             if op.request_body.is_some() {
                 codes.extend([
                     (
                         "400",
-                        "`malformed_json` (not JSON, a duplicate key, nested too deep) or `invalid_body`",
+                        "`malformed_json` (not JSON, a duplicate key, nested too deep), `invalid_body` or `body_unreadable`",
                     ),
-                    ("413", "`body_too_large`"),
+                    (
+                        "413",
+                        "`body_too_large`: a declared `Content-Length` over the limit is refused before the body is read",
+                    ),
+                    ("408", "`body_timeout`: the body did not arrive in time"),
                     (
                         "415",
                         "`unsupported_media_type`: send `Content-Type: application/json`",
