@@ -85,6 +85,12 @@ pub struct GatewayLimits {
     /// Most calls one agent may have in flight at once (a response being relayed counts);
     /// beyond, 429, so one agent cannot take every slot.
     pub max_in_flight_per_agent: usize,
+    /// Most MCP server sessions open at once over all servers (one per server and task;
+    /// a stdio server runs one process per session); beyond, the call is refused with
+    /// `mcp_sessions_exhausted` before anything is started.
+    pub max_mcp_sessions: usize,
+    /// Most of those one agent may hold at once.
+    pub max_mcp_sessions_per_agent: usize,
 }
 
 impl Default for GatewayLimits {
@@ -102,6 +108,8 @@ impl Default for GatewayLimits {
             task_burst: 100,
             max_in_flight: 1024,
             max_in_flight_per_agent: 64,
+            max_mcp_sessions: 256,
+            max_mcp_sessions_per_agent: 16,
         }
     }
 }
@@ -255,6 +263,8 @@ impl GatewayConfig {
             || l.request_body_timeout_secs == 0
             || l.connect_timeout_secs == 0
             || l.max_response_secs == 0
+            || l.max_mcp_sessions == 0
+            || l.max_mcp_sessions_per_agent == 0
         {
             return Err(err(
                 "limits must be positive (a zero limit would refuse every call)",

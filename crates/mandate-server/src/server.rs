@@ -73,7 +73,11 @@ impl Server {
         let mut app = crate::api::router(Arc::clone(&engine));
         if let Some(gc) = engine.config.gateway.clone() {
             if !gc.mcp_servers.is_empty() {
-                let mcp = crate::mcp::McpGateway::new(Arc::clone(&engine), gc.mcp_servers.clone())?;
+                let mcp = crate::mcp::McpGateway::new(
+                    Arc::clone(&engine),
+                    gc.mcp_servers.clone(),
+                    &gc.limits,
+                )?;
                 app = app.merge(Arc::new(mcp).router());
             }
             let gw = crate::gateway::Gateway::new(

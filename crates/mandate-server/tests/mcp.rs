@@ -162,6 +162,11 @@ fn policies() -> std::path::PathBuf {
 }
 
 async fn start() -> Mcp {
+    start_with("").await
+}
+
+/// As [`start`], with more gateway configuration (e.g. a `[limits]` table).
+async fn start_with(extra_toml: &str) -> Mcp {
     let (addr, docs) = docs_server().await;
     let logs = tempfile::tempdir().unwrap().keep();
     let stdio_log = logs.join("stdio-calls.jsonl");
@@ -183,6 +188,8 @@ allow_private = true
 name = "local"
 command = ["{bin}", "{log}"]
 env = {{ FIXTURE_TOKEN = "local-token" }}
+
+{extra_toml}
 "#,
         bin = env!("CARGO_BIN_EXE_mandate-mcp-fixture"),
         log = stdio_log.display()
@@ -588,9 +595,18 @@ impl Mcp {
         tools: &[&str],
     ) -> (String, RunningService<RoleClient, ()>) {
         let identity = self.h.agent(agent, 1).await;
+        self.task_client(&identity, tools).await
+    }
+
+    /// A new task of the agent with `identity`, and a client on `docs` for it.
+    async fn task_client(
+        &self,
+        identity: &str,
+        tools: &[&str],
+    ) -> (String, RunningService<RoleClient, ()>) {
         let r = self
             .h
-            .post("/v1/tasks", Some(&identity), json!({
+            .post("/v1/tasks", Some(identity), json!({
                 "purpose": "another job on the same servers",
                 "scope": { "tools": tools, "actions": ["read"], "destinations": [self.docs_addr()] },
                 "ttl_secs": 600,
@@ -730,4 +746,56 @@ async fn pinning_covers_title_and_annotations() {
         1,
         "a new title holds it"
     );
+}
+
+#[tokio::test]
+async fn upstream_sessions_are_capped_per_agent_and_in_all() {
+    let m = start_with("[limits]\nmax_mcp_sessions = 3\nmax_mcp_sessions_per_agent = 2\n").await;
+    let search = |q: &str| call("search", json!({ "q": q }));
+    let hog = m.h.agent("hog", 1).await;
+    let mut hogs = Vec::new();
+    for _ in 0..3 {
+        hogs.push(m.task_client(&hog, &["docs.search"]).await);
+    }
+    for (_, c) in &hogs[..2] {
+        let r = c.call_tool(search("mine")).await.unwrap();
+        assert_ne!(r.is_error, Some(true), "{r:?}");
+    }
+    let before = m.calls().len();
+    let e = hogs[2]
+        .1
+        .call_tool(search("one too many"))
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("mcp_sessions_exhausted"), "{e}");
+    assert_eq!(m.calls().len(), before, "a refused call reached the server");
+    // Another agent still gets the last session of the gateway, and then the cap is full.
+    let (_, other) = m.other_task("other", &["docs.search"]).await;
+    let r = other.call_tool(search("fair share")).await.unwrap();
+    assert_ne!(r.is_error, Some(true), "{r:?}");
+    let (_, third) = m.other_task("third", &["docs.search"]).await;
+    let e = third.call_tool(search("full")).await.unwrap_err();
+    assert!(e.to_string().contains("mcp_sessions_exhausted"), "{e}");
+    // Ending a task gives its session back.
+    let r =
+        m.h.post(
+            &format!("/v1/tasks/{}/revoke", hogs[0].0),
+            Some(ADMIN),
+            json!({ "reason": "test" }),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let mut answered = None;
+    for _ in 0..100 {
+        match hogs[2].1.call_tool(search("my turn")).await {
+            Ok(r) => {
+                answered = Some(r);
+                break;
+            }
+            Err(e) => assert!(e.to_string().contains("mcp_sessions_exhausted"), "{e}"),
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let r = answered.expect("the ended task's session was never given back");
+    assert_ne!(r.is_error, Some(true), "{r:?}");
 }

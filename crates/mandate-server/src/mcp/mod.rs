@@ -29,6 +29,33 @@ use crate::error::ApiError;
 
 type Upstream = RunningService<RoleClient, ()>;
 
+/// One (server, task)'s place for its upstream session.
+struct SessionSlot {
+    agent: String,
+    session: tokio::sync::Mutex<Option<Arc<Upstream>>>,
+}
+
+/// Why no upstream session could be had.
+#[derive(Debug)]
+pub(crate) enum UpstreamError {
+    /// The server could not be reached or started.
+    Unavailable(String),
+    /// The session caps are reached: refused before anything is started.
+    Exhausted(String),
+}
+
+impl From<String> for UpstreamError {
+    fn from(e: String) -> Self {
+        Self::Unavailable(e)
+    }
+}
+
+impl From<&str> for UpstreamError {
+    fn from(e: &str) -> Self {
+        Self::Unavailable(e.to_owned())
+    }
+}
+
 /// How long a server's tool listing is reused by calls before it is asked again (a
 /// listing by the agent always asks, and any change it shows is held until approved).
 pub const LISTING_TTL: Duration = Duration::from_secs(2);
@@ -39,7 +66,12 @@ pub struct McpGateway {
     servers: BTreeMap<String, McpServer>,
     /// Client sessions with the servers, one per (server, task): a stateful server's
     /// session never carries one task's state into another's, and it ends with its task.
-    upstreams: tokio::sync::Mutex<HashMap<(String, String), Arc<Upstream>>>,
+    /// The map is held only to find or reserve a slot; connecting waits on the slot alone,
+    /// so one slow server does not hold up sessions with the others.
+    upstreams: std::sync::Mutex<HashMap<(String, String), Arc<SessionSlot>>>,
+    /// Most upstream sessions open at once, and per agent (each stdio one is a process).
+    max_sessions: usize,
+    max_sessions_per_agent: usize,
     http: HashMap<String, reqwest::Client>,
     listings: std::sync::Mutex<HashMap<String, (std::time::Instant, Vec<rmcp::model::Tool>)>>,
 }
@@ -54,7 +86,11 @@ impl std::fmt::Debug for McpGateway {
 
 impl McpGateway {
     /// The MCP servers of the gateway configuration.
-    pub fn new(engine: Arc<Engine>, servers: BTreeMap<String, McpServer>) -> Result<Self, String> {
+    pub fn new(
+        engine: Arc<Engine>,
+        servers: BTreeMap<String, McpServer>,
+        limits: &mandate_gateway::GatewayLimits,
+    ) -> Result<Self, String> {
         let mut http = HashMap::new();
         for (name, s) in &servers {
             if let McpTransport::Remote(url) = &s.transport {
@@ -73,7 +109,9 @@ impl McpGateway {
         Ok(Self {
             engine,
             servers,
-            upstreams: tokio::sync::Mutex::new(HashMap::new()),
+            upstreams: std::sync::Mutex::new(HashMap::new()),
+            max_sessions: limits.max_mcp_sessions,
+            max_sessions_per_agent: limits.max_mcp_sessions_per_agent,
             http,
             listings: std::sync::Mutex::new(HashMap::new()),
         })
@@ -85,17 +123,90 @@ impl McpGateway {
         self: &Arc<Self>,
         server: &McpServer,
         task: &Arc<crate::engine::LiveTask>,
-    ) -> Result<Arc<Upstream>, String> {
+    ) -> Result<Arc<Upstream>, UpstreamError> {
         if task.is_ended() {
-            return Err("the task has ended".to_owned());
+            return Err("the task has ended".into());
         }
         let key = (server.name.clone(), task.id.clone());
-        let mut map = self.upstreams.lock().await;
-        if let Some(u) = map.get(&key)
+        let slot = self.slot(&key, task)?;
+        let mut session = slot.session.lock().await;
+        if let Some(u) = session.as_ref()
             && !u.is_closed()
         {
             return Ok(Arc::clone(u));
         }
+        match self.connect(server).await {
+            Ok(running) => {
+                if task.is_ended() {
+                    // Its watcher may have come and gone while this connected.
+                    running.cancellation_token().cancel();
+                    return Err("the task has ended".into());
+                }
+                let running = Arc::new(running);
+                *session = Some(Arc::clone(&running));
+                Ok(running)
+            }
+            Err(e) => {
+                drop(session);
+                // A slot that never held a session does not count against the caps.
+                let mut map = crate::engine::lock(&self.upstreams);
+                if map.get(&key).is_some_and(|s| Arc::ptr_eq(s, &slot)) {
+                    map.remove(&key);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// The slot of `key`, reserved within the caps; it and its session go when the task
+    /// ends.
+    fn slot(
+        self: &Arc<Self>,
+        key: &(String, String),
+        task: &Arc<crate::engine::LiveTask>,
+    ) -> Result<Arc<SessionSlot>, UpstreamError> {
+        let mut map = crate::engine::lock(&self.upstreams);
+        if let Some(s) = map.get(key) {
+            return Ok(Arc::clone(s));
+        }
+        let agent = task.agent.to_string();
+        if map.len() >= self.max_sessions {
+            return Err(UpstreamError::Exhausted(format!(
+                "the gateway holds its cap of {} MCP server sessions; end a task and retry",
+                self.max_sessions
+            )));
+        }
+        if map.values().filter(|s| s.agent == agent).count() >= self.max_sessions_per_agent {
+            return Err(UpstreamError::Exhausted(format!(
+                "agent {agent} holds its cap of {} MCP server sessions; end a task and retry",
+                self.max_sessions_per_agent
+            )));
+        }
+        let slot = Arc::new(SessionSlot {
+            agent,
+            session: tokio::sync::Mutex::new(None),
+        });
+        map.insert(key.clone(), Arc::clone(&slot));
+        let (this, task, key) = (Arc::clone(self), Arc::clone(task), key.clone());
+        let watched = Arc::clone(&slot);
+        tokio::spawn(async move {
+            task.until_ended().await;
+            {
+                let mut map = crate::engine::lock(&this.upstreams);
+                if map.get(&key).is_some_and(|s| Arc::ptr_eq(s, &watched)) {
+                    map.remove(&key);
+                }
+            }
+            // Cuts whatever is in flight on it, and closes it (a stdio server exits).
+            if let Some(u) = watched.session.lock().await.take() {
+                u.cancellation_token().cancel();
+            }
+        });
+        Ok(slot)
+    }
+
+    /// A new client session with `server`.
+    async fn connect(&self, server: &McpServer) -> Result<Upstream, UpstreamError> {
         let running = match &server.transport {
             McpTransport::Remote(url) => {
                 use rmcp::transport::StreamableHttpClientTransport;
@@ -161,16 +272,6 @@ impl McpGateway {
                     .map_err(|e| format!("mcp server {} did not initialise: {e}", server.name))?
             }
         };
-        let running = Arc::new(running);
-        map.insert(key.clone(), Arc::clone(&running));
-        drop(map);
-        let cancel = running.cancellation_token();
-        let (this, task) = (Arc::clone(self), Arc::clone(task));
-        tokio::spawn(async move {
-            task.until_ended().await;
-            this.upstreams.lock().await.remove(&key);
-            cancel.cancel();
-        });
         Ok(running)
     }
 

@@ -378,9 +378,18 @@ fn ended_in_flight() -> ErrorData {
     )
 }
 
-fn upstream_err(e: String) -> ErrorData {
-    tracing::warn!(error = %e, "mcp upstream failed");
-    ErrorData::internal_error("the MCP server is unavailable: nothing was forwarded", None)
+fn upstream_err(e: impl Into<super::UpstreamError>) -> ErrorData {
+    match e.into() {
+        super::UpstreamError::Exhausted(why) => refusal(&ApiError::new(
+            axum::http::StatusCode::TOO_MANY_REQUESTS,
+            "mcp_sessions_exhausted",
+            why,
+        )),
+        super::UpstreamError::Unavailable(e) => {
+            tracing::warn!(error = %e, "mcp upstream failed");
+            ErrorData::internal_error("the MCP server is unavailable: nothing was forwarded", None)
+        }
+    }
 }
 
 impl ServerHandler for ProxyHandler {
