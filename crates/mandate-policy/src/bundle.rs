@@ -115,11 +115,29 @@ pub(crate) struct Slice {
     pub generic_history: bool,
     /// Tools whose slice mentions `history`.
     pub history_tools: std::collections::HashSet<String>,
+    /// For the grant phase (arguments not yet known): each tool's slice without the
+    /// policies that read `context.args`, where some do.
+    pub grant_by_tool: HashMap<String, PolicySet>,
+    /// The permits left out of `grant_by_tool`: a pair they could permit for some
+    /// arguments is granted, and each call is decided on its arguments.
+    pub arg_permits: HashMap<String, Vec<PolicyId>>,
 }
 
 impl Slice {
     pub fn for_tool(&self, tool: &str) -> &PolicySet {
         self.by_tool.get(tool).unwrap_or(&self.generic)
+    }
+
+    /// The policies that decide a grant of `tool`: those that do not read its arguments.
+    pub fn for_grant(&self, tool: &str) -> &PolicySet {
+        self.grant_by_tool
+            .get(tool)
+            .unwrap_or_else(|| self.for_tool(tool))
+    }
+
+    /// Permits of `tool` that read its arguments (left out of the grant phase).
+    pub fn arg_permits(&self, tool: &str) -> &[PolicyId] {
+        self.arg_permits.get(tool).map_or(&[], Vec::as_slice)
     }
 
     /// Whether the slice for `tool` can read `context.history`. Building the history
@@ -143,6 +161,13 @@ fn mentions_history(set: &PolicySet) -> bool {
             || p.to_json()
                 .map_or(true, |j| j.to_string().contains("history"))
     })
+}
+
+/// Conservative: true if the policy reads an attribute named `args` (of `context`), or if
+/// it cannot be rendered. `context.args_digest` is another attribute and does not count.
+pub(crate) fn reads_args(p: &Policy) -> bool {
+    p.to_json()
+        .map_or(true, |j| j.to_string().contains("\"attr\":\"args\""))
 }
 
 /// A validated, versioned, sliced set of policies: the unit that enforces.
@@ -295,17 +320,7 @@ impl Bundle {
             });
         }
         if diagnostics.is_empty() {
-            let result = Validator::new(schema.clone()).validate(&all, ValidationMode::Strict);
-            for e in result.validation_errors() {
-                let file = origin.get(e.policy_id()).cloned().unwrap_or_default();
-                let text = files.get(&file).map(String::as_str).unwrap_or_default();
-                diagnostics.push(located(
-                    &file,
-                    text,
-                    e,
-                    format!("policy {}: {e}", e.policy_id()),
-                ));
-            }
+            validate(&all, &schema, &catalog, &files, &origin, &mut diagnostics)?;
         }
         if !diagnostics.is_empty() {
             return Err(BundleError { diagnostics });
@@ -393,6 +408,88 @@ impl Bundle {
     pub(crate) fn call_uid(&self, action: ActionClass) -> Option<&EntityUid> {
         self.call_uids.get(action_index(action))
     }
+}
+
+/// The placeholder in the built-in schema that a tool's declared arguments replace.
+const ARGS_PLACEHOLDER: &str = "type Args = {};";
+
+/// The built-in schema with `context.args` typed as `args` declares.
+pub(crate) fn schema_with_args(args: &crate::ArgSchema) -> Result<Schema, BundleError> {
+    let text = SCHEMA_TEXT.replace(
+        ARGS_PLACEHOLDER,
+        &format!("type Args = {};", args.cedar_type()),
+    );
+    Schema::from_cedarschema_str(&text)
+        .map(|(s, _)| s)
+        .map_err(|e| BundleError::internal(format!("schema for declared arguments: {e}")))
+}
+
+/// The tool a policy's resource scope pins it to (`resource == Mandate::Tool::"…"`).
+fn pinned_tool(p: &Policy) -> Option<String> {
+    match p.resource_constraint() {
+        ResourceConstraint::Eq(r) if r.type_name().to_string() == "Mandate::Tool" => {
+            Some(r.id().unescaped().to_owned())
+        }
+        _ => None,
+    }
+}
+
+/// Validates every policy strictly: one pinned to a tool whose arguments the catalog
+/// declares against the schema with `context.args` typed as that tool's record, every
+/// other against the built-in schema (where `context.args` has no fields), so a policy
+/// that names an argument its tool does not have is an error, located in its file.
+fn validate(
+    all: &PolicySet,
+    schema: &Schema,
+    catalog: &crate::ToolCatalog,
+    files: &BTreeMap<String, String>,
+    origin: &HashMap<PolicyId, String>,
+    diagnostics: &mut Vec<Diagnostic>,
+) -> Result<(), BundleError> {
+    let mut groups: BTreeMap<Option<String>, PolicySet> = BTreeMap::new();
+    for p in all.policies() {
+        let tool = pinned_tool(p).filter(|t| {
+            mandate_core::ToolName::parse(t).is_ok_and(|t| catalog.arguments(&t).is_some())
+        });
+        groups
+            .entry(tool)
+            .or_default()
+            .add(p.clone())
+            .map_err(|e| BundleError::internal(format!("validation groups: {e}")))?;
+    }
+    // Strict validation reports one error per action a policy may apply to: one is kept
+    // for each place in a policy.
+    let mut reported = std::collections::HashSet::new();
+    for (tool, set) in &groups {
+        let typed = match tool
+            .as_deref()
+            .and_then(|t| mandate_core::ToolName::parse(t).ok())
+            .and_then(|t| catalog.arguments(&t).cloned())
+        {
+            Some(args) => schema_with_args(&args)?,
+            None => schema.clone(),
+        };
+        let result = Validator::new(typed).validate(set, ValidationMode::Strict);
+        for e in result.validation_errors() {
+            let file = origin.get(e.policy_id()).cloned().unwrap_or_default();
+            let text = files.get(&file).map(String::as_str).unwrap_or_default();
+            let mut message = format!("policy {}: {e}", e.policy_id());
+            if all.policy(e.policy_id()).is_some_and(reads_args) {
+                let hint = match tool {
+                    Some(t) => format!(
+                        "; `context.args` has the fields the catalog declares for `{t}`"
+                    ),
+                    None => "; only a policy for one tool whose arguments the catalog declares (`resource == Mandate::Tool::\"…\"`) can read fields of `context.args`".to_owned(),
+                };
+                message.push_str(&hint);
+            }
+            let d = located(&file, text, e, message);
+            if reported.insert((e.policy_id().clone(), d.file.clone(), d.line, d.column)) {
+                diagnostics.push(d);
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Reads every `*.cedar` file under `dir`, following symbolic links, bounded in depth
@@ -619,12 +716,33 @@ fn slice(
         }
     }
     let mut by_tool: HashMap<String, PolicySet> = HashMap::new();
-    for (tool, p) in pinned {
-        if !by_tool.contains_key(&tool) {
+    let mut grant_by_tool: HashMap<String, PolicySet> = HashMap::new();
+    let mut arg_permits: HashMap<String, Vec<PolicyId>> = HashMap::new();
+    for (tool, p) in &pinned {
+        if !by_tool.contains_key(tool) {
             by_tool.insert(tool.clone(), generic.clone());
         }
-        if let Some(set) = by_tool.get_mut(&tool) {
-            add(set, &p)?;
+        if let Some(set) = by_tool.get_mut(tool) {
+            add(set, p)?;
+        }
+        if reads_args(p) && p.effect() == cedar_policy::Effect::Permit {
+            arg_permits
+                .entry(tool.clone())
+                .or_default()
+                .push(p.id().clone());
+        }
+    }
+    for (tool, p) in &pinned {
+        if !pinned.iter().any(|(t, q)| t == tool && reads_args(q)) {
+            continue;
+        }
+        if !grant_by_tool.contains_key(tool) {
+            grant_by_tool.insert(tool.clone(), generic.clone());
+        }
+        if !reads_args(p)
+            && let Some(set) = grant_by_tool.get_mut(tool)
+        {
+            add(set, p)?;
         }
     }
     let generic_history = mentions_history(&generic);
@@ -638,6 +756,8 @@ fn slice(
         by_tool,
         generic_history,
         history_tools,
+        grant_by_tool,
+        arg_permits,
     })
 }
 

@@ -65,6 +65,12 @@ pub struct ToolEntry {
     /// What agents are told the tool does, instead of what its server says (MCP).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
+    /// The tool's arguments, as a JSON Schema subset (see [`crate::ArgSchema`]): policy
+    /// reads them typed as `context.args`, and a call whose arguments do not fit is
+    /// refused before policy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub arguments: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -77,6 +83,7 @@ struct CatalogFile {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ToolCatalog {
     tools: BTreeMap<ToolName, ToolEntry>,
+    arguments: BTreeMap<ToolName, crate::ArgSchema>,
 }
 
 impl ToolCatalog {
@@ -85,12 +92,28 @@ impl ToolCatalog {
         let file: CatalogFile =
             serde_json::from_str(text).map_err(|e| format!("not a tool catalog: {e}"))?;
         let mut tools = BTreeMap::new();
+        let mut arguments = BTreeMap::new();
         for t in file.tools {
+            if let Some(a) = &t.arguments {
+                let schema =
+                    crate::ArgSchema::parse(a).map_err(|e| format!("tool {}: {e}", t.name))?;
+                arguments.insert(t.name.clone(), schema);
+            }
             if let Some(dup) = tools.insert(t.name.clone(), t) {
                 return Err(format!("tool {} is listed twice", dup.name));
             }
         }
-        Ok(Self { tools })
+        Ok(Self { tools, arguments })
+    }
+
+    /// The declared arguments of a tool, if the catalog declares them.
+    pub fn arguments(&self, tool: &ToolName) -> Option<&crate::ArgSchema> {
+        self.arguments.get(tool)
+    }
+
+    /// Every tool with declared arguments.
+    pub fn with_arguments(&self) -> impl Iterator<Item = (&ToolName, &crate::ArgSchema)> {
+        self.arguments.iter()
     }
 
     /// The entry for a tool, if cataloged.

@@ -131,6 +131,9 @@ pub struct CallRequest<'a> {
     pub sensitivity: Sensitivity,
     /// Hex SHA-256 of the canonical arguments.
     pub args_digest: &'a str,
+    /// The canonical arguments (`None` in the grant phase): typed by the catalog's schema
+    /// into `context.args`.
+    pub args: Option<&'a serde_json::Value>,
     /// Unix seconds.
     pub now_secs: i64,
     /// What the task has done so far.
@@ -185,6 +188,13 @@ fn set<'a>(items: impl Iterator<Item = &'a str>) -> RestrictedExpression {
     RestrictedExpression::new_set(items.map(s))
 }
 
+/// The empty Cedar record.
+pub(crate) fn empty_record() -> RestrictedExpression {
+    // An empty record cannot have duplicate fields; the set is never reached.
+    RestrictedExpression::new_record(std::iter::empty())
+        .unwrap_or_else(|_| RestrictedExpression::new_set([]))
+}
+
 /// `context.history`, with `tool_calls` narrowed to the tool being called.
 pub fn history_record(h: &History, tool: &str) -> RestrictedExpression {
     let long = RestrictedExpression::new_long;
@@ -225,10 +235,36 @@ impl Bundle {
                     data_domain: domain,
                     ..*req
                 };
-                self.decide_call_phase(task, &req, "call")
+                match self.typed_args(&req) {
+                    Ok(args) => self.decide_call_phase(task, &req, "call", args),
+                    Err(deny) => *deny,
+                }
             }
             Err(deny) => *deny,
         }
+    }
+
+    /// `context.args`: the call's arguments typed by the catalog, or a deny naming the
+    /// field that does not fit. A tool the catalog declares no arguments for gets the
+    /// empty record (no policy can read its arguments).
+    pub(crate) fn typed_args(
+        &self,
+        req: &CallRequest<'_>,
+    ) -> Result<RestrictedExpression, Box<Decision>> {
+        let Some(schema) = self.catalog.arguments(req.tool) else {
+            return Ok(empty_record());
+        };
+        let empty = serde_json::Value::Object(serde_json::Map::new());
+        schema.to_cedar(req.args.unwrap_or(&empty)).map_err(|e| {
+            Box::new(Decision::deny(
+                crate::ARGUMENTS_POLICY,
+                format!(
+                    "{e}: the tool catalog declares the arguments of `{}`",
+                    req.tool
+                ),
+                &self.version,
+            ))
+        })
     }
 
     /// The data domain a call touches: the catalog's for a tool it places in one (a call
@@ -258,14 +294,48 @@ impl Bundle {
         task: &TaskEntities,
         req: &CallRequest<'_>,
         phase: &str,
+        args: RestrictedExpression,
     ) -> Decision {
         let Some(slice) = self.call_slice(req.action) else {
             return self.internal_deny("no slice for action class");
         };
-        let with_history = slice.needs_history(req.tool.as_str());
-        match self.call_request(task, req, phase, with_history) {
-            Ok(request) => self.evaluate(&request, slice.for_tool(req.tool.as_str()), task),
-            Err(what) => self.internal_deny(&what),
+        let tool = req.tool.as_str();
+        let with_history = slice.needs_history(tool);
+        let request = match self.call_request(task, req, phase, with_history, args) {
+            Ok(r) => r,
+            Err(what) => return self.internal_deny(&what),
+        };
+        if phase != "grant" {
+            return self.evaluate(&request, slice.for_tool(tool), task);
+        }
+        // Arguments are not known yet: the policies that read them are left out, and a
+        // pair that only such a permit could allow is granted on its terms; every call is
+        // then decided on its arguments.
+        let d = self.evaluate(&request, slice.for_grant(tool), task);
+        let default_denied = d.outcome == Outcome::Deny
+            && d.errors.is_empty()
+            && d.policies.iter().all(|p| p == DEFAULT_DENY_POLICY);
+        let permits = slice.arg_permits(tool);
+        if !default_denied || permits.is_empty() {
+            return d;
+        }
+        let needs_approval = permits
+            .iter()
+            .all(|id| self.meta.get(id).is_some_and(|m| m.approval.is_some()));
+        Decision {
+            outcome: if needs_approval {
+                Outcome::ApprovalRequired
+            } else {
+                Outcome::Allow
+            },
+            policies: permits.iter().map(ToString::to_string).collect(),
+            reasons: vec![format!(
+                "granted for the arguments its policies permit: each call of `{tool}` is decided on its arguments"
+            )],
+            errors: Vec::new(),
+            obligations: Vec::new(),
+            approval: None,
+            bundle_version: self.version.clone(),
         }
     }
 
@@ -276,6 +346,7 @@ impl Bundle {
         req: &CallRequest<'_>,
         phase: &str,
         with_history: bool,
+        args: RestrictedExpression,
     ) -> Result<Request, String> {
         let action = self
             .call_uid(req.action)
@@ -295,6 +366,7 @@ impl Bundle {
         }
         pairs.push(("sensitivity".to_owned(), s(req.sensitivity.as_str())));
         pairs.push(("args_digest".to_owned(), s(req.args_digest)));
+        pairs.push(("args".to_owned(), args));
         pairs.push((
             "now".to_owned(),
             RestrictedExpression::new_long(req.now_secs),
@@ -425,10 +497,11 @@ impl Bundle {
                         data_domain: *domain,
                         sensitivity: Sensitivity::default(),
                         args_digest: "",
+                        args: None,
                         now_secs: req.now_secs,
                         history: &empty,
                     };
-                    let d = self.decide_call_phase(task, &call, "grant");
+                    let d = self.decide_call_phase(task, &call, "grant", empty_record());
                     if d.outcome != Outcome::Deny {
                         // Prefer a plain allow over an approval-required one.
                         let better = best.as_ref().is_none_or(|b| {

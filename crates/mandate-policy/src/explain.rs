@@ -68,7 +68,10 @@ impl Bundle {
                     .collect()
             })
             .unwrap_or_default();
-        let request = self.call_request(task, req, "call", true).ok();
+        let request = self
+            .typed_args(req)
+            .ok()
+            .and_then(|args| self.call_request(task, req, "call", true, args).ok());
         let action = self.call_uid(req.action);
         let determining: HashSet<&str> = decision.policies.iter().map(String::as_str).collect();
         let mut policies = Vec::new();

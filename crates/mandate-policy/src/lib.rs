@@ -10,6 +10,7 @@
 //!   its scope (action, or resource equality) proves it cannot apply to that request.
 //! - Obligations (approval, TTL caps) come from policy annotations, never from Rust.
 
+mod arguments;
 mod bundle;
 mod catalog;
 mod decide;
@@ -18,6 +19,7 @@ mod facts;
 mod history;
 pub mod testing;
 
+pub use arguments::{ArgError, ArgSchema, StringFormat};
 pub use bundle::{Bundle, BundleError, Diagnostic, MAX_APPROVALS, SCHEMA_TEXT};
 pub use catalog::{CATALOG_FILE, Risk, ToolCatalog, ToolEntry};
 pub use decide::{
@@ -32,3 +34,5 @@ pub use history::History;
 pub const GRANT_CEILING_POLICY: &str = "mandate:grant-ceiling";
 /// The pseudo policy id reported when nothing permitted an action.
 pub const DEFAULT_DENY_POLICY: &str = "mandate:default-deny";
+/// The pseudo policy id reported when a call's arguments do not fit the catalog's schema.
+pub const ARGUMENTS_POLICY: &str = "mandate:arguments";

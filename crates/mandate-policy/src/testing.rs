@@ -90,12 +90,43 @@ pub struct TestCall {
     /// Sensitivity (default internal).
     #[serde(default)]
     pub sensitivity: Sensitivity,
-    /// Hex digest of the arguments (default empty).
+    /// Hex digest of the arguments (default: the digest of `arguments`, or empty).
     #[serde(default)]
     pub args_digest: String,
+    /// The call's arguments, as a JSON object (typed by the catalog into `context.args`).
+    #[serde(default)]
+    pub arguments: Option<serde_json::Value>,
     /// Unix seconds (default 1,800,000,000).
     #[serde(default)]
     pub now: Option<i64>,
+}
+
+impl TestCall {
+    /// The call as the decision path sees it.
+    fn request<'a>(&'a self, digest: &'a str, history: &'a History) -> CallRequest<'a> {
+        CallRequest {
+            action: self.action,
+            tool: &self.tool,
+            resource: &self.resource,
+            destination: self.destination.as_ref(),
+            data_domain: self.data_domain.as_ref(),
+            sensitivity: self.sensitivity,
+            args_digest: digest,
+            args: self.arguments.as_ref(),
+            now_secs: self.now.unwrap_or(1_800_000_000),
+            history,
+        }
+    }
+
+    /// `args_digest`, or the digest of the canonical `arguments` when none is given.
+    fn digest(&self) -> String {
+        match (&self.arguments, self.args_digest.is_empty()) {
+            (Some(v), true) => mandate_core::CanonicalArgs::from_value(v.clone())
+                .digest()
+                .to_owned(),
+            _ => self.args_digest.clone(),
+        }
+    }
 }
 
 /// A task start.
@@ -219,20 +250,8 @@ pub fn run_case(bundle: &Bundle, file: &str, case: &TestCase) -> CaseResult {
     };
     match (&case.call, &case.start) {
         (Some(call), None) => {
-            let d = bundle.decide_call(
-                &entities,
-                &CallRequest {
-                    action: call.action,
-                    tool: &call.tool,
-                    resource: &call.resource,
-                    destination: call.destination.as_ref(),
-                    data_domain: call.data_domain.as_ref(),
-                    sensitivity: call.sensitivity,
-                    args_digest: &call.args_digest,
-                    now_secs: call.now.unwrap_or(1_800_000_000),
-                    history: &case.history,
-                },
-            );
+            let digest = call.digest();
+            let d = bundle.decide_call(&entities, &call.request(&digest, &case.history));
             if d.outcome != case.expect.outcome {
                 differences.push(format!(
                     "outcome: expected {}, {}",
@@ -401,19 +420,6 @@ fn entities<'a>(
 /// Decides and explains one call.
 pub fn explain_case(bundle: &Bundle, case: &ExplainCase) -> Result<crate::Explanation, String> {
     let e = entities(bundle, &case.agent, &case.task, [&case.call.tool])?;
-    let c = &case.call;
-    Ok(bundle.explain_call(
-        &e,
-        &CallRequest {
-            action: c.action,
-            tool: &c.tool,
-            resource: &c.resource,
-            destination: c.destination.as_ref(),
-            data_domain: c.data_domain.as_ref(),
-            sensitivity: c.sensitivity,
-            args_digest: &c.args_digest,
-            now_secs: c.now.unwrap_or(1_800_000_000),
-            history: &case.history,
-        },
-    ))
+    let digest = case.call.digest();
+    Ok(bundle.explain_call(&e, &case.call.request(&digest, &case.history)))
 }

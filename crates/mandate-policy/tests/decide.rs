@@ -201,6 +201,7 @@ fn call_table() {
                 data_domain: None,
                 sensitivity: c.sensitivity,
                 args_digest: "00",
+                args: None,
                 now_secs: 1_000,
                 history: &History::default(),
             },
@@ -277,6 +278,7 @@ fn empty_bundle_denies_everything() {
                 data_domain: None,
                 sensitivity: Sensitivity::Public,
                 args_digest: "",
+                args: None,
                 now_secs: 0,
                 history: &History::default(),
             },
@@ -351,7 +353,7 @@ proptest! {
         let t = task(tier);
         let tool_name = ToolName::parse(TOOLS[tool]).unwrap();
         let action = ActionClass::ALL[action];
-        let d = b.decide_call(&t, &CallRequest { action, tool: &tool_name, resource: "", destination: None, data_domain: None, sensitivity: Sensitivity::Internal, args_digest: "", now_secs: 0, history: &History::default() });
+        let d = b.decide_call(&t, &CallRequest { action, tool: &tool_name, resource: "", destination: None, data_domain: None, sensitivity: Sensitivity::Internal, args_digest: "", args: None, now_secs: 0, history: &History::default() });
 
         let applies = |r: &Rule| r.action.is_none_or(|a| ActionClass::ALL[a] == action) && r.tool.is_none_or(|i| i == tool);
         let holds = |r: &Rule| match r.cond { 0 => true, 1 => tier >= 1, _ => tier == 0 };
@@ -377,6 +379,7 @@ proptest! {
             ("resource".to_owned(), RestrictedExpression::new_string(String::new())),
             ("sensitivity".to_owned(), RestrictedExpression::new_string("internal".into())),
             ("args_digest".to_owned(), RestrictedExpression::new_string(String::new())),
+            ("args".to_owned(), RestrictedExpression::new_record([]).unwrap()),
             ("now".to_owned(), RestrictedExpression::new_long(0)),
             ("history".to_owned(), mandate_policy::history_record(&History::default(), TOOLS[tool])),
         ]).unwrap();
@@ -436,6 +439,7 @@ fn history_drives_policy_and_obligations_are_returned() {
                     data_domain: domain,
                     sensitivity: Sensitivity::Internal,
                     args_digest: "",
+                    args: None,
                     now_secs: 0,
                     history: h,
                 },
@@ -521,6 +525,7 @@ fn explain_names_every_policy_part() {
             data_domain: None,
             sensitivity: Sensitivity::Internal,
             args_digest: "",
+            args: None,
             now_secs: 0,
             history: &History::default(),
         },
@@ -580,6 +585,7 @@ fn the_catalog_describes_tools_and_owns_their_data_domain() {
                 data_domain: domain,
                 sensitivity: Sensitivity::Internal,
                 args_digest: "",
+                args: None,
                 now_secs: 0,
                 history: &h,
             },
@@ -635,6 +641,7 @@ fn escaped_history_reads_still_see_history() {
             data_domain: None,
             sensitivity: Sensitivity::Internal,
             args_digest: "",
+            args: None,
             now_secs: 0,
             history: &h,
         },
@@ -670,6 +677,7 @@ permit(principal, action == Mandate::Action::"write", resource);
                 data_domain: None,
                 sensitivity: Sensitivity::Internal,
                 args_digest: "00",
+                args: None,
                 now_secs: 1_000,
                 history: &History::default(),
             },
@@ -710,6 +718,7 @@ permit(principal, action == Mandate::Action::"write", resource);
             data_domain: None,
             sensitivity: Sensitivity::Internal,
             args_digest: "00",
+            args: None,
             now_secs: 1_000,
             history: &History::default(),
         },

@@ -1279,6 +1279,7 @@ impl Engine {
             data_domain: data_domain.as_ref(),
             sensitivity: call.sensitivity,
             args_digest: call.args.digest(),
+            args: Some(call.args.value()),
             now_secs: self.clock.now_secs(),
             history: &history,
         };

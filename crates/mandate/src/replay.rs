@@ -139,6 +139,12 @@ pub async fn run(
             };
             let history = histories.entry(task_id.clone()).or_default();
             let destination = field(d, "destination").and_then(|x| Destination::parse(x).ok());
+            // Arguments are recorded as a digest only: a tool whose arguments the bundle
+            // types cannot be replayed faithfully.
+            if bundle.catalog().arguments(&tool).is_some() {
+                skipped += 1;
+                continue;
+            }
             let decision = bundle.decide_call(
                 ents,
                 &CallRequest {
@@ -149,6 +155,7 @@ pub async fn run(
                     data_domain: data_domain.as_ref(),
                     sensitivity,
                     args_digest: field(d, "args_digest").unwrap_or(""),
+                    args: None,
                     now_secs: e.ts_ms.div_euclid(1000),
                     history,
                 },
