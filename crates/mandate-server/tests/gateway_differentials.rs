@@ -21,8 +21,9 @@ use mandate_gateway::GatewayConfig;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// The credential injected upstream: mixed case, so a redactor that folds case misses it.
-const SECRET: &str = "raw-upstream-Secret-5e6f7a8b";
+/// The credential injected upstream: mixed case and with reserved bytes (`/`, `+`), so a
+/// percent-encoded echo has escapes and letters of both cases.
+const SECRET: &str = "raw-upstream-Secret/5e6f+7a8b";
 
 /// Text every scripted body carries, so a test can tell whether any of it was relayed.
 const MARKER: &str = "upstream-body-marker";
@@ -286,14 +287,14 @@ fn assert_refused_encoded(got: &Got, what: &str) {
 // ---------------------------------------------------------------------------------------
 // (a) Transfer and content codings: only plain body bytes are relayed.
 
-/// `gzip` of `{"token":"Bearer raw-upstream-Secret-5e6f7a8b"}` (Python's
+/// `gzip` of `{"token":"Bearer raw-upstream-Secret/5e6f+7a8b"}` (Python's
 /// `gzip.compress(…, mtime=0)`): the secret is nowhere in these bytes as text.
-const GZIPPED_ECHO: [u8; 67] = [
+const GZIPPED_ECHO: [u8; 68] = [
     0x1f, 0x8b, 0x08, 0x00, 0x00, 0x00, 0x00, 0x00, 0x02, 0x03, 0xab, 0x56, 0x2a, 0xc9, 0xcf, 0x4e,
     0xcd, 0x53, 0xb2, 0x52, 0x72, 0x4a, 0x4d, 0x2c, 0x4a, 0x2d, 0x52, 0x28, 0x4a, 0x2c, 0xd7, 0x2d,
-    0x2d, 0x28, 0x2e, 0x29, 0x4a, 0x4d, 0xcc, 0xd5, 0x0d, 0x4e, 0x4d, 0x2e, 0x4a, 0x2d, 0xd1, 0x35,
-    0x4d, 0x35, 0x4b, 0x33, 0x4f, 0xb4, 0x48, 0x52, 0xaa, 0x05, 0x00, 0x5f, 0x49, 0x09, 0x6b, 0x2f,
-    0x00, 0x00, 0x00,
+    0x2d, 0x28, 0x2e, 0x29, 0x4a, 0x4d, 0xcc, 0xd5, 0x0d, 0x4e, 0x4d, 0x2e, 0x4a, 0x2d, 0xd1, 0x37,
+    0x4d, 0x35, 0x4b, 0xd3, 0x36, 0x4f, 0xb4, 0x48, 0x52, 0xaa, 0x05, 0x00, 0xc8, 0xaa, 0x91, 0x4d,
+    0x30, 0x00, 0x00, 0x00,
 ];
 
 #[tokio::test]
@@ -422,4 +423,147 @@ async fn content_codings_are_refused_in_every_spelling_and_repetition() {
     let got = g.get("/r/99").await;
     assert_eq!(got.status, 200, "{}", got.text());
     assert_eq!(got.json, json!({ "m": MARKER }));
+}
+
+// ---------------------------------------------------------------------------------------
+// (b) Escaped echoes of the credential: redacted however each byte is written, and
+// wherever the stream splits.
+
+/// The secret with every byte written by `pick`.
+fn escape_each(pick: impl Fn(usize, u8) -> String) -> String {
+    SECRET
+        .bytes()
+        .enumerate()
+        .map(|(i, b)| pick(i, b))
+        .collect()
+}
+
+/// The escaped echoes a test sends, by request path index.
+fn escaped_echoes() -> Vec<(&'static str, String)> {
+    vec![
+        ("every byte %xx", escape_each(|_, b| format!("%{b:02x}"))),
+        ("every byte %XX", escape_each(|_, b| format!("%{b:02X}"))),
+        (
+            "every byte %xx or %XX, mixed",
+            escape_each(|i, b| {
+                if i % 3 == 0 {
+                    format!("%{b:02X}")
+                } else {
+                    format!("%{:x}{:X}", b >> 4, b & 15)
+                }
+            }),
+        ),
+        // Only `/` and `+` escaped, in lowercase hex; the letters keep their case.
+        (
+            "reserved bytes %xx",
+            SECRET.replace('/', "%2f").replace('+', "%2b"),
+        ),
+        (
+            "every byte \\u00xx",
+            escape_each(|_, b| format!("\\u{b:04x}")),
+        ),
+        (
+            "every byte \\u00XX",
+            escape_each(|_, b| format!("\\u{b:04X}")),
+        ),
+        (
+            "literal, %XX and \\u00Xx in turn",
+            escape_each(|i, b| match i % 3 {
+                0 => char::from(b).to_string(),
+                1 => format!("%{b:02X}"),
+                _ => format!("\\u00{:X}{:x}", b >> 4, b & 15),
+            }),
+        ),
+    ]
+}
+
+/// An answer echoing `echo` in a JSON string, with a content length, in one write.
+fn echo_answer(echo: &str) -> Vec<Vec<u8>> {
+    vec![answer(
+        "",
+        format!("{{\"echo\":\"{echo}\",\"m\":\"{MARKER}\"}}").as_bytes(),
+    )]
+}
+
+#[tokio::test]
+async fn fully_escaped_echoes_of_the_credential_are_redacted() {
+    let cases = escaped_echoes();
+    let scripted = cases.clone();
+    let g = start(Arc::new(move |target: &str| {
+        let i: usize = target.rsplit('/').next().unwrap().parse().unwrap();
+        echo_answer(&scripted[i].1)
+    }))
+    .await;
+    for (i, (what, echo)) in cases.iter().enumerate() {
+        let got = g.get(&format!("/r/{i}")).await;
+        assert_eq!(got.status, 200, "{what}: {}", got.text());
+        assert_eq!(
+            got.json,
+            json!({ "echo": "[REDACTED]", "m": MARKER }),
+            "{what}: {}",
+            got.text()
+        );
+        assert!(!contains(&got.bytes, echo.as_bytes()), "{what}");
+    }
+    let results = g.results(cases.len()).await;
+    assert_eq!(results.len(), cases.len(), "{results:?}");
+    for r in &results {
+        assert_eq!(r["data"]["secret_redacted"], true, "{r}");
+    }
+}
+
+#[tokio::test]
+async fn an_escaped_echo_split_across_chunks_is_redacted() {
+    let cases = escaped_echoes();
+    let scripted = cases.clone();
+    // Even requests: chunked, each piece its own chunk; odd: one content length, the body
+    // in several writes. The pieces split the echo inside escapes (`%2` | `f`, `\\u0` | `0`).
+    let g = start(Arc::new(move |target: &str| {
+        let i: usize = target.rsplit('/').next().unwrap().parse().unwrap();
+        let body = format!(
+            "{{\"echo\":\"{}\",\"m\":\"{MARKER}\"}}",
+            scripted[i / 2].1
+        )
+        .into_bytes();
+        let cuts = [10usize, 11, 12, 17, 30, 31, 55, 80];
+        let mut pieces = Vec::new();
+        let mut from = 0;
+        for &c in cuts.iter().filter(|&&c| c < body.len()) {
+            pieces.push(body[from..c].to_vec());
+            from = c;
+        }
+        pieces.push(body[from..].to_vec());
+        let mut writes = Vec::new();
+        if i % 2 == 0 {
+            writes.push(
+                b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n"
+                    .to_vec(),
+            );
+            writes.extend(pieces.iter().map(|p| chunk(p)));
+            writes.push(LAST_CHUNK.to_vec());
+        } else {
+            writes.push(
+                format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+                    body.len()
+                )
+                .into_bytes(),
+            );
+            writes.extend(pieces);
+        }
+        writes
+    }))
+    .await;
+    for (i, (what, _)) in cases.iter().enumerate() {
+        for framing in [0, 1] {
+            let got = g.get(&format!("/r/{}", i * 2 + framing)).await;
+            assert_eq!(got.status, 200, "{what}: {}", got.text());
+            assert_eq!(
+                got.json,
+                json!({ "echo": "[REDACTED]", "m": MARKER }),
+                "{what} (framing {framing}): {}",
+                got.text()
+            );
+        }
+    }
 }
