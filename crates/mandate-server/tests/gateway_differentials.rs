@@ -567,3 +567,55 @@ async fn an_escaped_echo_split_across_chunks_is_redacted() {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// (c) Compatibility characters in paths: an upstream that normalises to NFKC would read
+// another path than the one decided.
+
+#[tokio::test]
+async fn compatibility_characters_in_paths_are_refused_not_forwarded() {
+    let g = start(Arc::new(|_: &str| {
+        vec![answer("", format!("{{\"m\":\"{MARKER}\"}}").as_bytes())]
+    }))
+    .await;
+    let targets: Vec<Vec<u8>> = [
+        // U+FF0E FULLWIDTH FULL STOP twice: `..` after NFKC.
+        "/gw/raw/r/%EF%BC%8E%EF%BC%8E/x",
+        "/gw/raw/r/%ef%bc%8e%ef%bc%8e/x",
+        "/gw/raw/r/%EF%BC%8E%2E/x",
+        // U+2024 ONE DOT LEADER, U+2025 TWO DOT LEADER, U+FE52 SMALL FULL STOP.
+        "/gw/raw/r/%E2%80%A4%E2%80%A4/x",
+        "/gw/raw/r/%E2%80%A5/x",
+        "/gw/raw/r/%EF%B9%92%EF%B9%92/x",
+        // U+FF0F FULLWIDTH SOLIDUS, U+FF3C FULLWIDTH REVERSE SOLIDUS: separators.
+        "/gw/raw/r/..%EF%BC%8Fx",
+        "/gw/raw/r/..%EF%BC%BCx",
+        // The same characters as raw UTF-8 in the request line.
+        "/gw/raw/r/\u{ff0e}\u{ff0e}/x",
+        "/gw/raw/r/\u{2024}\u{2024}/x",
+        "/gw/raw/r/..\u{ff0f}x",
+        "/gw/raw/r/..\u{ff3c}x",
+    ]
+    .iter()
+    .map(|t| t.as_bytes().to_vec())
+    .collect();
+    for target in &targets {
+        let (status, text) = g.raw_get(target).await;
+        let shown = String::from_utf8_lossy(target);
+        assert_eq!(status, 400, "{shown}: {text}");
+        let body: Value =
+            serde_json::from_str(text.split("\r\n\r\n").nth(1).unwrap_or_default()).unwrap();
+        assert_eq!(body["error"]["code"], "invalid_path", "{shown}: {text}");
+    }
+    assert_eq!(g.up.count(), 0, "nothing reached the upstream");
+    // Text already in NFKC form, encoded or raw, is forwarded (encoded).
+    let (status, text) = g.raw_get("/gw/raw/r/caf%C3%A9".as_bytes()).await;
+    assert_eq!(status, 200, "{text}");
+    let (status, text) = g.raw_get("/gw/raw/r/caf\u{e9}".as_bytes()).await;
+    assert_eq!(status, 200, "{text}");
+    let seen = g.up.seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 2);
+    for head in &seen {
+        assert!(head.starts_with("GET /api/r/caf%C3%A9 "), "{head}");
+    }
+}
