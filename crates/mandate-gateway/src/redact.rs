@@ -10,6 +10,8 @@
 //! - *text* forms, compared as they are: base64 and base64url at every alignment inside a
 //!   longer encoded text, and hex in any case.
 
+use std::collections::HashSet;
+
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
 
@@ -233,28 +235,18 @@ fn tokens(data: &[u8], at: usize) -> ([Token; 3], usize) {
 struct Scratch {
     /// States to explore: (secret bytes matched, input position).
     stack: Vec<(usize, usize)>,
-    /// States already reached, as bits of `(matched, offset from start)`: two readings of
-    /// the same input can meet again (a `%` that is the secret's own `%`, or `%25`), and
-    /// are explored once.
-    seen: Vec<u64>,
-    /// Words of `seen` set by this search, cleared before the next.
-    touched: Vec<usize>,
+    /// States already reached once two readings of the input both fit the secret (its own
+    /// `%` read literally or as the start of `%25`, its own backslash…): such paths can
+    /// meet again, and each state is explored once. Before the first fork the path is a
+    /// line, so most searches never touch this.
+    seen: HashSet<(usize, usize)>,
 }
 
 /// The end of the longest echo of `secret` starting at `start`, read through tokens.
 fn decoded_match(secret: &[u8], data: &[u8], start: usize, s: &mut Scratch) -> Option<usize> {
-    let width = secret.len() * MAX_BYTES_PER_SECRET_BYTE + 1;
-    for w in s.touched.drain(..) {
-        if let Some(word) = s.seen.get_mut(w) {
-            *word = 0;
-        }
-    }
-    let words = ((secret.len() + 1) * width).div_ceil(64);
-    if s.seen.len() < words {
-        s.seen.resize(words, 0);
-    }
     s.stack.clear();
     s.stack.push((0, start));
+    let mut forked = false;
     let mut best = None;
     while let Some((matched, at)) = s.stack.pop() {
         let Some(rest) = secret.get(matched..) else {
@@ -265,24 +257,27 @@ fn decoded_match(secret: &[u8], data: &[u8], start: usize, s: &mut Scratch) -> O
             continue;
         }
         let (toks, n) = tokens(data, at);
+        let mut next = [(0usize, 0usize); 3];
+        let mut fits = 0;
         for t in toks.iter().take(n) {
-            if !rest.starts_with(t.decoded()) {
+            if rest.starts_with(t.decoded())
+                && let Some(slot) = next.get_mut(fits)
+            {
+                *slot = (matched + t.n, at + t.len);
+                fits += 1;
+            }
+        }
+        if fits > 1 && !forked {
+            // Every state from here on matches more of the secret than any state before
+            // the fork, so none of those can be reached again.
+            forked = true;
+            s.seen.clear();
+        }
+        for &state in next.iter().take(fits) {
+            if forked && !s.seen.insert(state) {
                 continue;
             }
-            let next = (matched + t.n, at + t.len);
-            let bit = next.0 * width + (next.1 - start);
-            let (w, mask) = (bit / 64, 1u64 << (bit % 64));
-            match s.seen.get_mut(w) {
-                Some(word) if *word & mask != 0 => continue,
-                Some(word) => {
-                    if *word == 0 {
-                        s.touched.push(w);
-                    }
-                    *word |= mask;
-                }
-                None => {}
-            }
-            s.stack.push(next);
+            s.stack.push(state);
         }
     }
     best
@@ -601,6 +596,18 @@ mod tests {
                 assert_eq!(out, b"<[REDACTED]>", "{}", String::from_utf8_lossy(&text));
             }
         }
+    }
+
+    #[test]
+    fn readings_that_meet_again_are_explored_once() {
+        // Each backslash of the input is the secret's own or half of an escaped one: the
+        // readings fork at every byte and would take exponential time without dedup.
+        let secret = vec![b'\\'; 40];
+        let body = [vec![b'\\'; 300], b"x".to_vec()].concat();
+        let (out, found) = redact_in_chunks(&[&secret], &body, 64);
+        assert!(found);
+        assert!(!contains(&out, &secret), "{}", String::from_utf8_lossy(&out));
+        assert!(out.ends_with(b"x"));
     }
 
     #[test]

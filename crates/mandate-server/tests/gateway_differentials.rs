@@ -534,7 +534,7 @@ async fn an_escaped_echo_split_across_chunks_is_redacted() {
         }
         pieces.push(body[from..].to_vec());
         let mut writes = Vec::new();
-        if i % 2 == 0 {
+        if i.is_multiple_of(2) {
             writes.push(
                 b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n"
                     .to_vec(),
