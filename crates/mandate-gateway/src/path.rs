@@ -4,7 +4,10 @@
 //! could be read two ways by two parsers is refused instead of normalised: `.` and `..`
 //! segments (raw or percent-encoded), empty segments, encoded separators (`%2F`, `%5C`),
 //! backslashes, `;` path parameters, double encoding (`%25`), NUL and control
-//! characters, and bytes that are not UTF-8 once decoded.
+//! characters, bytes that are not UTF-8 once decoded, and segments that Unicode
+//! compatibility normalisation (NFKC) would change: an upstream that normalises reads
+//! `%EF%BC%8E%EF%BC%8E` (fullwidth full stops) or `․․` (one dot leaders) as `..`, and
+//! `／` or `＼` as a separator.
 
 use std::fmt;
 
@@ -46,6 +49,11 @@ pub enum PathError {
     /// Decoded bytes are not UTF-8.
     #[error("{0:?} does not decode to UTF-8")]
     NotUtf8(String),
+    /// The decoded segment is not its own NFKC normal form.
+    #[error(
+        "path segment {0:?} changes under Unicode compatibility normalisation (NFKC), so an upstream that normalises could read another path (`．．` as `..`, `／` as `/`): send it in NFKC form"
+    )]
+    NotNormalised(String),
     /// Too many query parameters.
     #[error("the query has more than {0} parameters")]
     TooManyPairs(usize),
@@ -140,6 +148,11 @@ fn decode_segment(raw: &str) -> Result<String, PathError> {
     }
     if decoded.chars().any(char::is_control) {
         return Err(ambiguous("a control character"));
+    }
+    // Whether the text came encoded or as raw UTF-8, one reading only: the one that an
+    // upstream normalising to NFKC would also see. ASCII is always in NFKC.
+    if !decoded.is_ascii() && !unicode_normalization::is_nfkc(&decoded) {
+        return Err(PathError::NotNormalised(raw.to_owned()));
     }
     if decoded == "." || decoded == ".." {
         return Err(PathError::DotSegment(raw.to_owned()));
@@ -286,6 +299,8 @@ mod tests {
         check("/a%20b", Ok("/a%20b"));
         check("/%61dmin", Ok("/admin"));
         check("/caf%C3%A9", Ok("/caf%C3%A9"));
+        check("/caf\u{e9}", Ok("/caf%C3%A9"));
+        check("/%E6%97%A5%E6%9C%AC", Ok("/%E6%97%A5%E6%9C%AC"));
         check("/x:y@z", Ok("/x:y@z"));
     }
 
@@ -310,6 +325,23 @@ mod tests {
             ("/a%2", "malformed"),
             ("/a%ff", "UTF-8"),
             ("/a%c0%ae%c0%ae", "UTF-8"),
+            // Compatibility characters an NFKC-normalising upstream reads as dots or
+            // separators, encoded and raw.
+            ("/a/%EF%BC%8E%EF%BC%8E/b", "NFKC"),
+            ("/a/%ef%bc%8e%ef%bc%8e/b", "NFKC"),
+            ("/a/\u{ff0e}\u{ff0e}/b", "NFKC"),
+            ("/a/%E2%80%A4%E2%80%A4/b", "NFKC"),
+            ("/a/\u{2024}\u{2024}/b", "NFKC"),
+            ("/a/%E2%80%A5/b", "NFKC"),
+            ("/a/%EF%B9%92%EF%B9%92/b", "NFKC"),
+            ("/a/..%EF%BC%8Fetc", "NFKC"),
+            ("/a/\u{ff0f}etc", "NFKC"),
+            ("/a/..%EF%BC%BCetc", "NFKC"),
+            ("/a/\u{ff3c}etc", "NFKC"),
+            ("/%EF%BD%81dmin", "NFKC"),
+            ("/\u{fb01}le", "NFKC"),
+            // Not composed: NFKC composes `e` + U+0301 into `é`.
+            ("/cafe%CC%81", "NFKC"),
         ] {
             check(raw, Err(why));
         }

@@ -679,16 +679,14 @@ async fn handle(gw: &Arc<Gateway>, req: Request) -> Result<Response, ApiError> {
             .filter(|f| f.len() >= mandate_gateway::redact::MIN_SECRET_LEN),
     );
     let status = res.status();
-    let encoded = res
-        .headers()
-        .get(header::CONTENT_ENCODING)
-        .is_some_and(|v| v.as_bytes() != b"identity");
-    if encoded && !redactor.is_empty() {
+    // Only plain bytes are relayed: a coding would hide an echoed credential from the
+    // redactor, and nothing of such an answer is forwarded.
+    if let Err(why) = relay::plain_body(res.headers(), !redactor.is_empty()) {
         relay_ctx.finish_without_response("upstream_encoded_response");
         return Err(gw_error(
             StatusCode::BAD_GATEWAY,
             "upstream_encoded_response",
-            "the upstream compressed its answer, which could hide the injected credential from redaction",
+            why.message(),
         ));
     }
     let mut headers = HeaderMap::new();

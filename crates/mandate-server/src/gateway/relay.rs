@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::task::{Poll, ready};
 use std::time::Instant;
 
+use axum::http::{HeaderMap, header};
 use bytes::Bytes;
 use futures_util::Stream;
 use mandate_audit::{EventKind, NewEvent};
@@ -72,6 +73,64 @@ fn record(ctx: &Context, status: Option<u16>, bytes: u64, redacted: bool, error:
     // The decision was recorded durably before forwarding; the result joins the next
     // group commit without holding this response or the next call.
     ctx.engine.audit.append_deferred(ev);
+}
+
+/// Why an upstream answer cannot be relayed as it came: its body bytes, as the client
+/// hands them over, would not be the plain bytes of the answer, so the redactor could not
+/// see an echoed credential in them (and the agent, decoding them, would).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotPlain {
+    /// A transfer coding other than one `chunked` (`gzip, chunked`, `chunked, chunked`,
+    /// `identity`, an unknown coding, a repeated header): the client removes the chunked
+    /// framing at most, and the gateway drops the header, so the rest would reach the
+    /// agent undeclared.
+    TransferCoding,
+    /// `transfer-encoding` and `content-length` together: two framings, two readings.
+    TwoFramings,
+    /// A content coding other than one `identity` (several headers, a list, any other
+    /// value or spelling).
+    ContentCoding,
+}
+
+impl NotPlain {
+    /// What the agent is told (no header value is repeated: it could carry the secret).
+    pub fn message(self) -> &'static str {
+        match self {
+            Self::TransferCoding => {
+                "the upstream used a transfer coding other than a single `chunked`, which could hide the injected credential from redaction; nothing of its answer was forwarded"
+            }
+            Self::TwoFramings => {
+                "the upstream sent both transfer-encoding and content-length, so its answer has two readings; nothing of it was forwarded"
+            }
+            Self::ContentCoding => {
+                "the upstream encoded its answer (content-encoding other than `identity`), which could hide the injected credential from redaction; nothing of it was forwarded"
+            }
+        }
+    }
+}
+
+/// Checks that an upstream answer's body arrives as plain bytes. The framing is checked
+/// for every answer (the gateway drops `transfer-encoding`, so a coding left in the body
+/// would misrepresent it); the content coding only when something is to be redacted
+/// (`content-encoding` itself is relayed, so the agent can decode what has no secret).
+pub fn plain_body(headers: &HeaderMap, redacting: bool) -> Result<(), NotPlain> {
+    let mut te = headers.get_all(header::TRANSFER_ENCODING).iter();
+    match (te.next(), te.next()) {
+        (None, _) => {}
+        (Some(v), None) if v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"chunked") => {
+            if headers.contains_key(header::CONTENT_LENGTH) {
+                return Err(NotPlain::TwoFramings);
+            }
+        }
+        _ => return Err(NotPlain::TransferCoding),
+    }
+    let mut ce = headers.get_all(header::CONTENT_ENCODING).iter();
+    match (ce.next(), ce.next()) {
+        (None, _) => Ok(()),
+        (Some(v), None) if v.as_bytes() == b"identity" => Ok(()),
+        _ if !redacting => Ok(()),
+        _ => Err(NotPlain::ContentCoding),
+    }
 }
 
 type Inner = Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>>;
@@ -168,5 +227,62 @@ impl Drop for Relay {
             self.error = Some("client_disconnected");
             self.finish();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(headers: &[(&str, &str)], redacting: bool) -> Result<(), NotPlain> {
+        let mut map = HeaderMap::new();
+        for (n, v) in headers {
+            map.append(
+                header::HeaderName::from_bytes(n.as_bytes()).unwrap_or(header::VIA),
+                header::HeaderValue::from_str(v).unwrap_or(header::HeaderValue::from_static("?")),
+            );
+        }
+        plain_body(&map, redacting)
+    }
+
+    #[test]
+    fn only_plain_bodies_are_relayed() {
+        use NotPlain::*;
+        let te = "transfer-encoding";
+        let ce = "content-encoding";
+        for (headers, want) in [
+            (vec![], Ok(())),
+            (vec![("content-length", "3")], Ok(())),
+            (vec![(te, "chunked")], Ok(())),
+            (vec![(te, "Chunked")], Ok(())),
+            (vec![(te, "CHUNKED ")], Ok(())),
+            (vec![(ce, "identity")], Ok(())),
+            (vec![(te, "gzip, chunked")], Err(TransferCoding)),
+            (vec![(te, "gzip,chunked")], Err(TransferCoding)),
+            (vec![(te, "chunked, chunked")], Err(TransferCoding)),
+            (vec![(te, "gzip"), (te, "chunked")], Err(TransferCoding)),
+            (vec![(te, "chunked"), (te, "chunked")], Err(TransferCoding)),
+            (vec![(te, "identity")], Err(TransferCoding)),
+            (vec![(te, "x-unknown")], Err(TransferCoding)),
+            (vec![(te, "")], Err(TransferCoding)),
+            (vec![(te, "chunked;q=1")], Err(TransferCoding)),
+            (
+                vec![(te, "chunked"), ("content-length", "5")],
+                Err(TwoFramings),
+            ),
+            (vec![(ce, "gzip")], Err(ContentCoding)),
+            (vec![(ce, "Identity")], Err(ContentCoding)),
+            (vec![(ce, "identity ")], Err(ContentCoding)),
+            (vec![(ce, "identity, gzip")], Err(ContentCoding)),
+            (vec![(ce, "identity"), (ce, "identity")], Err(ContentCoding)),
+            (vec![(ce, "identity"), (ce, "br")], Err(ContentCoding)),
+            (vec![(ce, "")], Err(ContentCoding)),
+        ] {
+            assert_eq!(check(&headers, true), want, "{headers:?}");
+        }
+        // Nothing to redact: a content coding is relayed (with its header), a transfer
+        // coding never.
+        assert_eq!(check(&[(ce, "gzip")], false), Ok(()));
+        assert_eq!(check(&[(te, "gzip, chunked")], false), Err(TransferCoding));
     }
 }
