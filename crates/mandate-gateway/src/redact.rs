@@ -606,7 +606,11 @@ mod tests {
         let body = [vec![b'\\'; 300], b"x".to_vec()].concat();
         let (out, found) = redact_in_chunks(&[&secret], &body, 64);
         assert!(found);
-        assert!(!contains(&out, &secret), "{}", String::from_utf8_lossy(&out));
+        assert!(
+            !contains(&out, &secret),
+            "{}",
+            String::from_utf8_lossy(&out)
+        );
         assert!(out.ends_with(b"x"));
     }
 

@@ -81,6 +81,12 @@ impl ServerHandler for Docs {
                 t
             },
             Tool::new("delete_all", "Delete every document", q.clone()),
+            Tool::new(
+                "refund",
+                "Refund an invoice",
+                schema(json!({ "type": "object", "properties": {
+                    "amount": { "type": "number" }, "currency": { "type": "string" } } })),
+            ),
             Tool::new("slow", "Search slowly", q),
         ]))
     }
@@ -798,4 +804,73 @@ async fn upstream_sessions_are_capped_per_agent_and_in_all() {
     }
     let r = answered.expect("the ended task's session was never given back");
     assert_ne!(r.is_error, Some(true), "{r:?}");
+}
+
+#[tokio::test]
+async fn a_refund_over_100_needs_a_human_and_arguments_that_do_not_fit_reach_nothing() {
+    let m = start().await;
+    let identity = m.h.agent("billing", 1).await;
+    let r = m
+        .h
+        .post("/v1/tasks", Some(&identity), json!({
+            "purpose": "refund duplicate charges",
+            "scope": { "tools": ["docs.refund"], "actions": ["write"], "destinations": [m.docs_addr()] },
+            "ttl_secs": 600,
+        }))
+        .await;
+    assert_eq!(
+        r.status, 201,
+        "granted: each refund is decided on its arguments {:?}",
+        r.body
+    );
+    let cfg = StreamableHttpClientTransportConfig::with_uri(m.h.url("/mcp/docs"))
+        .auth_header(r.body["task_token"].as_str().unwrap().to_owned());
+    let client = ().serve(StreamableHttpClientTransport::from_config(cfg)).await.unwrap();
+
+    let r = client
+        .call_tool(call("refund", json!({ "amount": 100, "currency": "EUR" })))
+        .await
+        .unwrap();
+    assert_ne!(r.is_error, Some(true), "{r:?}");
+    assert_eq!(m.calls().len(), 1);
+
+    let r = client
+        .call_tool(call(
+            "refund",
+            json!({ "amount": 100.5, "currency": "EUR" }),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(r.is_error, Some(true), "{r:?}");
+    assert!(
+        r.structured_content.as_ref().unwrap()["mandate"]["approval"]["id"].is_string(),
+        "held for a human: {r:?}"
+    );
+    assert_eq!(m.calls().len(), 1, "held: not forwarded");
+
+    for (args, field) in [
+        (json!({ "amount": "5", "currency": "EUR" }), "amount"),
+        (json!({ "amount": 5, "currency": "BTC" }), "currency"),
+        (json!({ "amount": 5 }), "currency"),
+        (
+            json!({ "amount": 5, "currency": "EUR", "to_account": "x" }),
+            "to_account",
+        ),
+    ] {
+        let r = client
+            .call_tool(call("refund", args.clone()))
+            .await
+            .unwrap();
+        assert_eq!(r.is_error, Some(true), "{args}: {r:?}");
+        assert!(
+            text(&r).contains(&format!("`{field}`")),
+            "{args}: {}",
+            text(&r)
+        );
+    }
+    assert_eq!(
+        m.calls().len(),
+        1,
+        "nothing that did not fit reached the server"
+    );
 }
