@@ -17,6 +17,8 @@ use std::fmt::Write as _;
 use cedar_policy::RestrictedExpression;
 use serde_json::{Map, Value};
 
+use crate::derived;
+
 /// Deepest nesting of objects and arrays a schema may declare.
 pub const MAX_SCHEMA_DEPTH: usize = 8;
 /// Longest property name a schema may declare.
@@ -42,6 +44,8 @@ pub enum ArgSchema {
         max_length: Option<usize>,
         /// How the string is typed for policy.
         format: Option<StringFormat>,
+        /// For `format: "path"`: the root `under_root` is computed against.
+        root: Option<String>,
     },
     /// A JSON integer: a Cedar `Long`.
     Integer {
@@ -59,6 +63,11 @@ pub enum ArgSchema {
     },
     /// A JSON boolean: a Cedar `Bool`.
     Boolean,
+    /// An argv array of strings (`format: "command"`): a record of derived facts.
+    Command {
+        /// Most items accepted.
+        max_items: Option<usize>,
+    },
     /// A JSON array: a Cedar set.
     Array {
         /// The type of every item.
@@ -77,6 +86,14 @@ pub enum StringFormat {
     IpAddr,
     /// `date-time`: an RFC 3339 instant, a Cedar `datetime` (in UTC).
     DateTime,
+    /// `url`: an absolute URL, as the record `{scheme, host, port, path, query}`.
+    Url,
+    /// `email`: an address, as `{local, domain}`.
+    Email,
+    /// `path`: a canonical absolute path, as `{path, name, depth, under_root?}`.
+    Path,
+    /// `sql`: SQL text, as `{parsed, statements, kinds, tables}` from a real parser.
+    Sql,
 }
 
 /// An argument that does not fit the declared schema: which field, and why.
@@ -123,12 +140,17 @@ impl ArgSchema {
                 out.push('}');
                 out
             }
-            Self::String { format, .. } => match format {
+            Self::String { format, root, .. } => match format {
                 None => "String".into(),
                 Some(StringFormat::Decimal) => "__cedar::decimal".into(),
                 Some(StringFormat::IpAddr) => "__cedar::ipaddr".into(),
                 Some(StringFormat::DateTime) => "__cedar::datetime".into(),
+                Some(StringFormat::Url) => derived::URL_TYPE.into(),
+                Some(StringFormat::Email) => derived::EMAIL_TYPE.into(),
+                Some(StringFormat::Path) => derived::path_type(root.is_some()),
+                Some(StringFormat::Sql) => derived::SQL_TYPE.into(),
             },
+            Self::Command { .. } => derived::COMMAND_TYPE.into(),
             Self::Integer { .. } => "Long".into(),
             Self::Number { .. } => "__cedar::decimal".into(),
             Self::Boolean => "Bool".into(),
@@ -172,12 +194,20 @@ fn parse_at(v: &Value, at: &str, depth: usize) -> Result<ArgSchema, String> {
             "enum",
             "maxLength",
             "format",
+            "root",
             "description",
             "title",
         ],
         "integer" | "number" => &["type", "minimum", "maximum", "description", "title"],
         "boolean" => &["type", "description", "title"],
-        "array" => &["type", "items", "maxItems", "description", "title"],
+        "array" => &[
+            "type",
+            "items",
+            "maxItems",
+            "format",
+            "description",
+            "title",
+        ],
         other => {
             return Err(bad(
                 at,
@@ -218,11 +248,15 @@ fn parse_at(v: &Value, at: &str, depth: usize) -> Result<ArgSchema, String> {
                 Some(Some("decimal")) => Some(StringFormat::Decimal),
                 Some(Some("ipaddr" | "ipv4" | "ipv6")) => Some(StringFormat::IpAddr),
                 Some(Some("date-time")) => Some(StringFormat::DateTime),
+                Some(Some("url")) => Some(StringFormat::Url),
+                Some(Some("email")) => Some(StringFormat::Email),
+                Some(Some("path")) => Some(StringFormat::Path),
+                Some(Some("sql")) => Some(StringFormat::Sql),
                 Some(other) => {
                     return Err(bad(
                         at,
                         format!(
-                            "format {other:?} is not supported (decimal, ipaddr, ipv4, ipv6, date-time)"
+                            "format {other:?} is not supported (decimal, ipaddr, ipv4, ipv6, date-time, url, email, path, sql; command on an array)"
                         ),
                     ));
                 }
@@ -230,10 +264,22 @@ fn parse_at(v: &Value, at: &str, depth: usize) -> Result<ArgSchema, String> {
             if format.is_some() && one_of.is_some() {
                 return Err(bad(at, "enum and format cannot be combined"));
             }
+            let root = match m.get("root") {
+                None => None,
+                Some(_) if format != Some(StringFormat::Path) => {
+                    return Err(bad(at, "root is only for format \"path\""));
+                }
+                Some(Value::String(r)) => {
+                    derived::check_path(r).map_err(|e| bad(at, format!("root {e}")))?;
+                    Some(r.clone())
+                }
+                Some(_) => return Err(bad(at, "root must be a path string")),
+            };
             ArgSchema::String {
                 one_of,
                 max_length: usize_kw(m, "maxLength", at)?,
                 format,
+                root,
             }
         }
         "integer" => {
@@ -256,6 +302,22 @@ fn parse_at(v: &Value, at: &str, depth: usize) -> Result<ArgSchema, String> {
             ArgSchema::Number { minimum, maximum }
         }
         "boolean" => ArgSchema::Boolean,
+        _ if m.contains_key("format") => {
+            if m.get("format").and_then(Value::as_str) != Some("command") {
+                return Err(bad(
+                    at,
+                    "an array's only format is \"command\" (argv: an array of strings)",
+                ));
+            }
+            if m.get("items")
+                .is_some_and(|i| i != &serde_json::json!({ "type": "string" }))
+            {
+                return Err(bad(at, "a command's items are {\"type\": \"string\"}"));
+            }
+            ArgSchema::Command {
+                max_items: usize_kw(m, "maxItems", at)?,
+            }
+        }
         _ => {
             let items = m
                 .get("items")
@@ -452,6 +514,7 @@ fn convert(s: &ArgSchema, v: &Value, at: &str) -> Result<RestrictedExpression, A
             one_of,
             max_length,
             format,
+            root,
         } => {
             let Value::String(text) = v else {
                 return Err(err(at, format!("must be a string, not {}", kind(v))));
@@ -488,7 +551,39 @@ fn convert(s: &ArgSchema, v: &Value, at: &str) -> Result<RestrictedExpression, A
                 Some(StringFormat::DateTime) => datetime_text(text)
                     .map(RestrictedExpression::new_datetime)
                     .ok_or_else(|| err(at, "must be an RFC 3339 date-time")),
+                Some(StringFormat::Url) => derived::url(text).map_err(|e| err(at, e)),
+                Some(StringFormat::Email) => derived::email(text).map_err(|e| err(at, e)),
+                Some(StringFormat::Path) => {
+                    derived::path(text, root.as_deref()).map_err(|e| err(at, e))
+                }
+                Some(StringFormat::Sql) => derived::sql(text).map_err(|e| err(at, e)),
             }
+        }
+        ArgSchema::Command { max_items } => {
+            let Value::Array(list) = v else {
+                return Err(err(
+                    at,
+                    format!("must be an argv array of strings, not {}", kind(v)),
+                ));
+            };
+            if let Some(max) = max_items
+                && list.len() > *max
+            {
+                return Err(err(at, format!("has more than {max} items")));
+            }
+            let argv = list
+                .iter()
+                .enumerate()
+                .map(|(n, a)| {
+                    a.as_str().map(str::to_owned).ok_or_else(|| {
+                        err(
+                            &format!("{at}[{n}]"),
+                            format!("must be a string, not {}", kind(a)),
+                        )
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            derived::command(&argv).map_err(|e| err(at, e))
         }
         ArgSchema::Integer { minimum, maximum } => {
             let n = v

@@ -14,6 +14,7 @@ mod arguments;
 mod bundle;
 mod catalog;
 mod decide;
+mod derived;
 mod explain;
 mod facts;
 mod history;
@@ -26,6 +27,7 @@ pub use decide::{
     ApprovalTerms, CATALOG_POLICY, CallRequest, DEFAULT_APPROVER_GROUP, Decision, ItemOutcome,
     Obligation, Outcome, StartDecision, StartRequest, history_record,
 };
+pub use derived::SqlFacts;
 pub use explain::{Explanation, PolicyTrace, Trace};
 pub use facts::{AgentFacts, TaskEntities, TaskFacts};
 pub use history::History;

@@ -29,8 +29,29 @@ const TOOLS: usize = 50;
 const ENTITIES: usize = 10_000;
 const ITERS: usize = 200_000;
 
+/// The ten-field argument record every tool declares in the arguments run.
+const ARGS_SCHEMA: &str = r#"{ "type": "object", "properties": {
+    "amount": { "type": "number", "minimum": 0 },
+    "currency": { "type": "string", "enum": ["EUR", "USD", "GBP"] },
+    "count": { "type": "integer", "minimum": 0, "maximum": 10000 },
+    "urgent": { "type": "boolean" },
+    "note": { "type": "string", "maxLength": 200 },
+    "tags": { "type": "array", "items": { "type": "string" }, "maxItems": 8 },
+    "host": { "type": "string", "format": "ipaddr" },
+    "until": { "type": "string", "format": "date-time" },
+    "region": { "type": "string" },
+    "priority": { "type": "integer" } },
+  "required": ["amount", "currency", "count", "urgent", "note", "tags", "host", "until", "region", "priority"] }"#;
+
+/// One call's arguments in the arguments run.
+const ARGS: &str = r#"{"amount":42.5,"count":3,"currency":"EUR","host":"10.1.2.3","note":"duplicate charge","priority":2,"region":"eu-west","tags":["billing","refund"],"until":"2030-01-01T00:00:00Z","urgent":false}"#;
+
+/// What a tool-pinned permit also requires of the arguments in the arguments run.
+const ARGS_CONDITION: &str = r#" && context.args.amount.lessThan(decimal("1000.0")) && context.args.count < 100 && context.args.currency == "EUR" && context.args.host.isInRange(ip("10.0.0.0/8")) && !context.args.tags.contains("blocked")"#;
+
 /// A bundle of `n` policies: 1 start, ~88% tool-pinned permits, ~11% broad forbids.
-fn policies(n: usize) -> String {
+/// With `args`, every permit also reads five of the tool's ten typed arguments.
+fn policies(n: usize, args: bool) -> String {
     let actions = ["read", "write", "delete", "execute"];
     let forbids = (n * 11 / 100).max(1);
     let permits = n - 1 - forbids;
@@ -46,8 +67,9 @@ fn policies(n: usize) -> String {
             ""
         };
         out.push_str(&format!(
-            "@id(\"p{i}\") {approval}permit(principal, action == Mandate::Action::\"{a}\", resource == Mandate::Tool::\"tool{}\") when {{ principal.tier >= 1 && context.sensitivity != \"restricted\" }};\n",
-            i % TOOLS
+            "@id(\"p{i}\") {approval}permit(principal, action == Mandate::Action::\"{a}\", resource == Mandate::Tool::\"tool{}\") when {{ principal.tier >= 1 && context.sensitivity != \"restricted\"{} }};\n",
+            i % TOOLS,
+            if args { ARGS_CONDITION } else { "" }
         ));
     }
     // Broad forbids, evaluated for every request of their action.
@@ -91,11 +113,13 @@ fn main() {
         "policies", "", "p50 µs", "p99 µs", "mean µs"
     );
     for n in [10, 100, 1000] {
-        run(n);
+        run(n, false);
     }
+    println!("with arguments: every tool declares a 10-field record; every permit reads 5 fields");
+    run(100, true);
 }
 
-fn run(n_policies: usize) {
+fn run(n_policies: usize, with_args: bool) {
     // Bare Cedar over 1,000 policies takes ~1 ms a call: fewer iterations keep the run short.
     let iters = (20_000_000 / n_policies).clamp(20_000, ITERS);
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -106,7 +130,18 @@ fn run(n_policies: usize) {
     let dir = tempfile::tempdir().unwrap();
     let pdir = dir.path().join("policies");
     std::fs::create_dir_all(&pdir).unwrap();
-    std::fs::write(pdir.join("bench.cedar"), policies(n_policies)).unwrap();
+    std::fs::write(pdir.join("bench.cedar"), policies(n_policies, with_args)).unwrap();
+    if with_args {
+        let tools: Vec<String> = (0..TOOLS)
+            .map(|i| format!(r#"{{ "name": "tool{i}", "arguments": {ARGS_SCHEMA} }}"#))
+            .collect();
+        std::fs::write(
+            pdir.join("tools.json"),
+            format!(r#"{{ "tools": [{}] }}"#, tools.join(",")),
+        )
+        .unwrap();
+    }
+    let args_value: serde_json::Value = serde_json::from_str(ARGS).unwrap();
     let clock = Arc::new(ManualClock::new(jiff::Timestamp::now().as_millisecond()));
     let mut config = ServerConfig::new(dir.path().join("data"), pdir);
     config.listen = ([127, 0, 0, 1], 0).into();
@@ -253,6 +288,14 @@ fn run(n_policies: usize) {
                 "args_digest".to_owned(),
                 RestrictedExpression::new_string("d".into()),
             ),
+            (
+                "args".to_owned(),
+                if with_args {
+                    bare_args(&args_value)
+                } else {
+                    RestrictedExpression::new_record([]).unwrap()
+                },
+            ),
             ("now".to_owned(), RestrictedExpression::new_long(0)),
             (
                 "history".to_owned(),
@@ -268,7 +311,10 @@ fn run(n_policies: usize) {
             EntityUid::from_str(&format!("Mandate::Action::\"{}\"", action.as_str())).unwrap(),
             EntityUid::from_str(&format!("Mandate::Tool::\"tool{tool}\"")).unwrap(),
             ctx,
-            Some(bundle.schema()),
+            // The built-in schema types `context.args` as `{}`; with arguments, the
+            // request is not checked against a schema (as Mandate's own is not: its
+            // values come typed from the catalog).
+            (!with_args).then(|| bundle.schema()),
         )
         .unwrap()
     };
@@ -276,7 +322,7 @@ fn run(n_policies: usize) {
         tool: ToolName::parse(&format!("tool{tool}")).unwrap(),
         action,
         resource: "r".into(),
-        args: CanonicalArgs::parse(r#"{"id":42}"#).unwrap(),
+        args: CanonicalArgs::parse(if with_args { ARGS } else { r#"{"id":42}"# }).unwrap(),
         destination: None,
         data_domain: None,
         sensitivity: Sensitivity::Internal,
@@ -358,7 +404,11 @@ fn run(n_policies: usize) {
     };
 
     let _ = compared;
-    let n = bundle.len();
+    let n = if with_args {
+        format!("{}+args", bundle.len())
+    } else {
+        bundle.len().to_string()
+    };
     let row = |label: &str, (p50, p99, mean): (f64, f64, f64)| {
         println!("{n:<9} {label:<60} {p50:>9.2} {p99:>9.2} {mean:>9.2}");
     };
@@ -387,4 +437,59 @@ fn run(n_policies: usize) {
         o50 / r50
     );
     rt.block_on(server.shutdown()).unwrap();
+}
+
+/// The call's arguments as a Cedar record, built by hand for bare Cedar (the same values
+/// Mandate derives from the catalog).
+fn bare_args(v: &serde_json::Value) -> RestrictedExpression {
+    let str_of = |k: &str| v[k].as_str().unwrap().to_owned();
+    RestrictedExpression::new_record([
+        (
+            "amount".to_owned(),
+            RestrictedExpression::new_decimal(format!("{:.4}", v["amount"].as_f64().unwrap())),
+        ),
+        (
+            "currency".to_owned(),
+            RestrictedExpression::new_string(str_of("currency")),
+        ),
+        (
+            "count".to_owned(),
+            RestrictedExpression::new_long(v["count"].as_i64().unwrap()),
+        ),
+        (
+            "urgent".to_owned(),
+            RestrictedExpression::new_bool(v["urgent"].as_bool().unwrap()),
+        ),
+        (
+            "note".to_owned(),
+            RestrictedExpression::new_string(str_of("note")),
+        ),
+        (
+            "tags".to_owned(),
+            RestrictedExpression::new_set(
+                v["tags"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|t| RestrictedExpression::new_string(t.as_str().unwrap().to_owned())),
+            ),
+        ),
+        (
+            "host".to_owned(),
+            RestrictedExpression::new_ip(str_of("host")),
+        ),
+        (
+            "until".to_owned(),
+            RestrictedExpression::new_datetime(str_of("until")),
+        ),
+        (
+            "region".to_owned(),
+            RestrictedExpression::new_string(str_of("region")),
+        ),
+        (
+            "priority".to_owned(),
+            RestrictedExpression::new_long(v["priority"].as_i64().unwrap()),
+        ),
+    ])
+    .unwrap()
 }

@@ -1,0 +1,447 @@
+//! Derived facts: what policy cannot compute from a string itself, parsed once at the edge
+//! by one parser. Each `format` turns an argument into a Cedar record of facts.
+//!
+//! A value that is not already in its canonical form is refused rather than rewritten, so
+//! the upstream receives exactly the text whose facts were decided.
+
+use std::collections::BTreeSet;
+use std::ops::ControlFlow;
+
+use cedar_policy::RestrictedExpression;
+use sqlparser::ast::{
+    Expr, ObjectName, ObjectNamePart, SetExpr, Statement, visit_expressions, visit_relations,
+    visit_statements,
+};
+use sqlparser::dialect::GenericDialect;
+use sqlparser::parser::Parser;
+use unicode_normalization::UnicodeNormalization as _;
+
+/// `format: "url"`: the facts of an absolute URL with a host.
+pub const URL_TYPE: &str =
+    "{\"scheme\": String, \"host\": String, \"port\": Long, \"path\": String, \"query\": String}";
+/// `format: "email"`: an address's local part and domain.
+pub const EMAIL_TYPE: &str = "{\"local\": String, \"domain\": String}";
+/// `format: "sql"`: whether the text parsed, how many statements, their kinds and tables.
+pub const SQL_TYPE: &str = "{\"parsed\": Bool, \"statements\": Long, \"kinds\": Set<String>, \"tables\": Set<String>, \"functions\": Set<String>, \"comments\": Bool}";
+/// `format: "command"`: an argv array.
+pub const COMMAND_TYPE: &str = "{\"program\": String, \"name\": String, \"args\": Set<String>, \"argc\": Long, \"shell\": Bool}";
+
+/// `format: "path"`: the Cedar type, with `under_root` when the schema declares a root.
+pub fn path_type(root: bool) -> String {
+    let under = if root { ", \"under_root\": Bool" } else { "" };
+    format!("{{\"path\": String, \"name\": String, \"depth\": Long{under}}}")
+}
+
+fn s(v: &str) -> RestrictedExpression {
+    RestrictedExpression::new_string(v.to_owned())
+}
+
+fn record(
+    fields: impl IntoIterator<Item = (&'static str, RestrictedExpression)>,
+) -> Result<RestrictedExpression, String> {
+    RestrictedExpression::new_record(fields.into_iter().map(|(k, v)| (k.to_owned(), v)))
+        .map_err(|e| e.to_string())
+}
+
+/// An absolute URL with a host, no credentials, in the form the URL parser writes it.
+pub fn url(text: &str) -> Result<RestrictedExpression, String> {
+    let u = url::Url::parse(text).map_err(|e| format!("must be an absolute URL ({e})"))?;
+    let host = u
+        .host_str()
+        .ok_or_else(|| "must be a URL with a host".to_owned())?;
+    if !u.username().is_empty() || u.password().is_some() {
+        return Err("must not carry credentials".into());
+    }
+    if u.as_str() != text {
+        return Err(format!(
+            "must be written in canonical form ({:?}), so that what is forwarded is what was decided",
+            u.as_str()
+        ));
+    }
+    let port = u
+        .port_or_known_default()
+        .ok_or_else(|| "must name a port (its scheme has no default)".to_owned())?;
+    record([
+        ("scheme", s(u.scheme())),
+        ("host", s(host)),
+        ("port", RestrictedExpression::new_long(i64::from(port))),
+        ("path", s(u.path())),
+        ("query", s(u.query().unwrap_or_default())),
+    ])
+}
+
+const ATOM_SPECIALS: &str = "!#$%&'*+/=?^_`{|}~-";
+
+/// `local@domain`: a dot-atom local part (no quoted or commented forms) and a lowercase
+/// ASCII domain of at least two labels.
+pub fn email(text: &str) -> Result<RestrictedExpression, String> {
+    let (local, domain) = match text.split_once('@') {
+        Some((l, d)) if !d.contains('@') => (l, d),
+        _ => return Err("must be one address, local@domain".into()),
+    };
+    let atom_ok = |part: &str| {
+        !part.is_empty()
+            && part
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || ATOM_SPECIALS.contains(c))
+    };
+    if local.len() > 64 || !local.split('.').all(atom_ok) {
+        return Err(
+            "must have a plain local part (letters, digits, dots between atoms, no quotes or comments)"
+                .into(),
+        );
+    }
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+            && l.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    };
+    if domain.len() > 253 || domain.split('.').count() < 2 || !domain.split('.').all(label_ok) {
+        return Err(
+            "must have a domain of lowercase ASCII labels (IDNs in their xn-- form)".into(),
+        );
+    }
+    record([("local", s(local)), ("domain", s(domain))])
+}
+
+/// An absolute path with no `.`, `..` or empty segments, no backslash or control
+/// characters, and nothing that compatibility normalisation would change.
+pub fn path(text: &str, root: Option<&str>) -> Result<RestrictedExpression, String> {
+    check_path(text)?;
+    let name = text.rsplit('/').next().unwrap_or_default();
+    let depth = text.split('/').filter(|seg| !seg.is_empty()).count();
+    let mut fields = vec![
+        ("path", s(text)),
+        ("name", s(name)),
+        (
+            "depth",
+            RestrictedExpression::new_long(i64::try_from(depth).unwrap_or(i64::MAX)),
+        ),
+    ];
+    if let Some(root) = root {
+        let under = root == "/"
+            || text == root
+            || text
+                .strip_prefix(root)
+                .is_some_and(|rest| rest.starts_with('/'));
+        fields.push(("under_root", RestrictedExpression::new_bool(under)));
+    }
+    record(fields)
+}
+
+/// Whether `text` is a canonical absolute path (see [`path`]); the reason if not.
+pub fn check_path(text: &str) -> Result<(), String> {
+    if !text.starts_with('/') {
+        return Err("must be an absolute path".into());
+    }
+    if text.chars().any(|c| c.is_control() || c == '\\') {
+        return Err("must not contain control characters or backslashes".into());
+    }
+    if text != "/" {
+        for seg in text.split('/').skip(1) {
+            match seg {
+                "" => return Err("must not have empty segments (`//` or a trailing `/`)".into()),
+                "." | ".." => return Err("must not have `.` or `..` segments".into()),
+                _ => {}
+            }
+        }
+    }
+    if text.nfkc().ne(text.chars()) {
+        return Err("must not contain characters that compatibility normalisation changes".into());
+    }
+    Ok(())
+}
+
+/// Programs that run code given in their arguments: a policy on argv means little there.
+const SHELLS: &[&str] = &[
+    "sh",
+    "bash",
+    "dash",
+    "zsh",
+    "ksh",
+    "mksh",
+    "fish",
+    "csh",
+    "tcsh",
+    "ash",
+    "busybox",
+    "env",
+    "xargs",
+    "sudo",
+    "doas",
+    "su",
+    "nohup",
+    "timeout",
+    "nice",
+    "cmd",
+    "cmd.exe",
+    "powershell",
+    "powershell.exe",
+    "pwsh",
+];
+
+/// An argv array: the program, its base name, the arguments after it (as a set), their
+/// count, and whether the program is a shell or a launcher of other programs.
+pub fn command(argv: &[String]) -> Result<RestrictedExpression, String> {
+    let (program, args) = argv
+        .split_first()
+        .ok_or_else(|| "must name a program (argv is empty)".to_owned())?;
+    if program.is_empty() {
+        return Err("must name a program (argv[0] is empty)".into());
+    }
+    if argv.iter().any(|a| a.contains('\0')) {
+        return Err("must not contain NUL characters".into());
+    }
+    let name = program.rsplit(['/', '\\']).next().unwrap_or(program);
+    let shell = SHELLS.contains(&name.to_ascii_lowercase().as_str());
+    record([
+        ("program", s(program)),
+        ("name", s(name)),
+        (
+            "args",
+            RestrictedExpression::new_set(args.iter().map(|a| s(a))),
+        ),
+        (
+            "argc",
+            RestrictedExpression::new_long(i64::try_from(args.len()).unwrap_or(i64::MAX)),
+        ),
+        ("shell", RestrictedExpression::new_bool(shell)),
+    ])
+}
+
+/// What a SQL text does, from a real parser: whether it parsed, the number of statements,
+/// the kind of every statement (nested ones too, e.g. a data-modifying CTE) and every table
+/// it names. Text that does not parse is a fact (`parsed: false`), not an error.
+pub fn sql(text: &str) -> Result<RestrictedExpression, String> {
+    let facts = SqlFacts::of(text);
+    let set = |items: &BTreeSet<String>| RestrictedExpression::new_set(items.iter().map(|i| s(i)));
+    record([
+        ("parsed", RestrictedExpression::new_bool(facts.parsed)),
+        (
+            "statements",
+            RestrictedExpression::new_long(i64::try_from(facts.statements).unwrap_or(i64::MAX)),
+        ),
+        ("kinds", set(&facts.kinds)),
+        ("tables", set(&facts.tables)),
+        ("functions", set(&facts.functions)),
+        ("comments", RestrictedExpression::new_bool(facts.comments)),
+    ])
+}
+
+/// The facts [`sql`] exposes.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct SqlFacts {
+    /// Whether the text parsed.
+    pub parsed: bool,
+    /// Top-level statements.
+    pub statements: usize,
+    /// Kinds of every statement, nested ones included: `select`, `select_into`,
+    /// `insert`, `update`, `delete`, `merge`, `create`, `alter`, `drop`, `truncate`,
+    /// `grant`, `revoke`, `copy`, `call`, `execute`, `other`.
+    pub kinds: BTreeSet<String>,
+    /// Tables named (and common table expressions, which read like tables), as written
+    /// without quotes; unquoted names lowercased.
+    pub tables: BTreeSet<String>,
+    /// Functions called, named as tables are.
+    pub functions: BTreeSet<String>,
+    /// Whether the text has a comment marker (`--`, `/*`, `#`) anywhere, even inside a
+    /// string literal: databases disagree on what a comment is (MySQL runs `/*! … */`,
+    /// PostgreSQL nests block comments, MySQL reads `#`), so a policy can refuse them all.
+    pub comments: bool,
+}
+
+fn has_comment_marker(text: &str) -> bool {
+    text.contains("--") || text.contains("/*") || text.contains('#')
+}
+
+/// A name as policy sees it: parts joined by `.`, unquoted parts lowercased.
+fn name_of(name: &ObjectName) -> String {
+    let parts: Vec<String> = name
+        .0
+        .iter()
+        .map(|p| match p {
+            ObjectNamePart::Identifier(i) if i.quote_style.is_none() => i.value.to_lowercase(),
+            ObjectNamePart::Identifier(i) => i.value.clone(),
+            ObjectNamePart::Function(f) => f.name.value.to_lowercase(),
+        })
+        .collect();
+    parts.join(".")
+}
+
+impl SqlFacts {
+    /// Parses `text` with the generic dialect.
+    pub fn of(text: &str) -> Self {
+        let Ok(statements) = Parser::parse_sql(&GenericDialect {}, text) else {
+            return Self {
+                comments: has_comment_marker(text),
+                ..Self::default()
+            };
+        };
+        let mut facts = Self {
+            parsed: true,
+            statements: statements.len(),
+            ..Self::default()
+        };
+        let _ = visit_statements(&statements, |st| {
+            facts.kinds.insert(kind(st).to_owned());
+            ControlFlow::<()>::Continue(())
+        });
+        let _ = visit_relations(&statements, |name| {
+            facts.tables.insert(name_of(name));
+            ControlFlow::<()>::Continue(())
+        });
+        let _ = visit_expressions(&statements, |e| {
+            if let Expr::Function(f) = e {
+                facts.functions.insert(name_of(&f.name));
+            }
+            ControlFlow::<()>::Continue(())
+        });
+        facts.comments = has_comment_marker(text);
+        facts
+    }
+}
+
+fn kind(st: &Statement) -> &'static str {
+    match st {
+        Statement::Query(q) => match q.body.as_ref() {
+            SetExpr::Select(sel) if sel.into.is_some() => "select_into",
+            _ => "select",
+        },
+        Statement::Insert(_) => "insert",
+        Statement::Update(_) => "update",
+        Statement::Delete(_) => "delete",
+        Statement::Merge(_) => "merge",
+        Statement::CreateTable(_)
+        | Statement::CreateView { .. }
+        | Statement::CreateIndex(_)
+        | Statement::CreateFunction(_)
+        | Statement::CreateSchema { .. }
+        | Statement::CreateDatabase { .. }
+        | Statement::CreateRole(_) => "create",
+        Statement::AlterTable(_) | Statement::AlterIndex { .. } | Statement::AlterRole { .. } => {
+            "alter"
+        }
+        Statement::Drop { .. } => "drop",
+        Statement::Truncate(_) => "truncate",
+        Statement::Grant(_) | Statement::GrantRole(_) => "grant",
+        Statement::Revoke(_) | Statement::RevokeRole(_) => "revoke",
+        Statement::Copy { .. } => "copy",
+        Statement::Call(_) => "call",
+        Statement::Execute { .. } => "execute",
+        _ => "other",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "test code")]
+
+    use super::*;
+
+    fn set(items: &[&str]) -> BTreeSet<String> {
+        items.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    #[test]
+    fn sql_facts_name_every_statement_and_table() {
+        let f = SqlFacts::of(
+            "SELECT a FROM Orders o JOIN \"Users\" u ON o.u = u.id WHERE x IN (SELECT y FROM audit.log)",
+        );
+        assert!(f.parsed);
+        assert_eq!(f.statements, 1);
+        assert_eq!(f.kinds, set(&["select"]));
+        assert_eq!(f.tables, set(&["orders", "Users", "audit.log"]));
+
+        let f = SqlFacts::of("SELECT 1; DROP TABLE users");
+        assert_eq!(f.statements, 2);
+        assert_eq!(f.kinds, set(&["select", "drop"]));
+
+        let f = SqlFacts::of("WITH gone AS (DELETE FROM users RETURNING *) SELECT * FROM gone");
+        assert_eq!(f.kinds, set(&["delete", "select"]), "a data-modifying CTE");
+        assert!(f.tables.contains("users"));
+
+        let f = SqlFacts::of("SELECT pg_read_file('/etc/passwd'), Lower(x) FROM t");
+        assert_eq!(f.functions, set(&["pg_read_file", "lower"]));
+        assert!(!f.comments);
+        for hidden in [
+            "SELECT 1 /*! ; DROP TABLE b */",
+            "SELECT 1 -- ; DROP TABLE b",
+            "SELECT 1 # ; DROP TABLE b",
+            "SELECT '--'",
+        ] {
+            assert!(SqlFacts::of(hidden).comments, "{hidden}");
+        }
+        let f = SqlFacts::of("SELECT * INTO backup FROM users");
+        assert!(f.kinds.contains("select_into"), "{f:?}");
+
+        let f = SqlFacts::of("SELEC * FROM users");
+        assert_eq!(
+            f,
+            SqlFacts::default(),
+            "unparseable is a fact, with no kinds"
+        );
+        let f = SqlFacts::of("");
+        assert_eq!(f.statements, 0);
+    }
+
+    #[test]
+    fn urls_must_be_canonical_with_a_host_and_no_credentials() {
+        assert!(url("https://api.example.com/v1/x?q=1").is_ok());
+        for bad in [
+            "HTTPS://api.example.com/",
+            "https://api.example.com",
+            "https://user:pw@api.example.com/",
+            "https://api.example.com:443/",
+            "https://api.example.com/a/../b",
+            "https://exämple.com/",
+            "mailto:a@b.example",
+            "/relative",
+            "https://api.example.com/a b",
+        ] {
+            assert!(url(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn emails_and_paths_refuse_ambiguous_forms() {
+        assert!(email("first.last+tag@example.com").is_ok());
+        for bad in [
+            "a@b@example.com",
+            "\"a b\"@example.com",
+            "a@Example.com",
+            "a..b@example.com",
+            "a@localhost",
+            "a(comment)@example.com",
+            "@example.com",
+            "a@-x.example.com",
+        ] {
+            assert!(email(bad).is_err(), "{bad}");
+        }
+        assert!(path("/srv/work/a.txt", Some("/srv/work")).is_ok());
+        for bad in [
+            "srv/a",
+            "/srv//a",
+            "/srv/a/",
+            "/srv/../etc",
+            "/srv/./a",
+            "/srv\\a",
+            "/srv/\u{FF0E}\u{FF0E}/etc",
+            "/srv/\u{2024}",
+            "/srv/a\u{0}",
+        ] {
+            assert!(check_path(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn commands_know_shells() {
+        let argv = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        assert!(command(&argv(&["/usr/bin/git", "status"])).is_ok());
+        assert!(command(&argv(&[])).is_err());
+        assert!(command(&argv(&["", "x"])).is_err());
+        assert!(command(&argv(&["git", "a\0b"])).is_err());
+    }
+}
