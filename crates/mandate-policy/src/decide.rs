@@ -164,6 +164,10 @@ pub struct ItemOutcome {
     pub outcome: Outcome,
     /// The policies that determined it.
     pub policies: Vec<String>,
+    /// Why: the determining policies' reasons, or what was missing (a data domain the
+    /// catalog places the tool in but the task did not declare).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reasons: Vec<String>,
 }
 
 /// The answer to a task start.
@@ -477,12 +481,17 @@ impl Bundle {
                 None => domains.clone(),
             };
             for action in &actions {
-                if cataloged.is_some() && tool_domains.is_empty() {
+                if let Some(domain) = cataloged
+                    && tool_domains.is_empty()
+                {
                     items.push(ItemOutcome {
                         tool: tool.clone(),
                         action: *action,
                         outcome: Outcome::Deny,
                         policies: vec![CATALOG_POLICY.to_owned()],
+                        reasons: vec![format!(
+                            "the catalog places `{tool}` in data domain `{domain}`, which the task did not declare in `data_domains`"
+                        )],
                     });
                     continue;
                 }
@@ -523,6 +532,7 @@ impl Bundle {
                     action: *action,
                     outcome: d.outcome,
                     policies: d.policies,
+                    reasons: d.reasons,
                 });
             }
         }

@@ -301,6 +301,7 @@ pub fn run_case(bundle: &Bundle, file: &str, case: &TestCase) -> CaseResult {
                 case.expect.policies.clone(),
                 sd.decision.policies.clone(),
             );
+            let before = differences.len();
             compare(
                 &mut differences,
                 "granted",
@@ -311,6 +312,18 @@ pub fn run_case(bundle: &Bundle, file: &str, case: &TestCase) -> CaseResult {
                     .flat_map(|(t, a)| a.iter().map(move |a| format!("{t}:{a}")))
                     .collect(),
             );
+            if differences.len() > before {
+                // Say why each pair was refused.
+                for item in sd.items.iter().filter(|i| i.outcome == Outcome::Deny) {
+                    differences.push(format!(
+                        "  refused {}:{} by [{}]: {}",
+                        item.tool,
+                        item.action,
+                        item.policies.join(", "),
+                        item.reasons.join("; ")
+                    ));
+                }
+            }
             if let Some(want) = case.expect.ttl_cap_secs
                 && sd.ttl_cap_secs != Some(want)
             {
@@ -376,7 +389,7 @@ pub fn run_dir(bundle: &Bundle, dir: &Path) -> Result<Vec<CaseResult>, TestError
     Ok(results)
 }
 
-/// One call to explain: a test case without an expectation.
+/// One call or task start to explain: a test case without an expectation.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ExplainCase {
@@ -389,8 +402,34 @@ pub struct ExplainCase {
     /// What the task has done so far.
     #[serde(default)]
     pub history: History,
-    /// The call.
-    pub call: TestCall,
+    /// The call (or `start`).
+    #[serde(default)]
+    pub call: Option<TestCall>,
+    /// The task start (or `call`).
+    #[serde(default)]
+    pub start: Option<TestStart>,
+}
+
+/// A task start, explained: the `start_task` decision and how each requested pair fared,
+/// with the reason of every refusal.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct StartExplanation {
+    /// The `start_task` decision.
+    pub decision: crate::Decision,
+    /// The smallest `@max_ttl_secs` of the determining policies.
+    pub ttl_cap_secs: Option<i64>,
+    /// Every requested (tool, action) pair.
+    pub items: Vec<crate::ItemOutcome>,
+}
+
+/// What [`explain_case`] explains.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(untagged)]
+pub enum Explained {
+    /// A call.
+    Call(crate::Explanation),
+    /// A task start.
+    Start(StartExplanation),
 }
 
 fn entities<'a>(
@@ -417,9 +456,33 @@ fn entities<'a>(
         .map_err(|e| e.to_string())
 }
 
-/// Decides and explains one call.
-pub fn explain_case(bundle: &Bundle, case: &ExplainCase) -> Result<crate::Explanation, String> {
-    let e = entities(bundle, &case.agent, &case.task, [&case.call.tool])?;
-    let digest = case.call.digest();
-    Ok(bundle.explain_call(&e, &case.call.request(&digest, &case.history)))
+/// Decides and explains one call or task start.
+pub fn explain_case(bundle: &Bundle, case: &ExplainCase) -> Result<Explained, String> {
+    match (&case.call, &case.start) {
+        (Some(call), None) => {
+            let e = entities(bundle, &case.agent, &case.task, [&call.tool])?;
+            let digest = call.digest();
+            Ok(Explained::Call(
+                bundle.explain_call(&e, &call.request(&digest, &case.history)),
+            ))
+        }
+        (None, Some(start)) => {
+            let e = entities(bundle, &case.agent, &case.task, &start.scope.tools)?;
+            let sd = bundle.decide_start(
+                &e,
+                &StartRequest {
+                    scope: &start.scope,
+                    ttl_secs: start.ttl_secs.unwrap_or(900),
+                    environment: &case.task.environment,
+                    now_secs: 1_800_000_000,
+                },
+            );
+            Ok(Explained::Start(StartExplanation {
+                decision: sd.decision,
+                ttl_cap_secs: sd.ttl_cap_secs,
+                items: sd.items,
+            }))
+        }
+        _ => Err("a request needs exactly one of `call` or `start`".into()),
+    }
 }

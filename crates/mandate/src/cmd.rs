@@ -551,12 +551,14 @@ pub enum PolicyCmd {
     },
     /// Decide one call against a policy directory and show every policy's part in it:
     /// which determined the decision, which matched, which did not, which failed, and
-    /// which were skipped because their scope cannot apply.
+    /// which were skipped because their scope cannot apply. Or decide a task start and
+    /// show how each requested (tool, action) pair fared, and why each refused one was.
     Explain {
         /// Policy directory.
         dir: PathBuf,
-        /// The call as JSON, like a test case without `expect`:
-        /// '{"agent": {"tier": 0}, "call": {"tool": "tickets.search", "action": "read"}}'.
+        /// The call or start as JSON, like a test case without `expect`:
+        /// '{"agent": {"tier": 0}, "call": {"tool": "tickets.search", "action": "read"}}'
+        /// or '{"start": {"scope": {"tools": ["tickets.search"], "actions": ["read"]}}}'.
         /// Prefix with @ to read a file.
         request: String,
         /// Print the explanation as JSON.
@@ -667,7 +669,34 @@ pub async fn policy(c: PolicyCmd) -> Result<ExitCode> {
                 .map_err(anyhow::Error::msg)?;
             if json {
                 print(&serde_json::to_value(&ex)?)?;
-            } else {
+            } else if let mandate_policy::testing::Explained::Start(st) = &ex {
+                let d = &st.decision;
+                println!(
+                    "start_task: {}  by {}  (bundle {})",
+                    style::outcome(d.outcome.as_str()),
+                    d.policies.join(", "),
+                    d.bundle_version
+                );
+                for r in &d.reasons {
+                    println!("  {r}");
+                }
+                if let Some(cap) = st.ttl_cap_secs {
+                    println!("  lifetime capped at {cap} s");
+                }
+                println!();
+                for i in &st.items {
+                    println!(
+                        "  {}  {}:{}  by {}",
+                        style::outcome(i.outcome.as_str()),
+                        i.tool,
+                        i.action,
+                        i.policies.join(", ")
+                    );
+                    for r in &i.reasons {
+                        println!("      {r}");
+                    }
+                }
+            } else if let mandate_policy::testing::Explained::Call(ex) = &ex {
                 let d = &ex.decision;
                 println!(
                     "{}  by {}  (bundle {})",

@@ -466,3 +466,70 @@ fn bad_policies_refuse_to_start_and_validate_names_the_line() {
     let t = run(bin().args(["policy", "test"]).arg(b.path()));
     assert_eq!(t.status.code(), Some(2), "no fixtures is not a pass");
 }
+
+fn billing_policies() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/policies/billing")
+}
+
+#[test]
+fn a_refused_grant_pair_says_why_in_explain_and_in_policy_test() {
+    // A start that forgets the catalog's data domain: every pair refused, each saying so.
+    let start = r#"{"start": {"scope": {"tools": ["billing.refund", "billing.invoice_get"], "actions": ["write"]}}}"#;
+    let out = json(&run(bin()
+        .args(["policy", "explain", "--json"])
+        .arg(billing_policies())
+        .arg(start)));
+    assert_eq!(out["decision"]["outcome"], "allow", "{out}");
+    let items = out["items"].as_array().unwrap();
+    assert_eq!(items.len(), 2, "{out}");
+    for i in items {
+        assert_eq!(i["outcome"], "deny");
+        assert_eq!(i["policies"], serde_json::json!(["mandate:catalog"]));
+        assert!(
+            i["reasons"][0]
+                .as_str()
+                .unwrap()
+                .contains("data domain `finance`"),
+            "{i}"
+        );
+    }
+    // With the domain, refunds are granted (decided per call on their arguments) and
+    // reading a refund is refused by default, saying so.
+    let start = r#"{"start": {"scope": {"tools": ["billing.refund"], "actions": ["read", "write"], "data_domains": ["finance"]}}}"#;
+    let t = run(bin()
+        .args(["policy", "explain"])
+        .arg(billing_policies())
+        .arg(start));
+    let text = String::from_utf8_lossy(&t.stdout);
+    assert!(t.status.success(), "{text}");
+    assert!(
+        text.contains("allow  billing.refund:write  by refund-small, refund-large"),
+        "{text}"
+    );
+    assert!(
+        text.contains("deny  billing.refund:read  by mandate:default-deny"),
+        "{text}"
+    );
+    assert!(text.contains("no policy permits this action"), "{text}");
+
+    // `policy test` names each refused pair and why when `granted` differs.
+    let b = tempfile::tempdir().unwrap();
+    for f in ["billing.cedar", "tools.json"] {
+        std::fs::copy(billing_policies().join(f), b.path().join(f)).unwrap();
+    }
+    std::fs::create_dir(b.path().join("tests")).unwrap();
+    std::fs::write(
+        b.path().join("tests/t.json"),
+        r#"[{"name": "refunds granted (forgot the domain)", "start": {"scope": {"tools": ["billing.refund"], "actions": ["write"]}},
+             "expect": {"outcome": "allow", "granted": ["billing.refund:write"]}}]"#,
+    )
+    .unwrap();
+    let t = run(bin().args(["policy", "test"]).arg(b.path()));
+    let out = String::from_utf8_lossy(&t.stdout);
+    assert_eq!(t.status.code(), Some(2), "{out}");
+    assert!(
+        out.contains("refused billing.refund:write by [mandate:catalog]"),
+        "{out}"
+    );
+    assert!(out.contains("did not declare in `data_domains`"), "{out}");
+}
