@@ -21,6 +21,10 @@ pub trait Clock: Send + Sync + fmt::Debug {
 pub struct SystemClock;
 
 impl Clock for SystemClock {
+    #[expect(
+        clippy::disallowed_methods,
+        reason = "the real clock: the one place wall time is read"
+    )]
     fn now_ms(&self) -> UnixMillis {
         jiff::Timestamp::now().as_millisecond()
     }

@@ -9,6 +9,7 @@
     clippy::indexing_slicing,
     clippy::panic,
     clippy::expect_used,
+    clippy::disallowed_methods,
     reason = "benchmark code"
 )]
 

@@ -8,6 +8,11 @@
 //!
 //! Usage: `cargo run --release -p mandate-server --example constant_server -- 127.0.0.1:PORT [BODY]`
 
+#![allow(
+    clippy::disallowed_methods,
+    reason = "a benchmark baseline: one task per connection, like any bare server"
+)]
+
 use std::convert::Infallible;
 
 use bytes::Bytes;

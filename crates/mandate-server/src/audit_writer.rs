@@ -140,6 +140,10 @@ impl AuditWriter {
         let health: Arc<StoreHealth> = Arc::default();
         let pending = Arc::clone(&deferred);
         let state = Arc::clone(&health);
+        #[expect(
+            clippy::disallowed_methods,
+            reason = "the single audit writer: one task for the server life, ended when every sender is dropped"
+        )]
         tokio::spawn(async move {
             let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
             let mut tick = tokio::time::interval(DEFERRED_FLUSH);
@@ -304,6 +308,11 @@ impl AuditWriter {
 
 #[cfg(test)]
 mod tests {
+    #![allow(
+        clippy::disallowed_methods,
+        reason = "test code: waits out the deferred flush"
+    )]
+
     use mandate_audit::EventKind;
     use mandate_store::SqliteStore;
 

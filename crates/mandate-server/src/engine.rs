@@ -639,6 +639,10 @@ impl Engine {
     /// decisions as at start-up.
     pub(crate) fn verify_in_background(self: &Arc<Self>) {
         let engine = Arc::clone(self);
+        #[expect(
+            clippy::disallowed_methods,
+            reason = "one chain walk at start-up; it ends with the chain"
+        )]
         tokio::spawn(async move {
             match crate::verify::verify_chain(&*engine.store).await {
                 Ok(report) => {

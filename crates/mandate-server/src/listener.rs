@@ -124,6 +124,7 @@ pub(crate) async fn serve(
                     Err(_) => match Arc::clone(&refusals).try_acquire_owned() {
                         Ok(slot) => {
                             let answer = Arc::clone(&over_cap);
+                            #[expect(clippy::disallowed_methods, reason = "refusals past the cap are bounded by the refusal semaphore held by the task")]
                             tokio::spawn(async move {
                                 refuse_over_cap(tcp, answer).await;
                                 drop(slot);
@@ -142,6 +143,7 @@ pub(crate) async fn serve(
                         tracing::warn!(error = %e, "accept failed; backing off");
                         last_accept_error = Some(Instant::now());
                     }
+                    #[expect(clippy::disallowed_methods, reason = "backing off after accept errors (EMFILE) instead of spinning")]
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             },
@@ -521,7 +523,11 @@ pub(crate) async fn within_request_timeout(
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, reason = "test code")]
+    #![allow(
+        clippy::unwrap_used,
+        clippy::disallowed_methods,
+        reason = "test code: a slow handler sleeps"
+    )]
 
     use super::*;
 

@@ -105,8 +105,16 @@ impl Server {
         ));
         let limits = crate::listener::ConnectionLimits::from_limits(&engine.config.limits);
         let (tx, rx) = oneshot::channel::<()>();
+        #[expect(
+            clippy::disallowed_methods,
+            reason = "the listener: owned by the server handle, joined at shutdown"
+        )]
         let handle = tokio::spawn(crate::listener::serve(listener, app, limits, rx));
         let sweep_engine = Arc::clone(&engine);
+        #[expect(
+            clippy::disallowed_methods,
+            reason = "the sweeper: owned by the server handle, aborted at shutdown"
+        )]
         let sweeper = tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_millis(500));
             let watch = sweep_engine.config.watch_policies;
@@ -130,6 +138,10 @@ impl Server {
             )
             .max_decoding_message_size(engine.config.limits.max_body_bytes);
             let (gtx, grx) = oneshot::channel::<()>();
+            #[expect(
+                clippy::disallowed_methods,
+                reason = "the gRPC listener: owned by the server handle, joined at shutdown"
+            )]
             let grpc = tokio::spawn(async move {
                 let served = tonic::transport::Server::builder()
                     .timeout(Duration::from_secs(
@@ -226,6 +238,10 @@ async fn shutdown_signal() {
 /// once, not on every poll; the last good bundle keeps enforcing.
 async fn watch_policies(engine: &Engine, seen: &mut String) {
     let dir = engine.config.policies.clone();
+    #[expect(
+        clippy::disallowed_methods,
+        reason = "one directory read per poll, awaited here"
+    )]
     let version =
         match tokio::task::spawn_blocking(move || mandate_policy::Bundle::version_of_dir(&dir))
             .await

@@ -79,6 +79,10 @@ pub(crate) async fn deliver(
     let mut last = String::new();
     for attempt in 0..ATTEMPTS {
         if attempt > 0 {
+            #[expect(
+                clippy::disallowed_methods,
+                reason = "backoff between webhook delivery attempts"
+            )]
             tokio::time::sleep(Duration::from_millis(250 << attempt)).await;
         }
         let sig = signature(secret.as_bytes(), now_secs(), &body);

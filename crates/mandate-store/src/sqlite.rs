@@ -217,6 +217,10 @@ impl SqliteStore {
 }
 
 /// Wall time for the migration bookkeeping only (not a decision input).
+#[expect(
+    clippy::disallowed_methods,
+    reason = "when a migration ran is bookkeeping, not a decision input"
+)]
 fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -174,6 +174,10 @@ impl Gateway {
         if self.vault.is_some() {
             // Vault values live no longer than their task: drop those of ended tasks.
             let weak = Arc::downgrade(&self);
+            #[expect(
+                clippy::disallowed_methods,
+                reason = "one sweeper for the gateway life; it ends when the gateway is dropped (weak reference)"
+            )]
             tokio::spawn(async move {
                 let mut tick = tokio::time::interval(Duration::from_secs(1));
                 loop {

@@ -189,6 +189,10 @@ impl McpGateway {
         map.insert(key.clone(), Arc::clone(&slot));
         let (this, task, key) = (Arc::clone(self), Arc::clone(task), key.clone());
         let watched = Arc::clone(&slot);
+        #[expect(
+            clippy::disallowed_methods,
+            reason = "one watcher per upstream session, bounded by the session caps; it ends with its task"
+        )]
         tokio::spawn(async move {
             task.until_ended().await;
             {
