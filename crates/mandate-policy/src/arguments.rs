@@ -163,6 +163,67 @@ impl ArgSchema {
     pub fn to_cedar(&self, v: &Value) -> Result<RestrictedExpression, ArgError> {
         convert(self, v, "$")
     }
+
+    /// What policy sees of a call's arguments, as JSON, for the people who read
+    /// approvals: declared fields only, amounts as four-place decimals, formats as their
+    /// derived facts. `None` when the arguments do not fit.
+    pub fn typed_view(&self, v: &Value) -> Option<Value> {
+        self.to_cedar(v).ok()?;
+        Some(view(self, v))
+    }
+}
+
+/// [`ArgSchema::typed_view`] of arguments already known to fit.
+fn view(s: &ArgSchema, v: &Value) -> Value {
+    let text = || v.as_str().unwrap_or_default();
+    match s {
+        ArgSchema::Object { properties, .. } => Value::Object(
+            v.as_object()
+                .into_iter()
+                .flatten()
+                .filter_map(|(k, x)| properties.get(k).map(|ps| (k.clone(), view(ps, x))))
+                .collect(),
+        ),
+        ArgSchema::String { format, root, .. } => {
+            let facts = match format {
+                None => return v.clone(),
+                Some(StringFormat::Decimal) => {
+                    return parse_decimal(text()).map_or(Value::Null, |d| decimal_text(d).into());
+                }
+                Some(StringFormat::IpAddr) => {
+                    return ip_text(text()).map_or(Value::Null, Into::into);
+                }
+                Some(StringFormat::DateTime) => {
+                    return datetime_text(text()).map_or(Value::Null, Into::into);
+                }
+                Some(StringFormat::Url) => derived::url(text()),
+                Some(StringFormat::Email) => derived::email(text()),
+                Some(StringFormat::Path) => derived::path(text(), root.as_deref()),
+                Some(StringFormat::Sql) => derived::sql(text()),
+            };
+            facts.map_or(Value::Null, |f| f.to_json())
+        }
+        ArgSchema::Command { .. } => {
+            let argv: Vec<String> = v
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|a| a.as_str().map(str::to_owned))
+                .collect();
+            derived::command(&argv).map_or(Value::Null, |f| f.to_json())
+        }
+        ArgSchema::Number { .. } => {
+            number_to_decimal(v).map_or(Value::Null, |d| decimal_text(d).into())
+        }
+        ArgSchema::Integer { .. } | ArgSchema::Boolean => v.clone(),
+        ArgSchema::Array { items, .. } => Value::Array(
+            v.as_array()
+                .into_iter()
+                .flatten()
+                .map(|x| view(items, x))
+                .collect(),
+        ),
+    }
 }
 
 fn bad(at: &str, msg: impl std::fmt::Display) -> String {
@@ -551,12 +612,18 @@ fn convert(s: &ArgSchema, v: &Value, at: &str) -> Result<RestrictedExpression, A
                 Some(StringFormat::DateTime) => datetime_text(text)
                     .map(RestrictedExpression::new_datetime)
                     .ok_or_else(|| err(at, "must be an RFC 3339 date-time")),
-                Some(StringFormat::Url) => derived::url(text).map_err(|e| err(at, e)),
-                Some(StringFormat::Email) => derived::email(text).map_err(|e| err(at, e)),
-                Some(StringFormat::Path) => {
-                    derived::path(text, root.as_deref()).map_err(|e| err(at, e))
-                }
-                Some(StringFormat::Sql) => derived::sql(text).map_err(|e| err(at, e)),
+                Some(StringFormat::Url) => derived::url(text)
+                    .and_then(|f| f.to_cedar())
+                    .map_err(|e| err(at, e)),
+                Some(StringFormat::Email) => derived::email(text)
+                    .and_then(|f| f.to_cedar())
+                    .map_err(|e| err(at, e)),
+                Some(StringFormat::Path) => derived::path(text, root.as_deref())
+                    .and_then(|f| f.to_cedar())
+                    .map_err(|e| err(at, e)),
+                Some(StringFormat::Sql) => derived::sql(text)
+                    .and_then(|f| f.to_cedar())
+                    .map_err(|e| err(at, e)),
             }
         }
         ArgSchema::Command { max_items } => {
@@ -583,7 +650,9 @@ fn convert(s: &ArgSchema, v: &Value, at: &str) -> Result<RestrictedExpression, A
                     })
                 })
                 .collect::<Result<Vec<_>, _>>()?;
-            derived::command(&argv).map_err(|e| err(at, e))
+            derived::command(&argv)
+                .and_then(|f| f.to_cedar())
+                .map_err(|e| err(at, e))
         }
         ArgSchema::Integer { minimum, maximum } => {
             let n = v

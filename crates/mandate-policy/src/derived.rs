@@ -32,19 +32,76 @@ pub fn path_type(root: bool) -> String {
     format!("{{\"path\": String, \"name\": String, \"depth\": Long{under}}}")
 }
 
-fn s(v: &str) -> RestrictedExpression {
-    RestrictedExpression::new_string(v.to_owned())
+/// One derived fact.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fact {
+    /// A Cedar `String`.
+    Str(String),
+    /// A Cedar `Long`.
+    Long(i64),
+    /// A Cedar `Bool`.
+    Bool(bool),
+    /// A Cedar `Set<String>`.
+    Set(Vec<String>),
 }
 
-fn record(
-    fields: impl IntoIterator<Item = (&'static str, RestrictedExpression)>,
-) -> Result<RestrictedExpression, String> {
-    RestrictedExpression::new_record(fields.into_iter().map(|(k, v)| (k.to_owned(), v)))
+/// The facts derived from one argument: a Cedar record for policy, and the same as JSON
+/// for the people who read approvals.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Facts(Vec<(&'static str, Fact)>);
+
+impl Facts {
+    /// The record policy sees.
+    pub fn to_cedar(&self) -> Result<RestrictedExpression, String> {
+        RestrictedExpression::new_record(self.0.iter().map(|(k, f)| {
+            let v = match f {
+                Fact::Str(v) => RestrictedExpression::new_string(v.clone()),
+                Fact::Long(n) => RestrictedExpression::new_long(*n),
+                Fact::Bool(b) => RestrictedExpression::new_bool(*b),
+                Fact::Set(items) => RestrictedExpression::new_set(
+                    items
+                        .iter()
+                        .map(|i| RestrictedExpression::new_string(i.clone())),
+                ),
+            };
+            ((*k).to_owned(), v)
+        }))
         .map_err(|e| e.to_string())
+    }
+
+    /// The same facts as a JSON object.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::Value::Object(
+            self.0
+                .iter()
+                .map(|(k, f)| {
+                    let v = match f {
+                        Fact::Str(v) => serde_json::Value::String(v.clone()),
+                        Fact::Long(n) => serde_json::Value::from(*n),
+                        Fact::Bool(b) => serde_json::Value::Bool(*b),
+                        Fact::Set(items) => serde_json::Value::from(items.clone()),
+                    };
+                    ((*k).to_owned(), v)
+                })
+                .collect(),
+        )
+    }
+}
+
+fn s(v: &str) -> Fact {
+    Fact::Str(v.to_owned())
+}
+
+fn long(n: usize) -> Fact {
+    Fact::Long(i64::try_from(n).unwrap_or(i64::MAX))
+}
+
+fn record(fields: impl IntoIterator<Item = (&'static str, Fact)>) -> Result<Facts, String> {
+    Ok(Facts(fields.into_iter().collect()))
 }
 
 /// An absolute URL with a host, no credentials, in the form the URL parser writes it.
-pub fn url(text: &str) -> Result<RestrictedExpression, String> {
+pub fn url(text: &str) -> Result<Facts, String> {
     let u = url::Url::parse(text).map_err(|e| format!("must be an absolute URL ({e})"))?;
     let host = u
         .host_str()
@@ -64,7 +121,7 @@ pub fn url(text: &str) -> Result<RestrictedExpression, String> {
     record([
         ("scheme", s(u.scheme())),
         ("host", s(host)),
-        ("port", RestrictedExpression::new_long(i64::from(port))),
+        ("port", Fact::Long(i64::from(port))),
         ("path", s(u.path())),
         ("query", s(u.query().unwrap_or_default())),
     ])
@@ -74,7 +131,7 @@ const ATOM_SPECIALS: &str = "!#$%&'*+/=?^_`{|}~-";
 
 /// `local@domain`: a dot-atom local part (no quoted or commented forms) and a lowercase
 /// ASCII domain of at least two labels.
-pub fn email(text: &str) -> Result<RestrictedExpression, String> {
+pub fn email(text: &str) -> Result<Facts, String> {
     let (local, domain) = match text.split_once('@') {
         Some((l, d)) if !d.contains('@') => (l, d),
         _ => return Err("must be one address, local@domain".into()),
@@ -109,25 +166,18 @@ pub fn email(text: &str) -> Result<RestrictedExpression, String> {
 
 /// An absolute path with no `.`, `..` or empty segments, no backslash or control
 /// characters, and nothing that compatibility normalisation would change.
-pub fn path(text: &str, root: Option<&str>) -> Result<RestrictedExpression, String> {
+pub fn path(text: &str, root: Option<&str>) -> Result<Facts, String> {
     check_path(text)?;
     let name = text.rsplit('/').next().unwrap_or_default();
     let depth = text.split('/').filter(|seg| !seg.is_empty()).count();
-    let mut fields = vec![
-        ("path", s(text)),
-        ("name", s(name)),
-        (
-            "depth",
-            RestrictedExpression::new_long(i64::try_from(depth).unwrap_or(i64::MAX)),
-        ),
-    ];
+    let mut fields = vec![("path", s(text)), ("name", s(name)), ("depth", long(depth))];
     if let Some(root) = root {
         let under = root == "/"
             || text == root
             || text
                 .strip_prefix(root)
                 .is_some_and(|rest| rest.starts_with('/'));
-        fields.push(("under_root", RestrictedExpression::new_bool(under)));
+        fields.push(("under_root", Fact::Bool(under)));
     }
     record(fields)
 }
@@ -185,7 +235,7 @@ const SHELLS: &[&str] = &[
 
 /// An argv array: the program, its base name, the arguments after it (as a set), their
 /// count, and whether the program is a shell or a launcher of other programs.
-pub fn command(argv: &[String]) -> Result<RestrictedExpression, String> {
+pub fn command(argv: &[String]) -> Result<Facts, String> {
     let (program, args) = argv
         .split_first()
         .ok_or_else(|| "must name a program (argv is empty)".to_owned())?;
@@ -200,34 +250,25 @@ pub fn command(argv: &[String]) -> Result<RestrictedExpression, String> {
     record([
         ("program", s(program)),
         ("name", s(name)),
-        (
-            "args",
-            RestrictedExpression::new_set(args.iter().map(|a| s(a))),
-        ),
-        (
-            "argc",
-            RestrictedExpression::new_long(i64::try_from(args.len()).unwrap_or(i64::MAX)),
-        ),
-        ("shell", RestrictedExpression::new_bool(shell)),
+        ("args", Fact::Set(args.to_vec())),
+        ("argc", long(args.len())),
+        ("shell", Fact::Bool(shell)),
     ])
 }
 
 /// What a SQL text does, from a real parser: whether it parsed, the number of statements,
 /// the kind of every statement (nested ones too, e.g. a data-modifying CTE) and every table
 /// it names. Text that does not parse is a fact (`parsed: false`), not an error.
-pub fn sql(text: &str) -> Result<RestrictedExpression, String> {
+pub fn sql(text: &str) -> Result<Facts, String> {
     let facts = SqlFacts::of(text);
-    let set = |items: &BTreeSet<String>| RestrictedExpression::new_set(items.iter().map(|i| s(i)));
+    let set = |items: &BTreeSet<String>| Fact::Set(items.iter().cloned().collect());
     record([
-        ("parsed", RestrictedExpression::new_bool(facts.parsed)),
-        (
-            "statements",
-            RestrictedExpression::new_long(i64::try_from(facts.statements).unwrap_or(i64::MAX)),
-        ),
+        ("parsed", Fact::Bool(facts.parsed)),
+        ("statements", long(facts.statements)),
         ("kinds", set(&facts.kinds)),
         ("tables", set(&facts.tables)),
         ("functions", set(&facts.functions)),
-        ("comments", RestrictedExpression::new_bool(facts.comments)),
+        ("comments", Fact::Bool(facts.comments)),
     ])
 }
 

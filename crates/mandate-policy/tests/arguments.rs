@@ -422,3 +422,37 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn the_typed_view_shows_approvers_what_policy_saw() {
+    let tools = json!({ "tools": [{ "name": "web.fetch", "arguments": { "type": "object",
+        "properties": {
+            "url": { "type": "string", "format": "url" },
+            "max": { "type": "number" },
+            "argv": { "type": "array", "format": "command" } },
+        "required": ["url"] } }] });
+    let b = Bundle::from_sources(sources(
+        &tools,
+        r#"@id("s") permit(principal, action == Mandate::Action::"start_task", resource);"#,
+    ))
+    .unwrap();
+    let schema = b
+        .catalog()
+        .arguments(&ToolName::parse("web.fetch").unwrap())
+        .unwrap();
+    let view = schema
+        .typed_view(&json!({ "url": "https://docs.example.com/a?b=1", "max": 2.5, "argv": ["/bin/sh", "-c", "x"] }))
+        .unwrap();
+    assert_eq!(
+        view,
+        json!({
+            "url": { "scheme": "https", "host": "docs.example.com", "port": 443, "path": "/a", "query": "b=1" },
+            "max": "2.5000",
+            "argv": { "program": "/bin/sh", "name": "sh", "args": ["-c", "x"], "argc": 2, "shell": true }
+        })
+    );
+    assert_eq!(
+        schema.typed_view(&json!({ "url": "HTTPS://x.example/" })),
+        None
+    );
+}

@@ -549,6 +549,12 @@ impl Engine {
                 let entry = bundle.catalog().get(&call.tool);
                 let tool_risk = entry.map(|e| e.risk.as_str());
                 let tool_destructive = entry.map(|e| e.destructive);
+                // What policy saw of the arguments (amounts, derived facts), for the
+                // approver: the catalog's typed view, when it declares them.
+                let typed_arguments = bundle
+                    .catalog()
+                    .arguments(&call.tool)
+                    .and_then(|schema| schema.typed_view(call.args.value()));
                 self.open_approval(Request {
                     kind: ApprovalKind::Call,
                     task_id: &task.id,
@@ -557,7 +563,8 @@ impl Engine {
                     digest,
                     action: json!({
                         "tool": call.tool, "action": call.action, "resource": call.resource,
-                        "arguments": call.args, "args_digest": call.args.digest(),
+                        "arguments": call.args, "typed_arguments": typed_arguments,
+                        "args_digest": call.args.digest(),
                         "destination": call.destination, "data_domain": data_domain,
                         "sensitivity": call.sensitivity, "purpose": task.purpose,
                         "agent_tier": task.tier(), "tool_risk": tool_risk,

@@ -127,6 +127,17 @@ async fn a_refund_over_100_through_the_gateway_is_held_and_only_the_approved_bod
         )
         .await;
     let approver = approver.body["token"].as_str().unwrap().to_owned();
+    // The approver sees the arguments as policy saw them.
+    let held =
+        p.h.get(&format!("/v1/approvals/{id}"), Some(&approver))
+            .await;
+    assert_eq!(held.status, 200, "{:?}", held.body);
+    assert_eq!(
+        held.body["action"]["typed_arguments"],
+        json!({ "path": { "id": "inv-2" }, "query": {}, "body": { "amount": "250.0000", "currency": "EUR" } }),
+        "{:?}",
+        held.body
+    );
     let a =
         p.h.post(
             &format!("/v1/approvals/{id}/approve"),

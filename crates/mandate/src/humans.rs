@@ -139,6 +139,11 @@ fn details(a: &Value) -> String {
             "arguments",
             serde_json::to_string_pretty(&act["arguments"]).unwrap_or_default(),
         );
+        // What policy saw: amounts as decimals, URLs, paths, SQL and commands as facts.
+        field(
+            "as typed",
+            serde_json::to_string_pretty(&act["typed_arguments"]).unwrap_or_default(),
+        );
         field("destination", act["destination"].to_string());
         field("data domain", act["data_domain"].to_string());
         field("sensitivity", act["sensitivity"].to_string());
