@@ -272,7 +272,7 @@ pub fn sql(text: &str) -> Result<Facts, String> {
     ])
 }
 
-/// The facts [`sql`] exposes.
+/// The facts a `format: "sql"` argument exposes to policy.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct SqlFacts {
     /// Whether the text parsed.
