@@ -77,13 +77,44 @@ pub enum ArgSchema {
     },
 }
 
+/// Which addresses an `ipaddr` argument admits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IpFamily {
+    /// IPv4 or IPv6.
+    Any,
+    /// IPv4 only.
+    V4,
+    /// IPv6 only.
+    V6,
+}
+
+impl IpFamily {
+    fn admits(self, canonical: &str) -> bool {
+        let v6 = canonical.contains(':');
+        match self {
+            Self::Any => true,
+            Self::V4 => !v6,
+            Self::V6 => v6,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::Any => "IP",
+            Self::V4 => "IPv4",
+            Self::V6 => "IPv6",
+        }
+    }
+}
+
 /// How a string argument is typed for policy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StringFormat {
     /// `decimal`: a Cedar `decimal`, e.g. `"12.50"`.
     Decimal,
-    /// `ipaddr`: a Cedar `ipaddr`, an address or a CIDR range.
-    IpAddr,
+    /// `ipaddr` (either family), `ipv4` or `ipv6`: a Cedar `ipaddr`, an address or a
+    /// CIDR range, in canonical form.
+    IpAddr(IpFamily),
     /// `date-time`: an RFC 3339 instant, a Cedar `datetime` (in UTC).
     DateTime,
     /// `url`: an absolute URL, as the record `{scheme, host, port, path, query}`.
@@ -143,7 +174,7 @@ impl ArgSchema {
             Self::String { format, root, .. } => match format {
                 None => "String".into(),
                 Some(StringFormat::Decimal) => "__cedar::decimal".into(),
-                Some(StringFormat::IpAddr) => "__cedar::ipaddr".into(),
+                Some(StringFormat::IpAddr(_)) => "__cedar::ipaddr".into(),
                 Some(StringFormat::DateTime) => "__cedar::datetime".into(),
                 Some(StringFormat::Url) => derived::URL_TYPE.into(),
                 Some(StringFormat::Email) => derived::EMAIL_TYPE.into(),
@@ -190,7 +221,7 @@ fn view(s: &ArgSchema, v: &Value) -> Value {
                 Some(StringFormat::Decimal) => {
                     return parse_decimal(text()).map_or(Value::Null, |d| decimal_text(d).into());
                 }
-                Some(StringFormat::IpAddr) => {
+                Some(StringFormat::IpAddr(_)) => {
                     return ip_text(text()).map_or(Value::Null, Into::into);
                 }
                 Some(StringFormat::DateTime) => {
@@ -307,7 +338,9 @@ fn parse_at(v: &Value, at: &str, depth: usize) -> Result<ArgSchema, String> {
             let format = match m.get("format").map(|f| f.as_str()) {
                 None => None,
                 Some(Some("decimal")) => Some(StringFormat::Decimal),
-                Some(Some("ipaddr" | "ipv4" | "ipv6")) => Some(StringFormat::IpAddr),
+                Some(Some("ipaddr")) => Some(StringFormat::IpAddr(IpFamily::Any)),
+                Some(Some("ipv4")) => Some(StringFormat::IpAddr(IpFamily::V4)),
+                Some(Some("ipv6")) => Some(StringFormat::IpAddr(IpFamily::V6)),
                 Some(Some("date-time")) => Some(StringFormat::DateTime),
                 Some(Some("url")) => Some(StringFormat::Url),
                 Some(Some("email")) => Some(StringFormat::Email),
@@ -606,9 +639,20 @@ fn convert(s: &ArgSchema, v: &Value, at: &str) -> Result<RestrictedExpression, A
                             "must be a decimal number with at most four decimal places",
                         )
                     }),
-                Some(StringFormat::IpAddr) => ip_text(text)
-                    .map(RestrictedExpression::new_ip)
-                    .ok_or_else(|| err(at, "must be an IP address or CIDR range")),
+                Some(StringFormat::IpAddr(family)) => match ip_text(text) {
+                    Some(canonical) if canonical != *text => Err(err(
+                        at,
+                        format!("must be written in canonical form ({canonical:?})"),
+                    )),
+                    Some(canonical) if !family.admits(&canonical) => {
+                        Err(err(at, format!("must be an {} address", family.name())))
+                    }
+                    Some(canonical) => Ok(RestrictedExpression::new_ip(canonical)),
+                    None => Err(err(
+                        at,
+                        "must be an IP address or CIDR range (IPv4-mapped IPv6 forms are refused: write the IPv4 address)",
+                    )),
+                },
                 Some(StringFormat::DateTime) => datetime_text(text)
                     .map(RestrictedExpression::new_datetime)
                     .ok_or_else(|| err(at, "must be an RFC 3339 date-time")),
@@ -727,6 +771,16 @@ fn ip_text(text: &str) -> Option<String> {
         None => (text, None),
     };
     let ip: std::net::IpAddr = addr.parse().ok()?;
+    // `::ffff:10.0.0.1` is the IPv4 address to most upstreams but not to an IPv4 range in
+    // policy: refused, as are the deprecated IPv4-compatible forms.
+    if let std::net::IpAddr::V6(v6) = ip
+        && (v6.to_ipv4_mapped().is_some()
+            || (v6.segments().get(..6) == Some(&[0; 6])
+                && !v6.is_loopback()
+                && !v6.is_unspecified()))
+    {
+        return None;
+    }
     match prefix {
         None => Some(ip.to_string()),
         Some(p) => {

@@ -9,8 +9,8 @@ use std::ops::ControlFlow;
 
 use cedar_policy::RestrictedExpression;
 use sqlparser::ast::{
-    Expr, ObjectName, ObjectNamePart, SetExpr, Statement, visit_expressions, visit_relations,
-    visit_statements,
+    Expr, ObjectName, ObjectNamePart, Query, SetExpr, Statement, TableFactor, Visit, Visitor,
+    visit_expressions, visit_relations, visit_statements,
 };
 use sqlparser::dialect::GenericDialect;
 use sqlparser::parser::Parser;
@@ -127,7 +127,9 @@ pub fn url(text: &str) -> Result<Facts, String> {
     ])
 }
 
-const ATOM_SPECIALS: &str = "!#$%&'*+/=?^_`{|}~-";
+/// Characters of a dot-atom, less `%` and `!`: the "percent hack" and bang paths are
+/// routing syntax some relays still honour (`victim%evil.example@example.com`).
+const ATOM_SPECIALS: &str = "#$&'*+/=?^_`{|}~-";
 
 /// `local@domain`: a dot-atom local part (no quoted or commented forms) and a lowercase
 /// ASCII domain of at least two labels.
@@ -256,10 +258,19 @@ pub fn command(argv: &[String]) -> Result<Facts, String> {
     ])
 }
 
+/// Longest SQL text parsed: the parser builds a tree as deep as the text is long (a chain
+/// of `+1`), and walking a very deep tree could exhaust a worker's stack.
+pub const MAX_SQL_BYTES: usize = 16 * 1024;
+
 /// What a SQL text does, from a real parser: whether it parsed, the number of statements,
 /// the kind of every statement (nested ones too, e.g. a data-modifying CTE) and every table
 /// it names. Text that does not parse is a fact (`parsed: false`), not an error.
 pub fn sql(text: &str) -> Result<Facts, String> {
+    if text.len() > MAX_SQL_BYTES {
+        return Err(format!(
+            "is longer than {MAX_SQL_BYTES} bytes: SQL arguments are parsed up to that size"
+        ));
+    }
     let facts = SqlFacts::of(text);
     let set = |items: &BTreeSet<String>| Fact::Set(items.iter().cloned().collect());
     record([
@@ -334,6 +345,9 @@ impl SqlFacts {
             facts.tables.insert(name_of(name));
             ControlFlow::<()>::Continue(())
         });
+        // What the visitors above do not name: `TABLE x` bodies, `SELECT … INTO` anywhere
+        // in a query, and table-valued functions in `FROM`.
+        let _ = statements.visit(&mut Hidden(&mut facts));
         let _ = visit_expressions(&statements, |e| {
             if let Expr::Function(f) = e {
                 facts.functions.insert(name_of(&f.name));
@@ -342,6 +356,66 @@ impl SqlFacts {
         });
         facts.comments = has_comment_marker(text);
         facts
+    }
+}
+
+/// Collects the facts the generic visitors miss.
+struct Hidden<'a>(&'a mut SqlFacts);
+
+impl Hidden<'_> {
+    fn body(&mut self, body: &SetExpr) {
+        match body {
+            SetExpr::Select(sel) if sel.into.is_some() => {
+                self.0.kinds.insert("select_into".into());
+            }
+            SetExpr::SetOperation { left, right, .. } => {
+                self.body(left);
+                self.body(right);
+            }
+            SetExpr::Query(q) => self.body(&q.body),
+            SetExpr::Table(t) => {
+                let name = [&t.schema_name, &t.table_name]
+                    .into_iter()
+                    .flatten()
+                    .map(|i| match i.quote_style {
+                        None => i.value.to_lowercase(),
+                        Some(_) => i.value.clone(),
+                    })
+                    .collect::<Vec<_>>()
+                    .join(".");
+                self.0.tables.insert(name);
+            }
+            _ => {}
+        }
+    }
+}
+
+impl Visitor for Hidden<'_> {
+    type Break = ();
+
+    fn pre_visit_query(&mut self, query: &Query) -> ControlFlow<()> {
+        self.body(&query.body);
+        ControlFlow::Continue(())
+    }
+
+    fn pre_visit_table_factor(&mut self, factor: &TableFactor) -> ControlFlow<()> {
+        let function = match factor {
+            TableFactor::Table { args: None, .. }
+            | TableFactor::Derived { .. }
+            | TableFactor::NestedJoin { .. } => None,
+            TableFactor::Table { name, .. } | TableFactor::Function { name, .. } => {
+                Some(name_of(name))
+            }
+            TableFactor::UNNEST { .. } => Some("unnest".to_owned()),
+            TableFactor::JsonTable { .. } => Some("json_table".to_owned()),
+            // Any other row source (table functions, XMLTABLE, PIVOT…) is named as a
+            // function no allow-list holds, so a policy listing functions refuses it.
+            _ => Some("table_function".to_owned()),
+        };
+        if let Some(f) = function {
+            self.0.functions.insert(f);
+        }
+        ControlFlow::Continue(())
     }
 }
 
@@ -417,6 +491,31 @@ mod tests {
         }
         let f = SqlFacts::of("SELECT * INTO backup FROM users");
         assert!(f.kinds.contains("select_into"), "{f:?}");
+        for into in [
+            "SELECT * INTO backup FROM orders UNION SELECT * FROM orders",
+            "(SELECT * INTO backup FROM orders)",
+        ] {
+            assert!(SqlFacts::of(into).kinds.contains("select_into"), "{into}");
+        }
+        for hidden in [
+            "SELECT * FROM orders UNION TABLE secrets",
+            "SELECT * FROM orders WHERE a IN (TABLE secrets)",
+        ] {
+            let f = SqlFacts::of(hidden);
+            assert!(f.tables.contains("secrets"), "{hidden}: {f:?}");
+        }
+        for hidden in [
+            "SELECT * FROM orders, LATERAL pg_read_file('/etc/passwd')",
+            "SELECT * FROM pg_read_file('/etc/passwd')",
+            "SELECT * FROM UNNEST(ARRAY[1, 2])",
+        ] {
+            let f = SqlFacts::of(hidden);
+            assert!(f.parsed, "{hidden}");
+            assert!(
+                f.functions.iter().any(|x| x != "count"),
+                "{hidden}: a row source that is a function is named: {f:?}"
+            );
+        }
 
         let f = SqlFacts::of("SELEC * FROM users");
         assert_eq!(
@@ -458,6 +557,8 @@ mod tests {
             "a(comment)@example.com",
             "@example.com",
             "a@-x.example.com",
+            "victim%evil.example@example.com",
+            "evil.example!victim@example.com",
         ] {
             assert!(email(bad).is_err(), "{bad}");
         }

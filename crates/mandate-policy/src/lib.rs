@@ -20,7 +20,7 @@ mod facts;
 mod history;
 pub mod testing;
 
-pub use arguments::{ArgError, ArgSchema, StringFormat};
+pub use arguments::{ArgError, ArgSchema, IpFamily, StringFormat};
 pub use bundle::{Bundle, BundleError, Diagnostic, MAX_APPROVALS, SCHEMA_TEXT};
 pub use catalog::{CATALOG_FILE, Risk, ToolCatalog, ToolEntry};
 pub use decide::{

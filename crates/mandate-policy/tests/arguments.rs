@@ -376,6 +376,8 @@ when {
     // And to values that do not fit the schema: denied before policy, naming the field.
     for (field, value, path) in [
         ("host", json!("10.1.2.3.4"), "host"),
+        ("host", json!("::ffff:10.1.2.3"), "host"),
+        ("host", json!("0:0:0:0:0:0:0:1"), "host"),
         ("port", json!(0), "port"),
         ("port", json!(443.5), "port"),
         ("until", json!("tomorrow"), "until"),
