@@ -110,6 +110,35 @@ impl ApiError {
     }
 }
 
+impl From<mandate_engine::Error> for ApiError {
+    fn from(e: mandate_engine::Error) -> Self {
+        use mandate_engine::Kind;
+        let status = match e.kind {
+            Kind::Invalid => StatusCode::BAD_REQUEST,
+            Kind::Unprocessable => StatusCode::UNPROCESSABLE_ENTITY,
+            Kind::Unauthenticated => StatusCode::UNAUTHORIZED,
+            Kind::Forbidden => StatusCode::FORBIDDEN,
+            Kind::NotFound => StatusCode::NOT_FOUND,
+            Kind::Conflict => StatusCode::CONFLICT,
+            Kind::Exhausted => StatusCode::TOO_MANY_REQUESTS,
+            Kind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Kind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        Self {
+            status,
+            code: e.code,
+            message: e.message,
+            details: e.details,
+        }
+    }
+}
+
+impl From<mandate_engine::AuditError> for ApiError {
+    fn from(e: mandate_engine::AuditError) -> Self {
+        mandate_engine::Error::from(e).into()
+    }
+}
+
 impl From<mandate_token::TokenError> for ApiError {
     fn from(e: mandate_token::TokenError) -> Self {
         let status = match e {

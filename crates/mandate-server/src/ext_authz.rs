@@ -21,9 +21,9 @@ use envoy_types::ext_authz::v3::{
 use envoy_types::pb::envoy::service::auth::v3::attribute_context::HttpRequest;
 use serde_json::{Map, Value, json};
 
-use crate::api::{DecideRequest, decide_one};
-use crate::engine::Engine;
+use crate::edge::DecideRequest;
 use crate::error::ApiError;
+use mandate_engine::engine::Engine;
 
 /// The gRPC service.
 #[derive(Debug, Clone)]
@@ -226,7 +226,13 @@ fn denied(status: u16, grpc: tonic::Status, body: &Value, approval: Option<&str>
 impl ExtAuthz {
     async fn decide(&self, req: &CheckRequest) -> CheckResponse {
         let outcome = match translate(req) {
-            Ok((token, call)) => decide_one(&self.engine, &token, call).await,
+            Ok((token, call)) => {
+                let (call, options) = call.into_call();
+                self.engine
+                    .decide(&token, call, options)
+                    .await
+                    .map_err(ApiError::from)
+            }
             Err(e) => Err(e),
         };
         match outcome {

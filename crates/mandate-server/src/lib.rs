@@ -1,5 +1,7 @@
-//! Mandate's control plane: the HTTP API, the engine behind it (keys, policy bundle, live
-//! tasks, decide path), group-committed audit, and the server's life cycle.
+//! Mandate's control plane adapters and wiring: the HTTP API, AuthZEN, Envoy ext_authz,
+//! the HTTP and MCP gateways, the listener, and the server's life cycle. Every decision is
+//! the engine's (`mandate-engine`); this crate parses wire formats into its typed values and
+//! maps its errors onto each protocol.
 //!
 //! Invariants:
 //! - Fail closed: a store, audit or policy failure on the decision path is a refusal or a
@@ -9,21 +11,16 @@
 //! - Input is parsed once at the edge into typed values; handlers see only those.
 
 pub mod api;
-mod approvals;
-mod audit_writer;
-pub mod config;
-pub mod engine;
+pub mod edge;
 pub mod error;
 pub mod ext_authz;
 pub mod gateway;
 mod listener;
 pub mod mcp;
-pub mod secrets;
 mod server;
-pub mod verify;
-pub mod webhook;
 
-pub use approvals::ApprovalRef;
-pub use config::ServerConfig;
-pub use engine::{Call, Engine, Evaluated, LiveTask};
+pub use mandate_engine::{
+    ApprovalRef, Call, Engine, Evaluated, LiveTask, ServerConfig, config, engine, secrets, verify,
+    webhook,
+};
 pub use server::{RunningServer, Server};

@@ -9,8 +9,8 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use crate::config::ServerConfig;
-use crate::engine::{Engine, Opened};
+use mandate_engine::config::ServerConfig;
+use mandate_engine::engine::{Engine, Opened};
 
 /// Entry point.
 #[derive(Debug)]
@@ -145,7 +145,7 @@ impl Server {
             let grpc = tokio::spawn(async move {
                 let served = tonic::transport::Server::builder()
                     .timeout(Duration::from_secs(
-                        crate::engine::REQUEST_TIMEOUT_SECS.unsigned_abs(),
+                        mandate_engine::engine::REQUEST_TIMEOUT_SECS.unsigned_abs(),
                     ))
                     .add_service(service)
                     .serve_with_incoming_shutdown(

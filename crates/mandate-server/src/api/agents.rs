@@ -13,10 +13,10 @@ use mandate_token::IdentityClaims;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::extract::{ApiJson, Bearer};
 use super::{AppState, require_admin, text};
-use crate::engine::{Engine, PendingEnd};
+use crate::edge::{ApiJson, Bearer};
 use crate::error::{ApiError, ErrorBody};
+use mandate_engine::engine::{Engine, PendingEnd};
 
 /// Register an agent.
 #[derive(Debug, Deserialize, ToSchema)]

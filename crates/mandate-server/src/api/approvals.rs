@@ -2,7 +2,6 @@
 //! the oversight reports.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Json;
@@ -10,21 +9,20 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use mandate_audit::{EventKind, NewEvent};
 use mandate_core::{
-    AgentName, AgentStatus, ApprovalState, ApproverRole, Grant, HumanId, RequestedScope, SpiffeId,
-    TaskState, random_id, random_secret, sha256_hex,
+    AgentName, AgentStatus, ApprovalState, ApproverRole, HumanId, SpiffeId, random_secret,
+    sha256_hex,
 };
 use mandate_store::{
-    ApprovalRecord, ApproverGroup, ApproverRecord, BreakGlassRecord, BreakGlassReview, TaskRecord,
+    ApprovalRecord, ApproverGroup, ApproverRecord, BreakGlassRecord, BreakGlassReview,
 };
-use mandate_token::TaskClaims;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::extract::{ApiJson, ApiQuery, Bearer};
 use super::{AppState, require_admin, text};
-use crate::approvals::Human;
-use crate::engine::Engine;
+use crate::edge::{ApiJson, ApiQuery, Bearer};
 use crate::error::{ApiError, ErrorBody};
+use mandate_engine::approvals::Human;
+use mandate_engine::engine::Engine;
 
 const NAME_PATTERN: &str = "a name of 1-128 letters, digits and . _ @ + -";
 
@@ -57,19 +55,7 @@ fn human_id(field: &str, v: &str) -> Result<HumanId, ApiError> {
 }
 
 fn valid_group(v: &str) -> Result<(), ApiError> {
-    let ok = !v.is_empty()
-        && v.len() <= 64
-        && v.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
-    if ok {
-        Ok(())
-    } else {
-        Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_request",
-            "a group name is 1-64 of a-z, 0-9, '-' and '_'",
-        ))
-    }
+    Ok(mandate_engine::tasks::checked_group(v)?)
 }
 
 /// Add a human approver.
@@ -411,7 +397,14 @@ pub async fn approve(
     let approver = acting(&engine, &bearer, ApproverRole::Approver, "approve", &id).await?;
     match engine.approve(&approver, &id).await {
         Ok(a) => Ok(Json(a)),
-        Err(e) => Err(refused(&engine, "approve", &id, Some(approver.name.as_str()), e).await),
+        Err(e) => Err(refused(
+            &engine,
+            "approve",
+            &id,
+            Some(approver.name.as_str()),
+            e.into(),
+        )
+        .await),
     }
 }
 
@@ -443,54 +436,15 @@ pub async fn deny(
     let reason = text("reason", &req.reason, 1024, false)?;
     match engine.deny(&approver, &id, reason).await {
         Ok(a) => Ok(Json(a)),
-        Err(e) => Err(refused(&engine, "deny", &id, Some(approver.name.as_str()), e).await),
+        Err(e) => Err(refused(&engine, "deny", &id, Some(approver.name.as_str()), e.into()).await),
     }
 }
 
 /// Declare break-glass: an emergency grant for an agent, outside policy.
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct BreakGlassRequest {
-    /// The agent that will act.
-    pub agent: AgentName,
-    /// Why this cannot wait for the normal path (mandatory, at least 20 characters).
-    #[schema(min_length = 20, max_length = 2048)]
-    pub justification: String,
-    /// What the emergency needs.
-    pub scope: RequestedScope,
-    /// Lifetime, seconds (default and maximum: the server's break-glass limit).
-    #[serde(default)]
-    #[schema(minimum = 1, maximum = 1800)]
-    pub ttl_secs: Option<i64>,
-    /// The approver group alerted through its webhook (default `default`).
-    #[serde(default)]
-    #[schema(max_length = 64)]
-    pub alert_group: Option<String>,
-}
+pub use mandate_engine::BreakGlass as BreakGlassRequest;
 
 /// A declared break-glass and the task token it grants.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct BreakGlassResponse {
-    /// The record (its after-review is open).
-    pub break_glass: BreakGlassRecord,
-    /// The task token for the agent.
-    pub task_token: String,
-    /// What is granted.
-    pub grant: Grant,
-}
-
-fn grant_of(scope: &RequestedScope) -> Grant {
-    let actions: BTreeSet<_> = scope.actions.iter().copied().collect();
-    Grant {
-        tools: scope
-            .tools
-            .iter()
-            .map(|t| (t.clone(), actions.clone()))
-            .collect(),
-        data_domains: scope.data_domains.iter().cloned().collect(),
-        destinations: scope.destinations.iter().cloned().collect(),
-    }
-}
+pub use mandate_engine::BreakGlassIssued as BreakGlassResponse;
 
 /// Declare break-glass (an approver holding the `break_glass` role). Every call under it
 /// is allowed within its grant, audited as break-glass, and alerts the default group; its
@@ -525,176 +479,10 @@ async fn declare(
     req: BreakGlassRequest,
 ) -> Result<(StatusCode, Json<BreakGlassResponse>), (String, ApiError)> {
     let target = req.agent.to_string();
-    declare_inner(engine, human, req)
-        .await
-        .map_err(|e| (target, e))
-}
-
-async fn declare_inner(
-    engine: &Engine,
-    human: &ApproverRecord,
-    req: BreakGlassRequest,
-) -> Result<(StatusCode, Json<BreakGlassResponse>), ApiError> {
-    let justification = text("justification", &req.justification, 2048, true)?;
-    if justification.chars().count() < 20 {
-        return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "justification_required",
-            "break-glass needs a justification of at least 20 characters: say what is broken and why it cannot wait",
-        ));
+    match engine.declare_break_glass(human, req).await {
+        Ok(issued) => Ok((StatusCode::CREATED, Json(issued))),
+        Err(e) => Err((target, e.into())),
     }
-    let limits = &engine.config.limits;
-    req.scope
-        .check_bounds(limits.max_scope_items)
-        .map_err(|e| {
-            ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "invalid_request",
-                e.to_string(),
-            )
-        })?;
-    let max = limits.max_break_glass_ttl_secs;
-    let ttl = req.ttl_secs.unwrap_or(max);
-    if !(1..=max).contains(&ttl) {
-        return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_request",
-            format!("ttl_secs must be between 1 and {max}"),
-        ));
-    }
-    let alert_group = req
-        .alert_group
-        .clone()
-        .unwrap_or_else(|| mandate_policy::DEFAULT_APPROVER_GROUP.to_owned());
-    valid_group(&alert_group)?;
-    let agent = engine
-        .store
-        .agent(&req.agent)
-        .await
-        .map_err(|e| ApiError::store(&e))?
-        .filter(|a| a.status == AgentStatus::Active)
-        .ok_or_else(|| ApiError::not_found(format!("no active agent named {}", req.agent)))?;
-    // One emergency at a time per agent: grants cannot be chained back to back.
-    if let Some(open) = engine.live_break_glass(&agent.name) {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "break_glass_active",
-            format!(
-                "agent {} already holds break-glass {}: end it (revoke its task) before declaring another",
-                agent.name, open
-            ),
-        ));
-    }
-    let alert_webhook = engine
-        .store
-        .approver_group(&alert_group)
-        .await
-        .map_err(|e| ApiError::store(&e))?
-        .is_some_and(|g| g.webhook_url.is_some());
-    let rng = |_| ApiError::internal("system RNG failed");
-    let id = random_id("bg").map_err(rng)?;
-    let task_id = random_id("tsk").map_err(rng)?;
-    let jti = random_id("jti").map_err(rng)?;
-    let now_ms = engine.clock.now_ms();
-    let now_secs = engine.clock.now_secs();
-    let grant = grant_of(&req.scope);
-    let purpose = format!("BREAK-GLASS by {}: {justification}", human.name);
-    let task = TaskRecord {
-        id: task_id.clone(),
-        agent: agent.name.clone(),
-        purpose: purpose.chars().take(limits.max_purpose_chars).collect(),
-        requested: req.scope.clone(),
-        grant: grant.clone(),
-        items: serde_json::json!([]),
-        state: TaskState::Active,
-        bundle_version: engine.bundle().version().to_owned(),
-        token_jti: jti.clone(),
-        created_at_ms: now_ms,
-        expires_at_ms: (now_secs + ttl) * 1000,
-        ended_at_ms: None,
-        end_reason: None,
-    };
-    let record = BreakGlassRecord {
-        id: id.clone(),
-        declared_by: human.name.clone(),
-        agent: agent.name.clone(),
-        task_id: task_id.clone(),
-        justification: justification.to_owned(),
-        created_at_ms: now_ms,
-        expires_at_ms: task.expires_at_ms,
-        review: None,
-    };
-    let spiffe = SpiffeId::for_agent(engine.config.trust_domain.clone(), agent.name.clone());
-    let claims = TaskClaims {
-        iss: engine.issuer.clone(),
-        sub: spiffe.to_string(),
-        aud: engine.config.task_audience.clone(),
-        exp: now_secs + ttl,
-        iat: now_secs,
-        nbf: now_secs,
-        jti,
-        task_id: task_id.clone(),
-        grant: grant.clone(),
-        act: None,
-    };
-    let token = mandate_token::sign(&engine.keys(), &claims)?;
-    let ev = NewEvent {
-        ts_ms: now_ms,
-        kind: EventKind::BreakGlassDeclared,
-        agent: Some(agent.name.to_string()),
-        task_id: Some(task_id.clone()),
-        data: serde_json::json!({
-            "break_glass_id": id, "declared_by": human.name, "justification": justification,
-            "grant": grant, "ttl_secs": ttl, "expires_at_ms": task.expires_at_ms, "purpose": task.purpose,
-            "alert_group": alert_group, "alert_webhook": alert_webhook,
-        }),
-    };
-    engine
-        .store
-        .insert_break_glass(&record, &task, ev)
-        .await
-        .map_err(|e| ApiError::store(&e))?;
-    let mut live = engine.live_task(&agent, &task)?;
-    if let Some(t) = Arc::get_mut(&mut live) {
-        t.break_glass = Some((id.clone(), human.name.to_string()));
-    }
-    engine.insert_live(live);
-    // A quarantine that committed between the insert and the line above revoked the task
-    // in the store without seeing it in memory: look again before handing out the token.
-    let stored = engine.store.task(&task_id).await;
-    if !matches!(
-        stored,
-        Ok(Some(TaskRecord {
-            state: TaskState::Active,
-            ..
-        }))
-    ) {
-        engine.end_live(&task_id);
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "agent_not_active",
-            format!(
-                "agent {} stopped being active while break-glass was declared",
-                agent.name
-            ),
-        ));
-    }
-    engine.notify_group(
-        &alert_group,
-        "break_glass.declared",
-        serde_json::json!({ "break_glass": record }),
-    );
-    if !alert_webhook {
-        tracing::warn!(group = alert_group, break_glass = %id, "break-glass declared, but the alert group has no webhook");
-    }
-    Ok((
-        StatusCode::CREATED,
-        Json(BreakGlassResponse {
-            break_glass: record,
-            task_token: token,
-            grant,
-        }),
-    ))
 }
 
 /// Break-glass records, newest first (admin or reviewer).
@@ -813,7 +601,7 @@ async fn acting(
 ) -> Result<ApproverRecord, ApiError> {
     match engine.approver_with(&bearer.0, role).await {
         Ok(a) => Ok(a),
-        Err(e) => Err(refused(engine, action, target, None, e).await),
+        Err(e) => Err(refused(engine, action, target, None, e.into()).await),
     }
 }
 

@@ -17,10 +17,11 @@ use serde_json::{Map, Value, json};
 use utoipa::ToSchema;
 
 use super::AppState;
-use super::extract::ApiJson;
-use super::ops::{DecideRequest, DecideResponse, decide_one};
-use crate::engine::Engine;
+use super::ops::DecideResponse;
+use crate::edge::ApiJson;
+use crate::edge::DecideRequest;
 use crate::error::{ApiError, ErrorBody};
+use mandate_engine::engine::Engine;
 
 /// Most evaluations in one batch.
 pub const MAX_EVALUATIONS: usize = 64;
@@ -177,7 +178,7 @@ fn invalid(message: impl Into<String>) -> ApiError {
 /// malformed or repeated, it is refused, never skipped.
 fn bearer(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     if headers.contains_key(axum::http::header::AUTHORIZATION) {
-        super::extract::bearer_token(headers).map(Some)
+        crate::edge::bearer_token(headers).map(Some)
     } else {
         Ok(None)
     }
@@ -262,7 +263,8 @@ async fn evaluate_one(
             ));
         }
     }
-    decide_one(engine, &token, decide).await.map(answer)
+    let (call, options) = decide.into_call();
+    Ok(answer(engine.decide(&token, call, options).await?))
 }
 
 /// AuthZEN access evaluation: one call, the same decision (and audit event) as

@@ -4,7 +4,7 @@
 mod agents;
 mod approvals;
 mod authzen;
-mod extract;
+
 mod ops;
 mod secrets;
 mod tasks;
@@ -21,16 +21,16 @@ use axum::{Json, Router};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::engine::Engine;
 use crate::error::{ApiError, ErrorBody};
+use mandate_engine::engine::Engine;
 
 pub use agents::{AttestRequest, AttestResponse, RegisterAgentRequest, RegisterAgentResponse};
 pub use approvals::{
     AccessReport, AddApproverResponse, ApprovalsReport, BreakGlassResponse, SetGroupResponse,
 };
-pub(crate) use extract::{bearer_token, strict_json_body};
-pub(crate) use ops::decide_one;
-pub use ops::{DecideRequest, DecideResponse, VerifyResponse};
+
+pub use crate::edge::DecideRequest;
+pub use ops::{DecideResponse, VerifyResponse};
 pub use tasks::{StartTaskRequest, StartTaskResponse};
 
 /// Shared handler state.
@@ -347,7 +347,7 @@ pub fn router(engine: Arc<Engine>) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(limit))
         .layer(axum::middleware::from_fn_with_state(
-            Duration::from_secs(crate::engine::REQUEST_TIMEOUT_SECS.unsigned_abs()),
+            Duration::from_secs(mandate_engine::engine::REQUEST_TIMEOUT_SECS.unsigned_abs()),
             crate::listener::within_request_timeout,
         ))
         .with_state(engine)
@@ -362,20 +362,13 @@ pub(crate) fn text<'a>(
     max: usize,
     newline_ok: bool,
 ) -> Result<&'a str, ApiError> {
-    let t = value.trim();
-    let bad_char = |c: char| c.is_control() && !(newline_ok && c == '\n');
-    if t.is_empty() || value.chars().count() > max || value.chars().any(bad_char) {
-        return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_request",
-            format!("{field} must be 1-{max} printable characters"),
-        ));
-    }
-    Ok(t)
+    Ok(mandate_engine::tasks::checked_text(
+        field, value, max, newline_ok,
+    )?)
 }
 
 /// Refuses unless the bearer token is the admin token.
-pub(crate) fn require_admin(engine: &Engine, bearer: &extract::Bearer) -> Result<(), ApiError> {
+pub(crate) fn require_admin(engine: &Engine, bearer: &crate::edge::Bearer) -> Result<(), ApiError> {
     if engine.is_admin(&bearer.0) {
         Ok(())
     } else {

@@ -8,10 +8,10 @@ use serde::Deserialize;
 use utoipa::ToSchema;
 use zeroize::Zeroize as _;
 
-use super::extract::{ApiJson, Bearer};
 use super::{AppState, require_admin, text};
+use crate::edge::{ApiJson, Bearer};
 use crate::error::{ApiError, ErrorBody};
-use crate::secrets::{RotationReport, SecretInfo};
+use mandate_engine::secrets::{RotationReport, SecretInfo};
 
 /// A secret to store.
 #[derive(Deserialize, ToSchema)]
@@ -90,6 +90,7 @@ pub async fn put_secret(
         .put(&name, value, &description, "admin")
         .await
         .map(Json)
+        .map_err(ApiError::from)
 }
 
 /// The stored secrets, by name (admin): descriptions and key ids, never values.
@@ -100,7 +101,12 @@ pub async fn list_secrets(
     bearer: Bearer,
 ) -> Result<Json<Vec<SecretInfo>>, ApiError> {
     require_admin(&engine, &bearer)?;
-    engine.secrets.list().await.map(Json)
+    engine
+        .secrets
+        .list()
+        .await
+        .map(Json)
+        .map_err(ApiError::from)
 }
 
 /// Delete a secret (admin). Upstreams that use it fail closed (`credential_unavailable`).
@@ -131,5 +137,10 @@ pub async fn rotate_secrets(
     bearer: Bearer,
 ) -> Result<Json<RotationReport>, ApiError> {
     require_admin(&engine, &bearer)?;
-    engine.secrets.rotate("admin").await.map(Json)
+    engine
+        .secrets
+        .rotate("admin")
+        .await
+        .map(Json)
+        .map_err(ApiError::from)
 }

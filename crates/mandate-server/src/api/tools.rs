@@ -6,10 +6,10 @@ use mandate_store::ToolPin;
 use serde::Deserialize;
 use utoipa::ToSchema;
 
-use super::extract::{ApiJson, Bearer};
 use super::{AppState, require_admin};
+use crate::edge::{ApiJson, Bearer};
 use crate::error::{ApiError, ErrorBody};
-use crate::mcp::pins::ApproveError;
+use mandate_engine::pins::ApproveError;
 
 /// Every pinned MCP tool definition, held ones first (admin).
 #[utoipa::path(get, path = "/v1/tools/pins", tag = "tools", security(("admin_token" = [])),

@@ -5,10 +5,8 @@
 //! back with any echo of the credential redacted; bytes returned enter the task's history.
 
 mod relay;
-mod upstream;
-pub mod vault;
 
-pub(crate) use upstream::{check_literal, client};
+pub mod vault;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -30,9 +28,9 @@ use mandate_gateway::{
 use mandate_policy::Outcome;
 use serde_json::{Map, Value, json};
 
-use crate::api::{DecideRequest, decide_one};
-use crate::engine::{Engine, lock};
+use crate::edge::DecideRequest;
 use crate::error::ApiError;
+use mandate_engine::engine::{Engine, lock};
 
 /// Where the gateway is mounted.
 pub const PREFIX: &str = "/gw/";
@@ -130,7 +128,7 @@ impl Gateway {
         let l = &config.limits;
         let mut clients = HashMap::new();
         for (name, u) in &config.upstreams {
-            upstream::check_literal(&u.base, u.allow_private)
+            crate::edge::check_literal(&u.base, u.allow_private)
                 .map_err(|e| format!("upstream {name}: {e}"))?;
             if let Some(h) = u.credential.as_ref().and_then(|c| c.header.as_ref()) {
                 let h = h.to_ascii_lowercase();
@@ -145,7 +143,7 @@ impl Gateway {
             }
             clients.insert(
                 name.clone(),
-                upstream::client(
+                crate::edge::client(
                     u.allow_private,
                     Duration::from_secs(l.connect_timeout_secs),
                     Duration::from_secs(l.upstream_timeout_secs),
@@ -244,7 +242,7 @@ impl Gateway {
     async fn credential(
         &self,
         up: &Upstream,
-        task: &crate::engine::LiveTask,
+        task: &mandate_engine::engine::LiveTask,
     ) -> Result<Option<(CredentialKind, Option<String>, SecretValue)>, ApiError> {
         let Some(c) = &up.credential else {
             return Ok(None);
@@ -456,7 +454,7 @@ async fn handle(gw: &Arc<Gateway>, req: Request) -> Result<Response, ApiError> {
         )
     })?;
     let (parts, body) = req.into_parts();
-    let token = crate::api::bearer_token(&parts.headers)?;
+    let token = crate::edge::bearer_token(&parts.headers)?;
     let parsed = parse(
         &gw.config,
         &parts.method,
@@ -544,7 +542,12 @@ async fn handle(gw: &Arc<Gateway>, req: Request) -> Result<Response, ApiError> {
         approval_id,
         wait_secs,
     };
-    let d = decide_one(&gw.engine, &token, call).await?;
+    let (call, options) = call.into_call();
+    let d = gw
+        .engine
+        .decide(&token, call, options)
+        .await
+        .map_err(ApiError::from)?;
     if d.outcome != Outcome::Allow {
         let (code, status) = match d.outcome {
             Outcome::ApprovalRequired => ("approval_required", StatusCode::FORBIDDEN),

@@ -13,7 +13,7 @@ use futures_util::Stream;
 use mandate_audit::{EventKind, NewEvent};
 use mandate_gateway::Redactor;
 
-use crate::engine::{Engine, LiveTask};
+use mandate_engine::engine::{Engine, LiveTask};
 
 /// What the result event needs to know about the call.
 pub struct Context {

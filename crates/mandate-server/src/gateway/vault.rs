@@ -37,7 +37,7 @@ impl Vault {
         if !matches!(address.scheme(), "http" | "https") {
             return Err("vault address must be http(s)".into());
         }
-        super::upstream::check_literal(&address, cfg.allow_private)?;
+        crate::edge::upstream::check_literal(&address, cfg.allow_private)?;
         let token = match &cfg.token_file {
             Some(f) => SecretValue::new(
                 zeroize::Zeroizing::new(
@@ -56,7 +56,7 @@ impl Vault {
         Ok(Self {
             address,
             token,
-            client: super::upstream::client(
+            client: crate::edge::upstream::client(
                 cfg.allow_private,
                 Duration::from_secs(5),
                 Duration::from_secs(10),
@@ -80,7 +80,7 @@ impl Vault {
     ) -> Result<SecretValue, String> {
         let key = (task_id.to_owned(), r.clone());
         {
-            let mut cache = crate::engine::lock(&self.cache);
+            let mut cache = mandate_engine::engine::lock(&self.cache);
             if let Some((end, v)) = cache.get(&key)
                 && *end > now_ms
             {
@@ -119,7 +119,7 @@ impl Vault {
             .and_then(serde_json::Value::as_str)
             .ok_or_else(|| format!("{r}: no string field {:?}", r.field))?;
         let v = SecretValue::new(value.as_bytes().to_vec());
-        let mut cache = crate::engine::lock(&self.cache);
+        let mut cache = mandate_engine::engine::lock(&self.cache);
         if cache.len() >= MAX_CACHED {
             cache.clear();
         }
@@ -129,12 +129,13 @@ impl Vault {
 
     /// Forgets every value cached for a task that has ended, and every expired one.
     pub fn forget_task(&self, task_id: &str) {
-        crate::engine::lock(&self.cache).retain(|(t, _), _| t != task_id);
+        mandate_engine::engine::lock(&self.cache).retain(|(t, _), _| t != task_id);
     }
 
     /// Drops the values of tasks that are no longer live (called by the gateway's sweep).
     pub fn retain_live(&self, live: impl Fn(&str) -> bool, now_ms: i64) {
-        crate::engine::lock(&self.cache).retain(|(t, _), (end, _)| *end > now_ms && live(t));
+        mandate_engine::engine::lock(&self.cache)
+            .retain(|(t, _), (end, _)| *end > now_ms && live(t));
     }
 }
 

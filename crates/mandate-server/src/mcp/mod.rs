@@ -5,7 +5,6 @@
 //! `prompts/get` is decided on the shared decide path with its arguments before it is
 //! forwarded. The agent's token never reaches a server.
 
-pub mod pins;
 mod proxy;
 
 use std::collections::{BTreeMap, HashMap};
@@ -24,8 +23,8 @@ use rmcp::service::{RoleClient, RunningService};
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 
-use crate::engine::Engine;
 use crate::error::ApiError;
+use mandate_engine::engine::Engine;
 
 type Upstream = RunningService<RoleClient, ()>;
 
@@ -94,11 +93,11 @@ impl McpGateway {
         let mut http = HashMap::new();
         for (name, s) in &servers {
             if let McpTransport::Remote(url) = &s.transport {
-                crate::gateway::check_literal(url, s.allow_private)
+                crate::edge::check_literal(url, s.allow_private)
                     .map_err(|e| format!("mcp_server {name}: {e}"))?;
                 http.insert(
                     name.clone(),
-                    crate::gateway::client(
+                    crate::edge::client(
                         s.allow_private,
                         Duration::from_secs(5),
                         Duration::from_secs(300),
@@ -122,7 +121,7 @@ impl McpGateway {
     async fn upstream(
         self: &Arc<Self>,
         server: &McpServer,
-        task: &Arc<crate::engine::LiveTask>,
+        task: &Arc<mandate_engine::engine::LiveTask>,
     ) -> Result<Arc<Upstream>, UpstreamError> {
         if task.is_ended() {
             return Err("the task has ended".into());
@@ -149,7 +148,7 @@ impl McpGateway {
             Err(e) => {
                 drop(session);
                 // A slot that never held a session does not count against the caps.
-                let mut map = crate::engine::lock(&self.upstreams);
+                let mut map = mandate_engine::engine::lock(&self.upstreams);
                 if map.get(&key).is_some_and(|s| Arc::ptr_eq(s, &slot)) {
                     map.remove(&key);
                 }
@@ -163,9 +162,9 @@ impl McpGateway {
     fn slot(
         self: &Arc<Self>,
         key: &(String, String),
-        task: &Arc<crate::engine::LiveTask>,
+        task: &Arc<mandate_engine::engine::LiveTask>,
     ) -> Result<Arc<SessionSlot>, UpstreamError> {
-        let mut map = crate::engine::lock(&self.upstreams);
+        let mut map = mandate_engine::engine::lock(&self.upstreams);
         if let Some(s) = map.get(key) {
             return Ok(Arc::clone(s));
         }
@@ -196,7 +195,7 @@ impl McpGateway {
         tokio::spawn(async move {
             task.until_ended().await;
             {
-                let mut map = crate::engine::lock(&this.upstreams);
+                let mut map = mandate_engine::engine::lock(&this.upstreams);
                 if map.get(&key).is_some_and(|s| Arc::ptr_eq(s, &watched)) {
                     map.remove(&key);
                 }
@@ -280,14 +279,14 @@ impl McpGateway {
     }
 
     fn cached_listing(&self, server: &str) -> Option<Vec<rmcp::model::Tool>> {
-        crate::engine::lock(&self.listings)
+        mandate_engine::engine::lock(&self.listings)
             .get(server)
             .filter(|(at, _)| at.elapsed() < LISTING_TTL)
             .map(|(_, t)| t.clone())
     }
 
     fn cache_listing(&self, server: &str, tools: &[rmcp::model::Tool]) {
-        crate::engine::lock(&self.listings).insert(
+        mandate_engine::engine::lock(&self.listings).insert(
             server.to_owned(),
             (std::time::Instant::now(), tools.to_vec()),
         );
@@ -356,7 +355,7 @@ impl McpGateway {
                 // reads, before rmcp (which keeps the last of duplicate keys) parses them.
                 .layer(axum::middleware::from_fn_with_state(
                     limit,
-                    crate::api::strict_json_body,
+                    crate::edge::strict_json_body,
                 ))
                 .layer(axum::middleware::from_fn_with_state(
                     (Arc::clone(&self), name.clone()),
@@ -390,7 +389,7 @@ async fn resource_metadata(State((gw, server)): ServerState) -> impl IntoRespons
 /// task's state is checked per request inside, so a call after the task ended gets an MCP
 /// error rather than a transport failure.
 async fn authenticate(State((gw, server)): ServerState, req: Request, next: Next) -> Response {
-    let token = crate::api::bearer_token(req.headers());
+    let token = crate::edge::bearer_token(req.headers());
     let ok = token
         .as_ref()
         .is_ok_and(|t| gw.engine.verify_task_token(t).is_ok());

@@ -18,10 +18,10 @@ use rmcp::{ErrorData, ServerHandler};
 use serde_json::{Value, json};
 
 use super::McpGateway;
-use super::pins::{Definition, Verdict};
-use crate::api::{DecideRequest, decide_one};
-use crate::engine::LiveTask;
+use crate::edge::DecideRequest;
 use crate::error::ApiError;
+use mandate_engine::engine::LiveTask;
+use mandate_engine::pins::{Definition, Verdict};
 
 /// `_meta` key naming an approval for exactly this call.
 pub const APPROVAL_META: &str = "mandate/approval_id";
@@ -51,7 +51,7 @@ impl ProxyHandler {
             .get::<axum::http::request::Parts>()
             .ok_or_else(|| ErrorData::invalid_request("no HTTP request", None))
             .and_then(|p| {
-                crate::api::bearer_token(&p.headers).map_err(|e| {
+                crate::edge::bearer_token(&p.headers).map_err(|e| {
                     ErrorData::invalid_request(e.message, Some(json!({ "code": e.code })))
                 })
             })
@@ -61,7 +61,7 @@ impl ProxyHandler {
         self.gw
             .engine
             .task_for_token(token)
-            .map_err(|r| refusal(&r.error))
+            .map_err(|r| refusal(&r.error.into()))
     }
 
     async fn audit(&self, task: &LiveTask, kind: EventKind, data: Value) -> Result<(), ErrorData> {
@@ -183,7 +183,7 @@ impl ProxyHandler {
         resource: &str,
         arguments: Value,
         meta: Option<&serde_json::Map<String, Value>>,
-    ) -> Result<Result<crate::api::DecideResponse, CallToolResult>, ErrorData> {
+    ) -> Result<Result<mandate_engine::Decided, CallToolResult>, ErrorData> {
         let args = CanonicalArgs::parse(&arguments.to_string())
             .map_err(|e| ErrorData::invalid_params(e.to_string(), None))?;
         let approval_id = meta
@@ -202,9 +202,13 @@ impl ProxyHandler {
             approval_id,
             wait_secs,
         };
-        let d = decide_one(&self.gw.engine, token, call)
+        let (call, options) = call.into_call();
+        let d = self
+            .gw
+            .engine
+            .decide(token, call, options)
             .await
-            .map_err(|e| refusal(&e))?;
+            .map_err(|e| refusal(&e.into()))?;
         if d.outcome == Outcome::Allow {
             return Ok(Ok(d));
         }

@@ -22,8 +22,8 @@ use mandate_token::{
 
 use crate::audit_writer::{AuditError, AuditWriter};
 use crate::config::ServerConfig;
-use crate::error::ApiError;
-use axum::http::StatusCode;
+use crate::error::Error;
+use crate::error::Kind;
 
 /// A task that may still act, held in memory so every call is checked without a query.
 #[derive(Debug)]
@@ -77,7 +77,7 @@ pub struct LiveTask {
 
 /// A decision in flight on a live task: while it is held, an end of the task waits.
 #[derive(Debug)]
-pub(crate) struct Flight<'a>(&'a LiveTask);
+pub struct Flight<'a>(&'a LiveTask);
 
 impl Drop for Flight<'_> {
     fn drop(&mut self) {
@@ -136,7 +136,7 @@ impl LiveTask {
     }
 
     /// Its start was approved: from now on its token is honoured.
-    pub(crate) fn activate(&self) {
+    pub fn activate(&self) {
         self.pending.store(false, Ordering::SeqCst);
     }
 
@@ -161,14 +161,14 @@ impl LiveTask {
     /// ended. An end is acknowledged only after every decision that found the task live
     /// has been recorded, so what a caller was told and what the audit says agree, and no
     /// allow follows an acknowledged end.
-    pub(crate) fn enter(&self) -> Option<Flight<'_>> {
+    pub fn enter(&self) -> Option<Flight<'_>> {
         self.in_flight.fetch_add(1, Ordering::SeqCst);
         let flight = Flight(self);
         (!self.is_ended()).then_some(flight)
     }
 
     /// Waits (bounded) until no decision that found the task live is still in flight.
-    pub(crate) async fn drain(&self) {
+    pub async fn drain(&self) {
         let wait = async {
             loop {
                 let notified = self.drained.notified();
@@ -187,7 +187,7 @@ impl LiveTask {
 
     /// Applies `change` to the history and returns the snapshot to make durable with the
     /// event that caused it.
-    pub(crate) fn change_history(&self, change: impl FnOnce(&mut History)) -> HistoryRow {
+    pub fn change_history(&self, change: impl FnOnce(&mut History)) -> HistoryRow {
         let mut h = lock(&self.history);
         change(&mut h);
         let rev = self.history_rev.fetch_add(1, Ordering::SeqCst) + 1;
@@ -231,7 +231,7 @@ pub struct Call {
 #[derive(Debug)]
 pub struct Refusal {
     /// What the caller gets.
-    pub error: ApiError,
+    pub error: Error,
     /// The agent, if the token was genuine.
     pub agent: Option<String>,
     /// The task, if the token was genuine.
@@ -239,7 +239,7 @@ pub struct Refusal {
 }
 
 impl Refusal {
-    fn anonymous(error: ApiError) -> Self {
+    fn anonymous(error: Error) -> Self {
         Self {
             error,
             agent: None,
@@ -261,13 +261,13 @@ pub struct Evaluated {
     pub data_domain: Option<DataDomain>,
 }
 
-pub(crate) fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+pub fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
     // Writers replace whole values (an Arc or a map entry) in one step, so a poisoned
     // lock still guards a consistent value.
     lock.read().unwrap_or_else(PoisonError::into_inner)
 }
 
-pub(crate) fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+pub fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
     lock.write().unwrap_or_else(PoisonError::into_inner)
 }
 
@@ -286,7 +286,7 @@ const ANONYMOUS_EVENTS_PER_SEC: u32 = 100;
 
 /// A task end that is in force in memory but not yet recorded in the store.
 #[derive(Debug, Clone)]
-pub(crate) struct PendingEnd {
+pub struct PendingEnd {
     pub from: Vec<TaskState>,
     pub to: TaskState,
     pub kind: EventKind,
@@ -304,18 +304,18 @@ struct AnonymousBudget {
     suppressed: u64,
 }
 
-pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Shared state of one server.
 #[derive(Debug)]
 pub struct Engine {
-    pub(crate) config: ServerConfig,
-    pub(crate) issuer: String,
-    pub(crate) store: Arc<dyn Store>,
-    pub(crate) clock: Arc<dyn Clock>,
-    pub(crate) audit: AuditWriter,
+    pub config: ServerConfig,
+    pub issuer: String,
+    pub store: Arc<dyn Store>,
+    pub clock: Arc<dyn Clock>,
+    pub audit: AuditWriter,
     keys: RwLock<Arc<KeyRing>>,
     bundle: RwLock<Arc<Bundle>>,
     /// A candidate bundle evaluated beside the enforcing one (shadow mode).
@@ -334,21 +334,20 @@ pub struct Engine {
     /// Decisions refused by rate, per (agent, task), summarised into the audit each second.
     rate_refused: Mutex<HashMap<(String, String), u64>>,
     /// Serialises policy reloads so the audit order matches the enforcement order.
-    pub(crate) reload_lock: tokio::sync::Mutex<()>,
+    pub reload_lock: tokio::sync::Mutex<()>,
     /// Ids of approvals whose state changed, for calls waiting on them.
-    pub(crate) approval_changes: tokio::sync::broadcast::Sender<String>,
+    pub approval_changes: tokio::sync::broadcast::Sender<String>,
     /// Outbound HTTP for approver-group webhooks.
-    pub(crate) http: reqwest::Client,
+    pub http: reqwest::Client,
     /// Sealed upstream credentials.
-    pub(crate) secrets: crate::secrets::SecretStore,
+    pub secrets: crate::secrets::SecretStore,
     /// Pinned MCP tool definitions.
-    pub(crate) pins: crate::mcp::pins::Pins,
+    pub pins: crate::pins::Pins,
 }
 
 /// What a policy reload did.
-#[derive(
-    Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
-)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PolicyChange {
     /// The bundle now enforcing.
     pub bundle_version: String,
@@ -498,7 +497,7 @@ impl Engine {
             config.data_dir.clone(),
         )
         .await?;
-        let pins = crate::mcp::pins::Pins::load(Arc::clone(&store), Arc::clone(&clock)).await?;
+        let pins = crate::pins::Pins::load(Arc::clone(&store), Arc::clone(&clock)).await?;
 
         let (agent_rate, task_rate) = (
             config.limits.agent_decisions_per_sec,
@@ -637,7 +636,7 @@ impl Engine {
 
     /// Walks the whole chain once, off the request path; a break halts appends and
     /// decisions as at start-up.
-    pub(crate) fn verify_in_background(self: &Arc<Self>) {
+    pub fn verify_in_background(self: &Arc<Self>) {
         let engine = Arc::clone(self);
         #[expect(
             clippy::disallowed_methods,
@@ -664,11 +663,7 @@ impl Engine {
     }
 
     /// Builds the in-memory form of an active task.
-    pub(crate) fn live_task(
-        &self,
-        agent: &AgentRecord,
-        t: &TaskRecord,
-    ) -> Result<Arc<LiveTask>, ApiError> {
+    pub fn live_task(&self, agent: &AgentRecord, t: &TaskRecord) -> Result<Arc<LiveTask>, Error> {
         let spiffe_id =
             SpiffeId::for_agent(self.config.trust_domain.clone(), agent.name.clone()).to_string();
         let facts = (
@@ -683,7 +678,7 @@ impl Engine {
         let bundle_version = bundle.version().to_owned();
         let entities = bundle
             .task_entities(&facts.0, &facts.1, &t.requested.tools)
-            .map_err(ApiError::internal)?;
+            .map_err(Error::internal)?;
         let refused = serde_json::from_value::<Vec<ItemOutcome>>(t.items.clone())
             .unwrap_or_default()
             .into_iter()
@@ -714,7 +709,7 @@ impl Engine {
         }))
     }
 
-    pub(crate) fn agent_facts(&self, a: &AgentRecord) -> AgentFacts {
+    pub fn agent_facts(&self, a: &AgentRecord) -> AgentFacts {
         AgentFacts {
             name: a.name.to_string(),
             spiffe_id: SpiffeId::for_agent(self.config.trust_domain.clone(), a.name.clone())
@@ -726,13 +721,13 @@ impl Engine {
         }
     }
 
-    pub(crate) fn insert_live(&self, task: Arc<LiveTask>) {
+    pub fn insert_live(&self, task: Arc<LiveTask>) {
         write(&self.tasks).insert(task.id.clone(), task);
     }
 
     /// Marks a task ended in memory at once (before the store is told), so no call is
     /// allowed from this moment; returns it if it was live.
-    pub(crate) fn end_live(&self, id: &str) -> Option<Arc<LiveTask>> {
+    pub fn end_live(&self, id: &str) -> Option<Arc<LiveTask>> {
         let t = write(&self.tasks).remove(id);
         if let Some(t) = &t {
             t.mark_ended();
@@ -743,7 +738,7 @@ impl Engine {
     /// Ends a task: in memory at once, then in the store with its event. If the store
     /// write fails, the end stays enforced and is retried by the sweeper until it commits.
     /// `Ok(false)` when the store says the task was not in one of `end.from`.
-    pub(crate) async fn end_task(
+    pub async fn end_task(
         &self,
         id: &str,
         end: PendingEnd,
@@ -773,12 +768,12 @@ impl Engine {
     }
 
     /// Notes an end enforced in memory but not yet in the store.
-    pub(crate) fn remember_end(&self, id: &str, end: PendingEnd) {
+    pub fn remember_end(&self, id: &str, end: PendingEnd) {
         lock(&self.unrecorded_ends).insert(id.to_owned(), end);
     }
 
     /// The store has the end now.
-    pub(crate) fn forget_end(&self, id: &str) {
+    pub fn forget_end(&self, id: &str) {
         lock(&self.unrecorded_ends).remove(id);
     }
 
@@ -808,7 +803,7 @@ impl Engine {
 
     /// Records a refusal: in full when it names an agent (a genuine credential was shown),
     /// through the unauthenticated budget otherwise.
-    pub(crate) async fn record_refusal(&self, event: NewEvent) -> Result<(), AuditError> {
+    pub async fn record_refusal(&self, event: NewEvent) -> Result<(), AuditError> {
         if event.agent.is_some() {
             self.audit.append(event).await.map(|_| ())
         } else {
@@ -818,7 +813,7 @@ impl Engine {
 
     /// Records a refusal of a caller with no valid credential, within the per-second
     /// budget; beyond it the refusal is only counted (see the sweeper's summary event).
-    pub(crate) async fn record_anonymous(&self, event: NewEvent) -> Result<(), AuditError> {
+    pub async fn record_anonymous(&self, event: NewEvent) -> Result<(), AuditError> {
         let now = self.clock.now_secs();
         {
             let mut b = lock(&self.anonymous);
@@ -836,7 +831,7 @@ impl Engine {
     }
 
     /// Ids of live tasks past their expiry.
-    pub(crate) fn expired_tasks(&self, now_ms: i64) -> Vec<String> {
+    pub fn expired_tasks(&self, now_ms: i64) -> Vec<String> {
         read(&self.tasks)
             .values()
             .filter(|t| t.expires_at() <= now_ms)
@@ -845,12 +840,12 @@ impl Engine {
     }
 
     /// The live task with this id.
-    pub(crate) fn live_get(&self, id: &str) -> Option<Arc<LiveTask>> {
+    pub fn live_get(&self, id: &str) -> Option<Arc<LiveTask>> {
         read(&self.tasks).get(id).cloned()
     }
 
     /// Ids of every live task of an agent.
-    pub(crate) fn agent_tasks(&self, agent: &AgentName) -> Vec<String> {
+    pub fn agent_tasks(&self, agent: &AgentName) -> Vec<String> {
         read(&self.tasks)
             .values()
             .filter(|t| &t.agent == agent)
@@ -859,7 +854,7 @@ impl Engine {
     }
 
     /// The break-glass id of a live break-glass task of an agent, if any.
-    pub(crate) fn live_break_glass(&self, agent: &AgentName) -> Option<String> {
+    pub fn live_break_glass(&self, agent: &AgentName) -> Option<String> {
         read(&self.tasks)
             .values()
             .filter(|t| &t.agent == agent && !t.is_ended())
@@ -873,7 +868,7 @@ impl Engine {
 
     /// Reloads the shadow bundle from its directory, keeping the previous one if the
     /// directory no longer validates.
-    pub(crate) fn reload_shadow(&self) {
+    pub fn reload_shadow(&self) {
         let Some(dir) = &self.config.shadow_policies else {
             return;
         };
@@ -956,7 +951,7 @@ impl Engine {
     /// bundle would no longer start without a human is revoked; a grant it would narrow is
     /// narrowed; a lower TTL cap shortens the task. All of it takes effect in memory for
     /// every task first, then is recorded, each event naming both bundle versions.
-    pub(crate) async fn reevaluate_live(&self, previous: &str, change: &mut PolicyChange) {
+    pub async fn reevaluate_live(&self, previous: &str, change: &mut PolicyChange) {
         let tasks: Vec<Arc<LiveTask>> = read(&self.tasks).values().cloned().collect();
         self.reevaluate(&tasks, previous, change).await;
     }
@@ -1062,7 +1057,7 @@ impl Engine {
 
     /// Re-decides one task that started under `version` if another bundle enforces now
     /// (a start that raced a reload).
-    pub(crate) async fn catch_up(&self, task: &Arc<LiveTask>, version: &str) {
+    pub async fn catch_up(&self, task: &Arc<LiveTask>, version: &str) {
         let _serial = self.reload_lock.lock().await;
         if self.bundle().version() != version {
             let mut change = PolicyChange::default();
@@ -1077,9 +1072,9 @@ impl Engine {
     }
 
     /// Generates a new signing key; the old one stays published for the overlap.
-    pub async fn rotate_keys(&self, reason: &str) -> Result<String, ApiError> {
+    pub async fn rotate_keys(&self, reason: &str) -> Result<String, Error> {
         let now = self.clock.now_ms();
-        let key = StoredKey::generate(now).map_err(ApiError::internal)?;
+        let key = StoredKey::generate(now).map_err(Error::internal)?;
         let event = NewEvent {
             ts_ms: now,
             kind: EventKind::KeysRotated,
@@ -1095,13 +1090,13 @@ impl Engine {
                 Some(event),
             )
             .await
-            .map_err(|e| ApiError::store(&e))?;
+            .map_err(|e| Error::store(&e))?;
         let rows = self
             .store
             .signing_keys()
             .await
-            .map_err(|e| ApiError::store(&e))?;
-        let ring = ring_from(&rows, &self.config, now).map_err(ApiError::internal)?;
+            .map_err(|e| Error::store(&e))?;
+        let ring = ring_from(&rows, &self.config, now).map_err(Error::internal)?;
         *write(&self.keys) = Arc::new(ring);
         Ok(key.kid)
     }
@@ -1163,7 +1158,7 @@ impl Engine {
             .map_err(|e| Refusal::anonymous(e.into()))?;
         let refusal = |code: &'static str, message: String| -> Box<Refusal> {
             Box::new(Refusal {
-                error: ApiError::new(StatusCode::FORBIDDEN, code, message),
+                error: Error::new(Kind::Forbidden, code, message),
                 agent: SpiffeId::parse(&claims.sub)
                     .ok()
                     .map(|s| s.agent().to_string()),
@@ -1338,7 +1333,7 @@ impl Engine {
     /// Counts an allowed call into its task's history, before its allow is recorded: the
     /// snapshot returned commits in the same transaction as the decision event. Should the
     /// commit fail, memory keeps the count (the stricter reading: the call is refused).
-    pub(crate) fn count_allowed(
+    pub fn count_allowed(
         &self,
         task: &LiveTask,
         call: &Call,
@@ -1383,7 +1378,7 @@ impl Engine {
     /// Takes a decision from the task's and its agent's budgets: 429 `rate_limited` when
     /// either is empty. Refusals are counted and summarised once a second, not recorded one
     /// by one (that would be the flood the limit stops).
-    pub(crate) fn admit_decision(&self, task: &LiveTask) -> Result<(), ApiError> {
+    pub fn admit_decision(&self, task: &LiveTask) -> Result<(), Error> {
         let now = self.clock.now_ms();
         let refused = {
             let mut b = lock(&self.decision_buckets);
@@ -1398,8 +1393,8 @@ impl Engine {
         *lock(&self.rate_refused)
             .entry((task.agent.to_string(), task.id.clone()))
             .or_insert(0) += 1;
-        Err(ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
+        Err(Error::new(
+            Kind::Exhausted,
             "rate_limited",
             format!(
                 "agent {} or task {} is over its decision rate: retry in {retry_ms} ms",

@@ -12,7 +12,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::http::StatusCode;
+use crate::error::Kind;
 use mandate_audit::{EventKind, NewEvent};
 use mandate_core::{
     AgentName, ApprovalKind, ApprovalState, ApproverRole, DataDomain, HumanId, RequestedScope,
@@ -23,11 +23,11 @@ use mandate_store::{ApprovalRecord, ApprovalVote, ApproverRecord, VoteOutcome};
 use serde_json::{Value, json};
 
 use crate::engine::{Call, Engine, LiveTask};
-use crate::error::ApiError;
+use crate::error::Error;
 
 /// Who presented a human credential.
 #[derive(Debug, Clone)]
-pub(crate) enum Human {
+pub enum Human {
     /// The admin token: manages approvers, reads everything, approves nothing.
     Admin,
     /// A named approver.
@@ -36,7 +36,7 @@ pub(crate) enum Human {
 
 /// The approval-required decision of one call, settled against its approval.
 #[derive(Debug)]
-pub(crate) struct Settled {
+pub struct Settled {
     /// The decision to return and record: `allow` only if an approval was used for it.
     pub decision: Decision,
     /// The approval concerned.
@@ -44,7 +44,8 @@ pub(crate) struct Settled {
 }
 
 /// What the API says about an approval that concerns a caller.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ApprovalRef {
     /// Approval id: poll `GET /v1/approvals/{id}` or retry the call with it.
     pub id: String,
@@ -70,12 +71,12 @@ impl From<&ApprovalRecord> for ApprovalRef {
     }
 }
 
-fn conflict(code: &'static str, message: impl Into<String>) -> ApiError {
-    ApiError::new(StatusCode::CONFLICT, code, message)
+fn conflict(code: &'static str, message: impl Into<String>) -> Error {
+    Error::new(Kind::Conflict, code, message)
 }
 
 /// The binding digest of one call.
-pub(crate) fn call_digest(
+pub fn call_digest(
     task: &LiveTask,
     call: &Call,
     data_domain: Option<&DataDomain>,
@@ -92,7 +93,7 @@ pub(crate) fn call_digest(
 }
 
 /// The binding digest of a task start.
-pub(crate) fn start_digest(
+pub fn start_digest(
     task_id: &str,
     agent: &AgentName,
     scope: &RequestedScope,
@@ -109,7 +110,7 @@ pub(crate) fn start_digest(
 
 /// A new approval request, before it is stored.
 #[derive(Debug)]
-pub(crate) struct Request<'a> {
+pub struct Request<'a> {
     pub kind: ApprovalKind,
     pub task_id: &'a str,
     pub agent: &'a AgentName,
@@ -125,7 +126,7 @@ pub(crate) struct Request<'a> {
 impl Engine {
     /// The human behind a bearer token: the admin token or an enabled approver's token.
     /// Anything else, agent tokens included, is refused.
-    pub(crate) async fn human(&self, token: &str) -> Result<Human, ApiError> {
+    pub async fn human(&self, token: &str) -> Result<Human, Error> {
         if self.is_admin(token) {
             return Ok(Human::Admin);
         }
@@ -134,11 +135,11 @@ impl Engine {
             .store
             .approver_by_token(&hash)
             .await
-            .map_err(|e| ApiError::store(&e))?
+            .map_err(|e| Error::store(&e))?
         {
             Some(a) => Ok(Human::Approver(a)),
-            None => Err(ApiError::new(
-                StatusCode::FORBIDDEN,
+            None => Err(Error::new(
+                Kind::Forbidden,
                 "approver_required",
                 "this endpoint needs a human approver's token (agents never approve)",
             )),
@@ -146,20 +147,20 @@ impl Engine {
     }
 
     /// The approver behind a token, who must hold `role`.
-    pub(crate) async fn approver_with(
+    pub async fn approver_with(
         &self,
         token: &str,
         role: ApproverRole,
-    ) -> Result<ApproverRecord, ApiError> {
+    ) -> Result<ApproverRecord, Error> {
         match self.human(token).await? {
             Human::Approver(a) if a.has(role) => Ok(a),
-            Human::Approver(a) => Err(ApiError::new(
-                StatusCode::FORBIDDEN,
+            Human::Approver(a) => Err(Error::new(
+                Kind::Forbidden,
                 "role_required",
                 format!("{} does not hold the {role} role", a.name),
             )),
-            Human::Admin => Err(ApiError::new(
-                StatusCode::FORBIDDEN,
+            Human::Admin => Err(Error::new(
+                Kind::Forbidden,
                 "approver_required",
                 format!(
                     "the admin token is not a person: use a named approver's token with the {role} role"
@@ -170,12 +171,12 @@ impl Engine {
 
     /// Opens an approval request (bounded per agent and per task), records it, and
     /// notifies the approver group.
-    pub(crate) async fn open_approval(&self, r: Request<'_>) -> Result<ApprovalRecord, ApiError> {
+    pub async fn open_approval(&self, r: Request<'_>) -> Result<ApprovalRecord, Error> {
         let now = self.clock.now_ms();
         let terms = r.decision.approval.clone();
         let limits = &self.config.limits;
         let a = ApprovalRecord {
-            id: random_id("apr").map_err(|_| ApiError::internal("system RNG failed"))?,
+            id: random_id("apr").map_err(|_| Error::internal("system RNG failed"))?,
             kind: r.kind,
             task_id: r.task_id.to_owned(),
             agent: r.agent.clone(),
@@ -226,26 +227,26 @@ impl Engine {
             .await
             .map_err(|e| match e {
                 mandate_store::StoreError::Limit(m) => {
-                    ApiError::new(StatusCode::TOO_MANY_REQUESTS, "approval_queue_full", m)
+                    Error::new(Kind::Exhausted, "approval_queue_full", m)
                 }
-                other => ApiError::store(&other),
+                other => Error::store(&other),
             })?;
         self.notify_group(&a.group, "approval.requested", json!({ "approval": a }));
         Ok(a)
     }
 
     /// An approval by id, or 404.
-    pub(crate) async fn load_approval(&self, id: &str) -> Result<ApprovalRecord, ApiError> {
+    pub async fn load_approval(&self, id: &str) -> Result<ApprovalRecord, Error> {
         if id.len() > 64 {
-            return Err(ApiError::invalid("approval id is too long"));
+            return Err(Error::invalid("approval id is too long"));
         }
         self.store
             .approval(id)
             .await
-            .map_err(|e| ApiError::store(&e))?
+            .map_err(|e| Error::store(&e))?
             .ok_or_else(|| {
-                ApiError::new(
-                    StatusCode::NOT_FOUND,
+                Error::new(
+                    Kind::NotFound,
                     "approval_not_found",
                     format!("approval {id} does not exist"),
                 )
@@ -254,11 +255,11 @@ impl Engine {
 
     /// Waits (at most `wait`) for a pending approval to be answered; returns it as it
     /// stands then.
-    pub(crate) async fn wait_for_approval(
+    pub async fn wait_for_approval(
         &self,
         id: &str,
         wait: Duration,
-    ) -> Result<ApprovalRecord, ApiError> {
+    ) -> Result<ApprovalRecord, Error> {
         let mut changes = self.approval_changes.subscribe();
         let deadline = tokio::time::Instant::now() + wait;
         loop {
@@ -283,11 +284,11 @@ impl Engine {
 
     /// One approver approves. Separation of duties: approvers answer only for their
     /// groups, never for an agent they own unless policy allows it, and count once.
-    pub(crate) async fn approve(
+    pub async fn approve(
         &self,
         approver: &ApproverRecord,
         id: &str,
-    ) -> Result<ApprovalRecord, ApiError> {
+    ) -> Result<ApprovalRecord, Error> {
         let a = self.load_approval(id).await?;
         self.may_answer(approver, &a)?;
         self.still_valid(&a).await?;
@@ -307,7 +308,7 @@ impl Engine {
             .store
             .vote_approval(id, &vote, ev)
             .await
-            .map_err(|e| ApiError::store(&e))?;
+            .map_err(|e| Error::store(&e))?;
         match outcome {
             VoteOutcome::Counted(a) => {
                 self.changed(id);
@@ -324,8 +325,8 @@ impl Engine {
                 ),
             )),
             VoteOutcome::NotPending(a) => Err(not_pending(&a, self.clock.now_ms())),
-            VoteOutcome::Missing => Err(ApiError::new(
-                StatusCode::NOT_FOUND,
+            VoteOutcome::Missing => Err(Error::new(
+                Kind::NotFound,
                 "approval_not_found",
                 format!("approval {id} does not exist"),
             )),
@@ -333,12 +334,12 @@ impl Engine {
     }
 
     /// One approver refuses; the request is closed.
-    pub(crate) async fn deny(
+    pub async fn deny(
         &self,
         approver: &ApproverRecord,
         id: &str,
         reason: &str,
-    ) -> Result<ApprovalRecord, ApiError> {
+    ) -> Result<ApprovalRecord, Error> {
         let a = self.load_approval(id).await?;
         self.may_answer(approver, &a)?;
         let now = self.clock.now_ms();
@@ -367,17 +368,17 @@ impl Engine {
         Ok(a)
     }
 
-    fn may_answer(&self, approver: &ApproverRecord, a: &ApprovalRecord) -> Result<(), ApiError> {
+    fn may_answer(&self, approver: &ApproverRecord, a: &ApprovalRecord) -> Result<(), Error> {
         if !approver.has(ApproverRole::Approver) {
-            return Err(ApiError::new(
-                StatusCode::FORBIDDEN,
+            return Err(Error::new(
+                Kind::Forbidden,
                 "role_required",
                 format!("{} does not hold the approver role", approver.name),
             ));
         }
         if !approver.groups.iter().any(|g| g == &a.group) {
-            return Err(ApiError::new(
-                StatusCode::FORBIDDEN,
+            return Err(Error::new(
+                Kind::Forbidden,
                 "not_in_group",
                 format!(
                     "approval {} is for the {} group, which {} does not answer for",
@@ -386,8 +387,8 @@ impl Engine {
             ));
         }
         if approver.name == a.owner && !a.owner_may_approve {
-            return Err(ApiError::new(
-                StatusCode::FORBIDDEN,
+            return Err(Error::new(
+                Kind::Forbidden,
                 "separation_of_duties",
                 format!(
                     "{} owns agent {}; someone else must approve its requests (policy does not allow owner approval)",
@@ -400,7 +401,7 @@ impl Engine {
 
     /// Refuses (and invalidates) an approval whose task ended or whose bundle no longer
     /// enforces.
-    async fn still_valid(&self, a: &ApprovalRecord) -> Result<(), ApiError> {
+    async fn still_valid(&self, a: &ApprovalRecord) -> Result<(), Error> {
         let live = self.live_get(&a.task_id).filter(|t| !t.is_ended());
         let task_ok = match (a.kind, &live) {
             (_, None) => false,
@@ -443,7 +444,7 @@ impl Engine {
         by: &str,
         reason: &str,
         kind: EventKind,
-    ) -> Result<bool, ApiError> {
+    ) -> Result<bool, Error> {
         let now = self.clock.now_ms();
         let ev = NewEvent {
             ts_ms: now,
@@ -456,7 +457,7 @@ impl Engine {
             .store
             .transition_approval(&a.id, from, to, by, now, reason, ev)
             .await
-            .map_err(|e| ApiError::store(&e))?;
+            .map_err(|e| Error::store(&e))?;
         if moved {
             self.changed(&a.id);
         }
@@ -464,7 +465,7 @@ impl Engine {
     }
 
     /// Voids a pending or approved approval (best effort: a failure leaves it to expire).
-    pub(crate) async fn invalidate(&self, a: &ApprovalRecord, reason: &str) {
+    pub async fn invalidate(&self, a: &ApprovalRecord, reason: &str) {
         if let Err(e) = self
             .move_approval(
                 a,
@@ -481,7 +482,7 @@ impl Engine {
     }
 
     /// Uses an approved approval once. `Ok(true)` for the one caller that won it.
-    pub(crate) async fn consume(&self, a: &ApprovalRecord, by: &str) -> Result<bool, ApiError> {
+    pub async fn consume(&self, a: &ApprovalRecord, by: &str) -> Result<bool, Error> {
         self.move_approval(
             a,
             &[ApprovalState::Approved],
@@ -495,7 +496,7 @@ impl Engine {
 
     /// Settles an approval-required call decision: opens an approval (or takes the one
     /// the caller names), optionally waits for it, and uses it if it is approved.
-    pub(crate) async fn settle_call(
+    pub async fn settle_call(
         &self,
         task: &Arc<LiveTask>,
         call: &Call,
@@ -503,14 +504,14 @@ impl Engine {
         decision: Decision,
         approval_id: Option<&str>,
         wait: Duration,
-    ) -> Result<Settled, ApiError> {
+    ) -> Result<Settled, Error> {
         let digest = call_digest(task, call, data_domain, &decision.bundle_version);
         let mut a = match approval_id {
             Some(id) => {
                 let a = self.load_approval(id).await?;
                 if a.task_id != task.id || a.kind != ApprovalKind::Call {
-                    return Err(ApiError::new(
-                        StatusCode::FORBIDDEN,
+                    return Err(Error::new(
+                        Kind::Forbidden,
                         "approval_mismatch",
                         format!("approval {id} is not for a call of task {}", task.id),
                     ));
@@ -523,8 +524,8 @@ impl Engine {
                     self.still_valid(&a).await?;
                 }
                 if a.digest != digest {
-                    return Err(ApiError::new(
-                        StatusCode::FORBIDDEN,
+                    return Err(Error::new(
+                        Kind::Forbidden,
                         "approval_mismatch",
                         format!(
                             "approval {id} was given for another action: the tool, arguments, resource, destination, data domain or policy differ from what was approved"
@@ -532,8 +533,8 @@ impl Engine {
                     ));
                 }
                 if let Err(why) = meets_terms(&a, &decision) {
-                    return Err(ApiError::new(
-                        StatusCode::FORBIDDEN,
+                    return Err(Error::new(
+                        Kind::Forbidden,
                         "approval_mismatch",
                         format!(
                             "approval {id} no longer satisfies this call's approval rules ({why}): call again without approval_id to ask anew"
@@ -588,8 +589,8 @@ impl Engine {
             }),
             ApprovalState::Approved if now < a.expires_at_ms => {
                 if task.is_ended() || now >= task.expires_at() {
-                    return Err(ApiError::new(
-                        StatusCode::FORBIDDEN,
+                    return Err(Error::new(
+                        Kind::Forbidden,
                         "task_not_active",
                         format!("task {} ended while its approval was pending", task.id),
                     ));
@@ -641,17 +642,17 @@ impl Engine {
     /// A task start approved: the task becomes active, once. `prepare` runs (and may
     /// fail) before the approval is used, so a failure there leaves it usable. Returns the
     /// approval used and what `prepare` made.
-    pub(crate) async fn activate_start<T>(
+    pub async fn activate_start<T>(
         &self,
         task: &Arc<LiveTask>,
         approval_id: &str,
         wait: Duration,
-        prepare: impl FnOnce() -> Result<T, ApiError>,
-    ) -> Result<(ApprovalRecord, T), ApiError> {
+        prepare: impl FnOnce() -> Result<T, Error>,
+    ) -> Result<(ApprovalRecord, T), Error> {
         let mut a = self.load_approval(approval_id).await?;
         if a.task_id != task.id || a.kind != ApprovalKind::TaskStart {
-            return Err(ApiError::new(
-                StatusCode::FORBIDDEN,
+            return Err(Error::new(
+                Kind::Forbidden,
                 "approval_mismatch",
                 format!(
                     "approval {approval_id} is not the start approval of task {}",
@@ -694,10 +695,10 @@ impl Engine {
                         ev,
                     )
                     .await
-                    .map_err(|e| ApiError::store(&e))?;
+                    .map_err(|e| Error::store(&e))?;
                 if !moved {
-                    return Err(ApiError::new(
-                        StatusCode::FORBIDDEN,
+                    return Err(Error::new(
+                        Kind::Forbidden,
                         "task_not_active",
                         format!("task {} is no longer pending", task.id),
                     ));
@@ -726,7 +727,7 @@ impl Engine {
     }
 
     /// Voids the open approvals of a task that ended (best effort: the rest expire).
-    pub(crate) async fn invalidate_task_approvals(&self, task_id: &str, agent: &AgentName) {
+    pub async fn invalidate_task_approvals(&self, task_id: &str, agent: &AgentName) {
         for state in [ApprovalState::Pending, ApprovalState::Approved] {
             match self
                 .store
@@ -746,7 +747,7 @@ impl Engine {
     }
 
     /// Voids the open approvals a disabled approver voted for.
-    pub(crate) async fn invalidate_votes_of(&self, approver: &HumanId) {
+    pub async fn invalidate_votes_of(&self, approver: &HumanId) {
         for state in [ApprovalState::Pending, ApprovalState::Approved] {
             match self.store.approvals(Some(state), None, None, 10_000).await {
                 Ok(list) => {
@@ -766,7 +767,7 @@ impl Engine {
     }
 
     /// Expires approvals whose time ran out (called by the sweeper).
-    pub(crate) async fn expire_approvals(&self) {
+    pub async fn expire_approvals(&self) {
         let now = self.clock.now_ms();
         let due = match self.store.due_approvals(now, 256).await {
             Ok(d) => d,
@@ -797,7 +798,7 @@ impl Engine {
     }
 
     /// Voids every approval given under another bundle (called after a policy change).
-    pub(crate) async fn invalidate_stale_approvals(&self) {
+    pub async fn invalidate_stale_approvals(&self) {
         let enforcing = self.bundle().version().to_owned();
         match self.store.stale_approvals(&enforcing).await {
             Ok(stale) => {
@@ -813,7 +814,7 @@ impl Engine {
     }
 
     /// Sends a signed notification to a group's webhook, off the request path.
-    pub(crate) fn notify_group(&self, group: &str, event: &'static str, mut payload: Value) {
+    pub fn notify_group(&self, group: &str, event: &'static str, mut payload: Value) {
         let store = Arc::clone(&self.store);
         let http = self.http.clone();
         let clock = Arc::clone(&self.clock);
@@ -894,7 +895,7 @@ fn meets_terms(a: &ApprovalRecord, d: &Decision) -> Result<(), String> {
 pub const APPROVAL_DENIED_POLICY: &str = "mandate:approval-denied";
 
 /// Why an approval cannot be used or answered now.
-fn not_pending(a: &ApprovalRecord, now_ms: i64) -> ApiError {
+fn not_pending(a: &ApprovalRecord, now_ms: i64) -> Error {
     let (code, what) = match a.state {
         ApprovalState::Pending | ApprovalState::Approved if now_ms >= a.expires_at_ms => {
             ("approval_expired", "has expired".to_owned())

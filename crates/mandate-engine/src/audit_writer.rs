@@ -12,8 +12,8 @@ use mandate_audit::{Event, NewEvent};
 use mandate_store::{HistoryRow, Store, StoreError};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::error::ApiError;
-use axum::http::StatusCode;
+use crate::error::Error;
+use crate::error::Kind;
 
 /// Most events committed in one transaction.
 const MAX_BATCH: usize = 512;
@@ -35,12 +35,12 @@ pub enum AuditError {
     ChainBroken(String),
 }
 
-impl From<AuditError> for ApiError {
+impl From<AuditError> for Error {
     fn from(e: AuditError) -> Self {
         match e {
-            AuditError::Unavailable(_) => ApiError::audit(),
-            AuditError::ChainBroken(why) => ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
+            AuditError::Unavailable(_) => Error::audit(),
+            AuditError::ChainBroken(why) => Error::new(
+                Kind::Unavailable,
                 "audit_chain_broken",
                 format!(
                     "the audit chain is broken, so nothing is decided or recorded until an operator restores it (run `mandate audit verify`): {why}"

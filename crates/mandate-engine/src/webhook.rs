@@ -17,7 +17,7 @@ pub const EVENT_HEADER: &str = "mandate-event";
 const ATTEMPTS: u32 = 3;
 
 /// The client webhooks are sent with: short timeouts, no redirects.
-pub(crate) fn client() -> reqwest::Result<reqwest::Client> {
+pub fn client() -> reqwest::Result<reqwest::Client> {
     reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .connect_timeout(Duration::from_secs(3))
@@ -68,7 +68,7 @@ pub fn verify(
 }
 
 /// Posts `body` to `url`, signed, retrying transient failures. Returns the last error.
-pub(crate) async fn deliver(
+pub async fn deliver(
     client: &reqwest::Client,
     url: &str,
     secret: &str,

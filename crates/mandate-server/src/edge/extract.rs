@@ -39,7 +39,7 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
 /// `/mcp`): the body is read (at most `limit` bytes) and checked by
 /// [`mandate_core::strict_json`] before the inner service sees it, so a duplicate key is
 /// refused there exactly as on `/v1`. Bodiless requests pass untouched.
-pub(crate) async fn strict_json_body(
+pub async fn strict_json_body(
     axum::extract::State(limit): axum::extract::State<usize>,
     req: Request,
     next: axum::middleware::Next,
@@ -161,7 +161,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Bearer {
 /// `invalid_authorization_header`. Two `Authorization` headers are refused (401
 /// `invalid_authorization_header`): whichever one a reader picks, another reader (a proxy
 /// in front, an upstream behind) may pick the other.
-pub(crate) fn bearer_token(headers: &axum::http::HeaderMap) -> Result<String, ApiError> {
+pub fn bearer_token(headers: &axum::http::HeaderMap) -> Result<String, ApiError> {
     let mut all = headers.get_all(axum::http::header::AUTHORIZATION).iter();
     let Some(value) = all.next() else {
         return Err(ApiError::new(

@@ -10,14 +10,14 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 
+use crate::error::Kind;
 use mandate_audit::{EventKind, NewEvent};
 use mandate_core::Clock;
 use mandate_gateway::{KeyRing, SecretValue};
 use mandate_store::{SecretRecord, Store, StoreError};
 use serde::Serialize;
-use utoipa::ToSchema;
 
-use crate::error::ApiError;
+use crate::error::Error;
 
 /// Where the master key ring comes from.
 #[derive(Clone)]
@@ -48,7 +48,8 @@ pub const GENERATED_KEY_FILE: &str = "master.key";
 pub const MAX_SECRET_BYTES: usize = 16 * 1024;
 
 /// What the API says of a secret: never its value.
-#[derive(Debug, Clone, Serialize, serde::Deserialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SecretInfo {
     /// Its name.
     pub name: String,
@@ -75,7 +76,8 @@ impl From<&SecretRecord> for SecretInfo {
 }
 
 /// What a rotation did.
-#[derive(Debug, Clone, Serialize, serde::Deserialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RotationReport {
     /// The key now sealing.
     pub key_id: String,
@@ -153,12 +155,12 @@ fn write_private(path: &std::path::Path, text: &str) -> Result<(), String> {
         .map_err(|e| format!("cannot write {}: {e}", path.display()))
 }
 
-fn store_err(e: &StoreError) -> ApiError {
-    ApiError::store(e)
+fn store_err(e: &StoreError) -> Error {
+    Error::store(e)
 }
 
 /// A secret's name: 1-64 of `[a-z0-9._-]`, not starting with `vault:`.
-pub fn check_name(name: &str) -> Result<(), ApiError> {
+pub fn check_name(name: &str) -> Result<(), Error> {
     let ok = !name.is_empty()
         && name.len() <= 64
         && name
@@ -167,7 +169,7 @@ pub fn check_name(name: &str) -> Result<(), ApiError> {
     if ok {
         Ok(())
     } else {
-        Err(ApiError::invalid("a secret name is 1-64 of [a-z0-9._-]"))
+        Err(Error::invalid("a secret name is 1-64 of [a-z0-9._-]"))
     }
 }
 
@@ -224,11 +226,11 @@ impl SecretStore {
         value: SecretValue,
         description: &str,
         by: &str,
-    ) -> Result<SecretInfo, ApiError> {
+    ) -> Result<SecretInfo, Error> {
         check_name(name)?;
         let min = mandate_gateway::redact::MIN_SECRET_LEN;
         if value.expose().len() < min || value.expose().len() > MAX_SECRET_BYTES {
-            return Err(ApiError::invalid(format!(
+            return Err(Error::invalid(format!(
                 "a secret value is {min}-{MAX_SECRET_BYTES} bytes (shorter ones cannot be redacted reliably from responses)"
             )));
         }
@@ -243,7 +245,7 @@ impl SecretStore {
         let (key_id, sealed) = self
             .ring()
             .seal(name, &value)
-            .map_err(|_| ApiError::internal("could not seal the secret"))?;
+            .map_err(|_| Error::internal("could not seal the secret"))?;
         let rec = SecretRecord {
             name: name.to_owned(),
             key_id,
@@ -268,7 +270,7 @@ impl SecretStore {
     }
 
     /// Every secret's description (never a value).
-    pub async fn list(&self) -> Result<Vec<SecretInfo>, ApiError> {
+    pub async fn list(&self) -> Result<Vec<SecretInfo>, Error> {
         Ok(self
             .store
             .secrets()
@@ -280,7 +282,7 @@ impl SecretStore {
     }
 
     /// Deletes a secret.
-    pub async fn delete(&self, name: &str, by: &str) -> Result<bool, ApiError> {
+    pub async fn delete(&self, name: &str, by: &str) -> Result<bool, Error> {
         check_name(name)?;
         let _w = self.write.lock().await;
         let ev = NewEvent {
@@ -302,29 +304,24 @@ impl SecretStore {
     /// Re-reads the key ring and re-seals every secret not sealed under its first key, in
     /// one transaction. Calls keep being served throughout: the old ring opens until the
     /// new one is swapped in, and the new one holds the old keys too.
-    pub async fn rotate(&self, by: &str) -> Result<RotationReport, ApiError> {
+    pub async fn rotate(&self, by: &str) -> Result<RotationReport, Error> {
         let _w = self.write.lock().await;
-        let ring = read_ring(&self.source, &self.data_dir).map_err(|e| {
-            ApiError::new(
-                axum::http::StatusCode::UNPROCESSABLE_ENTITY,
-                "master_key_invalid",
-                e,
-            )
-        })?;
+        let ring = read_ring(&self.source, &self.data_dir)
+            .map_err(|e| Error::new(Kind::Unprocessable, "master_key_invalid", e))?;
         let all = self.store.secrets().await.map_err(|e| store_err(&e))?;
         let now = self.clock.now_ms();
         let mut resealed = Vec::new();
         for s in all.iter().filter(|s| s.key_id != ring.current_id()) {
             let plain = ring.open(&s.name, &s.key_id, &s.sealed).map_err(|e| {
-                ApiError::new(
-                    axum::http::StatusCode::CONFLICT,
+                Error::new(
+                    Kind::Conflict,
                     "master_key_missing",
                     format!("secret {:?}: {e}", s.name),
                 )
             })?;
             let (key_id, sealed) = ring
                 .seal(&s.name, &plain)
-                .map_err(|_| ApiError::internal("could not seal"))?;
+                .map_err(|_| Error::internal("could not seal"))?;
             let rec = SecretRecord {
                 key_id,
                 sealed,
