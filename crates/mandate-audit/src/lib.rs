@@ -12,6 +12,12 @@
 
 use std::fmt;
 
+mod body;
+mod examples;
+
+pub use body::*;
+pub use examples::{ALL_KINDS, example};
+
 use mandate_core::{canonical_json, sha256_hex};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -217,14 +223,32 @@ impl fmt::Display for EventKind {
 pub struct NewEvent {
     /// When it happened (unix ms).
     pub ts_ms: i64,
-    /// What happened.
-    pub kind: EventKind,
     /// The agent concerned, if any.
     pub agent: Option<String>,
     /// The task concerned, if any.
     pub task_id: Option<String>,
-    /// Everything else, as JSON. Must never hold a secret.
-    pub data: Value,
+    /// What happened, typed. Must never hold a secret.
+    pub body: Body,
+}
+
+impl NewEvent {
+    /// What happened, by stable name.
+    pub fn kind(&self) -> EventKind {
+        self.body.kind()
+    }
+}
+
+/// A stored event whose body does not read as its kind: written by another version, or
+/// edited outside Mandate.
+#[derive(Debug, thiserror::Error)]
+#[error("audit record {seq} ({kind}) does not read as a {kind} event: {source}")]
+pub struct BodyError {
+    /// The record.
+    pub seq: i64,
+    /// Its stored kind.
+    pub kind: String,
+    /// Why.
+    pub source: serde_json::Error,
 }
 
 /// An event in the chain, as stored.
@@ -246,6 +270,36 @@ pub struct Event {
     pub prev_hash: String,
     /// This event's hash.
     pub hash: String,
+}
+
+impl Event {
+    /// The event's typed body, read back from what was stored.
+    pub fn body(&self) -> Result<Body, BodyError> {
+        #[derive(Serialize)]
+        struct Tagged<'a> {
+            kind: &'a str,
+            data: &'a Value,
+        }
+        let tagged = serde_json::to_value(Tagged {
+            kind: &self.kind,
+            data: &self.data,
+        })
+        .and_then(serde_json::from_value);
+        tagged.map_err(|source| BodyError {
+            seq: self.seq,
+            kind: self.kind.clone(),
+            source,
+        })
+    }
+}
+
+/// The body's details as stored: serialised once, here.
+fn body_data(body: &Body) -> Value {
+    match serde_json::to_value(body) {
+        Ok(Value::Object(mut tagged)) => tagged.remove("data").unwrap_or(Value::Null),
+        // A body is a struct of plain data: its serialisation cannot fail.
+        _ => Value::Null,
+    }
 }
 
 /// The chain hash of an event's content.
@@ -273,22 +327,24 @@ pub fn event_hash(
 /// Places `new` after the event with `(prev_seq, prev_hash)`.
 pub fn link(new: NewEvent, prev_seq: i64, prev_hash: &str) -> Event {
     let seq = prev_seq.saturating_add(1);
+    let kind = new.kind().as_str();
+    let data = body_data(&new.body);
     let hash = event_hash(
         seq,
         new.ts_ms,
-        new.kind.as_str(),
+        kind,
         new.agent.as_deref(),
         new.task_id.as_deref(),
-        &new.data,
+        &data,
         prev_hash,
     );
     Event {
         seq,
         ts_ms: new.ts_ms,
-        kind: new.kind.as_str().to_owned(),
+        kind: kind.to_owned(),
         agent: new.agent,
         task_id: new.task_id,
-        data: new.data,
+        data,
         prev_hash: prev_hash.to_owned(),
         hash,
     }
@@ -409,10 +465,9 @@ mod tests {
             out.push(link(
                 NewEvent {
                     ts_ms: 1000 + i,
-                    kind: EventKind::Decision,
                     agent: Some("bot".into()),
                     task_id: Some("tsk_1".into()),
-                    data: serde_json::json!({"n": i}),
+                    body: Body::JoinTokenIssued(JoinTokenIssued { expires_at_ms: i }),
                 },
                 seq,
                 &prev,

@@ -166,6 +166,40 @@ fn fill_random(buf: &mut [u8]) -> Result<(), aws_lc_rs::error::Unspecified> {
     SystemRandom::new().fill(buf)
 }
 
+/// The system random number generator failed: nothing that needed an identifier happens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the system random number generator failed")]
+pub struct RngFailed;
+
+/// Where identifiers (decision, task, approval, token ids) come from: injected beside the
+/// clock, so tests and golden files can fix them.
+pub trait IdGen: std::fmt::Debug + Send + Sync {
+    /// A fresh identifier `<prefix>_<suffix>`, never handed out before by this generator.
+    fn id(&self, prefix: &str) -> Result<String, RngFailed>;
+}
+
+/// Identifiers carrying 128 random bits each ([`random_id`]): the production generator.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RandomIds;
+
+impl IdGen for RandomIds {
+    fn id(&self, prefix: &str) -> Result<String, RngFailed> {
+        random_id(prefix).map_err(|_| RngFailed)
+    }
+}
+
+/// Identifiers `<prefix>_<n>` counting up from 1, zero-padded to 22 digits: for tests.
+/// Predictable, so never for production (token ids must not be guessable).
+#[derive(Debug, Default)]
+pub struct SequentialIds(std::sync::atomic::AtomicU64);
+
+impl IdGen for SequentialIds {
+    fn id(&self, prefix: &str) -> Result<String, RngFailed> {
+        let n = self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        Ok(format!("{prefix}_{n:022}"))
+    }
+}
+
 /// A fresh identifier `<prefix>_<22 url-safe characters>` carrying 128 random bits.
 pub fn random_id(prefix: &str) -> Result<String, aws_lc_rs::error::Unspecified> {
     let mut buf = [0u8; 16];

@@ -9,6 +9,7 @@ mod agent;
 mod approval;
 mod args;
 mod clock;
+mod decision;
 mod human;
 mod ids;
 mod limits;
@@ -22,8 +23,12 @@ pub use args::{
     from_slice_strict, strict_json,
 };
 pub use clock::{Clock, ManualClock, SystemClock, UnixMillis};
+pub use decision::{ApprovalTerms, Decision, ItemOutcome, Obligation, Outcome};
 pub use human::{HumanId, HumanIdError};
-pub use ids::{AgentName, IdError, SpiffeId, TrustDomain, random_id, random_secret, sha256_hex};
+pub use ids::{
+    AgentName, IdError, IdGen, RandomIds, RngFailed, SequentialIds, SpiffeId, TrustDomain,
+    random_id, random_secret, sha256_hex,
+};
 pub use limits::Limits;
 pub use scope::{
     ActionClass, DataDomain, Destination, Grant, OutsideGrant, RequestedScope, ScopeError,

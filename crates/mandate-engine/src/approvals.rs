@@ -13,10 +13,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::error::Kind;
-use mandate_audit::{EventKind, NewEvent};
+use mandate_audit::{
+    ApprovalAction, ApprovalMoved, ApprovalRequested, ApprovalVoted, Body, NewEvent, TaskActivated,
+    TaskEnd, TaskEnded,
+};
 use mandate_core::{
     AgentName, ApprovalKind, ApprovalState, ApproverRole, DataDomain, HumanId, RequestedScope,
-    canonical_json, random_id, sha256_hex,
+    canonical_json, sha256_hex,
 };
 use mandate_policy::{DEFAULT_APPROVER_GROUP, Decision, Outcome};
 use mandate_store::{ApprovalRecord, ApprovalVote, ApproverRecord, VoteOutcome};
@@ -176,7 +179,11 @@ impl Engine {
         let terms = r.decision.approval.clone();
         let limits = &self.config.limits;
         let a = ApprovalRecord {
-            id: random_id("apr").map_err(|_| Error::internal("system RNG failed"))?,
+            id: self
+                .config
+                .ids
+                .id("apr")
+                .map_err(|_| Error::internal("system RNG failed"))?,
             kind: r.kind,
             task_id: r.task_id.to_owned(),
             agent: r.agent.clone(),
@@ -199,21 +206,29 @@ impl Engine {
         };
         let ev = NewEvent {
             ts_ms: now,
-            kind: EventKind::ApprovalRequested,
             agent: Some(a.agent.to_string()),
             task_id: Some(a.task_id.clone()),
-            data: json!({
-                "approval_id": a.id, "kind": a.kind, "digest": a.digest, "group": a.group,
-                "required": a.required, "owner_may_approve": a.owner_may_approve,
-                "expires_at_ms": a.expires_at_ms, "bundle_version": a.bundle_version,
-                "policies": r.decision.policies, "reasons": r.decision.reasons,
+            body: Body::ApprovalRequested(ApprovalRequested {
+                approval_id: a.id.clone(),
+                kind: a.kind,
+                digest: a.digest.clone(),
+                group: a.group.clone(),
+                required: a.required,
+                owner_may_approve: a.owner_may_approve,
+                expires_at_ms: a.expires_at_ms,
+                bundle_version: a.bundle_version.clone(),
+                policies: r.decision.policies.clone(),
+                reasons: r.decision.reasons.clone(),
                 // The arguments themselves stay in the approval record: the chain keeps
                 // their digest, never the values (they may be sensitive, and it is
                 // append-only).
-                "action": {
-                    "tool": a.action.get("tool"), "action": a.action.get("action"),
-                    "resource": a.action.get("resource"), "args_digest": a.action.get("args_digest"),
-                    "destination": a.action.get("destination"), "data_domain": a.action.get("data_domain"),
+                action: ApprovalAction {
+                    tool: a.action.get("tool").cloned(),
+                    action: a.action.get("action").cloned(),
+                    resource: a.action.get("resource").cloned(),
+                    args_digest: a.action.get("args_digest").cloned(),
+                    destination: a.action.get("destination").cloned(),
+                    data_domain: a.action.get("data_domain").cloned(),
                 },
             }),
         };
@@ -299,10 +314,16 @@ impl Engine {
         let ev = NewEvent {
             ts_ms: vote.at_ms,
             // The store records `approval.approved` when this vote completes it.
-            kind: EventKind::ApprovalVote,
             agent: Some(a.agent.to_string()),
             task_id: Some(a.task_id.clone()),
-            data: json!({ "approval_id": a.id, "by": approver.name, "digest": a.digest }),
+            body: Body::ApprovalVote(ApprovalVoted {
+                approval_id: a.id.clone(),
+                by: approver.name.clone(),
+                digest: a.digest.clone(),
+                approvals: None,
+                required: None,
+                state: None,
+            }),
         };
         let outcome = self
             .store
@@ -353,7 +374,6 @@ impl Engine {
                 ApprovalState::Denied,
                 approver.name.as_str(),
                 reason,
-                EventKind::ApprovalDenied,
             )
             .await?;
         if !moved {
@@ -443,15 +463,21 @@ impl Engine {
         to: ApprovalState,
         by: &str,
         reason: &str,
-        kind: EventKind,
     ) -> Result<bool, Error> {
         let now = self.clock.now_ms();
+        let moved = ApprovalMoved {
+            approval_id: a.id.clone(),
+            by: by.to_owned(),
+            reason: reason.to_owned(),
+            digest: a.digest.clone(),
+        };
+        let body = Body::approval_moved(to, moved)
+            .ok_or_else(|| Error::internal(format!("an approval cannot move to {to:?}")))?;
         let ev = NewEvent {
             ts_ms: now,
-            kind,
             agent: Some(a.agent.to_string()),
             task_id: Some(a.task_id.clone()),
-            data: json!({ "approval_id": a.id, "by": by, "reason": reason, "digest": a.digest }),
+            body,
         };
         let moved = self
             .store
@@ -473,7 +499,6 @@ impl Engine {
                 ApprovalState::Invalidated,
                 "mandate",
                 reason,
-                EventKind::ApprovalInvalidated,
             )
             .await
         {
@@ -489,7 +514,6 @@ impl Engine {
             ApprovalState::Consumed,
             by,
             "used for the approved action",
-            EventKind::ApprovalConsumed,
         )
         .await
     }
@@ -679,10 +703,12 @@ impl Engine {
                 }
                 let ev = NewEvent {
                     ts_ms: now,
-                    kind: EventKind::TaskActivated,
                     agent: Some(task.agent.to_string()),
                     task_id: Some(task.id.clone()),
-                    data: json!({ "approval_id": a.id, "approved_by": a.votes.iter().map(|v| &v.by).collect::<Vec<_>>() }),
+                    body: Body::TaskActivated(TaskActivated {
+                        approval_id: a.id.clone(),
+                        approved_by: a.votes.iter().map(|v| v.by.to_string()).collect(),
+                    }),
                 };
                 let moved = self
                     .store
@@ -715,11 +741,14 @@ impl Engine {
         let end = crate::engine::PendingEnd {
             from: vec![mandate_core::TaskState::Pending],
             to: mandate_core::TaskState::Revoked,
-            kind: EventKind::TaskRevoked,
+            kind: TaskEnd::Revoked,
             reason: format!("start denied by {by}"),
             by: by.to_owned(),
             agent: a.agent.to_string(),
-            detail: json!({ "approval_id": a.id }),
+            detail: TaskEnded {
+                approval_id: Some(a.id.clone()),
+                ..TaskEnded::default()
+            },
         };
         if let Err(e) = self.end_task(&a.task_id, end).await {
             tracing::error!(task = %a.task_id, error = %e, "denied start not recorded yet; retried by the sweeper");
@@ -788,7 +817,6 @@ impl Engine {
                     } else {
                         "approved but not used in time"
                     },
-                    EventKind::ApprovalExpired,
                 )
                 .await
             {

@@ -116,6 +116,16 @@ struct Deferred {
     histories: Vec<HistoryRow>,
 }
 
+/// Told of every event after its transaction commits, in chain order, by the writer
+/// task: how later work (containment, telemetry, exports) reacts to what happened without
+/// touching the decide path. `committed` runs on the writer, after the callers waiting on
+/// the batch have their answers; it must not block (hand the events to a bounded channel
+/// or counter). Events of a transaction that failed are never observed.
+pub trait CommitObserver: std::fmt::Debug + Send + Sync + 'static {
+    /// Events just committed, in sequence order.
+    fn committed(&self, events: &[Event]);
+}
+
 /// Handle to the writer task.
 #[derive(Debug, Clone)]
 pub struct AuditWriter {
@@ -127,14 +137,19 @@ pub struct AuditWriter {
 impl std::fmt::Debug for Job {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Job")
-            .field("kind", &self.event.as_ref().map(|e| e.kind))
+            .field("kind", &self.event.as_ref().map(NewEvent::kind))
             .finish()
     }
 }
 
 impl AuditWriter {
-    /// Starts the writer on the current runtime.
+    /// Starts the writer on the current runtime, without observers.
     pub fn spawn(store: Arc<dyn Store>) -> Self {
+        Self::spawn_observed(store, Vec::new())
+    }
+
+    /// Starts the writer on the current runtime; `observers` are told of every commit.
+    pub fn spawn_observed(store: Arc<dyn Store>, observers: Vec<Arc<dyn CommitObserver>>) -> Self {
         let (tx, mut rx) = mpsc::channel::<Job>(QUEUE);
         let deferred: Arc<Mutex<Deferred>> = Arc::default();
         let health: Arc<StoreHealth> = Arc::default();
@@ -181,10 +196,17 @@ impl AuditWriter {
                 match store.append_batch(events, histories).await {
                     Ok(stored) => {
                         state.committed();
-                        let mut stored = stored.into_iter().skip(skip);
+                        let mut answers = stored.iter().skip(skip);
                         for (waiter, waits_for_event) in waiters {
-                            let event = if waits_for_event { stored.next() } else { None };
+                            let event = if waits_for_event {
+                                answers.next().cloned()
+                            } else {
+                                None
+                            };
                             let _ = waiter.send(Ok(event));
+                        }
+                        for o in &observers {
+                            o.committed(&stored);
                         }
                     }
                     Err(e) => {
@@ -313,7 +335,6 @@ mod tests {
         reason = "test code: waits out the deferred flush"
     )]
 
-    use mandate_audit::EventKind;
     use mandate_store::SqliteStore;
 
     use super::*;
@@ -321,11 +342,55 @@ mod tests {
     fn ev(n: i64) -> NewEvent {
         NewEvent {
             ts_ms: n,
-            kind: EventKind::GatewayResult,
             agent: None,
             task_id: None,
-            data: serde_json::json!({ "n": n }),
+            body: mandate_audit::Body::JoinTokenIssued(mandate_audit::JoinTokenIssued {
+                expires_at_ms: n,
+            }),
         }
+    }
+
+    #[derive(Debug, Default)]
+    struct Seen(Mutex<Vec<i64>>);
+
+    impl CommitObserver for Seen {
+        fn committed(&self, events: &[Event]) {
+            let mut seen = crate::engine::lock(&self.0);
+            seen.extend(events.iter().map(|e| e.seq));
+        }
+    }
+
+    #[tokio::test]
+    async fn observers_see_each_committed_event_once_in_order_after_its_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(dir.path()).await.unwrap());
+        let seen = Arc::new(Seen::default());
+        let w = AuditWriter::spawn_observed(
+            Arc::clone(&store),
+            vec![Arc::clone(&seen) as Arc<dyn CommitObserver>],
+        );
+        w.append_deferred(ev(1));
+        let second = w.append(ev(2)).await.unwrap();
+        let third = w.append(ev(3)).await.unwrap();
+        w.flush().await.unwrap();
+        let stored: Vec<i64> = store
+            .events_after(0, 100)
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| e.seq)
+            .collect();
+        assert_eq!(stored, [1, 2, 3]);
+        assert_eq!(second.seq, 2);
+        assert_eq!(third.seq, 3);
+        // The observer runs after the waiters are answered: wait for it by flushing once
+        // more (its call for the batch before has returned when the next batch commits).
+        w.flush().await.unwrap();
+        assert_eq!(
+            *crate::engine::lock(&seen.0),
+            [1, 2, 3],
+            "every commit, once, in order"
+        );
     }
 
     #[tokio::test]
@@ -336,19 +401,25 @@ mod tests {
         w.append_deferred(ev(1));
         let urgent = w.append(ev(2)).await.unwrap();
         let all = store.events_after(0, 100).await.unwrap();
-        let ns: Vec<i64> = all.iter().filter_map(|e| e.data["n"].as_i64()).collect();
+        let ns: Vec<i64> = all
+            .iter()
+            .filter_map(|e| e.data["expires_at_ms"].as_i64())
+            .collect();
         assert_eq!(
             ns,
             [1, 2],
             "the deferred event joined the transaction, before the waiter's"
         );
-        assert_eq!(urgent.data["n"], 2, "the waiter gets its own event back");
+        assert_eq!(
+            urgent.data["expires_at_ms"], 2,
+            "the waiter gets its own event back"
+        );
         w.append_deferred(ev(3));
         tokio::time::sleep(DEFERRED_FLUSH * 5).await;
         let all = store.events_after(0, 100).await.unwrap();
         assert_eq!(
             all.iter()
-                .filter_map(|e| e.data["n"].as_i64())
+                .filter_map(|e| e.data["expires_at_ms"].as_i64())
                 .collect::<Vec<_>>(),
             [1, 2, 3]
         );

@@ -47,6 +47,10 @@ pub struct ServerConfig {
     pub limits: Limits,
     /// Source of time.
     pub clock: Arc<dyn Clock>,
+    /// Source of identifiers (decision, task, approval, token ids).
+    pub ids: Arc<dyn mandate_core::IdGen>,
+    /// Told of every committed audit event, after its commit (none by default).
+    pub observers: Vec<Arc<dyn crate::CommitObserver>>,
 }
 
 impl ServerConfig {
@@ -71,6 +75,8 @@ impl ServerConfig {
             vault_token: None,
             limits: Limits::default(),
             clock: Arc::new(SystemClock),
+            ids: Arc::new(mandate_core::RandomIds),
+            observers: Vec::new(),
         }
     }
 }

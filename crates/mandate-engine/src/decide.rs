@@ -4,8 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use mandate_audit::{EventKind, NewEvent};
-use mandate_core::random_id;
+use mandate_audit::{Body, CallDecided, CallRefused, NewEvent, ShadowDisagreement, Verdict};
 use mandate_policy::Outcome;
 use serde::{Deserialize, Serialize};
 
@@ -83,17 +82,26 @@ impl Engine {
             Err(refusal) => {
                 let ev = NewEvent {
                     ts_ms: now,
-                    kind: EventKind::CallRefused,
                     agent: refusal.agent.clone(),
                     task_id: refusal.task.clone(),
-                    data: serde_json::json!({ "code": refusal.error.code, "tool": call.tool, "action": call.action, "args_digest": call.args.digest() }),
+                    body: Body::CallRefused(CallRefused {
+                        code: refusal.error.code.to_owned(),
+                        tool: Some(call.tool.to_string()),
+                        action: Some(call.action),
+                        args_digest: Some(call.args.digest().to_owned()),
+                        ..CallRefused::default()
+                    }),
                 };
                 self.record_refusal(ev).await?;
                 return Err(refusal.error);
             }
         };
         self.admit_decision(&evaluated.task)?;
-        let decision_id = random_id("dec").map_err(|_| Error::internal("system RNG failed"))?;
+        let decision_id = self
+            .config
+            .ids
+            .id("dec")
+            .map_err(|_| Error::internal("system RNG failed"))?;
         let task = evaluated.task;
         let data_domain = evaluated.data_domain;
         let break_glass = task.break_glass.is_some();
@@ -113,10 +121,16 @@ impl Engine {
                 Err(e) => {
                     let ev = NewEvent {
                         ts_ms: self.clock.now_ms(),
-                        kind: EventKind::CallRefused,
                         agent: Some(task.agent.to_string()),
                         task_id: Some(task.id.clone()),
-                        data: serde_json::json!({ "code": e.code, "tool": call.tool, "action": call.action, "args_digest": call.args.digest(), "approval_id": approval_id }),
+                        body: Body::CallRefused(CallRefused {
+                            code: e.code.to_owned(),
+                            tool: Some(call.tool.to_string()),
+                            action: Some(call.action),
+                            args_digest: Some(call.args.digest().to_owned()),
+                            approval_id: approval_id.clone(),
+                            ..CallRefused::default()
+                        }),
                     };
                     self.audit.append(ev).await?;
                     return Err(e);
@@ -134,15 +148,20 @@ impl Engine {
         if flight.is_none() || self.clock.now_ms() >= task.expires_at() {
             let ev = NewEvent {
                 ts_ms: self.clock.now_ms(),
-                kind: EventKind::CallRefused,
                 agent: Some(task.agent.to_string()),
                 task_id: Some(task.id.clone()),
-                data: serde_json::json!({
-                    "code": "task_not_active", "decision_id": decision_id,
-                    "tool": call.tool, "action": call.action, "resource": call.resource,
-                    "args_digest": call.args.digest(),
-                    "policy_outcome": d.outcome, "policies": d.policies, "bundle_version": d.bundle_version,
-                    "latency_us": latency_us,
+                body: Body::CallRefused(CallRefused {
+                    code: "task_not_active".to_owned(),
+                    decision_id: Some(decision_id.clone()),
+                    tool: Some(call.tool.to_string()),
+                    action: Some(call.action),
+                    resource: Some(call.resource.clone()),
+                    args_digest: Some(call.args.digest().to_owned()),
+                    policy_outcome: Some(d.outcome),
+                    policies: Some(d.policies.clone()),
+                    bundle_version: Some(d.bundle_version.clone()),
+                    latency_us: Some(latency_us),
+                    ..CallRefused::default()
                 }),
             };
             self.audit.record(ev, None).await?;
@@ -160,18 +179,32 @@ impl Engine {
         let ev = NewEvent {
             // After a wait for an approval, the decision is made now, not when the call came.
             ts_ms: self.clock.now_ms(),
-            kind: EventKind::Decision,
             agent: Some(task.agent.to_string()),
             task_id: Some(task.id.clone()),
-            data: serde_json::json!({
-                "decision_id": decision_id, "intent": task.purpose,
-                "tool": call.tool, "action": call.action, "resource": call.resource,
-                "destination": call.destination, "data_domain": data_domain, "declared_data_domain": call.data_domain, "sensitivity": call.sensitivity,
-                "args_digest": call.args.digest(),
-                "outcome": d.outcome, "policies": d.policies, "reasons": d.reasons, "errors": d.errors, "obligations": d.obligations,
-                "bundle_version": d.bundle_version, "latency_us": latency_us,
-                "approval_id": approval.as_ref().map(|a| &a.id), "approved_by": approval.as_ref().filter(|_| d.outcome == Outcome::Allow).map(|a| &a.approved_by),
-                "break_glass": break_glass,
+            body: Body::Decision(CallDecided {
+                decision_id: decision_id.clone(),
+                intent: task.purpose.clone(),
+                tool: call.tool.clone(),
+                action: call.action,
+                resource: call.resource.clone(),
+                destination: call.destination.clone(),
+                data_domain: data_domain.clone(),
+                declared_data_domain: call.data_domain.clone(),
+                sensitivity: call.sensitivity,
+                args_digest: call.args.digest().to_owned(),
+                outcome: d.outcome,
+                policies: d.policies.clone(),
+                reasons: d.reasons.clone(),
+                errors: d.errors.clone(),
+                obligations: d.obligations.clone(),
+                bundle_version: d.bundle_version.clone(),
+                latency_us,
+                approval_id: approval.as_ref().map(|a| a.id.clone()),
+                approved_by: approval
+                    .as_ref()
+                    .filter(|_| d.outcome == Outcome::Allow)
+                    .map(|a| a.approved_by.clone()),
+                break_glass,
             }),
         };
         self.audit.record(ev, history).await?;
@@ -182,13 +215,22 @@ impl Engine {
         {
             let ev = NewEvent {
                 ts_ms: now,
-                kind: EventKind::ShadowDisagreement,
                 agent: Some(task.agent.to_string()),
                 task_id: Some(task.id.clone()),
-                data: serde_json::json!({
-                    "decision_id": decision_id, "tool": call.tool, "action": call.action,
-                    "enforced": { "outcome": d.outcome, "policies": d.policies, "bundle_version": d.bundle_version },
-                    "shadow": { "outcome": shadow.outcome, "policies": shadow.policies, "bundle_version": shadow.bundle_version },
+                body: Body::ShadowDisagreement(ShadowDisagreement {
+                    decision_id: decision_id.clone(),
+                    tool: call.tool.clone(),
+                    action: call.action,
+                    enforced: Verdict {
+                        outcome: d.outcome,
+                        policies: d.policies.clone(),
+                        bundle_version: d.bundle_version.clone(),
+                    },
+                    shadow: Verdict {
+                        outcome: shadow.outcome,
+                        policies: shadow.policies,
+                        bundle_version: shadow.bundle_version,
+                    },
                 }),
             };
             // Shadow results are advisory: recorded after the decision, off the call's

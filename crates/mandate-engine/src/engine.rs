@@ -5,7 +5,10 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
-use mandate_audit::{EventKind, NewEvent};
+use mandate_audit::{
+    Body, CallRefused, GrantReduced, KeysRotated, NewEvent, PolicyLoaded, PolicyRejected,
+    StoreRecovered, TaskEnd, TaskEnded, TaskTainted,
+};
 use mandate_core::{
     ActionClass, AgentName, CanonicalArgs, Clock, DataDomain, Destination, Grant, RequestedScope,
     Sensitivity, SpiffeId, TaskState, ToolName,
@@ -289,12 +292,13 @@ const ANONYMOUS_EVENTS_PER_SEC: u32 = 100;
 pub struct PendingEnd {
     pub from: Vec<TaskState>,
     pub to: TaskState,
-    pub kind: EventKind,
+    pub kind: TaskEnd,
     pub reason: String,
     pub by: String,
     pub agent: String,
-    /// Extra fields for the event (e.g. both bundle versions on a policy drift).
-    pub detail: serde_json::Value,
+    /// Extra fields for the event (e.g. both bundle versions on a policy drift); its
+    /// `reason` and `by` are the end's own.
+    pub detail: TaskEnded,
 }
 
 #[derive(Debug, Default)]
@@ -418,7 +422,7 @@ impl Engine {
             Some(dir) => Some(Bundle::load_dir(dir).map_err(|e| format!("shadow bundle: {e}"))?),
             None => None,
         };
-        let audit = AuditWriter::spawn(Arc::clone(&store));
+        let audit = AuditWriter::spawn_observed(Arc::clone(&store), config.observers.clone());
         // A broken chain is never appended to: the server starts (so readiness can say
         // why) but records and decides nothing.
         let chain_break = chain_tail_break(&*store).await?;
@@ -442,10 +446,17 @@ impl Engine {
             let key = StoredKey::generate(now).map_err(|e| e.to_string())?;
             let event = NewEvent {
                 ts_ms: now,
-                kind: EventKind::KeysRotated,
                 agent: None,
                 task_id: None,
-                data: serde_json::json!({ "kid": key.kid, "reason": if active_age.is_none() { "first start" } else { "scheduled rotation" } }),
+                body: Body::KeysRotated(KeysRotated {
+                    kid: key.kid.clone(),
+                    reason: if active_age.is_none() {
+                        "first start"
+                    } else {
+                        "scheduled rotation"
+                    }
+                    .to_owned(),
+                }),
             };
             store
                 .rotate_keys(
@@ -547,10 +558,15 @@ impl Engine {
             .record(
                 NewEvent {
                     ts_ms: now,
-                    kind: EventKind::PolicyLoaded,
                     agent: None,
                     task_id: None,
-                    data: serde_json::json!({ "bundle_version": b.version(), "policies": b.len(), "source": engine.config.policies.display().to_string() }),
+                    body: Body::PolicyLoaded(PolicyLoaded {
+                        bundle_version: b.version().to_owned(),
+                        previous_version: None,
+                        policies: b.len(),
+                        source: Some(engine.config.policies.display().to_string()),
+                        trigger: None,
+                    }),
                 },
                 None,
             )
@@ -785,16 +801,16 @@ impl Engine {
         let now = self.clock.now_ms();
         let event = NewEvent {
             ts_ms: now,
-            kind: end.kind,
             agent: Some(end.agent.clone()),
             task_id: Some(id.to_owned()),
-            data: {
-                let mut d = serde_json::json!({ "reason": end.reason, "by": end.by });
-                if let (Some(d), Some(extra)) = (d.as_object_mut(), end.detail.as_object()) {
-                    d.extend(extra.clone());
-                }
-                d
-            },
+            body: Body::task_end(
+                end.kind,
+                TaskEnded {
+                    reason: end.reason.clone(),
+                    by: end.by.clone(),
+                    ..end.detail.clone()
+                },
+            ),
         };
         self.store
             .transition_task(id, &end.from, end.to, now, &end.reason, event)
@@ -901,10 +917,13 @@ impl Engine {
             Err(e) => {
                 let ev = NewEvent {
                     ts_ms: now,
-                    kind: EventKind::PolicyRejected,
                     agent: None,
                     task_id: None,
-                    data: serde_json::json!({ "enforcing_version": old, "trigger": trigger, "diagnostics": e.diagnostics }),
+                    body: Body::PolicyRejected(PolicyRejected {
+                        enforcing_version: old.clone(),
+                        trigger: trigger.to_owned(),
+                        diagnostics: serde_json::to_value(&e.diagnostics).unwrap_or_default(),
+                    }),
                 };
                 if self.audit.append(ev).await.is_err() {
                     tracing::error!("could not record a rejected policy bundle");
@@ -924,10 +943,15 @@ impl Engine {
         }
         let ev = NewEvent {
             ts_ms: now,
-            kind: EventKind::PolicyLoaded,
             agent: None,
             task_id: None,
-            data: serde_json::json!({ "bundle_version": b.version(), "previous_version": old, "policies": b.len(), "trigger": trigger }),
+            body: Body::PolicyLoaded(PolicyLoaded {
+                bundle_version: b.version().to_owned(),
+                previous_version: Some(old.clone()),
+                policies: b.len(),
+                source: None,
+                trigger: Some(trigger.to_owned()),
+            }),
         };
         if let Err(e) = self.audit.append(ev).await {
             // Not recorded, so not enforced: the previous bundle stays.
@@ -959,7 +983,7 @@ impl Engine {
     async fn reevaluate(&self, tasks: &[Arc<LiveTask>], previous: &str, change: &mut PolicyChange) {
         let bundle = self.bundle();
         let now_secs = self.clock.now_secs();
-        let mut narrowed: Vec<(Arc<LiveTask>, Grant, Grant, serde_json::Value)> = Vec::new();
+        let mut narrowed: Vec<(Arc<LiveTask>, Grant, Grant, TaskEnded)> = Vec::new();
         let mut ended: Vec<(String, PendingEnd)> = Vec::new();
         // Pass 1, no await: every change is in force before anything is written.
         let now_ms = self.clock.now_ms();
@@ -977,7 +1001,18 @@ impl Engine {
                 Ok(e) => e,
                 Err(e) => {
                     tracing::error!(task = %task.id, error = %e, "cannot rebuild task entities under the new bundle; revoking");
-                    ended.push((task.id.clone(), drift_end(task, serde_json::json!({ "previous_version": previous, "bundle_version": bundle.version(), "error": e.to_string() }))));
+                    ended.push((
+                        task.id.clone(),
+                        drift_end(
+                            task,
+                            TaskEnded {
+                                previous_version: Some(previous.to_owned()),
+                                bundle_version: Some(bundle.version().to_owned()),
+                                error: Some(e.to_string()),
+                                ..TaskEnded::default()
+                            },
+                        ),
+                    ));
                     self.end_live(&task.id);
                     continue;
                 }
@@ -993,12 +1028,13 @@ impl Engine {
             );
             let old_grant = read(&task.grant).clone();
             let new_grant = old_grant.intersect(&sd.grant);
-            let versions = serde_json::json!({
-                "previous_version": previous,
-                "bundle_version": bundle.version(),
-                "policies": sd.decision.policies,
-                "reasons": sd.decision.reasons,
-            });
+            let versions = TaskEnded {
+                previous_version: Some(previous.to_owned()),
+                bundle_version: Some(bundle.version().to_owned()),
+                policies: Some(sd.decision.policies.clone()),
+                reasons: Some(sd.decision.reasons.clone()),
+                ..TaskEnded::default()
+            };
             // An active task stands only if the new bundle would start it outright; one
             // that would now need a human is revoked (a pending task may stay pending).
             let stands = match sd.decision.outcome {
@@ -1031,23 +1067,19 @@ impl Engine {
                 self.forget_end(&id);
             }
         }
-        for (task, old_grant, new_grant, mut data) in narrowed {
-            if let Some(d) = data.as_object_mut() {
-                d.insert(
-                    "previous_grant".into(),
-                    serde_json::to_value(&old_grant).unwrap_or_default(),
-                );
-                d.insert(
-                    "grant".into(),
-                    serde_json::to_value(&new_grant).unwrap_or_default(),
-                );
-            }
+        for (task, old_grant, new_grant, versions) in narrowed {
             let ev = NewEvent {
                 ts_ms: self.clock.now_ms(),
-                kind: EventKind::TaskGrantReduced,
                 agent: Some(task.agent.to_string()),
                 task_id: Some(task.id.clone()),
-                data,
+                body: Body::TaskGrantReduced(GrantReduced {
+                    previous_version: versions.previous_version.unwrap_or_default(),
+                    bundle_version: versions.bundle_version.unwrap_or_default(),
+                    policies: versions.policies.unwrap_or_default(),
+                    reasons: versions.reasons.unwrap_or_default(),
+                    previous_grant: old_grant,
+                    grant: new_grant.clone(),
+                }),
             };
             if let Err(e) = self.store.update_task_grant(&task.id, &new_grant, ev).await {
                 tracing::error!(task = %task.id, error = %e, "narrowed grant not recorded; enforced in memory");
@@ -1077,10 +1109,12 @@ impl Engine {
         let key = StoredKey::generate(now).map_err(Error::internal)?;
         let event = NewEvent {
             ts_ms: now,
-            kind: EventKind::KeysRotated,
             agent: None,
             task_id: None,
-            data: serde_json::json!({ "kid": key.kid, "reason": reason }),
+            body: Body::KeysRotated(KeysRotated {
+                kid: key.kid.clone(),
+                reason: reason.to_owned(),
+            }),
         };
         self.store
             .rotate_keys(
@@ -1367,10 +1401,11 @@ impl Engine {
         let row = task.change_history(|h| h.record_result(0, true));
         let event = NewEvent {
             ts_ms: self.clock.now_ms(),
-            kind: EventKind::TaskTainted,
             agent: Some(task.agent.to_string()),
             task_id: Some(task.id.clone()),
-            data: serde_json::json!({ "source": source }),
+            body: Body::TaskTainted(TaskTainted {
+                source: source.to_owned(),
+            }),
         };
         self.audit.record(event, Some(row)).await.map(|_| ())
     }
@@ -1421,11 +1456,11 @@ impl Engine {
             let end = PendingEnd {
                 from: vec![TaskState::Active, TaskState::Pending],
                 to: TaskState::Expired,
-                kind: EventKind::TaskExpired,
+                kind: TaskEnd::Expired,
                 reason: "expired".into(),
                 by: "mandate".into(),
                 agent: t.agent.to_string(),
-                detail: serde_json::Value::Null,
+                detail: TaskEnded::default(),
             };
             if let Err(e) = self.end_task(&id, end).await {
                 tracing::error!(task = %id, error = %e, "could not record expiry yet; the task stays refused and the write is retried");
@@ -1448,10 +1483,14 @@ impl Engine {
         for ((agent, task), count) in limited {
             let event = NewEvent {
                 ts_ms: now,
-                kind: EventKind::CallRefused,
                 agent: Some(agent),
                 task_id: Some(task),
-                data: serde_json::json!({ "code": "rate_limited", "count": count, "summarised": true }),
+                body: Body::CallRefused(CallRefused {
+                    code: "rate_limited".to_owned(),
+                    count: Some(count),
+                    summarised: Some(true),
+                    ..CallRefused::default()
+                }),
             };
             self.audit.append_deferred(event);
         }
@@ -1460,10 +1499,9 @@ impl Engine {
             // turns green again by itself once space (or the database) is back.
             let event = NewEvent {
                 ts_ms: now,
-                kind: EventKind::StoreRecovered,
                 agent: None,
                 task_id: None,
-                data: serde_json::json!({ "failure": why }),
+                body: Body::StoreRecovered(StoreRecovered { failure: why }),
             };
             if self.audit.record(event, None).await.is_ok() {
                 tracing::warn!("the store commits again; decisions resume");
@@ -1473,10 +1511,13 @@ impl Engine {
         if suppressed > 0 {
             let event = NewEvent {
                 ts_ms: now,
-                kind: EventKind::CallRefused,
                 agent: None,
                 task_id: None,
-                data: serde_json::json!({ "code": "unauthenticated_refusals_summarised", "count": suppressed }),
+                body: Body::CallRefused(CallRefused {
+                    code: "unauthenticated_refusals_summarised".to_owned(),
+                    count: Some(suppressed),
+                    ..CallRefused::default()
+                }),
             };
             if self.audit.append(event).await.is_err() {
                 lock(&self.anonymous).suppressed += suppressed;
@@ -1576,32 +1617,27 @@ async fn chain_tail_break(store: &dyn Store) -> Result<Option<String>, String> {
     )))
 }
 
-/// Replays a task's recorded allows (and reported results) into its history.
+/// Replays a task's recorded allows into its history.
 fn rebuild_history(h: &mut History, events: &[mandate_audit::Event]) {
     for e in events {
-        let d = &e.data;
-        let field = |k: &str| d.get(k).and_then(serde_json::Value::as_str);
-        if e.kind == EventKind::Decision.as_str() && field("outcome") == Some("allow") {
-            let (Some(tool), Some(action)) = (
-                field("tool"),
-                field("action").and_then(|a| a.parse::<ActionClass>().ok()),
-            ) else {
-                continue;
-            };
-            let sensitivity = d
-                .get("sensitivity")
-                .and_then(|v| serde_json::from_value::<Sensitivity>(v.clone()).ok())
-                .unwrap_or_default();
-            h.record(tool, action, field("data_domain"), sensitivity);
+        if let Ok(Body::Decision(d)) = e.body()
+            && d.outcome == mandate_policy::Outcome::Allow
+        {
+            h.record(
+                d.tool.as_str(),
+                d.action,
+                d.data_domain.as_ref().map(DataDomain::as_str),
+                d.sensitivity,
+            );
         }
     }
 }
 
-fn drift_end(task: &LiveTask, detail: serde_json::Value) -> PendingEnd {
+fn drift_end(task: &LiveTask, detail: TaskEnded) -> PendingEnd {
     PendingEnd {
         from: vec![TaskState::Active, TaskState::Pending],
         to: TaskState::Revoked,
-        kind: EventKind::TaskRevoked,
+        kind: TaskEnd::Revoked,
         reason: "policy change: the task is no longer permitted".into(),
         by: "mandate".into(),
         agent: task.agent.to_string(),

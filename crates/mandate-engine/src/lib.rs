@@ -24,7 +24,7 @@ pub mod verify;
 pub mod webhook;
 
 pub use approvals::{APPROVAL_DENIED_POLICY, ApprovalRef};
-pub use audit_writer::{AuditError, AuditWriter, StoreHealth};
+pub use audit_writer::{AuditError, AuditWriter, CommitObserver, StoreHealth};
 pub use config::ServerConfig;
 pub use decide::{DecideOptions, Decided};
 pub use engine::{Call, Engine, Evaluated, LiveTask};

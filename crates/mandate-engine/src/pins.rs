@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
-use mandate_audit::{EventKind, NewEvent};
+use mandate_audit::{Body, HeldTool, NewEvent, ToolApproved, ToolsSeen};
 use mandate_core::Clock;
 use mandate_gateway::mcp::{definition_digest, tool_digest};
 use mandate_store::{Store, ToolPin};
@@ -174,22 +174,29 @@ impl Pins {
             let held: Vec<_> = changes
                 .iter()
                 .filter(|p| p.status == "pending")
-                .map(|p| serde_json::json!({ "tool": p.tool, "reason": p.reason, "digest": p.digest }))
+                .map(|p| HeldTool {
+                    tool: p.tool.clone(),
+                    reason: p.reason.clone(),
+                    digest: p.digest.clone(),
+                })
                 .collect();
             let kind = if held.is_empty() && first_sight {
-                EventKind::ToolPinned
+                Body::ToolPinned
             } else {
-                EventKind::ToolChanged
+                Body::ToolChanged
             };
             let ev = NewEvent {
                 ts_ms: now,
-                kind,
                 agent: None,
                 task_id: None,
-                data: serde_json::json!({
-                    "server": server,
-                    "pinned": changes.iter().filter(|p| p.status == "approved").map(|p| &p.tool).collect::<Vec<_>>(),
-                    "held": held,
+                body: kind(ToolsSeen {
+                    server: server.to_owned(),
+                    pinned: changes
+                        .iter()
+                        .filter(|p| p.status == "approved")
+                        .map(|p| p.tool.clone())
+                        .collect(),
+                    held,
                 }),
             };
             self.store
@@ -243,12 +250,16 @@ impl Pins {
         };
         let ev = NewEvent {
             ts_ms: now,
-            kind: EventKind::ToolApproved,
             agent: None,
             task_id: None,
-            data: serde_json::json!({
-                "server": server, "tool": tool, "digest": p.digest, "previous_digest": p.approved_digest,
-                "was": p.reason, "by": by, "definition": p.definition,
+            body: Body::ToolApproved(ToolApproved {
+                server: server.to_owned(),
+                tool: tool.to_owned(),
+                digest: p.digest.clone(),
+                previous_digest: p.approved_digest.clone(),
+                was: p.reason.clone(),
+                by: by.to_owned(),
+                definition: p.definition.clone(),
             }),
         };
         self.store

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 
 use crate::error::Kind;
-use mandate_audit::{EventKind, NewEvent};
+use mandate_audit::{Body, NewEvent, SecretDeleted, SecretPut, SecretsResealed};
 use mandate_core::Clock;
 use mandate_gateway::{KeyRing, SecretValue};
 use mandate_store::{SecretRecord, Store, StoreError};
@@ -256,10 +256,14 @@ impl SecretStore {
         };
         let ev = NewEvent {
             ts_ms: now,
-            kind: EventKind::SecretPut,
             agent: None,
             task_id: None,
-            data: serde_json::json!({ "name": name, "key_id": rec.key_id, "by": by, "replaced": created != now }),
+            body: Body::SecretPut(SecretPut {
+                name: name.to_owned(),
+                key_id: rec.key_id.clone(),
+                by: by.to_owned(),
+                replaced: created != now,
+            }),
         };
         self.store
             .put_secret(&rec, ev)
@@ -287,10 +291,12 @@ impl SecretStore {
         let _w = self.write.lock().await;
         let ev = NewEvent {
             ts_ms: self.clock.now_ms(),
-            kind: EventKind::SecretDeleted,
             agent: None,
             task_id: None,
-            data: serde_json::json!({ "name": name, "by": by }),
+            body: Body::SecretDeleted(SecretDeleted {
+                name: name.to_owned(),
+                by: by.to_owned(),
+            }),
         };
         let gone = self
             .store
@@ -332,10 +338,13 @@ impl SecretStore {
         }
         let ev = NewEvent {
             ts_ms: now,
-            kind: EventKind::SecretsResealed,
             agent: None,
             task_id: None,
-            data: serde_json::json!({ "key_id": ring.current_id(), "resealed": resealed.len(), "by": by }),
+            body: Body::SecretsResealed(SecretsResealed {
+                key_id: ring.current_id().to_owned(),
+                resealed: resealed.len(),
+                by: by.to_owned(),
+            }),
         };
         self.store
             .reseal_secrets(&resealed, ev)

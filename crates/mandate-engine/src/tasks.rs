@@ -5,9 +5,12 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use mandate_audit::{EventKind, NewEvent};
+use mandate_audit::{
+    Body, BreakGlassDeclared, NewEvent, TaskEnd, TaskEnded, TaskRefused,
+    TaskStarted as TaskStartedBody,
+};
 use mandate_core::{
-    AgentName, AgentStatus, ApprovalKind, Grant, RequestedScope, SpiffeId, TaskState, random_id,
+    AgentName, AgentStatus, ApprovalKind, Grant, RequestedScope, SpiffeId, TaskState,
 };
 use mandate_policy::{Decision, ItemOutcome, Outcome, StartRequest, TaskFacts};
 use mandate_store::{AgentRecord, ApproverRecord, BreakGlassRecord, TaskRecord};
@@ -275,10 +278,16 @@ impl Engine {
                     .map(|s| s.agent().to_string());
                 let ev = NewEvent {
                     ts_ms: self.clock.now_ms(),
-                    kind: EventKind::TaskRefused,
                     agent,
                     task_id: None,
-                    data: serde_json::json!({ "code": e.code, "message": e.message }),
+                    body: Body::TaskRefused(TaskRefused {
+                        code: Some(e.code.to_owned()),
+                        message: Some(e.message.clone()),
+                        purpose: None,
+                        requested: None,
+                        decision: None,
+                        items: None,
+                    }),
                 };
                 if self.record_refusal(ev).await.is_err() {
                     return Err(Error::audit());
@@ -304,8 +313,8 @@ impl Engine {
             )));
         }
 
-        let task_id = random_id("tsk").map_err(rng_failed)?;
-        let jti = random_id("jti").map_err(rng_failed)?;
+        let task_id = self.config.ids.id("tsk").map_err(rng_failed)?;
+        let jti = self.config.ids.id("jti").map_err(rng_failed)?;
         let now_ms = self.clock.now_ms();
         let now_secs = self.clock.now_secs();
         let bundle = self.bundle();
@@ -334,10 +343,16 @@ impl Engine {
         if sd.decision.outcome == Outcome::Deny || sd.grant.is_empty() {
             let ev = NewEvent {
                 ts_ms: now_ms,
-                kind: EventKind::TaskRefused,
                 agent: Some(agent.name.to_string()),
                 task_id: Some(task_id.clone()),
-                data: serde_json::json!({ "purpose": purpose, "requested": req.scope, "decision": sd.decision, "items": items }),
+                body: Body::TaskRefused(TaskRefused {
+                    code: None,
+                    message: None,
+                    purpose: Some(purpose.to_owned()),
+                    requested: Some(req.scope.clone()),
+                    decision: Some(sd.decision.clone()),
+                    items: Some(sd.items.clone()),
+                }),
             };
             self.audit.append(ev).await.map_err(|_| Error::audit())?;
             let message = if sd.decision.outcome == Outcome::Deny {
@@ -389,12 +404,17 @@ impl Engine {
         };
         let ev = NewEvent {
             ts_ms: now_ms,
-            kind: EventKind::TaskStarted,
             agent: Some(agent.name.to_string()),
             task_id: Some(task_id.clone()),
-            data: serde_json::json!({
-                "purpose": purpose, "state": state, "requested": req.scope, "grant": sd.grant, "items": items,
-                "decision": sd.decision, "ttl_secs": granted_ttl, "expires_at_ms": record.expires_at_ms,
+            body: Body::TaskStarted(TaskStartedBody {
+                purpose: purpose.to_owned(),
+                state,
+                requested: req.scope.clone(),
+                grant: sd.grant.clone(),
+                items: sd.items.clone(),
+                decision: sd.decision.clone(),
+                ttl_secs: granted_ttl,
+                expires_at_ms: record.expires_at_ms,
             }),
         };
         self.store
@@ -431,11 +451,11 @@ impl Engine {
                     let end = PendingEnd {
                         from: vec![TaskState::Pending],
                         to: TaskState::Revoked,
-                        kind: EventKind::TaskRevoked,
+                        kind: TaskEnd::Revoked,
                         reason: format!("its approval request could not be opened ({})", e.code),
                         by: "mandate".into(),
                         agent: agent.name.to_string(),
-                        detail: serde_json::Value::Null,
+                        detail: TaskEnded::default(),
                     };
                     if let Err(err) = self.end_task(&task_id, end).await {
                         tracing::error!(task = %task_id, error = %err, "not recorded yet; retried by the sweeper");
@@ -517,9 +537,10 @@ impl Engine {
             .await
             .map_err(|e| Error::store(&e))?
             .into_iter()
-            .find(|e| e.kind == EventKind::TaskStarted.as_str())
-            .and_then(|e| e.data.get("decision").cloned())
-            .and_then(|d| serde_json::from_value(d).ok())
+            .find_map(|e| match e.body() {
+                Ok(Body::TaskStarted(started)) => Some(started.decision),
+                _ => None,
+            })
             .ok_or_else(|| {
                 Error::internal("the task's start decision is missing from its events")
             })?;
@@ -601,9 +622,9 @@ impl Engine {
             .await
             .map_err(|e| Error::store(&e))?
             .is_some_and(|g| g.webhook_url.is_some());
-        let id = random_id("bg").map_err(rng_failed)?;
-        let task_id = random_id("tsk").map_err(rng_failed)?;
-        let jti = random_id("jti").map_err(rng_failed)?;
+        let id = self.config.ids.id("bg").map_err(rng_failed)?;
+        let task_id = self.config.ids.id("tsk").map_err(rng_failed)?;
+        let jti = self.config.ids.id("jti").map_err(rng_failed)?;
         let now_ms = self.clock.now_ms();
         let now_secs = self.clock.now_secs();
         let grant = grant_of(&req.scope);
@@ -643,13 +664,18 @@ impl Engine {
         })?;
         let ev = NewEvent {
             ts_ms: now_ms,
-            kind: EventKind::BreakGlassDeclared,
             agent: Some(agent.name.to_string()),
             task_id: Some(task_id.clone()),
-            data: serde_json::json!({
-                "break_glass_id": id, "declared_by": human.name, "justification": justification,
-                "grant": grant, "ttl_secs": ttl, "expires_at_ms": task.expires_at_ms, "purpose": task.purpose,
-                "alert_group": alert_group, "alert_webhook": alert_webhook,
+            body: Body::BreakGlassDeclared(BreakGlassDeclared {
+                break_glass_id: id.clone(),
+                declared_by: human.name.clone(),
+                justification: justification.to_owned(),
+                grant: grant.clone(),
+                ttl_secs: ttl,
+                expires_at_ms: task.expires_at_ms,
+                purpose: task.purpose.clone(),
+                alert_group: alert_group.clone(),
+                alert_webhook,
             }),
         };
         self.store
@@ -710,7 +736,7 @@ impl Engine {
             id,
             &[TaskState::Active],
             TaskState::Completed,
-            EventKind::TaskCompleted,
+            TaskEnd::Completed,
             "completed by agent",
             &by,
         )
@@ -730,7 +756,7 @@ impl Engine {
             id,
             &[TaskState::Active, TaskState::Pending],
             TaskState::Revoked,
-            EventKind::TaskRevoked,
+            TaskEnd::Revoked,
             reason,
             by,
         )
@@ -742,7 +768,7 @@ impl Engine {
         id: &str,
         from: &[TaskState],
         to: TaskState,
-        kind: EventKind,
+        kind: TaskEnd,
         reason: &str,
         by: &str,
     ) -> Result<Transitioned, Error> {
@@ -756,7 +782,7 @@ impl Engine {
             reason: reason.to_owned(),
             by: by.to_owned(),
             agent: task.agent.to_string(),
-            detail: serde_json::Value::Null,
+            detail: TaskEnded::default(),
         };
         let moved = self.end_task(id, end).await.map_err(|e| Error::store(&e))?;
         if !moved {

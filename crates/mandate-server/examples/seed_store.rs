@@ -24,12 +24,12 @@ async fn main() {
     let (agents, tasks, events) = (n(2), n(3), n(4));
     let store = SqliteStore::open(&dir).await.unwrap();
     let now = jiff::Timestamp::now().as_millisecond();
-    let ev = |kind, agent: Option<String>, task: Option<String>, data| NewEvent {
+    // Events of the right kinds with example bodies: the seed is about volume.
+    let ev = |kind, agent: Option<String>, task: Option<String>, _: serde_json::Value| NewEvent {
         ts_ms: now,
-        kind,
         agent,
         task_id: task,
-        data,
+        body: mandate_audit::example(kind),
     };
     for a in 0..agents {
         let name = AgentName::parse(&format!("bench-{a}")).unwrap();

@@ -12,7 +12,7 @@ mod common;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use common::{ADMIN, Harness};
+use common::{ADMIN, Harness, demo_policies};
 use mandate_core::Grant;
 use mandate_token::{KeyRing, StoredKey, TaskClaims};
 use serde_json::{Value, json};
@@ -1061,4 +1061,35 @@ async fn drift_applies_new_ttl_caps_and_new_approval_requirements() {
     assert_eq!(r.body["revoked"], json!([task_id]), "{:?}", r.body);
     let d = h.decide(&token, "tickets.search", "read").await;
     assert_eq!((d.status.as_u16(), d.code()), (403, "task_not_active"));
+}
+
+/// Identifiers come from the injected generator (beside the clock): with a sequential one
+/// a run's task, decision and token ids are predictable, and they reach the audit trail.
+#[tokio::test]
+async fn ids_come_from_the_injected_generator() {
+    let h = Harness::start_configured(&demo_policies(), |c| {
+        c.ids = std::sync::Arc::new(mandate_core::SequentialIds::default());
+    })
+    .await;
+    let identity = h.agent("support-bot", 1).await;
+    let (task_id, token) = h.task(&identity).await;
+    assert!(task_id.starts_with("tsk_0000000000000000000"), "{task_id}");
+    let r = h.decide(&token, "tickets.search", "read").await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let decision = r.body["decision_id"].as_str().unwrap();
+    assert!(
+        decision.starts_with("dec_0000000000000000000"),
+        "{decision}"
+    );
+    let events = h
+        .get(&format!("/v1/tasks/{task_id}/events"), Some(ADMIN))
+        .await;
+    let recorded: Vec<&str> = events.body["events"]
+        .as_array()
+        .or(events.body.as_array())
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["data"]["decision_id"].as_str())
+        .collect();
+    assert_eq!(recorded, [decision], "the audit trail carries the same id");
 }

@@ -699,10 +699,13 @@ impl Store for SqliteStore {
         for id in &revoked {
             events.push(NewEvent {
                 ts_ms: now_ms,
-                kind: mandate_audit::EventKind::TaskRevoked,
                 agent: Some(name.to_string()),
                 task_id: Some(id.clone()),
-                data: serde_json::json!({ "reason": format!("agent {status}") }),
+                body: mandate_audit::Body::TaskRevoked(mandate_audit::TaskEnded {
+                    reason: format!("agent {status}"),
+                    by: "admin".to_owned(),
+                    ..Default::default()
+                }),
             });
         }
         append_in(&mut tx, events).await?;
@@ -1226,15 +1229,17 @@ impl Store for SqliteStore {
         .bind(id)
         .execute(&mut *tx)
         .await?;
-        event.kind = if done {
-            mandate_audit::EventKind::ApprovalApproved
-        } else {
-            mandate_audit::EventKind::ApprovalVote
-        };
-        if let Some(d) = event.data.as_object_mut() {
-            d.insert("approvals".into(), serde_json::json!(a.votes.len()));
-            d.insert("required".into(), serde_json::json!(a.required));
-            d.insert("state".into(), serde_json::json!(a.state));
+        if let mandate_audit::Body::ApprovalVote(mut vote)
+        | mandate_audit::Body::ApprovalApproved(mut vote) = event.body
+        {
+            vote.approvals = Some(a.votes.len());
+            vote.required = Some(a.required);
+            vote.state = Some(a.state);
+            event.body = if done {
+                mandate_audit::Body::ApprovalApproved(vote)
+            } else {
+                mandate_audit::Body::ApprovalVote(vote)
+            };
         }
         append_one(&mut tx, event).await?;
         tx.commit().await?;

@@ -24,10 +24,9 @@ use mandate_store::{
 fn ev(kind: EventKind, task: Option<&str>) -> NewEvent {
     NewEvent {
         ts_ms: 1,
-        kind,
         agent: Some("bot".into()),
         task_id: task.map(str::to_owned),
-        data: serde_json::json!({"k": "v"}),
+        body: mandate_audit::example(kind),
     }
 }
 

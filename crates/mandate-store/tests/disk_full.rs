@@ -10,16 +10,22 @@
     reason = "test code: a panic is a test failure"
 )]
 
-use mandate_audit::{EventKind, NewEvent, Verifier};
+use mandate_audit::{Body, NewEvent, StoreRecovered, Verifier};
 use mandate_store::{HistoryRow, SqliteStore, Store, StoreError};
+
+fn n_of(failure: &str) -> Option<i64> {
+    failure.split(':').next()?.parse().ok()
+}
 
 fn big(n: i64) -> NewEvent {
     NewEvent {
         ts_ms: n,
-        kind: EventKind::Decision,
         agent: Some("bot".into()),
         task_id: None,
-        data: serde_json::json!({ "n": n, "pad": "x".repeat(3000) }),
+        // A number to find it by, and padding to fill the disk.
+        body: Body::StoreRecovered(StoreRecovered {
+            failure: format!("{n}:{}", "x".repeat(3000)),
+        }),
     }
 }
 
@@ -48,7 +54,9 @@ async fn disk_full_never_acknowledges_a_write_that_is_lost_and_recovers_by_itsel
     let mut failures = 0;
     for n in 1..200 {
         match store.append_events(vec![big(n)]).await {
-            Ok(stored) => acknowledged.push(stored[0].data["n"].as_i64().unwrap()),
+            Ok(stored) => {
+                acknowledged.push(stored[0].data["failure"].as_str().and_then(n_of).unwrap())
+            }
             Err(StoreError::Db(msg)) => {
                 assert!(msg.contains("full"), "the failure says why: {msg}");
                 failures += 1;
@@ -69,13 +77,16 @@ async fn disk_full_never_acknowledges_a_write_that_is_lost_and_recovers_by_itsel
     // Space comes back: the next write commits, with no restart.
     store.limit_pages(None).await.unwrap();
     let stored = store.append_events(vec![big(1000)]).await.unwrap();
-    acknowledged.push(stored[0].data["n"].as_i64().unwrap());
+    acknowledged.push(stored[0].data["failure"].as_str().and_then(n_of).unwrap());
     drop(store);
 
     // After a restart every acknowledged write is there, and the chain verifies.
     let reopened = SqliteStore::open(dir.path()).await.unwrap();
     let events = reopened.events_after(0, 1_000_000).await.unwrap();
-    let found: Vec<i64> = events.iter().filter_map(|e| e.data["n"].as_i64()).collect();
+    let found: Vec<i64> = events
+        .iter()
+        .filter_map(|e| e.data["failure"].as_str().and_then(n_of))
+        .collect();
     assert_eq!(found, acknowledged, "acknowledged writes, and only those");
     let mut v = Verifier::new();
     for e in &events {
@@ -157,7 +168,7 @@ async fn disk_full_on_a_real_filesystem_loses_no_acknowledged_write_and_recovers
     let mut failures = 0;
     for n in 0..1200 {
         match store.append_events(vec![big(n)]).await {
-            Ok(s) => acknowledged.push(s[0].data["n"].as_i64().unwrap()),
+            Ok(s) => acknowledged.push(s[0].data["failure"].as_str().and_then(n_of).unwrap()),
             Err(_) => failures += 1,
         }
     }
@@ -168,12 +179,15 @@ async fn disk_full_on_a_real_filesystem_loses_no_acknowledged_write_and_recovers
     // Space is freed: the store commits again without a restart.
     std::fs::remove_file(dir.join("ballast")).unwrap();
     let s = store.append_events(vec![big(5000)]).await.unwrap();
-    acknowledged.push(s[0].data["n"].as_i64().unwrap());
+    acknowledged.push(s[0].data["failure"].as_str().and_then(n_of).unwrap());
     drop(store);
 
     let reopened = SqliteStore::open_existing(&dir).await.unwrap();
     let events = reopened.events_after(0, 1_000_000).await.unwrap();
-    let found: Vec<i64> = events.iter().filter_map(|e| e.data["n"].as_i64()).collect();
+    let found: Vec<i64> = events
+        .iter()
+        .filter_map(|e| e.data["failure"].as_str().and_then(n_of))
+        .collect();
     assert_eq!(
         found, acknowledged,
         "every acknowledged append, and only those"

@@ -3,10 +3,13 @@
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use mandate_audit::{EventKind, NewEvent};
+use mandate_audit::{
+    AgentRegistered, AgentStatusChanged, Body, IdentityIssued, JoinTokenIssued, NewEvent, Refused,
+    TaskEnd, TaskEnded,
+};
 use mandate_core::{
-    AgentName, AgentStatus, AttestationRule, HumanId, RiskTier, SpiffeId, TaskState, random_id,
-    random_secret, sha256_hex,
+    AgentName, AgentStatus, AttestationRule, HumanId, RiskTier, SpiffeId, TaskState, random_secret,
+    sha256_hex,
 };
 use mandate_store::{AgentRecord, JoinTokenRecord};
 use mandate_token::IdentityClaims;
@@ -121,13 +124,12 @@ async fn issue_join(
     Ok((token, rec))
 }
 
-fn event(engine: &Engine, kind: EventKind, agent: &AgentName, data: serde_json::Value) -> NewEvent {
+fn event(engine: &Engine, agent: &AgentName, body: Body) -> NewEvent {
     NewEvent {
         ts_ms: engine.clock.now_ms(),
-        kind,
         agent: Some(agent.to_string()),
         task_id: None,
-        data,
+        body,
     }
 }
 
@@ -164,9 +166,13 @@ pub async fn register(
         SpiffeId::for_agent(engine.config.trust_domain.clone(), req.name.clone()).to_string();
     let ev = event(
         &engine,
-        EventKind::AgentRegistered,
         &req.name,
-        serde_json::json!({ "owner": agent.owner, "tier": agent.tier, "attestation": agent.attestation, "spiffe_id": spiffe_id }),
+        Body::AgentRegistered(AgentRegistered {
+            owner: agent.owner.clone(),
+            tier: agent.tier,
+            attestation: agent.attestation.clone(),
+            spiffe_id: spiffe_id.clone(),
+        }),
     );
     engine
         .store
@@ -253,9 +259,10 @@ pub async fn join_token(
     let (token, join) = issue_join(&engine, &name).await?;
     let ev = event(
         &engine,
-        EventKind::JoinTokenIssued,
         &name,
-        serde_json::json!({ "expires_at_ms": join.expires_at_ms }),
+        Body::JoinTokenIssued(JoinTokenIssued {
+            expires_at_ms: join.expires_at_ms,
+        }),
     );
     engine
         .store
@@ -302,11 +309,11 @@ pub async fn set_status(
             PendingEnd {
                 from: vec![TaskState::Active, TaskState::Pending],
                 to: TaskState::Revoked,
-                kind: EventKind::TaskRevoked,
+                kind: TaskEnd::Revoked,
                 reason: format!("agent {}", req.status),
                 by: "admin".to_owned(),
                 agent: name.to_string(),
-                detail: serde_json::Value::Null,
+                detail: TaskEnded::default(),
             },
         );
     };
@@ -321,9 +328,12 @@ pub async fn set_status(
     let now = engine.clock.now_ms();
     let ev = event(
         &engine,
-        EventKind::AgentStatusChanged,
         &name,
-        serde_json::json!({ "from": agent.status, "to": req.status, "reason": req.reason }),
+        Body::AgentStatusChanged(AgentStatusChanged {
+            from: agent.status,
+            to: req.status,
+            reason: req.reason.clone(),
+        }),
     );
     let revoked = engine
         .store
@@ -380,7 +390,7 @@ pub async fn attest(
             &engine,
             &agent,
             auth_time,
-            EventKind::AgentAttested,
+            Body::AgentAttested,
             "join_token",
         )
         .await?,
@@ -393,7 +403,7 @@ async fn issue_identity(
     engine: &Engine,
     agent: &AgentRecord,
     auth_time: i64,
-    kind: EventKind,
+    kind: fn(IdentityIssued) -> Body,
     method: &str,
 ) -> Result<AttestResponse, ApiError> {
     let spiffe_id =
@@ -406,16 +416,25 @@ async fn issue_identity(
         exp: iat + engine.config.limits.identity_token_ttl_secs,
         iat,
         nbf: iat,
-        jti: random_id("jti").map_err(|_| ApiError::internal("system RNG failed"))?,
+        jti: engine
+            .config
+            .ids
+            .id("jti")
+            .map_err(|_| ApiError::internal("system RNG failed"))?,
         auth_time,
     };
     let token = mandate_token::sign(&engine.keys(), &claims)?;
     let ev = NewEvent {
         ts_ms: engine.clock.now_ms(),
-        kind,
         agent: Some(agent.name.to_string()),
         task_id: None,
-        data: serde_json::json!({ "method": method, "spiffe_id": spiffe_id, "jti": claims.jti, "exp": claims.exp, "auth_time": auth_time }),
+        body: kind(IdentityIssued {
+            method: method.to_owned(),
+            spiffe_id: spiffe_id.clone(),
+            jti: claims.jti.clone(),
+            exp: claims.exp,
+            auth_time,
+        }),
     };
     engine
         .audit
@@ -479,7 +498,7 @@ pub async fn renew(
             &engine,
             &agent,
             claims.auth_time,
-            EventKind::IdentityRenewed,
+            Body::IdentityRenewed,
             "renewal",
         )
         .await?,
@@ -496,10 +515,11 @@ async fn refuse_attest(
 ) -> ApiError {
     let ev = NewEvent {
         ts_ms: now,
-        kind: EventKind::AttestationRefused,
         agent: Some(agent.to_string()),
         task_id: None,
-        data: serde_json::json!({ "code": code }),
+        body: Body::AttestationRefused(Refused {
+            code: code.to_owned(),
+        }),
     };
     // The agent name is the caller's claim, unproven: count it against the budget for
     // unauthenticated refusals.

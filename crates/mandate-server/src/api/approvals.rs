@@ -7,11 +7,15 @@ use std::time::Duration;
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use mandate_audit::{EventKind, NewEvent};
+use mandate_audit::{
+    ApproverAdded, ApproverGroupUpdated, ApproverRemoved, Body, BreakGlassReviewed, HumanRefused,
+    NewEvent,
+};
 use mandate_core::{
     AgentName, AgentStatus, ApprovalState, ApproverRole, HumanId, SpiffeId, random_secret,
     sha256_hex,
 };
+use mandate_policy::Outcome;
 use mandate_store::{
     ApprovalRecord, ApproverGroup, ApproverRecord, BreakGlassRecord, BreakGlassReview,
 };
@@ -123,10 +127,14 @@ pub async fn add_approver(
     };
     let ev = NewEvent {
         ts_ms: now,
-        kind: EventKind::ApproverAdded,
         agent: None,
         task_id: None,
-        data: serde_json::json!({ "name": approver.name, "roles": approver.roles, "groups": approver.groups, "by": "admin" }),
+        body: Body::ApproverAdded(ApproverAdded {
+            name: approver.name.clone(),
+            roles: approver.roles.clone(),
+            groups: approver.groups.clone(),
+            by: "admin".to_owned(),
+        }),
     };
     engine
         .store
@@ -171,10 +179,12 @@ pub async fn disable_approver(
     let now = engine.clock.now_ms();
     let ev = NewEvent {
         ts_ms: now,
-        kind: EventKind::ApproverRemoved,
         agent: None,
         task_id: None,
-        data: serde_json::json!({ "name": name, "by": "admin" }),
+        body: Body::ApproverRemoved(ApproverRemoved {
+            name: name.to_string(),
+            by: "admin".to_owned(),
+        }),
     };
     if engine
         .store
@@ -258,10 +268,13 @@ pub async fn set_group(
     };
     let ev = NewEvent {
         ts_ms: now,
-        kind: EventKind::ApproverGroupUpdated,
         agent: None,
         task_id: None,
-        data: serde_json::json!({ "group": name, "webhook_url": req.webhook_url, "by": "admin" }),
+        body: Body::ApproverGroupUpdated(ApproverGroupUpdated {
+            group: name.clone(),
+            webhook_url: req.webhook_url.clone(),
+            by: "admin".to_owned(),
+        }),
     };
     engine
         .store
@@ -568,10 +581,13 @@ async fn review(
     };
     let ev = NewEvent {
         ts_ms: review.at_ms,
-        kind: EventKind::BreakGlassReviewed,
         agent: Some(bg.agent.to_string()),
         task_id: Some(bg.task_id.clone()),
-        data: serde_json::json!({ "break_glass_id": id, "by": review.by, "notes": review.notes }),
+        body: Body::BreakGlassReviewed(BreakGlassReviewed {
+            break_glass_id: id.to_owned(),
+            by: review.by.clone(),
+            notes: review.notes.clone(),
+        }),
     };
     if !engine
         .store
@@ -623,10 +639,15 @@ async fn refused(
     }
     let ev = NewEvent {
         ts_ms: engine.clock.now_ms(),
-        kind: EventKind::HumanRefused,
         agent: None,
         task_id: None,
-        data: serde_json::json!({ "action": action, "target": target, "by": by, "code": e.code, "message": e.message }),
+        body: Body::HumanRefused(HumanRefused {
+            action: action.to_owned(),
+            target: target.to_owned(),
+            by: by.map(str::to_owned),
+            code: e.code.to_owned(),
+            message: e.message.clone(),
+        }),
     };
     let recorded = if by.is_some() {
         engine.audit.append(ev).await.map(|_| ())
@@ -786,19 +807,15 @@ pub async fn access_report(
             .task_events(&t.id)
             .await
             .map_err(|e| ApiError::store(&e))?;
-        for e in events
-            .iter()
-            .filter(|e| e.kind == EventKind::Decision.as_str())
-        {
-            let field = |k: &str| e.data.get(k).and_then(serde_json::Value::as_str);
-            let (Some(tool), Some(action)) = (field("tool"), field("action")) else {
+        for e in &events {
+            let Ok(Body::Decision(d)) = e.body() else {
                 continue;
             };
-            let p = pair(&mut pairs, tool, action);
-            match field("outcome") {
-                Some("allow") => p.allowed += 1,
-                Some("approval_required") => p.approval_required += 1,
-                _ => p.denied += 1,
+            let p = pair(&mut pairs, d.tool.as_str(), d.action.as_str());
+            match d.outcome {
+                Outcome::Allow => p.allowed += 1,
+                Outcome::ApprovalRequired => p.approval_required += 1,
+                Outcome::Deny => p.denied += 1,
             }
         }
     }

@@ -10,7 +10,7 @@ use std::time::Instant;
 use axum::http::{HeaderMap, header};
 use bytes::Bytes;
 use futures_util::Stream;
-use mandate_audit::{EventKind, NewEvent};
+use mandate_audit::{Body, GatewayResult, NewEvent};
 use mandate_gateway::Redactor;
 
 use mandate_engine::engine::{Engine, LiveTask};
@@ -60,14 +60,20 @@ fn record(ctx: &Context, status: Option<u16>, bytes: u64, redacted: bool, error:
     }
     let ev = NewEvent {
         ts_ms: ctx.engine.clock.now_ms(),
-        kind: EventKind::GatewayResult,
         agent: Some(ctx.task.agent.to_string()),
         task_id: Some(ctx.task.id.clone()),
-        data: serde_json::json!({
-            "decision_id": ctx.decision_id, "upstream": ctx.upstream, "tool": ctx.tool,
-            "upstream_status": status, "bytes_returned": bytes, "secret_redacted": redacted,
-            "untrusted_content": ctx.untrusted, "error": error,
-            "duration_us": u64::try_from(ctx.started.elapsed().as_micros()).unwrap_or(u64::MAX),
+        body: Body::GatewayResult(GatewayResult {
+            protocol: None,
+            decision_id: ctx.decision_id.clone(),
+            upstream: ctx.upstream.clone(),
+            tool: Some(ctx.tool.clone()),
+            request: None,
+            upstream_status: status,
+            bytes_returned: bytes,
+            secret_redacted: Some(redacted),
+            untrusted_content: ctx.untrusted,
+            error: error.map(|e| e.to_string()),
+            duration_us: u64::try_from(ctx.started.elapsed().as_micros()).unwrap_or(u64::MAX),
         }),
     };
     // The decision was recorded durably before forwarding; the result joins the next

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use mandate_audit::{EventKind, NewEvent};
+use mandate_audit::{Body, CallRefused, GatewayResult, HiddenTool, McpRequest, NewEvent};
 use mandate_core::{ActionClass, CanonicalArgs, ToolName};
 use mandate_gateway::mcp::{McpServer, McpTransport};
 use mandate_policy::Outcome;
@@ -64,13 +64,12 @@ impl ProxyHandler {
             .map_err(|r| refusal(&r.error.into()))
     }
 
-    async fn audit(&self, task: &LiveTask, kind: EventKind, data: Value) -> Result<(), ErrorData> {
+    async fn audit(&self, task: &LiveTask, body: Body) -> Result<(), ErrorData> {
         let ev = NewEvent {
             ts_ms: self.gw.engine.clock.now_ms(),
-            kind,
             agent: Some(task.agent.to_string()),
             task_id: Some(task.id.clone()),
-            data,
+            body,
         };
         self.gw
             .engine
@@ -343,13 +342,20 @@ impl ProxyHandler {
             .record_result(task, size as u64, untrusted && answered);
         let ev = NewEvent {
             ts_ms: self.gw.engine.clock.now_ms(),
-            kind: EventKind::GatewayResult,
             agent: Some(task.agent.to_string()),
             task_id: Some(task.id.clone()),
-            data: json!({
-                "protocol": "mcp", "decision_id": decision, "upstream": self.server, "request": what,
-                "bytes_returned": size, "untrusted_content": untrusted, "error": error,
-                "duration_us": u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+            body: Body::GatewayResult(GatewayResult {
+                protocol: Some("mcp".to_owned()),
+                decision_id: decision.to_owned(),
+                upstream: self.server.clone(),
+                tool: None,
+                request: Some(what.to_owned()),
+                upstream_status: None,
+                bytes_returned: size as u64,
+                secret_redacted: None,
+                untrusted_content: untrusted,
+                error,
+                duration_us: u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
             }),
         };
         self.gw.engine.audit.append_deferred(ev);
@@ -427,7 +433,10 @@ impl ServerHandler for ProxyHandler {
                 continue;
             };
             match v {
-                Verdict::Held(why) => held.push(json!({ "tool": t.name, "why": why })),
+                Verdict::Held(why) => held.push(HiddenTool {
+                    tool: t.name.to_string(),
+                    why,
+                }),
                 Verdict::Callable if grant.tools.contains_key(&name) => {
                     if let Some(d) = bundle
                         .catalog()
@@ -443,10 +452,11 @@ impl ServerHandler for ProxyHandler {
         }
         self.audit(
             &task,
-            EventKind::McpRequest,
-            json!({
-                "server": self.server, "method": "tools/list",
-                "shown": shown.iter().map(|t| t.name.to_string()).collect::<Vec<_>>(), "held": held,
+            Body::McpRequest(McpRequest {
+                server: self.server.clone(),
+                method: "tools/list".to_owned(),
+                shown: Some(shown.iter().map(|t| t.name.to_string()).collect()),
+                held: Some(held),
             }),
         )
         .await?;
@@ -468,7 +478,17 @@ impl ServerHandler for ProxyHandler {
         match def.map(|(_, v)| v) {
             Some(Verdict::Callable) => {}
             Some(Verdict::Held(why)) => {
-                self.audit(&task, EventKind::CallRefused, json!({ "code": "tool_held", "server": self.server, "tool": request.name, "why": why })).await?;
+                self.audit(
+                    &task,
+                    Body::CallRefused(CallRefused {
+                        code: "tool_held".to_owned(),
+                        server: Some(self.server.clone()),
+                        tool: Some(request.name.to_string()),
+                        why: Some(why.clone()),
+                        ..CallRefused::default()
+                    }),
+                )
+                .await?;
                 return Ok(CallToolResult::error(vec![ContentBlock::text(why.clone())]).into());
             }
             None => {
