@@ -64,19 +64,19 @@ impl StoreHealth {
     fn committed(&self) {
         if self.failing.swap(false, Ordering::SeqCst) {
             tracing::warn!("the audit store commits again");
-            *crate::engine::lock(&self.reason) = None;
+            *crate::sync::lock(&self.reason) = None;
         }
     }
 
     fn failed(&self, why: &str) {
-        *crate::engine::lock(&self.reason) = Some(why.to_owned());
+        *crate::sync::lock(&self.reason) = Some(why.to_owned());
         self.failing.store(true, Ordering::SeqCst);
     }
 
     /// Why the store cannot commit, while it cannot.
     pub fn failure(&self) -> Option<String> {
         if self.failing.load(Ordering::SeqCst) {
-            crate::engine::lock(&self.reason).clone()
+            crate::sync::lock(&self.reason).clone()
         } else {
             None
         }
@@ -84,13 +84,13 @@ impl StoreHealth {
 
     /// Why the chain may not be appended to, once it is found broken.
     pub fn chain_break(&self) -> Option<String> {
-        crate::engine::lock(&self.chain_break).clone()
+        crate::sync::lock(&self.chain_break).clone()
     }
 
     /// Stops every append: the chain was found broken (at start-up, by verification, or
     /// by the store refusing an append).
     pub fn halt(&self, why: &str) {
-        let mut b = crate::engine::lock(&self.chain_break);
+        let mut b = crate::sync::lock(&self.chain_break);
         if b.is_none() {
             tracing::error!(
                 reason = why,
@@ -178,7 +178,7 @@ impl AuditWriter {
                     }
                     continue;
                 }
-                let riders = std::mem::take(&mut *crate::engine::lock(&pending));
+                let riders = std::mem::take(&mut *crate::sync::lock(&pending));
                 if batch.is_empty() && riders.events.is_empty() && riders.histories.is_empty() {
                     continue;
                 }
@@ -226,7 +226,7 @@ impl AuditWriter {
                         }
                         // Nobody was told the deferred ones failed: they wait for the next
                         // transaction, ahead of anything deferred since.
-                        let mut d = crate::engine::lock(&pending);
+                        let mut d = crate::sync::lock(&pending);
                         let mut events = riders.events;
                         events.append(&mut d.events);
                         events.truncate(MAX_DEFERRED);
@@ -259,7 +259,7 @@ impl AuditWriter {
     /// Records an event nobody waits for with the next transaction (at most
     /// [`DEFERRED_FLUSH`] later). A store failure is logged, like any unawaited write.
     pub fn append_deferred(&self, event: NewEvent) {
-        let mut d = crate::engine::lock(&self.deferred);
+        let mut d = crate::sync::lock(&self.deferred);
         if d.events.len() < MAX_DEFERRED {
             d.events.push(event);
             return;
@@ -278,7 +278,7 @@ impl AuditWriter {
     /// Writes a task history snapshot with the next transaction (at most
     /// [`DEFERRED_FLUSH`] later); only the newest snapshot of a task is kept.
     pub fn defer_history(&self, row: HistoryRow) {
-        let mut d = crate::engine::lock(&self.deferred);
+        let mut d = crate::sync::lock(&self.deferred);
         if let Some(old) = d.histories.iter_mut().find(|h| h.task_id == row.task_id) {
             if row.rev > old.rev {
                 *old = row;
@@ -355,7 +355,7 @@ mod tests {
 
     impl CommitObserver for Seen {
         fn committed(&self, events: &[Event]) {
-            let mut seen = crate::engine::lock(&self.0);
+            let mut seen = crate::sync::lock(&self.0);
             seen.extend(events.iter().map(|e| e.seq));
         }
     }
@@ -387,7 +387,7 @@ mod tests {
         // more (its call for the batch before has returned when the next batch commits).
         w.flush().await.unwrap();
         assert_eq!(
-            *crate::engine::lock(&seen.0),
+            *crate::sync::lock(&seen.0),
             [1, 2, 3],
             "every commit, once, in order"
         );

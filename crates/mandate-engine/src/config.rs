@@ -50,7 +50,7 @@ pub struct ServerConfig {
     /// Source of identifiers (decision, task, approval, token ids).
     pub ids: Arc<dyn mandate_core::IdGen>,
     /// Told of every committed audit event, after its commit (none by default).
-    pub observers: Vec<Arc<dyn crate::CommitObserver>>,
+    pub observers: Vec<Arc<dyn crate::audit_writer::CommitObserver>>,
 }
 
 impl ServerConfig {

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use mandate_audit::{
     Body, CallRefused, GrantReduced, KeysRotated, NewEvent, PolicyLoaded, PolicyRejected,
@@ -27,6 +27,7 @@ use crate::audit_writer::{AuditError, AuditWriter};
 use crate::config::ServerConfig;
 use crate::error::Error;
 use crate::error::Kind;
+pub use crate::sync::{lock, read, write};
 
 /// A task that may still act, held in memory so every call is checked without a query.
 #[derive(Debug)]
@@ -264,16 +265,6 @@ pub struct Evaluated {
     pub data_domain: Option<DataDomain>,
 }
 
-pub fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
-    // Writers replace whole values (an Arc or a map entry) in one step, so a poisoned
-    // lock still guards a consistent value.
-    lock.read().unwrap_or_else(PoisonError::into_inner)
-}
-
-pub fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
-    lock.write().unwrap_or_else(PoisonError::into_inner)
-}
-
 const ADMIN_HASH_KEY: &str = "admin_token_sha256";
 
 /// Every request's time budget, seconds (long-polls included).
@@ -306,10 +297,6 @@ struct AnonymousBudget {
     window_secs: i64,
     used: u32,
     suppressed: u64,
-}
-
-pub fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Shared state of one server.

@@ -19,6 +19,7 @@ pub mod engine;
 pub mod error;
 pub mod pins;
 pub mod secrets;
+mod sync;
 pub mod tasks;
 pub mod verify;
 pub mod webhook;

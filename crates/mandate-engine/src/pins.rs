@@ -10,7 +10,7 @@ use mandate_core::Clock;
 use mandate_gateway::mcp::{definition_digest, tool_digest};
 use mandate_store::{Store, ToolPin};
 
-use crate::engine::{read, write};
+use crate::sync::{read, write};
 
 /// What the pinning says of one tool the server listed.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -106,7 +106,7 @@ impl std::fmt::Debug for SecretStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SecretStore")
             .field("source", &self.source)
-            .field("ring", &*crate::engine::read(&self.ring))
+            .field("ring", &*crate::sync::read(&self.ring))
             .finish_non_exhaustive()
     }
 }
@@ -206,7 +206,7 @@ impl SecretStore {
     fn forget(&self, name: Option<&str>) {
         self.generation
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        let mut opened = crate::engine::lock(&self.opened);
+        let mut opened = crate::sync::lock(&self.opened);
         match name {
             Some(n) => {
                 opened.remove(n);
@@ -216,7 +216,7 @@ impl SecretStore {
     }
 
     fn ring(&self) -> Arc<KeyRing> {
-        Arc::clone(&crate::engine::read(&self.ring))
+        Arc::clone(&crate::sync::read(&self.ring))
     }
 
     /// Seals and stores a secret (replacing one of the same name).
@@ -355,7 +355,7 @@ impl SecretStore {
             resealed: resealed.len(),
             key_ids: ring.key_ids(),
         };
-        *crate::engine::write(&self.ring) = Arc::new(ring);
+        *crate::sync::write(&self.ring) = Arc::new(ring);
         self.forget(None);
         Ok(report)
     }
@@ -363,7 +363,7 @@ impl SecretStore {
     /// Opens a stored secret for one injection. `None` when there is no such secret.
     /// Opened values stay in memory until a put, delete or rotation on this node.
     pub async fn open_value(&self, name: &str) -> Result<Option<SecretValue>, String> {
-        if let Some(v) = crate::engine::lock(&self.opened).get(name) {
+        if let Some(v) = crate::sync::lock(&self.opened).get(name) {
             return Ok(Some(v.clone()));
         }
         let seen = self.generation.load(std::sync::atomic::Ordering::SeqCst);
@@ -374,7 +374,7 @@ impl SecretStore {
             .ring()
             .open(name, &rec.key_id, &rec.sealed)
             .map_err(|e| e.to_string())?;
-        let mut opened = crate::engine::lock(&self.opened);
+        let mut opened = crate::sync::lock(&self.opened);
         if self.generation.load(std::sync::atomic::Ordering::SeqCst) == seen {
             opened.insert(name.to_owned(), v.clone());
         }
