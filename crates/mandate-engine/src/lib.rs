@@ -11,6 +11,7 @@
 //!   transition, so no call is allowed after the revoke is acknowledged.
 //! - Input arrives parsed into typed values; the engine never sees wire formats.
 
+pub mod agents;
 pub mod approvals;
 pub mod audit_writer;
 pub mod config;
