@@ -128,6 +128,22 @@ fn event(engine: &Engine, agent: &AgentName, body: Body) -> NewEvent {
     }
 }
 
+impl Engine {
+    /// The agent a verified identity token is for: a SPIFFE ID of this trust domain.
+    pub fn agent_of(&self, claims: &mandate_token::IdentityClaims) -> Result<SpiffeId, Error> {
+        SpiffeId::parse(&claims.sub)
+            .ok()
+            .filter(|s| s.trust_domain() == &self.config.trust_domain)
+            .ok_or_else(|| {
+                Error::new(
+                    Kind::Unauthenticated,
+                    "token_malformed",
+                    "identity token subject is not an agent of this trust domain",
+                )
+            })
+    }
+}
+
 /// An agent name from a path segment.
 pub fn parse_agent_name(name: &str) -> Result<AgentName, Error> {
     AgentName::parse(name).map_err(|e| Error::invalid(e.to_string()))
@@ -348,16 +364,7 @@ impl Engine {
     /// after `max_identity_lifetime_secs` the agent must attest again.
     pub async fn renew_identity(&self, identity_token: &str) -> Result<AttestResponse, Error> {
         let claims = self.verify_identity(identity_token)?;
-        let spiffe = SpiffeId::parse(&claims.sub)
-            .ok()
-            .filter(|s| s.trust_domain() == &self.config.trust_domain)
-            .ok_or_else(|| {
-                Error::new(
-                    Kind::Unauthenticated,
-                    "token_malformed",
-                    "identity token subject is not an agent of this trust domain",
-                )
-            })?;
+        let spiffe = self.agent_of(&claims)?;
         let agent = self.load_agent(spiffe.agent()).await?;
         let now = self.clock.now_ms();
         if agent.status != AgentStatus::Active {

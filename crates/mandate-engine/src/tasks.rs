@@ -207,16 +207,7 @@ impl Engine {
     /// The registered, active agent an identity token names.
     async fn acting_agent(&self, identity_token: &str) -> Result<(SpiffeId, AgentRecord), Error> {
         let claims = self.verify_identity(identity_token)?;
-        let spiffe = SpiffeId::parse(&claims.sub)
-            .ok()
-            .filter(|s| s.trust_domain() == &self.config.trust_domain)
-            .ok_or_else(|| {
-                Error::new(
-                    Kind::Unauthenticated,
-                    "token_malformed",
-                    "identity token subject is not an agent of this trust domain",
-                )
-            })?;
+        let spiffe = self.agent_of(&claims)?;
         let agent = self
             .store
             .agent(spiffe.agent())
