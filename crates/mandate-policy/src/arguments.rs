@@ -655,7 +655,7 @@ fn convert(s: &ArgSchema, v: &Value, at: &str) -> Result<RestrictedExpression, A
                 },
                 Some(StringFormat::DateTime) => datetime_text(text)
                     .map(RestrictedExpression::new_datetime)
-                    .ok_or_else(|| err(at, "must be an RFC 3339 date-time")),
+                    .ok_or_else(|| err(at, "must be an RFC 3339 date-time in UTC, written YYYY-MM-DDTHH:MM:SS[.fff]Z")),
                 Some(StringFormat::Url) => derived::url(text)
                     .and_then(|f| f.to_cedar())
                     .map_err(|e| err(at, e)),
@@ -793,8 +793,40 @@ fn ip_text(text: &str) -> Option<String> {
 }
 
 /// An RFC 3339 instant as the UTC text Cedar's `datetime(...)` accepts.
+/// The canonical text of a date-time, if `text` is already canonical: RFC 3339 in UTC,
+/// `YYYY-MM-DDTHH:MM:SS[.f{1,3}]Z`. Anything else (an offset, a lowercase separator, a
+/// space, more than millisecond precision that Cedar would truncate, a leap second) is
+/// refused, so the upstream receives the very instant policy decided on.
 fn datetime_text(text: &str) -> Option<String> {
+    let b = text.as_bytes();
+    let digits =
+        |r: std::ops::Range<usize>| b.get(r).is_some_and(|d| d.iter().all(u8::is_ascii_digit));
+    let shape = digits(0..4)
+        && b.get(4) == Some(&b'-')
+        && digits(5..7)
+        && b.get(7) == Some(&b'-')
+        && digits(8..10)
+        && b.get(10) == Some(&b'T')
+        && digits(11..13)
+        && b.get(13) == Some(&b':')
+        && digits(14..16)
+        && b.get(16) == Some(&b':')
+        && digits(17..19)
+        && match b.len() {
+            20 => b.get(19) == Some(&b'Z'),
+            22..=24 => {
+                b.get(19) == Some(&b'.') && digits(20..b.len() - 1) && b.last() == Some(&b'Z')
+            }
+            _ => false,
+        };
+    if !shape {
+        return None;
+    }
     let ts: jiff::Timestamp = text.parse().ok()?;
+    // A field jiff normalised (a leap second) no longer reads back as written.
+    if !text.starts_with(&ts.strftime("%Y-%m-%dT%H:%M:%S").to_string()) {
+        return None;
+    }
     Some(ts.strftime("%Y-%m-%dT%H:%M:%S%.3fZ").to_string())
 }
 
@@ -823,6 +855,37 @@ mod tests {
             },
             "required": ["amount", "currency"],
         }))
+    }
+
+    #[test]
+    fn date_times_must_be_canonical_utc() {
+        for ok in [
+            "2029-12-31T21:00:00Z",
+            "2029-12-31T21:00:00.5Z",
+            "2029-12-31T21:00:00.123Z",
+        ] {
+            assert!(datetime_text(ok).is_some(), "{ok}");
+        }
+        assert_eq!(
+            datetime_text("2029-12-31T21:00:00Z").as_deref(),
+            Some("2029-12-31T21:00:00.000Z")
+        );
+        for bad in [
+            "2029-12-31T23:00:00+02:00",
+            "2029-12-31T21:00:00+00:00",
+            "2029-12-31t21:00:00Z",
+            "2029-12-31 21:00:00Z",
+            "2029-12-31T21:00:00z",
+            "2029-12-31T21:00:00.1234Z",
+            "2029-12-31T21:00:00.Z",
+            "2029-12-31T21:00Z",
+            "2029-12-31T23:59:60Z",
+            "2029-02-30T21:00:00Z",
+            "2029-12-31",
+            "+2029-12-31T21:00:00Z",
+        ] {
+            assert_eq!(datetime_text(bad), None, "{bad}");
+        }
     }
 
     #[test]
@@ -907,7 +970,7 @@ mod tests {
         let s = refund();
         for args in [
             json!({ "amount": 100, "currency": "EUR" }),
-            json!({ "amount": 99.99, "currency": "USD", "order": 7, "tags": ["x"], "from": "10.0.0.0/8", "at": "2026-12-03T10:00:00+01:00" }),
+            json!({ "amount": 99.99, "currency": "USD", "order": 7, "tags": ["x"], "from": "10.0.0.0/8", "at": "2026-12-03T09:00:00Z" }),
         ] {
             s.to_cedar(&args).unwrap();
         }
@@ -925,8 +988,8 @@ mod tests {
         assert_eq!(decimal_text(-123_456), "-12.3456");
         assert_eq!(decimal_text(5_000), "0.5000");
         assert_eq!(
-            datetime_text("2026-12-03T10:00:00+01:00").unwrap(),
-            "2026-12-03T09:00:00.000Z"
+            datetime_text("2026-12-03T09:00:00.25Z").unwrap(),
+            "2026-12-03T09:00:00.250Z"
         );
     }
 

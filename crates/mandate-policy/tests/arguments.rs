@@ -350,7 +350,7 @@ when {
 };"#,
     ))
     .unwrap();
-    let good = json!({ "host": "10.1.2.3", "port": 443, "until": "2029-12-31T23:00:00+02:00",
+    let good = json!({ "host": "10.1.2.3", "port": 443, "until": "2029-12-31T21:00:00Z",
         "price": "9.98", "tls": true, "tags": ["prod", "eu"], "opts": { "mode": "ro" } });
     let d = call(&b, "net.connect", ActionClass::Execute, &good);
     assert_eq!(d.outcome, Outcome::Allow, "{d:?}");
@@ -381,6 +381,8 @@ when {
         ("port", json!(0), "port"),
         ("port", json!(443.5), "port"),
         ("until", json!("tomorrow"), "until"),
+        ("until", json!("2029-12-31T23:00:00+02:00"), "until"),
+        ("until", json!("2029-12-31T21:00:00.0001Z"), "until"),
         ("price", json!("1e3"), "price"),
         ("tls", json!("true"), "tls"),
         ("tags", json!(["a", "b", "c", "d", "e"]), "tags"),
