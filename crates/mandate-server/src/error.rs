@@ -59,54 +59,28 @@ impl ApiError {
 
     /// 400 `invalid_request`.
     pub fn invalid(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, "invalid_request", message)
+        mandate_engine::Error::invalid(message).into()
     }
 
     /// 404 `not_found`.
     pub fn not_found(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::NOT_FOUND, "not_found", message)
+        mandate_engine::Error::not_found(message).into()
     }
 
-    /// 503 `store_unavailable`: the store failed, so the request is refused (fail closed).
+    /// 503 `store_unavailable` (or the store's own conflict, absence or limit): the store
+    /// failed, so the request is refused (fail closed).
     pub fn store(e: &mandate_store::StoreError) -> Self {
-        tracing::error!(error = %e, "store failure");
-        match e {
-            mandate_store::StoreError::Conflict(what) => Self::new(
-                StatusCode::CONFLICT,
-                "conflict",
-                format!("{what}: choose another name"),
-            ),
-            mandate_store::StoreError::NotFound(what) => {
-                Self::not_found(format!("{what} does not exist"))
-            }
-            mandate_store::StoreError::Limit(what) => {
-                Self::new(StatusCode::TOO_MANY_REQUESTS, "limit_reached", what.clone())
-            }
-            _ => Self::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "store_unavailable",
-                "the state store failed; the request was refused",
-            ),
-        }
+        mandate_engine::Error::store(e).into()
     }
 
     /// 503 `audit_unavailable`: the audit record could not be written, so nothing was allowed.
     pub fn audit() -> Self {
-        Self::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "audit_unavailable",
-            "the audit record could not be written; nothing was allowed (fail closed)",
-        )
+        mandate_engine::Error::audit().into()
     }
 
-    /// 500 `internal_error`.
+    /// 500 `internal_error`; the cause goes to the log.
     pub fn internal(what: impl std::fmt::Display) -> Self {
-        tracing::error!(error = %what, "internal error");
-        Self::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal_error",
-            "internal error; see the server log",
-        )
+        mandate_engine::Error::internal(what).into()
     }
 }
 
