@@ -13,12 +13,15 @@
 use std::fmt;
 
 mod body;
+pub mod check;
 mod examples;
+pub mod merkle;
+pub mod note;
 
 pub use body::*;
 pub use examples::{ALL_KINDS, example};
 
-use mandate_core::{canonical_json, sha256_hex};
+use aws_lc_rs::digest;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
@@ -302,7 +305,78 @@ fn body_data(body: &Body) -> Value {
     }
 }
 
-/// The chain hash of an event's content.
+/// Lowercase hex, without a formatting call per byte.
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        for nibble in [b >> 4, b & 0x0f] {
+            out.push(char::from_digit(u32::from(nibble), 16).unwrap_or('0'));
+        }
+    }
+    out
+}
+
+/// Feeds bytes straight into SHA-256.
+struct Hasher(digest::Context);
+
+impl std::io::Write for Hasher {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.update(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Hasher {
+    fn raw(&mut self, b: &str) {
+        self.0.update(b.as_bytes());
+    }
+
+    /// A JSON string or scalar, as serde_json writes it (the canonical form's escaping).
+    fn scalar<T: Serialize + ?Sized>(&mut self, v: &T) {
+        // Writing into a digest cannot fail, and a str or number always serialises.
+        let _ = serde_json::to_writer(&mut *self, v);
+    }
+
+    /// `mandate_core::canonical_json`, streamed: object keys in byte order, no spaces.
+    fn canonical(&mut self, v: &Value) {
+        match v {
+            Value::Object(map) => {
+                let mut keys: Vec<&String> = map.keys().collect();
+                keys.sort_unstable_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+                self.raw("{");
+                for (i, k) in keys.into_iter().enumerate() {
+                    if i > 0 {
+                        self.raw(",");
+                    }
+                    self.scalar(k.as_str());
+                    self.raw(":");
+                    if let Some(item) = map.get(k) {
+                        self.canonical(item);
+                    }
+                }
+                self.raw("}");
+            }
+            Value::Array(items) => {
+                self.raw("[");
+                for (i, item) in items.iter().enumerate() {
+                    if i > 0 {
+                        self.raw(",");
+                    }
+                    self.canonical(item);
+                }
+                self.raw("]");
+            }
+            scalar => self.scalar(scalar),
+        }
+    }
+}
+
+/// The chain hash of an event's content: SHA-256 over the canonical JSON of
+/// `{agent, data, kind, prev_hash, seq, task_id, ts_ms}` (keys in byte order, no spaces),
+/// streamed into the digest without building the document.
 pub fn event_hash(
     seq: i64,
     ts_ms: i64,
@@ -312,16 +386,23 @@ pub fn event_hash(
     data: &Value,
     prev_hash: &str,
 ) -> String {
-    let h = serde_json::json!({
-        "seq": seq,
-        "ts_ms": ts_ms,
-        "kind": kind,
-        "agent": agent,
-        "task_id": task_id,
-        "data": data,
-        "prev_hash": prev_hash,
-    });
-    sha256_hex(canonical_json(&h).as_bytes())
+    let mut h = Hasher(digest::Context::new(&digest::SHA256));
+    h.raw("{\"agent\":");
+    h.scalar(&agent);
+    h.raw(",\"data\":");
+    h.canonical(data);
+    h.raw(",\"kind\":");
+    h.scalar(kind);
+    h.raw(",\"prev_hash\":");
+    h.scalar(prev_hash);
+    h.raw(",\"seq\":");
+    h.scalar(&seq);
+    h.raw(",\"task_id\":");
+    h.scalar(&task_id);
+    h.raw(",\"ts_ms\":");
+    h.scalar(&ts_ms);
+    h.raw("}");
+    hex(h.0.finish().as_ref())
 }
 
 /// Places `new` after the event with `(prev_seq, prev_hash)`.
@@ -541,5 +622,29 @@ mod vectors {
             h,
             "ba1e1508d3b8ef433921bbba61a849e7b969a77f547d9d9ceb1a8d87515e5c3b"
         );
+    }
+
+    /// The streamed hash is the canonical JSON document's hash, key order, escapes and
+    /// numbers included.
+    #[test]
+    fn streamed_hash_is_the_canonical_documents_hash() {
+        let samples = [
+            serde_json::json!(null),
+            serde_json::json!({"b": 1, "a": [1.5, -2, "x\"\n\u{1}é"], "": {"z": {}, "Z": []}}),
+            serde_json::json!({"ä": true, "a": false, "aa": 1e300, "k": u64::MAX}),
+        ];
+        for data in samples {
+            for (agent, task) in [(None, None), (Some("bot\"1"), Some("tsk_1"))] {
+                let doc = serde_json::json!({
+                    "seq": 3, "ts_ms": -5, "kind": "decision", "agent": agent,
+                    "task_id": task, "data": data, "prev_hash": GENESIS_HASH,
+                });
+                let want = mandate_core::sha256_hex(mandate_core::canonical_json(&doc).as_bytes());
+                assert_eq!(
+                    event_hash(3, -5, "decision", agent, task, &data, GENESIS_HASH),
+                    want
+                );
+            }
+        }
     }
 }
