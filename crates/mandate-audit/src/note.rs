@@ -8,7 +8,7 @@
 //! ```
 //!
 //! followed by a blank line and one line per signature, `— <key name> <base64(key id ||
-//! Ed25519 signature)>`, where key id = SHA-256(name || 0x0A || 0x01 || public key)[:4].
+//! Ed25519 signature)>`, where the key id is the first four bytes of `SHA-256(name || 0x0A || 0x01 || public key)`.
 //! Keys are written as the Go `sumdb/note` tools write them: a verifier key
 //! `<name>+<hex id>+<base64(0x01 || public key)>`, a signer key
 //! `PRIVATE+KEY+<name>+<hex id>+<base64(0x01 || seed)>`.

@@ -49,6 +49,8 @@ pub struct ServerConfig {
     pub clock: Arc<dyn Clock>,
     /// Source of identifiers (decision, task, approval, token ids).
     pub ids: Arc<dyn mandate_core::IdGen>,
+    /// How the audit log is checkpointed, signed and witnessed.
+    pub log: crate::checkpoints::LogSettings,
     /// Told of every committed audit event, after its commit (none by default).
     pub observers: Vec<Arc<dyn crate::audit_writer::CommitObserver>>,
 }
@@ -76,6 +78,7 @@ impl ServerConfig {
             limits: Limits::default(),
             clock: Arc::new(SystemClock),
             ids: Arc::new(mandate_core::RandomIds),
+            log: crate::checkpoints::LogSettings::default(),
             observers: Vec::new(),
         }
     }

@@ -24,6 +24,7 @@ use mandate_token::{
 };
 
 use crate::audit_writer::{AuditError, AuditWriter};
+use crate::checkpoints::CHAIN_BREAK_KEY;
 use crate::config::ServerConfig;
 use crate::error::Error;
 use crate::error::Kind;
@@ -334,6 +335,8 @@ pub struct Engine {
     pub secrets: crate::secrets::SecretStore,
     /// Pinned MCP tool definitions.
     pub pins: crate::pins::Pins,
+    /// The signed log: checkpoints and proofs over the audit chain.
+    pub log: Arc<crate::checkpoints::AuditLog>,
 }
 
 /// What a policy reload did.
@@ -409,7 +412,14 @@ impl Engine {
             Some(dir) => Some(Bundle::load_dir(dir).map_err(|e| format!("shadow bundle: {e}"))?),
             None => None,
         };
-        let audit = AuditWriter::spawn_observed(Arc::clone(&store), config.observers.clone());
+        let log = crate::checkpoints::AuditLog::open(
+            config.log.clone(),
+            &config.data_dir,
+            config.trust_domain.as_str(),
+        )?;
+        let mut observers = config.observers.clone();
+        observers.push(Arc::clone(&log) as Arc<dyn crate::audit_writer::CommitObserver>);
+        let audit = AuditWriter::spawn_observed(Arc::clone(&store), observers);
         // A broken chain is never appended to: the server starts (so readiness can say
         // why) but records and decides nothing.
         let chain_break = chain_tail_break(&*store).await?;
@@ -527,6 +537,7 @@ impl Engine {
             http: crate::webhook::client().map_err(|e| format!("webhook client: {e}"))?,
             secrets,
             pins,
+            log,
         });
         engine.load_live_tasks().await?;
         // Policies may have changed while the server was down: re-decide every live task
@@ -565,7 +576,11 @@ impl Engine {
             }
             Err(e) => return Err(e.to_string()),
         }
-        engine.verify_in_background();
+        engine.log.spawn(
+            Arc::clone(&engine.store),
+            engine.audit.clone(),
+            Arc::clone(&engine.clock),
+        );
         Ok(Opened {
             engine,
             generated_admin_token,
@@ -635,34 +650,6 @@ impl Engine {
             self.insert_live(task);
         }
         Ok(())
-    }
-
-    /// Walks the whole chain once, off the request path; a break halts appends and
-    /// decisions as at start-up.
-    pub fn verify_in_background(self: &Arc<Self>) {
-        let engine = Arc::clone(self);
-        #[expect(
-            clippy::disallowed_methods,
-            reason = "one chain walk at start-up; it ends with the chain"
-        )]
-        tokio::spawn(async move {
-            match crate::verify::verify_chain(&*engine.store).await {
-                Ok(report) => {
-                    if let Some(b) = report.first_bad {
-                        let why = format!("first bad record {}: {}", b.seq, b.problem);
-                        engine.audit.health().halt(&why);
-                        // Remembered outside the chain, so the next start walks the whole
-                        // chain before appending anything.
-                        if let Err(e) = engine.store.put_setting(CHAIN_BREAK_KEY, &why).await {
-                            tracing::error!(error = %e, "could not remember the chain break");
-                        }
-                    } else {
-                        tracing::info!(records = report.records, "audit chain verified");
-                    }
-                }
-                Err(e) => tracing::error!(error = %e, "could not verify the audit chain"),
-            }
-        });
     }
 
     /// Builds the in-memory form of an active task.
@@ -1544,13 +1531,10 @@ fn ring_from(rows: &[KeyRow], config: &ServerConfig, now: i64) -> Result<KeyRing
     KeyRing::from_stored(&stored, config.limits.key_overlap_secs * 1000, now)
 }
 
-/// Setting that remembers a chain break found by a walk, until a walk finds it intact.
-const CHAIN_BREAK_KEY: &str = "audit_chain_break";
-
 /// Checks, before anything is appended, that the chain ends where its head says and that
 /// its last record is intact. On a break, names the first bad record (a full walk, only
 /// then). The rest of the chain is walked in the background once the server runs
-/// ([`Engine::verify_in_background`]).
+/// (the checkpointer's first walk, [`crate::checkpoints::AuditLog::spawn`]).
 async fn chain_tail_break(store: &dyn Store) -> Result<Option<String>, String> {
     let known = store
         .setting(CHAIN_BREAK_KEY)

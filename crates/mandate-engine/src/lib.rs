@@ -14,6 +14,7 @@
 pub mod agents;
 pub mod approvals;
 pub mod audit_writer;
+pub mod checkpoints;
 pub mod config;
 pub mod decide;
 pub mod engine;

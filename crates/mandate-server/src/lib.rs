@@ -20,7 +20,7 @@ pub mod mcp;
 mod server;
 
 pub use mandate_engine::{
-    ApprovalRef, Call, Engine, Evaluated, LiveTask, ServerConfig, config, engine, secrets, verify,
-    webhook,
+    ApprovalRef, Call, Engine, Evaluated, LiveTask, ServerConfig, checkpoints, config, engine,
+    secrets, verify, webhook,
 };
 pub use server::{RunningServer, Server};

@@ -151,6 +151,17 @@ impl Store for BreakableStore {
     async fn events_after(&self, after: i64, limit: i64) -> StoreResult<Vec<Event>> {
         self.inner.events_after(after, limit).await
     }
+    async fn event_hashes(&self, after: i64, limit: i64) -> StoreResult<Vec<(i64, String)>> {
+        self.inner.event_hashes(after, limit).await
+    }
+    async fn search_events(
+        &self,
+        f: &mandate_store::EventFilter,
+        after: i64,
+        limit: i64,
+    ) -> StoreResult<Vec<Event>> {
+        self.inner.search_events(f, after, limit).await
+    }
     async fn task_events(&self, id: &str) -> StoreResult<Vec<Event>> {
         self.inner.task_events(id).await
     }

@@ -35,6 +35,28 @@ pub struct HistoryRow {
     pub data: String,
 }
 
+/// Which audit records a search returns; every field set must match. Text fields match
+/// exactly.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EventFilter {
+    /// The agent concerned.
+    pub agent: Option<String>,
+    /// The task concerned.
+    pub task_id: Option<String>,
+    /// The event kind (`decision`, `task.revoked`…).
+    pub kind: Option<String>,
+    /// The tool a decision or gateway result names (`data.tool`).
+    pub tool: Option<String>,
+    /// A decision's outcome (`data.outcome`: allow, deny, approval_required).
+    pub outcome: Option<String>,
+    /// A policy id among the decision's determining policies (`data.policies`).
+    pub policy: Option<String>,
+    /// At or after this time (unix ms).
+    pub since_ms: Option<i64>,
+    /// Before this time (unix ms).
+    pub until_ms: Option<i64>,
+}
+
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -170,6 +192,16 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Up to `limit` events with `seq > after`, in order.
     async fn events_after(&self, after: i64, limit: i64) -> StoreResult<Vec<Event>>;
     /// Every event of one task, in order.
+    /// Up to `limit` records' `(seq, hash)` after `after`, in order: the leaves of the
+    /// audit Merkle tree, without reading the records' details.
+    async fn event_hashes(&self, after: i64, limit: i64) -> StoreResult<Vec<(i64, String)>>;
+    /// Up to `limit` records after `after` that match `filter`, in sequence order.
+    async fn search_events(
+        &self,
+        filter: &EventFilter,
+        after: i64,
+        limit: i64,
+    ) -> StoreResult<Vec<Event>>;
     async fn task_events(&self, task_id: &str) -> StoreResult<Vec<Event>>;
     /// The chain head: last sequence number and hash.
     async fn audit_head(&self) -> StoreResult<Option<(i64, String)>>;

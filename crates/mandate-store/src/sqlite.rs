@@ -20,8 +20,8 @@ use sqlx::{AssertSqlSafe, Row, Sqlite, Transaction};
 
 use crate::{
     AgentRecord, ApprovalRecord, ApprovalVote, ApproverGroup, ApproverRecord, BreakGlassRecord,
-    BreakGlassReview, HistoryRow, JoinTokenRecord, KeyRow, SecretRecord, Store, StoreError,
-    StoreResult, TaskRecord, ToolPin, VoteOutcome,
+    BreakGlassReview, EventFilter, HistoryRow, JoinTokenRecord, KeyRow, SecretRecord, Store,
+    StoreError, StoreResult, TaskRecord, ToolPin, VoteOutcome,
 };
 
 /// Versioned migrations, applied in order, each in its own transaction.
@@ -900,6 +900,52 @@ impl Store for SqliteStore {
             .iter()
             .map(event_from_row)
             .collect()
+    }
+
+    async fn event_hashes(&self, after: i64, limit: i64) -> StoreResult<Vec<(i64, String)>> {
+        sqlx::query("SELECT seq, hash FROM audit_events WHERE seq > $1 ORDER BY seq LIMIT $2")
+            .bind(after)
+            .bind(limit)
+            .fetch_all(&self.read)
+            .await?
+            .iter()
+            .map(|r| Ok((r.try_get("seq")?, r.try_get("hash")?)))
+            .collect()
+    }
+
+    async fn search_events(
+        &self,
+        f: &EventFilter,
+        after: i64,
+        limit: i64,
+    ) -> StoreResult<Vec<Event>> {
+        sqlx::query(
+            "SELECT * FROM audit_events WHERE seq > ?1 \
+             AND (?2 IS NULL OR agent = ?2) \
+             AND (?3 IS NULL OR task_id = ?3) \
+             AND (?4 IS NULL OR kind = ?4) \
+             AND (?5 IS NULL OR json_extract(data, '$.tool') = ?5) \
+             AND (?6 IS NULL OR json_extract(data, '$.outcome') = ?6) \
+             AND (?7 IS NULL OR EXISTS (SELECT 1 FROM json_each(data, '$.policies') WHERE value = ?7)) \
+             AND (?8 IS NULL OR ts_ms >= ?8) \
+             AND (?9 IS NULL OR ts_ms < ?9) \
+             ORDER BY seq LIMIT ?10",
+        )
+        .bind(after)
+        .bind(&f.agent)
+        .bind(&f.task_id)
+        .bind(&f.kind)
+        .bind(&f.tool)
+        .bind(&f.outcome)
+        .bind(&f.policy)
+        .bind(f.since_ms)
+        .bind(f.until_ms)
+        .bind(limit)
+        .fetch_all(&self.read)
+        .await?
+        .iter()
+        .map(event_from_row)
+        .collect()
     }
 
     async fn task_events(&self, task_id: &str) -> StoreResult<Vec<Event>> {

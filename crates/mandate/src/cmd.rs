@@ -474,10 +474,39 @@ pub enum AuditCmd {
     ///
     /// Reads the data directory directly; works while the server runs. Exit 0 when intact,
     /// 2 when broken.
+    ///
+    /// With --checkpoint, the log is also checked against signed checkpoints held
+    /// elsewhere (a note file, or a witness directory with its hashes): this catches a
+    /// rewrite with every hash recomputed, and a truncation with the head moved back.
+    /// Reads the database read-only with its own queries, or an export (--export).
     Verify {
         /// The server's data directory.
         #[arg(long, default_value = "./mandate-data", env = "MANDATE_DATA_DIR")]
         data_dir: PathBuf,
+        /// Verify an export (JSON lines from `mandate audit export`) instead of the database.
+        #[arg(long)]
+        export: Option<PathBuf>,
+        /// A signed checkpoint to check against: a note file, or a witness directory (its
+        /// `checkpoint` and `hashes`). Repeatable.
+        #[arg(long)]
+        checkpoint: Vec<PathBuf>,
+        /// The log's verifier key (`name+id+key`, or a file holding it). Default: derived
+        /// from the data directory's log key.
+        #[arg(long)]
+        key: Option<String>,
+    },
+    /// Write audit records as JSON lines, from a cursor; with --follow, keep writing new
+    /// ones as they commit.
+    Export {
+        /// The server's data directory.
+        #[arg(long, default_value = "./mandate-data", env = "MANDATE_DATA_DIR")]
+        data_dir: PathBuf,
+        /// Start after this sequence number (0: from the first record).
+        #[arg(long, default_value_t = 0)]
+        after: i64,
+        /// Keep following new records.
+        #[arg(long)]
+        follow: bool,
     },
     /// Print one task's events as a timeline.
     Trace {
@@ -494,15 +523,42 @@ pub enum AuditCmd {
 
 pub async fn audit(c: AuditCmd) -> Result<ExitCode> {
     match c {
-        AuditCmd::Verify { data_dir } => {
-            let store = SqliteStore::open_existing(&data_dir).await?;
-            let report = mandate_server::verify::verify_chain(&store).await?;
-            match report.first_bad {
+        AuditCmd::Verify {
+            data_dir,
+            export,
+            checkpoint,
+            key,
+        } => {
+            let anchors = crate::evidence::read_anchors(&checkpoint)?;
+            let mut checkpoints = Vec::new();
+            if !anchors.notes.is_empty() {
+                let (verifier, given) = crate::evidence::verifier_key(key.as_deref(), &data_dir)?;
+                if !given {
+                    eprintln!(
+                        "note: checking checkpoints with the key in the data directory; pass --key with the verifier key kept elsewhere for a check that does not trust this directory"
+                    );
+                }
+                for (path, note) in &anchors.notes {
+                    let cp = mandate_audit::note::Checkpoint::open(note, &verifier)
+                        .with_context(|| format!("checkpoint {}", path.display()))?;
+                    checkpoints.push(cp);
+                }
+            }
+            let source = match export {
+                Some(f) => crate::evidence::Source::Export(f),
+                None => crate::evidence::Source::Database(data_dir),
+            };
+            let found = crate::evidence::verify(&source, checkpoints, anchors.hashes).await?;
+            match found.first_bad {
                 None => {
+                    let against = found
+                        .checkpoint_size
+                        .map(|s| format!(", consistent with the signed checkpoint of {s} records"))
+                        .unwrap_or_default();
                     println!(
-                        "{} audit chain intact: {} records verified",
+                        "{} audit chain intact: {} records verified{against}",
                         style::green("ok"),
-                        report.records
+                        found.records
                     );
                     Ok(ExitCode::SUCCESS)
                 }
@@ -511,6 +567,17 @@ pub async fn audit(c: AuditCmd) -> Result<ExitCode> {
                     Ok(ExitCode::from(2))
                 }
             }
+        }
+        AuditCmd::Export {
+            data_dir,
+            after,
+            follow,
+        } => {
+            let stdout = std::io::stdout();
+            let mut out = std::io::BufWriter::new(stdout.lock());
+            crate::evidence::export(&data_dir, after, follow, &mut out).await?;
+            std::io::Write::flush(&mut out).ok();
+            Ok(ExitCode::SUCCESS)
         }
         AuditCmd::Trace {
             task,

@@ -10,6 +10,7 @@
 mod client;
 mod cmd;
 mod demo;
+mod evidence;
 mod humans;
 mod replay;
 mod secret;
@@ -123,6 +124,29 @@ struct ServeArgs {
     /// generated in the data directory.
     #[arg(long, env = "MANDATE_MASTER_KEY_FILE")]
     master_key_file: Option<PathBuf>,
+    /// The audit log key (C2SP signed-note `PRIVATE+KEY+…`), created owner-only on first
+    /// start (default: audit-log.key in the data directory). Keep it off the database's disk
+    /// where you can: whoever holds it can sign checkpoints.
+    #[arg(long, env = "MANDATE_LOG_KEY")]
+    log_key: Option<PathBuf>,
+    /// The log's name in its checkpoints (default: <trust domain>/audit).
+    #[arg(long, env = "MANDATE_LOG_ORIGIN")]
+    log_origin: Option<String>,
+    /// Sign an audit checkpoint at least every this many records...
+    #[arg(long, default_value_t = 1000, env = "MANDATE_CHECKPOINT_EVERY",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    checkpoint_every: u64,
+    /// ...and at least this often (seconds) while records arrive.
+    #[arg(long, default_value_t = 10, env = "MANDATE_CHECKPOINT_SECS",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    checkpoint_secs: u64,
+    /// A directory outside the data directory that receives every checkpoint and the
+    /// records' hashes; the log is checked against it at each start.
+    #[arg(long, env = "MANDATE_WITNESS_DIR")]
+    witness_dir: Option<PathBuf>,
+    /// A URL every signed checkpoint is POSTed to (text/plain), best effort.
+    #[arg(long, env = "MANDATE_WITNESS_URL")]
+    witness_url: Option<String>,
     /// Decisions one agent may ask for per second, across its tasks (bursts up to twice
     /// that); over it, 429 `rate_limited` with `retry_after_ms`.
     #[arg(long, default_value_t = 500, env = "MANDATE_AGENT_DECISIONS_PER_SEC",
@@ -220,6 +244,14 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
     config.issuer = a.issuer;
     config.shadow_policies = a.shadow_policies;
     config.watch_policies = !a.no_watch;
+    config.log = mandate_server::checkpoints::LogSettings {
+        key_file: a.log_key,
+        origin: a.log_origin,
+        every_events: a.checkpoint_every,
+        every_secs: a.checkpoint_secs,
+        witness_dir: a.witness_dir,
+        witness_url: a.witness_url,
+    };
     config.ext_authz_listen = a.ext_authz_listen;
     config.limits.agent_decisions_per_sec = a.agent_decisions_per_sec;
     config.limits.task_decisions_per_sec = a.task_decisions_per_sec;

@@ -3,6 +3,7 @@
 
 mod agents;
 mod approvals;
+mod audit;
 mod authzen;
 
 mod ops;
@@ -202,7 +203,8 @@ fn item_has_path_params(op: &utoipa::openapi::path::Operation) -> bool {
         approvals::declare_break_glass, approvals::list_break_glass, approvals::review_break_glass,
         approvals::approvals_report, approvals::access_report,
         authzen::evaluation, authzen::evaluations, authzen::configuration,
-        ops::decide, ops::verify_audit, ops::task_events, ops::policies, ops::reload_policies, ops::rotate_keys,
+        ops::decide, ops::verify_audit, ops::task_events,
+        audit::checkpoint, audit::inclusion, audit::consistency, audit::search, ops::policies, ops::reload_policies, ops::rotate_keys,
         secrets::put_secret, secrets::list_secrets, secrets::delete_secret, secrets::rotate_secrets,
         tools::list_pins, tools::approve_tool,
         ops::jwks, ops::openid_configuration, healthz, readyz, openapi_json,
@@ -332,6 +334,10 @@ pub fn router(engine: Arc<Engine>) -> Router {
         .route("/v1/tasks/{id}/events", get(ops::task_events))
         .route("/v1/decide", post(ops::decide))
         .route("/v1/audit/verify", get(ops::verify_audit))
+        .route("/v1/audit/checkpoint", get(audit::checkpoint))
+        .route("/v1/audit/proof/inclusion", get(audit::inclusion))
+        .route("/v1/audit/proof/consistency", get(audit::consistency))
+        .route("/v1/audit/events", get(audit::search))
         .route("/v1/policies", get(ops::policies))
         .route("/v1/policies/reload", post(ops::reload_policies))
         .route("/v1/keys/rotate", post(ops::rotate_keys))
