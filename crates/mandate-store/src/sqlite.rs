@@ -283,55 +283,61 @@ impl std::ops::DerefMut for WriteConn {
     }
 }
 
+/// Rows per multi-row INSERT (8 parameters each, well under SQLite's 32,766).
+const INSERT_ROWS: usize = 500;
+
 async fn append_in(
     tx: &mut Transaction<'_, Sqlite>,
     events: Vec<NewEvent>,
 ) -> StoreResult<Vec<Event>> {
-    let head = sqlx::query("SELECT seq, hash FROM audit_head WHERE id = 1")
-        .fetch_optional(&mut **tx)
-        .await?
-        .ok_or_else(|| corrupt("audit head row is missing"))?;
-    let mut seq: i64 = head.try_get("seq")?;
-    let mut hash: String = head.try_get("hash")?;
+    // The head and the last record in one round trip.
+    let row = sqlx::query(
+        "SELECT h.seq AS seq, h.hash AS hash, t.seq AS tail_seq, t.hash AS tail_hash \
+         FROM audit_head h LEFT JOIN (SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1) t \
+         WHERE h.id = 1",
+    )
+    .fetch_optional(&mut **tx)
+    .await?
+    .ok_or_else(|| corrupt("audit head row is missing"))?;
+    let mut seq: i64 = row.try_get("seq")?;
+    let mut hash: String = row.try_get("hash")?;
+    let tail_seq: Option<i64> = row.try_get("tail_seq")?;
+    let tail_hash: Option<String> = row.try_get("tail_hash")?;
     // Never append to a broken chain: the last record must be the one the head names.
-    let tail = sqlx::query("SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1")
-        .fetch_optional(&mut **tx)
-        .await?;
-    let tail: Option<(i64, String)> = tail
-        .map(|r| Ok::<_, StoreError>((r.try_get("seq")?, r.try_get("hash")?)))
-        .transpose()?;
-    match &tail {
-        None if seq == 0 => {}
-        Some((s, h)) if *s == seq && *h == hash => {}
-        other => {
+    match (tail_seq, &tail_hash) {
+        (None, _) if seq == 0 => {}
+        (Some(s), Some(h)) if s == seq && *h == hash => {}
+        (other, _) => {
             return Err(StoreError::ChainBroken(format!(
                 "the last audit record ({}) is not the one the head names (seq {seq}): the chain was truncated, rewritten or its head moved; refusing to append",
-                other
-                    .as_ref()
-                    .map_or_else(|| "none".to_owned(), |(s, _)| format!("seq {s}"))
+                other.map_or_else(|| "none".to_owned(), |s| format!("seq {s}"))
             )));
         }
     }
     let mut out = Vec::with_capacity(events.len());
+    let mut texts = Vec::with_capacity(events.len());
     for new in events {
         let e = link(new, seq, &hash);
-        let data = serde_json::to_string(&e.data).map_err(|err| StoreError::Db(err.to_string()))?;
-        sqlx::query(
-            "INSERT INTO audit_events (seq, ts_ms, kind, agent, task_id, data, prev_hash, hash) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-        )
-        .bind(e.seq)
-        .bind(e.ts_ms)
-        .bind(&e.kind)
-        .bind(&e.agent)
-        .bind(&e.task_id)
-        .bind(data)
-        .bind(&e.prev_hash)
-        .bind(&e.hash)
-        .execute(&mut **tx)
-        .await?;
+        texts.push(serde_json::to_string(&e.data).map_err(|err| StoreError::Db(err.to_string()))?);
         seq = e.seq;
         hash.clone_from(&e.hash);
         out.push(e);
+    }
+    for (rows, datas) in out.chunks(INSERT_ROWS).zip(texts.chunks(INSERT_ROWS)) {
+        let mut q = sqlx::QueryBuilder::<Sqlite>::new(
+            "INSERT INTO audit_events (seq, ts_ms, kind, agent, task_id, data, prev_hash, hash) ",
+        );
+        q.push_values(rows.iter().zip(datas), |mut b, (e, data)| {
+            b.push_bind(e.seq)
+                .push_bind(e.ts_ms)
+                .push_bind(e.kind.as_str())
+                .push_bind(e.agent.as_deref())
+                .push_bind(e.task_id.as_deref())
+                .push_bind(data.as_str())
+                .push_bind(e.prev_hash.as_str())
+                .push_bind(e.hash.as_str());
+        });
+        q.build().persistent(true).execute(&mut **tx).await?;
     }
     sqlx::query("UPDATE audit_head SET seq = $1, hash = $2 WHERE id = 1")
         .bind(seq)
@@ -345,17 +351,28 @@ async fn put_histories_in(
     tx: &mut Transaction<'_, Sqlite>,
     histories: &[HistoryRow],
 ) -> StoreResult<()> {
+    // A batch often holds several snapshots of one task: only its newest is written.
+    let mut newest: std::collections::HashMap<&str, &HistoryRow> = std::collections::HashMap::new();
     for h in histories {
-        sqlx::query(
-            "INSERT INTO task_history (task_id, rev, data) VALUES ($1, $2, $3) \
-             ON CONFLICT (task_id) DO UPDATE SET rev = excluded.rev, data = excluded.data \
+        let slot = newest.entry(h.task_id.as_str()).or_insert(h);
+        if h.rev > slot.rev {
+            *slot = h;
+        }
+    }
+    let rows: Vec<&HistoryRow> = newest.into_values().collect();
+    for chunk in rows.chunks(INSERT_ROWS) {
+        let mut q =
+            sqlx::QueryBuilder::<Sqlite>::new("INSERT INTO task_history (task_id, rev, data) ");
+        q.push_values(chunk, |mut b, h| {
+            b.push_bind(h.task_id.as_str())
+                .push_bind(h.rev)
+                .push_bind(h.data.as_str());
+        });
+        q.push(
+            " ON CONFLICT (task_id) DO UPDATE SET rev = excluded.rev, data = excluded.data \
              WHERE excluded.rev > task_history.rev",
-        )
-        .bind(&h.task_id)
-        .bind(h.rev)
-        .bind(&h.data)
-        .execute(&mut **tx)
-        .await?;
+        );
+        q.build().persistent(true).execute(&mut **tx).await?;
     }
     Ok(())
 }

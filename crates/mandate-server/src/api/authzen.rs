@@ -299,47 +299,77 @@ pub async fn evaluations(
     }
     let header_token = bearer(&headers)?;
     let semantic = req.options.unwrap_or_default().evaluations_semantic;
-    let mut out = Vec::with_capacity(req.evaluations.len());
+    let mut items = Vec::with_capacity(req.evaluations.len());
     for item in req.evaluations {
-        let one = match (
+        match (
             item.subject.or_else(|| req.subject.clone()),
             item.action.or_else(|| req.action.clone()),
             item.resource.or_else(|| req.resource.clone()),
         ) {
-            (Some(subject), Some(action), Some(resource)) => EvaluationRequest {
+            (Some(subject), Some(action), Some(resource)) => items.push(EvaluationRequest {
                 subject,
                 action,
                 resource,
                 context: item.context.or_else(|| req.context.clone()),
-            },
+            }),
             _ => {
                 return Err(invalid(
                     "every evaluation needs a subject, an action and a resource (its own or the batch's)",
                 ));
             }
-        };
-        let r = match evaluate_one(&engine, &one, header_token.as_deref()).await {
-            Ok(r) => r,
-            // The audit trail failing is the batch's failure, never a silent item.
-            Err(e) if matches!(e.code, "audit_unavailable" | "store_unavailable") => {
-                return Err(e);
+        }
+    }
+    let token = header_token.as_deref();
+    let mut out = Vec::with_capacity(items.len());
+    if semantic == Semantic::ExecuteAll {
+        // Every item is decided in order (each runs to its audit append before the next
+        // is polled) and their events share group commits: one fsync for the batch, not
+        // one per item. The answer still waits for every event to be durable.
+        let results = futures_util::future::join_all(
+            items.iter().map(|one| evaluate_one(&engine, one, token)),
+        )
+        .await;
+        for r in results {
+            out.push(item_answer(r)?);
+        }
+    } else {
+        for one in &items {
+            let r = item_answer(evaluate_one(&engine, one, token).await)?;
+            let stop = match semantic {
+                Semantic::ExecuteAll => false,
+                Semantic::DenyOnFirstDeny => !r.decision,
+                Semantic::PermitOnFirstPermit => r.decision,
+            };
+            out.push(r);
+            if stop {
+                break;
             }
-            Err(e) => EvaluationResponse {
-                decision: false,
-                context: json!({ "error": { "code": e.code, "message": e.message, "status": e.status.as_u16() } }),
-            },
-        };
-        let stop = match semantic {
-            Semantic::ExecuteAll => false,
-            Semantic::DenyOnFirstDeny => !r.decision,
-            Semantic::PermitOnFirstPermit => r.decision,
-        };
-        out.push(r);
-        if stop {
-            break;
         }
     }
     Ok(Json(EvaluationsResponse { evaluations: out }))
+}
+
+/// One item's answer: an item that cannot be decided answers `false` with its error; the
+/// audit trail failing is the batch's failure, never a silent item.
+fn item_answer(r: Result<EvaluationResponse, ApiError>) -> Result<EvaluationResponse, ApiError> {
+    match r {
+        Ok(r) => Ok(r),
+        Err(e)
+            if matches!(
+                e.code,
+                "audit_unavailable"
+                    | "store_unavailable"
+                    | "audit_chain_broken"
+                    | "store_cannot_commit"
+            ) =>
+        {
+            Err(e)
+        }
+        Err(e) => Ok(EvaluationResponse {
+            decision: false,
+            context: json!({ "error": { "code": e.code, "message": e.message, "status": e.status.as_u16() } }),
+        }),
+    }
 }
 
 /// AuthZEN PDP metadata (§9).
