@@ -16,6 +16,7 @@ pub mod approvals;
 pub mod audit_writer;
 pub mod checkpoints;
 pub mod config;
+pub mod controls;
 pub mod decide;
 pub mod engine;
 pub mod error;

@@ -154,6 +154,9 @@ impl Store for BreakableStore {
     async fn event_hashes(&self, after: i64, limit: i64) -> StoreResult<Vec<(i64, String)>> {
         self.inner.event_hashes(after, limit).await
     }
+    async fn count_events_by_kind(&self, since_ms: i64) -> StoreResult<Vec<(String, i64)>> {
+        self.inner.count_events_by_kind(since_ms).await
+    }
     async fn search_events(
         &self,
         f: &mandate_store::EventFilter,

@@ -195,6 +195,8 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Up to `limit` records' `(seq, hash)` after `after`, in order: the leaves of the
     /// audit Merkle tree, without reading the records' details.
     async fn event_hashes(&self, after: i64, limit: i64) -> StoreResult<Vec<(i64, String)>>;
+    /// How many records of each kind were committed at or after `since_ms`.
+    async fn count_events_by_kind(&self, since_ms: i64) -> StoreResult<Vec<(String, i64)>>;
     /// Up to `limit` records after `after` that match `filter`, in sequence order.
     async fn search_events(
         &self,

@@ -930,6 +930,16 @@ impl Store for SqliteStore {
             .collect()
     }
 
+    async fn count_events_by_kind(&self, since_ms: i64) -> StoreResult<Vec<(String, i64)>> {
+        sqlx::query("SELECT kind, COUNT(*) AS n FROM audit_events WHERE ts_ms >= $1 GROUP BY kind ORDER BY kind")
+            .bind(since_ms)
+            .fetch_all(&self.read)
+            .await?
+            .iter()
+            .map(|r| Ok((r.try_get("kind")?, r.try_get("n")?)))
+            .collect()
+    }
+
     async fn search_events(
         &self,
         f: &EventFilter,

@@ -476,6 +476,15 @@ pub enum ReportCmd {
         #[command(flatten)]
         opts: HumanOpts,
     },
+    /// The control map: OWASP Agentic, NHI and MCP Top 10s, CSA MAESTRO, MITRE ATLAS,
+    /// NIST AI RMF and CSF 2.0, each control with its evidence here and its gaps.
+    Controls {
+        /// Only controls with this status (implemented, partial, gap).
+        #[arg(long)]
+        status: Option<String>,
+        #[command(flatten)]
+        opts: HumanOpts,
+    },
 }
 
 pub async fn report(c: ReportCmd) -> Result<ExitCode> {
@@ -556,6 +565,52 @@ pub async fn report(c: ReportCmd) -> Result<ExitCode> {
             println!("{}", style::bold("Break-glass"));
             for b in v["break_glass"].as_array().into_iter().flatten() {
                 println!("  {}", break_glass_line(b));
+            }
+        }
+        ReportCmd::Controls { status, opts } => {
+            let mut v = opts
+                .client()?
+                .get("/v1/reports/controls", Some(opts.reader()?))
+                .await?
+                .ok()?;
+            if let Some(want) = &status
+                && let Some(rows) = v["controls"].as_array_mut()
+            {
+                rows.retain(|r| r["status"].as_str() == Some(want.as_str()));
+            }
+            if opts.json {
+                return print(&v).map(|()| ExitCode::SUCCESS);
+            }
+            println!(
+                "{} bundle {}  {}",
+                style::bold("Controls"),
+                v["bundle_version"].as_str().unwrap_or(""),
+                v["summary"]
+            );
+            let mut framework = "";
+            for r in v["controls"].as_array().into_iter().flatten() {
+                let f = r["framework"].as_str().unwrap_or("");
+                if f != framework {
+                    println!("\n{}", style::bold(f));
+                    framework = f;
+                }
+                let st = r["status"].as_str().unwrap_or("");
+                let mark = match st {
+                    "implemented" => style::green(st),
+                    "gap" => style::red(st),
+                    _ => st.to_owned(),
+                };
+                println!(
+                    "  {:<10} {:<52} {mark}",
+                    r["id"].as_str().unwrap_or(""),
+                    r["title"].as_str().unwrap_or("")
+                );
+                for e in r["evidence"].as_array().into_iter().flatten() {
+                    println!("      + {}", e.as_str().unwrap_or(""));
+                }
+                for g in r["gaps"].as_array().into_iter().flatten() {
+                    println!("      - {}", g.as_str().unwrap_or(""));
+                }
             }
         }
     }

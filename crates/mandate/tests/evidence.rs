@@ -747,3 +747,106 @@ fn search_finds_records_across_tasks_by_every_filter() {
     assert!(all_events(&server, "&agent=x'%20OR%20'1'='1", 1000).is_empty());
     assert!(all_events(&server, "&task=%25", 1000).is_empty());
 }
+
+#[test]
+fn the_control_map_is_judged_from_the_running_configuration() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let server = Served::start(&data, &demo_policies(), &[]);
+    let id = server.agent("mapped");
+    let (_task, token) = server.task(&id);
+    assert_eq!(server.read(&token, 1).0, 200);
+    let (s, r) = server.get("/v1/reports/controls", Some(ADMIN));
+    assert_eq!(s, 200, "{r}");
+    let rows = r["controls"].as_array().unwrap();
+    let row = |id: &str| rows.iter().find(|c| c["id"] == id).cloned().unwrap();
+    for n in 1..=10 {
+        let id = format!("ASI{n:02}");
+        assert!(
+            rows.iter().any(|c| c["id"] == id.as_str()),
+            "{id} is mapped"
+        );
+    }
+    for f in [
+        "OWASP Agentic Top 10",
+        "OWASP NHI Top 10",
+        "OWASP MCP Top 10",
+        "CSA MAESTRO",
+        "MITRE ATLAS",
+        "NIST AI RMF",
+        "NIST CSF 2.0",
+    ] {
+        assert!(rows.iter().any(|c| c["framework"] == f), "{f}");
+    }
+    for c in rows {
+        assert!(
+            ["implemented", "partial", "gap"].contains(&c["status"].as_str().unwrap()),
+            "{c}"
+        );
+        assert!(
+            c["status"] == "implemented" || !c["gaps"].as_array().unwrap().is_empty(),
+            "a control not implemented names its gap: {c}"
+        );
+    }
+    // The demo bundle holds ticket writes for a human: that is the evidence for ASI09.
+    let asi09 = row("ASI09");
+    let text = asi09.to_string();
+    assert!(text.contains("ticket-write-needs-approval"), "{asi09}");
+    // No witness: the audit half of it is a gap, named.
+    assert!(text.contains("no witness"), "{asi09}");
+    assert_eq!(asi09["status"], "partial");
+    // Events of this run are counted as evidence.
+    assert!(
+        row("MAP").to_string().contains("`task.started` events"),
+        "{}",
+        row("MAP")
+    );
+    // Delegation is not built: a gap, whatever is configured.
+    assert_eq!(row("ASI07")["status"], "partial");
+    assert!(row("ASI07").to_string().contains("delegation"));
+    assert_eq!(server.get("/v1/reports/controls", Some(&token)).0, 403);
+    drop(server);
+
+    // With a witness and the key elsewhere, the audit mechanism is in place.
+    let witness = dir.path().join("witness");
+    let key = dir.path().join("keys").join("log.key");
+    std::fs::create_dir_all(key.parent().unwrap()).unwrap();
+    let data2 = dir.path().join("data2");
+    let server = Served::start(
+        &data2,
+        &demo_policies(),
+        &[
+            "--witness-dir",
+            witness.to_str().unwrap(),
+            "--log-key",
+            key.to_str().unwrap(),
+        ],
+    );
+    server.wait_ready(200);
+    let (s, r) = server.get("/v1/reports/controls", Some(ADMIN));
+    assert_eq!(s, 200, "{r}");
+    let dem = r["controls"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["id"] == "DE.AE")
+        .cloned()
+        .unwrap();
+    assert_eq!(dem["status"], "implemented", "{dem}");
+    assert!(
+        key.exists(),
+        "the log key was created where it was asked for"
+    );
+
+    let o = Command::new(env!("CARGO_BIN_EXE_mandate"))
+        .args(["report", "controls", "--status", "gap", "--json"])
+        .env("MANDATE_URL", format!("http://127.0.0.1:{}", server.port))
+        .env("MANDATE_ADMIN_TOKEN", ADMIN)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let gaps = v["controls"].as_array().unwrap();
+    assert!(!gaps.is_empty());
+    assert!(gaps.iter().all(|c| c["status"] == "gap"));
+}

@@ -660,7 +660,7 @@ async fn refused(
     e
 }
 
-async fn require_oversight(engine: &Engine, bearer: &Bearer) -> Result<(), ApiError> {
+pub(crate) async fn require_oversight(engine: &Engine, bearer: &Bearer) -> Result<(), ApiError> {
     match engine.human(&bearer.0).await? {
         Human::Admin => Ok(()),
         Human::Approver(a) if a.has(ApproverRole::Reviewer) => Ok(()),

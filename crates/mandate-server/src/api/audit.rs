@@ -5,6 +5,7 @@ use axum::Json;
 use axum::extract::State;
 use mandate_audit::Event;
 use mandate_engine::checkpoints::{ConsistencyProof, InclusionProof, SignedCheckpoint};
+use mandate_engine::controls::ControlReport;
 use mandate_store::EventFilter;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -170,4 +171,18 @@ pub async fn search(
     let full = i64::try_from(events.len()).unwrap_or(i64::MAX) == limit;
     let next = events.last().filter(|_| full).map(|e| e.seq);
     Ok(Json(EventPage { events, next }))
+}
+
+/// The control map (admin or reviewer): each control of OWASP Agentic Top 10, OWASP NHI
+/// Top 10, OWASP MCP Top 10, CSA MAESTRO, MITRE ATLAS, NIST AI RMF and NIST CSF 2.0 with
+/// what implements it here, its evidence (policies, settings, events of the last 30 days)
+/// and its gaps, judged from the running configuration.
+#[utoipa::path(get, path = "/v1/reports/controls", tag = "reports", security(("admin_token" = []), ("approver_token" = [])),
+    responses((status = 200, body = ControlReport), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+pub async fn controls_report(
+    State(engine): AppState,
+    bearer: Bearer,
+) -> Result<Json<ControlReport>, ApiError> {
+    super::approvals::require_oversight(&engine, &bearer).await?;
+    Ok(Json(engine.control_report().await?))
 }

@@ -204,7 +204,7 @@ fn item_has_path_params(op: &utoipa::openapi::path::Operation) -> bool {
         approvals::approvals_report, approvals::access_report,
         authzen::evaluation, authzen::evaluations, authzen::configuration,
         ops::decide, ops::verify_audit, ops::task_events,
-        audit::checkpoint, audit::inclusion, audit::consistency, audit::search, ops::policies, ops::reload_policies, ops::rotate_keys,
+        audit::checkpoint, audit::inclusion, audit::consistency, audit::search, audit::controls_report, ops::policies, ops::reload_policies, ops::rotate_keys,
         secrets::put_secret, secrets::list_secrets, secrets::delete_secret, secrets::rotate_secrets,
         tools::list_pins, tools::approve_tool,
         ops::jwks, ops::openid_configuration, healthz, readyz, openapi_json,
@@ -331,6 +331,7 @@ pub fn router(engine: Arc<Engine>) -> Router {
         )
         .route("/v1/reports/approvals", get(approvals::approvals_report))
         .route("/v1/reports/access/{agent}", get(approvals::access_report))
+        .route("/v1/reports/controls", get(audit::controls_report))
         .route("/v1/tasks/{id}/events", get(ops::task_events))
         .route("/v1/decide", post(ops::decide))
         .route("/v1/audit/verify", get(ops::verify_audit))
