@@ -681,6 +681,22 @@ pub struct GatewayResult {
     /// The upstream's HTTP status.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upstream_status: Option<u16>,
+    /// The HTTP method forwarded (HTTP gateway).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
+    /// What was called, canonical: the upstream path and query as forwarded (HTTP), or
+    /// the MCP tool, prompt or resource.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    /// SHA-256 of the request body as forwarded (`sha256:<hex>`), when it had one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_digest: Option<String>,
+    /// The `Location` the upstream answered with (what a create made), redacted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub location: Option<String>,
+    /// The `ETag` the upstream answered with (the version a change produced), redacted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etag: Option<String>,
     /// Bytes returned to the agent.
     pub bytes_returned: u64,
     /// Whether a secret was redacted from the answer (HTTP).

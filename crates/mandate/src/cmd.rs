@@ -508,6 +508,19 @@ pub enum AuditCmd {
         #[arg(long)]
         follow: bool,
     },
+    /// What a task changed, oldest first: every allowed write and delete, with what the
+    /// gateway recorded of it (method, canonical target, body digest, upstream status, the
+    /// Location and ETag the upstream answered), so its effects can be reversed.
+    Changes {
+        /// The task.
+        task: String,
+        /// The server's data directory.
+        #[arg(long, default_value = "./mandate-data", env = "MANDATE_DATA_DIR")]
+        data_dir: PathBuf,
+        /// JSON lines instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print one task's events as a timeline.
     Trace {
         /// Task id.
@@ -577,6 +590,21 @@ pub async fn audit(c: AuditCmd) -> Result<ExitCode> {
             let mut out = std::io::BufWriter::new(stdout.lock());
             crate::evidence::export(&data_dir, after, follow, &mut out).await?;
             std::io::Write::flush(&mut out).ok();
+            Ok(ExitCode::SUCCESS)
+        }
+        AuditCmd::Changes {
+            task,
+            data_dir,
+            json,
+        } => {
+            let changes = crate::changes::changes(&data_dir, &task).await?;
+            if json {
+                for c in &changes {
+                    println!("{}", serde_json::to_string(c)?);
+                }
+            } else {
+                print!("{}", crate::changes::render(&task, &changes));
+            }
             Ok(ExitCode::SUCCESS)
         }
         AuditCmd::Trace {

@@ -7,6 +7,7 @@
     reason = "serde_json::Value indexing by key cannot panic"
 )]
 
+mod changes;
 mod client;
 mod cmd;
 mod demo;

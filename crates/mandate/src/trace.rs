@@ -5,7 +5,7 @@ use serde_json::Value;
 
 use crate::style;
 
-fn time(ts_ms: i64) -> String {
+pub fn time(ts_ms: i64) -> String {
     jiff::Timestamp::from_millisecond(ts_ms)
         .map(|t| t.strftime("%H:%M:%S%.3f").to_string())
         .unwrap_or_else(|_| ts_ms.to_string())

@@ -850,3 +850,206 @@ fn the_control_map_is_judged_from_the_running_configuration() {
     assert!(!gaps.is_empty());
     assert!(gaps.iter().all(|c| c["status"] == "gap"));
 }
+
+/// An upstream that creates (201, `Location`, `ETag`), replaces (200, `ETag`), deletes
+/// (204) and reads (200), answering each request on its own connection.
+fn changing_upstream() -> u16 {
+    use std::io::{Read as _, Write as _};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { continue };
+            std::thread::spawn(move || {
+                let mut seen = Vec::new();
+                let mut buf = [0_u8; 4096];
+                let head_end = loop {
+                    if let Some(i) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                        break i + 4;
+                    }
+                    match s.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => seen.extend_from_slice(&buf[..n]),
+                    }
+                };
+                let head = String::from_utf8_lossy(&seen[..head_end]).to_ascii_lowercase();
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .map_or(0, |v| v.trim().parse().unwrap());
+                while seen.len() < head_end + len {
+                    match s.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => seen.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let answer: &[u8] = if head.starts_with("post") {
+                    b"HTTP/1.1 201 Created\r\nLocation: /api/tickets/t-77\r\nETag: \"v1\"\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}"
+                } else if head.starts_with("put") {
+                    b"HTTP/1.1 200 OK\r\nETag: \"v2\"\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}"
+                } else if head.starts_with("delete") {
+                    b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n"
+                } else {
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\n[]"
+                };
+                let _ = s.write_all(answer);
+            });
+        }
+    });
+    port
+}
+
+#[test]
+fn audit_changes_lists_what_a_task_changed_in_order() {
+    let up = changing_upstream();
+    let dir = tempfile::tempdir().unwrap();
+    let policies = dir.path().join("policies");
+    std::fs::create_dir_all(&policies).unwrap();
+    std::fs::copy(
+        demo_policies().join("start.cedar"),
+        policies.join("start.cedar"),
+    )
+    .unwrap();
+    std::fs::write(
+        policies.join("tickets.cedar"),
+        "@id(\"tickets-crud\")\npermit (principal, action in [Mandate::Action::\"read\", Mandate::Action::\"write\", Mandate::Action::\"delete\"], resource);\n",
+    )
+    .unwrap();
+    let gateway = dir.path().join("gateway.toml");
+    let mut toml = format!(
+        "[[upstream]]\nname = \"tickets\"\nbase_url = \"http://127.0.0.1:{up}/api\"\nallow_private = true\n"
+    );
+    for (method, path, tool) in [
+        ("GET", "/tickets", "tickets.search"),
+        ("POST", "/tickets", "tickets.create"),
+        ("PUT", "/tickets/{id}", "tickets.update"),
+        ("DELETE", "/tickets/{id}", "tickets.delete"),
+    ] {
+        toml.push_str(&format!(
+            "\n[[route]]\nupstream = \"tickets\"\nmethod = \"{method}\"\npath = \"{path}\"\ntool = \"{tool}\"\ndata_domain = \"support\"\n"
+        ));
+    }
+    std::fs::write(&gateway, toml).unwrap();
+    let data = dir.path().join("data");
+    let server = Served::start(
+        &data,
+        &policies,
+        &["--gateway-config", gateway.to_str().unwrap()],
+    );
+    let id = server.agent("changer");
+    let (s, r) = server.post(
+        "/v1/tasks",
+        Some(&id),
+        serde_json::json!({
+            "purpose": "tidy the ticket queue",
+            "scope": {
+                "tools": ["tickets.search", "tickets.create", "tickets.update", "tickets.delete"],
+                "actions": ["read", "write", "delete"],
+                "data_domains": ["support"],
+                "destinations": [format!("127.0.0.1:{up}")],
+            },
+            "ttl_secs": 600,
+        }),
+    );
+    assert_eq!(s, 201, "{r}");
+    let task = r["task_id"].as_str().unwrap().to_owned();
+    let token = r["task_token"].as_str().unwrap().to_owned();
+    let call = |method: &str, path: &str, body: Option<&Value>| {
+        let (s, r) = common::http(server.port, method, path, Some(&token), body);
+        assert!((200..300).contains(&s), "{method} {path}: {s} {r}");
+    };
+    let created = serde_json::json!({ "subject": "printer on fire" });
+    call("GET", "/gw/tickets/tickets?status=open", None);
+    call("POST", "/gw/tickets/tickets", Some(&created));
+    call(
+        "PUT",
+        "/gw/tickets/tickets/t-77?notify=false",
+        Some(&serde_json::json!({ "status": "closed" })),
+    );
+    call("DELETE", "/gw/tickets/tickets/t-12", None);
+    // Results ride the next group commit; a completed task has flushed them.
+    let (s, r) = server.post(
+        &format!("/v1/tasks/{task}/complete"),
+        Some(&token),
+        serde_json::json!({}),
+    );
+    assert_eq!(s, 200, "{r}");
+
+    // A call's result is recorded when its response has ended, with the next group
+    // commit: wait until the three are there (bounded).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let changes: Vec<Value> = loop {
+        let o = Command::new(env!("CARGO_BIN_EXE_mandate"))
+            .args(["audit", "changes", &task, "--json", "--data-dir"])
+            .arg(&data)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let changes: Vec<Value> = String::from_utf8(o.stdout)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        if changes.iter().all(|c| c["method"].is_string()) || std::time::Instant::now() > deadline {
+            break changes;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let summary: Vec<(&str, &str, &str, u64)> = changes
+        .iter()
+        .map(|c| {
+            (
+                c["method"].as_str().unwrap(),
+                c["target"].as_str().unwrap(),
+                c["action"].as_str().unwrap(),
+                c["upstream_status"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        vec![
+            ("POST", "/api/tickets", "write", 201),
+            ("PUT", "/api/tickets/t-77?notify=false", "write", 200),
+            ("DELETE", "/api/tickets/t-12", "delete", 204),
+        ],
+        "writes and deletes only, in order, with the canonical target: {changes:?}"
+    );
+    assert_eq!(changes[0]["location"], "/api/tickets/t-77");
+    assert_eq!(changes[0]["etag"], "\"v1\"");
+    assert_eq!(changes[1]["etag"], "\"v2\"");
+    let digest = format!(
+        "sha256:{}",
+        hex(&sha(&[serde_json::to_string(&created).unwrap().as_bytes()]))
+    );
+    assert_eq!(
+        changes[0]["request_digest"],
+        digest.as_str(),
+        "the body as forwarded"
+    );
+    assert!(changes[2].get("request_digest").is_none());
+    assert!(
+        changes
+            .iter()
+            .all(|c| c["outcome"] == "done" && c["via"] == "http")
+    );
+
+    let o = Command::new(env!("CARGO_BIN_EXE_mandate"))
+        .args(["audit", "changes", &task, "--data-dir"])
+        .arg(&data)
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    let text = String::from_utf8(o.stdout).unwrap();
+    assert!(
+        text.starts_with(&format!("3 changes by task {task}")),
+        "{text}"
+    );
+    assert!(text.contains("Location: /api/tickets/t-77"), "{text}");
+    let o = Command::new(env!("CARGO_BIN_EXE_mandate"))
+        .args(["audit", "changes", "task_nope", "--data-dir"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+}

@@ -581,7 +581,7 @@ async fn handle(gw: &Arc<Gateway>, req: Request) -> Result<Response, ApiError> {
         .clients
         .get(&up.name)
         .ok_or_else(|| ApiError::internal("no client for upstream"))?;
-    let mut out = client.request(parts.method.clone(), url);
+    let mut out = client.request(parts.method.clone(), url.clone());
     for (name, value) in forward_headers {
         out = out.header(name, value);
     }
@@ -628,10 +628,21 @@ async fn handle(gw: &Arc<Gateway>, req: Request) -> Result<Response, ApiError> {
     out = out
         .header(header::ACCEPT_ENCODING, "identity")
         .header("x-mandate-decision-id", d.decision_id.as_str());
+    let change = relay::Change {
+        method: parts.method.to_string(),
+        target: match url.query() {
+            Some(q) => format!("{}?{q}", url.path()),
+            None => url.path().to_owned(),
+        },
+        request_digest: (!forward_body.is_empty())
+            .then(|| format!("sha256:{}", mandate_core::sha256_hex(&forward_body))),
+        location: None,
+        etag: None,
+    };
     if !forward_body.is_empty() {
         out = out.body(forward_body);
     }
-    let relay_ctx = relay::Context {
+    let mut relay_ctx = relay::Context {
         engine: Arc::clone(&gw.engine),
         task: Arc::clone(&task),
         decision_id: d.decision_id.clone(),
@@ -639,6 +650,7 @@ async fn handle(gw: &Arc<Gateway>, req: Request) -> Result<Response, ApiError> {
         tool: route.tool.to_string(),
         untrusted: up.untrusted,
         started,
+        change,
         _slot: slot,
     };
     let res = tokio::time::timeout(
@@ -729,6 +741,7 @@ async fn handle(gw: &Arc<Gateway>, req: Request) -> Result<Response, ApiError> {
         "x-mandate-decision-id",
         HeaderValue::from_str(&d.decision_id).unwrap_or(HeaderValue::from_static("")),
     );
+    relay_ctx.change.answered(&headers);
     let body = relay::Relay::new(
         res.bytes_stream(),
         redactor,

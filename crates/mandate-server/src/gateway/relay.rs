@@ -24,8 +24,47 @@ pub struct Context {
     pub tool: String,
     pub untrusted: bool,
     pub started: Instant,
+    /// What a change through the gateway did, for `mandate audit changes`: the method, the
+    /// canonical target (path and query as forwarded), the request body's digest.
+    pub change: Change,
     /// The agent's in-flight slot, held until the response has been relayed.
     pub _slot: Option<super::AgentSlot>,
+}
+
+/// What was sent, and what the upstream said it made: the rollback evidence.
+#[derive(Debug, Default, Clone)]
+pub struct Change {
+    pub method: String,
+    pub target: String,
+    pub request_digest: Option<String>,
+    pub location: Option<String>,
+    pub etag: Option<String>,
+}
+
+/// Longest `Location` or `ETag` recorded (longer ones are cut, marked with `…`).
+const MAX_IDENTIFIER: usize = 2048;
+
+impl Change {
+    /// Notes the identifiers the upstream returned, from the headers as relayed (already
+    /// redacted).
+    pub fn answered(&mut self, headers: &HeaderMap) {
+        let take = |name: header::HeaderName| {
+            headers.get(name).map(|v| {
+                let s = String::from_utf8_lossy(v.as_bytes());
+                if s.len() > MAX_IDENTIFIER {
+                    let mut end = MAX_IDENTIFIER;
+                    while !s.is_char_boundary(end) {
+                        end -= 1;
+                    }
+                    format!("{}…", s.get(..end).unwrap_or_default())
+                } else {
+                    s.into_owned()
+                }
+            })
+        };
+        self.location = take(header::LOCATION);
+        self.etag = take(header::ETAG);
+    }
 }
 
 /// The context once the upstream answered.
@@ -69,6 +108,11 @@ fn record(ctx: &Context, status: Option<u16>, bytes: u64, redacted: bool, error:
             tool: Some(ctx.tool.clone()),
             request: None,
             upstream_status: status,
+            method: Some(ctx.change.method.clone()),
+            target: Some(ctx.change.target.clone()),
+            request_digest: ctx.change.request_digest.clone(),
+            location: ctx.change.location.clone(),
+            etag: ctx.change.etag.clone(),
             bytes_returned: bytes,
             secret_redacted: Some(redacted),
             untrusted_content: ctx.untrusted,
@@ -228,9 +272,13 @@ impl Stream for Relay {
 
 impl Drop for Relay {
     fn drop(&mut self) {
-        if self.answered.is_some() {
-            // The agent went away before the end.
-            self.error = Some("client_disconnected");
+        if let Some(a) = &self.answered {
+            // A response that has no body (204, 304, an answer to HEAD) is dropped unread
+            // by the server: that is its end, not the agent going away.
+            let bodiless = matches!(a.status, 204 | 304) || a.ctx.change.method == "HEAD";
+            if !(bodiless && self.bytes == 0) {
+                self.error = Some("client_disconnected");
+            }
             self.finish();
         }
     }
