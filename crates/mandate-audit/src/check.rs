@@ -98,13 +98,36 @@ impl LogCheck {
     /// Checks the next record.
     pub fn feed(&mut self, e: &Event) -> Result<(), ChainBreak> {
         self.chain.feed(e)?;
-        let leaf = record_leaf(e)?;
+        self.grow(e.seq, &e.hash)
+    }
+
+    /// Checks the next record as stored (its bytes hashed as they are where they are
+    /// canonical).
+    pub fn feed_stored(&mut self, e: &crate::StoredEvent) -> Result<(), ChainBreak> {
+        self.chain.feed_stored(e)?;
+        self.grow(e.seq, &e.hash)
+    }
+
+    /// Takes the next record as committed by this process's own writer (see
+    /// [`Verifier::feed_own`]): linked and compared with the witness and checkpoints, not
+    /// re-hashed.
+    pub fn feed_own(&mut self, seq: i64, prev_hash: &str, hash: &str) -> Result<(), ChainBreak> {
+        self.chain.feed_own(seq, prev_hash, hash)?;
+        self.grow(seq, hash)
+    }
+
+    fn grow(&mut self, seq: i64, hash: &str) -> Result<(), ChainBreak> {
+        let raw = from_hex(hash).ok_or(ChainBreak {
+            seq,
+            problem: "its hash is not 64 hex digits: the record was edited".into(),
+        })?;
+        let leaf = leaf_hash(&raw);
         let index = usize::try_from(self.tree.size()).unwrap_or(usize::MAX);
-        if let (Some(kept), Some(raw)) = (self.witnessed.get(index), from_hex(&e.hash))
+        if let Some(kept) = self.witnessed.get(index)
             && *kept != raw
         {
             return Err(ChainBreak {
-                seq: e.seq,
+                seq,
                 problem: "the record is not the one the witness holds: it was rewritten and every later hash recomputed".into(),
             });
         }

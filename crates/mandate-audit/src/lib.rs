@@ -329,33 +329,35 @@ impl std::io::Write for Hasher {
     }
 }
 
-impl Hasher {
+/// Writes canonical JSON (`mandate_core::canonical_json`: object keys in byte order, no
+/// spaces) into a digest or a buffer, without building the document.
+struct Canon<W: std::io::Write>(W);
+
+impl<W: std::io::Write> Canon<W> {
     fn raw(&mut self, b: &str) {
-        self.0.update(b.as_bytes());
+        // Writing into a digest or a Vec cannot fail.
+        let _ = self.0.write_all(b.as_bytes());
     }
 
     /// A JSON string or scalar, as serde_json writes it (the canonical form's escaping).
     fn scalar<T: Serialize + ?Sized>(&mut self, v: &T) {
-        // Writing into a digest cannot fail, and a str or number always serialises.
-        let _ = serde_json::to_writer(&mut *self, v);
+        // A str or number always serialises.
+        let _ = serde_json::to_writer(&mut self.0, v);
     }
 
-    /// `mandate_core::canonical_json`, streamed: object keys in byte order, no spaces.
     fn canonical(&mut self, v: &Value) {
         match v {
             Value::Object(map) => {
-                let mut keys: Vec<&String> = map.keys().collect();
-                keys.sort_unstable_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+                let mut entries: Vec<(&String, &Value)> = map.iter().collect();
+                entries.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
                 self.raw("{");
-                for (i, k) in keys.into_iter().enumerate() {
+                for (i, (k, item)) in entries.into_iter().enumerate() {
                     if i > 0 {
                         self.raw(",");
                     }
                     self.scalar(k.as_str());
                     self.raw(":");
-                    if let Some(item) = map.get(k) {
-                        self.canonical(item);
-                    }
+                    self.canonical(item);
                 }
                 self.raw("}");
             }
@@ -374,6 +376,14 @@ impl Hasher {
     }
 }
 
+/// The canonical JSON text of a value: what the chain hashes, and what the store keeps.
+pub fn canonical_text(v: &Value) -> String {
+    let mut c = Canon(Vec::with_capacity(256));
+    c.canonical(v);
+    // serde_json writes UTF-8.
+    String::from_utf8(c.0).unwrap_or_default()
+}
+
 /// The chain hash of an event's content: SHA-256 over the canonical JSON of
 /// `{agent, data, kind, prev_hash, seq, task_id, ts_ms}` (keys in byte order, no spaces),
 /// streamed into the digest without building the document.
@@ -386,11 +396,40 @@ pub fn event_hash(
     data: &Value,
     prev_hash: &str,
 ) -> String {
-    let mut h = Hasher(digest::Context::new(&digest::SHA256));
+    hash_with(seq, ts_ms, kind, agent, task_id, prev_hash, |c| {
+        c.canonical(data)
+    })
+}
+
+/// [`event_hash`] with the data given as its canonical text ([`canonical_text`]): equal
+/// to it exactly when `data` is that text, so a record stored canonically is checked by
+/// hashing its bytes, without parsing them.
+pub fn event_hash_text(
+    seq: i64,
+    ts_ms: i64,
+    kind: &str,
+    agent: Option<&str>,
+    task_id: Option<&str>,
+    data: &str,
+    prev_hash: &str,
+) -> String {
+    hash_with(seq, ts_ms, kind, agent, task_id, prev_hash, |c| c.raw(data))
+}
+
+fn hash_with(
+    seq: i64,
+    ts_ms: i64,
+    kind: &str,
+    agent: Option<&str>,
+    task_id: Option<&str>,
+    prev_hash: &str,
+    data: impl FnOnce(&mut Canon<Hasher>),
+) -> String {
+    let mut h = Canon(Hasher(digest::Context::new(&digest::SHA256)));
     h.raw("{\"agent\":");
     h.scalar(&agent);
     h.raw(",\"data\":");
-    h.canonical(data);
+    data(&mut h);
     h.raw(",\"kind\":");
     h.scalar(kind);
     h.raw(",\"prev_hash\":");
@@ -402,24 +441,31 @@ pub fn event_hash(
     h.raw(",\"ts_ms\":");
     h.scalar(&ts_ms);
     h.raw("}");
-    hex(h.0.finish().as_ref())
+    hex(h.0.0.finish().as_ref())
 }
 
 /// Places `new` after the event with `(prev_seq, prev_hash)`.
 pub fn link(new: NewEvent, prev_seq: i64, prev_hash: &str) -> Event {
+    link_text(new, prev_seq, prev_hash).0
+}
+
+/// [`link`], with the data's canonical text: serialised once, hashed as those bytes, and
+/// what the store keeps (so verification can hash the stored bytes as they are).
+pub fn link_text(new: NewEvent, prev_seq: i64, prev_hash: &str) -> (Event, String) {
     let seq = prev_seq.saturating_add(1);
     let kind = new.kind().as_str();
     let data = body_data(&new.body);
-    let hash = event_hash(
+    let text = canonical_text(&data);
+    let hash = event_hash_text(
         seq,
         new.ts_ms,
         kind,
         new.agent.as_deref(),
         new.task_id.as_deref(),
-        &data,
+        &text,
         prev_hash,
     );
-    Event {
+    let e = Event {
         seq,
         ts_ms: new.ts_ms,
         kind: kind.to_owned(),
@@ -428,6 +474,59 @@ pub fn link(new: NewEvent, prev_seq: i64, prev_hash: &str) -> Event {
         data,
         prev_hash: prev_hash.to_owned(),
         hash,
+    };
+    (e, text)
+}
+
+/// A record as stored: its data as the stored JSON text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredEvent {
+    /// Position in the chain.
+    pub seq: i64,
+    /// When (unix ms).
+    pub ts_ms: i64,
+    /// Stable event name.
+    pub kind: String,
+    /// The agent concerned.
+    pub agent: Option<String>,
+    /// The task concerned.
+    pub task_id: Option<String>,
+    /// The details, as stored (canonical JSON for records written since canonical storage).
+    pub data: String,
+    /// The hash of the previous record.
+    pub prev_hash: String,
+    /// This record's hash.
+    pub hash: String,
+}
+
+impl StoredEvent {
+    /// Whether its content matches its hash: the stored bytes hashed as they are, and if
+    /// that differs (records stored before canonical storage, or reformatted), the data
+    /// parsed and hashed canonically, as [`event_hash`] defines it.
+    pub fn content_matches(&self) -> bool {
+        let direct = event_hash_text(
+            self.seq,
+            self.ts_ms,
+            &self.kind,
+            self.agent.as_deref(),
+            self.task_id.as_deref(),
+            &self.data,
+            &self.prev_hash,
+        );
+        if direct == self.hash {
+            return true;
+        }
+        serde_json::from_str::<Value>(&self.data).is_ok_and(|data| {
+            event_hash(
+                self.seq,
+                self.ts_ms,
+                &self.kind,
+                self.agent.as_deref(),
+                self.task_id.as_deref(),
+                &data,
+                &self.prev_hash,
+            ) == self.hash
+        })
     }
 }
 
@@ -465,42 +564,70 @@ impl Verifier {
 
     /// Checks the next record.
     pub fn feed(&mut self, e: &Event) -> Result<(), ChainBreak> {
+        self.feed_with(e.seq, &e.prev_hash, &e.hash, || {
+            event_hash(
+                e.seq,
+                e.ts_ms,
+                &e.kind,
+                e.agent.as_deref(),
+                e.task_id.as_deref(),
+                &e.data,
+                &e.prev_hash,
+            ) == e.hash
+        })
+    }
+
+    /// Checks the next record as stored (see [`StoredEvent::content_matches`]).
+    pub fn feed_stored(&mut self, e: &StoredEvent) -> Result<(), ChainBreak> {
+        self.feed_with(e.seq, &e.prev_hash, &e.hash, || e.content_matches())
+    }
+
+    fn feed_with(
+        &mut self,
+        seq: i64,
+        prev_hash: &str,
+        hash: &str,
+        content_matches: impl FnOnce() -> bool,
+    ) -> Result<(), ChainBreak> {
         let brk = |seq: i64, problem: String| Err(ChainBreak { seq, problem });
-        if e.seq > self.next_seq {
+        if seq > self.next_seq {
             return brk(
                 self.next_seq,
-                format!(
-                    "record is missing (next stored record is {}): deleted",
-                    e.seq
-                ),
+                format!("record is missing (next stored record is {seq}): deleted"),
             );
         }
-        if e.seq < self.next_seq {
-            return brk(e.seq, "record is out of order or duplicated".into());
+        if seq < self.next_seq {
+            return brk(seq, "record is out of order or duplicated".into());
         }
-        if e.prev_hash != self.prev_hash {
+        if prev_hash != self.prev_hash {
             return brk(
-                e.seq,
+                seq,
                 "its previous-hash does not match the record before it: records were deleted, inserted or reordered".into(),
             );
         }
-        let want = event_hash(
-            e.seq,
-            e.ts_ms,
-            &e.kind,
-            e.agent.as_deref(),
-            e.task_id.as_deref(),
-            &e.data,
-            &e.prev_hash,
-        );
-        if want != e.hash {
+        if !content_matches() {
             return brk(
-                e.seq,
+                seq,
                 "its content does not match its hash: the record was edited".into(),
             );
         }
-        self.next_seq = e.seq.saturating_add(1);
-        self.prev_hash.clone_from(&e.hash);
+        self.next_seq = seq.saturating_add(1);
+        hash.clone_into(&mut self.prev_hash);
+        Ok(())
+    }
+
+    /// Takes the next record as one this process's own writer just linked and committed:
+    /// its place in the chain (sequence, previous hash) is checked, its content is not
+    /// hashed again (the writer computed that hash from the typed event a moment ago).
+    pub fn feed_own(&mut self, seq: i64, prev_hash: &str, hash: &str) -> Result<(), ChainBreak> {
+        if seq != self.next_seq || prev_hash != self.prev_hash {
+            return Err(ChainBreak {
+                seq,
+                problem: "a record the writer committed does not follow the one before it".into(),
+            });
+        }
+        self.next_seq = seq.saturating_add(1);
+        hash.clone_into(&mut self.prev_hash);
         Ok(())
     }
 
@@ -602,6 +729,80 @@ mod tests {
 #[cfg(test)]
 mod vectors {
     use super::*;
+
+    fn stored(e: &Event, data: &str) -> StoredEvent {
+        StoredEvent {
+            seq: e.seq,
+            ts_ms: e.ts_ms,
+            kind: e.kind.clone(),
+            agent: e.agent.clone(),
+            task_id: e.task_id.clone(),
+            data: data.to_owned(),
+            prev_hash: e.prev_hash.clone(),
+            hash: e.hash.clone(),
+        }
+    }
+
+    /// The stored text is canonical, so its bytes hash to the chain hash as they are; a
+    /// reformatted record still checks (the same meaning), an edited one does not.
+    #[test]
+    fn stored_text_hashes_as_it_is_and_reformatting_is_not_a_break() {
+        for kind in &crate::examples::ALL_KINDS {
+            let (e, text) = link_text(
+                NewEvent {
+                    ts_ms: 5,
+                    agent: Some("a".into()),
+                    task_id: None,
+                    body: crate::example(*kind),
+                },
+                3,
+                GENESIS_HASH,
+            );
+            assert_eq!(text, canonical_text(&e.data));
+            assert_eq!(
+                event_hash_text(
+                    e.seq,
+                    e.ts_ms,
+                    &e.kind,
+                    e.agent.as_deref(),
+                    None,
+                    &text,
+                    &e.prev_hash
+                ),
+                e.hash,
+                "{kind:?}"
+            );
+            assert_eq!(
+                e.hash,
+                link(
+                    NewEvent {
+                        ts_ms: 5,
+                        agent: Some("a".into()),
+                        task_id: None,
+                        body: crate::example(*kind)
+                    },
+                    3,
+                    GENESIS_HASH
+                )
+                .hash
+            );
+            assert!(stored(&e, &text).content_matches());
+            let pretty = serde_json::to_string_pretty(&e.data).unwrap_or_default();
+            assert!(
+                stored(&e, &pretty).content_matches(),
+                "{kind:?}: reformatted"
+            );
+            let mut edited = e.data.clone();
+            if let Value::Object(m) = &mut edited {
+                m.insert("zz_added".into(), Value::Bool(true));
+            }
+            assert!(
+                !stored(&e, &edited.to_string()).content_matches(),
+                "{kind:?}: edited"
+            );
+            assert!(!stored(&e, "not json").content_matches());
+        }
+    }
 
     /// Pins the chain hash: a change here breaks verification of every stored chain. The
     /// same digest comes from Python: sha256(json.dumps(record, sort_keys=True,

@@ -45,6 +45,9 @@ const WITNESS_CHECKPOINT: &str = "checkpoint";
 const WITNESS_HASHES: &str = "hashes";
 /// Records read per query while walking.
 const PAGE: i64 = 10_000;
+/// Most committed records held for the checkpointer between two walks; past it, records
+/// are read back from the store instead.
+const MAX_HANDED_OVER: usize = 1_000_000;
 /// Most leaves read to build one proof.
 pub const MAX_PROOF_TREE: u64 = 50_000_000;
 
@@ -157,10 +160,22 @@ pub struct AuditLog {
     pending: AtomicU64,
     wake: Notify,
     witness_failure: std::sync::Mutex<Option<String>>,
+    /// (seq, previous hash, hash) of records the writer committed since the last walk.
+    own: std::sync::Mutex<Vec<(i64, String, String)>>,
 }
 
 impl CommitObserver for AuditLog {
     fn committed(&self, events: &[Event]) {
+        {
+            let mut own = lock(&self.own);
+            if own.len() + events.len() <= MAX_HANDED_OVER {
+                own.extend(
+                    events
+                        .iter()
+                        .map(|e| (e.seq, e.prev_hash.clone(), e.hash.clone())),
+                );
+            }
+        }
         let n = u64::try_from(events.len()).unwrap_or(u64::MAX);
         let before = self.pending.fetch_add(n, Ordering::Relaxed);
         if before < self.settings.every_events && before + n >= self.settings.every_events {
@@ -284,6 +299,7 @@ impl AuditLog {
             pending: AtomicU64::new(0),
             wake: Notify::new(),
             witness_failure: std::sync::Mutex::new(None),
+            own: std::sync::Mutex::new(Vec::new()),
         }))
     }
 
@@ -421,26 +437,54 @@ impl AuditLog {
         Ok(())
     }
 
-    /// Feeds every committed record not yet walked.
+    /// Feeds every committed record not yet walked: those the writer handed over as it
+    /// committed them are linked without being hashed again; any other (committed before
+    /// the walk began, or past the hand-over's bound) is read from the store and checked
+    /// in full.
     async fn catch_up(&self, store: &dyn Store) -> Result<(), ChainBreak> {
+        let own = std::mem::take(&mut *lock(&self.own));
+        let mut own = own.into_iter().peekable();
         let mut st = self.state.lock().await;
+        let witnessing = self.settings.witness_dir.is_some();
         loop {
+            while let Some((seq, prev, hash)) = own.peek() {
+                let size = i64::try_from(st.check.size()).unwrap_or(i64::MAX);
+                if *seq <= size {
+                    own.next();
+                    continue;
+                }
+                if *seq != size + 1 {
+                    break;
+                }
+                st.check.feed_own(*seq, prev, hash)?;
+                if witnessing && let Some(h) = merkle::from_hex(hash) {
+                    st.unwitnessed.push(h);
+                }
+                own.next();
+            }
             let after = i64::try_from(st.check.size()).unwrap_or(i64::MAX);
+            let next_own = own.peek().map(|o| o.0);
+            let want = next_own.map_or(PAGE, |n| (n - 1 - after).clamp(1, PAGE));
             let page = store
-                .events_after(after, PAGE)
+                .events_after(after, want)
                 .await
                 .map_err(|e| ChainBreak {
                     seq: after + 1,
                     problem: format!("could not be read: {e}"),
                 })?;
             if page.is_empty() {
-                return Ok(());
+                return match next_own {
+                    Some(_) => Err(ChainBreak {
+                        seq: after + 1,
+                        problem: "committed by the writer but no longer in the store: removed"
+                            .into(),
+                    }),
+                    None => Ok(()),
+                };
             }
             for e in &page {
                 st.check.feed(e)?;
-                if self.settings.witness_dir.is_some()
-                    && let Some(h) = merkle::from_hex(&e.hash)
-                {
+                if witnessing && let Some(h) = merkle::from_hex(&e.hash) {
                     st.unwitnessed.push(h);
                 }
             }

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use mandate_audit::{Event, NewEvent, link};
+use mandate_audit::{Event, NewEvent, link_text};
 use mandate_core::{
     AgentName, AgentStatus, ApprovalKind, ApprovalState, Grant, HumanId, TaskState,
 };
@@ -317,8 +317,8 @@ async fn append_in(
     let mut out = Vec::with_capacity(events.len());
     let mut texts = Vec::with_capacity(events.len());
     for new in events {
-        let e = link(new, seq, &hash);
-        texts.push(serde_json::to_string(&e.data).map_err(|err| StoreError::Db(err.to_string()))?);
+        let (e, text) = link_text(new, seq, &hash);
+        texts.push(text);
         seq = e.seq;
         hash.clone_from(&e.hash);
         out.push(e);

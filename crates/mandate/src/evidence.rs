@@ -11,7 +11,7 @@ use anyhow::{Context, Result, bail};
 use mandate_audit::check::LogCheck;
 use mandate_audit::merkle::Hash;
 use mandate_audit::note::{Checkpoint, NoteSigner, NoteVerifier};
-use mandate_audit::{ChainBreak, Event};
+use mandate_audit::{ChainBreak, Event, StoredEvent};
 use sqlx::Row;
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions};
 
@@ -55,6 +55,31 @@ pub async fn page(db: &SqlitePool, after: i64, limit: i64) -> Result<Vec<Event>>
                 agent: r.try_get("agent")?,
                 task_id: r.try_get("task_id")?,
                 data: serde_json::from_str(&data).unwrap_or(serde_json::Value::String(data)),
+                prev_hash: r.try_get("prev_hash")?,
+                hash: r.try_get("hash")?,
+            })
+        })
+        .collect()
+}
+
+/// Records after `after` as stored (the data as its text), at most `limit`, in order.
+async fn page_stored(db: &SqlitePool, after: i64, limit: i64) -> Result<Vec<StoredEvent>> {
+    let rows = sqlx::query(
+        "SELECT seq, ts_ms, kind, agent, task_id, data, prev_hash, hash FROM audit_events WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+    )
+    .bind(after)
+    .bind(limit)
+    .fetch_all(db)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(StoredEvent {
+                seq: r.try_get("seq")?,
+                ts_ms: r.try_get("ts_ms")?,
+                kind: r.try_get("kind")?,
+                agent: r.try_get("agent")?,
+                task_id: r.try_get("task_id")?,
+                data: r.try_get("data")?,
                 prev_hash: r.try_get("prev_hash")?,
                 hash: r.try_get("hash")?,
             })
@@ -182,14 +207,14 @@ pub async fn verify(
             };
             let mut after = 0;
             'pages: loop {
-                let events = page(&db, after, PAGE).await?;
+                let events = page_stored(&db, after, PAGE).await?;
                 let Some(last) = events.last() else { break };
                 after = last.seq;
                 for e in &events {
                     if e.seq > head.0 {
                         break 'pages;
                     }
-                    if let Err(b) = check.feed(e) {
+                    if let Err(b) = check.feed_stored(e) {
                         return Ok(fail(records, b));
                     }
                     records += 1;
