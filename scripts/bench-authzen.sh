@@ -17,8 +17,8 @@ if ! command -v wrk >/dev/null; then
 fi
 command -v wrk >/dev/null || { echo "wrk is needed (Debian package wrk)"; exit 1; }
 
-cargo build --release --quiet -p mandate
-cargo build --release --quiet -p mandate-server --example constant_server
+[ -x target/release/mandate ] || cargo build --release --quiet -p mandate  # never rebuilds an existing binary
+[ -x target/release/examples/constant_server ] || cargo build --release --quiet -p mandate-server --example constant_server
 work="$(mktemp -d)"
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'; }
 mport="$(port)"; cport="$(port)"

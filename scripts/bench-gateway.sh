@@ -37,8 +37,8 @@ command -v wrk >/dev/null || { echo "wrk is needed (Debian package wrk)"; exit 1
 NGINX="$(command -v nginx || echo /usr/sbin/nginx)"
 [ -x "$NGINX" ] || { echo "nginx is needed (Debian package nginx)"; exit 1; }
 
-cargo build --release --quiet -p mandate
-cargo build --release --quiet -p mandate-server --example constant_server
+[ -x target/release/mandate ] || cargo build --release --quiet -p mandate  # never rebuilds an existing binary
+[ -x target/release/examples/constant_server ] || cargo build --release --quiet -p mandate-server --example constant_server
 work="$(mktemp -d)"
 ngx="$(mktemp -d)"
 chmod 755 "$ngx" # nginx workers drop to an unprivileged user when started as root

@@ -11,8 +11,8 @@ cd "$(dirname "$0")/.."
 tasks="${1:-10000}"
 events="${2:-1000000}"
 agents="${3:-1000}"
-cargo build --release --quiet -p mandate
-cargo build --release --quiet -p mandate-server --example seed_store
+[ -x target/release/mandate ] || cargo build --release --quiet -p mandate  # never rebuilds an existing binary
+[ -x target/release/examples/seed_store ] || cargo build --release --quiet -p mandate-server --example seed_store
 work="$(mktemp -d)"
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'; }
