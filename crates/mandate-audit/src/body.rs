@@ -10,7 +10,7 @@
 use mandate_core::{
     ActionClass, AgentStatus, ApprovalKind, ApprovalState, ApproverRole, AttestationRule,
     DataDomain, Decision, Destination, Grant, HumanId, ItemOutcome, Obligation, Outcome,
-    RequestedScope, RiskTier, Sensitivity, TaskState, ToolName,
+    RequestedScope, RiskTier, Sensitivity, SpanRecord, TaskState, ToolName,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -344,6 +344,10 @@ pub struct CallDecided {
     pub approved_by: Option<Vec<String>>,
     /// Allowed by break-glass, outside policy.
     pub break_glass: bool,
+    /// The decision's span (OTLP export): in the agent's trace when it sent a
+    /// `traceparent`, under Mandate's call span when a gateway made the call.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace: Option<SpanRecord>,
 }
 
 /// `call.refused`: a call refused before its decision (bad token, ended task, approval
@@ -394,6 +398,10 @@ pub struct CallRefused {
     /// Whether this is a summary of rate-limited refusals.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub summarised: Option<bool>,
+    /// The refusal's span (OTLP export), when the caller sent a `traceparent` or the
+    /// task is known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace: Option<SpanRecord>,
 }
 
 /// `policy.loaded`.
@@ -708,6 +716,9 @@ pub struct GatewayResult {
     pub error: Option<String>,
     /// Time from decision to the end of the answer, µs.
     pub duration_us: u64,
+    /// The call's span (OTLP export), parent of its decision's span.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace: Option<SpanRecord>,
 }
 
 /// `tool.pinned` and `tool.changed`.

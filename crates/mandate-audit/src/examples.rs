@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use mandate_core::{
     ActionClass, AgentStatus, ApprovalKind, ApprovalState, ApproverRole, AttestationRule,
     DataDomain, Decision, Destination, Grant, HumanId, ItemOutcome, Obligation, Outcome,
-    RequestedScope, RiskTier, Sensitivity, TaskState, ToolName,
+    RequestedScope, RiskTier, Sensitivity, SpanRecord, TaskState, ToolName,
 };
 
 use crate::EventKind;
@@ -256,6 +256,13 @@ pub fn example(kind: EventKind) -> Body {
             approval_id: None,
             approved_by: None,
             break_glass: false,
+            trace: Some(SpanRecord {
+                trace_id: s("4bf92f3577b34da6a3ce929d0e0e4736"),
+                span_id: s("53995c3f42cd8ad8"),
+                parent_span_id: Some(s("00f067aa0ba902b7")),
+                start_us: 1_767_000_000_000_000,
+                end_us: 1_767_000_000_000_041,
+            }),
         }),
         EventKind::CallRefused => Body::CallRefused(CallRefused {
             code: s("task_not_active"),
@@ -406,6 +413,13 @@ pub fn example(kind: EventKind) -> Body {
             untrusted_content: false,
             error: None,
             duration_us: 1800,
+            trace: Some(SpanRecord {
+                trace_id: s("4bf92f3577b34da6a3ce929d0e0e4736"),
+                span_id: s("00f067aa0ba902b7"),
+                parent_span_id: Some(s("a3ce929d0e0e4736")),
+                start_us: 1_766_999_999_999_900,
+                end_us: 1_767_000_000_001_800,
+            }),
         }),
         EventKind::ToolPinned => Body::ToolPinned(seen(false)),
         EventKind::ToolChanged => Body::ToolChanged(seen(true)),

@@ -14,6 +14,11 @@ pub trait Clock: Send + Sync + fmt::Debug {
     fn now_secs(&self) -> i64 {
         self.now_ms().div_euclid(1000)
     }
+
+    /// The current time in microseconds since the Unix epoch (span times).
+    fn now_us(&self) -> i64 {
+        self.now_ms().saturating_mul(1000)
+    }
 }
 
 /// The wall clock.
@@ -27,6 +32,14 @@ impl Clock for SystemClock {
     )]
     fn now_ms(&self) -> UnixMillis {
         jiff::Timestamp::now().as_millisecond()
+    }
+
+    #[expect(
+        clippy::disallowed_methods,
+        reason = "the real clock: the one place wall time is read"
+    )]
+    fn now_us(&self) -> i64 {
+        jiff::Timestamp::now().as_microsecond()
     }
 }
 

@@ -216,10 +216,14 @@ pub fn random_secret(prefix: &str) -> Result<String, aws_lc_rs::error::Unspecifi
 
 /// Lowercase hex SHA-256 of `data`.
 pub fn sha256_hex(data: &[u8]) -> String {
-    let d = digest::digest(&digest::SHA256, data);
+    hex(digest::digest(&digest::SHA256, data).as_ref())
+}
+
+/// Lowercase hex of `bytes`.
+pub fn hex(bytes: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(64);
-    for b in d.as_ref() {
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
         for nibble in [b >> 4, b & 0x0f] {
             out.push(char::from(
                 DIGITS.get(usize::from(nibble)).copied().unwrap_or(b'0'),

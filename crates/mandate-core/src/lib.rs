@@ -15,6 +15,7 @@ mod ids;
 mod limits;
 mod scope;
 mod task;
+mod trace;
 
 pub use agent::{AgentStatus, AttestationRule, RiskTier};
 pub use approval::{ApprovalKind, ApprovalState, ApproverRole};
@@ -26,7 +27,7 @@ pub use clock::{Clock, ManualClock, SystemClock, UnixMillis};
 pub use decision::{ApprovalTerms, Decision, ItemOutcome, Obligation, Outcome};
 pub use human::{HumanId, HumanIdError};
 pub use ids::{
-    AgentName, IdError, IdGen, RandomIds, RngFailed, SequentialIds, SpiffeId, TrustDomain,
+    AgentName, IdError, IdGen, RandomIds, RngFailed, SequentialIds, SpiffeId, TrustDomain, hex,
     random_id, random_secret, sha256_hex,
 };
 pub use limits::Limits;
@@ -35,3 +36,4 @@ pub use scope::{
     Sensitivity, ToolName,
 };
 pub use task::{TaskState, TransitionError};
+pub use trace::{CallSpan, SpanRecord, TraceParent, span_id_for, task_trace_id};

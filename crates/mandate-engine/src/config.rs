@@ -53,6 +53,8 @@ pub struct ServerConfig {
     pub log: crate::checkpoints::LogSettings,
     /// Told of every committed audit event, after its commit (none by default).
     pub observers: Vec<Arc<dyn crate::audit_writer::CommitObserver>>,
+    /// Where decision and gateway spans are exported over OTLP/HTTP (off when `None`).
+    pub otlp: Option<crate::otlp::OtlpSettings>,
 }
 
 impl ServerConfig {
@@ -80,6 +82,7 @@ impl ServerConfig {
             ids: Arc::new(mandate_core::RandomIds),
             log: crate::checkpoints::LogSettings::default(),
             observers: Vec::new(),
+            otlp: None,
         }
     }
 }

@@ -5,6 +5,7 @@
 use std::time::{Duration, Instant};
 
 use mandate_audit::{Body, CallDecided, CallRefused, NewEvent, ShadowDisagreement, Verdict};
+use mandate_core::{SpanRecord, TraceParent, span_id_for, task_trace_id};
 use mandate_policy::Outcome;
 use serde::{Deserialize, Serialize};
 
@@ -26,6 +27,32 @@ pub struct DecideOptions {
     /// When the call needs an approval, wait this long for it (at most the configured
     /// `max_approval_wait_secs`).
     pub wait: Duration,
+    /// The caller's trace context (`traceparent`, or the gateway's call span): the
+    /// decision's span joins that trace, under that span.
+    pub trace: Option<TraceParent>,
+}
+
+/// The span of a decision or refusal: in the caller's trace under the caller's span, or,
+/// without one, in the task's own trace (none when the task is unknown too).
+fn span(
+    trace: Option<&TraceParent>,
+    task: Option<&str>,
+    seed: &str,
+    start_us: i64,
+    end_us: i64,
+) -> Option<SpanRecord> {
+    let (trace_id, parent) = match (trace, task) {
+        (Some(t), _) => (t.trace_id, Some(t.parent_id)),
+        (None, Some(task)) => (task_trace_id(task), None),
+        (None, None) => return None,
+    };
+    Some(SpanRecord::new(
+        trace_id,
+        span_id_for(seed),
+        parent,
+        start_us,
+        end_us,
+    ))
 }
 
 /// A per-call decision, recorded before it is returned.
@@ -74,8 +101,10 @@ impl Engine {
         options: DecideOptions,
     ) -> Result<Decided, Error> {
         let started = Instant::now();
+        let started_us = self.clock.now_us();
         self.check_call(&call, &options)?;
         let approval_id = options.approval_id;
+        let trace = options.trace;
         let now = self.clock.now_ms();
         let evaluated = match self.evaluate(token, &call) {
             Ok(e) => e,
@@ -89,6 +118,13 @@ impl Engine {
                         tool: Some(call.tool.to_string()),
                         action: Some(call.action),
                         args_digest: Some(call.args.digest().to_owned()),
+                        trace: span(
+                            trace.as_ref(),
+                            refusal.task.as_deref(),
+                            &format!("refused:{started_us}:{}", call.args.digest()),
+                            started_us,
+                            self.clock.now_us(),
+                        ),
                         ..CallRefused::default()
                     }),
                 };
@@ -129,6 +165,13 @@ impl Engine {
                             action: Some(call.action),
                             args_digest: Some(call.args.digest().to_owned()),
                             approval_id: approval_id.clone(),
+                            trace: span(
+                                trace.as_ref(),
+                                Some(&task.id),
+                                &decision_id,
+                                started_us,
+                                self.clock.now_us(),
+                            ),
                             ..CallRefused::default()
                         }),
                     };
@@ -161,6 +204,13 @@ impl Engine {
                     policies: Some(d.policies.clone()),
                     bundle_version: Some(d.bundle_version.clone()),
                     latency_us: Some(latency_us),
+                    trace: span(
+                        trace.as_ref(),
+                        Some(&task.id),
+                        &decision_id,
+                        started_us,
+                        self.clock.now_us(),
+                    ),
                     ..CallRefused::default()
                 }),
             };
@@ -205,6 +255,13 @@ impl Engine {
                     .filter(|_| d.outcome == Outcome::Allow)
                     .map(|a| a.approved_by.clone()),
                 break_glass,
+                trace: span(
+                    trace.as_ref(),
+                    Some(&task.id),
+                    &decision_id,
+                    started_us,
+                    self.clock.now_us(),
+                ),
             }),
         };
         self.audit.record(ev, history).await?;

@@ -419,6 +419,10 @@ impl Engine {
         )?;
         let mut observers = config.observers.clone();
         observers.push(Arc::clone(&log) as Arc<dyn crate::audit_writer::CommitObserver>);
+        if let Some(otlp) = &config.otlp {
+            let exporter = crate::otlp::OtlpExporter::spawn(otlp.clone())?;
+            observers.push(exporter as Arc<dyn crate::audit_writer::CommitObserver>);
+        }
         let audit = AuditWriter::spawn_observed(Arc::clone(&store), observers);
         // A broken chain is never appended to: the server starts (so readiness can say
         // why) but records and decides nothing.

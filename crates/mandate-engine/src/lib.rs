@@ -20,6 +20,7 @@ pub mod controls;
 pub mod decide;
 pub mod engine;
 pub mod error;
+pub mod otlp;
 pub mod pins;
 pub mod secrets;
 mod sync;

@@ -227,7 +227,14 @@ impl ExtAuthz {
     async fn decide(&self, req: &CheckRequest) -> CheckResponse {
         let outcome = match translate(req) {
             Ok((token, call)) => {
-                let (call, options) = call.into_call();
+                let trace = req
+                    .attributes
+                    .as_ref()
+                    .and_then(|a| a.request.as_ref())
+                    .and_then(|r| r.http.as_ref())
+                    .and_then(|h| h.headers.get("traceparent"))
+                    .and_then(|v| mandate_core::TraceParent::parse(v));
+                let (call, options) = call.into_call(trace);
                 self.engine
                     .decide(&token, call, options)
                     .await

@@ -21,6 +21,6 @@ mod server;
 
 pub use mandate_engine::{
     ApprovalRef, Call, Engine, Evaluated, LiveTask, ServerConfig, checkpoints, config, engine,
-    secrets, verify, webhook,
+    otlp, secrets, verify, webhook,
 };
 pub use server::{RunningServer, Server};

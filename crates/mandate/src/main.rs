@@ -175,6 +175,14 @@ struct ServeArgs {
     #[arg(long, default_value_t = 10, env = "MANDATE_BODY_READ_TIMEOUT_SECS",
           value_parser = clap::value_parser!(u64).range(1..30))]
     body_read_timeout_secs: u64,
+    /// Export a span for every decision, refusal and gateway call to this OpenTelemetry
+    /// collector (OTLP/HTTP protobuf; spans go to <URL>/v1/traces). Spans join the agent's
+    /// trace when it sends a W3C `traceparent`.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    otlp_endpoint: Option<String>,
+    /// `service.name` of the exported spans.
+    #[arg(long, default_value = "mandate", env = "OTEL_SERVICE_NAME")]
+    otlp_service_name: String,
 }
 
 #[derive(Debug, Args)]
@@ -254,6 +262,22 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
         witness_url: a.witness_url,
     };
     config.ext_authz_listen = a.ext_authz_listen;
+    if let Some(endpoint) = a.otlp_endpoint.filter(|e| !e.is_empty()) {
+        if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
+            anyhow::bail!("--otlp-endpoint must be an http:// or https:// URL, not {endpoint:?}");
+        }
+        config.otlp = Some(mandate_server::otlp::OtlpSettings {
+            endpoint,
+            service_name: a.otlp_service_name,
+            resource: vec![
+                ("mandate.trust_domain".to_owned(), a.trust_domain.clone()),
+                (
+                    "deployment.environment.name".to_owned(),
+                    config.environment.clone(),
+                ),
+            ],
+        });
+    }
     config.limits.agent_decisions_per_sec = a.agent_decisions_per_sec;
     config.limits.task_decisions_per_sec = a.task_decisions_per_sec;
     config.limits.max_connections = usize::try_from(a.max_connections).unwrap_or(usize::MAX);

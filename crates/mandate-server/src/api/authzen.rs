@@ -251,6 +251,7 @@ async fn evaluate_one(
     engine: &Engine,
     req: &EvaluationRequest,
     header_token: Option<&str>,
+    trace: Option<mandate_core::TraceParent>,
 ) -> Result<EvaluationResponse, ApiError> {
     let (token, subject_id, decide) = translate(req, header_token)?;
     if let Some(id) = subject_id {
@@ -263,7 +264,7 @@ async fn evaluate_one(
             ));
         }
     }
-    let (call, options) = decide.into_call();
+    let (call, options) = decide.into_call(trace);
     Ok(answer(engine.decide(&token, call, options).await?))
 }
 
@@ -277,9 +278,14 @@ pub async fn evaluation(
     headers: HeaderMap,
     ApiJson(req): ApiJson<EvaluationRequest>,
 ) -> Result<Json<EvaluationResponse>, ApiError> {
-    evaluate_one(&engine, &req, bearer(&headers)?.as_deref())
-        .await
-        .map(Json)
+    evaluate_one(
+        &engine,
+        &req,
+        bearer(&headers)?.as_deref(),
+        crate::edge::traceparent(&headers),
+    )
+    .await
+    .map(Json)
 }
 
 /// AuthZEN access evaluations: a batch, each item decided (and recorded) as one
@@ -320,13 +326,16 @@ pub async fn evaluations(
         }
     }
     let token = header_token.as_deref();
+    let trace = crate::edge::traceparent(&headers);
     let mut out = Vec::with_capacity(items.len());
     if semantic == Semantic::ExecuteAll {
         // Every item is decided in order (each runs to its audit append before the next
         // is polled) and their events share group commits: one fsync for the batch, not
         // one per item. The answer still waits for every event to be durable.
         let results = futures_util::future::join_all(
-            items.iter().map(|one| evaluate_one(&engine, one, token)),
+            items
+                .iter()
+                .map(|one| evaluate_one(&engine, one, token, trace)),
         )
         .await;
         for r in results {
@@ -334,7 +343,7 @@ pub async fn evaluations(
         }
     } else {
         for one in &items {
-            let r = item_answer(evaluate_one(&engine, one, token).await)?;
+            let r = item_answer(evaluate_one(&engine, one, token, trace).await)?;
             let stop = match semantic {
                 Semantic::ExecuteAll => false,
                 Semantic::DenyOnFirstDeny => !r.decision,

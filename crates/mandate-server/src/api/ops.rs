@@ -37,9 +37,10 @@ pub use mandate_engine::Decided as DecideResponse;
 pub async fn decide(
     State(engine): AppState,
     bearer: Bearer,
+    headers: axum::http::HeaderMap,
     ApiJson(req): ApiJson<DecideRequest>,
 ) -> Result<Json<DecideResponse>, ApiError> {
-    let (call, options) = req.into_call();
+    let (call, options) = req.into_call(crate::edge::traceparent(&headers));
     Ok(Json(engine.decide(&bearer.0, call, options).await?))
 }
 

@@ -4,7 +4,10 @@
 
 use std::time::Duration;
 
-use mandate_core::{ActionClass, CanonicalArgs, DataDomain, Destination, Sensitivity, ToolName};
+use axum::http::HeaderMap;
+use mandate_core::{
+    ActionClass, CanonicalArgs, DataDomain, Destination, Sensitivity, ToolName, TraceParent,
+};
 use mandate_engine::{Call, DecideOptions};
 use serde::Deserialize;
 use utoipa::ToSchema;
@@ -46,8 +49,9 @@ pub struct DecideRequest {
 }
 
 impl DecideRequest {
-    /// The engine's call and options; the engine checks the bounds.
-    pub fn into_call(self) -> (Call, DecideOptions) {
+    /// The engine's call and options, with the caller's trace context; the engine checks
+    /// the bounds.
+    pub fn into_call(self, trace: Option<TraceParent>) -> (Call, DecideOptions) {
         let call = Call {
             tool: self.tool,
             action: self.action,
@@ -60,7 +64,20 @@ impl DecideRequest {
         let options = DecideOptions {
             approval_id: self.approval_id,
             wait: Duration::from_secs(self.wait_secs.unwrap_or(0)),
+            trace,
         };
         (call, options)
     }
+}
+
+/// The caller's W3C trace context: exactly one valid `traceparent` header, else none (a
+/// repeated or malformed header starts a new trace, as the specification says; the call
+/// is not refused for it).
+pub fn traceparent(headers: &HeaderMap) -> Option<TraceParent> {
+    let mut values = headers.get_all("traceparent").iter();
+    let first = values.next()?;
+    if values.next().is_some() {
+        return None;
+    }
+    TraceParent::parse(first.to_str().ok()?)
 }

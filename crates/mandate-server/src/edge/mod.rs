@@ -6,6 +6,6 @@ pub mod call;
 pub mod extract;
 pub mod upstream;
 
-pub use call::DecideRequest;
+pub use call::{DecideRequest, traceparent};
 pub use extract::{ApiJson, ApiQuery, Bearer, bearer_token, strict_json_body};
 pub use upstream::{check_literal, client};

@@ -18,7 +18,7 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
-use mandate_core::CanonicalArgs;
+use mandate_core::{CallSpan, CanonicalArgs};
 use mandate_gateway::ratelimit::Buckets;
 use mandate_gateway::routes;
 use mandate_gateway::{
@@ -347,6 +347,11 @@ fn forwarded_headers(
     let mut decided = Map::new();
     for name in headers.keys() {
         let n = name.as_str();
+        // Mandate sends its own context on (the call's span), and the agent's is no part
+        // of the decided call: a trace id must not change what an approval binds.
+        if n == "traceparent" {
+            continue;
+        }
         let extra = up.forward_headers.iter().any(|h| h == n);
         if !(n == "content-type" || FORWARDED.contains(&n) || extra) {
             continue;
@@ -463,12 +468,19 @@ async fn handle(gw: &Arc<Gateway>, req: Request) -> Result<Response, ApiError> {
     )?;
     // Rate limits apply to a verified identity only; a bad token is refused (and
     // audited) by the decide path below.
-    let slot = match gw.engine.verify_task_token(&token) {
+    let started_us = gw.engine.clock.now_us();
+    let (slot, span) = match gw.engine.verify_task_token(&token) {
         Ok(claims) => {
             gw.rate_limit(&claims.sub, &claims.task_id)?;
-            Some(gw.agent_slot(&claims.sub, permit)?)
+            let span = CallSpan::open(
+                crate::edge::traceparent(&parts.headers),
+                &claims.task_id,
+                &mandate_core::random_id("span").unwrap_or_default(),
+                started_us,
+            );
+            (Some(gw.agent_slot(&claims.sub, permit)?), Some(span))
         }
-        Err(_) => None,
+        Err(_) => (None, None),
     };
     let (forward_headers, decided_headers) = forwarded_headers(&parts.headers, parsed.upstream)?;
     let limits = &gw.config.limits;
@@ -542,7 +554,7 @@ async fn handle(gw: &Arc<Gateway>, req: Request) -> Result<Response, ApiError> {
         approval_id,
         wait_secs,
     };
-    let (call, options) = call.into_call();
+    let (call, options) = call.into_call(span.as_ref().map(CallSpan::child_context));
     let d = gw
         .engine
         .decide(&token, call, options)
@@ -584,6 +596,10 @@ async fn handle(gw: &Arc<Gateway>, req: Request) -> Result<Response, ApiError> {
     let mut out = client.request(parts.method.clone(), url.clone());
     for (name, value) in forward_headers {
         out = out.header(name, value);
+    }
+    // Mandate's own context goes on: the upstream's spans hang under the call.
+    if let Some(span) = &span {
+        out = out.header("traceparent", span.child_context().header_value());
     }
     if let Some((kind, header_name, value)) = credential {
         let (name, v) = match kind {
@@ -650,6 +666,7 @@ async fn handle(gw: &Arc<Gateway>, req: Request) -> Result<Response, ApiError> {
         tool: route.tool.to_string(),
         untrusted: up.untrusted,
         started,
+        span,
         change,
         _slot: slot,
     };

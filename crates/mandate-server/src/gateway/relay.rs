@@ -24,6 +24,8 @@ pub struct Context {
     pub tool: String,
     pub untrusted: bool,
     pub started: Instant,
+    /// The call's span (none when the token did not verify).
+    pub span: Option<mandate_core::CallSpan>,
     /// What a change through the gateway did, for `mandate audit changes`: the method, the
     /// canonical target (path and query as forwarded), the request body's digest.
     pub change: Change,
@@ -118,6 +120,7 @@ fn record(ctx: &Context, status: Option<u16>, bytes: u64, redacted: bool, error:
             untrusted_content: ctx.untrusted,
             error: error.map(|e| e.to_string()),
             duration_us: u64::try_from(ctx.started.elapsed().as_micros()).unwrap_or(u64::MAX),
+            trace: ctx.span.map(|s| s.record(ctx.engine.clock.now_us())),
         }),
     };
     // The decision was recorded durably before forwarding; the result joins the next

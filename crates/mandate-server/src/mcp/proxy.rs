@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use mandate_audit::{Body, CallRefused, GatewayResult, HiddenTool, McpRequest, NewEvent};
-use mandate_core::{ActionClass, CanonicalArgs, ToolName};
+use mandate_core::{ActionClass, CallSpan, CanonicalArgs, ToolName};
 use mandate_gateway::mcp::{McpServer, McpTransport};
 use mandate_policy::Outcome;
 use rmcp::model::{
@@ -55,6 +55,31 @@ impl ProxyHandler {
                     ErrorData::invalid_request(e.message, Some(json!({ "code": e.code })))
                 })
             })
+    }
+
+    /// The span of one request: in the trace of `_meta.traceparent` (the MCP way) or of
+    /// the HTTP `traceparent` header, else in the task's own trace.
+    fn span(
+        ctx: &RequestContext<RoleServer>,
+        meta: Option<&serde_json::Map<String, Value>>,
+        task: &LiveTask,
+        start_us: i64,
+    ) -> CallSpan {
+        let agent = meta
+            .and_then(|m| m.get("traceparent"))
+            .and_then(Value::as_str)
+            .and_then(mandate_core::TraceParent::parse)
+            .or_else(|| {
+                ctx.extensions
+                    .get::<axum::http::request::Parts>()
+                    .and_then(|p| crate::edge::traceparent(&p.headers))
+            });
+        CallSpan::open(
+            agent,
+            &task.id,
+            &mandate_core::random_id("span").unwrap_or_default(),
+            start_us,
+        )
     }
 
     fn task(&self, token: &str) -> Result<Arc<LiveTask>, ErrorData> {
@@ -182,6 +207,7 @@ impl ProxyHandler {
         resource: &str,
         arguments: Value,
         meta: Option<&serde_json::Map<String, Value>>,
+        span: &CallSpan,
     ) -> Result<Result<mandate_engine::Decided, CallToolResult>, ErrorData> {
         let args = CanonicalArgs::parse(&arguments.to_string())
             .map_err(|e| ErrorData::invalid_params(e.to_string(), None))?;
@@ -201,7 +227,7 @@ impl ProxyHandler {
             approval_id,
             wait_secs,
         };
-        let (call, options) = call.into_call();
+        let (call, options) = call.into_call(Some(span.child_context()));
         let d = self
             .gw
             .engine
@@ -245,12 +271,13 @@ impl ProxyHandler {
         F: FnOnce(Arc<super::Upstream>) -> Fut,
         Fut: std::future::Future<Output = Result<T, rmcp::ServiceError>>,
     {
-        let started = Instant::now();
+        let started = (Instant::now(), self.gw.engine.clock.now_us());
         let token = Self::token(ctx)?;
         let task = self.task(&token)?;
+        let span = Self::span(ctx, None, &task, started.1);
         let tool = self.policy_tool(kind)?;
         let d = match self
-            .decide(&token, tool, ActionClass::Read, resource, args, None)
+            .decide(&token, tool, ActionClass::Read, resource, args, None, &span)
             .await?
         {
             Ok(d) => d,
@@ -272,7 +299,7 @@ impl ProxyHandler {
         let res = tokio::select! {
             r = send(up) => r.map_err(|e| upstream_err(e.to_string()))?,
             () = task.until_ended() => {
-                self.result(&task, (&d.decision_id, kind), Answer::None("task_ended".into()), started)
+                self.result(&task, (&d.decision_id, kind), Answer::None("task_ended".into()), (started.0, &span))
                     .await
                     .ok();
                 return Err(ended_in_flight());
@@ -287,7 +314,7 @@ impl ProxyHandler {
             &task,
             (&d.decision_id, &what),
             Answer::Relayed { size, note: None },
-            started,
+            (started.0, &span),
         )
         .await?;
         Ok(res)
@@ -320,7 +347,7 @@ impl ProxyHandler {
         task: &LiveTask,
         (decision, what): (&str, &str),
         answer: Answer,
-        started: Instant,
+        (started, span): (Instant, &CallSpan),
     ) -> Result<(), ErrorData> {
         let (size, error, answered) = match answer {
             Answer::Relayed { size, note } => (size, note, true),
@@ -361,6 +388,7 @@ impl ProxyHandler {
                 untrusted_content: untrusted,
                 error,
                 duration_us: u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+                trace: Some(span.record(self.gw.engine.clock.now_us())),
             }),
         };
         self.gw.engine.audit.append_deferred(ev);
@@ -473,9 +501,16 @@ impl ServerHandler for ProxyHandler {
         request: CallToolRequestParams,
         ctx: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
-        let started = Instant::now();
+        let started = (Instant::now(), self.gw.engine.clock.now_us());
         let token = Self::token(&ctx)?;
         let task = self.task(&token)?;
+        // rmcp moves a request's `_meta` into the context.
+        let meta = request
+            .meta
+            .as_ref()
+            .map(|m| &m.0.0)
+            .or(Some(&ctx.meta.0.0));
+        let span = Self::span(&ctx, meta, &task, started.1);
         let tool = self.policy_tool(&request.name)?;
         // The definition must be pinned and approved: look at what the server shows now.
         let listing = self.listing(&task, false).await?;
@@ -505,14 +540,16 @@ impl ServerHandler for ProxyHandler {
         }
         let action = self.action_of(&tool, def.map(|(t, _)| t));
         let arguments = Value::Object(request.arguments.clone().unwrap_or_default());
-        // rmcp moves a request's `_meta` into the context.
-        let meta = request
-            .meta
-            .as_ref()
-            .map(|m| &m.0.0)
-            .or(Some(&ctx.meta.0.0));
         let d = match self
-            .decide(&token, tool, action, &request.name, arguments.clone(), meta)
+            .decide(
+                &token,
+                tool,
+                action,
+                &request.name,
+                arguments.clone(),
+                meta,
+                &span,
+            )
             .await?
         {
             Ok(d) => d,
@@ -540,7 +577,7 @@ impl ServerHandler for ProxyHandler {
         let answer = tokio::select! {
             r = up.call_tool(forward) => r,
             () = task.until_ended() => {
-                self.result(&task, (&d.decision_id, "tools/call"), Answer::None("task_ended".into()), started)
+                self.result(&task, (&d.decision_id, "tools/call"), Answer::None("task_ended".into()), (started.0, &span))
                     .await
                     .ok();
                 return Err(ended_in_flight());
@@ -554,7 +591,7 @@ impl ServerHandler for ProxyHandler {
                     &task,
                     (&d.decision_id, "tools/call"),
                     Answer::Relayed { size, note },
-                    started,
+                    (started.0, &span),
                 )
                 .await?;
                 Ok(result.into())
@@ -564,7 +601,7 @@ impl ServerHandler for ProxyHandler {
                     &task,
                     (&d.decision_id, "tools/call"),
                     Answer::None(e.to_string()),
-                    started,
+                    (started.0, &span),
                 )
                 .await
                 .ok();
