@@ -206,8 +206,7 @@ impl ProxyHandler {
         action: ActionClass,
         resource: &str,
         arguments: Value,
-        meta: Option<&serde_json::Map<String, Value>>,
-        span: &CallSpan,
+        (meta, span): (Option<&serde_json::Map<String, Value>>, &CallSpan),
     ) -> Result<Result<mandate_engine::Decided, CallToolResult>, ErrorData> {
         let args = CanonicalArgs::parse(&arguments.to_string())
             .map_err(|e| ErrorData::invalid_params(e.to_string(), None))?;
@@ -277,7 +276,14 @@ impl ProxyHandler {
         let span = Self::span(ctx, None, &task, started.1);
         let tool = self.policy_tool(kind)?;
         let d = match self
-            .decide(&token, tool, ActionClass::Read, resource, args, None, &span)
+            .decide(
+                &token,
+                tool,
+                ActionClass::Read,
+                resource,
+                args,
+                (None, &span),
+            )
             .await?
         {
             Ok(d) => d,
@@ -547,8 +553,7 @@ impl ServerHandler for ProxyHandler {
                 action,
                 &request.name,
                 arguments.clone(),
-                meta,
-                &span,
+                (meta, &span),
             )
             .await?
         {
