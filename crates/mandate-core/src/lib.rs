@@ -36,4 +36,4 @@ pub use scope::{
     Sensitivity, ToolName,
 };
 pub use task::{TaskState, TransitionError};
-pub use trace::{CallSpan, SpanRecord, TraceParent, span_id_for, task_trace_id};
+pub use trace::{CallSpan, SpanIds, SpanRecord, TraceParent, span_id_for, task_trace_id};

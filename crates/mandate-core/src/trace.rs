@@ -175,6 +175,9 @@ impl CallSpan {
     }
 }
 
+/// A span's ids as bytes: the trace, the span, its parent.
+pub type SpanIds = ([u8; 16], [u8; 8], Option<[u8; 8]>);
+
 /// The span an audit record stands for, as exported over OTLP: ids in lower-case hex,
 /// times in microseconds since the Unix epoch.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -208,6 +211,20 @@ impl SpanRecord {
             start_us,
             end_us: end_us.max(start_us),
         }
+    }
+
+    /// The trace, span and parent ids as bytes; `None` when a stored id is not the hex it
+    /// should be (a record edited by hand).
+    pub fn ids(&self) -> Option<SpanIds> {
+        let parent = match &self.parent_span_id {
+            Some(p) => Some(hex_bytes::<8>(p.as_bytes())?),
+            None => None,
+        };
+        Some((
+            hex_bytes::<16>(self.trace_id.as_bytes())?,
+            hex_bytes::<8>(self.span_id.as_bytes())?,
+            parent,
+        ))
     }
 }
 

@@ -228,6 +228,7 @@ enum Value {
 #[derive(Debug)]
 struct Span {
     record: SpanRecord,
+    ids: mandate_core::SpanIds,
     name: String,
     kind: Kind,
     attributes: Vec<(&'static str, Value)>,
@@ -343,6 +344,7 @@ impl Span {
             _ => return None,
         };
         Some(Self {
+            ids: record.ids()?,
             record,
             name,
             kind,
@@ -420,13 +422,6 @@ fn attribute(out: &mut Vec<u8>, field: u32, k: &str, v: &Value) {
     });
 }
 
-fn hex_bytes(s: &str) -> Vec<u8> {
-    (0..s.len() / 2)
-        .filter_map(|i| s.get(i * 2..i * 2 + 2))
-        .filter_map(|p| u8::from_str_radix(p, 16).ok())
-        .collect()
-}
-
 fn nanos(us: i64) -> u64 {
     u64::try_from(us).unwrap_or(0).saturating_mul(1000)
 }
@@ -468,10 +463,11 @@ fn encode_request(settings: &OtlpSettings, spans: &[Span]) -> Vec<u8> {
 
 /// `Span` (opentelemetry/proto/trace/v1/trace.proto).
 fn encode_span(out: &mut Vec<u8>, s: &Span) {
-    pb::bytes(out, 1, &hex_bytes(&s.record.trace_id));
-    pb::bytes(out, 2, &hex_bytes(&s.record.span_id));
-    if let Some(p) = &s.record.parent_span_id {
-        pb::bytes(out, 4, &hex_bytes(p));
+    let (trace, span, parent) = s.ids;
+    pb::bytes(out, 1, &trace);
+    pb::bytes(out, 2, &span);
+    if let Some(p) = parent {
+        pb::bytes(out, 4, &p);
     }
     pb::bytes(out, 5, s.name.as_bytes());
     pb::uint(out, 6, s.kind as u64);
