@@ -9,8 +9,8 @@
 
 use mandate_core::{
     ActionClass, AgentStatus, ApprovalKind, ApprovalState, ApproverRole, AttestationRule,
-    DataDomain, Decision, Destination, Grant, HumanId, ItemOutcome, Obligation, Outcome,
-    RequestedScope, RiskTier, Sensitivity, SpanRecord, TaskState, ToolName,
+    DataDomain, Decision, Delegation, Destination, Grant, HumanId, ItemOutcome, Obligation,
+    Outcome, RequestedScope, RiskTier, Sensitivity, SpanRecord, TaskState, ToolName,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -124,6 +124,10 @@ bodies! {
     TaskTainted(TaskTainted) = "task.tainted",
     /// The store commits again after failing.
     StoreRecovered(StoreRecovered) = "store.recovered",
+    /// A task delegated a sub-task to an agent (RFC 8693 token exchange).
+    TaskDelegated(TaskDelegated) = "task.delegated",
+    /// A delegation was refused.
+    DelegationRefused(DelegationRefused) = "delegation.refused",
 }
 
 /// How a task ended.
@@ -348,6 +352,93 @@ pub struct CallDecided {
     /// `traceparent`, under Mandate's call span when a gateway made the call.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trace: Option<SpanRecord>,
+    /// Where the task sits in its delegation chain, when it was delegated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delegation: Option<ChainRef>,
+}
+
+/// A delegated task's place in its chain, as decisions carry it (the full chain is in the
+/// task's `task.delegated` event).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChainRef {
+    /// Links below the root.
+    pub depth: u32,
+    /// The task that delegated this one.
+    pub parent_task: String,
+    /// The task at the top of the chain.
+    pub root_task: String,
+}
+
+impl From<&Delegation> for ChainRef {
+    fn from(d: &Delegation) -> Self {
+        Self {
+            depth: d.depth,
+            parent_task: d.parent_task.clone(),
+            root_task: d.root_task.clone(),
+        }
+    }
+}
+
+/// `task.delegated`, on the child task: what was asked, what the parent held, what policy
+/// decided and what the child was granted.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskDelegated {
+    /// The child's declared intent.
+    pub purpose: String,
+    /// The chain, this task last.
+    pub delegation: Delegation,
+    /// What the sub-task asked for.
+    pub requested: RequestedScope,
+    /// What the parent held when it delegated.
+    pub parent_grant: Grant,
+    /// What the child was granted (within both).
+    pub grant: Grant,
+    /// Each requested pair and how policy answered it for the child agent.
+    pub items: Vec<ItemOutcome>,
+    /// The `delegate` decision.
+    pub decision: Decision,
+    /// The granted lifetime.
+    pub ttl_secs: i64,
+    /// When the child expires (unix ms; never after its parent).
+    pub expires_at_ms: i64,
+    /// The facts inherited from the parent (taint, data domains touched).
+    pub inherited: Inherited,
+}
+
+/// What a child inherits from its parent's history at delegation time.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Inherited {
+    /// Content from an untrusted source had entered the parent.
+    pub untrusted_content: bool,
+    /// Data domains the parent had touched.
+    pub data_domains: Vec<String>,
+    /// Reads of confidential or restricted data by the parent.
+    pub sensitive_reads: i64,
+}
+
+/// `delegation.refused`, on the parent task when it is known: the stable code, what was
+/// asked and what the parent held.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DelegationRefused {
+    /// The stable code the caller got.
+    pub code: String,
+    /// Why.
+    pub message: String,
+    /// The agent the sub-task was for, when its identity token was valid.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub child_agent: Option<String>,
+    /// What was asked, when it parsed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requested: Option<RequestedScope>,
+    /// What the parent held, when it was live.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent_grant: Option<Grant>,
+    /// Each way the ask exceeded the parent.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub widening: Vec<String>,
+    /// The refusing decision, when policy refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decision: Option<Decision>,
 }
 
 /// `call.refused`: a call refused before its decision (bad token, ended task, approval

@@ -5,16 +5,17 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use mandate_core::{
-    ActionClass, AgentStatus, ApprovalKind, ApprovalState, ApproverRole, AttestationRule,
-    DataDomain, Decision, Destination, Grant, HumanId, ItemOutcome, Obligation, Outcome,
-    RequestedScope, RiskTier, Sensitivity, SpanRecord, TaskState, ToolName,
+    ActionClass, AgentName, AgentStatus, ApprovalKind, ApprovalState, ApproverRole,
+    AttestationRule, DataDomain, Decision, Delegation, DelegationLink, Destination, Grant, HumanId,
+    ItemOutcome, Obligation, Outcome, RequestedScope, RiskTier, Sensitivity, SpanRecord, TaskState,
+    ToolName,
 };
 
 use crate::EventKind;
 use crate::body::*;
 
 /// Every kind, in declaration order.
-pub const ALL_KINDS: [EventKind; 43] = [
+pub const ALL_KINDS: [EventKind; 45] = [
     EventKind::AgentRegistered,
     EventKind::AgentStatusChanged,
     EventKind::JoinTokenIssued,
@@ -58,6 +59,8 @@ pub const ALL_KINDS: [EventKind; 43] = [
     EventKind::McpRequest,
     EventKind::TaskTainted,
     EventKind::StoreRecovered,
+    EventKind::TaskDelegated,
+    EventKind::DelegationRefused,
 ];
 
 fn s(v: &str) -> String {
@@ -95,6 +98,20 @@ fn grant() -> Grant {
         tools: BTreeMap::from([(tool(), BTreeSet::from([ActionClass::Write]))]),
         data_domains: BTreeSet::from([domain()]),
         destinations: BTreeSet::from([destination()]),
+    }
+}
+
+fn delegation() -> Delegation {
+    let link = |task: &str, agent: &str| DelegationLink {
+        task_id: s(task),
+        agent: AgentName::parse(agent).unwrap_or_else(|_| unreachable!("a valid agent name")),
+    };
+    Delegation {
+        depth: 1,
+        parent_task: s("tsk_1"),
+        root_task: s("tsk_1"),
+        root_owner: s("alice@example.com"),
+        chain: vec![link("tsk_1", "billing-bot"), link("tsk_2", "ledger-bot")],
     }
 }
 
@@ -263,6 +280,7 @@ pub fn example(kind: EventKind) -> Body {
                 start_us: 1_767_000_000_000_000,
                 end_us: 1_767_000_000_000_041,
             }),
+            delegation: Some(ChainRef::from(&delegation())),
         }),
         EventKind::CallRefused => Body::CallRefused(CallRefused {
             code: s("task_not_active"),
@@ -444,6 +462,31 @@ pub fn example(kind: EventKind) -> Body {
         EventKind::TaskTainted => Body::TaskTainted(TaskTainted { source: s("docs") }),
         EventKind::StoreRecovered => Body::StoreRecovered(StoreRecovered {
             failure: s("database or disk is full"),
+        }),
+        EventKind::TaskDelegated => Body::TaskDelegated(TaskDelegated {
+            purpose: s("look up order 42's refund history"),
+            delegation: delegation(),
+            requested: scope(),
+            parent_grant: grant(),
+            grant: grant(),
+            items: items(),
+            decision: decision(Outcome::Allow),
+            ttl_secs: 300,
+            expires_at_ms: 1_700_000_300_000,
+            inherited: Inherited {
+                untrusted_content: true,
+                data_domains: vec![s("payments")],
+                sensitive_reads: 1,
+            },
+        }),
+        EventKind::DelegationRefused => Body::DelegationRefused(DelegationRefused {
+            code: s("delegation_widens"),
+            message: s("the sub-task asks for more than its parent holds"),
+            child_agent: Some(s("ledger-bot")),
+            requested: Some(scope()),
+            parent_grant: Some(Grant::default()),
+            widening: vec![s("tool `billing.refund` is not in the parent's grant")],
+            decision: None,
         }),
     }
 }

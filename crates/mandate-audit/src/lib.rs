@@ -162,6 +162,12 @@ pub enum EventKind {
     /// The store commits again after failing (full disk, I/O error).
     #[serde(rename = "store.recovered")]
     StoreRecovered,
+    /// A task delegated a sub-task to an agent.
+    #[serde(rename = "task.delegated")]
+    TaskDelegated,
+    /// A delegation was refused.
+    #[serde(rename = "delegation.refused")]
+    DelegationRefused,
 }
 
 impl EventKind {
@@ -211,6 +217,8 @@ impl EventKind {
             Self::McpRequest => "mcp.request",
             Self::TaskTainted => "task.tainted",
             Self::StoreRecovered => "store.recovered",
+            Self::TaskDelegated => "task.delegated",
+            Self::DelegationRefused => "delegation.refused",
         }
     }
 }

@@ -35,5 +35,5 @@ pub use scope::{
     ActionClass, DataDomain, Destination, Grant, OutsideGrant, RequestedScope, ScopeError,
     Sensitivity, ToolName,
 };
-pub use task::{TaskState, TransitionError};
+pub use task::{Delegation, DelegationLink, TaskState, TransitionError, widening};
 pub use trace::{CallSpan, SpanIds, SpanRecord, TraceParent, span_id_for, task_trace_id};

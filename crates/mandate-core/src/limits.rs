@@ -42,6 +42,9 @@ pub struct Limits {
     pub max_pending_approvals_per_task: i64,
     /// Longest life of a break-glass grant, in seconds.
     pub max_break_glass_ttl_secs: i64,
+    /// Deepest delegation chain: a task started directly is depth 0, each delegation
+    /// below it one more.
+    pub max_delegation_depth: u32,
     /// Decisions one agent may ask for per second, over all its tasks and every decision
     /// entry point (decide, AuthZEN, ext_authz, MCP, gateway); bursts up to twice this.
     pub agent_decisions_per_sec: u32,
@@ -80,6 +83,7 @@ impl Default for Limits {
             max_pending_approvals_per_agent: 20,
             max_pending_approvals_per_task: 5,
             max_break_glass_ttl_secs: 30 * 60,
+            max_delegation_depth: 3,
             agent_decisions_per_sec: 500,
             task_decisions_per_sec: 250,
             max_connections: 1024,

@@ -4,6 +4,8 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use crate::{AgentName, Grant, RequestedScope};
+
 /// A task's life: pending → active → completed / expired / revoked.
 /// The three end states are final: nothing leaves them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
@@ -86,6 +88,99 @@ impl FromStr for TaskState {
     }
 }
 
+/// One link of a delegation chain: a task and the agent that runs it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DelegationLink {
+    /// The task.
+    pub task_id: String,
+    /// Its agent.
+    pub agent: AgentName,
+}
+
+/// Where a delegated task sits in its chain (R8). A task started directly has none.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Delegation {
+    /// Links below the root: 1 for a task delegated by a root task.
+    pub depth: u32,
+    /// The task that delegated this one.
+    pub parent_task: String,
+    /// The task at the top of the chain (started directly).
+    pub root_task: String,
+    /// The accountable human owner of the root task's agent.
+    pub root_owner: String,
+    /// Every link from the root down to this task, this task last.
+    pub chain: Vec<DelegationLink>,
+}
+
+impl Delegation {
+    /// The delegation of a child `task_id` of `agent` under a parent with `parent` (its
+    /// own delegation, `None` for a root task).
+    pub fn child_of(
+        parent: Option<&Delegation>,
+        parent_link: DelegationLink,
+        parent_owner: &str,
+        child: DelegationLink,
+    ) -> Self {
+        let (root_task, root_owner, mut chain, depth) = match parent {
+            Some(p) => (
+                p.root_task.clone(),
+                p.root_owner.clone(),
+                p.chain.clone(),
+                p.depth + 1,
+            ),
+            None => (
+                parent_link.task_id.clone(),
+                parent_owner.to_owned(),
+                vec![parent_link.clone()],
+                1,
+            ),
+        };
+        chain.push(child);
+        Self {
+            depth,
+            parent_task: parent_link.task_id,
+            root_task,
+            root_owner,
+            chain,
+        }
+    }
+}
+
+/// How a requested sub-task would exceed what its parent holds now: one entry per
+/// dimension that widens, each naming what was asked and what the parent holds.
+pub fn widening(asked: &RequestedScope, parent: &Grant) -> Vec<String> {
+    let mut out = Vec::new();
+    for tool in &asked.tools {
+        match parent.tools.get(tool) {
+            None => out.push(format!("tool `{tool}` is not in the parent's grant")),
+            Some(held) => {
+                for a in &asked.actions {
+                    if !held.contains(a) {
+                        let held: Vec<&str> = held.iter().map(|h| h.as_str()).collect();
+                        out.push(format!(
+                            "action `{a}` on tool `{tool}` is not in the parent's grant (it holds {})",
+                            held.join(", ")
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    for d in &asked.data_domains {
+        if !parent.data_domains.contains(d) {
+            out.push(format!("data domain `{d}` is not in the parent's grant"));
+        }
+    }
+    for d in &asked.destinations {
+        if !parent.destinations.contains(d) {
+            out.push(format!("destination `{d}` is not in the parent's grant"));
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::TaskState::{self, *};
@@ -113,5 +208,40 @@ mod tests {
         for s in all {
             assert_eq!(s.as_str().parse::<TaskState>().unwrap(), s);
         }
+    }
+
+    #[test]
+    fn widening_names_every_dimension() {
+        use crate::{ActionClass, DataDomain, Destination, Grant, RequestedScope, ToolName};
+        let t = |s: &str| ToolName::parse(s).unwrap();
+        let mut parent = Grant::default();
+        parent
+            .tools
+            .insert(t("tickets.search"), [ActionClass::Read].into());
+        parent
+            .data_domains
+            .insert(DataDomain::parse("support").unwrap());
+        parent
+            .destinations
+            .insert(Destination::parse("api.example.com:443").unwrap());
+        let within = RequestedScope {
+            tools: vec![t("tickets.search")],
+            actions: vec![ActionClass::Read],
+            data_domains: vec![DataDomain::parse("support").unwrap()],
+            destinations: vec![Destination::parse("API.example.com:443").unwrap()],
+        };
+        assert!(super::widening(&within, &parent).is_empty());
+        let wider = RequestedScope {
+            tools: vec![t("tickets.search"), t("tickets.delete")],
+            actions: vec![ActionClass::Read, ActionClass::Write],
+            data_domains: vec![DataDomain::parse("finance").unwrap()],
+            destinations: vec![Destination::parse("api.example.com:8443").unwrap()],
+        };
+        let w = super::widening(&wider, &parent);
+        assert_eq!(w.len(), 4, "{w:?}");
+        assert!(w[0].contains("action `write`"));
+        assert!(w[1].contains("tickets.delete"));
+        assert!(w[2].contains("finance"));
+        assert!(w[3].contains("8443"));
     }
 }

@@ -3,17 +3,15 @@
 
 use mandate_audit::{
     AgentRegistered, AgentStatusChanged, Body, IdentityIssued, JoinTokenIssued, NewEvent, Refused,
-    TaskEnd, TaskEnded,
 };
 use mandate_core::{
-    AgentName, AgentStatus, AttestationRule, HumanId, RiskTier, SpiffeId, TaskState, random_secret,
-    sha256_hex,
+    AgentName, AgentStatus, AttestationRule, HumanId, RiskTier, SpiffeId, random_secret, sha256_hex,
 };
 use mandate_store::{AgentRecord, JoinTokenRecord};
 use mandate_token::IdentityClaims;
 use serde::{Deserialize, Serialize};
 
-use crate::engine::{Engine, PendingEnd};
+use crate::engine::Engine;
 use crate::error::{Error, Kind};
 use crate::tasks::checked_text;
 
@@ -270,24 +268,28 @@ impl Engine {
         // Cut the agent off in memory first, so no call is allowed while the store catches
         // up; if the store fails, each revocation stays enforced and is retried.
         let revoke = |id: &str| {
-            self.end_live(id);
-            self.remember_end(
-                id,
-                PendingEnd {
-                    from: vec![TaskState::Active, TaskState::Pending],
-                    to: TaskState::Revoked,
-                    kind: TaskEnd::Revoked,
-                    reason: format!("agent {}", req.status),
-                    by: by.to_owned(),
-                    agent: name.to_string(),
-                    detail: TaskEnded::default(),
-                },
-            );
+            let Some(t) = self.end_live(id) else { return };
+            let reason = if t.agent == *name {
+                format!("agent {}", req.status)
+            } else {
+                format!(
+                    "a task above it in its delegation chain was revoked: agent {name} {}",
+                    req.status
+                )
+            };
+            self.remember_end(id, crate::engine::cascade_end(&t.agent, &reason, by));
         };
+        // Its tasks and every task delegated below them, whichever agent runs it.
         let cut: Vec<String> = if req.status == AgentStatus::Active {
             Vec::new()
         } else {
-            self.agent_tasks(name)
+            let own = self.agent_tasks(name);
+            let below = own.iter().flat_map(|id| self.descendants(id));
+            let mut all: Vec<String> = below.map(|t| t.id.clone()).collect();
+            all.extend(own);
+            all.sort();
+            all.dedup();
+            all
         };
         for id in &cut {
             revoke(id);
@@ -304,7 +306,7 @@ impl Engine {
         );
         let revoked = self
             .store
-            .set_agent_status(name, req.status, now, ev)
+            .set_agent_status(name, req.status, now, by, ev)
             .await
             .map_err(|e| Error::store(&e))?;
         // The store revoked every live task of the agent in the same transaction,

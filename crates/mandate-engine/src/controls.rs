@@ -406,6 +406,7 @@ struct Facts {
     argument_policies: Vec<String>,
     history_policies: Vec<String>,
     destination_policies: Vec<String>,
+    delegation_policies: Vec<String>,
     counts: BTreeMap<String, i64>,
 }
 
@@ -456,6 +457,7 @@ impl Engine {
             argument_policies: Vec::new(),
             history_policies: Vec::new(),
             destination_policies: Vec::new(),
+            delegation_policies: Vec::new(),
             counts,
         };
         for p in bundle.policy_set().policies() {
@@ -474,6 +476,9 @@ impl Engine {
             }
             if text.contains("context.history") || text.contains("taint") {
                 facts.history_policies.push(id.clone());
+            }
+            if text.contains("Action::\"delegate\"") || text.contains("context.delegation") {
+                facts.delegation_policies.push(id.clone());
             }
             if text.contains("destination") {
                 facts.destination_policies.push(id);
@@ -776,11 +781,22 @@ impl Engine {
                 )
             }
             M::Delegation => {
-                gaps.push(
-                    "delegation between agents (token exchange that never widens) is not built"
-                        .into(),
-                );
-                ("delegation that never widens", Status::Gap, &[])
+                evidence.push(format!(
+                    "RFC 8693 token exchange at /oauth2/token: a child's grant stays within every task above it, ends no later than its parent, depth at most {}; each call of a delegate is also decided as its ancestors' would be; ending a task ends its descendants",
+                    self.config.limits.max_delegation_depth
+                ));
+                let status = if f.delegation_policies.is_empty() {
+                    gaps.push("no policy names `Action::\"delegate\"` or `context.delegation`: every delegation is refused by default".into());
+                    Status::Partial
+                } else {
+                    evidence.push(listed("policies on delegation", &f.delegation_policies));
+                    Status::Implemented
+                };
+                (
+                    "delegation that never widens",
+                    status,
+                    &["task.delegated", "delegation.refused"],
+                )
             }
             M::Egress => {
                 if upstreams == 0 {

@@ -262,6 +262,7 @@ impl Engine {
                     started_us,
                     self.clock.now_us(),
                 ),
+                delegation: task.delegation.as_ref().map(mandate_audit::ChainRef::from),
             }),
         };
         self.audit.record(ev, history).await?;

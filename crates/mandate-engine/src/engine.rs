@@ -66,6 +66,11 @@ pub struct LiveTask {
     pending: AtomicBool,
     /// Set when the task is a break-glass grant: (break-glass id, the human who declared it).
     pub break_glass: Option<(String, String)>,
+    /// Where it sits in its delegation chain, when another task delegated it.
+    pub delegation: Option<mandate_core::Delegation>,
+    /// The live task that delegated it: its grant bounds every call of this one, and its
+    /// policy decides each of them too.
+    pub parent: Option<Arc<LiveTask>>,
     /// Set the moment the task ends; checked on every call.
     ended: AtomicBool,
     /// Wakes whatever waits on the task's end (calls in flight, streams).
@@ -204,6 +209,23 @@ impl LiveTask {
             data: serde_json::to_string(&*h)
                 .unwrap_or_else(|_| r#"{"untrusted_content":true}"#.to_owned()),
         }
+    }
+
+    /// The tasks above this one in its delegation chain, its parent first.
+    pub fn ancestors(&self) -> impl Iterator<Item = &Arc<LiveTask>> {
+        std::iter::successors(self.parent.as_ref(), |t| t.parent.as_ref())
+    }
+
+    /// True when `id` is this task or one above it in its chain.
+    pub fn descends_from(&self, id: &str) -> bool {
+        self.ancestors().any(|t| t.id == id)
+    }
+
+    /// What the task may do now: its own grant within every grant above it.
+    pub fn effective_grant(&self) -> Grant {
+        let own = self.current_grant();
+        self.ancestors()
+            .fold(own, |g, a| g.intersect(&read(&a.grant)))
     }
 
     /// Marks the task ended and wakes everything waiting on it.
@@ -627,7 +649,15 @@ impl Engine {
                 // Its revocation did not commit before a crash: keep it refused.
                 continue;
             }
-            let mut task = self.live_task(agent, &t).map_err(|e| e.message)?;
+            let mut task = match self.live_task(agent, &t) {
+                Ok(task) => task,
+                Err(e) if e.code == "parent_not_active" => {
+                    // Its parent's end committed, the cascade to it did not: end it now.
+                    self.remember_end(&t.id, cascade_end(&t.agent, &e.message, "mandate"));
+                    continue;
+                }
+                Err(e) => return Err(e.message),
+            };
             if let (Some(bg), Some(t)) = (break_glass.get(&t.id), Arc::get_mut(&mut task)) {
                 t.break_glass = Some(bg.clone());
             }
@@ -666,8 +696,22 @@ impl Engine {
                 id: t.id.clone(),
                 purpose: t.purpose.clone(),
                 environment: self.config.environment.clone(),
+                delegation: t.delegation.clone(),
             },
         );
+        let parent = match &t.delegation {
+            None => None,
+            Some(d) => Some(self.live_get(&d.parent_task).ok_or_else(|| {
+                Error::new(
+                    Kind::Forbidden,
+                    "parent_not_active",
+                    format!(
+                        "task {} is not live: it cannot have live delegates",
+                        d.parent_task
+                    ),
+                )
+            })?),
+        };
         let bundle = self.bundle();
         let bundle_version = bundle.version().to_owned();
         let entities = bundle
@@ -695,6 +739,8 @@ impl Engine {
             facts,
             pending: AtomicBool::new(t.state == TaskState::Pending),
             break_glass: None,
+            delegation: t.delegation.clone(),
+            parent,
             ended: AtomicBool::new(false),
             end_signal: tokio::sync::Notify::new(),
             history_rev: AtomicI64::new(0),
@@ -737,12 +783,35 @@ impl Engine {
         id: &str,
         end: PendingEnd,
     ) -> Result<bool, mandate_store::StoreError> {
+        // Ended in memory first, then its descendants are looked for: a delegation racing
+        // this end either is found here or sees its parent ended and ends itself.
         let ended = self.end_live(id);
         self.remember_end(id, end.clone());
+        let why = format!(
+            "task {id} above it in its delegation chain became {}: {}",
+            end.to, end.reason
+        );
+        let below: Vec<(Arc<LiveTask>, PendingEnd)> = self
+            .descendants(id)
+            .into_iter()
+            .map(|t| {
+                self.end_live(&t.id);
+                let e = cascade_end(&t.agent, &why, &end.by);
+                self.remember_end(&t.id, e.clone());
+                (t, e)
+            })
+            .collect();
         if let Some(t) = &ended {
             t.drain().await;
         }
-        let mut r = self.record_end(id, &end).await;
+        for (t, _) in &below {
+            t.drain().await;
+        }
+        let mut r = if below.is_empty() {
+            self.record_end(id, &end).await
+        } else {
+            self.record_ends(id, &end, &below).await
+        };
         if matches!(r, Ok(false)) && ended.is_some() {
             // This call ended the live task; while it waited for decisions in flight the
             // sweeper may have recorded the end already.
@@ -754,11 +823,60 @@ impl Engine {
         }
         if r.is_ok() {
             self.forget_end(id);
+            for (t, _) in &below {
+                self.forget_end(&t.id);
+            }
         }
         if let Ok(agent) = AgentName::parse(&end.agent) {
             self.invalidate_task_approvals(id, &agent).await;
         }
+        for (t, _) in &below {
+            self.invalidate_task_approvals(&t.id, &t.agent).await;
+        }
         r
+    }
+
+    /// Every live task delegated below `id`, however deep.
+    pub fn descendants(&self, id: &str) -> Vec<Arc<LiveTask>> {
+        read(&self.tasks)
+            .values()
+            .filter(|t| t.descends_from(id))
+            .cloned()
+            .collect()
+    }
+
+    /// Records a task's end and its descendants' in one transaction.
+    async fn record_ends(
+        &self,
+        id: &str,
+        end: &PendingEnd,
+        below: &[(Arc<LiveTask>, PendingEnd)],
+    ) -> Result<bool, mandate_store::StoreError> {
+        let now = self.clock.now_ms();
+        let one = |id: &str, end: &PendingEnd| mandate_store::TaskMove {
+            id: id.to_owned(),
+            from: end.from.clone(),
+            to: end.to,
+            reason: end.reason.clone(),
+            event: NewEvent {
+                ts_ms: now,
+                agent: Some(end.agent.clone()),
+                task_id: Some(id.to_owned()),
+                body: Body::task_end(
+                    end.kind,
+                    TaskEnded {
+                        reason: end.reason.clone(),
+                        by: end.by.clone(),
+                        ..end.detail.clone()
+                    },
+                ),
+            },
+        };
+        let moves = std::iter::once(one(id, end))
+            .chain(below.iter().map(|(t, e)| one(&t.id, e)))
+            .collect();
+        let moved = self.store.transition_tasks(moves, now).await?;
+        Ok(moved.first().copied().unwrap_or(false))
     }
 
     /// Notes an end enforced in memory but not yet in the store.
@@ -1171,7 +1289,7 @@ impl Engine {
         let refusal = |code: &'static str, message: String| -> Box<Refusal> {
             Box::new(Refusal {
                 error: Error::new(Kind::Forbidden, code, message),
-                agent: SpiffeId::parse(&claims.sub)
+                agent: SpiffeId::parse(claims.actor())
                     .ok()
                     .map(|s| s.agent().to_string()),
                 task: Some(claims.task_id.clone()),
@@ -1199,7 +1317,7 @@ impl Engine {
                 format!("task {} has ended: start a new task", task.id),
             ));
         }
-        if task.token_jti != claims.jti || task.spiffe_id != claims.sub {
+        if task.token_jti != claims.jti || task.spiffe_id != claims.actor() {
             return Err(refusal(
                 "token_not_bound",
                 "the token is not the one issued for this task and agent".into(),
@@ -1251,6 +1369,14 @@ impl Engine {
                     r.policies.join(", ")
                 ));
             }
+            return Ok(Evaluated {
+                task,
+                decision,
+                shadow: None,
+                data_domain,
+            });
+        }
+        if let Some(decision) = self.outside_chain(&task, call, data_domain.as_ref(), &bundle) {
             return Ok(Evaluated {
                 task,
                 decision,
@@ -1313,7 +1439,36 @@ impl Engine {
                 });
             }
         };
-        let decision = bundle.decide_call(&entities, &request);
+        let mut decision = bundle.decide_call(&entities, &request);
+        // A delegate's call is also decided as each task above it would have been (its
+        // agent, its entities, its history, which counts what its delegates did): the
+        // strictest answer wins, so handing work down never skips a deny or an approval.
+        for a in task.ancestors() {
+            if decision.outcome == mandate_policy::Outcome::Deny {
+                break;
+            }
+            let link = match a.entities_for(&bundle) {
+                Ok(e) => {
+                    let h = lock(&a.history);
+                    bundle.decide_call(
+                        &e,
+                        &CallRequest {
+                            history: &h,
+                            ..request
+                        },
+                    )
+                }
+                Err(e) => Decision::deny(
+                    "mandate:internal-error",
+                    format!(
+                        "the entities of task {} could not be built ({e}); errors deny",
+                        a.id
+                    ),
+                    bundle.version(),
+                ),
+            };
+            decision = stricter(decision, link, a);
+        }
         // Shadow mode: the candidate decides the same input; only disagreements matter,
         // and they are recorded, never enforced.
         // The shadow bundle sees the call as its own catalog describes it, with the data
@@ -1342,6 +1497,43 @@ impl Engine {
         })
     }
 
+    /// A deny when a call of a delegate falls outside the grant of a task above it, or one
+    /// of them has ended; `None` when every link holds it.
+    fn outside_chain(
+        &self,
+        task: &LiveTask,
+        call: &Call,
+        data_domain: Option<&DataDomain>,
+        bundle: &Bundle,
+    ) -> Option<Decision> {
+        for a in task.ancestors() {
+            if a.is_ended() {
+                return Some(Decision::deny(
+                    GRANT_CEILING_POLICY,
+                    format!("task {} above it in its delegation chain has ended", a.id),
+                    bundle.version(),
+                ));
+            }
+            let within = read(&a.grant).check(
+                &call.tool,
+                call.action,
+                data_domain,
+                call.destination.as_ref(),
+            );
+            if let Err(outside) = within {
+                return Some(Decision::deny(
+                    GRANT_CEILING_POLICY,
+                    format!(
+                        "outside the grant of task {} (agent {}) that delegated it: {outside}",
+                        a.id, a.agent
+                    ),
+                    bundle.version(),
+                ));
+            }
+        }
+        None
+    }
+
     /// Counts an allowed call into its task's history, before its allow is recorded: the
     /// snapshot returned commits in the same transaction as the decision event. Should the
     /// commit fail, memory keeps the count (the stricter reading: the call is refused).
@@ -1351,22 +1543,31 @@ impl Engine {
         call: &Call,
         data_domain: Option<&DataDomain>,
     ) -> HistoryRow {
-        task.change_history(|h| {
+        let count = |h: &mut History| {
             h.record(
                 call.tool.as_str(),
                 call.action,
                 data_domain.map(DataDomain::as_str),
                 call.sensitivity,
             );
-        })
+        };
+        // What a delegate does is the chain's history too: the tasks above it see it on
+        // their own later calls.
+        for a in task.ancestors() {
+            self.audit.defer_history(a.change_history(count));
+        }
+        task.change_history(count)
     }
 
     /// Counts what an allowed call returned (the gateway reports it); the snapshot is
     /// written with the next transaction. Untrusted content should have been recorded by
     /// [`Engine::taint`] before it reached the agent; this is the backstop.
     pub fn record_result(&self, task: &LiveTask, bytes_returned: u64, untrusted_content: bool) {
-        let row = task.change_history(|h| h.record_result(bytes_returned, untrusted_content));
-        self.audit.defer_history(row);
+        let count = |h: &mut History| h.record_result(bytes_returned, untrusted_content);
+        self.audit.defer_history(task.change_history(count));
+        for a in task.ancestors() {
+            self.audit.defer_history(a.change_history(count));
+        }
     }
 
     /// Records, durably and before the content reaches the agent, that content from an
@@ -1377,6 +1578,10 @@ impl Engine {
             return Ok(());
         }
         let row = task.change_history(|h| h.record_result(0, true));
+        for a in task.ancestors() {
+            self.audit
+                .defer_history(a.change_history(|h| h.record_result(0, true)));
+        }
         let event = NewEvent {
             ts_ms: self.clock.now_ms(),
             agent: Some(task.agent.to_string()),
@@ -1605,6 +1810,50 @@ fn rebuild_history(h: &mut History, events: &[mandate_audit::Event]) {
                 d.sensitivity,
             );
         }
+    }
+}
+
+/// The stricter of a decision and the one a task above it in the chain gave the same call.
+fn stricter(own: Decision, link: Decision, above: &LiveTask) -> Decision {
+    use mandate_policy::Outcome;
+    let rank = |o: Outcome| match o {
+        Outcome::Allow => 0,
+        Outcome::ApprovalRequired => 1,
+        Outcome::Deny => 2,
+    };
+    if rank(link.outcome) > rank(own.outcome) {
+        let mut d = link;
+        let prefix = format!(
+            "as task {} of agent {} above it in its delegation chain would be",
+            above.id, above.agent
+        );
+        if d.reasons.is_empty() {
+            d.reasons.push(prefix);
+        } else {
+            for r in &mut d.reasons {
+                *r = format!("{prefix}: {r}");
+            }
+        }
+        d
+    } else {
+        let mut d = own;
+        if link.outcome == d.outcome {
+            d.obligations.extend(link.obligations);
+        }
+        d
+    }
+}
+
+/// The end of a task because one above it in its chain ended.
+pub(crate) fn cascade_end(agent: &AgentName, why: &str, by: &str) -> PendingEnd {
+    PendingEnd {
+        from: vec![TaskState::Active, TaskState::Pending],
+        to: TaskState::Revoked,
+        kind: TaskEnd::Revoked,
+        reason: why.to_owned(),
+        by: by.to_owned(),
+        agent: agent.to_string(),
+        detail: TaskEnded::default(),
     }
 }
 

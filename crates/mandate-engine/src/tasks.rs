@@ -150,11 +150,11 @@ pub fn checked_group(v: &str) -> Result<(), Error> {
     }
 }
 
-fn rng_failed(_: impl std::fmt::Debug) -> Error {
+pub(crate) fn rng_failed(_: impl std::fmt::Debug) -> Error {
     Error::internal("system RNG failed")
 }
 
-fn agent_gone(name: &AgentName, while_: &str) -> Error {
+pub(crate) fn agent_gone(name: &AgentName, while_: &str) -> Error {
     Error::new(
         Kind::Forbidden,
         "agent_not_active",
@@ -177,17 +177,19 @@ fn grant_of(scope: &RequestedScope) -> Grant {
 }
 
 /// What a task token says: the one input of [`Engine::issue_task_token`].
-struct TokenFor<'a> {
-    subject: &'a str,
-    task_id: &'a str,
-    jti: &'a str,
-    grant: Grant,
-    expires_at_secs: i64,
+pub(crate) struct TokenFor<'a> {
+    pub subject: &'a str,
+    pub task_id: &'a str,
+    pub jti: &'a str,
+    pub grant: Grant,
+    pub expires_at_secs: i64,
+    /// The delegation chain's actors (RFC 8693 `act`), for a delegated task.
+    pub act: Option<mandate_token::Act>,
 }
 
 impl Engine {
     /// Issues a task token: the one place task-token claims are built and signed.
-    fn issue_task_token(&self, t: TokenFor<'_>) -> Result<String, Error> {
+    pub(crate) fn issue_task_token(&self, t: TokenFor<'_>) -> Result<String, Error> {
         let now_secs = self.clock.now_secs();
         let claims = TaskClaims {
             iss: self.issuer.clone(),
@@ -199,13 +201,16 @@ impl Engine {
             jti: t.jti.to_owned(),
             task_id: t.task_id.to_owned(),
             grant: t.grant,
-            act: None,
+            act: t.act,
         };
         Ok(mandate_token::sign(&self.keys(), &claims)?)
     }
 
     /// The registered, active agent an identity token names.
-    async fn acting_agent(&self, identity_token: &str) -> Result<(SpiffeId, AgentRecord), Error> {
+    pub(crate) async fn acting_agent(
+        &self,
+        identity_token: &str,
+    ) -> Result<(SpiffeId, AgentRecord), Error> {
         let claims = self.verify_identity(identity_token)?;
         let spiffe = self.agent_of(&claims)?;
         let agent = self
@@ -233,7 +238,7 @@ impl Engine {
     /// Makes a stored task live, then looks at the store again: a quarantine that
     /// committed between the insert and now revoked the task without seeing it in memory,
     /// and its token must never work for a contained agent.
-    async fn go_live(
+    pub(crate) async fn go_live(
         &self,
         live: Arc<LiveTask>,
         states: &[TaskState],
@@ -316,6 +321,7 @@ impl Engine {
                     id: task_id.clone(),
                     purpose: purpose.to_owned(),
                     environment: self.config.environment.clone(),
+                    delegation: None,
                 },
                 &req.scope.tools,
             )
@@ -381,6 +387,7 @@ impl Engine {
             expires_at_ms: exp * 1000,
             ended_at_ms: None,
             end_reason: None,
+            delegation: None,
         };
         let token = if pending {
             None
@@ -391,6 +398,7 @@ impl Engine {
                 jti: &jti,
                 grant: sd.grant.clone(),
                 expires_at_secs: exp,
+                act: None,
             })?)
         };
         let ev = NewEvent {
@@ -542,6 +550,7 @@ impl Engine {
                 jti: &live.token_jti,
                 grant: live.current_grant(),
                 expires_at_secs: live.expires_at().div_euclid(1000),
+                act: None,
             })
         };
         let (a, token) = self.activate_start(&live, approval_id, wait, sign).await?;
@@ -634,6 +643,7 @@ impl Engine {
             expires_at_ms: (now_secs + ttl) * 1000,
             ended_at_ms: None,
             end_reason: None,
+            delegation: None,
         };
         let record = BreakGlassRecord {
             id: id.clone(),
@@ -652,6 +662,7 @@ impl Engine {
             jti: &jti,
             grant: grant.clone(),
             expires_at_secs: now_secs + ttl,
+            act: None,
         })?;
         let ev = NewEvent {
             ts_ms: now_ms,

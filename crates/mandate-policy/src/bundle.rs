@@ -178,8 +178,10 @@ pub struct Bundle {
     pub(crate) schema: Schema,
     pub(crate) meta: HashMap<PolicyId, PolicyMeta>,
     pub(crate) start: Slice,
+    pub(crate) delegate: Slice,
     pub(crate) calls: [Slice; 4],
     pub(crate) start_uid: EntityUid,
+    pub(crate) delegate_uid: EntityUid,
     pub(crate) call_uids: [EntityUid; 4],
     pub(crate) tool_type: EntityTypeName,
     pub(crate) authorizer: Authorizer,
@@ -332,6 +334,8 @@ impl Bundle {
         let tool_type = type_name("Mandate::Tool")?;
         let version = bundle_version(&files);
         let start = slice(&all, &start_uid, &tool_type)?;
+        let delegate_uid = uid(&action_ty, "delegate");
+        let delegate = slice(&all, &delegate_uid, &tool_type)?;
         let mut calls: [Slice; 4] = Default::default();
         for (i, a) in call_uids.iter().enumerate() {
             if let Some(s) = calls.get_mut(i) {
@@ -344,8 +348,10 @@ impl Bundle {
             schema,
             meta,
             start,
+            delegate,
             calls,
             start_uid,
+            delegate_uid,
             call_uids,
             tool_type,
             authorizer: Authorizer::new(),

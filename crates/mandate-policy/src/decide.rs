@@ -66,6 +66,25 @@ pub struct StartRequest<'a> {
     pub now_secs: i64,
 }
 
+/// A delegation to decide: the parent task (its entities) hands a sub-task to `child`.
+#[derive(Debug, Clone, Copy)]
+pub struct DelegateRequest<'a> {
+    /// The agent that will act.
+    pub child: &'a crate::AgentFacts,
+    /// The sub-task's declared intent.
+    pub purpose: &'a str,
+    /// What the sub-task asks for.
+    pub scope: &'a RequestedScope,
+    /// Its lifetime, seconds.
+    pub ttl_secs: i64,
+    /// `context.delegation` of the child as it would be.
+    pub delegation: &'a RestrictedExpression,
+    /// Deployment environment label.
+    pub environment: &'a str,
+    /// Unix seconds.
+    pub now_secs: i64,
+}
+
 /// The answer to a task start.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StartDecision {
@@ -277,6 +296,7 @@ impl Bundle {
                 history_record(req.history, req.tool.as_str()),
             ));
         }
+        pairs.push(("delegation".to_owned(), task.delegation.clone()));
         let context = Context::from_pairs(pairs).map_err(|e| format!("context: {e}"))?;
         let resource = uid(&self.tool_type, req.tool.as_str());
         Request::new(task.agent.clone(), action.clone(), resource, context, None)
@@ -446,6 +466,75 @@ impl Bundle {
             ttl_cap_secs,
             items,
             grant,
+        }
+    }
+
+    /// Decides a delegation (`Action::"delegate"`, the parent's agent as principal, the
+    /// parent task as resource). Total: every failure is a deny that says why.
+    pub fn decide_delegate(&self, parent: &TaskEntities, req: &DelegateRequest<'_>) -> Decision {
+        let child = req.child;
+        let child_record = RestrictedExpression::new_record(
+            [
+                ("name", s(&child.name)),
+                ("spiffe_id", s(&child.spiffe_id)),
+                ("owner", s(&child.owner)),
+                (
+                    "tier",
+                    RestrictedExpression::new_long(i64::from(child.tier)),
+                ),
+                ("trust_domain", s(&child.trust_domain)),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v)),
+        );
+        let child_record = match child_record {
+            Ok(r) => r,
+            Err(e) => return self.internal_deny(&format!("context: {e}")),
+        };
+        let scope = req.scope;
+        let context = Context::from_pairs([
+            ("environment".to_owned(), s(req.environment)),
+            ("purpose".to_owned(), s(req.purpose)),
+            ("child".to_owned(), child_record),
+            (
+                "ttl_secs".to_owned(),
+                RestrictedExpression::new_long(req.ttl_secs),
+            ),
+            (
+                "tools".to_owned(),
+                set(scope.tools.iter().map(ToolName::as_str)),
+            ),
+            (
+                "actions".to_owned(),
+                set(scope.actions.iter().map(|a| a.as_str())),
+            ),
+            (
+                "data_domains".to_owned(),
+                set(scope.data_domains.iter().map(DataDomain::as_str)),
+            ),
+            (
+                "destinations".to_owned(),
+                set(scope.destinations.iter().map(Destination::as_str)),
+            ),
+            ("delegation".to_owned(), req.delegation.clone()),
+            (
+                "now".to_owned(),
+                RestrictedExpression::new_long(req.now_secs),
+            ),
+        ]);
+        let context = match context {
+            Ok(c) => c,
+            Err(e) => return self.internal_deny(&format!("context: {e}")),
+        };
+        match Request::new(
+            parent.agent.clone(),
+            self.delegate_uid.clone(),
+            parent.task.clone(),
+            context,
+            None,
+        ) {
+            Ok(r) => self.evaluate(&r, &self.delegate.generic, parent),
+            Err(e) => self.internal_deny(&format!("request: {e}")),
         }
     }
 

@@ -3,7 +3,7 @@ use std::str::FromStr;
 
 use cedar_policy::{Entities, Entity, EntityId, EntityTypeName, EntityUid, RestrictedExpression};
 
-use mandate_core::ToolName;
+use mandate_core::{Delegation, ToolName};
 
 use crate::{BundleError, ToolCatalog};
 
@@ -33,6 +33,53 @@ pub struct TaskFacts {
     pub purpose: String,
     /// Environment label of the deployment.
     pub environment: String,
+    /// Its delegation chain, when another task delegated it.
+    pub delegation: Option<Delegation>,
+}
+
+/// `context.delegation` of a task: its chain, or itself alone when started directly.
+pub fn delegation_record(agent: &AgentFacts, task: &TaskFacts) -> RestrictedExpression {
+    let s = |v: &str| RestrictedExpression::new_string(v.to_owned());
+    let set = |v: Vec<&str>| RestrictedExpression::new_set(v.into_iter().map(s));
+    let fields = match &task.delegation {
+        None => [
+            ("depth", RestrictedExpression::new_long(0)),
+            ("agents", set(vec![agent.name.as_str()])),
+            ("tasks", set(vec![task.id.as_str()])),
+            ("parent_agent", s("")),
+            ("parent_task", s("")),
+            ("root_agent", s(&agent.name)),
+            ("root_task", s(&task.id)),
+            ("root_owner", s(&agent.owner)),
+        ],
+        Some(d) => {
+            let n = d.chain.len();
+            let parent = n.checked_sub(2).and_then(|i| d.chain.get(i));
+            [
+                ("depth", RestrictedExpression::new_long(i64::from(d.depth))),
+                (
+                    "agents",
+                    set(d.chain.iter().map(|l| l.agent.as_str()).collect()),
+                ),
+                (
+                    "tasks",
+                    set(d.chain.iter().map(|l| l.task_id.as_str()).collect()),
+                ),
+                ("parent_agent", s(parent.map_or("", |l| l.agent.as_str()))),
+                ("parent_task", s(&d.parent_task)),
+                (
+                    "root_agent",
+                    s(d.chain.first().map_or("", |l| l.agent.as_str())),
+                ),
+                ("root_task", s(&d.root_task)),
+                ("root_owner", s(&d.root_owner)),
+            ]
+        }
+    };
+    // Field names are distinct literals, so this cannot fail; a set in its place would
+    // make every policy reading it error, which denies.
+    RestrictedExpression::new_record(fields.into_iter().map(|(k, v)| (k.to_owned(), v)))
+        .unwrap_or_else(|_| RestrictedExpression::new_set([]))
 }
 
 pub(crate) fn type_name(name: &str) -> Result<EntityTypeName, BundleError> {
@@ -51,6 +98,8 @@ pub struct TaskEntities {
     pub(crate) entities: Entities,
     pub(crate) agent: EntityUid,
     pub(crate) task: EntityUid,
+    /// `context.delegation`, built once.
+    pub(crate) delegation: RestrictedExpression,
 }
 
 impl TaskEntities {
@@ -150,6 +199,7 @@ impl TaskEntities {
             entities,
             agent: agent_uid,
             task: task_uid,
+            delegation: delegation_record(agent, task),
         })
     }
 

@@ -24,12 +24,12 @@ pub use arguments::{ArgError, ArgSchema, IpFamily, StringFormat};
 pub use bundle::{Bundle, BundleError, Diagnostic, MAX_APPROVALS, SCHEMA_TEXT};
 pub use catalog::{CATALOG_FILE, Risk, ToolCatalog, ToolEntry};
 pub use decide::{
-    ApprovalTerms, CATALOG_POLICY, CallRequest, DEFAULT_APPROVER_GROUP, Decision, ItemOutcome,
-    Obligation, Outcome, StartDecision, StartRequest, history_record,
+    ApprovalTerms, CATALOG_POLICY, CallRequest, DEFAULT_APPROVER_GROUP, Decision, DelegateRequest,
+    ItemOutcome, Obligation, Outcome, StartDecision, StartRequest, history_record,
 };
 pub use derived::SqlFacts;
 pub use explain::{Explanation, PolicyTrace, Trace};
-pub use facts::{AgentFacts, TaskEntities, TaskFacts};
+pub use facts::{AgentFacts, TaskEntities, TaskFacts, delegation_record};
 pub use history::History;
 
 /// The pseudo policy id reported when a call falls outside its task's grant.

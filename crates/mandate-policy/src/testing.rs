@@ -450,6 +450,7 @@ fn entities<'a>(
         id: "tsk_test".into(),
         purpose: task.purpose.clone(),
         environment: task.environment.clone(),
+        delegation: None,
     };
     bundle
         .task_entities(&facts, &task, tools)

@@ -35,6 +35,7 @@ fn task() -> TaskEntities {
             id: "tsk_1".into(),
             purpose: "refund duplicate charges".into(),
             environment: "test".into(),
+            delegation: None,
         },
     )
     .unwrap()

@@ -61,23 +61,28 @@ fn bundle(src: &str) -> Bundle {
     .unwrap()
 }
 
+fn agent_facts(tier: u8) -> AgentFacts {
+    AgentFacts {
+        name: "bot".into(),
+        spiffe_id: "spiffe://t/agent/bot".into(),
+        owner: "alice".into(),
+        tier,
+        status: "active".into(),
+        trust_domain: "t".into(),
+    }
+}
+
+fn task_facts() -> TaskFacts {
+    TaskFacts {
+        id: "tsk_1".into(),
+        purpose: "summarise open tickets".into(),
+        environment: "test".into(),
+        delegation: None,
+    }
+}
+
 fn task(tier: u8) -> TaskEntities {
-    TaskEntities::build(
-        &AgentFacts {
-            name: "bot".into(),
-            spiffe_id: "spiffe://t/agent/bot".into(),
-            owner: "alice".into(),
-            tier,
-            status: "active".into(),
-            trust_domain: "t".into(),
-        },
-        &TaskFacts {
-            id: "tsk_1".into(),
-            purpose: "summarise open tickets".into(),
-            environment: "test".into(),
-        },
-    )
-    .unwrap()
+    TaskEntities::build(&agent_facts(tier), &task_facts()).unwrap()
 }
 
 struct Case {
@@ -383,6 +388,7 @@ proptest! {
             ("args".to_owned(), RestrictedExpression::new_record([]).unwrap()),
             ("now".to_owned(), RestrictedExpression::new_long(0)),
             ("history".to_owned(), mandate_policy::history_record(&History::default(), TOOLS[tool])),
+            ("delegation".to_owned(), mandate_policy::delegation_record(&agent_facts(tier), &task_facts())),
         ]).unwrap();
         let request = Request::new(
             r#"Mandate::Agent::"bot""#.parse().unwrap(),
@@ -567,6 +573,7 @@ fn the_catalog_describes_tools_and_owns_their_data_domain() {
         id: "t1".into(),
         purpose: "p".into(),
         environment: "e".into(),
+        delegation: None,
     };
     let tools: Vec<ToolName> = ["a", "b", "c", "d"]
         .iter()

@@ -82,6 +82,7 @@ async fn main() {
             expires_at_ms: now + 3_000_000,
             ended_at_ms: None,
             end_reason: None,
+            delegation: None,
         };
         store
             .insert_task(

@@ -83,10 +83,11 @@ impl Store for BreakableStore {
         n: &AgentName,
         s: AgentStatus,
         now: i64,
+        by: &str,
         e: NewEvent,
     ) -> StoreResult<Vec<String>> {
         self.check()?;
-        self.inner.set_agent_status(n, s, now, e).await
+        self.inner.set_agent_status(n, s, now, by, e).await
     }
     async fn insert_join_token(&self, j: &JoinTokenRecord, e: NewEvent) -> StoreResult<Event> {
         self.check()?;
@@ -116,6 +117,14 @@ impl Store for BreakableStore {
     ) -> StoreResult<bool> {
         self.check()?;
         self.inner.transition_task(id, from, to, now, r, e).await
+    }
+    async fn transition_tasks(
+        &self,
+        moves: Vec<mandate_store::TaskMove>,
+        now: i64,
+    ) -> StoreResult<Vec<bool>> {
+        self.check()?;
+        self.inner.transition_tasks(moves, now).await
     }
     async fn update_task_grant(
         &self,

@@ -22,6 +22,21 @@ pub use records::{
 };
 pub use sqlite::SqliteStore;
 
+/// One task transition of [`Store::transition_tasks`].
+#[derive(Debug, Clone)]
+pub struct TaskMove {
+    /// The task.
+    pub id: String,
+    /// The states it may be moved from.
+    pub from: Vec<TaskState>,
+    /// The state it moves to.
+    pub to: TaskState,
+    /// Why (stored as the end reason).
+    pub reason: String,
+    /// Its event, appended only when the task moved.
+    pub event: NewEvent,
+}
+
 /// A snapshot of one task's history (opaque JSON to the store), written in the same
 /// transaction as the events that changed it. Of two snapshots of one task, the one with
 /// the higher `rev` wins whatever order they are written in.
@@ -125,13 +140,15 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn agent(&self, name: &AgentName) -> StoreResult<Option<AgentRecord>>;
     /// All agents, by name.
     async fn agents(&self) -> StoreResult<Vec<AgentRecord>>;
-    /// Changes an agent's status; when it leaves `active`, every live task it holds is
-    /// revoked in the same transaction. Returns the ids of the revoked tasks.
+    /// Changes an agent's status, by `by`; when it leaves `active`, every live task it
+    /// holds, and every live task delegated below one of them, is revoked in the same
+    /// transaction. Returns the ids of the revoked tasks.
     async fn set_agent_status(
         &self,
         name: &AgentName,
         status: AgentStatus,
         now_ms: i64,
+        by: &str,
         event: NewEvent,
     ) -> StoreResult<Vec<String>>;
     /// Stores a further join token for an agent.
@@ -167,6 +184,11 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         reason: &str,
         event: NewEvent,
     ) -> StoreResult<bool>;
+
+    /// Moves several tasks at once, in one transaction (a task and its delegated
+    /// descendants end together): one answer per move, `false` (and no event) for a task
+    /// not in one of its `from` states.
+    async fn transition_tasks(&self, moves: Vec<TaskMove>, now_ms: i64) -> StoreResult<Vec<bool>>;
 
     /// Replaces a live task's grant with its event. `Ok(false)` (and no event) when the
     /// task is no longer pending or active.

@@ -1,8 +1,8 @@
 use std::fmt;
 
 use mandate_core::{
-    AgentName, AgentStatus, ApprovalKind, ApprovalState, ApproverRole, AttestationRule, Grant,
-    HumanId, RequestedScope, RiskTier, TaskState,
+    AgentName, AgentStatus, ApprovalKind, ApprovalState, ApproverRole, AttestationRule, Delegation,
+    Grant, HumanId, RequestedScope, RiskTier, TaskState,
 };
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -92,6 +92,9 @@ pub struct TaskRecord {
     pub ended_at_ms: Option<i64>,
     /// Why it ended.
     pub end_reason: Option<String>,
+    /// Where it sits in its delegation chain, when another task delegated it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delegation: Option<Delegation>,
 }
 
 /// A human who answers approval requests (and, by role, declares or reviews break-glass).

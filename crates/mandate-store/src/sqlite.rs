@@ -21,7 +21,7 @@ use sqlx::{AssertSqlSafe, Row, Sqlite, Transaction};
 use crate::{
     AgentRecord, ApprovalRecord, ApprovalVote, ApproverGroup, ApproverRecord, BreakGlassRecord,
     BreakGlassReview, EventFilter, HistoryRow, JoinTokenRecord, KeyRow, SecretRecord, Store,
-    StoreError, StoreResult, TaskRecord, ToolPin, VoteOutcome,
+    StoreError, StoreResult, TaskMove, TaskRecord, ToolPin, VoteOutcome,
 };
 
 /// Versioned migrations, applied in order, each in its own transaction.
@@ -42,6 +42,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         5,
         "task_history",
         include_str!("../migrations/0005_task_history.sql"),
+    ),
+    (
+        6,
+        "delegation",
+        include_str!("../migrations/0006_delegation.sql"),
     ),
 ];
 
@@ -422,6 +427,7 @@ fn task_from_row(r: &SqliteRow) -> StoreResult<TaskRecord> {
     let requested: String = r.try_get("requested")?;
     let grant: String = r.try_get("grant_json")?;
     let items: String = r.try_get("items")?;
+    let delegation: Option<String> = r.try_get("delegation")?;
     Ok(TaskRecord {
         id: r.try_get("id")?,
         agent: AgentName::parse(&agent).map_err(corrupt)?,
@@ -436,6 +442,10 @@ fn task_from_row(r: &SqliteRow) -> StoreResult<TaskRecord> {
         expires_at_ms: r.try_get("expires_at_ms")?,
         ended_at_ms: r.try_get("ended_at_ms")?,
         end_reason: r.try_get("end_reason")?,
+        delegation: delegation
+            .map(|d| serde_json::from_str(&d))
+            .transpose()
+            .map_err(corrupt)?,
     })
 }
 
@@ -450,7 +460,14 @@ fn json(v: &impl serde::Serialize) -> StoreResult<String> {
     serde_json::to_string(v).map_err(|e| StoreError::Db(e.to_string()))
 }
 
-const TASK_COLUMNS: &str = "id, agent, purpose, requested, grant_json, items, state, bundle_version, token_jti, created_at_ms, expires_at_ms, ended_at_ms, end_reason";
+const TASK_COLUMNS: &str = "id, agent, purpose, requested, grant_json, items, state, bundle_version, token_jti, created_at_ms, expires_at_ms, ended_at_ms, end_reason, delegation";
+
+/// Every live task of an agent and every live task delegated below one of them, however
+/// deep (`$1` is the agent).
+const AGENT_SUBTREE: &str = "WITH RECURSIVE sub(id, agent) AS (\
+     SELECT id, agent FROM tasks WHERE agent = $1 AND state IN ('pending', 'active') \
+     UNION SELECT t.id, t.agent FROM tasks t JOIN sub ON t.parent_id = sub.id \
+     WHERE t.state IN ('pending', 'active')) SELECT id, agent FROM sub ORDER BY id";
 
 const APPROVAL_COLUMNS: &str = "id, kind, task_id, agent, owner, grp, digest, action_json, bundle_version, required, owner_may_approve, votes, state, created_at_ms, expires_at_ms, decided_at_ms, decided_by, reason";
 
@@ -526,9 +543,10 @@ fn break_glass_from_row(r: &SqliteRow) -> StoreResult<BreakGlassRecord> {
 
 async fn insert_task_in(tx: &mut Transaction<'_, Sqlite>, task: &TaskRecord) -> StoreResult<()> {
     let inserted = sqlx::query(
-        "INSERT INTO tasks (id, agent, purpose, requested, grant_json, items, state, bundle_version, token_jti, created_at_ms, expires_at_ms, ended_at_ms, end_reason) \
-         SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13 \
-         WHERE EXISTS (SELECT 1 FROM agents WHERE name = $14 AND status = 'active')",
+        "INSERT INTO tasks (id, agent, purpose, requested, grant_json, items, state, bundle_version, token_jti, created_at_ms, expires_at_ms, ended_at_ms, end_reason, parent_id, delegation) \
+         SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $15, $16 \
+         WHERE EXISTS (SELECT 1 FROM agents WHERE name = $14 AND status = 'active') \
+         AND ($15 IS NULL OR EXISTS (SELECT 1 FROM tasks WHERE id = $15 AND state = 'active'))",
     )
     .bind(&task.id)
     .bind(task.agent.as_str())
@@ -544,10 +562,18 @@ async fn insert_task_in(tx: &mut Transaction<'_, Sqlite>, task: &TaskRecord) -> 
     .bind(task.ended_at_ms)
     .bind(&task.end_reason)
     .bind(task.agent.as_str())
+    .bind(task.delegation.as_ref().map(|d| d.parent_task.as_str()))
+    .bind(task.delegation.as_ref().map(json).transpose()?)
     .execute(&mut **tx)
     .await?;
     if inserted.rows_affected() == 0 {
-        return Err(StoreError::NotFound(format!("active agent {}", task.agent)));
+        return Err(StoreError::NotFound(match &task.delegation {
+            Some(d) => format!(
+                "active agent {} or active parent task {}",
+                task.agent, d.parent_task
+            ),
+            None => format!("active agent {}", task.agent),
+        }));
     }
     Ok(())
 }
@@ -677,6 +703,7 @@ impl Store for SqliteStore {
         name: &AgentName,
         status: AgentStatus,
         now_ms: i64,
+        by: &str,
         event: NewEvent,
     ) -> StoreResult<Vec<String>> {
         let mut w = self.writer().await?;
@@ -691,19 +718,40 @@ impl Store for SqliteStore {
         if updated.rows_affected() == 0 {
             return Err(StoreError::NotFound(format!("agent {name}")));
         }
+        let mut events = vec![event];
         let mut revoked: Vec<String> = Vec::new();
         if status != AgentStatus::Active {
-            revoked = sqlx::query_scalar("SELECT id FROM tasks WHERE agent = $1 AND state IN ('pending', 'active') ORDER BY id")
+            let ended: Vec<(String, String)> = sqlx::query_as(AGENT_SUBTREE)
                 .bind(name.as_str())
                 .fetch_all(&mut *tx)
                 .await?;
             let reason = format!("agent {status}");
-            sqlx::query("UPDATE tasks SET state = 'revoked', ended_at_ms = $1, end_reason = $2 WHERE agent = $3 AND state IN ('pending', 'active')")
-                .bind(now_ms)
-                .bind(&reason)
-                .bind(name.as_str())
-                .execute(&mut *tx)
-                .await?;
+            for (id, agent) in ended {
+                let delegated_reason = if agent == name.as_str() {
+                    reason.clone()
+                } else {
+                    format!(
+                        "a task above it in its delegation chain was revoked: agent {name} {status}"
+                    )
+                };
+                sqlx::query("UPDATE tasks SET state = 'revoked', ended_at_ms = $1, end_reason = $2 WHERE id = $3 AND state IN ('pending', 'active')")
+                    .bind(now_ms)
+                    .bind(&delegated_reason)
+                    .bind(&id)
+                    .execute(&mut *tx)
+                    .await?;
+                events.push(NewEvent {
+                    ts_ms: now_ms,
+                    agent: Some(agent),
+                    task_id: Some(id.clone()),
+                    body: mandate_audit::Body::TaskRevoked(mandate_audit::TaskEnded {
+                        reason: delegated_reason,
+                        by: by.to_owned(),
+                        ..Default::default()
+                    }),
+                });
+                revoked.push(id);
+            }
             sqlx::query(
                 "UPDATE join_tokens SET used_at_ms = $1 WHERE agent = $2 AND used_at_ms IS NULL",
             )
@@ -711,19 +759,6 @@ impl Store for SqliteStore {
             .bind(name.as_str())
             .execute(&mut *tx)
             .await?;
-        }
-        let mut events = vec![event];
-        for id in &revoked {
-            events.push(NewEvent {
-                ts_ms: now_ms,
-                agent: Some(name.to_string()),
-                task_id: Some(id.clone()),
-                body: mandate_audit::Body::TaskRevoked(mandate_audit::TaskEnded {
-                    reason: format!("agent {status}"),
-                    by: "admin".to_owned(),
-                    ..Default::default()
-                }),
-            });
         }
         append_in(&mut tx, events).await?;
         tx.commit().await?;
@@ -833,6 +868,45 @@ impl Store for SqliteStore {
         tx.commit().await?;
         w.keep();
         Ok(true)
+    }
+
+    async fn transition_tasks(&self, moves: Vec<TaskMove>, now_ms: i64) -> StoreResult<Vec<bool>> {
+        let mut w = self.writer().await?;
+        let mut tx = w.begin().await?;
+        let mut moved = Vec::with_capacity(moves.len());
+        let mut events = Vec::new();
+        for m in moves {
+            if m.from.is_empty() {
+                moved.push(false);
+                continue;
+            }
+            let placeholders: Vec<String> =
+                (0..m.from.len()).map(|i| format!("${}", i + 5)).collect();
+            let sql = format!(
+                "UPDATE tasks SET state = $1, ended_at_ms = $2, end_reason = $3 WHERE id = $4 AND state IN ({})",
+                placeholders.join(", ")
+            );
+            // Safe: the SQL text holds only generated `$n` placeholders, never input.
+            let mut q = sqlx::query(AssertSqlSafe(sql))
+                .bind(m.to.as_str())
+                .bind(m.to.is_final().then_some(now_ms))
+                .bind(&m.reason)
+                .bind(&m.id);
+            for s in &m.from {
+                q = q.bind(s.as_str());
+            }
+            let updated = q.execute(&mut *tx).await?.rows_affected() > 0;
+            if updated {
+                events.push(m.event);
+            }
+            moved.push(updated);
+        }
+        if !events.is_empty() {
+            append_in(&mut tx, events).await?;
+        }
+        tx.commit().await?;
+        w.keep();
+        Ok(moved)
     }
 
     async fn update_task_grant(

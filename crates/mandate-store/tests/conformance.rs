@@ -71,6 +71,7 @@ fn task(id: &str) -> TaskRecord {
         expires_at_ms: 100,
         ended_at_ms: None,
         end_reason: None,
+        delegation: None,
     }
 }
 
@@ -203,6 +204,7 @@ async fn conformance(store: Arc<dyn Store>) {
             &AgentName::parse("bot").unwrap(),
             AgentStatus::Offboarded,
             7,
+            "admin",
             ev(EventKind::AgentStatusChanged, None),
         )
         .await
@@ -319,6 +321,7 @@ async fn approvals_conformance(store: Arc<dyn Store>) {
             &AgentName::parse("bot").unwrap(),
             AgentStatus::Active,
             5,
+            "admin",
             ev(EventKind::AgentStatusChanged, None),
         )
         .await

@@ -80,7 +80,29 @@ pub struct TaskClaims {
     /// What policy granted the task (informational: the server's task record is
     /// authoritative and is checked on every call).
     pub grant: Grant,
-    /// The delegation chain, if this task was delegated.
+    /// The delegation chain, if this task was delegated (RFC 8693 §4.1): `sub` stays the
+    /// root task's agent, the outermost `act` is the agent acting now, and each nested
+    /// `act` the one that delegated to it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub act: Option<Act>,
+}
+
+impl TaskClaims {
+    /// The SPIFFE ID of the agent that acts with this token: the current actor of a
+    /// delegated task, the subject otherwise.
+    pub fn actor(&self) -> &str {
+        self.act.as_ref().map_or(&self.sub, |a| &a.sub)
+    }
+}
+
+impl Act {
+    /// The `act` claim of a chain of actors, most recent first.
+    pub fn chain<'a>(actors: impl DoubleEndedIterator<Item = &'a str>) -> Option<Act> {
+        actors.rev().fold(None, |inner, sub| {
+            Some(Act {
+                sub: sub.to_owned(),
+                act: inner.map(Box::new),
+            })
+        })
+    }
 }

@@ -19,9 +19,12 @@ pub struct Reply {
 }
 
 impl Reply {
-    /// The error code of an error reply.
+    /// The error code of an error reply (Mandate's, or an OAuth error object's).
     pub fn code(&self) -> &str {
-        self.body["error"]["code"].as_str().unwrap_or("")
+        self.body["error"]["code"]
+            .as_str()
+            .or_else(|| self.body["code"].as_str())
+            .unwrap_or("")
     }
 
     /// The body if the status is a success, else an error naming code and message.
@@ -33,7 +36,10 @@ impl Reply {
                 "{} {}: {}",
                 self.status.as_u16(),
                 self.code(),
-                self.body["error"]["message"].as_str().unwrap_or("")
+                self.body["error"]["message"]
+                    .as_str()
+                    .or_else(|| self.body["error_description"].as_str())
+                    .unwrap_or("")
             ))
         }
     }
@@ -88,6 +94,22 @@ impl Client {
             .context("cannot reach the Mandate server")?;
         let status = res.status().as_u16();
         Ok((status, res.text().await.context("reading the response")?))
+    }
+
+    /// A POST of an `application/x-www-form-urlencoded` form (the OAuth token endpoint).
+    pub async fn post_form(&self, path: &str, pairs: &[(&str, &str)]) -> Result<Reply> {
+        let body = url::form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(pairs)
+            .finish();
+        let req = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .header(
+                reqwest::header::CONTENT_TYPE,
+                "application/x-www-form-urlencoded",
+            )
+            .body(body);
+        Self::send(req).await
     }
 
     pub async fn delete(&self, path: &str, bearer: Option<&str>) -> Result<Reply> {

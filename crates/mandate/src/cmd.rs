@@ -240,6 +240,36 @@ pub enum TaskCmd {
         #[command(flatten)]
         server: ServerOpts,
     },
+    /// Delegate a sub-task of a running task to another agent (RFC 8693 token exchange
+    /// at /oauth2/token); prints the child task, its grant, its chain and its token.
+    Delegate {
+        /// The parent's task token.
+        #[arg(long, env = "MANDATE_TASK_TOKEN", hide_env_values = true)]
+        parent_token: String,
+        /// The child agent's identity token (from its `mandate agent attest`).
+        #[arg(long, env = "MANDATE_ACTOR_TOKEN", hide_env_values = true)]
+        actor_token: String,
+        /// The sub-task's declared intent.
+        #[arg(long)]
+        purpose: String,
+        /// A tool the sub-task needs (repeat; each in the parent's grant).
+        #[arg(long = "tool", required = true)]
+        tools: Vec<String>,
+        /// An action class it needs on every tool listed (repeat).
+        #[arg(long = "action", required = true)]
+        actions: Vec<String>,
+        /// A data domain it touches (repeat).
+        #[arg(long = "data-domain")]
+        data_domains: Vec<String>,
+        /// A destination it sends data to (repeat).
+        #[arg(long = "destination")]
+        destinations: Vec<String>,
+        /// Lifetime in seconds (at most what the parent has left).
+        #[arg(long)]
+        ttl: Option<i64>,
+        #[command(flatten)]
+        server: ServerOpts,
+    },
     /// Show a task.
     Show {
         id: String,
@@ -304,6 +334,51 @@ pub async fn task(c: TaskCmd) -> Result<()> {
                 &server
                     .client()?
                     .post("/v1/tasks", Some(&identity_token), &body)
+                    .await?
+                    .ok()?,
+            )
+        }
+        TaskCmd::Delegate {
+            parent_token,
+            actor_token,
+            purpose,
+            tools,
+            actions,
+            data_domains,
+            destinations,
+            ttl,
+            server,
+        } => {
+            let details = json!([strip_nulls(json!({
+                "type": "mandate_task",
+                "purpose": purpose,
+                "tools": tools,
+                "actions": actions,
+                "data_domains": data_domains,
+                "destinations": destinations,
+                "ttl_secs": ttl,
+            }))])
+            .to_string();
+            print(
+                &server
+                    .client()?
+                    .post_form(
+                        "/oauth2/token",
+                        &[
+                            (
+                                "grant_type",
+                                "urn:ietf:params:oauth:grant-type:token-exchange",
+                            ),
+                            ("subject_token", &parent_token),
+                            (
+                                "subject_token_type",
+                                "urn:ietf:params:oauth:token-type:access_token",
+                            ),
+                            ("actor_token", &actor_token),
+                            ("actor_token_type", "urn:ietf:params:oauth:token-type:jwt"),
+                            ("authorization_details", &details),
+                        ],
+                    )
                     .await?
                     .ok()?,
             )
@@ -521,7 +596,8 @@ pub enum AuditCmd {
         #[arg(long)]
         json: bool,
     },
-    /// Print one task's events as a timeline.
+    /// Print one task's events as a timeline, every task delegated below it indented
+    /// under it (delegations, calls, approvals, revocations).
     Trace {
         /// Task id.
         task: String,
@@ -613,20 +689,60 @@ pub async fn audit(c: AuditCmd) -> Result<ExitCode> {
             json,
         } => {
             let store = SqliteStore::open_existing(&data_dir).await?;
-            let events = store.task_events(&task).await?;
-            if events.is_empty() {
+            let tree = delegation_tree(&store, &task).await?;
+            if tree.first().is_none_or(|(_, _, e)| e.is_empty()) {
                 bail!("no events for task {task} in {}", data_dir.display());
             }
             if json {
-                for e in &events {
-                    println!("{}", serde_json::to_string(e)?);
+                for (_, _, events) in &tree {
+                    for e in events {
+                        println!("{}", serde_json::to_string(e)?);
+                    }
                 }
             } else {
-                print!("{}", trace::render(&task, &events));
+                print!("{}", trace::render_tree(&tree));
             }
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// A task and every task delegated below it, depth first: (depth, task id, its events).
+async fn delegation_tree(
+    store: &SqliteStore,
+    root: &str,
+) -> Result<Vec<(usize, String, Vec<mandate_audit::Event>)>> {
+    let filter = mandate_store::EventFilter {
+        kind: Some("task.delegated".to_owned()),
+        ..Default::default()
+    };
+    let mut children: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    let mut after = 0;
+    loop {
+        let page = store.search_events(&filter, after, 1000).await?;
+        let Some(last) = page.last() else { break };
+        after = last.seq;
+        for e in &page {
+            if let (Some(parent), Some(id)) =
+                (e.data["delegation"]["parent_task"].as_str(), &e.task_id)
+            {
+                children
+                    .entry(parent.to_owned())
+                    .or_default()
+                    .push(id.clone());
+            }
+        }
+    }
+    let mut out = Vec::new();
+    let mut stack = vec![(0usize, root.to_owned())];
+    while let Some((depth, id)) = stack.pop() {
+        let events = store.task_events(&id).await?;
+        for child in children.get(&id).into_iter().flatten().rev() {
+            stack.push((depth + 1, child.clone()));
+        }
+        out.push((depth, id, events));
+    }
+    Ok(out)
 }
 
 #[derive(Debug, Subcommand)]

@@ -55,6 +55,7 @@ async fn entities(
         id: task.id.clone(),
         purpose: task.purpose.clone(),
         environment: environment.to_owned(),
+        delegation: None,
     };
     Ok(bundle.task_entities(&facts, &t, &task.requested.tools).ok())
 }

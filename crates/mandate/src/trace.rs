@@ -78,6 +78,20 @@ pub fn line(e: &Event) -> String {
                 _ => String::new(),
             }
         }
+        "task.delegated" => format!(
+            "delegated by task {} at depth {}: purpose {:?}; granted {} for {}s",
+            d["delegation"]["parent_task"].as_str().unwrap_or(""),
+            d["delegation"]["depth"],
+            d["purpose"].as_str().unwrap_or(""),
+            grant(&d["grant"]),
+            d["ttl_secs"]
+        ),
+        "delegation.refused" => format!(
+            "{} delegating to {}: {}",
+            style::red(d["code"].as_str().unwrap_or("")),
+            d["child_agent"].as_str().unwrap_or("?"),
+            d["message"].as_str().unwrap_or("")
+        ),
         "call.refused" => format!(
             "{} {} {}",
             style::red(d["code"].as_str().unwrap_or("")),
@@ -173,6 +187,20 @@ pub fn line(e: &Event) -> String {
 }
 
 /// The whole timeline of one task.
+/// A delegation tree: each task's timeline, its delegates indented below it, depth first.
+pub fn render_tree(tasks: &[(usize, String, Vec<Event>)]) -> String {
+    let mut out = String::new();
+    for (depth, id, events) in tasks {
+        let pad = "    ".repeat(*depth);
+        for line in render(id, events).lines() {
+            out.push_str(&pad);
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
+}
+
 pub fn render(task_id: &str, events: &[Event]) -> String {
     let mut out = String::new();
     let agent = events

@@ -5,7 +5,7 @@ mod agents;
 mod approvals;
 mod audit;
 mod authzen;
-
+pub mod oauth;
 mod ops;
 mod secrets;
 mod tasks;
@@ -128,7 +128,13 @@ impl Modify for CommonErrors {
                 "503",
                 "`store_unavailable`, `audit_unavailable`, `request_timeout` (the request's time budget spent) or `too_many_connections` (the server at its connection cap; `Retry-After`): refused",
             )];
+            // The token endpoint answers RFC 6749 error objects (documented on it) for
+            // what it parses itself.
+            let oauth = op.operation_id.as_deref() == Some("token_exchange");
             if op.request_body.is_some() {
+                codes.push(("408", "`body_timeout`: the body did not arrive in time"));
+            }
+            if op.request_body.is_some() && !oauth {
                 codes.extend([
                     (
                         "400",
@@ -138,7 +144,6 @@ impl Modify for CommonErrors {
                         "413",
                         "`body_too_large`: a declared `Content-Length` over the limit is refused before the body is read",
                     ),
-                    ("408", "`body_timeout`: the body did not arrive in time"),
                     (
                         "415",
                         "`unsupported_media_type`: send `Content-Type: application/json`",
@@ -197,7 +202,7 @@ fn item_has_path_params(op: &utoipa::openapi::path::Operation) -> bool {
     info(title = "Mandate API", description = "Runtime authorization control plane for AI agents: identity, tasks, per-call decisions, audit."),
     paths(
         agents::register, agents::list, agents::get_agent, agents::join_token, agents::set_status, agents::attest, agents::renew,
-        tasks::start, tasks::get_task, tasks::list_tasks, tasks::complete, tasks::revoke, tasks::activate,
+        tasks::start, oauth::token_exchange, tasks::get_task, tasks::list_tasks, tasks::complete, tasks::revoke, tasks::activate,
         approvals::add_approver, approvals::list_approvers, approvals::disable_approver, approvals::set_group,
         approvals::list_approvals, approvals::get_approval, approvals::approve, approvals::deny,
         approvals::declare_break_glass, approvals::list_break_glass, approvals::review_break_glass,
@@ -297,6 +302,7 @@ pub fn router(engine: Arc<Engine>) -> Router {
         .route("/v1/agents/{name}/status", post(agents::set_status))
         .route("/v1/attest", post(agents::attest))
         .route("/v1/identity/renew", post(agents::renew))
+        .route("/oauth2/token", post(oauth::token_exchange))
         .route("/v1/tasks", post(tasks::start).get(tasks::list_tasks))
         .route("/v1/tasks/{id}", get(tasks::get_task))
         .route("/v1/tasks/{id}/complete", post(tasks::complete))

@@ -471,14 +471,14 @@ async fn handle(gw: &Arc<Gateway>, req: Request) -> Result<Response, ApiError> {
     let started_us = gw.engine.clock.now_us();
     let (slot, span) = match gw.engine.verify_task_token(&token) {
         Ok(claims) => {
-            gw.rate_limit(&claims.sub, &claims.task_id)?;
+            gw.rate_limit(claims.actor(), &claims.task_id)?;
             let span = CallSpan::open(
                 crate::edge::traceparent(&parts.headers),
                 &claims.task_id,
                 &mandate_core::random_id("span").unwrap_or_default(),
                 started_us,
             );
-            (Some(gw.agent_slot(&claims.sub, permit)?), Some(span))
+            (Some(gw.agent_slot(claims.actor(), permit)?), Some(span))
         }
         Err(_) => (None, None),
     };
