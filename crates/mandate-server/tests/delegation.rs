@@ -671,3 +671,61 @@ async fn a_cascade_under_load_leaves_no_allowed_call_after_the_acknowledgement()
         );
     }
 }
+
+#[tokio::test]
+async fn a_restart_keeps_the_chain_and_its_bounds() {
+    let h = Harness::start().await;
+    let triage = h.agent("triage", 2).await;
+    let reader = h.agent("reader", 2).await;
+    let (root, root_token) = h.task(&triage).await;
+    let (_, child) = h
+        .delegate(
+            &root_token,
+            &reader,
+            sub_task(&["tickets.search"], &["read"], json!({})),
+        )
+        .await;
+
+    let data = h.dir.path().join("data");
+    let issuer = h.server.issuer.clone();
+    let Harness {
+        server,
+        dir,
+        clock,
+        http,
+    } = h;
+    server.shutdown().await.unwrap();
+    let mut config = common::config(&data, &common::demo_policies(), clock.clone());
+    config.issuer = Some(issuer);
+    let h = Harness {
+        server: mandate_server::Server::start(config).await.unwrap(),
+        clock,
+        http,
+        dir,
+    };
+
+    // The child still acts, still within its grant and as its parent would.
+    let r = h.decide(&child, "tickets.search", "read").await;
+    assert_eq!(r.body["outcome"], "allow", "{:?}", r.body);
+    assert_eq!(
+        r.body["policies"].as_array().map(Vec::len),
+        Some(1),
+        "{:?}",
+        r.body
+    );
+    let r = h.decide(&child, "tickets.update", "write").await;
+    assert_eq!(r.body["outcome"], "deny", "{:?}", r.body);
+    // And the link to its parent survived: ending the parent still ends it.
+    let r = h
+        .post(
+            &format!("/v1/tasks/{root}/revoke"),
+            Some(ADMIN),
+            json!({ "reason": "after restart" }),
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        h.decide(&child, "tickets.search", "read").await.code(),
+        "task_not_active"
+    );
+}

@@ -14,7 +14,7 @@ use crate::trace::list;
 use crate::{style, trace};
 
 /// The demo's policies: the same files as `examples/policies/demo/`.
-const POLICIES: [(&str, &str); 2] = [
+const POLICIES: [(&str, &str); 3] = [
     (
         "start.cedar",
         include_str!("../../../examples/policies/demo/start.cedar"),
@@ -22,6 +22,10 @@ const POLICIES: [(&str, &str); 2] = [
     (
         "support.cedar",
         include_str!("../../../examples/policies/demo/support.cedar"),
+    ),
+    (
+        "delegation.cedar",
+        include_str!("../../../examples/policies/demo/delegation.cedar"),
     ),
 ];
 
@@ -106,7 +110,7 @@ pub async fn run(data_dir: Option<PathBuf>) -> Result<ExitCode> {
     let c = Client::new(&server.url())?;
     let bundle = server.engine.bundle();
     n.check(
-        bundle.len() == 5,
+        bundle.len() == 7,
         &format!(
             "listening on {} with {} policies, bundle {}",
             server.url(),
@@ -346,6 +350,113 @@ pub async fn run(data_dir: Option<PathBuf>) -> Result<ExitCode> {
         &decision_line(&r),
     );
 
+    n.say("Delegate: the summariser hands a read-only sub-task to agent `ticket-reader` (RFC 8693 token exchange)");
+    let reg = c
+        .post(
+            "/v1/agents",
+            Some(&admin),
+            &json!({ "name": "ticket-reader", "owner": "alice@example.com", "tier": 1 }),
+        )
+        .await?;
+    let att = c
+        .post(
+            "/v1/attest",
+            None,
+            &json!({ "agent": "ticket-reader", "join_token": reg.body["join_token"] }),
+        )
+        .await?;
+    let reader_identity = att.body["identity_token"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let details = json!([{
+        "type": "mandate_task",
+        "purpose": "read the open tickets for the summary",
+        "tools": ["tickets.search"],
+        "actions": ["read"],
+        "data_domains": ["support"],
+        "destinations": [ticket_api.addr.to_string()],
+        "ttl_secs": 300,
+    }])
+    .to_string();
+    let exchange = |details: String| {
+        let c = c.clone();
+        let (parent, actor) = (task_token.clone(), reader_identity.clone());
+        async move {
+            c.post_form(
+                "/oauth2/token",
+                &[
+                    (
+                        "grant_type",
+                        "urn:ietf:params:oauth:grant-type:token-exchange",
+                    ),
+                    ("subject_token", &parent),
+                    (
+                        "subject_token_type",
+                        "urn:ietf:params:oauth:token-type:access_token",
+                    ),
+                    ("actor_token", &actor),
+                    ("actor_token_type", "urn:ietf:params:oauth:token-type:jwt"),
+                    ("authorization_details", &details),
+                ],
+            )
+            .await
+        }
+    };
+    let d = exchange(details).await?;
+    let child_token = d.body["access_token"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    n.check(
+        d.status == 200 && trace::grant(&d.body["mandate"]["grant"]) == "tickets.search:read",
+        &format!(
+            "child task {} granted {} at depth {}, for {}s at most",
+            d.body["mandate"]["task_id"].as_str().unwrap_or("?"),
+            trace::grant(&d.body["mandate"]["grant"]),
+            d.body["mandate"]["delegation"]["depth"],
+            d.body["expires_in"]
+        ),
+    );
+    let wider = json!([{
+        "type": "mandate_task", "purpose": "tidy up tickets",
+        "tools": ["tickets.delete"], "actions": ["delete"],
+    }])
+    .to_string();
+    let r = exchange(wider).await?;
+    n.check(
+        r.status == 400 && r.code() == "delegation_widens",
+        &format!(
+            "asking for more than the parent holds: {} {}",
+            r.body["error"].as_str().unwrap_or("?"),
+            r.code()
+        ),
+    );
+    let r = decide(
+        &c,
+        &child_token,
+        call("tickets.search", "read", json!({ "status": "open" })),
+    )
+    .await?;
+    n.check(
+        r.status == 200 && r.body["outcome"] == "allow",
+        &format!("the reader searches: {}", decision_line(&r)),
+    );
+    let r = decide(
+        &c,
+        &child_token,
+        call(
+            "tickets.update",
+            "write",
+            json!({ "id": 42, "status": "closed" }),
+        ),
+    )
+    .await?;
+    n.check(
+        r.status == 200 && r.body["outcome"] == "deny",
+        &format!("the reader tries to write: {}", decision_line(&r)),
+    );
+
     n.say("A forged token: the agent widens its own grant and re-uses the signature");
     let forged = forge(&task_token);
     let r = c
@@ -387,6 +498,19 @@ pub async fn run(data_dir: Option<PathBuf>) -> Result<ExitCode> {
         r.status == 403 && r.code() == "task_not_active",
         &decision_line(&r),
     );
+    let r = decide(
+        &c,
+        &child_token,
+        call("tickets.search", "read", json!({ "status": "open" })),
+    )
+    .await?;
+    n.check(
+        r.status == 403 && r.code() == "task_not_active",
+        &format!(
+            "the delegated sub-task ended with it: {}",
+            decision_line(&r)
+        ),
+    );
 
     n.say("Verify the audit chain and rebuild the task's timeline");
     let store = SqliteStore::open_existing(&data_dir).await?;
@@ -399,11 +523,23 @@ pub async fn run(data_dir: Option<PathBuf>) -> Result<ExitCode> {
         ),
     );
     let events = store.task_events(&task_id).await?;
+    let child_id = d.body["mandate"]["task_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let child_events = store.task_events(&child_id).await?;
     n.check(
-        events.len() == 12,
-        &format!("{} events recorded for the task:", events.len()),
+        events.len() == 13 && child_events.len() == 5,
+        &format!(
+            "{} events recorded for the task, {} for its delegate (`mandate audit trace` shows the tree):",
+            events.len(),
+            child_events.len()
+        ),
     );
-    print!("{}", trace::render(&task_id, &events));
+    print!(
+        "{}",
+        trace::render_tree(&[(0, task_id.clone(), events), (1, child_id, child_events)])
+    );
 
     server.shutdown().await.map_err(anyhow::Error::msg)?;
     if n.failures.is_empty() {
