@@ -1835,11 +1835,44 @@ fn stricter(own: Decision, link: Decision, above: &LiveTask) -> Decision {
             }
         }
         d
+    } else if link.outcome != own.outcome {
+        own
+    } else if own.outcome == Outcome::ApprovalRequired {
+        // Both links ask for a human: the approval must satisfy both, as approval
+        // policies within one bundle are combined.
+        match (own.approval.clone(), link.approval.clone()) {
+            (Some(a), Some(b)) if a.group != b.group => {
+                let mut d = Decision::deny(
+                    mandate_policy::APPROVER_GROUP_CONFLICT_POLICY,
+                    format!(
+                        "this task and task {} above it in its delegation chain ask different approver groups ({}, {})",
+                        above.id, a.group, b.group
+                    ),
+                    &own.bundle_version,
+                );
+                d.policies
+                    .extend(own.policies.into_iter().chain(link.policies));
+                d
+            }
+            (a, b) => {
+                let mut d = own;
+                d.approval = match (a, b) {
+                    (Some(a), Some(b)) => Some(mandate_policy::ApprovalTerms {
+                        approvals: a.approvals.max(b.approvals),
+                        owner_may_approve: a.owner_may_approve && b.owner_may_approve,
+                        group: a.group,
+                    }),
+                    (a, b) => a.or(b),
+                };
+                d.policies.extend(link.policies);
+                d.reasons.extend(link.reasons);
+                d.obligations.extend(link.obligations);
+                d
+            }
+        }
     } else {
         let mut d = own;
-        if link.outcome == d.outcome {
-            d.obligations.extend(link.obligations);
-        }
+        d.obligations.extend(link.obligations);
         d
     }
 }

@@ -24,8 +24,9 @@ pub use arguments::{ArgError, ArgSchema, IpFamily, StringFormat};
 pub use bundle::{Bundle, BundleError, Diagnostic, MAX_APPROVALS, SCHEMA_TEXT};
 pub use catalog::{CATALOG_FILE, Risk, ToolCatalog, ToolEntry};
 pub use decide::{
-    ApprovalTerms, CATALOG_POLICY, CallRequest, DEFAULT_APPROVER_GROUP, Decision, DelegateRequest,
-    ItemOutcome, Obligation, Outcome, StartDecision, StartRequest, history_record,
+    APPROVER_GROUP_CONFLICT_POLICY, ApprovalTerms, CATALOG_POLICY, CallRequest,
+    DEFAULT_APPROVER_GROUP, Decision, DelegateRequest, ItemOutcome, Obligation, Outcome,
+    StartDecision, StartRequest, history_record,
 };
 pub use derived::SqlFacts;
 pub use explain::{Explanation, PolicyTrace, Trace};

@@ -729,3 +729,49 @@ async fn a_restart_keeps_the_chain_and_its_bounds() {
         "task_not_active"
     );
 }
+
+#[tokio::test]
+async fn when_both_links_ask_for_a_human_the_approval_satisfies_both() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("both");
+    std::fs::create_dir_all(&p).unwrap();
+    std::fs::write(
+        p.join("both.cedar"),
+        r#"
+@id("start") permit (principal, action == Mandate::Action::"start_task", resource);
+@id("delegate") permit (principal, action == Mandate::Action::"delegate", resource);
+@id("read") permit (principal, action == Mandate::Action::"read", resource);
+@id("triage-two-humans")
+@approval_required("triage's writes need two humans")
+@approvals("2")
+permit (principal == Mandate::Agent::"triage", action == Mandate::Action::"write", resource);
+@id("writer-one-human")
+@approval_required("the writer's writes need a human")
+@owner_may_approve
+permit (principal == Mandate::Agent::"writer", action == Mandate::Action::"write", resource);
+"#,
+    )
+    .unwrap();
+    let h = Harness::start_with(&p).await;
+    let triage = h.agent("triage", 2).await;
+    let writer = h.agent("writer", 2).await;
+    let (_, root) = h.task(&triage).await;
+    let (_, token) = h
+        .delegate(
+            &root,
+            &writer,
+            sub_task(&["tickets.update"], &["write"], json!({})),
+        )
+        .await;
+    let r = h.decide(&token, "tickets.update", "write").await;
+    assert_eq!(r.body["outcome"], "approval_required", "{:?}", r.body);
+    let policies = r.body["policies"].to_string();
+    assert!(
+        policies.contains("writer-one-human") && policies.contains("triage-two-humans"),
+        "{policies}"
+    );
+    let id = r.body["approval"]["id"].as_str().unwrap();
+    let a = h.get(&format!("/v1/approvals/{id}"), Some(ADMIN)).await;
+    assert_eq!(a.body["required"], 2, "{:?}", a.body);
+    assert_eq!(a.body["owner_may_approve"], false, "{:?}", a.body);
+}

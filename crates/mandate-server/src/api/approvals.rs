@@ -360,7 +360,7 @@ pub async fn get_approval(
     // Who is asking comes first: nothing is read for an unknown caller.
     let agent_sub = engine
         .verify_task_token(&bearer.0)
-        .map(|c| c.sub.clone())
+        .map(|c| c.actor().to_owned())
         .or_else(|_| engine.verify_identity(&bearer.0).map(|c| c.sub.clone()))
         .ok();
     let human = match &agent_sub {

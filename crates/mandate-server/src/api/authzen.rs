@@ -255,7 +255,8 @@ async fn evaluate_one(
 ) -> Result<EvaluationResponse, ApiError> {
     let (token, subject_id, decide) = translate(req, header_token)?;
     if let Some(id) = subject_id {
-        let sub = engine.verify_task_token(&token)?.sub.clone();
+        // The subject is the agent acting now: the actor of a delegated task.
+        let sub = engine.verify_task_token(&token)?.actor().to_owned();
         if sub != id {
             return Err(ApiError::new(
                 StatusCode::FORBIDDEN,
