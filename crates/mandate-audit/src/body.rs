@@ -128,6 +128,10 @@ bodies! {
     TaskDelegated(TaskDelegated) = "task.delegated",
     /// A delegation was refused.
     DelegationRefused(DelegationRefused) = "delegation.refused",
+    /// A containment rule fired and its response ran.
+    ContainmentFired(ContainmentFired) = "containment.fired",
+    /// A running task declared a new plan.
+    TaskRedeclared(TaskRedeclared) = "task.redeclared",
 }
 
 /// How a task ended.
@@ -439,6 +443,59 @@ pub struct DelegationRefused {
     /// The refusing decision, when policy refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub decision: Option<Decision>,
+}
+
+/// `containment.fired`: a containment rule saw enough in committed events to act.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ContainmentFired {
+    /// The rule's name, as configured.
+    pub rule: String,
+    /// The signal it watches (`honeytoken`, `denial_burst`, …).
+    pub signal: String,
+    /// What it counts over: `task` or `agent`.
+    pub per: String,
+    /// What the signal saw, in words.
+    pub summary: String,
+    /// The sequence numbers of the committed events that made the signal fire.
+    pub evidence: Vec<i64>,
+    /// The configured response (`revoke_task`, `quarantine_agent`, `step_up`, `alert`).
+    pub response: String,
+    /// How the response went: `applied`, `already` (nothing left to do) or `failed`.
+    pub result: String,
+    /// Tasks the response ended (the task and its descendants, or the agent's tasks).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub revoked: Vec<String>,
+    /// Why the response failed, when it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Microseconds from the commit of the last piece of evidence to the response's
+    /// acknowledgement.
+    pub reaction_us: u64,
+}
+
+/// `task.redeclared`: the plan before and after a re-declaration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskRedeclared {
+    /// `narrower` (in force at once, no policy needed) or `wider` (decided by policy).
+    pub change: String,
+    /// The purpose before.
+    pub previous_purpose: String,
+    /// The purpose now.
+    pub purpose: String,
+    /// The scope asked for before.
+    pub previous_requested: RequestedScope,
+    /// The scope asked for now.
+    pub requested: RequestedScope,
+    /// The grant before.
+    pub previous_grant: Grant,
+    /// The grant now.
+    pub grant: Grant,
+    /// The `start_task` decision on the new plan (absent for a narrowing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decision: Option<Decision>,
+    /// The approval that allowed a wider plan, when policy asked for one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval_id: Option<String>,
 }
 
 /// `call.refused`: a call refused before its decision (bad token, ended task, approval

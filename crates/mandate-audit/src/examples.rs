@@ -15,7 +15,7 @@ use crate::EventKind;
 use crate::body::*;
 
 /// Every kind, in declaration order.
-pub const ALL_KINDS: [EventKind; 45] = [
+pub const ALL_KINDS: [EventKind; 47] = [
     EventKind::AgentRegistered,
     EventKind::AgentStatusChanged,
     EventKind::JoinTokenIssued,
@@ -61,6 +61,8 @@ pub const ALL_KINDS: [EventKind; 45] = [
     EventKind::StoreRecovered,
     EventKind::TaskDelegated,
     EventKind::DelegationRefused,
+    EventKind::ContainmentFired,
+    EventKind::TaskRedeclared,
 ];
 
 fn s(v: &str) -> String {
@@ -487,6 +489,29 @@ pub fn example(kind: EventKind) -> Body {
             parent_grant: Some(Grant::default()),
             widening: vec![s("tool `billing.refund` is not in the parent's grant")],
             decision: None,
+        }),
+        EventKind::ContainmentFired => Body::ContainmentFired(ContainmentFired {
+            rule: s("honeytoken-quarantines"),
+            signal: s("honeytoken"),
+            per: s("agent"),
+            summary: s("called honeytoken tool billing.export_all"),
+            evidence: vec![41],
+            response: s("quarantine_agent"),
+            result: s("applied"),
+            revoked: vec![s("tsk_1")],
+            error: None,
+            reaction_us: 850,
+        }),
+        EventKind::TaskRedeclared => Body::TaskRedeclared(TaskRedeclared {
+            change: s("narrower"),
+            previous_purpose: s("refund order 42"),
+            purpose: s("look up order 42 only"),
+            previous_requested: scope(),
+            requested: scope(),
+            previous_grant: grant(),
+            grant: Grant::default(),
+            decision: None,
+            approval_id: None,
         }),
     }
 }

@@ -168,6 +168,12 @@ pub enum EventKind {
     /// A delegation was refused.
     #[serde(rename = "delegation.refused")]
     DelegationRefused,
+    /// A containment rule fired on what an agent or task did, and its response ran.
+    #[serde(rename = "containment.fired")]
+    ContainmentFired,
+    /// A running task declared a new plan (purpose and scope).
+    #[serde(rename = "task.redeclared")]
+    TaskRedeclared,
 }
 
 impl EventKind {
@@ -219,6 +225,8 @@ impl EventKind {
             Self::StoreRecovered => "store.recovered",
             Self::TaskDelegated => "task.delegated",
             Self::DelegationRefused => "delegation.refused",
+            Self::ContainmentFired => "containment.fired",
+            Self::TaskRedeclared => "task.redeclared",
         }
     }
 }

@@ -73,6 +73,8 @@ pub enum ApprovalKind {
     Call,
     /// The start of a task (its whole grant).
     TaskStart,
+    /// A running task's wider plan (its new purpose and scope).
+    PlanChange,
 }
 
 impl ApprovalKind {
@@ -81,6 +83,7 @@ impl ApprovalKind {
         match self {
             Self::Call => "call",
             Self::TaskStart => "task_start",
+            Self::PlanChange => "plan_change",
         }
     }
 }
@@ -91,6 +94,7 @@ impl FromStr for ApprovalKind {
         match s {
             "call" => Ok(Self::Call),
             "task_start" => Ok(Self::TaskStart),
+            "plan_change" => Ok(Self::PlanChange),
             other => Err(format!("unknown approval kind {other:?}")),
         }
     }

@@ -267,8 +267,8 @@ impl Engine {
         }
         // Cut the agent off in memory first, so no call is allowed while the store catches
         // up; if the store fails, each revocation stays enforced and is retried.
-        let revoke = |id: &str| {
-            let Some(t) = self.end_live(id) else { return };
+        let revoke = |id: &str| -> Option<std::sync::Arc<crate::engine::LiveTask>> {
+            let t = self.end_live(id)?;
             let reason = if t.agent == *name {
                 format!("agent {}", req.status)
             } else {
@@ -278,6 +278,7 @@ impl Engine {
                 )
             };
             self.remember_end(id, crate::engine::cascade_end(&t.agent, &reason, by));
+            Some(t)
         };
         // Its tasks and every task delegated below them, whichever agent runs it.
         let cut: Vec<String> = if req.status == AgentStatus::Active {
@@ -291,8 +292,11 @@ impl Engine {
             all.dedup();
             all
         };
-        for id in &cut {
-            revoke(id);
+        let ended: Vec<_> = cut.iter().filter_map(|id| revoke(id)).collect();
+        // Decisions that found a task live are recorded before the change is: what a
+        // caller was told and what the audit says agree, and no allow follows it.
+        for t in &ended {
+            t.drain().await;
         }
         let now = self.clock.now_ms();
         let ev = event(

@@ -74,7 +74,7 @@ impl From<&ApprovalRecord> for ApprovalRef {
     }
 }
 
-fn conflict(code: &'static str, message: impl Into<String>) -> Error {
+pub(crate) fn conflict(code: &'static str, message: impl Into<String>) -> Error {
     Error::new(Kind::Conflict, code, message)
 }
 
@@ -406,12 +406,18 @@ impl Engine {
                 ),
             ));
         }
-        if approver.name == a.owner && !a.owner_may_approve {
+        // In a delegation chain, every owner above the agent is as much a party to the
+        // call as the agent's own: none of them approves it unless policy waives it.
+        let chain_owner = self.live_get(&a.task_id).is_some_and(|t| {
+            t.ancestors()
+                .any(|up| HumanId::from_stored(up.owner()) == approver.name)
+        });
+        if (approver.name == a.owner || chain_owner) && !a.owner_may_approve {
             return Err(Error::new(
                 Kind::Forbidden,
                 "separation_of_duties",
                 format!(
-                    "{} owns agent {}; someone else must approve its requests (policy does not allow owner approval)",
+                    "{} owns agent {} or an agent above it in its delegation chain; someone else must approve its requests (policy does not allow owner approval)",
                     approver.name, a.agent
                 ),
             ));
@@ -425,7 +431,7 @@ impl Engine {
         let live = self.live_get(&a.task_id).filter(|t| !t.is_ended());
         let task_ok = match (a.kind, &live) {
             (_, None) => false,
-            (ApprovalKind::Call, Some(t)) => !t.is_pending(),
+            (ApprovalKind::Call | ApprovalKind::PlanChange, Some(t)) => !t.is_pending(),
             (ApprovalKind::TaskStart, Some(t)) => t.is_pending(),
         };
         if a.state.is_final() {
@@ -591,7 +597,7 @@ impl Engine {
                         "arguments": call.args, "typed_arguments": typed_arguments,
                         "args_digest": call.args.digest(),
                         "destination": call.destination, "data_domain": data_domain,
-                        "sensitivity": call.sensitivity, "purpose": task.purpose,
+                        "sensitivity": call.sensitivity, "purpose": task.plan().purpose,
                         "agent_tier": task.tier(), "tool_risk": tool_risk,
                         "tool_destructive": tool_destructive, "policies": decision.policies,
                         "reasons": decision.reasons,
@@ -923,7 +929,7 @@ fn meets_terms(a: &ApprovalRecord, d: &Decision) -> Result<(), String> {
 pub const APPROVAL_DENIED_POLICY: &str = "mandate:approval-denied";
 
 /// Why an approval cannot be used or answered now.
-fn not_pending(a: &ApprovalRecord, now_ms: i64) -> Error {
+pub(crate) fn not_pending(a: &ApprovalRecord, now_ms: i64) -> Error {
     let (code, what) = match a.state {
         ApprovalState::Pending | ApprovalState::Approved if now_ms >= a.expires_at_ms => {
             ("approval_expired", "has expired".to_owned())

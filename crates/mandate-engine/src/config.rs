@@ -55,6 +55,11 @@ pub struct ServerConfig {
     pub observers: Vec<Arc<dyn crate::audit_writer::CommitObserver>>,
     /// Where decision and gateway spans are exported over OTLP/HTTP (off when `None`).
     pub otlp: Option<crate::otlp::OtlpSettings>,
+    /// Containment rules, the alert webhook and Shared Signals receivers (off when
+    /// `None`; `mandate serve` installs [`ContainmentConfig::defaults`] without a file).
+    ///
+    /// [`ContainmentConfig::defaults`]: crate::containment::ContainmentConfig::defaults
+    pub containment: Option<Arc<crate::containment::ContainmentConfig>>,
 }
 
 impl ServerConfig {
@@ -83,6 +88,7 @@ impl ServerConfig {
             log: crate::checkpoints::LogSettings::default(),
             observers: Vec::new(),
             otlp: None,
+            containment: Some(Arc::new(crate::containment::ContainmentConfig::defaults())),
         }
     }
 }

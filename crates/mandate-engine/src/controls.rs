@@ -748,12 +748,55 @@ impl Engine {
                 )
             }
             M::Containment => {
-                evidence.push("quarantine, offboarding and revocation end every live task of the agent before they are acknowledged".into());
-                gaps.push("no automatic containment on anomaly or drift yet".into());
+                evidence.push("quarantine, offboarding and revocation end every live task of the agent before they are acknowledged; a policy change revokes or narrows live tasks it no longer permits".into());
+                let c = self.config.containment.clone().unwrap_or_default();
+                let signals: std::collections::BTreeSet<&str> =
+                    c.rules.iter().map(|r| r.signal.name()).collect();
+                let honeytokens = self
+                    .bundle()
+                    .catalog()
+                    .iter()
+                    .filter(|t| t.honeytoken)
+                    .count();
+                if c.rules.is_empty() {
+                    gaps.push("no containment rules: nothing reacts to anomalies automatically (`--containment`)".into());
+                } else {
+                    evidence.push(format!(
+                        "{} containment rule(s) on committed events: {}",
+                        c.rules.len(),
+                        signals.iter().copied().collect::<Vec<_>>().join(", ")
+                    ));
+                }
+                if honeytokens == 0 {
+                    gaps.push("no honeytoken tool in the catalog (`\"honeytoken\": true`)".into());
+                } else {
+                    evidence.push(format!("{honeytokens} honeytoken tool(s) in the catalog"));
+                }
+                let anomaly = signals.iter().any(|s| {
+                    matches!(
+                        *s,
+                        "denial_burst" | "rate_above_baseline" | "bytes_above_baseline"
+                    )
+                });
+                if !anomaly {
+                    gaps.push("no rule on denial bursts or an agent's rate or volume against its baseline".into());
+                }
+                if c.ssf_receivers.is_empty() {
+                    gaps.push("no Shared Signals receiver: revocations stay inside Mandate".into());
+                } else {
+                    evidence.push(format!(
+                        "revocations and quarantines sent as signed CAEP events to {} receiver(s)",
+                        c.ssf_receivers.len()
+                    ));
+                }
                 (
                     "containment and revocation",
-                    Status::Partial,
-                    &["agent.status_changed", "task.revoked"],
+                    if anomaly && honeytokens > 0 {
+                        Status::Implemented
+                    } else {
+                        Status::Partial
+                    },
+                    &["agent.status_changed", "task.revoked", "containment.fired"],
                 )
             }
             M::BreakGlass => {

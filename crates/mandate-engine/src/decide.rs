@@ -188,7 +188,10 @@ impl Engine {
         // and a task that ended (or ran out of time) after policy said yes is recorded as
         // refused.
         let flight = task.enter();
-        if flight.is_none() || self.clock.now_ms() >= task.expires_at() {
+        if flight.is_none()
+            || self.clock.now_ms() >= task.expires_at()
+            || task.ancestors().any(|a| a.is_ended())
+        {
             let ev = NewEvent {
                 ts_ms: self.clock.now_ms(),
                 agent: Some(task.agent.to_string()),
@@ -233,7 +236,7 @@ impl Engine {
             task_id: Some(task.id.clone()),
             body: Body::Decision(CallDecided {
                 decision_id: decision_id.clone(),
-                intent: task.purpose.clone(),
+                intent: task.plan().purpose.clone(),
                 tool: call.tool.clone(),
                 action: call.action,
                 resource: call.resource.clone(),

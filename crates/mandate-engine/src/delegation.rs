@@ -410,6 +410,7 @@ impl Engine {
             ended_at_ms: None,
             end_reason: None,
             delegation: Some(delegation.clone()),
+            step_up: false,
         };
         // RFC 8693 §4.1: the subject stays the root task's agent; the actors nest, the
         // one acting now outermost.
@@ -462,7 +463,22 @@ impl Engine {
                 )),
                 other => Refusal::from(Error::store(&other)),
             })?;
-        let live = self.live_task(&child, &record).map_err(&mut refusal)?;
+        let live = match self.live_task(&child, &record) {
+            Ok(l) => l,
+            Err(e) => {
+                // The parent left memory between the insert and now (it ended): the row
+                // just written must not stay active with nobody to end it.
+                self.remember_end(
+                    &task_id,
+                    crate::engine::cascade_end(
+                        &child.name,
+                        &format!("task {} ended while it was delegating", parent.id),
+                        "mandate",
+                    ),
+                );
+                return Err(refusal(e));
+            }
+        };
         // Shared context does not launder privilege: the child starts with the facts of
         // its parent that would have held or denied the parent's own calls.
         let row = live.change_history(|h| {

@@ -39,18 +39,15 @@ pub struct LiveTask {
     pub agent: AgentName,
     /// The agent's SPIFFE ID (the token's `sub`).
     pub spiffe_id: String,
-    /// Declared purpose.
-    pub purpose: String,
+    /// The declared plan: purpose, requested scope and what policy refused of it; replaced
+    /// whole when the task re-declares it.
+    plan: RwLock<Arc<Plan>>,
     /// The grant ceiling; narrowed in place when a policy change reduces it.
     pub grant: RwLock<Grant>,
-    /// What the task asked for, re-evaluated on every policy change.
-    pub requested: RequestedScope,
     /// The lifetime it asked for, seconds.
     pub ttl_secs: i64,
     /// What the task has done so far (R5).
     pub history: Mutex<History>,
-    /// Requested pairs policy refused at start (to explain grant-ceiling denials).
-    pub refused: Vec<ItemOutcome>,
     /// Start (unix ms).
     pub created_at_ms: i64,
     /// Expiry (unix ms); a policy change may bring it forward, never back.
@@ -71,6 +68,9 @@ pub struct LiveTask {
     /// The live task that delegated it: its grant bounds every call of this one, and its
     /// policy decides each of them too.
     pub parent: Option<Arc<LiveTask>>,
+    /// Set when a containment rule stepped the task up: every further write, delete or
+    /// execute needs a human (durable in the task's row).
+    step_up: AtomicBool,
     /// Set the moment the task ends; checked on every call.
     ended: AtomicBool,
     /// Wakes whatever waits on the task's end (calls in flight, streams).
@@ -83,6 +83,17 @@ pub struct LiveTask {
     in_flight: std::sync::atomic::AtomicUsize,
     /// Wakes an end waiting for `in_flight` to drain.
     drained: tokio::sync::Notify,
+}
+
+/// What a task declared it is for: replaced whole by a re-declaration.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// Declared purpose.
+    pub purpose: String,
+    /// What the task asked for, re-evaluated on every policy change.
+    pub requested: RequestedScope,
+    /// Requested pairs policy refused (to explain grant-ceiling denials).
+    pub refused: Vec<ItemOutcome>,
 }
 
 /// A decision in flight on a live task: while it is held, an end of the task waits.
@@ -119,10 +130,46 @@ impl LiveTask {
                 return Ok(Arc::clone(&cur.1));
             }
         }
+        let plan = self.plan();
+        let task = TaskFacts {
+            purpose: plan.purpose.clone(),
+            ..self.facts.1.clone()
+        };
         let rebuilt =
-            Arc::new(bundle.task_entities(&self.facts.0, &self.facts.1, &self.requested.tools)?);
+            Arc::new(bundle.task_entities(&self.facts.0, &task, &plan.requested.tools)?);
         *write(&self.entities) = (bundle.version().to_owned(), Arc::clone(&rebuilt));
         Ok(rebuilt)
+    }
+
+    /// What the agent's and the task's entities are built from (the task's purpose as it
+    /// started: [`LiveTask::plan`] has the purpose in force).
+    pub fn facts(&self) -> &(AgentFacts, TaskFacts) {
+        &self.facts
+    }
+
+    /// The plan in force now.
+    pub fn plan(&self) -> Arc<Plan> {
+        Arc::clone(&read(&self.plan))
+    }
+
+    /// Replaces the plan and the grant; the entities are rebuilt on the next call (the
+    /// purpose is one of their attributes).
+    pub fn redeclare(&self, plan: Plan, grant: Grant) {
+        *write(&self.plan) = Arc::new(plan);
+        *write(&self.grant) = grant;
+        write(&self.entities).0.clear();
+    }
+
+    /// True when a containment rule stepped this task, or one above it in its chain, up.
+    pub fn stepped_up(&self) -> bool {
+        self.step_up.load(Ordering::SeqCst)
+            || self.ancestors().any(|a| a.step_up.load(Ordering::SeqCst))
+    }
+
+    /// From now on every write, delete or execute of this task (and of its delegates)
+    /// needs a human.
+    pub fn set_step_up(&self) {
+        self.step_up.store(true, Ordering::SeqCst);
     }
 
     /// The grant in force now (a policy change may have narrowed it).
@@ -293,6 +340,13 @@ const ADMIN_HASH_KEY: &str = "admin_token_sha256";
 /// Every request's time budget, seconds (long-polls included).
 pub const REQUEST_TIMEOUT_SECS: i64 = 30;
 
+/// The pseudo policy id of a call to a honeytoken tool (always denied).
+pub const HONEYTOKEN_POLICY: &str = "mandate:honeytoken";
+
+/// The pseudo policy id that holds a stepped-up task's write, delete or execute for a
+/// human.
+pub const STEP_UP_POLICY: &str = "mandate:step-up";
+
 /// The pseudo policy id of a call allowed by a break-glass grant.
 pub const BREAK_GLASS_POLICY: &str = "mandate:break-glass";
 
@@ -445,6 +499,15 @@ impl Engine {
             let exporter = crate::otlp::OtlpExporter::spawn(otlp.clone())?;
             observers.push(exporter as Arc<dyn crate::audit_writer::CommitObserver>);
         }
+        let containment = config.containment.clone().unwrap_or_default();
+        let mut follow = |kinds: crate::tail::Kinds| {
+            let (tap, tail) = crate::tail::tail(Arc::clone(&store), kinds);
+            observers.push(tap as Arc<dyn crate::audit_writer::CommitObserver>);
+            tail
+        };
+        let containment_rx =
+            (!containment.rules.is_empty()).then(|| follow(crate::containment::watched));
+        let ssf_rx = (!containment.ssf_receivers.is_empty()).then(|| follow(crate::ssf::watched));
         let audit = AuditWriter::spawn_observed(Arc::clone(&store), observers);
         // A broken chain is never appended to: the server starts (so readiness can say
         // why) but records and decides nothing.
@@ -607,6 +670,20 @@ impl Engine {
             engine.audit.clone(),
             Arc::clone(&engine.clock),
         );
+        if let Some(rx) = containment_rx {
+            #[expect(
+                clippy::disallowed_methods,
+                reason = "the containment responder: one per engine, ends when the audit writer drops its tap"
+            )]
+            tokio::spawn(Arc::clone(&engine).run_containment(rx));
+        }
+        if let Some(rx) = ssf_rx {
+            #[expect(
+                clippy::disallowed_methods,
+                reason = "the SET sender: one per engine, ends when the audit writer drops its tap"
+            )]
+            tokio::spawn(Arc::clone(&engine).run_ssf(rx));
+        }
         Ok(Opened {
             engine,
             generated_admin_token,
@@ -614,7 +691,13 @@ impl Engine {
     }
 
     async fn load_live_tasks(&self) -> Result<(), String> {
-        let live = self.store.live_tasks().await.map_err(|e| e.to_string())?;
+        let mut live = self.store.live_tasks().await.map_err(|e| e.to_string())?;
+        // Parents before their delegates, whatever their start times: a delegate is built
+        // on its live parent.
+        live.sort_by(|a, b| {
+            let depth = |t: &TaskRecord| t.delegation.as_ref().map_or(0, |d| d.depth);
+            (depth(a), a.created_at_ms, &a.id).cmp(&(depth(b), b.created_at_ms, &b.id))
+        });
         let break_glass: HashMap<String, (String, String)> = self
             .store
             .break_glass_records()
@@ -726,12 +809,14 @@ impl Engine {
             id: t.id.clone(),
             agent: agent.name.clone(),
             spiffe_id,
-            purpose: t.purpose.clone(),
+            plan: RwLock::new(Arc::new(Plan {
+                purpose: t.purpose.clone(),
+                requested: t.requested.clone(),
+                refused,
+            })),
             grant: RwLock::new(t.grant.clone()),
-            requested: t.requested.clone(),
             ttl_secs: (t.expires_at_ms - t.created_at_ms).div_euclid(1000).max(1),
             history: Mutex::new(History::default()),
-            refused,
             created_at_ms: t.created_at_ms,
             expires_at_ms: AtomicI64::new(t.expires_at_ms),
             token_jti: t.token_jti.clone(),
@@ -741,6 +826,7 @@ impl Engine {
             break_glass: None,
             delegation: t.delegation.clone(),
             parent,
+            step_up: AtomicBool::new(t.step_up),
             ended: AtomicBool::new(false),
             end_signal: tokio::sync::Notify::new(),
             history_rev: AtomicI64::new(0),
@@ -1080,7 +1166,7 @@ impl Engine {
         let bundle = self.bundle();
         let now_secs = self.clock.now_secs();
         let mut narrowed: Vec<(Arc<LiveTask>, Grant, Grant, TaskEnded)> = Vec::new();
-        let mut ended: Vec<(String, PendingEnd)> = Vec::new();
+        let mut ended: Vec<(Arc<LiveTask>, PendingEnd)> = Vec::new();
         // Pass 1, no await: every change is in force before anything is written.
         let now_ms = self.clock.now_ms();
         for task in tasks {
@@ -1098,7 +1184,7 @@ impl Engine {
                 Err(e) => {
                     tracing::error!(task = %task.id, error = %e, "cannot rebuild task entities under the new bundle; revoking");
                     ended.push((
-                        task.id.clone(),
+                        Arc::clone(task),
                         drift_end(
                             task,
                             TaskEnded {
@@ -1113,10 +1199,11 @@ impl Engine {
                     continue;
                 }
             };
+            let plan = task.plan();
             let sd = bundle.decide_start(
                 &entities,
                 &mandate_policy::StartRequest {
-                    scope: &task.requested,
+                    scope: &plan.requested,
                     ttl_secs: task.ttl_secs,
                     environment: &self.config.environment,
                     now_secs,
@@ -1140,7 +1227,7 @@ impl Engine {
             };
             if !stands || new_grant.is_empty() {
                 self.end_live(&task.id);
-                ended.push((task.id.clone(), drift_end(task, versions)));
+                ended.push((Arc::clone(task), drift_end(task, versions)));
                 change.revoked.push(task.id.clone());
                 continue;
             }
@@ -1154,13 +1241,16 @@ impl Engine {
                 change.reduced.push(task.id.clone());
             }
         }
-        // Pass 2: record. Ends that fail to record stay enforced and are retried by the
-        // sweeper; a narrowing that fails to record is re-derived on restart, which
+        // Pass 2: record, through the one end path every revocation takes: the task's
+        // delegates end with it (a delegate's calls are already refused, its ancestor
+        // having ended), decisions in flight drain before the end is recorded, and open
+        // approvals are voided. Ends that fail to record stay enforced and are retried by
+        // the sweeper; a narrowing that fails to record is re-derived on restart, which
         // re-decides every live task under the bundle then enforcing.
-        for (id, end) in ended {
-            self.remember_end(&id, end.clone());
-            if self.record_end(&id, &end).await.is_ok() {
-                self.forget_end(&id);
+        for (task, end) in ended {
+            task.drain().await;
+            if let Err(e) = self.end_task(&task.id, end).await {
+                tracing::error!(task = %task.id, error = %e, "drift revocation not recorded yet; enforced, and retried by the sweeper");
             }
         }
         for (task, old_grant, new_grant, versions) in narrowed {
@@ -1337,6 +1427,24 @@ impl Engine {
     pub fn evaluate(&self, token: &str, call: &Call) -> Result<Evaluated, Box<Refusal>> {
         let task = self.task_for_token(token)?;
         let bundle = self.bundle();
+        if bundle.catalog().is_honeytoken(&call.tool) {
+            // A decoy: whatever the grant or policy says, no call of it is ever allowed;
+            // containment's `honeytoken` signal reacts to the recorded decision.
+            let decision = Decision::deny(
+                HONEYTOKEN_POLICY,
+                format!(
+                    "tool {} is a honeytoken: no honest task calls it",
+                    call.tool
+                ),
+                bundle.version(),
+            );
+            return Ok(Evaluated {
+                task,
+                decision,
+                shadow: None,
+                data_domain: None,
+            });
+        }
         let data_domain = match bundle.effective_data_domain(&call.tool, call.data_domain.as_ref())
         {
             Ok(d) => d.cloned(),
@@ -1359,6 +1467,7 @@ impl Engine {
             let mut decision =
                 Decision::deny(GRANT_CEILING_POLICY, outside.to_string(), bundle.version());
             for r in task
+                .plan()
                 .refused
                 .iter()
                 .filter(|r| r.tool == call.tool && r.action == call.action)
@@ -1469,6 +1578,12 @@ impl Engine {
             };
             decision = stricter(decision, link, a);
         }
+        if decision.outcome == mandate_policy::Outcome::Allow
+            && call.action != ActionClass::Read
+            && task.stepped_up()
+        {
+            decision = stepped_up(decision);
+        }
         // Shadow mode: the candidate decides the same input; only disagreements matter,
         // and they are recorded, never enforced.
         // The shadow bundle sees the call as its own catalog describes it, with the data
@@ -1479,7 +1594,12 @@ impl Engine {
                 data_domain: call.data_domain.as_ref(),
                 ..request
             };
-            match b.task_entities(&task.facts.0, &task.facts.1, &task.requested.tools) {
+            let plan = task.plan();
+            let facts = TaskFacts {
+                purpose: plan.purpose.clone(),
+                ..task.facts.1.clone()
+            };
+            match b.task_entities(&task.facts.0, &facts, &plan.requested.tools) {
                 Ok(e) => b.decide_call(&e, &declared),
                 Err(e) => Decision::deny(
                     "mandate:internal-error",
@@ -1506,8 +1626,9 @@ impl Engine {
         data_domain: Option<&DataDomain>,
         bundle: &Bundle,
     ) -> Option<Decision> {
+        let now_ms = self.clock.now_ms();
         for a in task.ancestors() {
-            if a.is_ended() {
+            if a.is_ended() || now_ms >= a.expires_at() {
                 return Some(Decision::deny(
                     GRANT_CEILING_POLICY,
                     format!("task {} above it in its delegation chain has ended", a.id),
@@ -1875,6 +1996,23 @@ fn stricter(own: Decision, link: Decision, above: &LiveTask) -> Decision {
         d.obligations.extend(link.obligations);
         d
     }
+}
+
+/// An allow of a stepped-up task's write, delete or execute, turned into a request for one
+/// human (never the agent's owner).
+fn stepped_up(mut d: Decision) -> Decision {
+    d.outcome = mandate_policy::Outcome::ApprovalRequired;
+    d.policies.push(STEP_UP_POLICY.to_owned());
+    d.reasons.push(
+        "a containment rule stepped this task up: every write, delete or execute needs a human"
+            .to_owned(),
+    );
+    d.approval = Some(mandate_policy::ApprovalTerms {
+        approvals: 1,
+        owner_may_approve: false,
+        group: "default".to_owned(),
+    });
+    d
 }
 
 /// The end of a task because one above it in its chain ended.

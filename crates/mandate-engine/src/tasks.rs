@@ -163,7 +163,7 @@ pub(crate) fn agent_gone(name: &AgentName, while_: &str) -> Error {
 }
 
 /// The grant of a break-glass: every requested tool with every requested action.
-fn grant_of(scope: &RequestedScope) -> Grant {
+pub(crate) fn grant_of(scope: &RequestedScope) -> Grant {
     let actions: BTreeSet<_> = scope.actions.iter().copied().collect();
     Grant {
         tools: scope
@@ -388,6 +388,7 @@ impl Engine {
             ended_at_ms: None,
             end_reason: None,
             delegation: None,
+            step_up: false,
         };
         let token = if pending {
             None
@@ -644,6 +645,7 @@ impl Engine {
             ended_at_ms: None,
             end_reason: None,
             delegation: None,
+            step_up: false,
         };
         let record = BreakGlassRecord {
             id: id.clone(),

@@ -62,6 +62,10 @@ pub struct ToolEntry {
     /// It can destroy data.
     #[serde(default)]
     pub destructive: bool,
+    /// A decoy: no honest task ever calls it. Every call is denied
+    /// (`mandate:honeytoken`), and containment's `honeytoken` signal fires on it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub honeytoken: bool,
     /// What agents are told the tool does, instead of what its server says (MCP).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
@@ -116,9 +120,19 @@ impl ToolCatalog {
         self.arguments.iter()
     }
 
+    /// True when the catalog declares the tool a honeytoken (a decoy).
+    pub fn is_honeytoken(&self, tool: &ToolName) -> bool {
+        self.tools.get(tool).is_some_and(|t| t.honeytoken)
+    }
+
     /// The entry for a tool, if cataloged.
     pub fn get(&self, tool: &ToolName) -> Option<&ToolEntry> {
         self.tools.get(tool)
+    }
+
+    /// Every cataloged tool, by name.
+    pub fn iter(&self) -> impl Iterator<Item = &ToolEntry> {
+        self.tools.values()
     }
 
     /// Number of cataloged tools.

@@ -83,6 +83,7 @@ async fn main() {
             ended_at_ms: None,
             end_reason: None,
             delegation: None,
+            step_up: false,
         };
         store
             .insert_task(

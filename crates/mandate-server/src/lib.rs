@@ -20,7 +20,7 @@ pub mod mcp;
 mod server;
 
 pub use mandate_engine::{
-    ApprovalRef, Call, Engine, Evaluated, LiveTask, ServerConfig, checkpoints, config, engine,
-    otlp, secrets, verify, webhook,
+    ApprovalRef, Call, DecideOptions, Engine, Evaluated, LiveTask, ServerConfig, checkpoints,
+    config, containment, engine, otlp, secrets, ssf, verify, webhook,
 };
 pub use server::{RunningServer, Server};

@@ -135,6 +135,18 @@ impl Store for BreakableStore {
         self.check()?;
         self.inner.update_task_grant(id, g, e).await
     }
+    async fn set_task_step_up(&self, id: &str, e: NewEvent) -> StoreResult<bool> {
+        self.check()?;
+        self.inner.set_task_step_up(id, e).await
+    }
+    async fn redeclare_task(
+        &self,
+        plan: &mandate_store::TaskPlan,
+        e: NewEvent,
+    ) -> StoreResult<bool> {
+        self.check()?;
+        self.inner.redeclare_task(plan, e).await
+    }
     async fn append_events(&self, events: Vec<NewEvent>) -> StoreResult<Vec<Event>> {
         self.check()?;
         self.inner.append_events(events).await

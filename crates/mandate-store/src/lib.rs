@@ -18,7 +18,8 @@ use mandate_core::{AgentName, AgentStatus, ApprovalState, Grant, TaskState};
 
 pub use records::{
     AgentRecord, ApprovalRecord, ApprovalVote, ApproverGroup, ApproverRecord, BreakGlassRecord,
-    BreakGlassReview, JoinTokenRecord, KeyRow, SecretRecord, TaskRecord, ToolPin, VoteOutcome,
+    BreakGlassReview, JoinTokenRecord, KeyRow, SecretRecord, TaskPlan, TaskRecord, ToolPin,
+    VoteOutcome,
 };
 pub use sqlite::SqliteStore;
 
@@ -198,6 +199,15 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         grant: &Grant,
         event: NewEvent,
     ) -> StoreResult<bool>;
+
+    /// Marks a live task stepped up (every further write, delete or execute needs a
+    /// human), with its event. `Ok(false)` (and no event) when the task is not live.
+    async fn set_task_step_up(&self, id: &str, event: NewEvent) -> StoreResult<bool>;
+
+    /// Replaces an active task's plan (purpose, requested scope, grant, items) with its
+    /// event. `Ok(false)` (and no event) when the task is no longer active.
+    async fn redeclare_task(&self, plan: &TaskPlan, event: NewEvent) -> StoreResult<bool>;
+
     /// Appends events to the chain in one transaction (group commit).
     async fn append_events(&self, events: Vec<NewEvent>) -> StoreResult<Vec<Event>>;
     /// Appends events and writes task history snapshots in one transaction (either may

@@ -95,6 +95,25 @@ pub struct TaskRecord {
     /// Where it sits in its delegation chain, when another task delegated it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delegation: Option<Delegation>,
+    /// A containment rule stepped it up: every further write, delete or execute needs a
+    /// human.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub step_up: bool,
+}
+
+/// A running task's new plan (a re-declaration).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskPlan {
+    /// Task id.
+    pub id: String,
+    /// The new purpose.
+    pub purpose: String,
+    /// The new requested scope.
+    pub requested: RequestedScope,
+    /// The grant under the new plan.
+    pub grant: Grant,
+    /// How each requested pair fared.
+    pub items: serde_json::Value,
 }
 
 /// A human who answers approval requests (and, by role, declares or reviews break-glass).

@@ -21,7 +21,7 @@ use sqlx::{AssertSqlSafe, Row, Sqlite, Transaction};
 use crate::{
     AgentRecord, ApprovalRecord, ApprovalVote, ApproverGroup, ApproverRecord, BreakGlassRecord,
     BreakGlassReview, EventFilter, HistoryRow, JoinTokenRecord, KeyRow, SecretRecord, Store,
-    StoreError, StoreResult, TaskMove, TaskRecord, ToolPin, VoteOutcome,
+    StoreError, StoreResult, TaskMove, TaskPlan, TaskRecord, ToolPin, VoteOutcome,
 };
 
 /// Versioned migrations, applied in order, each in its own transaction.
@@ -47,6 +47,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         6,
         "delegation",
         include_str!("../migrations/0006_delegation.sql"),
+    ),
+    (
+        7,
+        "containment",
+        include_str!("../migrations/0007_containment.sql"),
     ),
 ];
 
@@ -446,6 +451,7 @@ fn task_from_row(r: &SqliteRow) -> StoreResult<TaskRecord> {
             .map(|d| serde_json::from_str(&d))
             .transpose()
             .map_err(corrupt)?,
+        step_up: r.try_get::<i64, _>("step_up")? != 0,
     })
 }
 
@@ -460,7 +466,7 @@ fn json(v: &impl serde::Serialize) -> StoreResult<String> {
     serde_json::to_string(v).map_err(|e| StoreError::Db(e.to_string()))
 }
 
-const TASK_COLUMNS: &str = "id, agent, purpose, requested, grant_json, items, state, bundle_version, token_jti, created_at_ms, expires_at_ms, ended_at_ms, end_reason, delegation";
+const TASK_COLUMNS: &str = "id, agent, purpose, requested, grant_json, items, state, bundle_version, token_jti, created_at_ms, expires_at_ms, ended_at_ms, end_reason, delegation, step_up";
 
 /// Every live task of an agent and every live task delegated below one of them, however
 /// deep (`$1` is the agent).
@@ -922,6 +928,47 @@ impl Store for SqliteStore {
         )
         .bind(json(grant)?)
         .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        if updated.rows_affected() == 0 {
+            return Ok(false);
+        }
+        append_one(&mut tx, event).await?;
+        tx.commit().await?;
+        w.keep();
+        Ok(true)
+    }
+
+    async fn set_task_step_up(&self, id: &str, event: NewEvent) -> StoreResult<bool> {
+        let mut w = self.writer().await?;
+        let mut tx = w.begin().await?;
+        let updated = sqlx::query(
+            "UPDATE tasks SET step_up = 1 WHERE id = $1 AND state IN ('pending', 'active')",
+        )
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        if updated.rows_affected() == 0 {
+            return Ok(false);
+        }
+        append_one(&mut tx, event).await?;
+        tx.commit().await?;
+        w.keep();
+        Ok(true)
+    }
+
+    async fn redeclare_task(&self, plan: &TaskPlan, event: NewEvent) -> StoreResult<bool> {
+        let mut w = self.writer().await?;
+        let mut tx = w.begin().await?;
+        let updated = sqlx::query(
+            "UPDATE tasks SET purpose = $1, requested = $2, grant_json = $3, items = $4 \
+             WHERE id = $5 AND state = 'active'",
+        )
+        .bind(&plan.purpose)
+        .bind(json(&plan.requested)?)
+        .bind(json(&plan.grant)?)
+        .bind(json(&plan.items)?)
+        .bind(&plan.id)
         .execute(&mut *tx)
         .await?;
         if updated.rows_affected() == 0 {

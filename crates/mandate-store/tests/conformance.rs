@@ -72,6 +72,7 @@ fn task(id: &str) -> TaskRecord {
         ended_at_ms: None,
         end_reason: None,
         delegation: None,
+        step_up: false,
     }
 }
 

@@ -28,8 +28,18 @@ pub struct Expectations<'a> {
 
 /// Signs `claims` with the ring's active key as a compact JWS (`alg: EdDSA`, `typ: JWT`).
 pub fn sign<C: Serialize>(ring: &KeyRing, claims: &C) -> Result<String, TokenError> {
+    sign_typed(ring, "JWT", claims)
+}
+
+/// [`sign`] with another `typ` header (e.g. `secevent+jwt` for a Security Event Token,
+/// RFC 8417 §2.3), so a receiver can tell it from an access or identity token.
+pub fn sign_typed<C: Serialize>(
+    ring: &KeyRing,
+    typ: &str,
+    claims: &C,
+) -> Result<String, TokenError> {
     let key = ring.active();
-    let header = serde_json::json!({ "alg": "EdDSA", "typ": "JWT", "kid": key.kid() });
+    let header = serde_json::json!({ "alg": "EdDSA", "typ": typ, "kid": key.kid() });
     let header = serde_json::to_vec(&header).map_err(|e| TokenError::Signing(e.to_string()))?;
     let payload = serde_json::to_vec(claims).map_err(|e| TokenError::Signing(e.to_string()))?;
     let mut token = URL_SAFE_NO_PAD.encode(header);

@@ -22,5 +22,5 @@ mod keys;
 pub use cache::VerifiedCache;
 pub use claims::{Act, IdentityClaims, RegisteredClaims, TaskClaims};
 pub use error::TokenError;
-pub use jws::{Expectations, sign, verify};
+pub use jws::{Expectations, sign, sign_typed, verify};
 pub use keys::{Jwk, Jwks, KeyRing, PublicKey, SigningKey, StoredKey};

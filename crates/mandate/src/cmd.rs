@@ -270,6 +270,34 @@ pub enum TaskCmd {
         #[command(flatten)]
         server: ServerOpts,
     },
+    /// Re-declare a running task's plan with its own task token: a new purpose and scope.
+    /// Within the grant it holds, in force at once; wider, decided by policy (and held for
+    /// a human where policy says so: repeat with --approval-id once approved).
+    Plan {
+        id: String,
+        #[arg(long, env = "MANDATE_TASK_TOKEN", hide_env_values = true)]
+        task_token: String,
+        /// The new intent.
+        #[arg(long)]
+        purpose: String,
+        /// A tool the task needs now (repeat).
+        #[arg(long = "tool", required = true)]
+        tools: Vec<String>,
+        /// An action class it needs now (repeat).
+        #[arg(long = "action", required = true)]
+        actions: Vec<String>,
+        /// A data domain it touches (repeat).
+        #[arg(long = "data-domain")]
+        data_domains: Vec<String>,
+        /// A destination it sends data to (repeat).
+        #[arg(long = "destination")]
+        destinations: Vec<String>,
+        /// The approval a wider plan was held for.
+        #[arg(long)]
+        approval_id: Option<String>,
+        #[command(flatten)]
+        server: ServerOpts,
+    },
     /// Show a task.
     Show {
         id: String,
@@ -397,6 +425,32 @@ pub async fn task(c: TaskCmd) -> Result<()> {
                 .await?
                 .ok()?,
         ),
+        TaskCmd::Plan {
+            id,
+            task_token,
+            purpose,
+            tools,
+            actions,
+            data_domains,
+            destinations,
+            approval_id,
+            server,
+        } => {
+            let mut body = json!({
+                "purpose": purpose,
+                "scope": { "tools": tools, "actions": actions, "data_domains": data_domains, "destinations": destinations },
+            });
+            if let (Some(a), Some(obj)) = (approval_id, body.as_object_mut()) {
+                obj.insert("approval_id".into(), json!(a));
+            }
+            print(
+                &server
+                    .client()?
+                    .post(&format!("/v1/tasks/{id}/plan"), Some(&task_token), &body)
+                    .await?
+                    .ok()?,
+            )
+        }
         TaskCmd::Complete {
             id,
             task_token,

@@ -14,7 +14,7 @@ use crate::trace::list;
 use crate::{style, trace};
 
 /// The demo's policies: the same files as `examples/policies/demo/`.
-const POLICIES: [(&str, &str); 3] = [
+const POLICIES: [(&str, &str); 4] = [
     (
         "start.cedar",
         include_str!("../../../examples/policies/demo/start.cedar"),
@@ -22,6 +22,10 @@ const POLICIES: [(&str, &str); 3] = [
     (
         "support.cedar",
         include_str!("../../../examples/policies/demo/support.cedar"),
+    ),
+    (
+        "tools.json",
+        include_str!("../../../examples/policies/demo/tools.json"),
     ),
     (
         "delegation.cedar",
@@ -509,6 +513,85 @@ pub async fn run(data_dir: Option<PathBuf>) -> Result<ExitCode> {
         &format!(
             "the delegated sub-task ended with it: {}",
             decision_line(&r)
+        ),
+    );
+
+    n.say("A compromised agent reaches for a decoy: `tickets.export_all` is a honeytoken in the catalog");
+    let rogue = c
+        .post(
+            "/v1/agents",
+            Some(&admin),
+            &json!({ "name": "ticket-exporter", "owner": "alice@example.com", "tier": 1 }),
+        )
+        .await?;
+    let rogue_join = rogue.body["join_token"].as_str().unwrap_or_default();
+    let att = c
+        .post(
+            "/v1/attest",
+            None,
+            &json!({ "agent": "ticket-exporter", "join_token": rogue_join }),
+        )
+        .await?;
+    let rogue_identity = att.body["identity_token"].as_str().unwrap_or_default();
+    let started = c
+        .post(
+            "/v1/tasks",
+            Some(rogue_identity),
+            &json!({ "purpose": "export a report of open tickets",
+                     "scope": { "tools": ["tickets.search", "tickets.export_all"], "actions": ["read"], "data_domains": ["support"] } }),
+        )
+        .await?;
+    let rogue_task = started.body["task_token"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let r = decide(
+        &c,
+        &rogue_task,
+        call("tickets.export_all", "read", json!({ "status": "any" })),
+    )
+    .await?;
+    n.check(
+        r.status == 200 && r.body["outcome"] == "deny",
+        &format!("the call: {}", decision_line(&r)),
+    );
+    // Containment reacts to the committed decision off the decide path: wait for it.
+    let mut status = String::new();
+    for _ in 0..100 {
+        let a = c.get("/v1/agents/ticket-exporter", Some(&admin)).await?;
+        status = a.body["status"].as_str().unwrap_or_default().to_owned();
+        if status == "quarantined" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    n.check(
+        status == "quarantined",
+        &format!("containment quarantined ticket-exporter (agent status: {status})"),
+    );
+    let r = decide(
+        &c,
+        &rogue_task,
+        call("tickets.search", "read", json!({ "status": "open" })),
+    )
+    .await?;
+    n.check(
+        r.status == 403 && r.code() == "task_not_active",
+        &format!("its task is revoked: {}", decision_line(&r)),
+    );
+    let again = c
+        .post(
+            "/v1/tasks",
+            Some(rogue_identity),
+            &json!({ "purpose": "try again", "scope": { "tools": ["tickets.search"], "actions": ["read"] } }),
+        )
+        .await?;
+    n.check(
+        again.status == 403,
+        &format!(
+            "a new task is refused until a human releases it: {} {}",
+            again.status,
+            again.code()
         ),
     );
 

@@ -183,6 +183,11 @@ struct ServeArgs {
     /// `service.name` of the exported spans.
     #[arg(long, default_value = "mandate", env = "OTEL_SERVICE_NAME")]
     otlp_service_name: String,
+    /// Containment configuration (TOML: `[[rule]]` signals and responses, an
+    /// `[alert_webhook]`, `[[ssf_receiver]]`s). Without it, a call of a honeytoken tool
+    /// quarantines its agent and nothing else reacts.
+    #[arg(long, env = "MANDATE_CONTAINMENT")]
+    containment: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -300,6 +305,14 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
         let gc = mandate_gateway::GatewayConfig::from_toml(&text)
             .with_context(|| format!("in {}", path.display()))?;
         config.gateway = Some(std::sync::Arc::new(gc));
+    }
+    if let Some(path) = a.containment {
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading the containment config {}", path.display()))?;
+        let c = mandate_server::containment::ContainmentConfig::from_toml(&text)
+            .map_err(anyhow::Error::msg)
+            .with_context(|| format!("in {}", path.display()))?;
+        config.containment = Some(std::sync::Arc::new(c));
     }
     config.vault_token = std::env::var("VAULT_TOKEN")
         .ok()

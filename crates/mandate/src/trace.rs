@@ -92,6 +92,32 @@ pub fn line(e: &Event) -> String {
             d["child_agent"].as_str().unwrap_or("?"),
             d["message"].as_str().unwrap_or("")
         ),
+        "containment.fired" => format!(
+            "{} rule {} ({}): {} → {} {}{}",
+            style::red("contained"),
+            d["rule"].as_str().unwrap_or(""),
+            d["signal"].as_str().unwrap_or(""),
+            d["summary"].as_str().unwrap_or(""),
+            d["response"].as_str().unwrap_or(""),
+            d["result"].as_str().unwrap_or(""),
+            d["evidence"]
+                .as_array()
+                .map(|e| format!(
+                    " (evidence #{})",
+                    e.iter()
+                        .map(|s| s.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", #")
+                ))
+                .unwrap_or_default()
+        ),
+        "task.redeclared" => format!(
+            "{} plan: purpose {:?} → {:?}; granted {}",
+            d["change"].as_str().unwrap_or(""),
+            d["previous_purpose"].as_str().unwrap_or(""),
+            d["purpose"].as_str().unwrap_or(""),
+            grant(&d["grant"])
+        ),
         "call.refused" => format!(
             "{} {} {}",
             style::red(d["code"].as_str().unwrap_or("")),

@@ -202,7 +202,7 @@ fn item_has_path_params(op: &utoipa::openapi::path::Operation) -> bool {
     info(title = "Mandate API", description = "Runtime authorization control plane for AI agents: identity, tasks, per-call decisions, audit."),
     paths(
         agents::register, agents::list, agents::get_agent, agents::join_token, agents::set_status, agents::attest, agents::renew,
-        tasks::start, oauth::token_exchange, tasks::get_task, tasks::list_tasks, tasks::complete, tasks::revoke, tasks::activate,
+        tasks::start, oauth::token_exchange, tasks::get_task, tasks::list_tasks, tasks::complete, tasks::revoke, tasks::activate, tasks::redeclare,
         approvals::add_approver, approvals::list_approvers, approvals::disable_approver, approvals::set_group,
         approvals::list_approvals, approvals::get_approval, approvals::approve, approvals::deny,
         approvals::declare_break_glass, approvals::list_break_glass, approvals::review_break_glass,
@@ -308,6 +308,7 @@ pub fn router(engine: Arc<Engine>) -> Router {
         .route("/v1/tasks/{id}/complete", post(tasks::complete))
         .route("/v1/tasks/{id}/revoke", post(tasks::revoke))
         .route("/v1/tasks/{id}/activate", post(tasks::activate))
+        .route("/v1/tasks/{id}/plan", post(tasks::redeclare))
         .route(
             "/v1/approvers",
             post(approvals::add_approver).get(approvals::list_approvers),

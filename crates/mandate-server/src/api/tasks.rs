@@ -23,6 +23,12 @@ pub use mandate_engine::Started as StartTaskResponse;
 /// A task after a transition.
 pub use mandate_engine::Transitioned as TaskStateResponse;
 
+/// A running task's new plan (the engine's `Redeclare`).
+pub use mandate_engine::plans::Redeclare as RedeclareRequest;
+
+/// What a re-declaration did (the engine's `Redeclared`).
+pub use mandate_engine::plans::Redeclared as RedeclareResponse;
+
 /// Exchange an approved start for the task token.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -94,6 +100,35 @@ pub async fn activate(
             .activate_task(&bearer.0, &id, &req.approval_id, wait)
             .await?,
     ))
+}
+
+/// Re-declare a running task's plan (its own task token): a new purpose and scope. A plan
+/// within the grant held takes effect at once; a wider one is decided by policy as a start
+/// would be, and where policy asks for a human it waits: the answer is 202 with the
+/// approval, and the same plan repeated with `approval_id` once approved takes effect.
+#[utoipa::path(post, path = "/v1/tasks/{id}/plan", tag = "tasks", request_body = RedeclareRequest,
+    security(("task_token" = [])),
+    params(("id" = String, Path, description = "task id", max_length = 64)),
+    responses(
+        (status = 200, description = "the new plan is in force", body = RedeclareResponse),
+        (status = 202, description = "a wider plan waits for an approval", body = RedeclareResponse),
+        (status = 401, body = ErrorBody),
+        (status = 403, description = "refused by policy (`plan_refused`), a delegated task widening (`delegated_plan_widens`), another task's token, or an approval for another plan (`approval_mismatch`)", body = ErrorBody),
+        (status = 409, description = "a break-glass task, or an approval that is not approved (pending, denied, used, expired, void)", body = ErrorBody),
+        (status = 413, body = ErrorBody), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub async fn redeclare(
+    State(engine): AppState,
+    bearer: Bearer,
+    Path(id): Path<String>,
+    ApiJson(req): ApiJson<RedeclareRequest>,
+) -> Result<(StatusCode, Json<RedeclareResponse>), ApiError> {
+    let r = engine.redeclare_task(&bearer.0, &id, req).await?;
+    let status = if r.applied {
+        StatusCode::OK
+    } else {
+        StatusCode::ACCEPTED
+    };
+    Ok((status, Json(r)))
 }
 
 /// One task (admin).

@@ -1,0 +1,204 @@
+//! Following the audit log as it commits, for what reacts to events (containment, Shared
+//! Signals): every committed event of the kinds asked for, exactly once, in order.
+//!
+//! Most events reach the store through the group-commit writer, whose observers hear of
+//! them at once; state changes that commit their own transaction (a task's end, an agent's
+//! status, an approval's answer) do not pass through it. So a [`Tap`] (the writer's
+//! observer) passes on the kinds asked for with the range of sequence numbers it saw, and
+//! the [`Tail`] reading it fills every gap from the store: a sequence number the writer did
+//! not report (another transaction's) is read back when the next batch shows the gap, or
+//! within [`POLL`] when nothing else commits. A batch the bounded queue had to drop is a
+//! gap too, read back the same way, so nothing committed is ever skipped.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use mandate_audit::Event;
+use mandate_store::Store;
+use tokio::sync::mpsc;
+
+use crate::audit_writer::CommitObserver;
+
+/// How often the tail looks for events committed outside the writer when the writer is
+/// quiet.
+pub const POLL: Duration = Duration::from_millis(50);
+
+/// Most batches waiting; beyond it batches are dropped and read back from the store.
+const QUEUE: usize = 4096;
+
+/// Events read back from the store per query.
+const PAGE: i64 = 512;
+
+/// What a tail follows: the event kinds it is told of.
+pub type Kinds = fn(&str) -> bool;
+
+/// One committed batch, as the writer reported it.
+#[derive(Debug)]
+struct Batch {
+    first: i64,
+    last: i64,
+    events: Vec<Event>,
+    at: Instant,
+}
+
+/// The writer's observer feeding one [`Tail`]; never blocks the writer.
+#[derive(Debug)]
+pub struct Tap {
+    tx: mpsc::Sender<Batch>,
+    kinds: Kinds,
+    dropped: AtomicU64,
+}
+
+impl CommitObserver for Tap {
+    fn committed(&self, events: &[Event]) {
+        let (Some(first), Some(last)) = (events.first(), events.last()) else {
+            return;
+        };
+        let batch = Batch {
+            first: first.seq,
+            last: last.seq,
+            events: events
+                .iter()
+                .filter(|e| (self.kinds)(&e.kind))
+                .cloned()
+                .collect(),
+            at: Instant::now(),
+        };
+        if self.tx.try_send(batch).is_err() {
+            // Not lost: the tail sees the gap and reads it back from the store.
+            let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+            if n.is_power_of_two() {
+                tracing::warn!(
+                    dropped = n,
+                    "event tail behind: batches are read back from the store"
+                );
+            }
+        }
+    }
+}
+
+/// The reading end: committed events of the kinds asked for, in sequence order, each with
+/// the moment it was known to be committed.
+#[derive(Debug)]
+pub struct Tail {
+    rx: mpsc::Receiver<Batch>,
+    store: Arc<dyn Store>,
+    kinds: Kinds,
+    /// The next sequence number not yet passed on (`None` until the head is read).
+    next: Option<i64>,
+}
+
+/// A tap for the writer and the tail that follows it.
+pub fn tail(store: Arc<dyn Store>, kinds: Kinds) -> (Arc<Tap>, Tail) {
+    let (tx, rx) = mpsc::channel(QUEUE);
+    (
+        Arc::new(Tap {
+            tx,
+            kinds,
+            dropped: AtomicU64::new(0),
+        }),
+        Tail {
+            rx,
+            store,
+            kinds,
+            next: None,
+        },
+    )
+}
+
+impl Tail {
+    /// Starts after the events committed so far (they are history, not news).
+    pub async fn start_at_head(&mut self) {
+        loop {
+            match self.store.audit_head().await {
+                Ok(head) => {
+                    self.next = Some(head.map_or(1, |(seq, _)| seq + 1));
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "event tail cannot read the chain head yet");
+                    #[expect(
+                        clippy::disallowed_methods,
+                        reason = "retrying a failed read of the head, once per poll period"
+                    )]
+                    tokio::time::sleep(POLL).await;
+                }
+            }
+        }
+    }
+
+    /// The next committed events of the kinds asked for (possibly none after a quiet poll
+    /// period); `None` once the writer is gone.
+    pub async fn next(&mut self) -> Option<Vec<(Event, Instant)>> {
+        let next = match self.next {
+            Some(n) => n,
+            None => {
+                self.start_at_head().await;
+                self.next.unwrap_or(1)
+            }
+        };
+        match tokio::time::timeout(POLL, self.rx.recv()).await {
+            Ok(None) => None,
+            Ok(Some(batch)) => {
+                let mut out = Vec::new();
+                if batch.first > next {
+                    out.extend(self.read_back(next, batch.first - 1).await);
+                    if self.next.is_some_and(|n| n < batch.first) {
+                        // The gap could not be read yet: this batch waits with it, and the
+                        // next poll reads both back in order.
+                        return Some(out);
+                    }
+                }
+                let floor = self.next.unwrap_or(next);
+                out.extend(
+                    batch
+                        .events
+                        .into_iter()
+                        .filter(|e| e.seq >= floor)
+                        .map(|e| (e, batch.at)),
+                );
+                self.next = Some(self.next.unwrap_or(next).max(batch.last + 1));
+                Some(out)
+            }
+            Err(_quiet) => {
+                let head = match self.store.audit_head().await {
+                    Ok(h) => h.map_or(0, |(seq, _)| seq),
+                    Err(_) => return Some(Vec::new()),
+                };
+                if head >= next {
+                    return Some(self.read_back(next, head).await);
+                }
+                Some(Vec::new())
+            }
+        }
+    }
+
+    /// Reads `from..=to` back from the store, keeping the kinds asked for; moves `next` past
+    /// what was read. A failed read is retried at the next call (nothing is skipped).
+    async fn read_back(&mut self, from: i64, to: i64) -> Vec<(Event, Instant)> {
+        let mut out = Vec::new();
+        let mut after = from - 1;
+        while after < to {
+            let page = match self.store.events_after(after, PAGE.min(to - after)).await {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::warn!(error = %e, "event tail cannot read events back yet");
+                    break;
+                }
+            };
+            let Some(last) = page.last().map(|e| e.seq) else {
+                break;
+            };
+            let at = Instant::now();
+            out.extend(
+                page.into_iter()
+                    .filter(|e| e.seq <= to && (self.kinds)(&e.kind))
+                    .map(|e| (e, at)),
+            );
+            after = last;
+        }
+        self.next = Some(after + 1);
+        out
+    }
+}
