@@ -316,7 +316,10 @@ impl Engine {
         // The store revoked every live task of the agent in the same transaction,
         // including any that started after the scan above: cut those off too.
         for id in cut.iter().chain(&revoked) {
-            self.end_live(id);
+            if let Some(t) = self.end_live(id) {
+                // Started after the scan above: cut off now, its decisions drained too.
+                t.drain().await;
+            }
             self.forget_end(id);
         }
         let agent = self.load_agent(name).await?;

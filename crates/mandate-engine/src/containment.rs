@@ -12,6 +12,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use mandate_audit::{Body, ContainmentFired, Event, NewEvent};
@@ -23,6 +24,15 @@ use crate::engine::{Engine, HONEYTOKEN_POLICY, PendingEnd};
 
 /// Who a containment response is recorded as (`by` of the ends and status changes).
 pub const CONTAINMENT_ACTOR: &str = "mandate:containment";
+
+/// The setting holding the last event containment handled (where it resumes).
+pub const CONTAINMENT_CURSOR: &str = "containment_cursor";
+
+/// Most alert deliveries in flight at once; beyond it an alert is logged, not posted (the
+/// firing is in the audit trail either way).
+const MAX_ALERTS_IN_FLIGHT: usize = 64;
+
+static ALERTS_IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
 
 /// Most windows (rule × task or agent) kept at once; the oldest idle ones are dropped.
 const MAX_WINDOWS: usize = 100_000;
@@ -75,6 +85,8 @@ struct RawWebhook {
 struct RawSsfReceiver {
     url: String,
     audience: String,
+    #[serde(default)]
+    authorization: Option<String>,
 }
 
 /// What a rule watches.
@@ -198,12 +210,28 @@ impl std::fmt::Debug for AlertWebhook {
 
 /// A Shared Signals receiver: revocations and quarantines are pushed to it as signed
 /// Security Event Tokens (RFC 8417, RFC 8935 push delivery).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct SsfReceiver {
     /// Where SETs are POSTed.
     pub url: String,
     /// The `aud` of the SETs sent to it.
     pub audience: String,
+    /// The `Authorization` header value the receiver asks for (its stream's
+    /// `authorization_header`), if any.
+    pub authorization: Option<String>,
+}
+
+impl std::fmt::Debug for SsfReceiver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SsfReceiver")
+            .field("url", &self.url)
+            .field("audience", &self.audience)
+            .field(
+                "authorization",
+                &self.authorization.as_ref().map(|_| "<redacted>"),
+            )
+            .finish()
+    }
 }
 
 /// A validated containment configuration.
@@ -355,9 +383,13 @@ impl ContainmentConfig {
                 signal,
                 Signal::RateAboveBaseline { .. } | Signal::BytesAboveBaseline { .. }
             );
+            // Counted per agent unless a rule says otherwise: a new task (or a delegate)
+            // must not start the count afresh. Taint belongs to a task.
+            let task_signal = matches!(signal, Signal::TaintThenHighRisk { .. });
             let per = match (r.per.as_deref(), baseline) {
-                (None, true) | (Some("agent"), _) => Per::Agent,
-                (None, false) | (Some("task"), false) => Per::Task,
+                (Some("agent"), _) => Per::Agent,
+                (None, _) if !task_signal => Per::Agent,
+                (None, _) | (Some("task"), false) => Per::Task,
                 (Some("task"), true) => {
                     return Err(config_err(
                         name,
@@ -423,9 +455,18 @@ impl ContainmentConfig {
             if s.audience.trim().is_empty() || s.audience.len() > 512 {
                 return Err("ssf_receiver.audience must be 1-512 characters".to_owned());
             }
+            if s.authorization
+                .as_ref()
+                .is_some_and(|a| a.is_empty() || a.len() > 4096 || a.chars().any(char::is_control))
+            {
+                return Err(
+                    "ssf_receiver.authorization must be 1-4096 printable characters".to_owned(),
+                );
+            }
             ssf_receivers.push(SsfReceiver {
                 url: s.url,
                 audience: s.audience,
+                authorization: s.authorization,
             });
         }
         Ok(Self {
@@ -781,35 +822,93 @@ impl Facts for EngineFacts<'_> {
 
 impl Engine {
     /// The responder: follows the committed events signals read, runs the detector, and
-    /// carries out each firing in order. Ends when the audit writer is gone.
+    /// carries out each firing in order; a response that failed is retried (backing off
+    /// up to a minute) until it is carried out. Ends when the audit writer is gone.
     pub async fn run_containment(self: Arc<Self>, mut tail: crate::tail::Tail) {
         let Some(config) = self.config.containment.clone() else {
             return;
         };
         let mut detector = Detector::new(config.rules.clone());
-        tail.start_at_head().await;
+        let mut retry: Vec<(usize, Firing, Instant, u32)> = Vec::new();
+        let mut saved = Instant::now();
+        let mut unsaved = false;
         while let Some(batch) = tail.next().await {
+            unsaved |= !batch.is_empty();
             for (event, at) in batch {
-                let firings = detector.observe(&event, &EngineFacts(&self));
-                for f in firings {
+                for f in detector.observe(&event, &EngineFacts(&self)) {
                     let Some(rule) = detector.rules().get(f.rule).cloned() else {
                         continue;
                     };
-                    self.respond(&rule, f, at, config.alert_webhook.as_ref())
-                        .await;
+                    if !self
+                        .respond(&rule, &f, at, config.alert_webhook.as_ref())
+                        .await
+                    {
+                        retry.push((f.rule, f, Instant::now(), 0));
+                    }
                 }
+            }
+            let now = Instant::now();
+            let mut still = Vec::new();
+            for (i, f, due, attempts) in std::mem::take(&mut retry) {
+                let Some(rule) = detector.rules().get(i).cloned() else {
+                    continue;
+                };
+                let backoff = std::time::Duration::from_millis(500u64 << attempts.min(7));
+                if now < due + backoff
+                    || self
+                        .respond(&rule, &f, due, config.alert_webhook.as_ref())
+                        .await
+                {
+                    if now < due + backoff {
+                        still.push((i, f, due, attempts));
+                    }
+                    continue;
+                }
+                still.push((i, f, Instant::now(), attempts.saturating_add(1)));
+            }
+            retry = still;
+            // Where to resume after a restart, at most once a second: a crash replays at
+            // most that second's events (a response already carried out is `already`).
+            if unsaved && saved.elapsed() >= std::time::Duration::from_secs(1) {
+                if let Some(p) = tail.position()
+                    && self
+                        .store
+                        .put_setting(CONTAINMENT_CURSOR, &p.to_string())
+                        .await
+                        .is_ok()
+                {
+                    unsaved = false;
+                }
+                saved = Instant::now();
             }
         }
     }
 
+    /// The live tasks a firing's response applies to: its task, or every live task of its
+    /// agent when the rule counts per agent.
+    fn targets(&self, rule: &Rule, f: &Firing) -> Vec<Arc<crate::engine::LiveTask>> {
+        match rule.per {
+            Per::Task => f.task.iter().filter_map(|t| self.live_get(t)).collect(),
+            Per::Agent => AgentName::parse(&f.agent)
+                .map(|a| {
+                    self.agent_tasks(&a)
+                        .iter()
+                        .filter_map(|t| self.live_get(t))
+                        .collect()
+                })
+                .unwrap_or_default(),
+        }
+    }
+
     /// Carries out one firing and records it (`containment.fired`), then announces it.
+    /// False when the response could not be carried out (to retry).
     async fn respond(
         &self,
         rule: &Rule,
-        f: Firing,
+        f: &Firing,
         seen_at: Instant,
         webhook: Option<&AlertWebhook>,
-    ) {
+    ) -> bool {
         let reason = format!("containment rule {}: {}", rule.name, f.summary);
         let mut fired = ContainmentFired {
             rule: rule.name.clone(),
@@ -830,10 +929,14 @@ impl Engine {
             body: Body::ContainmentFired(fired.clone()),
         };
         let reaction = |at: Instant| u64::try_from(at.elapsed().as_micros()).unwrap_or(u64::MAX);
+        let mut done = true;
         match rule.response {
-            Response::RevokeTask => match f.task.as_deref().and_then(|t| self.live_get(t)) {
-                None => fired.result = "already".to_owned(),
-                Some(t) => {
+            Response::RevokeTask => {
+                let targets = self.targets(rule, f);
+                if targets.is_empty() {
+                    fired.result = "already".to_owned();
+                }
+                for t in targets {
                     let below: Vec<String> = self
                         .descendants(&t.id)
                         .iter()
@@ -848,19 +951,16 @@ impl Engine {
                         agent: t.agent.to_string(),
                         detail: mandate_audit::TaskEnded::default(),
                     };
-                    match self.end_task(&t.id, end).await {
-                        Ok(_) => {
-                            fired.revoked = std::iter::once(t.id.clone()).chain(below).collect();
-                        }
-                        Err(e) => {
-                            // Enforced in memory already; the sweeper records it.
-                            fired.revoked = std::iter::once(t.id.clone()).chain(below).collect();
-                            fired.error =
-                                Some(format!("the end is enforced but not yet recorded: {e}"));
-                        }
+                    if let Err(e) = self.end_task(&t.id, end).await {
+                        // Enforced in memory already; the sweeper records it.
+                        fired.error =
+                            Some(format!("the end is enforced but not yet recorded: {e}"));
                     }
+                    fired
+                        .revoked
+                        .extend(std::iter::once(t.id.clone()).chain(below));
                 }
-            },
+            }
             Response::QuarantineAgent => match AgentName::parse(&f.agent) {
                 Err(e) => {
                     fired.result = "failed".to_owned();
@@ -880,40 +980,59 @@ impl Engine {
                             Err(e) => {
                                 fired.result = "failed".to_owned();
                                 fired.error = Some(e.message);
+                                done = false;
                             }
                         }
                     }
                 },
             },
-            Response::StepUp => match f.task.as_deref().and_then(|t| self.live_get(t)) {
-                None => fired.result = "already".to_owned(),
-                Some(t) if t.stepped_up() => fired.result = "already".to_owned(),
-                Some(t) => {
-                    // In force in memory first; the flag and this firing's record commit
-                    // together.
+            Response::StepUp => {
+                // In force in memory first, for the task and everything it delegated; the
+                // decisions already past their check are drained before the firing is
+                // recorded; the flags and the record commit together.
+                let targets: Vec<_> = self
+                    .targets(rule, f)
+                    .into_iter()
+                    .filter(|t| !t.stepped_up())
+                    .collect();
+                for t in &targets {
                     t.set_step_up();
+                }
+                for t in &targets {
+                    t.drain().await;
+                    for d in self.descendants(&t.id) {
+                        d.drain().await;
+                    }
+                }
+                if targets.is_empty() {
+                    fired.result = "already".to_owned();
+                } else {
+                    let ids: Vec<String> = targets.iter().map(|t| t.id.clone()).collect();
                     fired.reaction_us = reaction(seen_at);
-                    match self.store.set_task_step_up(&t.id, event(&fired)).await {
-                        Ok(true) => {
-                            self.announce(webhook, &f, &fired);
-                            return;
+                    match self.store.set_task_step_up(&ids, event(&fired)).await {
+                        Ok(_) => {
+                            self.announce(webhook, f, &fired);
+                            return true;
                         }
-                        Ok(false) => fired.result = "already".to_owned(),
                         Err(e) => {
+                            fired.result = "failed".to_owned();
                             fired.error = Some(format!(
                                 "stepped up in memory; not recorded in the store: {e}"
                             ));
+                            done = false;
                         }
                     }
                 }
-            },
+            }
             Response::Alert => {}
         }
         fired.reaction_us = reaction(seen_at);
         if let Err(e) = self.audit.append(event(&fired)).await {
             tracing::error!(rule = %rule.name, error = %e, "containment firing not recorded");
+            done = false;
         }
-        self.announce(webhook, &f, &fired);
+        self.announce(webhook, f, &fired);
+        done
     }
 
     /// Posts a firing to the alert webhook, signed, off every request's path.
@@ -929,11 +1048,16 @@ impl Engine {
             "containment": fired,
         }))
         .unwrap_or_default();
+        if ALERTS_IN_FLIGHT.fetch_add(1, Ordering::SeqCst) >= MAX_ALERTS_IN_FLIGHT {
+            ALERTS_IN_FLIGHT.fetch_sub(1, Ordering::SeqCst);
+            tracing::warn!(rule = %fired.rule, "too many containment alerts in flight: this one is in the audit trail only");
+            return;
+        }
         let http = self.http.clone();
         let clock = Arc::clone(&self.clock);
         #[expect(
             clippy::disallowed_methods,
-            reason = "one delivery per firing, each ending after its bounded retries"
+            reason = "at most MAX_ALERTS_IN_FLIGHT deliveries, each ending after its bounded retries"
         )]
         tokio::spawn(async move {
             if let Err(e) =
@@ -944,6 +1068,7 @@ impl Engine {
             {
                 tracing::warn!(error = %e, "containment alert not delivered");
             }
+            ALERTS_IN_FLIGHT.fetch_sub(1, Ordering::SeqCst);
         });
     }
 }
@@ -1015,7 +1140,7 @@ mod tests {
     #[test]
     fn a_burst_fires_once_with_its_evidence_and_then_counts_afresh() {
         let mut d = Detector::new(rules(
-            "[[rule]]\nname = \"burst\"\nsignal = \"denial_burst\"\ncount = 3\nwindow_secs = 10\nresponse = \"revoke_task\"\n",
+            "[[rule]]\nname = \"burst\"\nsignal = \"denial_burst\"\nper = \"task\"\ncount = 3\nwindow_secs = 10\nresponse = \"revoke_task\"\n",
         ));
         let deny = |seq, ts| decision(seq, ts, "t1", Outcome::Deny, "p", ActionClass::Read);
         assert!(d.observe(&deny(1, 0), &NoTaint).is_empty());

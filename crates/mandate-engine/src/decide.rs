@@ -132,7 +132,16 @@ impl Engine {
                 return Err(refusal.error);
             }
         };
-        self.admit_decision(&evaluated.task)?;
+        // A honeytoken call is always recorded: containment reacts to the record, and a
+        // flood of them must not hide behind the rate limit.
+        if !evaluated
+            .decision
+            .policies
+            .iter()
+            .any(|p| p == crate::engine::HONEYTOKEN_POLICY)
+        {
+            self.admit_decision(&evaluated.task)?;
+        }
         let decision_id = self
             .config
             .ids
@@ -188,9 +197,26 @@ impl Engine {
         // and a task that ended (or ran out of time) after policy said yes is recorded as
         // refused.
         let flight = task.enter();
+        let now_ms = self.clock.now_ms();
+        // After a wait for a human, the task may have been narrowed meanwhile: what it
+        // holds now must still cover the call.
+        let narrowed = approval.is_some()
+            && d.outcome == Outcome::Allow
+            && task
+                .effective_grant()
+                .check(
+                    &call.tool,
+                    call.action,
+                    data_domain.as_ref(),
+                    call.destination.as_ref(),
+                )
+                .is_err();
         if flight.is_none()
-            || self.clock.now_ms() >= task.expires_at()
-            || task.ancestors().any(|a| a.is_ended())
+            || now_ms >= task.expires_at()
+            || task
+                .ancestors()
+                .any(|a| a.is_ended() || now_ms >= a.expires_at())
+            || narrowed
         {
             let ev = NewEvent {
                 ts_ms: self.clock.now_ms(),

@@ -670,19 +670,35 @@ impl Engine {
             engine.audit.clone(),
             Arc::clone(&engine.clock),
         );
-        if let Some(rx) = containment_rx {
+        // Both followers take their place in the log before anything is served: from where
+        // they stopped before a restart, or from the head.
+        let position = |key: &'static str| {
+            let store = Arc::clone(&engine.store);
+            async move {
+                store
+                    .setting(key)
+                    .await
+                    .ok()
+                    .flatten()
+                    .and_then(|v| v.parse::<i64>().ok())
+            }
+        };
+        if let Some(mut tail) = containment_rx {
+            tail.resume(position(crate::containment::CONTAINMENT_CURSOR).await)
+                .await;
             #[expect(
                 clippy::disallowed_methods,
                 reason = "the containment responder: one per engine, ends when the audit writer drops its tap"
             )]
-            tokio::spawn(Arc::clone(&engine).run_containment(rx));
+            tokio::spawn(Arc::clone(&engine).run_containment(tail));
         }
-        if let Some(rx) = ssf_rx {
+        if let Some(mut tail) = ssf_rx {
+            tail.resume(position(crate::ssf::SSF_CURSOR).await).await;
             #[expect(
                 clippy::disallowed_methods,
                 reason = "the SET sender: one per engine, ends when the audit writer drops its tap"
             )]
-            tokio::spawn(Arc::clone(&engine).run_ssf(rx));
+            tokio::spawn(Arc::clone(&engine).run_ssf(tail));
         }
         Ok(Opened {
             engine,
@@ -1509,6 +1525,12 @@ impl Engine {
                 approval: None,
                 bundle_version: bundle.version().to_owned(),
             };
+            // Outside policy, not outside containment.
+            let decision = if call.action != ActionClass::Read && task.stepped_up() {
+                stepped_up(decision)
+            } else {
+                decision
+            };
             return Ok(Evaluated {
                 task,
                 decision,
@@ -1578,7 +1600,7 @@ impl Engine {
             };
             decision = stricter(decision, link, a);
         }
-        if decision.outcome == mandate_policy::Outcome::Allow
+        if decision.outcome != mandate_policy::Outcome::Deny
             && call.action != ActionClass::Read
             && task.stepped_up()
         {
@@ -1998,8 +2020,9 @@ fn stricter(own: Decision, link: Decision, above: &LiveTask) -> Decision {
     }
 }
 
-/// An allow of a stepped-up task's write, delete or execute, turned into a request for one
-/// human (never the agent's owner).
+/// A stepped-up task's write, delete or execute that policy allows or holds: a request for
+/// at least one human, never the agent's owner (whatever policy waived), in the group
+/// policy asked for (`default` otherwise).
 fn stepped_up(mut d: Decision) -> Decision {
     d.outcome = mandate_policy::Outcome::ApprovalRequired;
     d.policies.push(STEP_UP_POLICY.to_owned());
@@ -2007,10 +2030,17 @@ fn stepped_up(mut d: Decision) -> Decision {
         "a containment rule stepped this task up: every write, delete or execute needs a human"
             .to_owned(),
     );
-    d.approval = Some(mandate_policy::ApprovalTerms {
-        approvals: 1,
-        owner_may_approve: false,
-        group: "default".to_owned(),
+    d.approval = Some(match d.approval.take() {
+        Some(t) => mandate_policy::ApprovalTerms {
+            approvals: t.approvals.max(1),
+            owner_may_approve: false,
+            group: t.group,
+        },
+        None => mandate_policy::ApprovalTerms {
+            approvals: 1,
+            owner_may_approve: false,
+            group: mandate_policy::DEFAULT_APPROVER_GROUP.to_owned(),
+        },
     });
     d
 }

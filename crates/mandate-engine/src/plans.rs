@@ -98,14 +98,17 @@ impl Engine {
         }
         let before = task.plan();
         let held = task.current_grant();
-        if within(&req.scope, &held) {
+        // Only the same intent over less needs no policy: a new purpose is an attribute
+        // policies read (and TTL caps hang on), so it is decided like a wider plan.
+        let same_purpose = purpose == before.purpose;
+        if same_purpose && within(&req.scope, &held) {
             return self.narrow(&task, purpose, req.scope, &before, held).await;
         }
         if task.delegation.is_some() {
             return Err(Error::new(
                 Kind::Forbidden,
                 "delegated_plan_widens",
-                "a delegated task cannot widen its own plan: ask the task above it to delegate anew",
+                "a delegated task can only narrow its plan under the same purpose: ask the task above it to delegate anew",
             )
             .with_details(json!({ "widening": mandate_core::widening(&req.scope, &held) })));
         }
@@ -148,6 +151,13 @@ impl Engine {
             refused: refused.clone(),
         };
         task.redeclare(plan, grant.clone());
+        // Decisions already past their grant check finish before this is acknowledged, and
+        // approvals asked under the wider plan are void.
+        task.drain().await;
+        for d in self.descendants(&task.id) {
+            d.drain().await;
+        }
+        self.invalidate_task_approvals(&task.id, &task.agent).await;
         self.record_plan(
             task, "narrower", purpose, &scope, before, held, &grant, &refused, None, None,
         )
@@ -173,6 +183,12 @@ impl Engine {
         before: &Plan,
         held: Grant,
     ) -> Result<Redeclared, Error> {
+        // A new purpose over no more than the task holds is decided too, but never gains.
+        let change = if within(&scope, &held) {
+            "repurposed"
+        } else {
+            "wider"
+        };
         let bundle = self.bundle();
         let facts = task.facts();
         let entities = bundle
@@ -222,6 +238,11 @@ impl Engine {
             )
             .with_details(json!({ "decision": sd.decision, "items": sd.items })));
         }
+        let granted = if change == "repurposed" {
+            sd.grant.intersect(&held)
+        } else {
+            sd.grant.clone()
+        };
         let refused: Vec<ItemOutcome> = sd
             .items
             .iter()
@@ -252,7 +273,7 @@ impl Engine {
                     .await?;
                 return Ok(Redeclared {
                     task_id: task.id.clone(),
-                    change: "wider".to_owned(),
+                    change: change.to_owned(),
                     applied: false,
                     grant: held,
                     items: sd.items,
@@ -284,12 +305,12 @@ impl Engine {
         }
         self.record_plan(
             task,
-            "wider",
+            change,
             purpose,
             &scope,
             before,
             held,
-            &sd.grant,
+            &granted,
             &refused,
             Some(&sd.decision),
             used.as_deref(),
@@ -301,7 +322,7 @@ impl Engine {
                 requested: scope,
                 refused,
             },
-            sd.grant.clone(),
+            granted,
         );
         if let Some(cap) = sd.ttl_cap_secs {
             let capped = task.created_at_ms.saturating_add(cap.saturating_mul(1000));
@@ -311,7 +332,7 @@ impl Engine {
         self.catch_up(task, bundle.version()).await;
         Ok(Redeclared {
             task_id: task.id.clone(),
-            change: "wider".to_owned(),
+            change: change.to_owned(),
             applied: true,
             grant: task.current_grant(),
             items: sd.items,

@@ -8,11 +8,11 @@
 //! holds up a revocation, which has already taken effect when its event commits.
 //!
 //! - A task revoked → CAEP `session-revoked`; the subject is the task (a session) of the
-//!   agent's SPIFFE ID: `{"format":"complex","session":{"format":"opaque","id":<task>},
-//!   "user":{"format":"uri","uri":<spiffe id>}}`.
+//!   agent: `{"format":"complex","session":{"format":"opaque","id":<task>},
+//!   "user":{"format":"iss_sub","iss":<issuer>,"sub":<spiffe id>}}`.
 //! - An agent quarantined or offboarded → CAEP `credential-change` with `change_type`
 //!   `revoke` and `credential_type` `jwt-svid` (a type Mandate and its receivers agree
-//!   on, as CAEP allows); the subject is the agent's SPIFFE ID (`{"format":"uri"}`).
+//!   on, as CAEP allows); the subject is the agent (`iss_sub`, as above).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -35,6 +35,9 @@ pub const SET_MEDIA_TYPE: &str = "application/secevent+jwt";
 
 const ATTEMPTS: u32 = 3;
 
+/// The setting holding the last event the SET sender handled (where it resumes).
+pub const SSF_CURSOR: &str = "ssf_cursor";
+
 /// The kinds receivers hear about (a status change only when it revokes).
 pub fn watched(kind: &str) -> bool {
     matches!(kind, "task.revoked" | "agent.status_changed")
@@ -42,17 +45,33 @@ pub fn watched(kind: &str) -> bool {
 
 /// The SET payload (without `aud` and `jti`, which are per receiver) for a committed
 /// event, or `None` when the event is not one receivers hear about.
-pub fn set_event(e: &Event, trust_domain: &mandate_core::TrustDomain) -> Option<Value> {
-    let spiffe = |agent: &str| {
-        AgentName::parse(agent)
-            .ok()
-            .map(|a| SpiffeId::for_agent(trust_domain.clone(), a).to_string())
+pub fn set_event(
+    e: &Event,
+    trust_domain: &mandate_core::TrustDomain,
+    issuer: &str,
+) -> Option<Value> {
+    // The agent as Mandate's own tokens name it: issuer and SPIFFE ID (RFC 9493 `iss_sub`).
+    let agent_id = |agent: &str| {
+        AgentName::parse(agent).ok().map(|a| {
+            json!({
+                "format": "iss_sub",
+                "iss": issuer,
+                "sub": SpiffeId::for_agent(trust_domain.clone(), a).to_string(),
+            })
+        })
+    };
+    let said = |reason: &str, otherwise: &str| {
+        if reason.trim().is_empty() {
+            otherwise.to_owned()
+        } else {
+            reason.to_owned()
+        }
     };
     let ts = e.ts_ms.div_euclid(1000);
     match e.body().ok()? {
         Body::TaskRevoked(t) => {
             let task = e.task_id.as_deref()?;
-            let uri = spiffe(e.agent.as_deref()?)?;
+            let user = agent_id(e.agent.as_deref()?)?;
             let initiating = if t.by == "admin" {
                 "admin"
             } else if t.by.starts_with("mandate") {
@@ -64,21 +83,21 @@ pub fn set_event(e: &Event, trust_domain: &mandate_core::TrustDomain) -> Option<
                 "sub_id": {
                     "format": "complex",
                     "session": { "format": "opaque", "id": task },
-                    "user": { "format": "uri", "uri": uri },
+                    "user": user,
                 },
                 "events": { SESSION_REVOKED: {
                     "event_timestamp": ts,
                     "initiating_entity": initiating,
-                    "reason_admin": { "en": t.reason },
+                    "reason_admin": { "en": said(&t.reason, "task revoked") },
                 }},
             }))
         }
         Body::AgentStatusChanged(s)
             if matches!(s.to, AgentStatus::Quarantined | AgentStatus::Offboarded) =>
         {
-            let uri = spiffe(e.agent.as_deref()?)?;
+            let user = agent_id(e.agent.as_deref()?)?;
             Some(json!({
-                "sub_id": { "format": "uri", "uri": uri },
+                "sub_id": user,
                 "events": { CREDENTIAL_CHANGE: {
                     "event_timestamp": ts,
                     "credential_type": "jwt-svid",
@@ -102,17 +121,33 @@ impl Engine {
             .as_ref()
             .map(|c| c.ssf_receivers.clone())
             .unwrap_or_default();
-        tail.start_at_head().await;
+        let mut saved = std::time::Instant::now();
+        let mut unsaved = false;
         while let Some(batch) = tail.next().await {
+            unsaved |= !batch.is_empty();
             for (e, _) in batch {
                 self.send_sets(&e, &receivers).await;
+            }
+            // Where to resume after a restart, at most once a second (a crash re-sends at
+            // most that second's SETs; receivers tell them apart by `txn`).
+            if unsaved && saved.elapsed() >= Duration::from_secs(1) {
+                if let Some(p) = tail.position()
+                    && self
+                        .store
+                        .put_setting(SSF_CURSOR, &p.to_string())
+                        .await
+                        .is_ok()
+                {
+                    unsaved = false;
+                }
+                saved = std::time::Instant::now();
             }
         }
     }
 
     async fn send_sets(&self, e: &Event, receivers: &[SsfReceiver]) {
         {
-            let Some(payload) = set_event(e, &self.config.trust_domain) else {
+            let Some(payload) = set_event(e, &self.config.trust_domain, &self.issuer) else {
                 return;
             };
             for r in receivers {
@@ -136,7 +171,7 @@ impl Engine {
                         continue;
                     }
                 };
-                if let Err(err) = push(&self.http, &r.url, set).await {
+                if let Err(err) = push(&self.http, r, set).await {
                     tracing::warn!(receiver = %r.url, seq = e.seq, error = %err, "SET not delivered");
                 }
             }
@@ -146,7 +181,7 @@ impl Engine {
 
 /// RFC 8935 push: POST the SET; 202 (or any 2xx) is accepted, a 400 with an error
 /// object is the receiver refusing it (not retried).
-async fn push(http: &reqwest::Client, url: &str, set: String) -> Result<(), String> {
+async fn push(http: &reqwest::Client, r: &SsfReceiver, set: String) -> Result<(), String> {
     let mut last = String::new();
     for attempt in 0..ATTEMPTS {
         if attempt > 0 {
@@ -156,13 +191,15 @@ async fn push(http: &reqwest::Client, url: &str, set: String) -> Result<(), Stri
             )]
             tokio::time::sleep(Duration::from_millis(250 << attempt)).await;
         }
-        let sent = http
-            .post(url)
+        let mut req = http
+            .post(&r.url)
             .header(reqwest::header::CONTENT_TYPE, SET_MEDIA_TYPE)
             .header(reqwest::header::ACCEPT, "application/json")
-            .body(set.clone())
-            .send()
-            .await;
+            .body(set.clone());
+        if let Some(auth) = &r.authorization {
+            req = req.header(reqwest::header::AUTHORIZATION, auth.as_str());
+        }
+        let sent = req.send().await;
         match sent {
             Ok(r) if r.status().is_success() => return Ok(()),
             Ok(r) if r.status() == reqwest::StatusCode::BAD_REQUEST => {
@@ -212,10 +249,12 @@ mod tests {
             }),
             Some("tsk_1"),
         );
-        let v = set_event(&revoked, &td).unwrap();
+        let v = set_event(&revoked, &td, "https://mandate.example").unwrap();
         assert_eq!(v["sub_id"]["session"]["id"], "tsk_1");
+        assert_eq!(v["sub_id"]["user"]["format"], "iss_sub");
+        assert_eq!(v["sub_id"]["user"]["iss"], "https://mandate.example");
         assert_eq!(
-            v["sub_id"]["user"]["uri"],
+            v["sub_id"]["user"]["sub"],
             "spiffe://mandate.local/agent/ticket-bot"
         );
         assert_eq!(v["events"][SESSION_REVOKED]["initiating_entity"], "policy");
@@ -232,7 +271,7 @@ mod tests {
             }),
             None,
         );
-        let v = set_event(&q, &td).unwrap();
+        let v = set_event(&q, &td, "https://mandate.example").unwrap();
         assert_eq!(v["events"][CREDENTIAL_CHANGE]["change_type"], "revoke");
         // A release is not a revocation.
         let released = linked(
@@ -243,6 +282,6 @@ mod tests {
             }),
             None,
         );
-        assert!(set_event(&released, &td).is_none());
+        assert!(set_event(&released, &td, "https://mandate.example").is_none());
     }
 }

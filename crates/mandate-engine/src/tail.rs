@@ -25,10 +25,21 @@ use crate::audit_writer::CommitObserver;
 pub const POLL: Duration = Duration::from_millis(50);
 
 /// Most batches waiting; beyond it batches are dropped and read back from the store.
-const QUEUE: usize = 4096;
+const QUEUE: usize = 256;
+
+/// Most events of the kinds asked for carried in one batch; a larger batch carries only
+/// its range, and the tail reads it back from the store.
+const BATCH_EVENTS: usize = 1024;
 
 /// Events read back from the store per query.
 const PAGE: i64 = 512;
+
+/// Pages read back per call of [`Tail::next`]; the rest follows on the next calls, so a
+/// long gap costs bounded memory.
+const PAGES: usize = 8;
+
+/// How far back a tail resumes from a stored position: older events are history.
+const MAX_REPLAY: i64 = 100_000;
 
 /// What a tail follows: the event kinds it is told of.
 pub type Kinds = fn(&str) -> bool;
@@ -38,7 +49,9 @@ pub type Kinds = fn(&str) -> bool;
 struct Batch {
     first: i64,
     last: i64,
-    events: Vec<Event>,
+    /// The events of the kinds asked for; `None` when there were too many to carry (read
+    /// the range back instead).
+    events: Option<Vec<Event>>,
     at: Instant,
 }
 
@@ -55,14 +68,11 @@ impl CommitObserver for Tap {
         let (Some(first), Some(last)) = (events.first(), events.last()) else {
             return;
         };
+        let wanted = events.iter().filter(|e| (self.kinds)(&e.kind));
         let batch = Batch {
             first: first.seq,
             last: last.seq,
-            events: events
-                .iter()
-                .filter(|e| (self.kinds)(&e.kind))
-                .cloned()
-                .collect(),
+            events: (wanted.clone().count() <= BATCH_EVENTS).then(|| wanted.cloned().collect()),
             at: Instant::now(),
         };
         if self.tx.try_send(batch).is_err() {
@@ -108,12 +118,16 @@ pub fn tail(store: Arc<dyn Store>, kinds: Kinds) -> (Arc<Tap>, Tail) {
 }
 
 impl Tail {
-    /// Starts after the events committed so far (they are history, not news).
-    pub async fn start_at_head(&mut self) {
+    /// Starts after `position` (the last event handled before a restart), or after the
+    /// events committed so far when there is none; never more than [`MAX_REPLAY`] events
+    /// back.
+    pub async fn resume(&mut self, position: Option<i64>) {
         loop {
             match self.store.audit_head().await {
                 Ok(head) => {
-                    self.next = Some(head.map_or(1, |(seq, _)| seq + 1));
+                    let head = head.map_or(0, |(seq, _)| seq);
+                    let from = position.map_or(head, |p| p.clamp(head - MAX_REPLAY, head));
+                    self.next = Some(from.max(0) + 1);
                     return;
                 }
                 Err(e) => {
@@ -134,7 +148,7 @@ impl Tail {
         let next = match self.next {
             Some(n) => n,
             None => {
-                self.start_at_head().await;
+                self.resume(None).await;
                 self.next.unwrap_or(1)
             }
         };
@@ -151,14 +165,21 @@ impl Tail {
                     }
                 }
                 let floor = self.next.unwrap_or(next);
-                out.extend(
-                    batch
-                        .events
-                        .into_iter()
-                        .filter(|e| e.seq >= floor)
-                        .map(|e| (e, batch.at)),
-                );
-                self.next = Some(self.next.unwrap_or(next).max(batch.last + 1));
+                match batch.events {
+                    Some(events) => {
+                        out.extend(
+                            events
+                                .into_iter()
+                                .filter(|e| e.seq >= floor)
+                                .map(|e| (e, batch.at)),
+                        );
+                        self.next = Some(floor.max(batch.last + 1));
+                    }
+                    None if batch.last >= floor => {
+                        out.extend(self.read_back(floor, batch.last).await);
+                    }
+                    None => {}
+                }
                 Some(out)
             }
             Err(_quiet) => {
@@ -179,7 +200,9 @@ impl Tail {
     async fn read_back(&mut self, from: i64, to: i64) -> Vec<(Event, Instant)> {
         let mut out = Vec::new();
         let mut after = from - 1;
-        while after < to {
+        let mut pages = 0;
+        while after < to && pages < PAGES {
+            pages += 1;
             let page = match self.store.events_after(after, PAGE.min(to - after)).await {
                 Ok(p) => p,
                 Err(e) => {
@@ -200,5 +223,73 @@ impl Tail {
         }
         self.next = Some(after + 1);
         out
+    }
+
+    /// The last sequence number handed out (to store, and resume from after a restart).
+    pub fn position(&self) -> Option<i64> {
+        self.next.map(|n| n - 1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mandate_audit::{Body, NewEvent, StoreRecovered};
+    use mandate_store::SqliteStore;
+
+    fn ev(n: usize) -> NewEvent {
+        NewEvent {
+            ts_ms: 1,
+            agent: None,
+            task_id: None,
+            body: Body::StoreRecovered(StoreRecovered {
+                failure: format!("e{n}"),
+            }),
+        }
+    }
+
+    async fn seqs(tail: &mut Tail) -> Vec<i64> {
+        tail.next()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|(e, _)| e.seq)
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn every_committed_event_once_in_order_whichever_way_it_committed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(dir.path()).await.unwrap());
+        store.append_events(vec![ev(0)]).await.unwrap();
+        let (tap, mut tail) = tail(Arc::clone(&store), |_| true);
+        tail.resume(None).await;
+        assert_eq!(
+            tail.position(),
+            Some(1),
+            "history before the start is not news"
+        );
+
+        // Committed outside the writer: read back when the writer is quiet.
+        store.append_events(vec![ev(1), ev(2)]).await.unwrap();
+        assert_eq!(seqs(&mut tail).await, vec![2, 3]);
+
+        // One outside the writer (4), then a batch the writer reports (5, 6): the gap is
+        // read back first, then the batch, each once.
+        store.append_events(vec![ev(3)]).await.unwrap();
+        let batch = store.append_events(vec![ev(4), ev(5)]).await.unwrap();
+        tap.committed(&batch);
+        assert_eq!(seqs(&mut tail).await, vec![4, 5, 6]);
+
+        // A batch the writer reports after the poll already read it is not repeated.
+        let late = store.append_events(vec![ev(6)]).await.unwrap();
+        assert_eq!(seqs(&mut tail).await, vec![7]);
+        tap.committed(&late);
+        assert_eq!(seqs(&mut tail).await, Vec::<i64>::new());
+
+        // Resuming from a stored position replays what came after it.
+        let (_tap2, mut again) = super::tail(Arc::clone(&store), |_| true);
+        again.resume(Some(5)).await;
+        assert_eq!(seqs(&mut again).await, vec![6, 7]);
     }
 }

@@ -60,10 +60,36 @@ async fn start(rules: &str) -> (Harness, Upstream) {
     let tmp = tempfile::tempdir().unwrap();
     let policies = bundle(tmp.path());
     let h = Harness::start_configured(&policies, move |c| c.containment = Some(config)).await;
-    // The bundle directory must outlive the server's watcher (off in tests) only for the
-    // load; keep it with the harness's own directory.
+    // The bundle outlives the test's server (a restart loads it again).
     std::mem::forget(tmp);
     (h, receiver)
+}
+
+impl Harness {
+    /// Stops the server and starts it again on the same data, bundle and containment.
+    async fn restart(self) -> Harness {
+        let data = self.dir.path().join("data");
+        let issuer = self.server.issuer.clone();
+        let policies = self.server.engine.config.policies.clone();
+        let containment = self.server.engine.config.containment.clone();
+        let Harness {
+            server,
+            dir,
+            clock,
+            http,
+        } = self;
+        server.shutdown().await.unwrap();
+        let mut config = common::config(&data, &policies, clock.clone());
+        config.issuer = Some(issuer);
+        config.containment = containment;
+        let server = mandate_server::Server::start(config).await.unwrap();
+        Harness {
+            server,
+            clock,
+            http,
+            dir,
+        }
+    }
 }
 
 impl Harness {
@@ -255,8 +281,10 @@ async fn a_honeytoken_call_quarantines_the_agent_and_signals_go_out() {
         .find(|c| c["events"][SESSION_REVOKED].is_object())
         .unwrap();
     assert_eq!(session["sub_id"]["session"]["id"], task.as_str());
+    assert_eq!(session["sub_id"]["user"]["format"], "iss_sub");
+    assert_eq!(session["sub_id"]["user"]["iss"], h.server.issuer.as_str());
     assert_eq!(
-        session["sub_id"]["user"]["uri"],
+        session["sub_id"]["user"]["sub"],
         "spiffe://mandate.local/agent/bot"
     );
     let cred = got
@@ -264,7 +292,7 @@ async fn a_honeytoken_call_quarantines_the_agent_and_signals_go_out() {
         .find(|c| c["events"][CREDENTIAL_CHANGE].is_object())
         .unwrap();
     assert_eq!(cred["events"][CREDENTIAL_CHANGE]["change_type"], "revoke");
-    assert_eq!(cred["sub_id"]["uri"], "spiffe://mandate.local/agent/bot");
+    assert_eq!(cred["sub_id"]["sub"], "spiffe://mandate.local/agent/bot");
 
     // The alert webhook got the firing, signed with its secret.
     let alert = receiver
@@ -304,7 +332,7 @@ async fn a_honeytoken_call_quarantines_the_agent_and_signals_go_out() {
 #[tokio::test]
 async fn a_denial_burst_revokes_the_task_and_its_delegates_but_not_its_siblings() {
     let (h, _receiver) = start(
-        "[[rule]]\nname = \"burst\"\nsignal = \"denial_burst\"\ncount = 3\nwindow_secs = 60\nresponse = \"revoke_task\"\n",
+        "[[rule]]\nname = \"burst\"\nsignal = \"denial_burst\"\nper = \"task\"\ncount = 3\nwindow_secs = 60\nresponse = \"revoke_task\"\n",
     )
     .await;
     let bot = h.agent("bot", 1).await;
@@ -496,8 +524,51 @@ async fn calls_outside_the_grant_step_the_task_up_and_a_denied_approval_alerts()
 
     // A restart keeps the step-up (durable in the task's row).
     drop(receiver);
-    let again = h.server.engine.live_get(&task).unwrap();
-    assert!(again.stepped_up());
+    let h = h.restart().await;
+    assert!(h.server.engine.live_get(&task).unwrap().stepped_up());
+    let held = h.call(&token, "tickets.update", "write").await;
+    assert_eq!(held.body["outcome"], "approval_required", "{:?}", held.body);
+}
+
+#[tokio::test]
+async fn counted_per_agent_a_new_task_does_not_start_the_count_afresh() {
+    let (h, _receiver) = start(
+        "[[rule]]\nname = \"burst\"\nsignal = \"denial_burst\"\ncount = 3\nresponse = \"revoke_task\"\n",
+    )
+    .await;
+    let bot = h.agent("bot", 1).await;
+    let (first, first_token) = h
+        .start_task(
+            &bot,
+            &["tickets.search", "tickets.delete"],
+            &["read", "delete"],
+        )
+        .await;
+    for _ in 0..2 {
+        let r = h.call(&first_token, "tickets.delete", "delete").await;
+        assert_eq!(r.body["outcome"], "deny");
+    }
+    // A fresh task does not wash the two denials out: the third, on the new task, fires,
+    // and the response reaches every live task of the agent.
+    let (second, second_token) = h
+        .start_task(
+            &bot,
+            &["tickets.search", "tickets.delete"],
+            &["read", "delete"],
+        )
+        .await;
+    let r = h.call(&second_token, "tickets.delete", "delete").await;
+    assert_eq!(r.body["outcome"], "deny");
+    let fired = h.fired(&second).await;
+    assert_eq!(fired["data"]["per"], "agent");
+    assert_eq!(fired["data"]["evidence"].as_array().unwrap().len(), 3);
+    for token in [&first_token, &second_token] {
+        assert_eq!(
+            h.call(token, "tickets.search", "read").await.code(),
+            "task_not_active"
+        );
+    }
+    let _ = first;
 }
 
 #[tokio::test]
@@ -563,12 +634,12 @@ async fn a_plan_narrows_at_once_and_widens_only_as_policy_decides() {
         .await;
     let plan = |purpose: &str, tools: &[&str], actions: &[&str]| json!({ "purpose": purpose, "scope": { "tools": tools, "actions": actions, "data_domains": ["support"] } });
 
-    // Narrower: in force at once, no policy needed.
+    // Narrower under the same intent: in force at once, no policy needed.
     let r = h
         .post(
             &format!("/v1/tasks/{task}/plan"),
             Some(&token),
-            plan("only read tickets", &["tickets.search"], &["read"]),
+            plan("triage open tickets", &["tickets.search"], &["read"]),
         )
         .await;
     assert_eq!(r.status, 200, "{:?}", r.body);
@@ -587,6 +658,22 @@ async fn a_plan_narrows_at_once_and_widens_only_as_policy_decides() {
     assert_eq!(
         h.call(&token, "tickets.search", "read").await.body["outcome"],
         "allow"
+    );
+    // A new purpose over no more is decided by policy (purpose is an attribute policies
+    // read), and gains nothing.
+    let r = h
+        .post(
+            &format!("/v1/tasks/{task}/plan"),
+            Some(&token),
+            plan("only read tickets", &["tickets.search"], &["read"]),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.body["change"], "repurposed");
+    assert!(r.body["decision"].is_object());
+    assert_eq!(
+        r.body["grant"]["tools"],
+        json!({ "tickets.search": ["read"] })
     );
 
     // Wider: decided by policy; the write comes back, the delete stays refused.
@@ -617,17 +704,18 @@ async fn a_plan_narrows_at_once_and_widens_only_as_policy_decides() {
         .iter()
         .filter(|e| e["kind"] == "task.redeclared")
         .collect();
-    assert_eq!(redeclared.len(), 2);
-    assert_eq!(
-        redeclared[0]["data"]["previous_purpose"],
-        "triage open tickets"
-    );
-    assert_eq!(redeclared[0]["data"]["purpose"], "only read tickets");
+    assert_eq!(redeclared.len(), 3);
+    assert_eq!(redeclared[0]["data"]["change"], "narrower");
     assert_eq!(
         redeclared[1]["data"]["previous_purpose"],
+        "triage open tickets"
+    );
+    assert_eq!(redeclared[1]["data"]["purpose"], "only read tickets");
+    assert_eq!(
+        redeclared[2]["data"]["previous_purpose"],
         "only read tickets"
     );
-    assert!(redeclared[1]["data"]["decision"].is_object());
+    assert!(redeclared[2]["data"]["decision"].is_object());
     let last = events
         .iter()
         .rev()

@@ -135,9 +135,9 @@ impl Store for BreakableStore {
         self.check()?;
         self.inner.update_task_grant(id, g, e).await
     }
-    async fn set_task_step_up(&self, id: &str, e: NewEvent) -> StoreResult<bool> {
+    async fn set_task_step_up(&self, ids: &[String], e: NewEvent) -> StoreResult<usize> {
         self.check()?;
-        self.inner.set_task_step_up(id, e).await
+        self.inner.set_task_step_up(ids, e).await
     }
     async fn redeclare_task(
         &self,

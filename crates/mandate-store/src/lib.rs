@@ -200,9 +200,9 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         event: NewEvent,
     ) -> StoreResult<bool>;
 
-    /// Marks a live task stepped up (every further write, delete or execute needs a
-    /// human), with its event. `Ok(false)` (and no event) when the task is not live.
-    async fn set_task_step_up(&self, id: &str, event: NewEvent) -> StoreResult<bool>;
+    /// Marks live tasks stepped up (every further write, delete or execute needs a
+    /// human), with one event, in one transaction; returns how many were live.
+    async fn set_task_step_up(&self, ids: &[String], event: NewEvent) -> StoreResult<usize>;
 
     /// Replaces an active task's plan (purpose, requested scope, grant, items) with its
     /// event. `Ok(false)` (and no event) when the task is no longer active.

@@ -939,22 +939,23 @@ impl Store for SqliteStore {
         Ok(true)
     }
 
-    async fn set_task_step_up(&self, id: &str, event: NewEvent) -> StoreResult<bool> {
+    async fn set_task_step_up(&self, ids: &[String], event: NewEvent) -> StoreResult<usize> {
         let mut w = self.writer().await?;
         let mut tx = w.begin().await?;
-        let updated = sqlx::query(
-            "UPDATE tasks SET step_up = 1 WHERE id = $1 AND state IN ('pending', 'active')",
-        )
-        .bind(id)
-        .execute(&mut *tx)
-        .await?;
-        if updated.rows_affected() == 0 {
-            return Ok(false);
+        let mut updated = 0;
+        for id in ids {
+            let r = sqlx::query(
+                "UPDATE tasks SET step_up = 1 WHERE id = $1 AND state IN ('pending', 'active')",
+            )
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+            updated += usize::try_from(r.rows_affected()).unwrap_or(0);
         }
         append_one(&mut tx, event).await?;
         tx.commit().await?;
         w.keep();
-        Ok(true)
+        Ok(updated)
     }
 
     async fn redeclare_task(&self, plan: &TaskPlan, event: NewEvent) -> StoreResult<bool> {
