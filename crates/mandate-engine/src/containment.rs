@@ -1254,6 +1254,29 @@ mod tests {
     }
 
     #[test]
+    fn the_example_configuration_is_valid() {
+        let c = ContainmentConfig::from_toml(include_str!(
+            "../../../examples/containment/containment.toml"
+        ))
+        .unwrap();
+        assert_eq!(c.rules.len(), 7);
+        assert!(c.alert_webhook.is_some());
+        assert_eq!(c.ssf_receivers.len(), 1);
+        let injection = c
+            .rules
+            .iter()
+            .find(|r| r.name == "injection-then-action")
+            .unwrap();
+        assert_eq!(injection.per, Per::Task);
+        assert!(
+            c.rules
+                .iter()
+                .filter(|r| r.name != "injection-then-action")
+                .all(|r| r.per == Per::Agent)
+        );
+    }
+
+    #[test]
     fn configurations_are_checked() {
         let bad = [
             (

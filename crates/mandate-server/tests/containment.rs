@@ -50,7 +50,18 @@ when { principal.status == "active" };
 }
 
 async fn start(rules: &str) -> (Harness, Upstream) {
+    start_with(rules, |_| None).await
+}
+
+/// Starts with containment `rules`, and a gateway when `gateway` makes one of the
+/// receiver's address (the receiver also answers as an upstream).
+async fn start_with(
+    rules: &str,
+    gateway: impl FnOnce(std::net::SocketAddr) -> Option<String>,
+) -> (Harness, Upstream) {
     let receiver = Upstream::start().await;
+    let gateway = gateway(receiver.addr)
+        .map(|t| Arc::new(mandate_gateway::GatewayConfig::from_toml(&t).unwrap()));
     let text = format!(
         "{rules}\n[alert_webhook]\nurl = \"http://{0}/alert\"\nsecret = \"alert-secret-0123456789\"\n\
          [[ssf_receiver]]\nurl = \"http://{0}/ssf\"\naudience = \"https://idp.example\"\n",
@@ -59,7 +70,11 @@ async fn start(rules: &str) -> (Harness, Upstream) {
     let config = Arc::new(ContainmentConfig::from_toml(&text).unwrap());
     let tmp = tempfile::tempdir().unwrap();
     let policies = bundle(tmp.path());
-    let h = Harness::start_configured(&policies, move |c| c.containment = Some(config)).await;
+    let h = Harness::start_configured(&policies, move |c| {
+        c.containment = Some(config);
+        c.gateway = gateway;
+    })
+    .await;
     // The bundle outlives the test's server (a restart loads it again).
     std::mem::forget(tmp);
     (h, receiver)
@@ -295,27 +310,21 @@ async fn a_honeytoken_call_quarantines_the_agent_and_signals_go_out() {
     assert_eq!(cred["sub_id"]["sub"], "spiffe://mandate.local/agent/bot");
 
     // The alert webhook got the firing, signed with its secret.
-    let alert = receiver
-        .seen
-        .lock()
-        .unwrap()
-        .iter()
-        .find(|s| s.target == "/alert")
-        .cloned();
-    let alert = match alert {
-        Some(a) => a,
-        None => {
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            receiver
-                .seen
-                .lock()
-                .unwrap()
-                .iter()
-                .find(|s| s.target == "/alert")
-                .cloned()
-                .unwrap()
+    let mut alert = None;
+    for _ in 0..200 {
+        alert = receiver
+            .seen
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|s| s.target == "/alert")
+            .cloned();
+        if alert.is_some() {
+            break;
         }
-    };
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let alert = alert.expect("the alert webhook got nothing");
     let sig = alert.header("mandate-signature").unwrap();
     let now = mandate_core::Clock::now_secs(h.clock.as_ref());
     assert!(mandate_server::webhook::verify(
@@ -764,4 +773,106 @@ async fn a_plan_narrows_at_once_and_widens_only_as_policy_decides() {
     // A restart keeps the plan in force.
     let stored = h.get(&format!("/v1/tasks/{task}"), Some(ADMIN)).await;
     assert_eq!(stored.body["purpose"], "fix and clean up tickets");
+}
+
+#[tokio::test]
+async fn untrusted_content_then_a_write_and_bulk_egress_are_caught() {
+    let (h, upstream) = start_with(
+        "[[rule]]\nname = \"injection\"\nsignal = \"taint_then_high_risk\"\nresponse = \"step_up\"\n\
+         [[rule]]\nname = \"egress\"\nsignal = \"bytes_above_baseline\"\nfactor = 3.0\nwindow_secs = 10\nmin = 100000\nwarmup_windows = 2\nresponse = \"revoke_task\"\n",
+        |addr| {
+            Some(format!(
+                "[[upstream]]\nname = 'tickets'\nbase_url = 'http://{addr}/api'\nallow_private = true\nuntrusted = true\n\n\
+                 [[route]]\nupstream = 'tickets'\nmethod = 'GET'\npath = '/tickets/{{id}}/big'\ntool = 'tickets.search'\ndata_domain = 'support'\n"
+            ))
+        },
+    )
+    .await;
+    let bot = h.agent("bot", 1).await;
+    let r = h
+        .post("/v1/tasks", Some(&bot), json!({
+            "purpose": "read the ticket dump",
+            "scope": { "tools": ["tickets.search", "tickets.update"], "actions": ["read", "write"],
+                       "data_domains": ["support"], "destinations": [upstream.addr.to_string()] },
+            "ttl_secs": 600,
+        }))
+        .await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let task = r.body["task_id"].as_str().unwrap().to_owned();
+    let token = r.body["task_token"].as_str().unwrap().to_owned();
+    let big = || async {
+        h.send(
+            h.http
+                .get(h.url("/gw/tickets/tickets/1/big"))
+                .bearer_auth(&token),
+        )
+        .await
+    };
+
+    // Untrusted content enters the task; the next write is the signal, and the task is
+    // stepped up: the write after it needs a human.
+    assert_eq!(big().await.status, 200);
+    assert_eq!(
+        h.call(&token, "tickets.update", "write").await.body["outcome"],
+        "allow"
+    );
+    let fired = h.fired(&task).await;
+    assert_eq!(fired["data"]["signal"], "taint_then_high_risk");
+    assert_eq!(
+        h.call(&token, "tickets.update", "write").await.body["outcome"],
+        "approval_required"
+    );
+
+    // 64 KiB per window builds the agent's baseline; four times that in one window is
+    // more than 3x it, and the task is revoked. (A result is recorded as its stream ends,
+    // just after the agent has the body: wait for it before the clock moves on.)
+    let results = |n: usize| {
+        let h = &h;
+        let task = task.clone();
+        async move {
+            for _ in 0..200 {
+                let got = h
+                    .events(&task)
+                    .await
+                    .iter()
+                    .filter(|e| e["kind"] == "gateway.result")
+                    .count();
+                if got >= n {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            panic!("fewer than {n} gateway results recorded");
+        }
+    };
+    results(1).await;
+    h.clock.advance_ms(10_000);
+    assert_eq!(big().await.status, 200);
+    results(2).await;
+    h.clock.advance_ms(10_000);
+    for _ in 0..3 {
+        assert_eq!(big().await.status, 200);
+    }
+    let mut cut = false;
+    for _ in 0..5 {
+        if big().await.status == 403 {
+            cut = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(cut, "{:?}", h.events(&task).await);
+    let egress = h
+        .events(&task)
+        .await
+        .into_iter()
+        .find(|e| e["data"]["rule"] == "egress")
+        .unwrap();
+    assert_eq!(egress["data"]["response"], "revoke_task");
+    assert!(
+        egress["data"]["summary"]
+            .as_str()
+            .unwrap()
+            .contains("bytes returned")
+    );
 }
