@@ -33,7 +33,12 @@ fn bundle(dir: &Path) -> std::path::PathBuf {
         p.join("policies.cedar"),
         r#"
 @id("start") permit (principal, action == Mandate::Action::"start_task", resource)
-when { principal.status == "active" };
+when { principal.status == "active" && !context.tools.contains("billing.refund") };
+@id("refunds-need-a-human")
+@approval_required("a task that refunds needs a human")
+permit (principal, action == Mandate::Action::"start_task", resource)
+when { principal.status == "active" && context.tools.contains("billing.refund") };
+@id("refund") permit (principal, action == Mandate::Action::"write", resource == Mandate::Tool::"billing.refund");
 @id("read") permit (principal, action == Mandate::Action::"read", resource);
 @id("write") permit (principal, action == Mandate::Action::"write", resource == Mandate::Tool::"tickets.update");
 @id("no-deletes") forbid (principal, action == Mandate::Action::"delete", resource);
@@ -707,13 +712,97 @@ async fn a_plan_narrows_at_once_and_widens_only_as_policy_decides() {
     let d = h.call(&token, "tickets.delete", "delete").await;
     assert_eq!(d.body["outcome"], "deny");
 
-    // Both intents are in the record, and the next decision names the new one.
+    // Wider where policy asks for a human: held (202) with an approval bound to exactly
+    // this plan; the same plan repeated with it, once approved, takes effect.
+    let refunds = plan(
+        "fix and clean up tickets",
+        &["tickets.search", "tickets.update", "billing.refund"],
+        &["read", "write"],
+    );
+    let r = h
+        .post(
+            &format!("/v1/tasks/{task}/plan"),
+            Some(&token),
+            refunds.clone(),
+        )
+        .await;
+    assert_eq!(r.status, 202, "{:?}", r.body);
+    assert_eq!(r.body["applied"], false);
+    let approval = r.body["approval"]["id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        h.call(&token, "billing.refund", "write").await.body["policies"],
+        json!(["mandate:grant-ceiling"])
+    );
+    let mut unapproved = refunds.clone();
+    unapproved["approval_id"] = json!(approval);
+    let r = h
+        .post(
+            &format!("/v1/tasks/{task}/plan"),
+            Some(&token),
+            unapproved.clone(),
+        )
+        .await;
+    assert_eq!(
+        (r.status.as_u16(), r.code()),
+        (409, "approval_pending"),
+        "{:?}",
+        r.body
+    );
+    let r = h
+        .post(
+            "/v1/approvers",
+            Some(ADMIN),
+            json!({ "name": "carol@example.com", "roles": ["approver"], "groups": ["default"] }),
+        )
+        .await;
+    let carol = r.body["token"].as_str().unwrap().to_owned();
+    let r = h
+        .post(
+            &format!("/v1/approvals/{approval}/approve"),
+            Some(&carol),
+            json!({}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    // The approval is for that plan only.
+    let mut other = plan("something else", &["billing.refund"], &["write"]);
+    other["approval_id"] = json!(approval);
+    let r = h
+        .post(&format!("/v1/tasks/{task}/plan"), Some(&token), other)
+        .await;
+    assert_eq!(
+        (r.status.as_u16(), r.code()),
+        (403, "approval_mismatch"),
+        "{:?}",
+        r.body
+    );
+    let r = h
+        .post(
+            &format!("/v1/tasks/{task}/plan"),
+            Some(&token),
+            unapproved.clone(),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.body["applied"], true);
+    assert_eq!(
+        h.call(&token, "billing.refund", "write").await.body["outcome"],
+        "allow"
+    );
+    // Used once.
+    let r = h
+        .post(&format!("/v1/tasks/{task}/plan"), Some(&token), unapproved)
+        .await;
+    assert!(r.status.is_client_error(), "{:?}", r.body);
+
+    // Every intent is in the record, and the next decision names the new one.
     let events = h.events(&task).await;
     let redeclared: Vec<&Value> = events
         .iter()
         .filter(|e| e["kind"] == "task.redeclared")
         .collect();
-    assert_eq!(redeclared.len(), 3);
+    assert_eq!(redeclared.len(), 4);
+    assert_eq!(redeclared[3]["data"]["approval_id"], approval.as_str());
     assert_eq!(redeclared[0]["data"]["change"], "narrower");
     assert_eq!(
         redeclared[1]["data"]["previous_purpose"],
@@ -731,6 +820,7 @@ async fn a_plan_narrows_at_once_and_widens_only_as_policy_decides() {
         .find(|e| e["kind"] == "decision")
         .unwrap();
     assert_eq!(last["data"]["intent"], "fix and clean up tickets");
+    let _ = &redeclared;
 
     // Refusals: another task's token, a plan only delete (policy grants none of it), and
     // bad input.
