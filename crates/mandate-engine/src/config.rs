@@ -58,8 +58,8 @@ pub struct ServerConfig {
     /// Containment rules, the alert webhook and Shared Signals receivers (off when
     /// `None`; `mandate serve` installs [`ContainmentConfig::defaults`] without a file).
     ///
-    /// [`ContainmentConfig::defaults`]: crate::containment::ContainmentConfig::defaults
-    pub containment: Option<Arc<crate::containment::ContainmentConfig>>,
+    /// [`ContainmentConfig::defaults`]: crate::containment::rules::ContainmentConfig::defaults
+    pub containment: Option<Arc<crate::containment::rules::ContainmentConfig>>,
 }
 
 impl ServerConfig {
@@ -88,7 +88,9 @@ impl ServerConfig {
             log: crate::checkpoints::LogSettings::default(),
             observers: Vec::new(),
             otlp: None,
-            containment: Some(Arc::new(crate::containment::ContainmentConfig::defaults())),
+            containment: Some(Arc::new(
+                crate::containment::rules::ContainmentConfig::defaults(),
+            )),
         }
     }
 }

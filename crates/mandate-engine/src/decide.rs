@@ -138,7 +138,7 @@ impl Engine {
             .decision
             .policies
             .iter()
-            .any(|p| p == crate::engine::HONEYTOKEN_POLICY)
+            .any(|p| p == crate::containment::detect::HONEYTOKEN_POLICY)
         {
             self.admit_decision(&evaluated.task)?;
         }

@@ -26,6 +26,7 @@ use mandate_token::{
 use crate::audit_writer::{AuditError, AuditWriter};
 use crate::checkpoints::CHAIN_BREAK_KEY;
 use crate::config::ServerConfig;
+use crate::containment::detect::HONEYTOKEN_POLICY;
 use crate::error::Error;
 use crate::error::Kind;
 pub use crate::sync::{lock, read, write};
@@ -340,9 +341,6 @@ const ADMIN_HASH_KEY: &str = "admin_token_sha256";
 /// Every request's time budget, seconds (long-polls included).
 pub const REQUEST_TIMEOUT_SECS: i64 = 30;
 
-/// The pseudo policy id of a call to a honeytoken tool (always denied).
-pub const HONEYTOKEN_POLICY: &str = "mandate:honeytoken";
-
 /// The pseudo policy id that holds a stepped-up task's write, delete or execute for a
 /// human.
 pub const STEP_UP_POLICY: &str = "mandate:step-up";
@@ -499,15 +497,6 @@ impl Engine {
             let exporter = crate::otlp::OtlpExporter::spawn(otlp.clone())?;
             observers.push(exporter as Arc<dyn crate::audit_writer::CommitObserver>);
         }
-        let containment = config.containment.clone().unwrap_or_default();
-        let mut follow = |kinds: crate::tail::Kinds| {
-            let (tap, tail) = crate::tail::tail(Arc::clone(&store), kinds);
-            observers.push(tap as Arc<dyn crate::audit_writer::CommitObserver>);
-            tail
-        };
-        let containment_rx =
-            (!containment.rules.is_empty()).then(|| follow(crate::containment::watched));
-        let ssf_rx = (!containment.ssf_receivers.is_empty()).then(|| follow(crate::ssf::watched));
         let audit = AuditWriter::spawn_observed(Arc::clone(&store), observers);
         // A broken chain is never appended to: the server starts (so readiness can say
         // why) but records and decides nothing.
@@ -670,36 +659,6 @@ impl Engine {
             engine.audit.clone(),
             Arc::clone(&engine.clock),
         );
-        // Both followers take their place in the log before anything is served: from where
-        // they stopped before a restart, or from the head.
-        let position = |key: &'static str| {
-            let store = Arc::clone(&engine.store);
-            async move {
-                store
-                    .setting(key)
-                    .await
-                    .ok()
-                    .flatten()
-                    .and_then(|v| v.parse::<i64>().ok())
-            }
-        };
-        if let Some(mut tail) = containment_rx {
-            tail.resume(position(crate::containment::CONTAINMENT_CURSOR).await)
-                .await;
-            #[expect(
-                clippy::disallowed_methods,
-                reason = "the containment responder: one per engine, ends when the audit writer drops its tap"
-            )]
-            tokio::spawn(Arc::clone(&engine).run_containment(tail));
-        }
-        if let Some(mut tail) = ssf_rx {
-            tail.resume(position(crate::ssf::SSF_CURSOR).await).await;
-            #[expect(
-                clippy::disallowed_methods,
-                reason = "the SET sender: one per engine, ends when the audit writer drops its tap"
-            )]
-            tokio::spawn(Arc::clone(&engine).run_ssf(tail));
-        }
         Ok(Opened {
             engine,
             generated_admin_token,

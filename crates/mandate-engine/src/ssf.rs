@@ -21,7 +21,7 @@ use mandate_audit::{Body, Event};
 use mandate_core::{AgentName, AgentStatus, SpiffeId};
 use serde_json::{Value, json};
 
-use crate::containment::SsfReceiver;
+use crate::containment::rules::SsfReceiver;
 use crate::engine::Engine;
 
 /// CAEP's session-revoked event type.

@@ -66,10 +66,15 @@ impl Server {
             .issuer
             .clone()
             .unwrap_or_else(|| format!("http://{addr}"));
+        // What follows the audit log (containment, Shared Signals) taps the writer from its
+        // first batch, and takes its place in the log before anything is served.
+        let mut config = config;
+        let followers = mandate_engine::containment::Followers::attach(&mut config, &store);
         let Opened {
             engine,
             generated_admin_token,
         } = Engine::open(config, issuer.clone(), store).await?;
+        followers.start(&engine).await;
         let mut app = crate::api::router(Arc::clone(&engine));
         if let Some(gc) = engine.config.gateway.clone() {
             if !gc.mcp_servers.is_empty() {
