@@ -45,6 +45,9 @@ pub struct Limits {
     /// Deepest delegation chain: a task started directly is depth 0, each delegation
     /// below it one more.
     pub max_delegation_depth: u32,
+    /// Most live tasks one task may have delegated directly at once (a cap on fan-out, so
+    /// one task cannot mint an unbounded number of delegates).
+    pub max_delegates_per_task: usize,
     /// Decisions one agent may ask for per second, over all its tasks and every decision
     /// entry point (decide, AuthZEN, ext_authz, MCP, gateway); bursts up to twice this.
     pub agent_decisions_per_sec: u32,
@@ -84,6 +87,7 @@ impl Default for Limits {
             max_pending_approvals_per_task: 5,
             max_break_glass_ttl_secs: 30 * 60,
             max_delegation_depth: 3,
+            max_delegates_per_task: 100,
             agent_decisions_per_sec: 500,
             task_decisions_per_sec: 250,
             max_connections: 1024,

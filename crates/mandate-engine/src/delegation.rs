@@ -230,6 +230,20 @@ impl Engine {
                 ),
             )));
         }
+        let children = self
+            .descendants(&parent.id)
+            .iter()
+            .filter(|d| d.parent.as_ref().is_some_and(|p| p.id == parent.id))
+            .count();
+        if children >= limits.max_delegates_per_task {
+            return Err(refusal(refused(
+                "too_many_delegates",
+                format!(
+                    "task {} has {children} live delegates; at most {} at once",
+                    parent.id, limits.max_delegates_per_task
+                ),
+            )));
+        }
         let now_ms = self.clock.now_ms();
         let now_secs = self.clock.now_secs();
         let left_secs = (parent.expires_at() - now_ms).div_euclid(1000);

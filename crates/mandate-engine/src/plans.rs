@@ -42,7 +42,8 @@ pub struct Redeclare {
 pub struct Redeclared {
     /// Task id.
     pub task_id: String,
-    /// `narrower` or `wider`.
+    /// `narrower` (less, same purpose: no policy needed), `repurposed` (a new purpose over
+    /// no more, decided by policy) or `wider` (decided by policy).
     pub change: String,
     /// True when the new plan is in force; false while it waits for `approval`.
     pub applied: bool,

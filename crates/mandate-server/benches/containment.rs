@@ -12,7 +12,10 @@
 //! Run: `cargo bench -p mandate-server --bench containment`
 //!
 //! Knobs (environment): `CONTAIN_BENCH_TRIALS` (default 100), `CONTAIN_BENCH_CALLS`
-//! decisions per series (default 20000), `CONTAIN_BENCH_CLIENTS` (default 16).
+//! decisions per series (default 20000), `CONTAIN_BENCH_CLIENTS` (default 16);
+//! `CONTAIN_BENCH_ONLY=on|off` runs one decide series only (for callgrind:
+//! `scripts/callgrind-containment.sh` counts instructions per decision with the tap on and
+//! off).
 
 #![allow(
     clippy::unwrap_used,
@@ -331,16 +334,47 @@ async fn decide_cost(calls: usize, clients: usize) {
     }
 }
 
+/// One series on one configuration only (`CONTAIN_BENCH_ONLY=on|off`), for counting
+/// instructions under callgrind: the difference between two call counts is the cost of
+/// those calls, whatever the set-up cost.
+async fn only(rules: bool, calls: usize, clients: usize) {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(config(dir.path(), rules)).await.unwrap();
+    let api = Api {
+        url: server.url(),
+        http: reqwest::Client::new(),
+    };
+    let mut tokens = Vec::new();
+    for i in 0..clients {
+        let identity = api.agent(&format!("bench-{i}")).await;
+        tokens.push(api.start(&identity).await.1);
+    }
+    let r = decide_series(&server, &tokens, calls).await;
+    println!(
+        "containment {}: {calls} decisions, {:.0}/s",
+        if rules { "on" } else { "off" },
+        r.0
+    );
+    server.shutdown().await.unwrap();
+}
+
 fn main() {
     let trials: usize = env_or("CONTAIN_BENCH_TRIALS", 100);
     let calls: usize = env_or("CONTAIN_BENCH_CALLS", 20_000);
     let clients: usize = env_or("CONTAIN_BENCH_CLIENTS", 16);
+    let only_one: String = env_or("CONTAIN_BENCH_ONLY", String::new());
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .unwrap();
     rt.block_on(async {
-        reaction_times(trials).await;
-        decide_cost(calls, clients).await;
+        match only_one.as_str() {
+            "on" => only(true, calls, clients).await,
+            "off" => only(false, calls, clients).await,
+            _ => {
+                reaction_times(trials).await;
+                decide_cost(calls, clients).await;
+            }
+        }
     });
 }

@@ -775,3 +775,35 @@ permit (principal == Mandate::Agent::"writer", action == Mandate::Action::"write
     assert_eq!(a.body["required"], 2, "{:?}", a.body);
     assert_eq!(a.body["owner_may_approve"], false, "{:?}", a.body);
 }
+
+#[tokio::test]
+async fn a_task_has_a_bounded_number_of_live_delegates() {
+    let h = Harness::start_configured(&common::demo_policies(), |c| {
+        c.limits.max_delegates_per_task = 2;
+    })
+    .await;
+    let triage = h.agent("triage", 2).await;
+    let reader = h.agent("reader", 2).await;
+    let (_, root_token) = h.task(&triage).await;
+    let details = || sub_task(&["tickets.search"], &["read"], json!({}));
+    let (first, first_token) = h.delegate(&root_token, &reader, details()).await;
+    h.delegate(&root_token, &reader, details()).await;
+    let r = h.exchange(&root_token, &reader, details()).await;
+    assert_eq!(
+        oauth(&r),
+        (400, "invalid_request", "too_many_delegates"),
+        "{:?}",
+        r.body
+    );
+    // A delegate's own delegates count against it, not its parent; an ended one frees a
+    // place.
+    let r = h
+        .post(
+            &format!("/v1/tasks/{first}/complete"),
+            Some(&first_token),
+            json!({}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    h.delegate(&root_token, &reader, details()).await;
+}

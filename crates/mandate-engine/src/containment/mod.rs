@@ -369,10 +369,10 @@ impl Engine {
 mod tests {
     use super::*;
     use mandate_audit::Event;
-    use mandate_core::ActionClass;
-    use mandate_policy::{GRANT_CEILING_POLICY, Outcome};
     use mandate_audit::{CallDecided, NewEvent};
+    use mandate_core::ActionClass;
     use mandate_core::{Sensitivity, ToolName};
+    use mandate_policy::{GRANT_CEILING_POLICY, Outcome};
 
     struct NoTaint;
     impl Facts for NoTaint {
