@@ -33,6 +33,17 @@ macro_rules! bodies {
                     $( Self::$variant(_) => EventKind::$variant, )+
                 }
             }
+
+            /// The body of a stored event from its kind and details, read in place (no
+            /// copy of the details, no intermediate document).
+            pub fn from_parts(kind: &str, data: &Value) -> Result<Self, serde_json::Error> {
+                match kind {
+                    $( $name => <$ty>::deserialize(data).map(Self::$variant), )+
+                    other => Err(<serde_json::Error as serde::de::Error>::custom(format!(
+                        "unknown event kind {other:?}"
+                    ))),
+                }
+            }
         }
     };
 }

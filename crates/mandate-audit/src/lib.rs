@@ -294,17 +294,7 @@ pub struct Event {
 impl Event {
     /// The event's typed body, read back from what was stored.
     pub fn body(&self) -> Result<Body, BodyError> {
-        #[derive(Serialize)]
-        struct Tagged<'a> {
-            kind: &'a str,
-            data: &'a Value,
-        }
-        let tagged = serde_json::to_value(Tagged {
-            kind: &self.kind,
-            data: &self.data,
-        })
-        .and_then(serde_json::from_value);
-        tagged.map_err(|source| BodyError {
+        Body::from_parts(&self.kind, &self.data).map_err(|source| BodyError {
             seq: self.seq,
             kind: self.kind.clone(),
             source,

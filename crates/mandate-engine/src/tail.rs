@@ -39,7 +39,7 @@ const PAGE: i64 = 512;
 const PAGES: usize = 8;
 
 /// How far back a tail resumes from a stored position: older events are history.
-const MAX_REPLAY: i64 = 100_000;
+pub const MAX_REPLAY: i64 = 100_000;
 
 /// What a tail follows: the event kinds it is told of.
 pub type Kinds = fn(&str) -> bool;

@@ -33,6 +33,8 @@ pub struct RunningServer {
     ext_authz: Option<(oneshot::Sender<()>, JoinHandle<()>)>,
     handle: JoinHandle<Result<(), String>>,
     sweeper: JoinHandle<()>,
+    /// The log followers (containment, Shared Signals): aborted at shutdown.
+    followers: Vec<JoinHandle<()>>,
 }
 
 impl Server {
@@ -74,7 +76,7 @@ impl Server {
             engine,
             generated_admin_token,
         } = Engine::open(config, issuer.clone(), store).await?;
-        followers.start(&engine).await;
+        let followers = followers.start(&engine).await;
         let mut app = crate::api::router(Arc::clone(&engine));
         if let Some(gc) = engine.config.gateway.clone() {
             if !gc.mcp_servers.is_empty() {
@@ -178,6 +180,7 @@ impl Server {
             ext_authz,
             handle,
             sweeper,
+            followers,
         })
     }
 }
@@ -198,6 +201,9 @@ impl RunningServer {
             let _ = handle.await;
         }
         self.sweeper.abort();
+        for f in &self.followers {
+            f.abort();
+        }
         let served = match self.handle.await {
             Ok(r) => r,
             Err(e) => Err(e.to_string()),

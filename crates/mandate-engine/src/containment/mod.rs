@@ -4,11 +4,10 @@
 //! One responder task follows the committed events of the kinds signals read (a
 //! [`crate::tail::Tail`]: the audit writer's observer, with gaps read back from the store,
 //! so events committed outside the writer count too, and none is skipped). It runs a
-//! [`Detector`] (pure:
-//! no IO, no clock, time comes from the events) and carries out each firing through the
-//! same paths a human would use (`Engine::end_task`, `Engine::set_agent_status`), so a
-//! contained task has the same guarantee as a revoked one: no allowed call after the
-//! acknowledgement. Nothing of this runs on the decide path.
+//! [`Detector`] (pure: no IO, no clock, time comes from the events) and carries out each
+//! firing through the same paths a human would use (`Engine::end_task`,
+//! `Engine::set_agent_status`), so a contained task has the same guarantee as a revoked
+//! one: no allowed call after the acknowledgement. Nothing of this runs on the decide path.
 //!
 //! `rules.rs` holds the configuration, `detect.rs` the pure detector; this file carries
 //! firings out and wires the followers to a server ([`Followers`]).
@@ -70,8 +69,10 @@ impl Followers {
     }
 
     /// Takes each follower's place in the log (where it stopped before a restart, else the
-    /// head), then runs it. Call once the engine is open, before anything is served.
-    pub async fn start(self, engine: &Arc<Engine>) {
+    /// head), then runs it. Call once the engine is open, before anything is served; the
+    /// caller owns the tasks (abort them when the server stops).
+    pub async fn start(self, engine: &Arc<Engine>) -> Vec<tokio::task::JoinHandle<()>> {
+        let mut running = Vec::new();
         let position = |key: &'static str| {
             let store = Arc::clone(&engine.store);
             async move {
@@ -87,18 +88,19 @@ impl Followers {
             tail.resume(position(CONTAINMENT_CURSOR).await).await;
             #[expect(
                 clippy::disallowed_methods,
-                reason = "the containment responder: one per engine, ends when the audit writer drops its tap"
+                reason = "the containment responder: one per engine, returned to the server that aborts it"
             )]
-            tokio::spawn(Arc::clone(engine).run_containment(tail));
+            running.push(tokio::spawn(Arc::clone(engine).run_containment(tail)));
         }
         if let Some(mut tail) = self.ssf {
             tail.resume(position(crate::ssf::SSF_CURSOR).await).await;
             #[expect(
                 clippy::disallowed_methods,
-                reason = "the SET sender: one per engine, ends when the audit writer drops its tap"
+                reason = "the SET sender: one per engine, returned to the server that aborts it"
             )]
-            tokio::spawn(Arc::clone(engine).run_ssf(tail));
+            running.push(tokio::spawn(Arc::clone(engine).run_ssf(tail)));
         }
+        running
     }
 }
 
