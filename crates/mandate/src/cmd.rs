@@ -12,6 +12,37 @@ use serde_json::{Value, json};
 use crate::client::Client;
 use crate::{style, trace};
 
+/// A declared intent and the scope it needs: what `task start`, `task delegate` and
+/// `task plan` ask for.
+#[derive(Debug, Args)]
+pub struct ScopeArgs {
+    /// The declared intent, in plain words.
+    #[arg(long)]
+    purpose: String,
+    /// A tool it needs (repeat).
+    #[arg(long = "tool", required = true)]
+    tools: Vec<String>,
+    /// An action class it needs on every tool listed: read, write, delete, execute (repeat).
+    #[arg(long = "action", required = true)]
+    actions: Vec<String>,
+    /// A data domain it touches (repeat).
+    #[arg(long = "data-domain")]
+    data_domains: Vec<String>,
+    /// A destination it sends data to (repeat).
+    #[arg(long = "destination")]
+    destinations: Vec<String>,
+}
+
+impl ScopeArgs {
+    /// The requested scope as the API takes it.
+    fn requested(&self) -> serde_json::Value {
+        json!({
+            "tools": self.tools, "actions": self.actions,
+            "data_domains": self.data_domains, "destinations": self.destinations,
+        })
+    }
+}
+
 /// Where the server is, and the admin token for admin operations.
 #[derive(Debug, Args)]
 pub struct ServerOpts {
@@ -219,21 +250,8 @@ pub enum TaskCmd {
         /// Identity token from `mandate agent attest`.
         #[arg(long, env = "MANDATE_IDENTITY_TOKEN", hide_env_values = true)]
         identity_token: String,
-        /// The declared intent.
-        #[arg(long)]
-        purpose: String,
-        /// A tool the task needs (repeat).
-        #[arg(long = "tool", required = true)]
-        tools: Vec<String>,
-        /// An action class the task needs: read, write, delete, execute (repeat).
-        #[arg(long = "action", required = true)]
-        actions: Vec<String>,
-        /// A data domain the task touches (repeat).
-        #[arg(long = "data-domain")]
-        data_domains: Vec<String>,
-        /// A destination the task sends data to (repeat).
-        #[arg(long = "destination")]
-        destinations: Vec<String>,
+        #[command(flatten)]
+        scope: ScopeArgs,
         /// Lifetime asked for, in seconds.
         #[arg(long)]
         ttl: Option<i64>,
@@ -249,21 +267,9 @@ pub enum TaskCmd {
         /// The child agent's identity token (from its `mandate agent attest`).
         #[arg(long, env = "MANDATE_ACTOR_TOKEN", hide_env_values = true)]
         actor_token: String,
-        /// The sub-task's declared intent.
-        #[arg(long)]
-        purpose: String,
-        /// A tool the sub-task needs (repeat; each in the parent's grant).
-        #[arg(long = "tool", required = true)]
-        tools: Vec<String>,
-        /// An action class it needs on every tool listed (repeat).
-        #[arg(long = "action", required = true)]
-        actions: Vec<String>,
-        /// A data domain it touches (repeat).
-        #[arg(long = "data-domain")]
-        data_domains: Vec<String>,
-        /// A destination it sends data to (repeat).
-        #[arg(long = "destination")]
-        destinations: Vec<String>,
+        /// What the sub-task needs (each pair within the parent's grant).
+        #[command(flatten)]
+        scope: ScopeArgs,
         /// Lifetime in seconds (at most what the parent has left).
         #[arg(long)]
         ttl: Option<i64>,
@@ -277,21 +283,9 @@ pub enum TaskCmd {
         id: String,
         #[arg(long, env = "MANDATE_TASK_TOKEN", hide_env_values = true)]
         task_token: String,
-        /// The new intent.
-        #[arg(long)]
-        purpose: String,
-        /// A tool the task needs now (repeat).
-        #[arg(long = "tool", required = true)]
-        tools: Vec<String>,
-        /// An action class it needs now (repeat).
-        #[arg(long = "action", required = true)]
-        actions: Vec<String>,
-        /// A data domain it touches (repeat).
-        #[arg(long = "data-domain")]
-        data_domains: Vec<String>,
-        /// A destination it sends data to (repeat).
-        #[arg(long = "destination")]
-        destinations: Vec<String>,
+        /// The new plan.
+        #[command(flatten)]
+        scope: ScopeArgs,
         /// The approval a wider plan was held for.
         #[arg(long)]
         approval_id: Option<String>,
@@ -345,17 +339,13 @@ pub async fn task(c: TaskCmd) -> Result<()> {
     match c {
         TaskCmd::Start {
             identity_token,
-            purpose,
-            tools,
-            actions,
-            data_domains,
-            destinations,
+            scope,
             ttl,
             server,
         } => {
             let body = json!({
-                "purpose": purpose,
-                "scope": { "tools": tools, "actions": actions, "data_domains": data_domains, "destinations": destinations },
+                "purpose": scope.purpose,
+                "scope": scope.requested(),
                 "ttl_secs": ttl,
             });
             print(
@@ -369,21 +359,17 @@ pub async fn task(c: TaskCmd) -> Result<()> {
         TaskCmd::Delegate {
             parent_token,
             actor_token,
-            purpose,
-            tools,
-            actions,
-            data_domains,
-            destinations,
+            scope,
             ttl,
             server,
         } => {
             let details = json!([strip_nulls(json!({
                 "type": "mandate_task",
-                "purpose": purpose,
-                "tools": tools,
-                "actions": actions,
-                "data_domains": data_domains,
-                "destinations": destinations,
+                "purpose": scope.purpose,
+                "tools": scope.tools,
+                "actions": scope.actions,
+                "data_domains": scope.data_domains,
+                "destinations": scope.destinations,
                 "ttl_secs": ttl,
             }))])
             .to_string();
@@ -428,17 +414,13 @@ pub async fn task(c: TaskCmd) -> Result<()> {
         TaskCmd::Plan {
             id,
             task_token,
-            purpose,
-            tools,
-            actions,
-            data_domains,
-            destinations,
+            scope,
             approval_id,
             server,
         } => {
             let mut body = json!({
-                "purpose": purpose,
-                "scope": { "tools": tools, "actions": actions, "data_domains": data_domains, "destinations": destinations },
+                "purpose": scope.purpose,
+                "scope": scope.requested(),
             });
             if let (Some(a), Some(obj)) = (approval_id, body.as_object_mut()) {
                 obj.insert("approval_id".into(), json!(a));
