@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The decide path's cost of containment in instructions (callgrind: stable whatever else
 # the machine runs). The containment bench runs one series of in-process `Engine::decide`
-# calls (audit commit included) with every rule kind configured (the tap on) or none (off);
+# calls (audit commit included) with no rule (off), the default rule (a honeytoken call
+# quarantines: the tap passes on only decisions naming the honeytoken) or every rule kind;
 # each is run with N and 2N calls, and the difference divided by N is the cost of one
 # decision, set-up excluded. Run from the repository root:
 #   bash scripts/callgrind-containment.sh [N]
@@ -21,8 +22,8 @@ count() {
   awk '/^(summary|totals):/ {s=$2} END {print s}' "$work/cg.out"
   rm -f "$work/cg.out"
 }
-for mode in off on; do
+for mode in off default on; do
   a="$(count "$mode" "$n")"
   b="$(count "$mode" "$((2 * n))")"
-  python3 -c "print(f'containment {\"$mode\":<4} {($b - $a) / $n:>12,.0f} instructions per decision ({$n} more decisions)')"
+  python3 -c "print(f'containment {\"$mode\":<8} {($b - $a) / $n:>12,.0f} instructions per decision ({$n} more decisions)')"
 done

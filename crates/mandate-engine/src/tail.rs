@@ -41,8 +41,9 @@ const PAGES: usize = 8;
 /// How far back a tail resumes from a stored position: older events are history.
 pub const MAX_REPLAY: i64 = 100_000;
 
-/// What a tail follows: the event kinds it is told of.
-pub type Kinds = fn(&str) -> bool;
+/// What a tail follows: the committed events it is told of (by kind, and where a cheap
+/// look at the details rules most out, by that too).
+pub type Kinds = Arc<dyn Fn(&Event) -> bool + Send + Sync>;
 
 /// One committed batch, as the writer reported it.
 #[derive(Debug)]
@@ -56,11 +57,18 @@ struct Batch {
 }
 
 /// The writer's observer feeding one [`Tail`]; never blocks the writer.
-#[derive(Debug)]
 pub struct Tap {
     tx: mpsc::Sender<Batch>,
     kinds: Kinds,
     dropped: AtomicU64,
+}
+
+impl std::fmt::Debug for Tap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tap")
+            .field("dropped", &self.dropped)
+            .finish_non_exhaustive()
+    }
 }
 
 impl CommitObserver for Tap {
@@ -68,7 +76,7 @@ impl CommitObserver for Tap {
         let (Some(first), Some(last)) = (events.first(), events.last()) else {
             return;
         };
-        let wanted = events.iter().filter(|e| (self.kinds)(&e.kind));
+        let wanted = events.iter().filter(|e| (self.kinds)(e));
         let batch = Batch {
             first: first.seq,
             last: last.seq,
@@ -90,7 +98,6 @@ impl CommitObserver for Tap {
 
 /// The reading end: committed events of the kinds asked for, in sequence order, each with
 /// the moment it was known to be committed.
-#[derive(Debug)]
 pub struct Tail {
     rx: mpsc::Receiver<Batch>,
     store: Arc<dyn Store>,
@@ -99,13 +106,21 @@ pub struct Tail {
     next: Option<i64>,
 }
 
+impl std::fmt::Debug for Tail {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tail")
+            .field("next", &self.next)
+            .finish_non_exhaustive()
+    }
+}
+
 /// A tap for the writer and the tail that follows it.
 pub fn tail(store: Arc<dyn Store>, kinds: Kinds) -> (Arc<Tap>, Tail) {
     let (tx, rx) = mpsc::channel(QUEUE);
     (
         Arc::new(Tap {
             tx,
-            kinds,
+            kinds: Arc::clone(&kinds),
             dropped: AtomicU64::new(0),
         }),
         Tail {
@@ -216,7 +231,7 @@ impl Tail {
             let at = Instant::now();
             out.extend(
                 page.into_iter()
-                    .filter(|e| e.seq <= to && (self.kinds)(&e.kind))
+                    .filter(|e| e.seq <= to && (self.kinds)(e))
                     .map(|e| (e, at)),
             );
             after = last;
@@ -262,7 +277,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store: Arc<dyn Store> = Arc::new(SqliteStore::open(dir.path()).await.unwrap());
         store.append_events(vec![ev(0)]).await.unwrap();
-        let (tap, mut tail) = tail(Arc::clone(&store), |_| true);
+        let (tap, mut tail) = tail(Arc::clone(&store), Arc::new(|_: &Event| true));
         tail.resume(None).await;
         assert_eq!(
             tail.position(),
@@ -288,7 +303,7 @@ mod tests {
         assert_eq!(seqs(&mut tail).await, Vec::<i64>::new());
 
         // Resuming from a stored position replays what came after it.
-        let (_tap2, mut again) = super::tail(Arc::clone(&store), |_| true);
+        let (_tap2, mut again) = super::tail(Arc::clone(&store), Arc::new(|_: &Event| true));
         again.resume(Some(5)).await;
         assert_eq!(seqs(&mut again).await, vec![6, 7]);
     }

@@ -13,7 +13,7 @@
 //!
 //! Knobs (environment): `CONTAIN_BENCH_TRIALS` (default 100), `CONTAIN_BENCH_CALLS`
 //! decisions per series (default 20000), `CONTAIN_BENCH_CLIENTS` (default 16);
-//! `CONTAIN_BENCH_ONLY=on|off` runs one decide series only (for callgrind:
+//! `CONTAIN_BENCH_ONLY=on|default|off` runs one decide series only (for callgrind:
 //! `scripts/callgrind-containment.sh` counts instructions per decision with the tap on and
 //! off).
 
@@ -151,7 +151,19 @@ fn pct(sorted: &[f64], p: f64) -> f64 {
     sorted[i.min(sorted.len() - 1)]
 }
 
+/// Containment rules: none, the default (a honeytoken call quarantines), or every kind.
+#[derive(Clone, Copy, PartialEq)]
+enum Rules {
+    Off,
+    Default,
+    All,
+}
+
 fn config(dir: &std::path::Path, rules: bool) -> ServerConfig {
+    config_with(dir, if rules { Rules::All } else { Rules::Off })
+}
+
+fn config_with(dir: &std::path::Path, rules: Rules) -> ServerConfig {
     let policies =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/policies/demo");
     let mut config = ServerConfig::new(dir.join("data"), policies);
@@ -160,7 +172,11 @@ fn config(dir: &std::path::Path, rules: bool) -> ServerConfig {
     config.watch_policies = false;
     config.limits.agent_decisions_per_sec = u32::MAX / 2;
     config.limits.task_decisions_per_sec = u32::MAX / 2;
-    config.containment = rules.then(|| Arc::new(ContainmentConfig::from_toml(RULES).unwrap()));
+    config.containment = match rules {
+        Rules::Off => None,
+        Rules::Default => Some(Arc::new(ContainmentConfig::defaults())),
+        Rules::All => Some(Arc::new(ContainmentConfig::from_toml(RULES).unwrap())),
+    };
     config
 }
 
@@ -337,9 +353,9 @@ async fn decide_cost(calls: usize, clients: usize) {
 /// One series on one configuration only (`CONTAIN_BENCH_ONLY=on|off`), for counting
 /// instructions under callgrind: the difference between two call counts is the cost of
 /// those calls, whatever the set-up cost.
-async fn only(rules: bool, calls: usize, clients: usize) {
+async fn only(rules: Rules, calls: usize, clients: usize) {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(config(dir.path(), rules)).await.unwrap();
+    let server = Server::start(config_with(dir.path(), rules)).await.unwrap();
     let api = Api {
         url: server.url(),
         http: reqwest::Client::new(),
@@ -350,11 +366,12 @@ async fn only(rules: bool, calls: usize, clients: usize) {
         tokens.push(api.start(&identity).await.1);
     }
     let r = decide_series(&server, &tokens, calls).await;
-    println!(
-        "containment {}: {calls} decisions, {:.0}/s",
-        if rules { "on" } else { "off" },
-        r.0
-    );
+    let label = match rules {
+        Rules::Off => "off",
+        Rules::Default => "default",
+        Rules::All => "on",
+    };
+    println!("containment {label}: {calls} decisions, {:.0}/s", r.0);
     server.shutdown().await.unwrap();
 }
 
@@ -369,8 +386,9 @@ fn main() {
         .unwrap();
     rt.block_on(async {
         match only_one.as_str() {
-            "on" => only(true, calls, clients).await,
-            "off" => only(false, calls, clients).await,
+            "on" => only(Rules::All, calls, clients).await,
+            "default" => only(Rules::Default, calls, clients).await,
+            "off" => only(Rules::Off, calls, clients).await,
             _ => {
                 reaction_times(trials).await;
                 decide_cost(calls, clients).await;

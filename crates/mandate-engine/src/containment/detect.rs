@@ -18,12 +18,49 @@ const MAX_WINDOWS: usize = 100_000;
 /// Weight of the newest completed window in a rolling baseline.
 const BASELINE_ALPHA: f64 = 0.3;
 
-/// The kinds any signal reads.
-pub fn watched(kind: &str) -> bool {
-    matches!(
-        kind,
-        "decision" | "call.refused" | "gateway.result" | "approval.denied"
-    )
+/// The committed events the configured rules can read: only the kinds their signals take,
+/// and for a honeytoken-only set only the decisions that name the honeytoken pseudo
+/// policy. This is a cheap pre-filter on the writer's thread (the detector reads each event
+/// typed); everything it lets through costs a copy for the responder.
+pub fn watched(rules: &[Rule]) -> crate::tail::Kinds {
+    let has = |f: fn(&Signal) -> bool| rules.iter().any(|r| f(&r.signal));
+    let all_decisions = has(|s| {
+        matches!(
+            s,
+            Signal::DenialBurst { .. }
+                | Signal::OutsideGrant { .. }
+                | Signal::TaintThenHighRisk { .. }
+                | Signal::RateAboveBaseline { .. }
+        )
+    });
+    let honeytokens = has(|s| matches!(s, Signal::Honeytoken));
+    let refusals = has(|s| {
+        matches!(
+            s,
+            Signal::DenialBurst { .. } | Signal::TaintThenHighRisk { .. }
+        )
+    });
+    let results = has(|s| matches!(s, Signal::BytesAboveBaseline { .. }));
+    let denials = has(|s| matches!(s, Signal::ApprovalDenials { .. }));
+    std::sync::Arc::new(move |e: &Event| {
+        e.agent.is_some()
+            && match e.kind.as_str() {
+                "decision" => {
+                    all_decisions
+                        || (honeytokens
+                            && e.data
+                                .get("policies")
+                                .and_then(serde_json::Value::as_array)
+                                .is_some_and(|p| {
+                                    p.iter().any(|p| p.as_str() == Some(HONEYTOKEN_POLICY))
+                                }))
+                }
+                "call.refused" => refusals,
+                "gateway.result" => results,
+                "approval.denied" => denials,
+                _ => false,
+            }
+    })
 }
 
 /// What the detector needs to know beyond the event itself.

@@ -63,8 +63,12 @@ impl Followers {
             tail
         };
         Self {
-            containment: (!c.rules.is_empty()).then(|| follow(watched)),
-            ssf: (!c.ssf_receivers.is_empty()).then(|| follow(crate::ssf::watched)),
+            containment: (!c.rules.is_empty()).then(|| follow(watched(&c.rules))),
+            ssf: (!c.ssf_receivers.is_empty()).then(|| {
+                follow(std::sync::Arc::new(|e: &mandate_audit::Event| {
+                    crate::ssf::watched(&e.kind)
+                }))
+            }),
         }
     }
 
@@ -548,6 +552,31 @@ mod tests {
         for i in 0..500 {
             assert!(fresh.observe(&call(i), &NoTaint).is_empty());
         }
+    }
+
+    #[test]
+    fn the_tap_passes_on_only_what_the_rules_read() {
+        let honeytoken_only = watched(&ContainmentConfig::defaults().rules);
+        let decoy = decision(
+            1,
+            0,
+            "t1",
+            Outcome::Deny,
+            HONEYTOKEN_POLICY,
+            ActionClass::Read,
+        );
+        let plain = decision(2, 0, "t1", Outcome::Deny, "p", ActionClass::Read);
+        assert!(honeytoken_only(&decoy));
+        assert!(
+            !honeytoken_only(&plain),
+            "a plain decision is not copied for the default rule"
+        );
+        let burst = watched(&rules(
+            "[[rule]]\nname = \"b\"\nsignal = \"denial_burst\"\nresponse = \"alert\"\n",
+        ));
+        assert!(burst(&plain) && burst(&decoy));
+        let nothing = watched(&[]);
+        assert!(!nothing(&decoy));
     }
 
     #[test]
