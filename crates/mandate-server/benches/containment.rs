@@ -159,11 +159,7 @@ enum Rules {
     All,
 }
 
-fn config(dir: &std::path::Path, rules: bool) -> ServerConfig {
-    config_with(dir, if rules { Rules::All } else { Rules::Off })
-}
-
-fn config_with(dir: &std::path::Path, rules: Rules) -> ServerConfig {
+fn config(dir: &std::path::Path, rules: Rules) -> ServerConfig {
     let policies =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/policies/demo");
     let mut config = ServerConfig::new(dir.join("data"), policies);
@@ -226,7 +222,7 @@ async fn trial(api: &Api, name: &str, honeytoken: bool) -> (f64, f64) {
 
 async fn reaction_times(trials: usize) {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(config(dir.path(), true)).await.unwrap();
+    let server = Server::start(config(dir.path(), Rules::All)).await.unwrap();
     let api = Api {
         url: server.url(),
         http: reqwest::Client::new(),
@@ -302,24 +298,37 @@ async fn decide_series(
     (all.len() as f64 / secs, pct(&all, 0.5), pct(&all, 0.99))
 }
 
+/// A server with `rules`, and one task per caller: (server, task tokens, its directory).
+async fn server_with_tasks(
+    rules: Rules,
+    clients: usize,
+) -> (
+    mandate_server::RunningServer,
+    Vec<String>,
+    tempfile::TempDir,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(config(dir.path(), rules)).await.unwrap();
+    let api = Api {
+        url: server.url(),
+        http: reqwest::Client::new(),
+    };
+    let mut tokens = Vec::new();
+    for i in 0..clients {
+        let identity = api.agent(&format!("bench-{i}")).await;
+        tokens.push(api.start(&identity).await.1);
+    }
+    (server, tokens, dir)
+}
+
 async fn decide_cost(calls: usize, clients: usize) {
     println!(
         "\n## Engine::decide with the containment tap on vs off ({clients} callers, {calls} decisions per series, A/B/A/B)"
     );
     let mut servers = Vec::new();
-    for rules in [false, true] {
-        let dir = tempfile::tempdir().unwrap();
-        let server = Server::start(config(dir.path(), rules)).await.unwrap();
-        let api = Api {
-            url: server.url(),
-            http: reqwest::Client::new(),
-        };
-        let mut tokens = Vec::new();
-        for i in 0..clients {
-            let identity = api.agent(&format!("bench-{i}")).await;
-            tokens.push(api.start(&identity).await.1);
-        }
-        servers.push((rules, server, tokens, dir));
+    for rules in [Rules::Off, Rules::All] {
+        let (server, tokens, dir) = server_with_tasks(rules, clients).await;
+        servers.push((rules == Rules::All, server, tokens, dir));
     }
     let mut ratios = Vec::new();
     for round in 0..2 {
@@ -354,17 +363,7 @@ async fn decide_cost(calls: usize, clients: usize) {
 /// instructions under callgrind: the difference between two call counts is the cost of
 /// those calls, whatever the set-up cost.
 async fn only(rules: Rules, calls: usize, clients: usize) {
-    let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(config_with(dir.path(), rules)).await.unwrap();
-    let api = Api {
-        url: server.url(),
-        http: reqwest::Client::new(),
-    };
-    let mut tokens = Vec::new();
-    for i in 0..clients {
-        let identity = api.agent(&format!("bench-{i}")).await;
-        tokens.push(api.start(&identity).await.1);
-    }
+    let (server, tokens, _dir) = server_with_tasks(rules, clients).await;
     let r = decide_series(&server, &tokens, calls).await;
     let label = match rules {
         Rules::Off => "off",

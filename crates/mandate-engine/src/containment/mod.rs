@@ -152,17 +152,14 @@ impl Engine {
                     continue;
                 };
                 let backoff = std::time::Duration::from_millis(500u64 << attempts.min(7));
-                if now < due + backoff
-                    || self
-                        .respond(&rule, &f, due, config.alert_webhook.as_ref())
-                        .await
+                if now < due + backoff {
+                    still.push((i, f, due, attempts));
+                } else if !self
+                    .respond(&rule, &f, due, config.alert_webhook.as_ref())
+                    .await
                 {
-                    if now < due + backoff {
-                        still.push((i, f, due, attempts));
-                    }
-                    continue;
+                    still.push((i, f, Instant::now(), attempts.saturating_add(1)));
                 }
-                still.push((i, f, Instant::now(), attempts.saturating_add(1)));
             }
             retry = still;
             // Where to resume after a restart, at most once a second: a crash replays at
