@@ -15,7 +15,10 @@
 
 mod cache;
 mod claims;
+pub mod dpop;
 mod error;
+pub mod external;
+pub mod jwk;
 mod jws;
 mod keys;
 
