@@ -507,17 +507,20 @@ impl Engine {
 
         let now = clock.now_ms();
         let mut rows = store.signing_keys().await.map_err(|e| e.to_string())?;
-        let active_age = rows
-            .iter()
-            .find(|k| k.retired_at_ms.is_none())
-            .map(|k| now - k.created_at_ms);
-        let rotate = match active_age {
-            None => true,
+        let active = rows.iter().find(|k| k.retired_at_ms.is_none());
+        let reason = match active {
+            None => Some("first start"),
             // No rotation event can be recorded on a broken chain: keep the key.
-            Some(_) if chain_break.is_some() => false,
-            Some(age) => age >= config.key_rotation_secs.saturating_mul(1000),
+            Some(_) if chain_break.is_some() => None,
+            // A key from before the ES256 upgrade stops signing at once; it stays
+            // published, and its tokens verify, for the overlap.
+            Some(k) if signs_legacy_alg(k) => Some("algorithm upgrade to ES256"),
+            Some(k) if now - k.created_at_ms >= config.key_rotation_secs.saturating_mul(1000) => {
+                Some("scheduled rotation")
+            }
+            Some(_) => None,
         };
-        if rotate {
+        if let Some(reason) = reason {
             let key = StoredKey::generate(now).map_err(|e| e.to_string())?;
             let event = NewEvent {
                 ts_ms: now,
@@ -525,12 +528,7 @@ impl Engine {
                 task_id: None,
                 body: Body::KeysRotated(KeysRotated {
                     kid: key.kid.clone(),
-                    reason: if active_age.is_none() {
-                        "first start"
-                    } else {
-                        "scheduled rotation"
-                    }
-                    .to_owned(),
+                    reason: reason.to_owned(),
                 }),
             };
             store
@@ -1829,16 +1827,27 @@ fn to_row(k: &StoredKey) -> KeyRow {
     }
 }
 
+fn from_row(r: &KeyRow) -> StoredKey {
+    StoredKey {
+        kid: r.kid.clone(),
+        pkcs8: r.pkcs8.clone(),
+        created_at_ms: r.created_at_ms,
+        retired_at_ms: r.retired_at_ms,
+    }
+}
+
+/// Whether a stored key signs with the algorithm of before the ES256 upgrade (Ed25519). An
+/// unreadable key is not: [`ring_from`] refuses it with its reason.
+fn signs_legacy_alg(r: &KeyRow) -> bool {
+    from_row(r)
+        .alg()
+        .is_ok_and(|alg| alg != mandate_token::jwk::Alg::ES256)
+}
+
+/// The ring from the stored rows. The key type (ES256, or Ed25519 from before the
+/// upgrade) is read from each PKCS#8 document: the table has no algorithm column.
 fn ring_from(rows: &[KeyRow], config: &ServerConfig, now: i64) -> Result<KeyRing, TokenError> {
-    let stored: Vec<StoredKey> = rows
-        .iter()
-        .map(|r| StoredKey {
-            kid: r.kid.clone(),
-            pkcs8: r.pkcs8.clone(),
-            created_at_ms: r.created_at_ms,
-            retired_at_ms: r.retired_at_ms,
-        })
-        .collect();
+    let stored: Vec<StoredKey> = rows.iter().map(from_row).collect();
     KeyRing::from_stored(&stored, config.limits.key_overlap_secs * 1000, now)
 }
 

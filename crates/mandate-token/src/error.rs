@@ -4,20 +4,27 @@ pub enum TokenError {
     /// Not a well-formed compact JWS, or claims of the wrong shape.
     #[error("token is malformed: {0}")]
     Malformed(String),
-    /// The header named an algorithm outside the allow-list (EdDSA).
-    #[error("token algorithm {0:?} is not allowed: only EdDSA is accepted")]
+    /// The header named an algorithm outside the verifier's allow-list, or one that is not
+    /// the algorithm of the key its `kid` names.
+    #[error(
+        "token algorithm {0:?} is not allowed: the algorithm must be on the verifier's allow-list and match the key named by kid (Mandate's own keys: ES256, or EdDSA for keys from before the ES256 upgrade)"
+    )]
     AlgNotAllowed(String),
     /// The header carried a key or a key location, or critical extensions.
-    #[error("token header field `{0}` is not allowed: keys come only from Mandate's own key set")]
+    #[error(
+        "token header field `{0}` is not allowed: keys come only from the verifier's own key set"
+    )]
     HeaderNotAllowed(String),
     /// No published key has this id.
-    #[error("token key id {0:?} is unknown: it was never issued here or has been retired")]
+    #[error(
+        "token key id {0:?} is unknown: no published key has it (never issued, or retired); a verifier of another issuer's tokens may refresh that issuer's key set once"
+    )]
     UnknownKid(String),
     /// The signature does not verify under the named key.
     #[error("token signature is invalid")]
     BadSignature,
     /// Issued by someone else.
-    #[error("token issuer {0:?} is not this server")]
+    #[error("token issuer {0:?} is not the expected issuer")]
     WrongIssuer(String),
     /// Meant for another audience.
     #[error("token audience {0:?} is not the expected audience {1:?}")]

@@ -2,22 +2,30 @@ use std::fmt;
 
 use aws_lc_rs::digest;
 use aws_lc_rs::rand::SystemRandom;
-use aws_lc_rs::signature::{Ed25519KeyPair, KeyPair as _};
+use aws_lc_rs::signature::{
+    ECDSA_P256_SHA256_FIXED, ECDSA_P256_SHA256_FIXED_SIGNING, ED25519, EcdsaKeyPair,
+    Ed25519KeyPair, KeyPair as _, ParsedPublicKey, VerificationAlgorithm,
+};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::TokenError;
+use crate::jwk::Alg;
 
 /// A signing key as persisted: PKCS#8 bytes plus its life.
+///
+/// The key type is read from the PKCS#8 document itself, so keys of both generations share
+/// one table: ECDSA P-256 (ES256, every key made now) and Ed25519 (EdDSA, keys made before
+/// the ES256 upgrade, kept only to verify what they signed until their overlap ends).
 ///
 /// The PKCS#8 bytes are secret: `Debug` never prints them.
 #[derive(Clone, PartialEq, Eq)]
 pub struct StoredKey {
     /// Key id: the RFC 7638 JWK thumbprint of the public key.
     pub kid: String,
-    /// PKCS#8 v2 document holding the Ed25519 private key.
+    /// PKCS#8 document holding the private key (ECDSA P-256, or Ed25519 for old keys).
     pub pkcs8: Vec<u8>,
     /// When the key was created (unix ms).
     pub created_at_ms: i64,
@@ -37,35 +45,109 @@ impl fmt::Debug for StoredKey {
 }
 
 impl StoredKey {
-    /// Generates a fresh Ed25519 key.
+    /// Generates a fresh ECDSA P-256 key (signs `ES256`, the algorithm JWT-SVID verifiers
+    /// such as go-spiffe and py-spiffe accept).
     pub fn generate(now_ms: i64) -> Result<Self, TokenError> {
+        let doc =
+            EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &SystemRandom::new())
+                .map_err(|_| TokenError::Signing("key generation failed".into()))?;
+        Self::from_generated(doc.as_ref(), now_ms)
+    }
+
+    /// Generates an Ed25519 key, the kind Mandate made before the ES256 upgrade. Only for
+    /// tests of the upgrade path: a server never creates one.
+    pub fn generate_legacy_ed25519(now_ms: i64) -> Result<Self, TokenError> {
         let doc = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new())
             .map_err(|_| TokenError::Signing("key generation failed".into()))?;
-        let pkcs8 = doc.as_ref().to_vec();
-        let pair = Ed25519KeyPair::from_pkcs8(&pkcs8)
+        Self::from_generated(doc.as_ref(), now_ms)
+    }
+
+    fn from_generated(pkcs8: &[u8], now_ms: i64) -> Result<Self, TokenError> {
+        let pair = Pair::from_pkcs8(pkcs8)
             .map_err(|e| TokenError::Signing(format!("generated key rejected: {e}")))?;
         Ok(Self {
-            kid: thumbprint(pair.public_key().as_ref()),
-            pkcs8,
+            kid: thumbprint(pair.alg(), pair.public()),
+            pkcs8: pkcs8.to_vec(),
             created_at_ms: now_ms,
             retired_at_ms: None,
         })
     }
+
+    /// The algorithm this key signs with, read from its PKCS#8 document: `ES256` or, for a
+    /// key made before the upgrade, `EdDSA`.
+    pub fn alg(&self) -> Result<Alg, TokenError> {
+        Pair::from_pkcs8(&self.pkcs8)
+            .map(|p| p.alg())
+            .map_err(|e| TokenError::Signing(format!("stored key {} rejected: {e}", self.kid)))
+    }
 }
 
-/// RFC 7638 thumbprint of an Ed25519 public key: base64url(SHA-256 of the canonical JWK).
-fn thumbprint(public: &[u8]) -> String {
-    let canonical = format!(
-        r#"{{"crv":"Ed25519","kty":"OKP","x":"{}"}}"#,
-        URL_SAFE_NO_PAD.encode(public)
-    );
+/// A private key of either supported type.
+enum Pair {
+    Es256(EcdsaKeyPair),
+    EdDsa(Ed25519KeyPair),
+}
+
+impl Pair {
+    /// Reads a PKCS#8 document as a P-256 key, else as an Ed25519 key; the error names both
+    /// refusals.
+    fn from_pkcs8(pkcs8: &[u8]) -> Result<Self, String> {
+        match EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8) {
+            Ok(p) => Ok(Self::Es256(p)),
+            Err(ec) => Ed25519KeyPair::from_pkcs8(pkcs8)
+                .map(Self::EdDsa)
+                .map_err(|ed| {
+                    format!("neither an ECDSA P-256 key ({ec}) nor an Ed25519 key ({ed})")
+                }),
+        }
+    }
+
+    fn alg(&self) -> Alg {
+        match self {
+            Self::Es256(_) => Alg::ES256,
+            Self::EdDsa(_) => Alg::EdDSA,
+        }
+    }
+
+    /// The public key: the uncompressed SEC1 point (`04 || x || y`, 65 bytes) for P-256,
+    /// the raw 32 bytes for Ed25519.
+    fn public(&self) -> &[u8] {
+        match self {
+            Self::Es256(p) => p.public_key().as_ref(),
+            Self::EdDsa(p) => p.public_key().as_ref(),
+        }
+    }
+}
+
+/// The affine coordinates of an uncompressed P-256 point, 32 bytes each.
+fn ec_xy(point: &[u8]) -> Option<(&[u8], &[u8])> {
+    match point.split_first() {
+        Some((4, xy)) if xy.len() == 64 => xy.split_at_checked(32),
+        _ => None,
+    }
+}
+
+/// RFC 7638 thumbprint of a public key: base64url(SHA-256 of the canonical JWK, whose
+/// members are the required ones in lexicographic order).
+fn thumbprint(alg: Alg, public: &[u8]) -> String {
+    let canonical = match (alg, ec_xy(public)) {
+        (Alg::ES256, Some((x, y))) => format!(
+            r#"{{"crv":"P-256","kty":"EC","x":"{}","y":"{}"}}"#,
+            URL_SAFE_NO_PAD.encode(x),
+            URL_SAFE_NO_PAD.encode(y)
+        ),
+        _ => format!(
+            r#"{{"crv":"Ed25519","kty":"OKP","x":"{}"}}"#,
+            URL_SAFE_NO_PAD.encode(public)
+        ),
+    };
     URL_SAFE_NO_PAD.encode(digest::digest(&digest::SHA256, canonical.as_bytes()))
 }
 
 /// The key that signs new tokens.
 pub struct SigningKey {
     kid: String,
-    pair: Ed25519KeyPair,
+    pair: Pair,
     created_at_ms: i64,
 }
 
@@ -73,6 +155,7 @@ impl fmt::Debug for SigningKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SigningKey")
             .field("kid", &self.kid)
+            .field("alg", &self.pair.alg())
             .finish()
     }
 }
@@ -83,8 +166,23 @@ impl SigningKey {
         &self.kid
     }
 
-    pub(crate) fn sign(&self, msg: &[u8]) -> Vec<u8> {
-        self.pair.sign(msg).as_ref().to_vec()
+    /// The JWS `alg` of every token it signs.
+    pub fn alg(&self) -> Alg {
+        self.pair.alg()
+    }
+
+    /// Signs `msg`: the fixed-width `r || s` form (64 bytes) for ES256, as JWS requires
+    /// (RFC 7518 §3.4), or the 64-byte Ed25519 signature.
+    pub(crate) fn sign(&self, msg: &[u8]) -> Result<Vec<u8>, TokenError> {
+        match &self.pair {
+            // aws-lc-rs draws the ECDSA nonce from its own generator; the argument is
+            // kept for ring compatibility and unused.
+            Pair::Es256(p) => p
+                .sign(&SystemRandom::new(), msg)
+                .map(|s| s.as_ref().to_vec())
+                .map_err(|_| TokenError::Signing("ECDSA signing failed".into())),
+            Pair::EdDsa(p) => Ok(p.sign(msg).as_ref().to_vec()),
+        }
     }
 }
 
@@ -93,17 +191,46 @@ impl SigningKey {
 pub struct PublicKey {
     /// Key id.
     pub kid: String,
-    /// Raw 32-byte Ed25519 public key.
+    /// The one algorithm tokens under this key may name: `ES256`, or `EdDSA` for a key
+    /// made before the upgrade.
+    pub alg: Alg,
+    /// The public key: the uncompressed SEC1 point for ES256 (65 bytes), the raw 32 bytes
+    /// for EdDSA.
     pub bytes: Vec<u8>,
     /// After this instant (unix ms) the key is no longer published or accepted.
     pub publish_until_ms: Option<i64>,
+}
+
+impl PublicKey {
+    fn jwk(&self) -> Jwk {
+        let (kty, crv, x, y) = match (self.alg, ec_xy(&self.bytes)) {
+            (Alg::ES256, Some((x, y))) => ("EC", "P-256", x, Some(URL_SAFE_NO_PAD.encode(y))),
+            _ => ("OKP", "Ed25519", self.bytes.as_slice(), None),
+        };
+        Jwk {
+            kty: kty.into(),
+            crv: crv.into(),
+            x: URL_SAFE_NO_PAD.encode(x),
+            y,
+            kid: self.kid.clone(),
+            alg: self.alg.as_str().into(),
+            key_use: "sig".into(),
+        }
+    }
+}
+
+/// A published key with its public half parsed once, for verification.
+#[derive(Debug)]
+pub(crate) struct Verifier {
+    pub(crate) key: PublicKey,
+    pub(crate) parsed: ParsedPublicKey,
 }
 
 /// The active signing key and every key still published for verification.
 #[derive(Debug)]
 pub struct KeyRing {
     active: SigningKey,
-    published: Vec<PublicKey>,
+    published: Vec<Verifier>,
 }
 
 impl KeyRing {
@@ -117,16 +244,28 @@ impl KeyRing {
         let mut active = None;
         let mut published = Vec::new();
         for k in keys {
-            let pair = Ed25519KeyPair::from_pkcs8(&k.pkcs8)
+            let pair = Pair::from_pkcs8(&k.pkcs8)
                 .map_err(|e| TokenError::Signing(format!("stored key {} rejected: {e}", k.kid)))?;
             let publish_until_ms = k.retired_at_ms.map(|r| r.saturating_add(overlap_ms));
             if publish_until_ms.is_some_and(|until| until <= now_ms) {
                 continue;
             }
-            published.push(PublicKey {
-                kid: k.kid.clone(),
-                bytes: pair.public_key().as_ref().to_vec(),
-                publish_until_ms,
+            let alg = pair.alg();
+            let verification: &'static dyn VerificationAlgorithm = match alg {
+                Alg::EdDSA => &ED25519,
+                _ => &ECDSA_P256_SHA256_FIXED,
+            };
+            let parsed = ParsedPublicKey::new(verification, pair.public()).map_err(|e| {
+                TokenError::Signing(format!("stored key {} has a bad public key: {e}", k.kid))
+            })?;
+            published.push(Verifier {
+                key: PublicKey {
+                    kid: k.kid.clone(),
+                    alg,
+                    bytes: pair.public().to_vec(),
+                    publish_until_ms,
+                },
+                parsed,
             });
             if k.retired_at_ms.is_none() {
                 if active.is_some() {
@@ -155,29 +294,25 @@ impl KeyRing {
         self.active.created_at_ms
     }
 
-    /// The published key with this id, if it is still accepted at `now_ms`.
-    pub fn find(&self, kid: &str, now_ms: i64) -> Option<&PublicKey> {
+    fn live(&self, now_ms: i64) -> impl Iterator<Item = &Verifier> {
         self.published
             .iter()
-            .find(|k| k.kid == kid && k.publish_until_ms.is_none_or(|until| now_ms < until))
+            .filter(move |v| v.key.publish_until_ms.is_none_or(|until| now_ms < until))
+    }
+
+    /// The published key with this id, if it is still accepted at `now_ms`.
+    pub fn find(&self, kid: &str, now_ms: i64) -> Option<&PublicKey> {
+        self.verifier(kid, now_ms).map(|v| &v.key)
+    }
+
+    pub(crate) fn verifier(&self, kid: &str, now_ms: i64) -> Option<&Verifier> {
+        self.live(now_ms).find(|v| v.key.kid == kid)
     }
 
     /// The JWKS document for `/.well-known/jwks.json`.
     pub fn jwks(&self, now_ms: i64) -> Jwks {
         Jwks {
-            keys: self
-                .published
-                .iter()
-                .filter(|k| k.publish_until_ms.is_none_or(|until| now_ms < until))
-                .map(|k| Jwk {
-                    kty: "OKP".into(),
-                    crv: "Ed25519".into(),
-                    x: URL_SAFE_NO_PAD.encode(&k.bytes),
-                    kid: k.kid.clone(),
-                    alg: "EdDSA".into(),
-                    key_use: "sig".into(),
-                })
-                .collect(),
+            keys: self.live(now_ms).map(|v| v.key.jwk()).collect(),
         }
     }
 }
@@ -189,18 +324,23 @@ pub struct Jwks {
     pub keys: Vec<Jwk>,
 }
 
-/// One Ed25519 public key as an OKP JWK (RFC 8037).
+/// One published public key: an EC P-256 JWK (RFC 7518 §6.2) for the ES256 keys Mandate
+/// signs with, or an OKP Ed25519 JWK (RFC 8037) for a key from before the ES256 upgrade
+/// still published for its overlap.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Jwk {
-    /// Always `OKP`.
+    /// `EC`, or `OKP` for an Ed25519 key.
     pub kty: String,
-    /// Always `Ed25519`.
+    /// `P-256`, or `Ed25519` for an OKP key.
     pub crv: String,
-    /// The public key, base64url.
+    /// The x coordinate (EC) or the public key (OKP), base64url.
     pub x: String,
-    /// Key id.
+    /// The y coordinate, base64url; EC keys only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub y: Option<String>,
+    /// Key id: the RFC 7638 thumbprint.
     pub kid: String,
-    /// Always `EdDSA`.
+    /// `ES256`, or `EdDSA` for an OKP key.
     pub alg: String,
     /// Always `sig`.
     #[serde(rename = "use")]
@@ -210,6 +350,7 @@ pub struct Jwk {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::jwk::PublicJwk;
 
     #[test]
     fn ring_keeps_retired_keys_for_the_overlap() {
@@ -231,5 +372,82 @@ mod tests {
     fn debug_hides_private_key() {
         let k = StoredKey::generate(0).unwrap();
         assert!(!format!("{k:?}").contains(&format!("{:?}", k.pkcs8)));
+    }
+
+    /// New keys are P-256; a ring upgraded in place still publishes its Ed25519 key, as an
+    /// OKP JWK, until the overlap ends. Each kid is the RFC 7638 thumbprint of the JWK
+    /// published for it (checked by the independent implementation in `jwk`).
+    #[test]
+    fn jwks_publishes_ec_and_legacy_okp_keys() {
+        let mut old = StoredKey::generate_legacy_ed25519(0).unwrap();
+        old.retired_at_ms = Some(1_000);
+        let new = StoredKey::generate(1_000).unwrap();
+        assert_eq!(old.alg().unwrap(), Alg::EdDSA);
+        assert_eq!(new.alg().unwrap(), Alg::ES256);
+        let ring = KeyRing::from_stored(&[old.clone(), new.clone()], 500, 1_200).unwrap();
+        assert_eq!(ring.active().alg(), Alg::ES256);
+        let jwks = serde_json::to_value(ring.jwks(1_200)).unwrap();
+        let keys = jwks["keys"].as_array().unwrap();
+        let shape = |k: &serde_json::Value| {
+            let mut names: Vec<&str> = k.as_object().unwrap().keys().map(String::as_str).collect();
+            names.sort_unstable();
+            names.join(",")
+        };
+        let ec = &keys[1];
+        assert_eq!(shape(ec), "alg,crv,kid,kty,use,x,y");
+        assert_eq!(
+            (&ec["kty"], &ec["crv"], &ec["alg"], &ec["use"], &ec["kid"]),
+            (
+                &"EC".into(),
+                &"P-256".into(),
+                &"ES256".into(),
+                &"sig".into(),
+                &new.kid.clone().into()
+            )
+        );
+        assert_eq!(
+            URL_SAFE_NO_PAD
+                .decode(ec["x"].as_str().unwrap())
+                .unwrap()
+                .len(),
+            32
+        );
+        assert_eq!(
+            URL_SAFE_NO_PAD
+                .decode(ec["y"].as_str().unwrap())
+                .unwrap()
+                .len(),
+            32
+        );
+        let okp = &keys[0];
+        assert_eq!(shape(okp), "alg,crv,kid,kty,use,x");
+        assert_eq!(
+            (&okp["kty"], &okp["crv"], &okp["alg"], &okp["kid"]),
+            (
+                &"OKP".into(),
+                &"Ed25519".into(),
+                &"EdDSA".into(),
+                &old.kid.clone().into()
+            )
+        );
+        for k in keys {
+            let parsed = PublicJwk::from_json(k).unwrap();
+            assert_eq!(Some(parsed.thumbprint().as_str()), k["kid"].as_str());
+        }
+        let back: Jwks = serde_json::from_value(jwks).unwrap();
+        assert_eq!(back, ring.jwks(1_200));
+    }
+
+    #[test]
+    fn unknown_key_material_is_refused_at_load() {
+        let mut k = StoredKey::generate(0).unwrap();
+        k.pkcs8 = b"not a key".to_vec();
+        let err = KeyRing::from_stored(&[k.clone()], 500, 0).unwrap_err();
+        assert_eq!(err.code(), "signing_failed");
+        assert!(
+            err.to_string().contains("neither an ECDSA P-256 key"),
+            "{err}"
+        );
+        assert!(k.alg().is_err());
     }
 }
