@@ -35,6 +35,22 @@ pub enum TokenError {
     /// Before its `nbf` or issued in the future.
     #[error("token is not valid before {0} (unix seconds)")]
     NotYetValid(i64),
+    /// A claim this verifier requires is absent.
+    #[error("token has no `{0}` claim, which this verifier requires")]
+    MissingClaim(String),
+    /// `iat` is further in the past than the verifier's maximum token age.
+    #[error(
+        "token was issued at {iat} (unix seconds), longer ago than the maximum age of {max_age_secs} s: get a fresh token"
+    )]
+    TooOld {
+        /// The token's `iat`.
+        iat: i64,
+        /// The maximum age, in seconds.
+        max_age_secs: i64,
+    },
+    /// `aud` names several parties; a token must be meant for exactly one.
+    #[error("token names {0} audiences: only a token for exactly one audience is accepted")]
+    TooManyAudiences(usize),
     /// Signing failed (a key that aws-lc-rs refused).
     #[error("signing failed: {0}")]
     Signing(String),
@@ -53,6 +69,9 @@ impl TokenError {
             Self::WrongAudience(..) => "token_wrong_audience",
             Self::Expired(_) => "token_expired",
             Self::NotYetValid(_) => "token_not_yet_valid",
+            Self::MissingClaim(_) => "token_missing_claim",
+            Self::TooOld { .. } => "token_too_old",
+            Self::TooManyAudiences(_) => "token_multiple_audiences",
             Self::Signing(_) => "signing_failed",
         }
     }
