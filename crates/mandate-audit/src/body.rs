@@ -223,6 +223,22 @@ pub struct IdentityIssued {
     pub exp: i64,
     /// When the agent authenticated (unix s).
     pub auth_time: i64,
+    /// The external token it attested with (OIDC or SPIFFE), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external: Option<ExternalSubject>,
+}
+
+/// The external workload token behind an attestation: which configured source vouched,
+/// for which subject, and the token's own id (one-time use).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExternalSubject {
+    /// `oidc:<name>` or `spiffe:<name>`: the configured source.
+    pub source: String,
+    /// The token's `sub` (a service account, a repository's workflow, a SPIFFE ID).
+    pub subject: String,
+    /// The token's `jti`, if the issuer set one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jti: Option<String>,
 }
 
 /// A refusal with only a code (`attestation.refused`).

@@ -174,6 +174,7 @@ fn identity(method: &str) -> IdentityIssued {
         jti: s("jti_1"),
         exp: 1_700_000_900,
         auth_time: 1_700_000_000,
+        external: None,
     }
 }
 

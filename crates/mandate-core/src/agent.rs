@@ -84,14 +84,31 @@ impl FromStr for AgentStatus {
     }
 }
 
-/// How an agent proves what it is at runtime. Only methods Mandate can check are listed:
-/// external OIDC and SPIFFE JWT attestation will be added as further variants, each
-/// naming the issuer it trusts, so an agent's rule always says exactly what it accepts.
+/// How an agent proves what it is at runtime. Each method names exactly what it accepts,
+/// so a token maps to an agent only through a rule an administrator wrote.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(tag = "method", rename_all = "snake_case", deny_unknown_fields)]
 pub enum AttestationRule {
     /// A one-time join token issued by an administrator, consumed on first use.
     JoinToken,
+    /// A token from an external OIDC issuer configured on the server (Kubernetes
+    /// service-account tokens, GitHub Actions, GitLab, cloud workload identity), whose
+    /// claims all equal the values given.
+    Oidc {
+        /// The configured issuer's name (`[[oidc]] name` in the identity configuration).
+        issuer: String,
+        /// Claims the token must carry, each with exactly this value. A key starting with
+        /// `/` is a JSON pointer into nested claims (`/kubernetes.io/namespace`); any other
+        /// key is a top-level claim name. Non-string claims compare as JSON.
+        #[schema(value_type = Object)]
+        claims: std::collections::BTreeMap<String, serde_json::Value>,
+    },
+    /// A JWT-SVID with exactly this SPIFFE ID, from a trust domain whose bundle the server
+    /// trusts (`[[spiffe]]` in the identity configuration).
+    Spiffe {
+        /// The workload's SPIFFE ID, `spiffe://<trust-domain>/<path>`.
+        id: String,
+    },
 }
 
 impl AttestationRule {
@@ -99,6 +116,41 @@ impl AttestationRule {
     pub fn method(&self) -> &'static str {
         match self {
             Self::JoinToken => "join_token",
+            Self::Oidc { .. } => "oidc",
+            Self::Spiffe { .. } => "spiffe",
+        }
+    }
+
+    /// Checks the rule's own shape (not whether its issuer is configured): at least one
+    /// claim for OIDC, bounded sizes, pointers that parse, a SPIFFE ID that is one.
+    pub fn check(&self) -> Result<(), String> {
+        match self {
+            Self::JoinToken => Ok(()),
+            Self::Oidc { issuer, claims } => {
+                if issuer.is_empty() || issuer.len() > 64 {
+                    return Err("attestation.issuer must be 1-64 characters".into());
+                }
+                if claims.is_empty() {
+                    return Err("attestation.claims must name at least one claim: a rule that matches every token of an issuer is not an identity".into());
+                }
+                if claims.len() > 16 {
+                    return Err("attestation.claims holds at most 16 claims".into());
+                }
+                for (k, v) in claims {
+                    if k.is_empty() || k.len() > 256 || k.chars().any(char::is_control) {
+                        return Err(format!("attestation claim name {k:?} is not usable"));
+                    }
+                    if v.is_null() || v.to_string().len() > 1024 {
+                        return Err(format!(
+                            "attestation claim {k:?} must have a non-null value of at most 1 KiB"
+                        ));
+                    }
+                }
+                Ok(())
+            }
+            Self::Spiffe { id } => crate::SpiffeId::parse_any(id)
+                .map(|_| ())
+                .map_err(|e| format!("attestation.id: {e}")),
         }
     }
 }

@@ -141,6 +141,31 @@ impl SpiffeId {
         })
     }
 
+    /// Checks any workload SPIFFE ID (`spiffe://<trust-domain>/<path>`, per the SPIFFE ID
+    /// specification: a non-empty path of segments of letters, digits, `.`, `-` and `_`,
+    /// none empty, `.` or `..`; no query, fragment, port or user info; at most 2048 bytes)
+    /// and returns its trust domain. Used for workloads outside Mandate's own naming.
+    pub fn parse_any(s: &str) -> Result<TrustDomain, IdError> {
+        let err = || IdError::SpiffeId(s.to_owned());
+        if s.len() > 2048 {
+            return Err(err());
+        }
+        let rest = s.strip_prefix("spiffe://").ok_or_else(err)?;
+        let (td, path) = rest.split_once('/').ok_or_else(err)?;
+        let segment_ok = |seg: &str| {
+            !seg.is_empty()
+                && seg != "."
+                && seg != ".."
+                && seg
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
+        };
+        if !path.split('/').all(segment_ok) {
+            return Err(err());
+        }
+        TrustDomain::parse(td).map_err(|_| err())
+    }
+
     /// The trust domain part.
     pub fn trust_domain(&self) -> &TrustDomain {
         &self.trust_domain
@@ -245,6 +270,28 @@ mod tests {
         let long = "a".repeat(64);
         for bad in ["", "-a", "A", "a/b", "a b", "ä", long.as_str(), "..%2f"] {
             assert!(AgentName::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn workload_spiffe_ids() {
+        let td = SpiffeId::parse_any("spiffe://prod.example/ns/web/sa/api_v1").unwrap();
+        assert_eq!(td.as_str(), "prod.example");
+        for bad in [
+            "spiffe://prod.example",
+            "spiffe://prod.example/",
+            "spiffe://prod.example/a//b",
+            "spiffe://prod.example/a/../b",
+            "spiffe://prod.example/a/./b",
+            "spiffe://prod.example/a?x=1",
+            "spiffe://prod.example/a#f",
+            "spiffe://Prod.example/a",
+            "spiffe://user@prod.example/a",
+            "spiffe://prod.example:443/a",
+            "https://prod.example/a",
+            "spiffe://prod.example/a/",
+        ] {
+            assert!(SpiffeId::parse_any(bad).is_err(), "{bad}");
         }
     }
 

@@ -44,10 +44,13 @@ pub struct RegisterAgentResponse {
     pub agent: AgentRecord,
     /// Its SPIFFE ID.
     pub spiffe_id: String,
-    /// One-time join token: shown once, stored only as a hash.
-    pub join_token: String,
+    /// One-time join token: shown once, stored only as a hash. Only for agents that
+    /// attest with one; an agent with an `oidc` or `spiffe` rule gets none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub join_token: Option<String>,
     /// When the join token stops working (unix ms).
-    pub join_token_expires_at_ms: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub join_token_expires_at_ms: Option<i64>,
 }
 
 /// A fresh one-time join token.
@@ -89,15 +92,24 @@ pub struct SetStatusResponse {
     pub revoked_tasks: Vec<String>,
 }
 
-/// Attest with a join token.
+/// Attest: with a one-time join token (`agent` and `join_token`), or with a workload
+/// token from a trusted OIDC issuer or SPIFFE trust domain (`assertion` alone: the agent
+/// is the one whose attestation rule accepts it).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AttestRequest {
-    /// The agent's name.
-    pub agent: AgentName,
+    /// The agent's name (with `join_token`).
+    #[serde(default)]
+    pub agent: Option<AgentName>,
     /// The one-time join token issued for it.
-    pub join_token: String,
+    #[serde(default)]
+    pub join_token: Option<String>,
+    /// A workload token: a Kubernetes service-account token, a GitHub Actions OIDC token,
+    /// a JWT-SVID from a trusted trust domain…
+    #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(max_length = 16384))]
+    pub assertion: Option<String>,
 }
 
 /// An identity token (JWT-SVID).
@@ -168,17 +180,39 @@ impl Engine {
         // Normalised once, here: separation of duties compares this form with approvers'.
         let owner =
             HumanId::parse(&req.owner).map_err(|e| Error::unprocessable(format!("owner: {e}")))?;
+        let attestation = req.attestation.unwrap_or(AttestationRule::JoinToken);
+        self.check_rule(&attestation)?;
+        if attestation != AttestationRule::JoinToken {
+            let agents = self.agents().await?;
+            if let Some(other) = agents
+                .iter()
+                .find(|a| a.status != AgentStatus::Offboarded && a.attestation == attestation)
+            {
+                return Err(Error::new(
+                    Kind::Conflict,
+                    "attestation_rule_taken",
+                    format!(
+                        "agent {} already attests with this rule: a token must map to exactly one agent",
+                        other.name
+                    ),
+                ));
+            }
+        }
         let now = self.clock.now_ms();
         let agent = AgentRecord {
             name: req.name.clone(),
             owner,
             tier: req.tier,
             status: AgentStatus::Active,
-            attestation: req.attestation.unwrap_or(AttestationRule::JoinToken),
+            attestation,
             created_at_ms: now,
             updated_at_ms: now,
         };
-        let (token, join) = self.issue_join(&req.name).await?;
+        let join = if agent.attestation == AttestationRule::JoinToken {
+            Some(self.issue_join(&req.name).await?)
+        } else {
+            None
+        };
         let spiffe_id =
             SpiffeId::for_agent(self.config.trust_domain.clone(), req.name.clone()).to_string();
         let ev = event(
@@ -192,14 +226,14 @@ impl Engine {
             }),
         );
         self.store
-            .insert_agent(&agent, &join, ev)
+            .insert_agent(&agent, join.as_ref().map(|(_, j)| j), ev)
             .await
             .map_err(|e| Error::store(&e))?;
         Ok(RegisterAgentResponse {
             agent,
             spiffe_id,
-            join_token: token,
-            join_token_expires_at_ms: join.expires_at_ms,
+            join_token_expires_at_ms: join.as_ref().map(|(_, j)| j.expires_at_ms),
+            join_token: join.map(|(t, _)| t),
         })
     }
 
@@ -227,6 +261,16 @@ impl Engine {
                 format!(
                     "agent {name} is {}: only active agents get join tokens",
                     agent.status
+                ),
+            ));
+        }
+        if agent.attestation != AttestationRule::JoinToken {
+            return Err(Error::new(
+                Kind::Conflict,
+                "attestation_method_mismatch",
+                format!(
+                    "agent {name} attests by {}: a join token would bypass that rule",
+                    agent.attestation.method()
                 ),
             ));
         }
@@ -329,10 +373,25 @@ impl Engine {
         })
     }
 
-    /// Attests an agent with a one-time join token: a JWT-SVID identity token.
+    /// Attests an agent, with a one-time join token or a workload token: a JWT-SVID
+    /// identity token.
     pub async fn attest(&self, req: AttestRequest) -> Result<AttestResponse, Error> {
+        match (req.agent, req.join_token, req.assertion) {
+            (Some(agent), Some(join_token), None) => self.attest_join(agent, &join_token).await,
+            (None, None, Some(assertion)) => self.attest_assertion(&assertion).await,
+            _ => Err(Error::invalid(
+                "send either `agent` and `join_token`, or `assertion` alone",
+            )),
+        }
+    }
+
+    async fn attest_join(
+        &self,
+        name: AgentName,
+        join_token: &str,
+    ) -> Result<AttestResponse, Error> {
         let now = self.clock.now_ms();
-        let hash = sha256_hex(req.join_token.as_bytes());
+        let hash = sha256_hex(join_token.as_bytes());
         // Consume first: a token presented with the wrong agent name is burnt too, so a
         // leaked token cannot be replayed while the guess is refined.
         let owner = self
@@ -341,11 +400,11 @@ impl Engine {
             .await
             .map_err(|e| Error::store(&e))?;
         match owner {
-            Some(agent) if agent == req.agent => {}
+            Some(agent) if agent == name => {}
             _ => {
                 return Err(self
                     .refuse_attest(
-                        &req.agent,
+                        &name,
                         now,
                         "join_token_invalid",
                         "the join token is unknown, used, expired or for another agent: ask an administrator for a new one".into(),
@@ -353,11 +412,11 @@ impl Engine {
                     .await);
             }
         }
-        let agent = self.load_agent(&req.agent).await?;
+        let agent = self.load_agent(&name).await?;
         if agent.status != AgentStatus::Active {
             return Err(self
                 .refuse_attest(
-                    &req.agent,
+                    &name,
                     now,
                     "agent_not_active",
                     format!("agent {} is {}", agent.name, agent.status),
@@ -365,7 +424,7 @@ impl Engine {
                 .await);
         }
         let auth_time = self.clock.now_secs();
-        self.issue_identity(&agent, auth_time, Body::AgentAttested, "join_token")
+        self.issue_identity(&agent, auth_time, Body::AgentAttested, "join_token", None)
             .await
     }
 
@@ -398,18 +457,25 @@ impl Engine {
                 )
                 .await);
         }
-        self.issue_identity(&agent, claims.auth_time, Body::IdentityRenewed, "renewal")
-            .await
+        self.issue_identity(
+            &agent,
+            claims.auth_time,
+            Body::IdentityRenewed,
+            "renewal",
+            None,
+        )
+        .await
     }
 
     /// Signs a fresh identity token for an active agent and records it; it is returned
     /// only once the event is durable.
-    async fn issue_identity(
+    pub(crate) async fn issue_identity(
         &self,
         agent: &AgentRecord,
         auth_time: i64,
         kind: fn(IdentityIssued) -> Body,
         method: &str,
+        external: Option<mandate_audit::ExternalSubject>,
     ) -> Result<AttestResponse, Error> {
         let spiffe_id =
             SpiffeId::for_agent(self.config.trust_domain.clone(), agent.name.clone()).to_string();
@@ -439,6 +505,7 @@ impl Engine {
                 jti: claims.jti.clone(),
                 exp: claims.exp,
                 auth_time,
+                external,
             }),
         };
         self.audit.append(ev).await.map_err(|_| Error::audit())?;

@@ -60,6 +60,9 @@ pub struct ServerConfig {
     ///
     /// [`ContainmentConfig::defaults`]: crate::containment::rules::ContainmentConfig::defaults
     pub containment: Option<Arc<crate::containment::rules::ContainmentConfig>>,
+    /// External OIDC issuers and SPIFFE trust domains whose tokens attest agents (none
+    /// when `None`: join tokens only).
+    pub identity: Option<Arc<crate::workload::IdentityConfig>>,
 }
 
 impl ServerConfig {
@@ -88,6 +91,7 @@ impl ServerConfig {
             log: crate::checkpoints::LogSettings::default(),
             observers: Vec::new(),
             otlp: None,
+            identity: None,
             containment: Some(Arc::new(
                 crate::containment::rules::ContainmentConfig::defaults(),
             )),

@@ -389,6 +389,8 @@ pub struct Engine {
     tasks: RwLock<HashMap<String, Arc<LiveTask>>>,
     task_cache: VerifiedCache<TaskClaims>,
     identity_cache: VerifiedCache<IdentityClaims>,
+    /// External issuers and trust domains that attest agents, with their cached keys.
+    pub(crate) trust: Option<crate::workload::Trust>,
     admin_hash: RwLock<String>,
     /// Task ends enforced in memory whose store transition has not committed yet; the
     /// sweeper retries them, so a revocation is never silently forgotten.
@@ -594,6 +596,7 @@ impl Engine {
         let engine = Arc::new(Self {
             task_cache: VerifiedCache::new(config.limits.token_cache_capacity),
             identity_cache: VerifiedCache::new(config.limits.token_cache_capacity),
+            trust: config.identity.clone().map(crate::workload::Trust::new),
             config,
             issuer,
             store,

@@ -32,6 +32,7 @@ pub mod tail;
 pub mod tasks;
 pub mod verify;
 pub mod webhook;
+pub mod workload;
 
 pub use approvals::{APPROVAL_DENIED_POLICY, ApprovalRef};
 pub use audit_writer::{AuditError, AuditWriter, CommitObserver, StoreHealth};

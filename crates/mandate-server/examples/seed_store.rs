@@ -51,7 +51,7 @@ async fn main() {
         store
             .insert_agent(
                 &record,
-                &join,
+                Some(&join),
                 ev(
                     EventKind::AgentRegistered,
                     Some(format!("bench-{a}")),

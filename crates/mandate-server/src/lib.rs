@@ -21,6 +21,6 @@ mod server;
 
 pub use mandate_engine::{
     ApprovalRef, Call, DecideOptions, Engine, Evaluated, LiveTask, ServerConfig, checkpoints,
-    config, containment, engine, otlp, secrets, ssf, verify, webhook,
+    config, containment, engine, otlp, secrets, ssf, verify, webhook, workload,
 };
 pub use server::{RunningServer, Server};

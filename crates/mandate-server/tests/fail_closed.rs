@@ -66,7 +66,7 @@ impl Store for BreakableStore {
     async fn insert_agent(
         &self,
         a: &AgentRecord,
-        j: &JoinTokenRecord,
+        j: Option<&JoinTokenRecord>,
         e: NewEvent,
     ) -> StoreResult<Event> {
         self.check()?;
@@ -95,6 +95,10 @@ impl Store for BreakableStore {
     }
     async fn consume_join_token(&self, h: &str, now: i64) -> StoreResult<Option<AgentName>> {
         self.inner.consume_join_token(h, now).await
+    }
+    async fn consume_assertion(&self, s: &str, j: &str, exp: i64, now: i64) -> StoreResult<bool> {
+        self.check()?;
+        self.inner.consume_assertion(s, j, exp, now).await
     }
     async fn insert_task(&self, t: &TaskRecord, e: NewEvent) -> StoreResult<Event> {
         self.check()?;

@@ -130,11 +130,11 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         event: Option<NewEvent>,
     ) -> StoreResult<()>;
 
-    /// Registers an agent with its first join token.
+    /// Registers an agent, with its first join token if it attests with one.
     async fn insert_agent(
         &self,
         agent: &AgentRecord,
-        join: &JoinTokenRecord,
+        join: Option<&JoinTokenRecord>,
         event: NewEvent,
     ) -> StoreResult<Event>;
     /// An agent by name.
@@ -165,6 +165,17 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         token_hash: &str,
         now_ms: i64,
     ) -> StoreResult<Option<AgentName>>;
+
+    /// Records that an external token with this `jti` from `source` has attested. Returns
+    /// `false` if it already had (a replay) and it has not expired; of two concurrent
+    /// calls with the same pair, at most one gets `true`. Expired pairs are forgotten.
+    async fn consume_assertion(
+        &self,
+        source: &str,
+        jti: &str,
+        expires_at_ms: i64,
+        now_ms: i64,
+    ) -> StoreResult<bool>;
 
     /// Stores a new task with its event, only while its agent is active (checked in the
     /// same transaction, so a task cannot slip past a quarantine or offboarding);

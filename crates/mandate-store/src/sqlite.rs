@@ -53,6 +53,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "containment",
         include_str!("../migrations/0007_containment.sql"),
     ),
+    (
+        8,
+        "workload_identity",
+        include_str!("../migrations/0008_workload_identity.sql"),
+    ),
 ];
 
 mod pins;
@@ -658,7 +663,7 @@ impl Store for SqliteStore {
     async fn insert_agent(
         &self,
         agent: &AgentRecord,
-        join: &JoinTokenRecord,
+        join: Option<&JoinTokenRecord>,
         event: NewEvent,
     ) -> StoreResult<Event> {
         let mut w = self.writer().await?;
@@ -678,7 +683,9 @@ impl Store for SqliteStore {
         if inserted.rows_affected() == 0 {
             return Err(StoreError::Conflict(format!("agent {}", agent.name)));
         }
-        insert_join(&mut tx, join).await?;
+        if let Some(join) = join {
+            insert_join(&mut tx, join).await?;
+        }
         let e = append_one(&mut tx, event).await?;
         tx.commit().await?;
         w.keep();
@@ -804,6 +811,34 @@ impl Store for SqliteStore {
         agent
             .map(|a| AgentName::parse(&a).map_err(corrupt))
             .transpose()
+    }
+
+    async fn consume_assertion(
+        &self,
+        source: &str,
+        jti: &str,
+        expires_at_ms: i64,
+        now_ms: i64,
+    ) -> StoreResult<bool> {
+        let mut w = self.writer().await?;
+        let mut tx = w.begin().await?;
+        sqlx::query("DELETE FROM used_assertions WHERE expires_at_ms <= $1")
+            .bind(now_ms)
+            .execute(&mut *tx)
+            .await?;
+        let fresh = sqlx::query(
+            "INSERT INTO used_assertions (source, jti, expires_at_ms) VALUES ($1, $2, $3) ON CONFLICT (source, jti) DO NOTHING",
+        )
+        .bind(source)
+        .bind(jti)
+        .bind(expires_at_ms)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+        tx.commit().await?;
+        w.keep();
+        Ok(fresh)
     }
 
     async fn insert_task(&self, task: &TaskRecord, event: NewEvent) -> StoreResult<Event> {

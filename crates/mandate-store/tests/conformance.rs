@@ -89,7 +89,7 @@ async fn conformance(store: Arc<dyn Store>) {
     store
         .insert_agent(
             &agent(),
-            &join("h1", 50),
+            Some(&join("h1", 50)),
             ev(EventKind::AgentRegistered, None),
         )
         .await
@@ -98,7 +98,7 @@ async fn conformance(store: Arc<dyn Store>) {
         store
             .insert_agent(
                 &agent(),
-                &join("h2", 50),
+                Some(&join("h2", 50)),
                 ev(EventKind::AgentRegistered, None)
             )
             .await,
@@ -137,6 +137,29 @@ async fn conformance(store: Arc<dyn Store>) {
             .await
             .unwrap()
             .is_none()
+    );
+
+    // External assertions: one use per (source, jti) under concurrency, forgotten once
+    // expired, and independent across sources.
+    let mut handles = Vec::new();
+    for _ in 0..8 {
+        let s = Arc::clone(&store);
+        handles.push(tokio::spawn(async move {
+            s.consume_assertion("k8s", "j1", 100, 10).await.unwrap()
+        }));
+    }
+    let mut winners = 0;
+    for h in handles {
+        winners += usize::from(h.await.unwrap());
+    }
+    assert_eq!(winners, 1);
+    assert!(store.consume_assertion("gha", "j1", 100, 10).await.unwrap());
+    assert!(!store.consume_assertion("k8s", "j1", 100, 99).await.unwrap());
+    assert!(
+        store
+            .consume_assertion("k8s", "j1", 300, 100)
+            .await
+            .unwrap()
     );
 
     // Tasks: guarded transitions.
@@ -768,7 +791,7 @@ async fn identities_stored_before_normalisation_compare_normalised() {
     store
         .insert_agent(
             &agent(),
-            &join("h1", 50),
+            Some(&join("h1", 50)),
             ev(EventKind::AgentRegistered, None),
         )
         .await

@@ -188,6 +188,11 @@ struct ServeArgs {
     /// quarantines its agent and nothing else reacts.
     #[arg(long, env = "MANDATE_CONTAINMENT")]
     containment: Option<PathBuf>,
+    /// Workload identity configuration (TOML: `[[oidc]]` issuers and `[[spiffe]]` trust
+    /// domains whose tokens attest agents through their attestation rules). Without it,
+    /// agents attest with join tokens only.
+    #[arg(long, env = "MANDATE_IDENTITY")]
+    identity: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -313,6 +318,14 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
             .map_err(anyhow::Error::msg)
             .with_context(|| format!("in {}", path.display()))?;
         config.containment = Some(std::sync::Arc::new(c));
+    }
+    if let Some(path) = a.identity {
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading the identity config {}", path.display()))?;
+        let c = mandate_server::workload::IdentityConfig::from_toml(&text)
+            .map_err(anyhow::Error::msg)
+            .with_context(|| format!("in {}", path.display()))?;
+        config.identity = Some(std::sync::Arc::new(c));
     }
     config.vault_token = std::env::var("VAULT_TOKEN")
         .ok()

@@ -6,6 +6,7 @@ mod approvals;
 mod audit;
 mod authzen;
 pub mod oauth;
+pub mod oauth_client;
 mod ops;
 mod secrets;
 mod tasks;
@@ -202,7 +203,7 @@ fn item_has_path_params(op: &utoipa::openapi::path::Operation) -> bool {
     info(title = "Mandate API", description = "Runtime authorization control plane for AI agents: identity, tasks, per-call decisions, audit."),
     paths(
         agents::register, agents::list, agents::get_agent, agents::join_token, agents::set_status, agents::attest, agents::renew,
-        tasks::start, oauth::token_exchange, tasks::get_task, tasks::list_tasks, tasks::complete, tasks::revoke, tasks::activate, tasks::redeclare,
+        tasks::start, oauth::token_exchange, oauth_client::metadata, oauth_client::authorize, oauth_client::introspect, oauth_client::revoke, tasks::get_task, tasks::list_tasks, tasks::complete, tasks::revoke, tasks::activate, tasks::redeclare,
         approvals::add_approver, approvals::list_approvers, approvals::disable_approver, approvals::set_group,
         approvals::list_approvals, approvals::get_approval, approvals::approve, approvals::deny,
         approvals::declare_break_glass, approvals::list_break_glass, approvals::review_break_glass,
@@ -303,6 +304,13 @@ pub fn router(engine: Arc<Engine>) -> Router {
         .route("/v1/attest", post(agents::attest))
         .route("/v1/identity/renew", post(agents::renew))
         .route("/oauth2/token", post(oauth::token_exchange))
+        .route(
+            "/.well-known/oauth-authorization-server",
+            get(oauth_client::metadata),
+        )
+        .route("/oauth2/authorize", get(oauth_client::authorize))
+        .route("/oauth2/introspect", post(oauth_client::introspect))
+        .route("/oauth2/revoke", post(oauth_client::revoke))
         .route("/v1/tasks", post(tasks::start).get(tasks::list_tasks))
         .route("/v1/tasks/{id}", get(tasks::get_task))
         .route("/v1/tasks/{id}/complete", post(tasks::complete))

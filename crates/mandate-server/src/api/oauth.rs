@@ -22,6 +22,8 @@ pub const TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchang
 pub const ACCESS_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:access_token";
 /// Token type of a JWT (identity and task tokens are both JWTs).
 pub const JWT_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:jwt";
+/// `grant_type` of a task start by a workload (RFC 6749 §4.4).
+pub const CLIENT_CREDENTIALS: &str = "client_credentials";
 
 /// The form of a token exchange (`application/x-www-form-urlencoded`; each parameter at
 /// most once).
@@ -87,12 +89,12 @@ pub struct OAuthError {
     pub details: Option<serde_json::Value>,
 }
 
-struct Refused {
-    status: StatusCode,
-    body: Box<OAuthError>,
+pub(crate) struct Refused {
+    pub(crate) status: StatusCode,
+    pub(crate) body: Box<OAuthError>,
 }
 
-fn refuse(error: &str, code: &str, description: impl Into<String>) -> Refused {
+pub(crate) fn refuse(error: &str, code: &str, description: impl Into<String>) -> Refused {
     Refused {
         status: StatusCode::BAD_REQUEST,
         body: Box::new(OAuthError {
@@ -111,7 +113,7 @@ impl IntoResponse for Refused {
 }
 
 /// RFC 6749 §5.1: token responses are never cached.
-fn no_store(mut r: Response) -> Response {
+pub(crate) fn no_store(mut r: Response) -> Response {
     let h = r.headers_mut();
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     h.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
@@ -147,7 +149,7 @@ impl From<mandate_engine::Error> for Refused {
     }
 }
 
-fn is_form(headers: &HeaderMap) -> bool {
+pub(crate) fn is_form(headers: &HeaderMap) -> bool {
     headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -159,7 +161,7 @@ fn is_form(headers: &HeaderMap) -> bool {
 }
 
 /// The form's parameters, each at most once (RFC 6749 §3.2), or why not.
-fn parameters(body: &[u8]) -> Result<BTreeMap<String, String>, Refused> {
+pub(crate) fn parameters(body: &[u8]) -> Result<BTreeMap<String, String>, Refused> {
     let mut out = BTreeMap::new();
     for (k, v) in url::form_urlencoded::parse(body) {
         if out.insert(k.to_string(), v.to_string()).is_some() {
@@ -173,7 +175,10 @@ fn parameters(body: &[u8]) -> Result<BTreeMap<String, String>, Refused> {
     Ok(out)
 }
 
-fn required<'a>(p: &'a BTreeMap<String, String>, name: &str) -> Result<&'a str, Refused> {
+pub(crate) fn required<'a>(
+    p: &'a BTreeMap<String, String>,
+    name: &str,
+) -> Result<&'a str, Refused> {
     match p.get(name).map(String::as_str) {
         Some(v) if !v.is_empty() => Ok(v),
         _ => Err(refuse(
@@ -201,7 +206,7 @@ fn token_type(p: &BTreeMap<String, String>, name: &str, allowed: &[&str]) -> Res
 }
 
 /// The one `mandate_task` entry of `authorization_details`.
-fn sub_task(p: &BTreeMap<String, String>) -> Result<SubTask, Refused> {
+pub(crate) fn sub_task(p: &BTreeMap<String, String>) -> Result<SubTask, Refused> {
     let bad = |why: String| {
         refuse(
             "invalid_authorization_details",
@@ -251,31 +256,44 @@ pub async fn token_exchange(
         }
         .into_response();
     };
-    match exchange(&engine, &headers, &body).await {
-        Ok(r) => no_store(Json(r).into_response()),
+    if !is_form(&headers) {
+        return refuse(
+            "invalid_request",
+            "unsupported_media_type",
+            "send the form as `Content-Type: application/x-www-form-urlencoded`",
+        )
+        .into_response();
+    }
+    let p = match parameters(&body) {
+        Ok(p) => p,
+        Err(r) => return r.into_response(),
+    };
+    let answer = match p.get("grant_type").map(String::as_str) {
+        Some(CLIENT_CREDENTIALS) => {
+            crate::api::oauth_client::client_credentials(&engine, &headers, &p)
+                .await
+                .map(|r| Json(r).into_response())
+        }
+        _ => exchange(&engine, &p).await.map(|r| Json(r).into_response()),
+    };
+    match answer {
+        Ok(r) => no_store(r),
         Err(r) => r.into_response(),
     }
 }
 
 async fn exchange(
     engine: &mandate_engine::Engine,
-    headers: &HeaderMap,
-    body: &[u8],
+    p: &BTreeMap<String, String>,
 ) -> Result<TokenExchangeResponse, Refused> {
-    if !is_form(headers) {
-        return Err(refuse(
-            "invalid_request",
-            "unsupported_media_type",
-            "send the form as `Content-Type: application/x-www-form-urlencoded`",
-        ));
-    }
-    let p = parameters(body)?;
     let grant_type = required(&p, "grant_type")?;
     if grant_type != TOKEN_EXCHANGE {
         return Err(refuse(
             "unsupported_grant_type",
             "unsupported_grant_type",
-            format!("grant_type {grant_type:?} is not supported: use {TOKEN_EXCHANGE}"),
+            format!(
+                "grant_type {grant_type:?} is not supported: use {CLIENT_CREDENTIALS} or {TOKEN_EXCHANGE}"
+            ),
         ));
     }
     token_type(
