@@ -900,3 +900,102 @@ async fn introspection_and_revocation() {
         .form(&[("token", "garbage")]);
     assert_eq!(h.send(req).await.status, 200);
 }
+
+/// The official Python MCP SDK (PyPI `mcp`) with its private-key-JWT client-credentials
+/// provider: from the 401 it finds Mandate's RFC 9728 and RFC 8414 metadata, gets a task
+/// token with the workload's OIDC token as its assertion, and calls a tool through
+/// `/mcp/<server>`. Needs `MANDATE_TEST_IDENTITY_PYTHON` (scripts/install-identity-peers.sh);
+/// without it the test says so and passes; set to something that cannot run, it fails.
+#[tokio::test]
+async fn the_python_mcp_sdk_gets_a_token_and_calls_a_tool() {
+    let Some(python) = std::env::var_os("MANDATE_TEST_IDENTITY_PYTHON") else {
+        eprintln!(
+            "SKIPPED the_python_mcp_sdk_gets_a_token_and_calls_a_tool: MANDATE_TEST_IDENTITY_PYTHON is not set. \
+             To run it: MANDATE_TEST_IDENTITY_PYTHON=\"$(bash scripts/install-identity-peers.sh | tail -n 1)\" \
+             cargo test -p mandate-server --test identity"
+        );
+        return;
+    };
+    let issuer = Issuer::start().await;
+    let logs = tempfile::tempdir().unwrap();
+    let gateway = mandate_gateway::GatewayConfig::from_toml(&format!(
+        r#"
+[[mcp_server]]
+name = "local"
+command = ["{bin}", "{log}"]
+env = {{ FIXTURE_TOKEN = "local-token" }}
+"#,
+        bin = env!("CARGO_BIN_EXE_mandate-mcp-fixture"),
+        log = logs.path().join("calls.jsonl").display()
+    ))
+    .unwrap();
+    let config = Arc::new(identity_config(&issuer.url, &logs.path().join("none.json")));
+    let policies =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/mcp-policies");
+    let h = Harness::start_configured(&policies, |c| {
+        c.identity = Some(config);
+        c.gateway = Some(Arc::new(gateway));
+    })
+    .await;
+    let r = h
+        .send(
+            h.http
+                .put(h.url("/v1/secrets/local-token"))
+                .bearer_auth(ADMIN)
+                .json(&json!({"value": "stdio-secret"})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let r = h
+        .post("/v1/agents", Some(ADMIN), json!({"name": "web", "owner": "alice@example.com", "tier": 1, "attestation": rule("web")}))
+        .await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let now = h.clock.now_ms() / 1000;
+    let assertion = issuer.sign_with("es-1", &k8s_claims(&issuer.url, now, "web", "sdk-1"));
+    let file = logs.path().join("assertion.jwt");
+    std::fs::write(&file, &assertion).unwrap();
+
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/mcp_oauth_client.py");
+    let out = tokio::process::Command::new(&python)
+        .arg(&script)
+        .arg(h.url("/mcp/local"))
+        .arg(&file)
+        .arg("web")
+        .arg("tool:local.whoami action:read")
+        .arg("whoami")
+        .arg("{}")
+        .arg("--issuer")
+        .arg(h.server.url().trim_end_matches('/'))
+        .output()
+        .await
+        .unwrap_or_else(|e| panic!("MANDATE_TEST_IDENTITY_PYTHON={python:?} cannot run: {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "stdout: {stdout}\nstderr: {stderr}");
+    let v: Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(v["tools"], json!(["whoami"]), "{v}");
+    assert_eq!(v["token_requests"], 1, "{v}");
+    assert_ne!(v["result"]["isError"], true, "{v}");
+    // The task the SDK's token request started, and the call, are in the audit trail.
+    let r = h
+        .get("/v1/audit/events?kind=task.started&agent=web", Some(ADMIN))
+        .await;
+    assert_eq!(
+        r.body["events"].as_array().unwrap().len(),
+        1,
+        "{:?}",
+        r.body
+    );
+    let r = h
+        .get(
+            "/v1/audit/events?kind=decision&agent=web&tool=local.whoami",
+            Some(ADMIN),
+        )
+        .await;
+    assert_eq!(
+        r.body["events"][0]["data"]["outcome"], "allow",
+        "{:?}",
+        r.body
+    );
+}
