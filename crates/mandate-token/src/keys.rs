@@ -335,8 +335,9 @@ pub struct Jwk {
     pub crv: String,
     /// The x coordinate (EC) or the public key (OKP), base64url.
     pub x: String,
-    /// The y coordinate, base64url; EC keys only.
+    /// The y coordinate, base64url; EC keys only (absent, never null, for OKP keys).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     pub y: Option<String>,
     /// Key id: the RFC 7638 thumbprint.
     pub kid: String,
