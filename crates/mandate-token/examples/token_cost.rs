@@ -1,9 +1,11 @@
-//! Cost of signing and verifying one identity token with the ring's active key.
+//! Cost of signing and verifying one identity token: with the ES256 key Mandate signs with,
+//! and with an Ed25519 key from before the upgrade (EdDSA), side by side.
 //!
 //! Wall clock: `cargo run --release -p mandate-token --example token_cost` (µs per op over
 //! 10,000 ops after a warm-up). Instructions: run the release binary under
 //! `valgrind --tool=callgrind --toggle-collect='*token_cost*sign_loop*'` (or `verify_loop`)
-//! with `sign` or `verify` and a count as arguments; divide the total by the count.
+//! with `sign`, `verify`, `sign-eddsa` or `verify-eddsa` and a count as arguments; divide
+//! the total by the count.
 
 use std::hint::black_box;
 use std::time::Instant;
@@ -64,23 +66,33 @@ fn time(label: &str, n: u32, f: impl Fn(u32) -> usize) {
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let ring = KeyRing::from_stored(&[StoredKey::generate(0)?], 1_000, 0)?;
+    let es256 = KeyRing::from_stored(&[StoredKey::generate(0)?], 1_000, 0)?;
+    let eddsa = KeyRing::from_stored(&[StoredKey::generate_legacy_ed25519(0)?], 1_000, 0)?;
     let c = claims();
-    let token = mandate_token::sign(&ring, &c)?;
+    let es_token = mandate_token::sign(&es256, &c)?;
+    let ed_token = mandate_token::sign(&eddsa, &c)?;
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.as_slice() {
         [mode, n] => {
             let n: u32 = n.parse()?;
-            let out = if mode == "sign" {
-                sign_loop(&ring, &c, n)
-            } else {
-                verify_loop(&ring, &token, n)
+            let out = match mode.as_str() {
+                "sign" => sign_loop(&es256, &c, n),
+                "verify" => verify_loop(&es256, &es_token, n),
+                "sign-eddsa" => sign_loop(&eddsa, &c, n),
+                "verify-eddsa" => verify_loop(&eddsa, &ed_token, n),
+                other => return Err(format!("unknown mode {other:?}").into()),
             };
             println!("{mode} x{n}: {out}");
         }
         _ => {
-            time("sign", 10_000, |n| sign_loop(&ring, &c, n));
-            time("verify", 10_000, |n| verify_loop(&ring, &token, n));
+            time("ES256 sign", 10_000, |n| sign_loop(&es256, &c, n));
+            time("ES256 verify", 10_000, |n| {
+                verify_loop(&es256, &es_token, n)
+            });
+            time("EdDSA sign", 10_000, |n| sign_loop(&eddsa, &c, n));
+            time("EdDSA verify", 10_000, |n| {
+                verify_loop(&eddsa, &ed_token, n)
+            });
         }
     }
     Ok(())
