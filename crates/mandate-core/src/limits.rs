@@ -48,6 +48,15 @@ pub struct Limits {
     /// Most live tasks one task may have delegated directly at once (a cap on fan-out, so
     /// one task cannot mint an unbounded number of delegates).
     pub max_delegates_per_task: usize,
+    /// Agents of this risk tier or above must bind their task tokens to a key (DPoP,
+    /// RFC 9449): a task start, token request or delegation to them without a proof is
+    /// refused (`dpop_required`). `None`: binding is the agent's choice.
+    pub dpop_required_from_tier: Option<u8>,
+    /// DPoP proofs remembered against replay (bounded; when full of unexpired proofs,
+    /// new ones are refused rather than an old one forgotten).
+    pub dpop_replay_capacity: usize,
+    /// Oldest DPoP proof accepted (its `iat`), in seconds.
+    pub dpop_proof_max_age_secs: i64,
     /// Decisions one agent may ask for per second, over all its tasks and every decision
     /// entry point (decide, AuthZEN, ext_authz, MCP, gateway); bursts up to twice this.
     pub agent_decisions_per_sec: u32,
@@ -88,6 +97,9 @@ impl Default for Limits {
             max_break_glass_ttl_secs: 30 * 60,
             max_delegation_depth: 3,
             max_delegates_per_task: 100,
+            dpop_required_from_tier: None,
+            dpop_replay_capacity: 100_000,
+            dpop_proof_max_age_secs: 60,
             agent_decisions_per_sec: 500,
             task_decisions_per_sec: 250,
             max_connections: 1024,

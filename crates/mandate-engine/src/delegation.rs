@@ -44,6 +44,11 @@ pub struct SubTask {
     /// asking for more than the parent has left is refused).
     #[serde(default)]
     pub ttl_secs: Option<i64>,
+    /// The key the child's tokens are bound to (RFC 9449 `cnf.jkt`): the thumbprint of
+    /// the key of a DPoP proof that came with the exchange, never from the body.
+    #[serde(skip)]
+    #[cfg_attr(feature = "openapi", schema(ignore))]
+    pub bind_jkt: Option<String>,
 }
 
 impl SubTask {
@@ -201,6 +206,9 @@ impl Engine {
             widening: Vec::new(),
             decision: None,
         };
+        if let Err(e) = self.require_binding(child.tier, sub.bind_jkt.as_deref()) {
+            return Err(refusal(e));
+        }
         if sub.kind != "mandate_task" {
             return Err(refusal(Error::new(
                 Kind::Invalid,
@@ -375,6 +383,7 @@ impl Engine {
                 ttl_secs: ttl,
                 environment: &self.config.environment,
                 now_secs,
+                sender_constrained: sub.bind_jkt.is_some(),
             },
         );
         if sd.decision.outcome != Outcome::Allow {
@@ -425,6 +434,7 @@ impl Engine {
             end_reason: None,
             delegation: Some(delegation.clone()),
             step_up: false,
+            cnf_jkt: sub.bind_jkt.clone(),
         };
         // RFC 8693 §4.1: the subject stays the root task's agent; the actors nest, the
         // one acting now outermost.
@@ -445,6 +455,7 @@ impl Engine {
                 grant: grant.clone(),
                 expires_at_secs: expires_at_ms.div_euclid(1000),
                 act: Act::chain(actors.iter().rev().map(String::as_str)),
+                cnf_jkt: sub.bind_jkt.clone(),
             })
             .map_err(&mut refusal)?;
         let ev = NewEvent {

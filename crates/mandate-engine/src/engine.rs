@@ -40,6 +40,8 @@ pub struct LiveTask {
     pub agent: AgentName,
     /// The agent's SPIFFE ID (the token's `sub`).
     pub spiffe_id: String,
+    /// The key its tokens are bound to (RFC 9449 `cnf.jkt`), when sender-constrained.
+    pub cnf_jkt: Option<String>,
     /// The declared plan: purpose, requested scope and what policy refused of it; replaced
     /// whole when the task re-declares it.
     plan: RwLock<Arc<Plan>>,
@@ -391,6 +393,8 @@ pub struct Engine {
     identity_cache: VerifiedCache<IdentityClaims>,
     /// External issuers and trust domains that attest agents, with their cached keys.
     pub(crate) trust: Option<crate::workload::Trust>,
+    /// DPoP proof checks and their replay cache.
+    pub(crate) dpop: crate::sender::Dpop,
     admin_hash: RwLock<String>,
     /// Task ends enforced in memory whose store transition has not committed yet; the
     /// sweeper retries them, so a revocation is never silently forgotten.
@@ -597,6 +601,10 @@ impl Engine {
             task_cache: VerifiedCache::new(config.limits.token_cache_capacity),
             identity_cache: VerifiedCache::new(config.limits.token_cache_capacity),
             trust: config.identity.clone().map(crate::workload::Trust::new),
+            dpop: crate::sender::Dpop::new(
+                config.limits.dpop_replay_capacity,
+                config.limits.dpop_proof_max_age_secs,
+            ),
             config,
             issuer,
             store,
@@ -785,6 +793,7 @@ impl Engine {
             id: t.id.clone(),
             agent: agent.name.clone(),
             spiffe_id,
+            cnf_jkt: t.cnf_jkt.clone(),
             plan: RwLock::new(Arc::new(Plan {
                 purpose: t.purpose.clone(),
                 requested: t.requested.clone(),
@@ -1183,6 +1192,7 @@ impl Engine {
                     ttl_secs: task.ttl_secs,
                     environment: &self.config.environment,
                     now_secs,
+                    sender_constrained: task.cnf_jkt.is_some(),
                 },
             );
             let old_grant = read(&task.grant).clone();
@@ -1326,6 +1336,11 @@ impl Engine {
             now,
         );
         Ok(claims)
+    }
+
+    /// A task token's claims if it was verified before and is still cached.
+    pub(crate) fn cached_task_claims(&self, token: &str) -> Option<Arc<TaskClaims>> {
+        self.task_cache.get(token, self.clock.now_secs())
     }
 
     /// Verifies a task token (cached by digest after the first verification).

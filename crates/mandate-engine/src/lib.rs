@@ -26,6 +26,7 @@ pub mod otlp;
 pub mod pins;
 pub mod plans;
 pub mod secrets;
+pub mod sender;
 pub mod ssf;
 mod sync;
 pub mod tail;

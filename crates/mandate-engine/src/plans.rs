@@ -209,6 +209,7 @@ impl Engine {
                 ttl_secs: task.ttl_secs,
                 environment: &self.config.environment,
                 now_secs: self.clock.now_secs(),
+                sender_constrained: task.cnf_jkt.is_some(),
             },
         );
         if sd.decision.outcome == Outcome::Deny || sd.grant.is_empty() {

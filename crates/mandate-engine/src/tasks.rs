@@ -45,6 +45,11 @@ pub struct TaskStart {
     #[serde(default)]
     #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 3600))]
     pub ttl_secs: Option<i64>,
+    /// The key the task's tokens are bound to (RFC 9449 `cnf.jkt`): the thumbprint of the
+    /// key of a DPoP proof that came with the request, never from the body.
+    #[serde(skip)]
+    #[cfg_attr(feature = "openapi", schema(ignore))]
+    pub bind_jkt: Option<String>,
 }
 
 /// A task that started (or waits on an approval to start).
@@ -185,6 +190,8 @@ pub(crate) struct TokenFor<'a> {
     pub expires_at_secs: i64,
     /// The delegation chain's actors (RFC 8693 `act`), for a delegated task.
     pub act: Option<mandate_token::Act>,
+    /// The key the token is bound to (RFC 9449), when sender-constrained.
+    pub cnf_jkt: Option<String>,
 }
 
 impl Engine {
@@ -202,6 +209,7 @@ impl Engine {
             task_id: t.task_id.to_owned(),
             grant: t.grant,
             act: t.act,
+            cnf: t.cnf_jkt.map(|jkt| mandate_token::Confirmation { jkt }),
         };
         Ok(mandate_token::sign(&self.keys(), &claims)?)
     }
@@ -296,6 +304,7 @@ impl Engine {
 
     async fn start_inner(&self, identity_token: &str, req: TaskStart) -> Result<Started, Error> {
         let (spiffe, agent) = self.acting_agent(identity_token).await?;
+        self.require_binding(agent.tier, req.bind_jkt.as_deref())?;
         let limits = &self.config.limits;
         let purpose = checked_text("purpose", &req.purpose, limits.max_purpose_chars, true)?;
         req.scope
@@ -333,6 +342,7 @@ impl Engine {
                 ttl_secs: ttl,
                 environment: &self.config.environment,
                 now_secs,
+                sender_constrained: req.bind_jkt.is_some(),
             },
         );
         let items = serde_json::to_value(&sd.items).map_err(Error::internal)?;
@@ -389,6 +399,7 @@ impl Engine {
             end_reason: None,
             delegation: None,
             step_up: false,
+            cnf_jkt: req.bind_jkt.clone(),
         };
         let token = if pending {
             None
@@ -400,6 +411,7 @@ impl Engine {
                 grant: sd.grant.clone(),
                 expires_at_secs: exp,
                 act: None,
+                cnf_jkt: req.bind_jkt.clone(),
             })?)
         };
         let ev = NewEvent {
@@ -552,6 +564,7 @@ impl Engine {
                 grant: live.current_grant(),
                 expires_at_secs: live.expires_at().div_euclid(1000),
                 act: None,
+                cnf_jkt: live.cnf_jkt.clone(),
             })
         };
         let (a, token) = self.activate_start(&live, approval_id, wait, sign).await?;
@@ -646,6 +659,7 @@ impl Engine {
             end_reason: None,
             delegation: None,
             step_up: false,
+            cnf_jkt: None,
         };
         let record = BreakGlassRecord {
             id: id.clone(),
@@ -665,6 +679,7 @@ impl Engine {
             grant: grant.clone(),
             expires_at_secs: now_secs + ttl,
             act: None,
+            cnf_jkt: None,
         })?;
         let ev = NewEvent {
             ts_ms: now_ms,

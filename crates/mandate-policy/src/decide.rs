@@ -64,6 +64,8 @@ pub struct StartRequest<'a> {
     pub environment: &'a str,
     /// Unix seconds.
     pub now_secs: i64,
+    /// The task's tokens are bound to a key the agent holds (DPoP, RFC 9449).
+    pub sender_constrained: bool,
 }
 
 /// A delegation to decide: the parent task (its entities) hands a sub-task to `child`.
@@ -339,6 +341,10 @@ impl Bundle {
             (
                 "now".to_owned(),
                 RestrictedExpression::new_long(req.now_secs),
+            ),
+            (
+                "sender_constrained".to_owned(),
+                RestrictedExpression::new_bool(req.sender_constrained),
             ),
         ]);
         let context = match context {

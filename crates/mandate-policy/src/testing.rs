@@ -138,6 +138,9 @@ pub struct TestStart {
     /// Requested lifetime (default 900).
     #[serde(default)]
     pub ttl_secs: Option<i64>,
+    /// Whether the task's tokens are bound to a key (DPoP); default false.
+    #[serde(default)]
+    pub sender_constrained: bool,
 }
 
 /// What the case expects; only the fields given are checked.
@@ -286,6 +289,7 @@ pub fn run_case(bundle: &Bundle, file: &str, case: &TestCase) -> CaseResult {
                     ttl_secs: start.ttl_secs.unwrap_or(900),
                     environment: &case.task.environment,
                     now_secs: 1_800_000_000,
+                    sender_constrained: start.sender_constrained,
                 },
             );
             if sd.decision.outcome != case.expect.outcome {
@@ -476,6 +480,7 @@ pub fn explain_case(bundle: &Bundle, case: &ExplainCase) -> Result<Explained, St
                     ttl_secs: start.ttl_secs.unwrap_or(900),
                     environment: &case.task.environment,
                     now_secs: 1_800_000_000,
+                    sender_constrained: start.sender_constrained,
                 },
             );
             Ok(Explained::Start(StartExplanation {

@@ -190,6 +190,7 @@ fn a_task_is_granted_a_tool_whose_permits_all_read_arguments() {
             ttl_secs: 600,
             environment: "test",
             now_secs: 0,
+            sender_constrained: false,
         },
     );
     assert_eq!(d.decision.outcome, Outcome::Allow, "{d:?}");
@@ -226,6 +227,7 @@ fn a_task_is_granted_a_tool_whose_permits_all_read_arguments() {
             ttl_secs: 600,
             environment: "test",
             now_secs: 0,
+            sender_constrained: false,
         },
     );
     assert_eq!(d.items[0].outcome, Outcome::ApprovalRequired, "{d:?}");

@@ -237,6 +237,7 @@ fn start_grants_a_subset_and_caps_ttl() {
             ttl_secs: 900,
             environment: "test",
             now_secs: 0,
+            sender_constrained: false,
         },
     );
     assert_eq!(s.decision.outcome, Outcome::Allow);
@@ -263,6 +264,7 @@ fn start_grants_a_subset_and_caps_ttl() {
             ttl_secs: 7200,
             environment: "test",
             now_secs: 0,
+            sender_constrained: false,
         },
     );
     assert_eq!(too_long.decision.outcome, Outcome::Deny);

@@ -84,6 +84,7 @@ async fn main() {
             end_reason: None,
             delegation: None,
             step_up: false,
+            cnf_jkt: None,
         };
         store
             .insert_task(

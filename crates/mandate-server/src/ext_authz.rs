@@ -74,7 +74,7 @@ fn header_values<'a>(http: &'a HttpRequest, name: &str) -> Vec<&'a str> {
 /// The task token: exactly one `Authorization: Bearer <token>`. Envoy merges repeated
 /// headers into one comma-separated value (a token never holds a comma), or lists them
 /// apart with `encode_raw_headers`; either way two of them are refused, as on HTTP.
-fn bearer(http: &HttpRequest) -> Result<String, ApiError> {
+fn bearer(http: &HttpRequest) -> Result<Presented, ApiError> {
     let values = header_values(http, "authorization");
     let unauthorized = |code, message: &str| {
         ApiError::new(
@@ -101,15 +101,67 @@ fn bearer(http: &HttpRequest) -> Result<String, ApiError> {
     value
         .split_once(' ')
         .filter(|(scheme, t)| {
-            scheme.eq_ignore_ascii_case("bearer") && !t.trim().is_empty() && !t.trim().contains(' ')
+            (scheme.eq_ignore_ascii_case("bearer") || scheme.eq_ignore_ascii_case("dpop"))
+                && !t.trim().is_empty()
+                && !t.trim().contains(' ')
         })
-        .map(|(_, t)| t.trim().to_owned())
+        .map(|(scheme, t)| Presented {
+            dpop: scheme.eq_ignore_ascii_case("dpop"),
+            token: t.trim().to_owned(),
+        })
         .ok_or_else(|| {
             unauthorized(
                 "invalid_authorization_header",
-                "the Authorization header must be `Bearer <token>`",
+                "the Authorization header must be `Bearer <token>` or `DPoP <token>`",
             )
         })
+}
+
+/// The agent's token and the scheme it came under.
+struct Presented {
+    dpop: bool,
+    token: String,
+}
+
+/// RFC 9449 for the request Envoy asks about: a bound token only under the `DPoP` scheme,
+/// with a proof for the original request's method and URL.
+fn sender(engine: &Engine, http: &HttpRequest, p: &Presented) -> Result<(), ApiError> {
+    let unauthorized = |code, message: &str| {
+        ApiError::new(
+            axum::http::StatusCode::UNAUTHORIZED,
+            code,
+            message.to_owned(),
+        )
+    };
+    if !p.dpop {
+        return match engine.bound_key(&p.token) {
+            Some(_) => Err(unauthorized(
+                "dpop_required",
+                "this task token is bound to a key: send it as `Authorization: DPoP <token>` with a DPoP proof (RFC 9449)",
+            )),
+            None => Ok(()),
+        };
+    }
+    let proofs = header_values(http, "dpop");
+    let [proof] = proofs.as_slice() else {
+        return Err(unauthorized(
+            "dpop_proof_missing",
+            "a token sent under the DPoP scheme needs exactly one DPoP proof header",
+        ));
+    };
+    let path = http
+        .path
+        .split_once('?')
+        .map_or(http.path.as_str(), |(p, _)| p);
+    let scheme = if http.scheme.is_empty() {
+        "https"
+    } else {
+        http.scheme.as_str()
+    };
+    let url = format!("{scheme}://{}{path}", http.host);
+    engine
+        .check_dpop(&p.token, proof, &http.method, &url)
+        .map_err(ApiError::from)
 }
 
 /// The body as policy sees it: `null` only when the request has none. A body Envoy did
@@ -156,7 +208,7 @@ fn body_of(http: &HttpRequest) -> Result<Value, ApiError> {
 }
 
 /// The task token and the call an Envoy check stands for.
-fn translate(req: &CheckRequest) -> Result<(String, DecideRequest), ApiError> {
+fn translate(engine: &Engine, req: &CheckRequest) -> Result<(String, DecideRequest), ApiError> {
     let attrs = req
         .attributes
         .as_ref()
@@ -167,7 +219,9 @@ fn translate(req: &CheckRequest) -> Result<(String, DecideRequest), ApiError> {
         .and_then(|r| r.http.as_ref())
         .ok_or_else(|| invalid("the check carries no HTTP request"))?;
     let ext = &attrs.context_extensions;
-    let token = bearer(http)?;
+    let presented = bearer(http)?;
+    sender(engine, http, &presented)?;
+    let token = presented.token;
     let tool = ext.get("mandate_tool").ok_or_else(|| {
         invalid("the route names no tool: set the `mandate_tool` context extension")
     })?;
@@ -225,7 +279,7 @@ fn denied(status: u16, grpc: tonic::Status, body: &Value, approval: Option<&str>
 
 impl ExtAuthz {
     async fn decide(&self, req: &CheckRequest) -> CheckResponse {
-        let outcome = match translate(req) {
+        let outcome = match translate(&self.engine, req) {
             Ok((token, call)) => {
                 let trace = req
                     .attributes

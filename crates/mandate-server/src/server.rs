@@ -106,10 +106,15 @@ impl Server {
                 )
             }),
         };
-        let app = app.layer(axum::middleware::from_fn_with_state(
-            rules,
-            crate::listener::whole_body,
-        ));
+        let app = app
+            .layer(axum::middleware::from_fn_with_state(
+                Arc::clone(&engine),
+                crate::edge::sender::sender_constraint,
+            ))
+            .layer(axum::middleware::from_fn_with_state(
+                rules,
+                crate::listener::whole_body,
+            ));
         let limits = crate::listener::ConnectionLimits::from_limits(&engine.config.limits);
         let (tx, rx) = oneshot::channel::<()>();
         #[expect(

@@ -7,3 +7,7 @@ CREATE TABLE used_assertions (
     PRIMARY KEY (source, jti)
 );
 CREATE INDEX used_assertions_expiry ON used_assertions (expires_at_ms);
+
+-- Sender-constrained tasks (S2): the thumbprint of the key a task's tokens are bound to
+-- (RFC 9449 `cnf.jkt`), so a token re-issued on activation stays bound to it.
+ALTER TABLE tasks ADD COLUMN cnf_jkt TEXT;

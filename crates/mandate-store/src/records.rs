@@ -99,6 +99,9 @@ pub struct TaskRecord {
     /// human.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub step_up: bool,
+    /// The key its tokens are bound to (RFC 9449 `cnf.jkt`), when sender-constrained.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cnf_jkt: Option<String>,
 }
 
 /// A running task's new plan (a re-declaration).

@@ -457,6 +457,7 @@ fn task_from_row(r: &SqliteRow) -> StoreResult<TaskRecord> {
             .transpose()
             .map_err(corrupt)?,
         step_up: r.try_get::<i64, _>("step_up")? != 0,
+        cnf_jkt: r.try_get("cnf_jkt")?,
     })
 }
 
@@ -471,7 +472,7 @@ fn json(v: &impl serde::Serialize) -> StoreResult<String> {
     serde_json::to_string(v).map_err(|e| StoreError::Db(e.to_string()))
 }
 
-const TASK_COLUMNS: &str = "id, agent, purpose, requested, grant_json, items, state, bundle_version, token_jti, created_at_ms, expires_at_ms, ended_at_ms, end_reason, delegation, step_up";
+const TASK_COLUMNS: &str = "id, agent, purpose, requested, grant_json, items, state, bundle_version, token_jti, created_at_ms, expires_at_ms, ended_at_ms, end_reason, delegation, step_up, cnf_jkt";
 
 /// Every live task of an agent and every live task delegated below one of them, however
 /// deep (`$1` is the agent).
@@ -554,8 +555,8 @@ fn break_glass_from_row(r: &SqliteRow) -> StoreResult<BreakGlassRecord> {
 
 async fn insert_task_in(tx: &mut Transaction<'_, Sqlite>, task: &TaskRecord) -> StoreResult<()> {
     let inserted = sqlx::query(
-        "INSERT INTO tasks (id, agent, purpose, requested, grant_json, items, state, bundle_version, token_jti, created_at_ms, expires_at_ms, ended_at_ms, end_reason, parent_id, delegation) \
-         SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $15, $16 \
+        "INSERT INTO tasks (id, agent, purpose, requested, grant_json, items, state, bundle_version, token_jti, created_at_ms, expires_at_ms, ended_at_ms, end_reason, parent_id, delegation, cnf_jkt) \
+         SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $15, $16, $17 \
          WHERE EXISTS (SELECT 1 FROM agents WHERE name = $14 AND status = 'active') \
          AND ($15 IS NULL OR EXISTS (SELECT 1 FROM tasks WHERE id = $15 AND state = 'active'))",
     )
@@ -575,6 +576,7 @@ async fn insert_task_in(tx: &mut Transaction<'_, Sqlite>, task: &TaskRecord) -> 
     .bind(task.agent.as_str())
     .bind(task.delegation.as_ref().map(|d| d.parent_task.as_str()))
     .bind(task.delegation.as_ref().map(json).transpose()?)
+    .bind(&task.cnf_jkt)
     .execute(&mut **tx)
     .await?;
     if inserted.rows_affected() == 0 {

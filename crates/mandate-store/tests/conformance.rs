@@ -73,6 +73,7 @@ fn task(id: &str) -> TaskRecord {
         end_reason: None,
         delegation: None,
         step_up: false,
+        cnf_jkt: None,
     }
 }
 

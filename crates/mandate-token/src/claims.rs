@@ -85,6 +85,18 @@ pub struct TaskClaims {
     /// `act` the one that delegated to it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub act: Option<Act>,
+    /// Proof-of-possession (RFC 9449 §6.1): the token is bound to the key with this
+    /// thumbprint, and is only accepted with a DPoP proof signed by it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cnf: Option<Confirmation>,
+}
+
+/// The `cnf` claim of a sender-constrained token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Confirmation {
+    /// RFC 7638 thumbprint (base64url SHA-256) of the key the holder proves with.
+    pub jkt: String,
 }
 
 impl TaskClaims {

@@ -31,7 +31,7 @@ mod jws;
 mod keys;
 
 pub use cache::VerifiedCache;
-pub use claims::{Act, IdentityClaims, RegisteredClaims, TaskClaims};
+pub use claims::{Act, Confirmation, IdentityClaims, RegisteredClaims, TaskClaims};
 pub use error::TokenError;
 pub use jws::{Expectations, sign, sign_typed, verify};
 pub use keys::{Jwk, Jwks, KeyRing, PublicKey, SigningKey, StoredKey};

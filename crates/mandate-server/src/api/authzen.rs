@@ -254,6 +254,15 @@ async fn evaluate_one(
     trace: Option<mandate_core::TraceParent>,
 ) -> Result<EvaluationResponse, ApiError> {
     let (token, subject_id, decide) = translate(req, header_token)?;
+    // A bound token is only good with a proof of its key for the request it rides on
+    // (checked at the edge for the Authorization header); in the body it has none.
+    if header_token.is_none() && engine.bound_key(&token).is_some() {
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "dpop_required",
+            "this task token is bound to a key: send it as `Authorization: DPoP <token>` with a DPoP proof, not in subject.properties.token",
+        ));
+    }
     if let Some(id) = subject_id {
         // The subject is the agent acting now: the actor of a delegated task.
         let sub = engine.verify_task_token(&token)?.actor().to_owned();

@@ -268,13 +268,20 @@ pub async fn token_exchange(
         Ok(p) => p,
         Err(r) => return r.into_response(),
     };
-    let answer = match p.get("grant_type").map(String::as_str) {
-        Some(CLIENT_CREDENTIALS) => {
-            crate::api::oauth_client::client_credentials(&engine, &headers, &p)
-                .await
-                .map(|r| Json(r).into_response())
+    // RFC 9449 §5: a DPoP proof with the token request binds the token to its key.
+    let bind = match crate::edge::sender::binding(&engine, &headers, "/oauth2/token") {
+        Ok(b) => b,
+        Err(e) => {
+            return refuse("invalid_dpop_proof", e.code, e.message).into_response();
         }
-        _ => exchange(&engine, &p).await.map(|r| Json(r).into_response()),
+    };
+    let answer = match p.get("grant_type").map(String::as_str) {
+        Some(CLIENT_CREDENTIALS) => crate::api::oauth_client::client_credentials(&engine, &p, bind)
+            .await
+            .map(|r| Json(r).into_response()),
+        _ => exchange(&engine, &p, bind)
+            .await
+            .map(|r| Json(r).into_response()),
     };
     match answer {
         Ok(r) => no_store(r),
@@ -285,6 +292,7 @@ pub async fn token_exchange(
 async fn exchange(
     engine: &mandate_engine::Engine,
     p: &BTreeMap<String, String>,
+    bind: Option<String>,
 ) -> Result<TokenExchangeResponse, Refused> {
     let grant_type = required(&p, "grant_type")?;
     if grant_type != TOKEN_EXCHANGE {
@@ -339,7 +347,9 @@ async fn exchange(
             "name the sub-task in `authorization_details` (type `mandate_task`), not in `scope`",
         ));
     }
-    let sub = sub_task(&p)?;
+    let mut sub = sub_task(p)?;
+    let bound = bind.is_some();
+    sub.bind_jkt = bind;
     let subject = required(&p, "subject_token")?;
     let actor = required(&p, "actor_token")?;
     let d = engine.delegate_task(subject, actor, sub).await?;
@@ -359,7 +369,7 @@ async fn exchange(
     Ok(TokenExchangeResponse {
         access_token: d.task_token.clone(),
         issued_token_type: issued.to_owned(),
-        token_type: "Bearer".to_owned(),
+        token_type: if bound { "DPoP" } else { "Bearer" }.to_owned(),
         expires_in,
         authorization_details: vec![granted],
         mandate: d,

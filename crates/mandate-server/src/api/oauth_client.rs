@@ -139,6 +139,7 @@ fn requested(p: &BTreeMap<String, String>) -> Result<(TaskStart, bool), Refused>
                     purpose: sub.purpose.clone(),
                     scope: sub.scope(),
                     ttl_secs: sub.ttl_secs,
+                    bind_jkt: None,
                 },
                 false,
             ))
@@ -148,6 +149,7 @@ fn requested(p: &BTreeMap<String, String>) -> Result<(TaskStart, bool), Refused>
                 purpose: SCOPE_PURPOSE.to_owned(),
                 scope: parse_scope(scope)?,
                 ttl_secs: None,
+                bind_jkt: None,
             },
             true,
         )),
@@ -246,8 +248,8 @@ fn check_resource(engine: &Engine, p: &BTreeMap<String, String>) -> Result<(), R
 /// starts the task it asks for. Policy decides the grant, as for `POST /v1/tasks`.
 pub(crate) async fn client_credentials(
     engine: &Engine,
-    _headers: &HeaderMap,
     p: &BTreeMap<String, String>,
+    bind: Option<String>,
 ) -> Result<ClientCredentialsResponse, Refused> {
     let kind = required(p, "client_assertion_type")?;
     if kind != JWT_BEARER {
@@ -259,7 +261,9 @@ pub(crate) async fn client_credentials(
     }
     let assertion = required(p, "client_assertion")?;
     check_resource(engine, p)?;
-    let (start, by_scope) = requested(p)?;
+    let (mut start, by_scope) = requested(p)?;
+    let bound = bind.is_some();
+    start.bind_jkt = bind;
     let identity = client_identity(engine, assertion).await?;
     if let Some(id) = p.get("client_id") {
         let claims = engine
@@ -310,7 +314,7 @@ pub(crate) async fn client_credentials(
     });
     Ok(ClientCredentialsResponse {
         access_token: token,
-        token_type: "Bearer".to_owned(),
+        token_type: if bound { "DPoP" } else { "Bearer" }.to_owned(),
         expires_in,
         scope: by_scope.then(|| granted_scope(&started)),
         authorization_details: vec![granted],
@@ -397,6 +401,9 @@ pub struct Introspection {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
     pub act: Option<serde_json::Value>,
+    /// The key the token is bound to (RFC 9449 §6.2: `{"jkt": …}`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cnf: Option<mandate_token::Confirmation>,
 }
 
 fn bad_form(
@@ -473,6 +480,7 @@ pub async fn introspect(
         scope: None,
         task_id: None,
         act: None,
+        cnf: None,
     };
     let answer = match (
         engine.verify_task_token(token),
@@ -487,10 +495,11 @@ pub async fn introspect(
             exp: Some(c.exp),
             iat: Some(c.iat),
             jti: Some(c.jti.clone()),
-            token_type: Some("Bearer".to_owned()),
+            token_type: Some(if c.cnf.is_some() { "DPoP" } else { "Bearer" }.to_owned()),
             scope: Some(scope_of(&c.grant)),
             task_id: Some(c.task_id.clone()),
             act: c.act.as_ref().and_then(|a| serde_json::to_value(a).ok()),
+            cnf: c.cnf.clone(),
         },
         _ => inactive,
     };

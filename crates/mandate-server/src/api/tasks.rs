@@ -67,8 +67,10 @@ pub struct RevokeRequest {
 pub async fn start(
     State(engine): AppState,
     bearer: Bearer,
-    ApiJson(req): ApiJson<StartTaskRequest>,
+    headers: axum::http::HeaderMap,
+    ApiJson(mut req): ApiJson<StartTaskRequest>,
 ) -> Result<(StatusCode, Json<StartTaskResponse>), ApiError> {
+    req.bind_jkt = crate::edge::sender::binding(&engine, &headers, "/v1/tasks")?;
     let started = engine.start_task(&bearer.0, req).await?;
     let status = if started.state == TaskState::Pending {
         StatusCode::ACCEPTED

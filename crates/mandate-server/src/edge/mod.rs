@@ -4,6 +4,7 @@
 
 pub mod call;
 pub mod extract;
+pub mod sender;
 pub mod upstream;
 
 pub use call::{DecideRequest, traceparent};

@@ -1,0 +1,148 @@
+//! Sender-constrained task tokens (RFC 9449 DPoP, ../shared/BRIEF.md S2). A task token
+//! can be bound to a key the agent holds (`cnf.jkt`); from then on it is accepted only
+//! under the `DPoP` scheme with a fresh proof, signed by that key, for that very request
+//! and that token. A stolen token without the key is useless.
+//!
+//! Binding happens where a token is issued (task start, the token endpoint, delegation),
+//! from the proof sent with that request — never from a body field. The proofs' `jti`s are
+//! remembered (bounded) so a captured proof cannot be replayed.
+
+use mandate_token::dpop::{self, DpopError, Limits, ReplayCache};
+
+use crate::engine::Engine;
+use crate::error::{Error, Kind};
+
+/// The replay cache and proof limits of one server.
+#[derive(Debug)]
+pub struct Dpop {
+    replay: ReplayCache,
+    limits: Limits,
+}
+
+impl Dpop {
+    /// A cache of `capacity` proofs, accepting proofs up to `max_age_secs` old.
+    pub fn new(capacity: usize, max_age_secs: i64) -> Self {
+        Self {
+            replay: ReplayCache::new(capacity),
+            limits: Limits {
+                max_age_secs,
+                ..Limits::default()
+            },
+        }
+    }
+}
+
+fn refused(e: &DpopError) -> Error {
+    let kind = match e {
+        DpopError::ReplayCacheFull(_) => Kind::Unavailable,
+        _ => Kind::Unauthenticated,
+    };
+    Error::new(kind, e.code(), e.to_string())
+}
+
+/// `cnf.jkt` of a token's payload, unverified.
+fn unverified_jkt(token: &str) -> Option<String> {
+    use base64::Engine as _;
+    let payload = token.split('.').nth(1)?;
+    if payload.len() > 16 * 1024 {
+        return None;
+    }
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .ok()?;
+    let v: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    v.get("cnf")?.get("jkt")?.as_str().map(str::to_owned)
+}
+
+impl Engine {
+    /// The URL a request for `path` was sent to, as clients of this server see it (the
+    /// issuer is the server's public URL): what a DPoP proof's `htu` must name.
+    pub fn public_url(&self, path: &str) -> String {
+        format!("{}{path}", self.issuer.trim_end_matches('/'))
+    }
+
+    fn proof(
+        &self,
+        proof: &str,
+        method: &str,
+        url: &str,
+        token: Option<&str>,
+    ) -> Result<String, Error> {
+        let now = self.clock.now_secs();
+        let req = dpop::Request {
+            method,
+            uri: url,
+            access_token: token,
+            now_secs: now,
+        };
+        let p = dpop::verify(proof, &req, &self.dpop.limits).map_err(|e| refused(&e))?;
+        self.dpop
+            .replay
+            .check_and_insert(&p.jkt, &p.jti, self.dpop.limits.replay_expiry(&p), now)
+            .map_err(|e| refused(&e))?;
+        Ok(p.jkt)
+    }
+
+    /// The key a DPoP proof sent with a token request proves possession of: the proof is
+    /// for this request (method and URL), fresh and never seen before. The token about to
+    /// be issued is bound to it.
+    pub fn dpop_key(&self, proof: &str, method: &str, url: &str) -> Result<String, Error> {
+        self.proof(proof, method, url, None)
+    }
+
+    /// Checks a request made under the `DPoP` scheme: the proof is for this request, fresh,
+    /// new, for this token (`ath`), and signed by the key the token is bound to.
+    pub fn check_dpop(
+        &self,
+        token: &str,
+        proof: &str,
+        method: &str,
+        url: &str,
+    ) -> Result<(), Error> {
+        let jkt = self.proof(proof, method, url, Some(token))?;
+        let claims = self.verify_task_token(token)?;
+        let Some(cnf) = &claims.cnf else {
+            return Err(Error::new(
+                Kind::Unauthenticated,
+                "token_not_bound",
+                "this task token is not bound to a key: send it as `Authorization: Bearer`",
+            ));
+        };
+        let proof = dpop::Proof {
+            jkt,
+            jti: String::new(),
+            iat: 0,
+        };
+        dpop::check_binding(&proof, &cnf.jkt).map_err(|e| refused(&e))
+    }
+
+    /// The key a task token is bound to, if any: from the verified claims when cached,
+    /// else from the unverified payload (a token whose `cnf` was stripped or changed fails
+    /// its signature anyway). Used to refuse a bound token sent as a bearer token.
+    pub fn bound_key(&self, token: &str) -> Option<String> {
+        match self.cached_task_claims(token) {
+            Some(c) => c.cnf.as_ref().map(|c| c.jkt.clone()),
+            None => unverified_jkt(token),
+        }
+    }
+
+    /// Refuses a task start, token request or delegation without a key binding for an
+    /// agent whose tier requires one.
+    pub(crate) fn require_binding(
+        &self,
+        tier: mandate_core::RiskTier,
+        jkt: Option<&str>,
+    ) -> Result<(), Error> {
+        match self.config.limits.dpop_required_from_tier {
+            Some(from) if tier.get() >= from && jkt.is_none() => Err(Error::new(
+                Kind::Unauthenticated,
+                "dpop_required",
+                format!(
+                    "agents of tier {} must bind their task tokens to a key: send a DPoP proof (RFC 9449) with this request",
+                    tier.get()
+                ),
+            )),
+            _ => Ok(()),
+        }
+    }
+}
