@@ -126,7 +126,7 @@ async fn standard_jwt_library_verifies_our_tokens_through_jwks() {
         let header = jsonwebtoken::decode_header(t).unwrap();
         let jwk = jwks.find(header.kid.as_deref().unwrap()).unwrap();
         let key = jsonwebtoken::DecodingKey::from_jwk(jwk).unwrap();
-        let mut v = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::EdDSA);
+        let mut v = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::ES256);
         v.set_audience(&[aud]);
         v.set_issuer(&[&h.server.issuer]);
         let data = jsonwebtoken::decode::<Value>(t, &key, &v).unwrap();

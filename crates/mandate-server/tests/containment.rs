@@ -206,7 +206,7 @@ async fn sets(h: &Harness, receiver: &Upstream, want: usize) -> Vec<Value> {
                         jwks.find(header.kid.as_deref().unwrap()).unwrap(),
                     )
                     .unwrap();
-                    let mut v = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::EdDSA);
+                    let mut v = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::ES256);
                     v.set_audience(&["https://idp.example"]);
                     v.set_issuer(&[&h.server.issuer]);
                     v.required_spec_claims.clear();

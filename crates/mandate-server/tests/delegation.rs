@@ -307,7 +307,7 @@ async fn bad_parents_actors_and_forms_are_refused_with_rfc_6749_errors() {
         f.push((k, v));
         f
     };
-    let r = h.form(&with("grant_type", "client_credentials")).await;
+    let r = h.form(&with("grant_type", "password")).await;
     assert_eq!(
         oauth(&r),
         (400, "unsupported_grant_type", "unsupported_grant_type")

@@ -158,7 +158,7 @@ pub async fn run(data_dir: Option<PathBuf>) -> Result<ExitCode> {
     n.check(
         att.status == 200 && !identity.is_empty(),
         &format!(
-            "EdDSA identity token for {}, verifiable at /.well-known/jwks.json",
+            "ES256 identity token (JWT-SVID) for {}, verifiable at /.well-known/jwks.json",
             att.body["spiffe_id"].as_str().unwrap_or("?")
         ),
     );

@@ -43,7 +43,7 @@ enum Command {
     /// All state lives in an embedded database in --data-dir; nothing to install. On first
     /// start an admin token is generated and printed once (or set MANDATE_ADMIN_TOKEN).
     /// A policy directory with any invalid policy refuses to start.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Register, inspect, attest, quarantine and offboard agents.
     #[command(subcommand)]
     Agent(cmd::AgentCmd),
@@ -227,7 +227,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Serve(a) => {
                 init_tracing("info");
-                serve(a).await.map(|()| ExitCode::SUCCESS)
+                serve(*a).await.map(|()| ExitCode::SUCCESS)
             }
             Command::Demo(a) => {
                 init_tracing("warn");

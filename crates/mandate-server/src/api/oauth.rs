@@ -294,7 +294,7 @@ async fn exchange(
     p: &BTreeMap<String, String>,
     bind: Option<String>,
 ) -> Result<TokenExchangeResponse, Refused> {
-    let grant_type = required(&p, "grant_type")?;
+    let grant_type = required(p, "grant_type")?;
     if grant_type != TOKEN_EXCHANGE {
         return Err(refuse(
             "unsupported_grant_type",
@@ -305,11 +305,11 @@ async fn exchange(
         ));
     }
     token_type(
-        &p,
+        p,
         "subject_token_type",
         &[ACCESS_TOKEN_TYPE, JWT_TOKEN_TYPE],
     )?;
-    token_type(&p, "actor_token_type", &[JWT_TOKEN_TYPE])?;
+    token_type(p, "actor_token_type", &[JWT_TOKEN_TYPE])?;
     let issued = match p.get("requested_token_type").map(String::as_str) {
         None | Some(ACCESS_TOKEN_TYPE) => ACCESS_TOKEN_TYPE,
         Some(JWT_TOKEN_TYPE) => JWT_TOKEN_TYPE,
@@ -350,8 +350,8 @@ async fn exchange(
     let mut sub = sub_task(p)?;
     let bound = bind.is_some();
     sub.bind_jkt = bind;
-    let subject = required(&p, "subject_token")?;
-    let actor = required(&p, "actor_token")?;
+    let subject = required(p, "subject_token")?;
+    let actor = required(p, "actor_token")?;
     let d = engine.delegate_task(subject, actor, sub).await?;
     let expires_in = (d.expires_at_ms - engine.clock.now_ms())
         .div_euclid(1000)

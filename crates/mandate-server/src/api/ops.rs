@@ -208,7 +208,7 @@ pub async fn openid_configuration(State(engine): AppState) -> impl IntoResponse 
     Json(serde_json::json!({
         "issuer": engine.issuer,
         "jwks_uri": format!("{}/.well-known/jwks.json", engine.issuer),
-        "id_token_signing_alg_values_supported": ["EdDSA"],
+        "id_token_signing_alg_values_supported": ["ES256"],
         "response_types_supported": ["id_token"],
         "subject_types_supported": ["public"],
     }))
