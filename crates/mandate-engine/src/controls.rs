@@ -654,11 +654,28 @@ impl Engine {
                     self.config.trust_domain.as_str(),
                     self.config.limits.identity_token_ttl_secs
                 ));
-                gaps.push("attestation is by one-time join token only: no external OIDC or SPIFFE federation, tokens are bearer (not sender-constrained)".into());
+                let sources = self.trust.as_ref().map_or(0, |t| t.config().sources.len());
+                if sources == 0 {
+                    gaps.push("no external OIDC issuer or SPIFFE trust domain is configured: agents attest with one-time join tokens only (serve --identity FILE)".into());
+                } else {
+                    evidence.push(format!(
+                        "{sources} external issuer(s) or trust domain(s) attest agents through their attestation rules"
+                    ));
+                }
+                match self.config.limits.dpop_required_from_tier {
+                    Some(t) => evidence.push(format!(
+                        "task tokens of agents of tier {t} and above are bound to a key (DPoP, RFC 9449)"
+                    )),
+                    None => gaps.push("task tokens are sender-constrained (DPoP) only when the agent binds them: no tier requires it (limits.dpop_required_from_tier)".into()),
+                }
                 (
                     "workload identity",
-                    Status::Partial,
-                    &["agent.registered", "agent.attested", "join_token.issued"],
+                    if sources == 0 {
+                        Status::Partial
+                    } else {
+                        Status::Implemented
+                    },
+                    &["agent.registered", "agent.attested", "attestation.refused"],
                 )
             }
             M::SecretInjection => {

@@ -794,6 +794,14 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_example_configuration_parses() {
+        let c = IdentityConfig::from_toml(include_str!("../../../examples/identity/identity.toml"))
+            .unwrap();
+        assert_eq!(c.sources.len(), 4);
+        assert_eq!(c.refresh_min_interval_secs, 30);
+    }
+
+    #[test]
     fn config_parses_and_refuses() {
         let c = IdentityConfig::from_toml(
             r#"

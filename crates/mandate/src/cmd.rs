@@ -73,7 +73,8 @@ pub fn print(v: &Value) -> Result<()> {
 
 #[derive(Debug, Subcommand)]
 pub enum AgentCmd {
-    /// Register an agent; prints its SPIFFE ID and a one-time join token.
+    /// Register an agent; prints its SPIFFE ID and, for a join-token agent, a one-time
+    /// join token.
     Register {
         /// Agent name (becomes spiffe://<trust-domain>/agent/<name>).
         name: String,
@@ -83,6 +84,19 @@ pub enum AgentCmd {
         /// Risk tier, 0 (most constrained) to 3.
         #[arg(long, default_value_t = 1)]
         tier: u8,
+        /// Attest with tokens of this configured OIDC issuer (its `[[oidc]] name`) instead
+        /// of a join token; give the claims with --claim.
+        #[arg(long, conflicts_with = "spiffe_id")]
+        oidc_issuer: Option<String>,
+        /// A claim the issuer's token must carry, `NAME=VALUE` (repeatable; NAME starting
+        /// with `/` is a JSON pointer into nested claims, e.g.
+        /// `/kubernetes.io/namespace=prod`).
+        #[arg(long = "claim", requires = "oidc_issuer")]
+        claims: Vec<String>,
+        /// Attest with a JWT-SVID carrying exactly this SPIFFE ID, from a trusted trust
+        /// domain (`[[spiffe]]`), instead of a join token.
+        #[arg(long)]
+        spiffe_id: Option<String>,
         #[command(flatten)]
         server: ServerOpts,
     },
@@ -103,12 +117,24 @@ pub enum AgentCmd {
         #[command(flatten)]
         server: ServerOpts,
     },
-    /// Attest with a join token; prints a JWT-SVID identity token.
+    /// Attest with a join token, or with a workload token from a trusted issuer; prints
+    /// a JWT-SVID identity token.
     Attest {
-        name: String,
+        /// The agent (with --join-token; a workload token names its agent by its claims).
+        #[arg(required_unless_present = "assertion_file")]
+        name: Option<String>,
         /// The one-time join token.
-        #[arg(long, env = "MANDATE_JOIN_TOKEN", hide_env_values = true)]
-        join_token: String,
+        #[arg(
+            long,
+            env = "MANDATE_JOIN_TOKEN",
+            hide_env_values = true,
+            conflicts_with = "assertion_file"
+        )]
+        join_token: Option<String>,
+        /// A file holding the workload's token (a Kubernetes service-account token, a
+        /// GitHub Actions OIDC token, a JWT-SVID…).
+        #[arg(long)]
+        assertion_file: Option<std::path::PathBuf>,
         #[command(flatten)]
         server: ServerOpts,
     },
@@ -151,15 +177,29 @@ pub async fn agent(c: AgentCmd) -> Result<()> {
             name,
             owner,
             tier,
+            oidc_issuer,
+            claims,
+            spiffe_id,
             server,
         } => {
+            let mut body = json!({ "name": name, "owner": owner, "tier": tier });
+            if let Some(issuer) = oidc_issuer {
+                let mut map = serde_json::Map::new();
+                for c in claims {
+                    let (k, v) = c
+                        .split_once('=')
+                        .with_context(|| format!("--claim {c:?}: expected NAME=VALUE"))?;
+                    // A value that reads as JSON (true, 42, [..]) compares as JSON.
+                    let v = serde_json::from_str(v).unwrap_or_else(|_| json!(v));
+                    map.insert(k.to_owned(), v);
+                }
+                body["attestation"] = json!({ "method": "oidc", "issuer": issuer, "claims": map });
+            } else if let Some(id) = spiffe_id {
+                body["attestation"] = json!({ "method": "spiffe", "id": id });
+            }
             let r = server
                 .client()?
-                .post(
-                    "/v1/agents",
-                    Some(server.admin()?),
-                    &json!({ "name": name, "owner": owner, "tier": tier }),
-                )
+                .post("/v1/agents", Some(server.admin()?), &body)
                 .await?;
             print(&r.ok()?)
         }
@@ -191,18 +231,30 @@ pub async fn agent(c: AgentCmd) -> Result<()> {
         AgentCmd::Attest {
             name,
             join_token,
+            assertion_file,
             server,
-        } => print(
-            &server
-                .client()?
-                .post(
-                    "/v1/attest",
-                    None,
-                    &json!({ "agent": name, "join_token": join_token }),
-                )
-                .await?
-                .ok()?,
-        ),
+        } => {
+            let body = match (name, join_token, assertion_file) {
+                (None, None, Some(file)) => {
+                    let text = std::fs::read_to_string(&file)
+                        .with_context(|| format!("reading {}", file.display()))?;
+                    json!({ "assertion": text.trim() })
+                }
+                (Some(name), Some(join_token), None) => {
+                    json!({ "agent": name, "join_token": join_token })
+                }
+                _ => anyhow::bail!(
+                    "give NAME with --join-token, or --assertion-file alone (the token names its agent)"
+                ),
+            };
+            print(
+                &server
+                    .client()?
+                    .post("/v1/attest", None, &body)
+                    .await?
+                    .ok()?,
+            )
+        }
         AgentCmd::Renew {
             identity_token,
             server,
