@@ -386,6 +386,10 @@ pub struct CallDecided {
     /// Where the task sits in its delegation chain, when it was delegated.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delegation: Option<ChainRef>,
+    /// The enforcement point that asked (an authenticated AuthZEN or ext_authz caller),
+    /// when one did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub point: Option<String>,
 }
 
 /// A delegated task's place in its chain, as decisions carry it (the full chain is in the

@@ -284,6 +284,7 @@ pub fn example(kind: EventKind) -> Body {
                 end_us: 1_767_000_000_000_041,
             }),
             delegation: Some(ChainRef::from(&delegation())),
+            point: None,
         }),
         EventKind::CallRefused => Body::CallRefused(CallRefused {
             code: s("task_not_active"),

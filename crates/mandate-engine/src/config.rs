@@ -17,7 +17,8 @@ pub struct ServerConfig {
     pub data_dir: PathBuf,
     /// Directory of `*.cedar` policy files.
     pub policies: PathBuf,
-    /// Issuer URL written into tokens; defaults to `http://<listen address>`.
+    /// Issuer URL written into tokens; defaults to `http://<listen address>` (`https://`
+    /// with [`ServerConfig::tls`]).
     pub issuer: Option<String>,
     /// SPIFFE trust domain of agent identities.
     pub trust_domain: TrustDomain,
@@ -63,6 +64,58 @@ pub struct ServerConfig {
     /// External OIDC issuers and SPIFFE trust domains whose tokens attest agents (none
     /// when `None`: join tokens only).
     pub identity: Option<Arc<crate::workload::IdentityConfig>>,
+    /// TLS on the listener, and X.509-SVID client authentication (plain HTTP when `None`).
+    pub tls: Option<TlsSettings>,
+}
+
+/// TLS on Mandate's listener: where the certificate material lives and whether clients
+/// authenticate with X.509-SVIDs. Only paths and flags: the server reads and watches the
+/// files (the engine holds no TLS code).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsSettings {
+    /// PEM certificate chain, leaf first.
+    pub cert_chain: PathBuf,
+    /// PEM private key of the leaf (PKCS#8, SEC1 or PKCS#1).
+    pub private_key: PathBuf,
+    /// Client authentication with X.509-SVIDs (none requested when `None`).
+    pub client: Option<ClientCertificates>,
+    /// How often the files are checked for a change, and reloaded when they have one.
+    pub reload_every: std::time::Duration,
+}
+
+impl TlsSettings {
+    /// How often [`TlsSettings::new`] checks the files.
+    pub const DEFAULT_RELOAD_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+    /// A certificate chain and its key, no client authentication, the default reload period.
+    pub fn new(cert_chain: PathBuf, private_key: PathBuf) -> Self {
+        Self {
+            cert_chain,
+            private_key,
+            client: None,
+            reload_every: Self::DEFAULT_RELOAD_EVERY,
+        }
+    }
+}
+
+/// Which client certificates authenticate a connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientCertificates {
+    /// PEM bundle of the CA certificates X.509-SVIDs must chain to (a SPIFFE trust bundle).
+    pub ca_bundle: PathBuf,
+    /// Whether a connection without a certificate is served.
+    pub auth: ClientAuth,
+}
+
+/// Whether a client certificate is required on every connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ClientAuth {
+    /// Asked for, not required: agents that present tokens need no certificate. A
+    /// certificate that is presented must still be a valid X.509-SVID.
+    #[default]
+    Optional,
+    /// Every connection presents a valid X.509-SVID.
+    Required,
 }
 
 impl ServerConfig {
@@ -92,6 +145,7 @@ impl ServerConfig {
             observers: Vec::new(),
             otlp: None,
             identity: None,
+            tls: None,
             containment: Some(Arc::new(
                 crate::containment::rules::ContainmentConfig::defaults(),
             )),

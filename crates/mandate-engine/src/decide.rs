@@ -30,6 +30,8 @@ pub struct DecideOptions {
     /// The caller's trace context (`traceparent`, or the gateway's call span): the
     /// decision's span joins that trace, under that span.
     pub trace: Option<TraceParent>,
+    /// The authenticated enforcement point that asked, recorded with the decision.
+    pub point: Option<String>,
 }
 
 /// The span of a decision or refusal: in the caller's trace under the caller's span, or,
@@ -292,6 +294,7 @@ impl Engine {
                     self.clock.now_us(),
                 ),
                 delegation: task.delegation.as_ref().map(mandate_audit::ChainRef::from),
+                point: options.point.clone(),
             }),
         };
         self.audit.record(ev, history).await?;

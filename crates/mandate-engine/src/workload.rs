@@ -38,6 +38,27 @@ pub struct IdentityConfig {
     pub refresh_min_interval_secs: i64,
     /// Keys older than this are fetched again before use (a failed fetch keeps them).
     pub keys_max_age_secs: i64,
+    /// Enforcement points (AuthZEN and ext_authz callers) that authenticate themselves;
+    /// when any is configured, those entry points require one.
+    pub points: Vec<EnforcementPoint>,
+}
+
+/// An enforcement point Mandate does not run (an API gateway, Envoy, a service mesh), known
+/// by the SHA-256 of the token it presents.
+#[derive(Clone)]
+pub struct EnforcementPoint {
+    /// Recorded with every decision it asks for.
+    pub name: String,
+    /// SHA-256 of its token, lowercase hex.
+    pub token_sha256: String,
+}
+
+impl std::fmt::Debug for EnforcementPoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EnforcementPoint")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
 }
 
 /// One trusted issuer of workload tokens.
@@ -104,6 +125,15 @@ struct RawConfig {
     spiffe: Vec<RawSpiffe>,
     refresh_min_interval_secs: Option<i64>,
     keys_max_age_secs: Option<i64>,
+    #[serde(default)]
+    enforcement_point: Vec<RawPoint>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPoint {
+    name: String,
+    token_sha256: String,
 }
 
 #[derive(Deserialize)]
@@ -252,8 +282,26 @@ impl IdentityConfig {
                 "refresh_min_interval_secs",
             )?,
             keys_max_age_secs: positive(raw.keys_max_age_secs, 3600, "keys_max_age_secs")?,
+            points: raw
+                .enforcement_point
+                .into_iter()
+                .map(|p| {
+                    let hex = p.token_sha256.to_ascii_lowercase();
+                    if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+                        return Err(format!(
+                            "enforcement_point {}: token_sha256 must be 64 hex digits (sha256sum of the token)",
+                            p.name
+                        ));
+                    }
+                    Ok(EnforcementPoint {
+                        name: p.name,
+                        token_sha256: hex,
+                    })
+                })
+                .collect::<Result<_, String>>()?,
         };
         config.check()?;
+        config.check_points()?;
         Ok(config)
     }
 
@@ -289,6 +337,31 @@ impl IdentityConfig {
                 return Err(format!(
                     "source {}: its issuer or trust domain is configured twice",
                     s.name
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn check_points(&self) -> Result<(), String> {
+        let mut names = std::collections::BTreeSet::new();
+        let mut hashes = std::collections::BTreeSet::new();
+        for p in &self.points {
+            let ok = !p.name.is_empty()
+                && p.name.len() <= 64
+                && p.name
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+            if !ok {
+                return Err(format!(
+                    "enforcement_point name {:?}: 1-64 of a-z, 0-9, '-' and '_'",
+                    p.name
+                ));
+            }
+            if !names.insert(p.name.as_str()) || !hashes.insert(p.token_sha256.as_str()) {
+                return Err(format!(
+                    "enforcement_point {:?}: its name or token is configured twice",
+                    p.name
                 ));
             }
         }
@@ -744,6 +817,30 @@ impl Engine {
         e
     }
 
+    /// Whether AuthZEN and ext_authz callers must authenticate (some point is configured).
+    pub fn points_required(&self) -> bool {
+        self.trust.as_ref().is_some_and(|t| !t.config().points.is_empty())
+    }
+
+    /// The enforcement point a token authenticates (compared by SHA-256, in constant time
+    /// against every configured point).
+    pub fn enforcement_point(&self, token: &str) -> Option<String> {
+        let given = mandate_core::sha256_hex(token.as_bytes());
+        let points = &self.trust.as_ref()?.config().points;
+        let mut found = None;
+        for p in points {
+            if aws_lc_rs::constant_time::verify_slices_are_equal(
+                given.as_bytes(),
+                p.token_sha256.as_bytes(),
+            )
+            .is_ok()
+            {
+                found = Some(p.name.clone());
+            }
+        }
+        found
+    }
+
     /// Checks an attestation rule against the configured sources at registration: an
     /// `oidc` rule must name a configured issuer, a `spiffe` rule a trusted trust domain.
     pub(crate) fn check_rule(&self, rule: &AttestationRule) -> Result<(), Error> {
@@ -827,6 +924,20 @@ mod tests {
         assert_eq!(c.source("k8s").unwrap().max_token_age_secs, Some(3600));
         assert!(!c.source("gha").unwrap().one_time_jti);
         assert_eq!(c.source("prod").unwrap().label(), "spiffe:prod");
+        assert!(c.points.is_empty());
+        let p = IdentityConfig::from_toml(&format!(
+            "[[enforcement_point]]\nname = 'envoy'\ntoken_sha256 = '{}'",
+            "AB".repeat(32)
+        ))
+        .unwrap();
+        assert_eq!(p.points[0].token_sha256, "ab".repeat(32));
+        assert!(!format!("{:?}", p.points[0]).contains("abab"));
+        for bad in [
+            "[[enforcement_point]]\nname = 'envoy'\ntoken_sha256 = 'abc'".to_owned(),
+            format!("[[enforcement_point]]\nname = 'a'\ntoken_sha256 = '{0}'\n[[enforcement_point]]\nname = 'b'\ntoken_sha256 = '{0}'", "ab".repeat(32)),
+        ] {
+            assert!(IdentityConfig::from_toml(&bad).is_err(), "{bad}");
+        }
 
         for bad in [
             // http to a remote host

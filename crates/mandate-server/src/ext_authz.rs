@@ -278,9 +278,25 @@ fn denied(status: u16, grpc: tonic::Status, body: &Value, approval: Option<&str>
 }
 
 impl ExtAuthz {
-    async fn decide(&self, req: &CheckRequest) -> CheckResponse {
-        let outcome = match translate(&self.engine, req) {
-            Ok((token, call)) => {
+    /// The enforcement point the gRPC call comes from (`x-mandate-point-token` metadata),
+    /// checked as for AuthZEN: required once any point is configured.
+    fn point(&self, md: &tonic::metadata::MetadataMap) -> Result<Option<String>, ApiError> {
+        let mut headers = axum::http::HeaderMap::new();
+        for v in md.get_all(crate::edge::POINT_HEADER).iter() {
+            if let Ok(v) = axum::http::HeaderValue::from_bytes(v.as_encoded_bytes()) {
+                headers.append(crate::edge::POINT_HEADER, v);
+            }
+        }
+        crate::edge::enforcement_point(&self.engine, &headers)
+    }
+
+    async fn decide(
+        &self,
+        req: &CheckRequest,
+        point: Result<Option<String>, ApiError>,
+    ) -> CheckResponse {
+        let outcome = match point.and_then(|p| translate(&self.engine, req).map(|t| (p, t))) {
+            Ok((point, (token, call))) => {
                 let trace = req
                     .attributes
                     .as_ref()
@@ -288,7 +304,8 @@ impl ExtAuthz {
                     .and_then(|r| r.http.as_ref())
                     .and_then(|h| h.headers.get("traceparent"))
                     .and_then(|v| mandate_core::TraceParent::parse(v));
-                let (call, options) = call.into_call(trace);
+                let (call, mut options) = call.into_call(trace);
+                options.point = point;
                 self.engine
                     .decide(&token, call, options)
                     .await
@@ -342,6 +359,9 @@ impl Authorization for ExtAuthz {
         &self,
         request: tonic::Request<CheckRequest>,
     ) -> Result<tonic::Response<CheckResponse>, tonic::Status> {
-        Ok(tonic::Response::new(self.decide(request.get_ref()).await))
+        let point = self.point(request.metadata());
+        Ok(tonic::Response::new(
+            self.decide(request.get_ref(), point).await,
+        ))
     }
 }

@@ -18,6 +18,7 @@ pub mod gateway;
 mod listener;
 pub mod mcp;
 mod server;
+pub mod tls;
 
 pub use mandate_engine::{
     ApprovalRef, Call, DecideOptions, Engine, Evaluated, LiveTask, ServerConfig, checkpoints,

@@ -14,6 +14,10 @@
 //!   before a handler runs, so an endpoint that ignores its body still leaves the connection
 //!   reusable. Every refusal carries the JSON error body, and one that leaves the body
 //!   unread says `Connection: close`.
+//! - **TLS.** With [`crate::tls`] configured, the handshake runs inside the new connection's
+//!   head time, and a connection past the cap gets its 503 over TLS (or is closed at once when
+//!   too many refusals are being written). Every request on a connection whose client
+//!   authenticated with an X.509-SVID carries a [`PeerSvid`] extension.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -36,6 +40,7 @@ use tokio::time::Instant;
 use tower::ServiceExt as _;
 
 use crate::error::ApiError;
+use crate::tls::{Handshake, PeerSvid, Tls};
 
 /// File descriptors kept back from the connection cap for the store, upstreams and logs.
 const RESERVED_FDS: u64 = 64;
@@ -93,12 +98,13 @@ fn open_files_soft_limit() -> Option<u64> {
         .ok()
 }
 
-/// Serves `app` on `listener` until `shutdown` fires, then lets connections finish their
-/// requests for a bounded time.
+/// Serves `app` on `listener` (over TLS when `tls` is given, its files watched for changes)
+/// until `shutdown` fires, then lets connections finish their requests for a bounded time.
 pub(crate) async fn serve(
     listener: TcpListener,
     app: Router,
     limits: ConnectionLimits,
+    tls: Option<Arc<Tls>>,
     mut shutdown: oneshot::Receiver<()>,
 ) -> Result<(), String> {
     let cap = limits.effective_cap();
@@ -108,14 +114,24 @@ pub(crate) async fn serve(
     let mut conns = JoinSet::new();
     let mut last_accept_error: Option<Instant> = None;
     let over_cap: Arc<[u8]> = over_cap_answer(cap).into();
+    // The TLS files are watched on this task: the watch never ends, and stops with the loop.
+    let watch = async {
+        match &tls {
+            Some(t) => t.watch().await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(watch);
+    let mut watching = true;
     tracing::debug!(cap, "accepting connections");
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
+            () = &mut watch, if watching => watching = false,
             accepted = listener.accept() => match accepted {
                 Ok((tcp, _peer)) => match Arc::clone(&permits).try_acquire_owned() {
                     Ok(permit) => {
-                        let conn = Connection::new(tcp, app.clone(), limits, stop_rx.clone());
+                        let conn = Connection::new(tcp, app.clone(), limits, stop_rx.clone(), tls.clone());
                         conns.spawn(async move {
                             conn.run().await;
                             drop(permit);
@@ -124,15 +140,22 @@ pub(crate) async fn serve(
                     Err(_) => match Arc::clone(&refusals).try_acquire_owned() {
                         Ok(slot) => {
                             let answer = Arc::clone(&over_cap);
+                            let tls = tls.clone();
                             #[expect(clippy::disallowed_methods, reason = "refusals past the cap are bounded by the refusal semaphore held by the task")]
                             tokio::spawn(async move {
-                                refuse_over_cap(tcp, answer).await;
+                                match tls {
+                                    None => answer_and_close(tcp, &answer).await,
+                                    Some(tls) => refuse_over_cap_tls(&tls, tcp, &answer).await,
+                                }
                                 drop(slot);
                             });
                         }
-                        // Too many refusals at once: answer what fits without waiting.
+                        // Too many refusals at once: answer what fits without waiting (over
+                        // TLS that would take a handshake, so the socket is just closed).
                         Err(_) => {
-                            let _ = tcp.try_write(&over_cap);
+                            if tls.is_none() {
+                                let _ = tcp.try_write(&over_cap);
+                            }
                         }
                     },
                 },
@@ -168,32 +191,62 @@ pub(crate) async fn serve(
 
 /// The answer to a connection past the cap.
 fn over_cap_answer(cap: usize) -> Vec<u8> {
-    let body = serde_json::json!({ "error": {
-        "code": "too_many_connections",
-        "message": format!("the server is at its cap of {cap} open connections; retry shortly"),
-    }})
-    .to_string();
+    closing_answer(
+        "503 Service Unavailable",
+        "retry-after: 1\r\n",
+        "too_many_connections",
+        &format!("the server is at its cap of {cap} open connections; retry shortly"),
+    )
+}
+
+/// A whole HTTP/1.1 answer with the JSON error body, after which the connection closes.
+fn closing_answer(status: &str, headers: &str, code: &str, message: &str) -> Vec<u8> {
+    let body = serde_json::json!({ "error": { "code": code, "message": message } }).to_string();
     format!(
-        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: {}\r\nretry-after: 1\r\nconnection: close\r\n\r\n{body}",
+        "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n{headers}connection: close\r\n\r\n{body}",
         body.len()
     )
     .into_bytes()
 }
 
-/// Answers a connection past the cap with a clear refusal, then closes it. What the client
-/// already sent is drained for a moment after the answer, so that closing does not reset
-/// the connection before the client has read why.
-async fn refuse_over_cap(mut tcp: TcpStream, answer: Arc<[u8]>) {
-    let _ = tokio::time::timeout(Duration::from_secs(1), tcp.write_all(&answer)).await;
-    let _ = tcp.shutdown().await;
+/// Writes `answer` (a refusal), then closes. What the client already sent is drained for a
+/// moment after the answer, so that closing does not reset the connection before the
+/// client has read why.
+async fn answer_and_close<S: AsyncRead + AsyncWrite + Unpin>(mut io: S, answer: &[u8]) {
+    let _ = tokio::time::timeout(Duration::from_secs(1), io.write_all(answer)).await;
+    let _ = tokio::time::timeout(Duration::from_secs(1), io.shutdown()).await;
     let _ = tokio::time::timeout(Duration::from_millis(250), async {
         let mut sink = [0_u8; 1024];
-        while tokio::io::AsyncReadExt::read(&mut tcp, &mut sink)
+        while tokio::io::AsyncReadExt::read(&mut io, &mut sink)
             .await
             .is_ok_and(|n| n > 0)
         {}
     })
     .await;
+}
+
+/// How long a connection past the cap may take to finish its TLS handshake before it is
+/// closed without an answer.
+const REFUSAL_HANDSHAKE: Duration = Duration::from_secs(1);
+
+/// Answers a connection past the cap on the TLS listener: its 503 over TLS once the
+/// handshake is done (plain HTTP gets it in plain text).
+async fn refuse_over_cap_tls(tls: &Tls, tcp: TcpStream, answer: &[u8]) {
+    match tokio::time::timeout(REFUSAL_HANDSHAKE, tls.accept(tcp)).await {
+        Ok(Handshake::Tls(stream, _)) => answer_and_close(*stream, answer).await,
+        Ok(Handshake::PlainHttp(tcp)) => answer_and_close(tcp, answer).await,
+        Ok(Handshake::Failed) | Err(_) => {}
+    }
+}
+
+/// The answer to plain HTTP sent to the TLS port.
+fn tls_required_answer() -> Vec<u8> {
+    closing_answer(
+        "400 Bad Request",
+        "",
+        "tls_required",
+        "this port speaks HTTPS only; use an https:// URL",
+    )
 }
 
 /// One served connection and what its watchdog needs to know.
@@ -203,6 +256,7 @@ struct Connection {
     limits: ConnectionLimits,
     stop: watch::Receiver<bool>,
     state: Arc<ConnState>,
+    tls: Option<Arc<Tls>>,
 }
 
 /// Shared between the socket, the service and the watchdog of one connection.
@@ -281,12 +335,14 @@ impl Connection {
         app: Router,
         limits: ConnectionLimits,
         stop: watch::Receiver<bool>,
+        tls: Option<Arc<Tls>>,
     ) -> Self {
         Self {
             tcp,
             app,
             limits,
             stop,
+            tls,
             state: Arc::new(ConnState {
                 opened: Instant::now(),
                 in_flight: AtomicUsize::new(0),
@@ -305,62 +361,100 @@ impl Connection {
             limits,
             mut stop,
             state,
+            tls,
         } = self;
         // Answers go out in more than one write (headers, then body or SSE events): without
         // TCP_NODELAY a keep-alive client can wait ~40 ms on Nagle and delayed ACKs.
         if let Err(e) = tcp.set_nodelay(true) {
             tracing::debug!(error = %e, "could not set TCP_NODELAY");
         }
-        let io = TokioIo::new(Watched {
-            inner: tcp,
-            state: Arc::clone(&state),
-        });
-        let svc_state = Arc::clone(&state);
-        let service =
-            hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                let in_flight = svc_state.request_began();
-                let app = app.clone();
-                async move {
-                    let Ok(res) = app.oneshot(req.map(Body::new)).await;
-                    Ok::<_, Infallible>(res.map(|b| {
-                        Body::new(b.map_frame(move |f| {
-                            let _held = &in_flight;
-                            f
-                        }))
-                    }))
+        let Some(tls) = tls else {
+            return serve_http(tcp, None, app, limits, stop, state).await;
+        };
+        // The handshake spends the new connection's head time: a client that opens TCP and
+        // never handshakes is closed when a silent plain-HTTP one would be.
+        let handshake_until = state.opened + limits.header_read_timeout;
+        let handshake = tokio::select! {
+            h = tokio::time::timeout_at(handshake_until, tls.accept(tcp)) => h,
+            _ = stop.changed() => return,
+        };
+        match handshake {
+            Ok(Handshake::Tls(stream, peer)) => {
+                serve_http(*stream, peer, app, limits, stop, state).await;
+            }
+            Ok(Handshake::PlainHttp(tcp)) => answer_and_close(tcp, &tls_required_answer()).await,
+            Ok(Handshake::Failed) => {}
+            Err(_) => tracing::debug!(
+                "closing a connection that did not finish its TLS handshake in time"
+            ),
+        }
+    }
+}
+
+/// Serves HTTP/1.1 on one connection (plain or TLS) under the head and idle watchdog,
+/// with `peer` in every request's extensions when the client authenticated.
+async fn serve_http<S>(
+    io: S,
+    peer: Option<PeerSvid>,
+    app: Router,
+    limits: ConnectionLimits,
+    mut stop: watch::Receiver<bool>,
+    state: Arc<ConnState>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let io = TokioIo::new(Watched {
+        inner: io,
+        state: Arc::clone(&state),
+    });
+    let svc_state = Arc::clone(&state);
+    let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+        let in_flight = svc_state.request_began();
+        let app = app.clone();
+        let mut req = req.map(Body::new);
+        if let Some(peer) = &peer {
+            req.extensions_mut().insert(peer.clone());
+        }
+        async move {
+            let Ok(res) = app.oneshot(req).await;
+            Ok::<_, Infallible>(res.map(|b| {
+                Body::new(b.map_frame(move |f| {
+                    let _held = &in_flight;
+                    f
+                }))
+            }))
+        }
+    });
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        // hyper's own head timer runs from the moment it waits for a head, idle time
+        // included; the watchdog below is the finer rule, this is the backstop.
+        .header_read_timeout(limits.header_read_timeout.max(limits.idle_timeout))
+        .keep_alive(true);
+    let conn = builder.serve_connection(io, service);
+    tokio::pin!(conn);
+    let mut stopping = false;
+    loop {
+        let deadline = state.deadline(&limits);
+        let changed = state.changed.notified();
+        tokio::select! {
+            served = conn.as_mut() => {
+                if let Err(e) = served {
+                    tracing::debug!(error = %e, "connection ended with an error");
                 }
-            });
-        let mut builder = hyper::server::conn::http1::Builder::new();
-        builder
-            .timer(TokioTimer::new())
-            // hyper's own head timer runs from the moment it waits for a head, idle time
-            // included; the watchdog below is the finer rule, this is the backstop.
-            .header_read_timeout(limits.header_read_timeout.max(limits.idle_timeout))
-            .keep_alive(true);
-        let conn = builder.serve_connection(io, service);
-        tokio::pin!(conn);
-        let mut stopping = false;
-        loop {
-            let deadline = state.deadline(&limits);
-            let changed = state.changed.notified();
-            tokio::select! {
-                served = conn.as_mut() => {
-                    if let Err(e) = served {
-                        tracing::debug!(error = %e, "connection ended with an error");
-                    }
+                return;
+            }
+            () = changed => {}
+            () = sleep_until(deadline) => {
+                if state.deadline(&limits).is_some_and(|d| d <= Instant::now()) {
+                    tracing::debug!("closing a connection that sent no request in time");
                     return;
                 }
-                () = changed => {}
-                () = sleep_until(deadline) => {
-                    if state.deadline(&limits).is_some_and(|d| d <= Instant::now()) {
-                        tracing::debug!("closing a connection that sent no request in time");
-                        return;
-                    }
-                }
-                _ = stop.changed(), if !stopping => {
-                    stopping = true;
-                    conn.as_mut().graceful_shutdown();
-                }
+            }
+            _ = stop.changed(), if !stopping => {
+                stopping = true;
+                conn.as_mut().graceful_shutdown();
             }
         }
     }
@@ -373,13 +467,14 @@ async fn sleep_until(deadline: Option<Instant>) {
     }
 }
 
-/// The socket, telling the watchdog when bytes arrive while no request is in flight.
-struct Watched {
-    inner: TcpStream,
+/// The socket (or TLS stream), telling the watchdog when bytes arrive while no request is
+/// in flight.
+struct Watched<S> {
+    inner: S,
     state: Arc<ConnState>,
 }
 
-impl AsyncRead for Watched {
+impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
     fn poll_read(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -394,7 +489,7 @@ impl AsyncRead for Watched {
     }
 }
 
-impl AsyncWrite for Watched {
+impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
     fn poll_write(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -553,6 +648,98 @@ mod tests {
         let body = res.into_body().collect().await.unwrap().to_bytes();
         let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(v["error"]["code"], "request_timeout");
+    }
+
+    /// Serves `app` over TLS (client certificates optional) until the returned sender fires.
+    async fn serve_tls(
+        app: Router,
+        max_connections: usize,
+    ) -> (
+        std::net::SocketAddr,
+        rcgen::Issuer<'static, rcgen::KeyPair>,
+        reqwest::Certificate,
+        oneshot::Sender<()>,
+        tempfile::TempDir,
+    ) {
+        use mandate_engine::config::{ClientAuth, ClientCertificates, TlsSettings};
+        let dir = tempfile::tempdir().unwrap();
+        let (ca, ca_pem) = crate::tls::testing::ca("test CA");
+        let (cert, key) = crate::tls::testing::server(&ca);
+        let path = |f: &str| dir.path().join(f);
+        std::fs::write(path("cert.pem"), cert).unwrap();
+        std::fs::write(path("key.pem"), key).unwrap();
+        std::fs::write(path("ca.pem"), &ca_pem).unwrap();
+        let mut settings = TlsSettings::new(path("cert.pem"), path("key.pem"));
+        settings.client = Some(ClientCertificates {
+            ca_bundle: path("ca.pem"),
+            auth: ClientAuth::Optional,
+        });
+        let tls = Arc::new(Tls::load(settings).await.unwrap());
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let limits = ConnectionLimits {
+            max_connections,
+            header_read_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(5),
+        };
+        let (tx, rx) = oneshot::channel();
+        tokio::spawn(serve(listener, app, limits, Some(tls), rx));
+        let root = reqwest::Certificate::from_pem(ca_pem.as_bytes()).unwrap();
+        (addr, ca, root, tx, dir)
+    }
+
+    #[tokio::test]
+    async fn requests_on_an_mtls_connection_carry_the_peer_svid_and_others_none() {
+        let app = Router::new().route(
+            "/whoami",
+            axum::routing::get(|req: Request| async move {
+                crate::tls::peer_svid_of(&req).map_or("none".to_owned(), |p| p.spiffe_id.clone())
+            }),
+        );
+        let (addr, ca, root, stop, _dir) = serve_tls(app, 16).await;
+        let id = "spiffe://partner.example/ns/billing/sa/agent";
+        let (leaf, key) =
+            crate::tls::testing::signed(&crate::tls::testing::svid_params(id), &ca);
+        let with = reqwest::Client::builder()
+            .tls_certs_only([root.clone()])
+            .identity(reqwest::Identity::from_pem(format!("{leaf}{key}").as_bytes()).unwrap())
+            .build()
+            .unwrap();
+        let without = reqwest::Client::builder()
+            .tls_certs_only([root])
+            .build()
+            .unwrap();
+        let url = format!("https://{addr}/whoami");
+        for _ in 0..2 {
+            // Twice: the second request rides the kept-alive connection.
+            let r = with.get(&url).send().await.unwrap();
+            assert_eq!(r.text().await.unwrap(), id);
+        }
+        let r = without.get(&url).send().await.unwrap();
+        assert_eq!(r.text().await.unwrap(), "none");
+        stop.send(()).unwrap();
+    }
+
+    #[tokio::test]
+    async fn past_the_cap_a_tls_client_gets_the_503_over_tls() {
+        let app = Router::new().route("/", axum::routing::get(|| async { "ok" }));
+        let (addr, _ca, root, stop, _dir) = serve_tls(app, 1).await;
+        let client = || {
+            reqwest::Client::builder()
+                .tls_certs_only([root.clone()])
+                .build()
+                .unwrap()
+        };
+        let first = client();
+        let url = format!("https://{addr}/");
+        // The first client's kept-alive connection holds the only place.
+        assert_eq!(first.get(&url).send().await.unwrap().status(), 200);
+        let r = client().get(&url).send().await.unwrap();
+        assert_eq!(r.status(), 503);
+        let v: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(v["error"]["code"], "too_many_connections");
+        assert_eq!(first.get(&url).send().await.unwrap().status(), 200);
+        stop.send(()).unwrap();
     }
 
     #[test]

@@ -29,6 +29,8 @@ pub struct RunningServer {
     pub generated_admin_token: Option<String>,
     /// The bound address of the Envoy `ext_authz` gRPC service, when configured.
     pub ext_authz_addr: Option<SocketAddr>,
+    /// `https` when the listener speaks TLS, else `http`.
+    scheme: &'static str,
     shutdown: Option<oneshot::Sender<()>>,
     ext_authz: Option<(oneshot::Sender<()>, JoinHandle<()>)>,
     handle: JoinHandle<Result<(), String>>,
@@ -52,6 +54,17 @@ impl Server {
         config: ServerConfig,
         store: Arc<dyn Store>,
     ) -> Result<RunningServer, String> {
+        // TLS material is checked before anything binds or opens, so a bad file stops the
+        // start with a message naming it.
+        let tls = match &config.tls {
+            Some(settings) => Some(Arc::new(
+                crate::tls::Tls::load(settings.clone())
+                    .await
+                    .map_err(|e| e.to_string())?,
+            )),
+            None => None,
+        };
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let listener = TcpListener::bind(config.listen)
             .await
             .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
@@ -67,7 +80,7 @@ impl Server {
         let issuer = config
             .issuer
             .clone()
-            .unwrap_or_else(|| format!("http://{addr}"));
+            .unwrap_or_else(|| format!("{scheme}://{addr}"));
         // What follows the audit log (containment, Shared Signals) taps the writer from its
         // first batch, and takes its place in the log before anything is served.
         let mut config = config;
@@ -121,7 +134,7 @@ impl Server {
             clippy::disallowed_methods,
             reason = "the listener: owned by the server handle, joined at shutdown"
         )]
-        let handle = tokio::spawn(crate::listener::serve(listener, app, limits, rx));
+        let handle = tokio::spawn(crate::listener::serve(listener, app, limits, tls, rx));
         let sweep_engine = Arc::clone(&engine);
         #[expect(
             clippy::disallowed_methods,
@@ -181,6 +194,7 @@ impl Server {
             engine,
             generated_admin_token,
             ext_authz_addr,
+            scheme,
             shutdown: Some(tx),
             ext_authz,
             handle,
@@ -191,9 +205,9 @@ impl Server {
 }
 
 impl RunningServer {
-    /// The base URL, e.g. `http://127.0.0.1:8181`.
+    /// The base URL, e.g. `http://127.0.0.1:8181` (`https://…` when serving TLS).
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("{}://{}", self.scheme, self.addr)
     }
 
     /// Stops accepting, finishes in-flight requests, and returns.

@@ -19,6 +19,7 @@ use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, 
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
 use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest, CheckResponse};
+use mandate_core::Clock as _;
 use mandate_core::ManualClock;
 use serde_json::{Value, json};
 
@@ -163,5 +164,148 @@ async fn ext_authz_check_answers_as_decide_does() {
         .map(|e| e["data"]["outcome"].as_str().unwrap())
         .collect();
     assert_eq!(outcomes, ["allow", "allow", "approval_required", "deny"]);
+    h.server.shutdown().await.unwrap();
+}
+
+/// Envoy authenticates itself as an enforcement point once any is configured (gRPC
+/// metadata `x-mandate-point-token`), and its decisions name it; a task token bound to a
+/// key is good only with a DPoP proof for the request Envoy asks about.
+#[tokio::test]
+async fn ext_authz_points_authenticate_and_bound_tokens_need_their_proof() {
+    const POINT: &str = "envoy-point-token-0123456789abcdef";
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(jiff::Timestamp::now().as_millisecond()));
+    let mut config = common::config(
+        &dir.path().join("data"),
+        &common::demo_policies(),
+        clock.clone(),
+    );
+    config.ext_authz_listen = Some(([127, 0, 0, 1], 0).into());
+    config.identity = Some(Arc::new(
+        mandate_server::workload::IdentityConfig::from_toml(&format!(
+            "[[enforcement_point]]\nname = \"envoy\"\ntoken_sha256 = \"{}\"",
+            mandate_core::sha256_hex(POINT.as_bytes())
+        ))
+        .unwrap(),
+    ));
+    let server = mandate_server::Server::start(config).await.unwrap();
+    let grpc = server.ext_authz_addr.unwrap();
+    let h = Harness {
+        server,
+        clock,
+        http: reqwest::Client::new(),
+        dir,
+    };
+    let identity = h.agent("bot", 1).await;
+    let holder = common::dpop::Holder::new();
+    let now = h.clock.now_ms() / 1000;
+    let start = h
+        .send(
+            h.http
+                .post(h.url("/v1/tasks"))
+                .bearer_auth(&identity)
+                .header("dpop", holder.proof("POST", &format!("{}/v1/tasks", h.server.url().trim_end_matches('/')), None, now))
+                .json(&json!({"purpose": "read tickets", "scope": {"tools": ["tickets.search"], "actions": ["read"], "data_domains": ["support"]}})),
+        )
+        .await;
+    assert_eq!(start.status, 201, "{:?}", start.body);
+    let token = start.body["task_token"].as_str().unwrap().to_owned();
+    let task = start.body["task_id"].as_str().unwrap().to_owned();
+    let mut client = AuthorizationClient::connect(format!("http://{grpc}"))
+        .await
+        .unwrap();
+    let ask = |point: Option<&str>, req: CheckRequest| {
+        let mut r = tonic::Request::new(req);
+        if let Some(p) = point {
+            r.metadata_mut()
+                .insert("x-mandate-point-token", p.parse().unwrap());
+        }
+        r
+    };
+    let dpop_check = |proof: Option<String>| {
+        let mut c = check(None, "GET", "tickets.search", "");
+        let http = c
+            .attributes
+            .as_mut()
+            .unwrap()
+            .request
+            .as_mut()
+            .unwrap()
+            .http
+            .as_mut()
+            .unwrap();
+        http.scheme = "https".into();
+        http.headers
+            .insert("authorization".into(), format!("DPoP {token}"));
+        if let Some(p) = proof {
+            http.headers.insert("dpop".into(), p);
+        }
+        c
+    };
+    let url = "https://tickets.internal/tickets/42";
+
+    // No point token, or a wrong one: unauthenticated, and no decision is made.
+    for point in [None, Some("wrong")] {
+        let r = client
+            .check(ask(
+                point,
+                dpop_check(Some(holder.proof("GET", url, Some(&token), now))),
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(code(&r), 16, "{r:?}");
+    }
+    // The point, the holder's proof for this request: allowed.
+    let r = client
+        .check(ask(
+            Some(POINT),
+            dpop_check(Some(holder.proof("GET", url, Some(&token), now))),
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(code(&r), 0, "{r:?}");
+    // The bound token as a bearer, without a proof, or with a proof for another URL: refused.
+    let r = client
+        .check(ask(
+            Some(POINT),
+            check(Some(&token), "GET", "tickets.search", ""),
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(code(&r), 16, "bearer: {r:?}");
+    let r = client
+        .check(ask(Some(POINT), dpop_check(None)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(code(&r), 16, "no proof: {r:?}");
+    let other = holder.proof(
+        "GET",
+        "https://elsewhere.internal/tickets/42",
+        Some(&token),
+        now,
+    );
+    let r = client
+        .check(ask(Some(POINT), dpop_check(Some(other))))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(code(&r), 16, "other URL: {r:?}");
+
+    let events = h
+        .get(&format!("/v1/tasks/{task}/events"), Some(ADMIN))
+        .await
+        .body;
+    let points: Vec<&Value> = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "decision")
+        .map(|e| &e["data"]["point"])
+        .collect();
+    assert_eq!(points, [&json!("envoy")]);
     h.server.shutdown().await.unwrap();
 }

@@ -999,3 +999,74 @@ env = {{ FIXTURE_TOKEN = "local-token" }}
         r.body
     );
 }
+
+/// Enforcement points Mandate does not run authenticate themselves once any is
+/// configured: AuthZEN without (or with a wrong) point token is refused, with the right one
+/// its decisions name the point; introspection takes the point's token too.
+#[tokio::test]
+async fn enforcement_points_authenticate_and_are_recorded() {
+    const POINT: &str = "envoy-point-token-0123456789abcdef";
+    let config = IdentityConfig::from_toml(&format!(
+        "[[enforcement_point]]\nname = \"envoy-prod\"\ntoken_sha256 = \"{}\"",
+        mandate_core::sha256_hex(POINT.as_bytes())
+    ))
+    .unwrap();
+    let h =
+        Harness::start_configured(&demo_policies(), |c| c.identity = Some(Arc::new(config))).await;
+    let identity = h.agent("bot", 1).await;
+    let (task_id, token) = h.task(&identity).await;
+    let body = json!({"subject": {"type": "agent", "properties": {"token": token}}, "action": {"name": "read"},
+        "resource": {"type": "tool", "id": "tickets.search", "properties": {"resource": "queue/open", "data_domain": "support"}}});
+    let ask = |point: Option<&str>| {
+        let mut req = h.http.post(h.url("/access/v1/evaluation")).json(&body);
+        if let Some(p) = point {
+            req = req.header("x-mandate-point-token", p);
+        }
+        h.send(req)
+    };
+    for point in [None, Some("wrong-token")] {
+        let r = ask(point).await;
+        assert_eq!(
+            (r.status.as_u16(), r.code()),
+            (401, "point_unauthenticated"),
+            "{:?}",
+            r.body
+        );
+    }
+    let r = ask(Some(POINT)).await;
+    assert_eq!(
+        (r.status.as_u16(), &r.body["decision"]),
+        (200, &json!(true)),
+        "{:?}",
+        r.body
+    );
+    let events = h
+        .get(&format!("/v1/tasks/{task_id}/events"), Some(ADMIN))
+        .await
+        .body;
+    let decisions: Vec<&Value> = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "decision")
+        .collect();
+    assert_eq!(
+        decisions.len(),
+        1,
+        "refused callers cost no decision: {events:?}"
+    );
+    assert_eq!(decisions[0]["data"]["point"], "envoy-prod");
+    // The agent's own /v1/decide needs no point.
+    assert_eq!(h.decide(&token, "tickets.search", "read").await.status, 200);
+
+    let introspect = |bearer: &str| {
+        h.send(
+            h.http
+                .post(h.url("/oauth2/introspect"))
+                .bearer_auth(bearer)
+                .form(&[("token", token.as_str())]),
+        )
+    };
+    assert_eq!(introspect(POINT).await.body["active"], true);
+    assert_eq!(introspect("wrong-token").await.status, 401);
+}

@@ -110,7 +110,7 @@ struct ServeArgs {
     /// Do not watch the policy directory for changes (reload only through the API).
     #[arg(long)]
     no_watch: bool,
-    /// Issuer URL in tokens (default http://<listen address>).
+    /// Issuer URL in tokens (default http://<listen address>, https:// with --tls-cert).
     #[arg(long, env = "MANDATE_ISSUER")]
     issuer: Option<String>,
     /// Also serve Envoy ext_authz v3 over gRPC on this address (e.g. 127.0.0.1:9191).
@@ -193,6 +193,30 @@ struct ServeArgs {
     /// agents attest with join tokens only.
     #[arg(long, env = "MANDATE_IDENTITY")]
     identity: Option<PathBuf>,
+    /// Serve HTTPS with this PEM certificate chain (leaf first). Needs --tls-key. The files
+    /// are read again every 5 s and a change is served to new connections (a change that
+    /// does not load is logged and the previous certificate keeps serving).
+    #[arg(long, value_name = "FILE", env = "MANDATE_TLS_CERT")]
+    tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert (PKCS#8, SEC1 or PKCS#1).
+    #[arg(long, value_name = "FILE", env = "MANDATE_TLS_KEY")]
+    tls_key: Option<PathBuf>,
+    /// Ask clients for X.509-SVIDs (mutual TLS) that chain to these PEM CA certificates (a
+    /// SPIFFE trust bundle). A presented certificate that does not chain or is not an
+    /// X.509-SVID fails the handshake. Needs --tls-cert.
+    #[arg(long, value_name = "FILE", env = "MANDATE_TLS_CLIENT_CA")]
+    tls_client_ca: Option<PathBuf>,
+    /// Whether every connection must present an X.509-SVID (`required`), or agents that use
+    /// tokens may connect without one (`optional`, the default). Needs --tls-client-ca.
+    #[arg(long, value_enum, env = "MANDATE_TLS_CLIENT_AUTH")]
+    tls_client_auth: Option<TlsClientAuth>,
+}
+
+/// `--tls-client-auth`.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum TlsClientAuth {
+    Optional,
+    Required,
 }
 
 #[derive(Debug, Args)]
@@ -327,6 +351,7 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
             .with_context(|| format!("in {}", path.display()))?;
         config.identity = Some(std::sync::Arc::new(c));
     }
+    config.tls = tls_settings(a.tls_cert, a.tls_key, a.tls_client_ca, a.tls_client_auth)?;
     config.vault_token = std::env::var("VAULT_TOKEN")
         .ok()
         .filter(|t| !t.is_empty())
@@ -348,4 +373,46 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
         eprintln!("ext_authz gRPC listening on {a}");
     }
     running.run_until_signal().await.map_err(anyhow::Error::msg)
+}
+
+/// The listener's TLS from the `--tls-*` flags; files are read (and refused with a message
+/// naming them) when the server starts.
+fn tls_settings(
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    client_ca: Option<PathBuf>,
+    client_auth: Option<TlsClientAuth>,
+) -> anyhow::Result<Option<mandate_server::config::TlsSettings>> {
+    use mandate_server::config::{ClientAuth, ClientCertificates, TlsSettings};
+    let (cert, key) = match (cert, key) {
+        (Some(c), Some(k)) => (c, k),
+        (Some(_), None) => {
+            anyhow::bail!("--tls-cert needs --tls-key (the certificate's private key)")
+        }
+        (None, Some(_)) => {
+            anyhow::bail!("--tls-key needs --tls-cert (the certificate chain it belongs to)")
+        }
+        (None, None) if client_ca.is_some() => anyhow::bail!(
+            "--tls-client-ca needs --tls-cert and --tls-key: client certificates are asked for over TLS only"
+        ),
+        (None, None) if client_auth.is_some() => {
+            anyhow::bail!("--tls-client-auth needs --tls-cert, --tls-key and --tls-client-ca")
+        }
+        (None, None) => return Ok(None),
+    };
+    let mut settings = TlsSettings::new(cert, key);
+    settings.client = match (client_ca, client_auth) {
+        (Some(ca_bundle), auth) => Some(ClientCertificates {
+            ca_bundle,
+            auth: match auth {
+                Some(TlsClientAuth::Required) => ClientAuth::Required,
+                Some(TlsClientAuth::Optional) | None => ClientAuth::Optional,
+            },
+        }),
+        (None, Some(_)) => anyhow::bail!(
+            "--tls-client-auth needs --tls-client-ca (the CA certificates client X.509-SVIDs chain to)"
+        ),
+        (None, None) => None,
+    };
+    Ok(Some(settings))
 }

@@ -421,6 +421,7 @@ mod tests {
             break_glass: false,
             trace: None,
             delegation: None,
+            point: None,
         });
         let ne = NewEvent {
             ts_ms,

@@ -252,6 +252,7 @@ async fn evaluate_one(
     req: &EvaluationRequest,
     header_token: Option<&str>,
     trace: Option<mandate_core::TraceParent>,
+    point: Option<&str>,
 ) -> Result<EvaluationResponse, ApiError> {
     let (token, subject_id, decide) = translate(req, header_token)?;
     // A bound token is only good with a proof of its key for the request it rides on
@@ -274,7 +275,8 @@ async fn evaluate_one(
             ));
         }
     }
-    let (call, options) = decide.into_call(trace);
+    let (call, mut options) = decide.into_call(trace);
+    options.point = point.map(str::to_owned);
     Ok(answer(engine.decide(&token, call, options).await?))
 }
 
@@ -288,11 +290,13 @@ pub async fn evaluation(
     headers: HeaderMap,
     ApiJson(req): ApiJson<EvaluationRequest>,
 ) -> Result<Json<EvaluationResponse>, ApiError> {
+    let point = crate::edge::enforcement_point(&engine, &headers)?;
     evaluate_one(
         &engine,
         &req,
         bearer(&headers)?.as_deref(),
         crate::edge::traceparent(&headers),
+        point.as_deref(),
     )
     .await
     .map(Json)
@@ -313,6 +317,7 @@ pub async fn evaluations(
             "evaluations must hold 1 to {MAX_EVALUATIONS} items"
         )));
     }
+    let point = crate::edge::enforcement_point(&engine, &headers)?;
     let header_token = bearer(&headers)?;
     let semantic = req.options.unwrap_or_default().evaluations_semantic;
     let mut items = Vec::with_capacity(req.evaluations.len());
@@ -345,7 +350,7 @@ pub async fn evaluations(
         let results = futures_util::future::join_all(
             items
                 .iter()
-                .map(|one| evaluate_one(&engine, one, token, trace)),
+                .map(|one| evaluate_one(&engine, one, token, trace, point.as_deref())),
         )
         .await;
         for r in results {
@@ -353,7 +358,7 @@ pub async fn evaluations(
         }
     } else {
         for one in &items {
-            let r = item_answer(evaluate_one(&engine, one, token, trace).await)?;
+            let r = item_answer(evaluate_one(&engine, one, token, trace, point.as_deref()).await)?;
             let stop = match semantic {
                 Semantic::ExecuteAll => false,
                 Semantic::DenyOnFirstDeny => !r.decision,

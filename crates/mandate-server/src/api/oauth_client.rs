@@ -340,7 +340,7 @@ pub async fn metadata(State(engine): AppState) -> Response {
         "token_endpoint_auth_signing_alg_values_supported": ["ES256", "ES384", "RS256", "PS256", "EdDSA"],
         "jwks_uri": format!("{issuer}/.well-known/jwks.json"),
         "introspection_endpoint": format!("{issuer}/oauth2/introspect"),
-        "introspection_endpoint_auth_methods_supported": ["bearer"],
+        "introspection_endpoint_auth_methods_supported": ["bearer", "x_mandate_point_token"],
         "revocation_endpoint": format!("{issuer}/oauth2/revoke"),
         "revocation_endpoint_auth_methods_supported": ["none"],
         "authorization_details_types_supported": ["mandate_task"],
@@ -430,7 +430,7 @@ fn bad_form(
 }
 
 /// RFC 7662 introspection of a task token, for resource servers Mandate does not own. The
-/// caller authenticates with the admin token. A token of an ended task is inactive at
+/// caller authenticates with an enforcement point's token (or the admin token). A token of an ended task is inactive at
 /// once; an inactive answer says nothing more.
 #[utoipa::path(post, path = "/oauth2/introspect", tag = "identity",
     security(("admin_token" = [])),
@@ -441,14 +441,23 @@ pub async fn introspect(
     headers: HeaderMap,
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Response {
+    // The admin, or an enforcement point: by its token as the bearer or in its header.
     let caller = crate::edge::bearer_token(&headers);
-    if !caller.as_ref().is_ok_and(|t| engine.is_admin(t)) {
+    let by_bearer = caller
+        .as_ref()
+        .is_ok_and(|t| engine.is_admin(t) || engine.enforcement_point(t).is_some());
+    let by_header = headers.contains_key(crate::edge::POINT_HEADER)
+        && matches!(
+            crate::edge::enforcement_point(&engine, &headers),
+            Ok(Some(_))
+        );
+    if !by_bearer && !by_header {
         let r = Refused {
             status: StatusCode::UNAUTHORIZED,
             ..refuse(
                 "invalid_client",
-                "admin_required",
-                "introspection needs `Authorization: Bearer <admin token>`",
+                "introspection_unauthenticated",
+                "introspection needs the admin token or an enforcement point's token (`Authorization: Bearer …` or X-Mandate-Point-Token)",
             )
         };
         return r.into_response();

@@ -65,6 +65,7 @@ impl DecideRequest {
             approval_id: self.approval_id,
             wait: Duration::from_secs(self.wait_secs.unwrap_or(0)),
             trace,
+            point: None,
         };
         (call, options)
     }

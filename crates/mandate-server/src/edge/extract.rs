@@ -213,3 +213,39 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
         }
     }
 }
+
+/// The header an enforcement point (an AuthZEN caller, a resource server introspecting)
+/// authenticates itself with, beside the agent's own token.
+pub const POINT_HEADER: &str = "x-mandate-point-token";
+
+/// The enforcement point a request comes from: the one its `X-Mandate-Point-Token` names.
+/// A token that matches no configured point is refused, and so is a request without one
+/// when the server requires points to authenticate (any is configured).
+pub fn enforcement_point(
+    engine: &mandate_engine::Engine,
+    headers: &axum::http::HeaderMap,
+) -> Result<Option<String>, ApiError> {
+    let refused = |message: &str| {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "point_unauthenticated",
+            message.to_owned(),
+        )
+    };
+    let mut all = headers.get_all(POINT_HEADER).iter();
+    match (all.next(), all.next()) {
+        (None, _) if engine.points_required() => Err(refused(
+            "this server requires enforcement points to authenticate: send X-Mandate-Point-Token",
+        )),
+        (None, _) => Ok(None),
+        (Some(v), None) => v
+            .to_str()
+            .ok()
+            .and_then(|t| engine.enforcement_point(t.trim()))
+            .map(Some)
+            .ok_or_else(|| refused("X-Mandate-Point-Token names no configured enforcement point")),
+        (Some(_), Some(_)) => Err(refused(
+            "the request carries more than one X-Mandate-Point-Token: send exactly one",
+        )),
+    }
+}

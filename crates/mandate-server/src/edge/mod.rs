@@ -8,5 +8,7 @@ pub mod sender;
 pub mod upstream;
 
 pub use call::{DecideRequest, traceparent};
-pub use extract::{ApiJson, ApiQuery, Bearer, bearer_token, strict_json_body};
+pub use extract::{
+    ApiJson, ApiQuery, Bearer, POINT_HEADER, bearer_token, enforcement_point, strict_json_body,
+};
 pub use upstream::{check_literal, client};

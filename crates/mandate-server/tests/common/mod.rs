@@ -2,6 +2,7 @@
 
 #![allow(dead_code, reason = "each test binary uses a different subset")]
 
+pub mod dpop;
 pub mod upstream;
 
 use std::path::{Path, PathBuf};
