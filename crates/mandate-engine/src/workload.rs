@@ -817,6 +817,36 @@ impl Engine {
         e
     }
 
+    /// The tools a client of MCP server `server` may ask for by default (RFC 9728
+    /// `scopes_supported`, and the task a token request for that resource starts when it
+    /// names none): the server's tools in the catalog (never a honeytoken) and the approved
+    /// tools Mandate has seen it list, as `<server>.<tool>`, sorted.
+    pub fn mcp_server_tools(&self, server: &str) -> Vec<mandate_core::ToolName> {
+        let bundle = self.bundle();
+        let mut tools: std::collections::BTreeSet<mandate_core::ToolName> = bundle
+            .catalog()
+            .entries()
+            .filter(|e| e.server == server && !e.honeytoken)
+            .map(|e| e.name.clone())
+            .collect();
+        let honeytoken = |t: &mandate_core::ToolName| {
+            bundle
+                .catalog()
+                .entries()
+                .any(|e| e.honeytoken && e.name == *t)
+        };
+        for pin in self.pins.all() {
+            if pin.server == server
+                && pin.status == "approved"
+                && let Ok(t) = mandate_core::ToolName::parse(&format!("{server}.{}", pin.tool))
+                && !honeytoken(&t)
+            {
+                tools.insert(t);
+            }
+        }
+        tools.into_iter().collect()
+    }
+
     /// Whether AuthZEN and ext_authz callers must authenticate (some point is configured).
     pub fn points_required(&self) -> bool {
         self.trust.as_ref().is_some_and(|t| !t.config().points.is_empty())

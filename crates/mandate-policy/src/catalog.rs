@@ -91,6 +91,11 @@ pub struct ToolCatalog {
 }
 
 impl ToolCatalog {
+    /// Every catalogued tool, by name.
+    pub fn entries(&self) -> impl Iterator<Item = &ToolEntry> {
+        self.tools.values()
+    }
+
     /// Parses `tools.json`; duplicate names are refused.
     pub fn parse(text: &str) -> Result<Self, String> {
         let file: CatalogFile =

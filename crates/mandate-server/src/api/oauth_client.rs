@@ -124,41 +124,87 @@ async fn client_identity(engine: &Engine, assertion: &str) -> Result<String, Ref
         .map_err(|e| invalid_client(&e))
 }
 
-/// The task a request asks for: from `authorization_details`, or from `scope`.
-fn requested(p: &BTreeMap<String, String>) -> Result<(TaskStart, bool), Refused> {
-    match (p.get("authorization_details"), p.get("scope")) {
-        (Some(_), Some(_)) => Err(refuse(
+/// The task a request asks for: from `authorization_details`, or from `scope`. For an MCP
+/// server named by `resource`, what `scope` leaves out is filled in: the server's known
+/// tools ([`Engine::mcp_server_tools`]) and the `read` action; with neither, that is the
+/// whole task (what a standard MCP client asks for when it names no scope).
+fn requested(
+    engine: &Engine,
+    p: &BTreeMap<String, String>,
+    server: Option<&str>,
+) -> Result<(TaskStart, bool), Refused> {
+    let start = |purpose: String, scope| TaskStart {
+        purpose,
+        scope,
+        ttl_secs: None,
+        bind_jkt: None,
+    };
+    let for_server = |server: &str| format!("{SCOPE_PURPOSE} for MCP server {server}");
+    match (p.get("authorization_details"), p.get("scope"), server) {
+        (Some(_), Some(_), _) => Err(refuse(
             "invalid_request",
             "invalid_request",
             "send the task either as `authorization_details` or as `scope`, not both",
         )),
-        (Some(_), None) => {
+        (Some(_), None, _) => {
             let sub = sub_task(p)?;
             Ok((
                 TaskStart {
-                    purpose: sub.purpose.clone(),
-                    scope: sub.scope(),
                     ttl_secs: sub.ttl_secs,
-                    bind_jkt: None,
+                    ..start(sub.purpose.clone(), sub.scope())
                 },
                 false,
             ))
         }
-        (None, Some(scope)) => Ok((
-            TaskStart {
-                purpose: SCOPE_PURPOSE.to_owned(),
-                scope: parse_scope(scope)?,
-                ttl_secs: None,
-                bind_jkt: None,
-            },
-            true,
-        )),
-        (None, None) => Err(refuse(
+        (None, Some(scope), server) => {
+            let mut s = parse_scope(scope)?;
+            let purpose = match server {
+                Some(server) => {
+                    fill_for_server(engine, server, &mut s);
+                    for_server(server)
+                }
+                None => SCOPE_PURPOSE.to_owned(),
+            };
+            check_scope(&s)?;
+            Ok((start(purpose, s), true))
+        }
+        (None, None, Some(server)) => {
+            let mut s = RequestedScope {
+                tools: Vec::new(),
+                actions: Vec::new(),
+                data_domains: Vec::new(),
+                destinations: Vec::new(),
+            };
+            fill_for_server(engine, server, &mut s);
+            check_scope(&s)?;
+            Ok((start(for_server(server), s), true))
+        }
+        (None, None, None) => Err(refuse(
             "invalid_request",
             "missing_parameter",
-            "name the task: `authorization_details` (one `mandate_task` entry) or `scope`",
+            "name the task: `authorization_details` (one `mandate_task` entry), `scope`, or an MCP server as `resource`",
         )),
     }
+}
+
+fn fill_for_server(engine: &Engine, server: &str, s: &mut RequestedScope) {
+    if s.tools.is_empty() {
+        s.tools = engine.mcp_server_tools(server);
+    }
+    if s.actions.is_empty() {
+        s.actions.push(ActionClass::Read);
+    }
+}
+
+fn check_scope(s: &RequestedScope) -> Result<(), Refused> {
+    if s.tools.is_empty() || s.actions.is_empty() {
+        return Err(refuse(
+            "invalid_scope",
+            "invalid_scope",
+            "scope names at least one `tool:<tool>` and one `action:<class>` (for an MCP server as `resource`, its known tools and `read` are the default; none of its tools is known yet)",
+        ));
+    }
+    Ok(())
 }
 
 /// `scope`: space-separated `tool:<tool>`, `action:<class>`, `data:<domain>`,
@@ -194,11 +240,6 @@ pub(crate) fn parse_scope(scope: &str) -> Result<RequestedScope, Refused> {
             _ => return Err(bad(format!("scope value {item:?}: unknown kind {kind:?}"))),
         }
     }
-    if s.tools.is_empty() || s.actions.is_empty() {
-        return Err(bad(
-            "scope names at least one `tool:<tool>` and one `action:<class>`".into(),
-        ));
-    }
     Ok(s)
 }
 
@@ -213,26 +254,32 @@ fn granted_scope(started: &Started) -> String {
     out.join(" ")
 }
 
-/// RFC 8707 `resource`: one of the resources this server protects.
-fn check_resource(engine: &Engine, p: &BTreeMap<String, String>) -> Result<(), Refused> {
+/// RFC 8707 `resource`: one of the resources this server protects. Returns the MCP server
+/// it names, if it names one.
+fn check_resource(
+    engine: &Engine,
+    p: &BTreeMap<String, String>,
+) -> Result<Option<String>, Refused> {
     let Some(resource) = p.get("resource") else {
-        return Ok(());
+        return Ok(None);
     };
     let issuer = engine.issuer.trim_end_matches('/');
     let mcp = resource
         .strip_prefix(issuer)
         .and_then(|rest| rest.strip_prefix("/mcp/"))
         .map(|name| name.trim_end_matches('/'))
-        .is_some_and(|name| {
+        .filter(|name| {
             engine
                 .config
                 .gateway
                 .as_ref()
-                .is_some_and(|g| g.mcp_servers.contains_key(name))
+                .is_some_and(|g| g.mcp_servers.contains_key(*name))
         });
-    let own = resource.trim_end_matches('/') == issuer || *resource == engine.config.task_audience;
-    if mcp || own {
-        Ok(())
+    if let Some(name) = mcp {
+        return Ok(Some(name.to_owned()));
+    }
+    if resource.trim_end_matches('/') == issuer || *resource == engine.config.task_audience {
+        Ok(None)
     } else {
         Err(refuse(
             "invalid_target",
@@ -260,8 +307,8 @@ pub(crate) async fn client_credentials(
         ));
     }
     let assertion = required(p, "client_assertion")?;
-    check_resource(engine, p)?;
-    let (mut start, by_scope) = requested(p)?;
+    let server = check_resource(engine, p)?;
+    let (mut start, by_scope) = requested(engine, p, server.as_deref())?;
     let bound = bind.is_some();
     start.bind_jkt = bind;
     let identity = client_identity(engine, assertion).await?;
@@ -344,6 +391,7 @@ pub async fn metadata(State(engine): AppState) -> Response {
         "revocation_endpoint": format!("{issuer}/oauth2/revoke"),
         "revocation_endpoint_auth_methods_supported": ["none"],
         "authorization_details_types_supported": ["mandate_task"],
+        "dpop_signing_alg_values_supported": ["ES256", "EdDSA", "RS256", "PS256"],
         "scopes_supported": [],
         "service_documentation": format!("{issuer}/openapi.json"),
     }))

@@ -375,14 +375,32 @@ type ServerState = State<(Arc<McpGateway>, String)>;
 /// RFC 9728 protected-resource metadata: where the bearer token comes from.
 async fn resource_metadata(State((gw, server)): ServerState) -> impl IntoResponse {
     let issuer = &gw.engine.issuer;
-    axum::Json(serde_json::json!({
+    // What a client that names no scope asks for (the MCP SDKs request all of these): the
+    // server's known tools, read only. Policy still decides what is granted.
+    let tools = gw.engine.mcp_server_tools(&server);
+    let scopes: Vec<String> = if tools.is_empty() {
+        Vec::new()
+    } else {
+        tools
+            .iter()
+            .map(|t| format!("tool:{t}"))
+            .chain(std::iter::once("action:read".to_owned()))
+            .collect()
+    };
+    let mut doc = serde_json::json!({
         "resource": format!("{issuer}/mcp/{server}"),
         "authorization_servers": [issuer],
         "bearer_methods_supported": ["header"],
         "resource_name": format!("Mandate MCP gateway for {server}"),
         "resource_documentation": format!("{issuer}/openapi.json"),
         "mandate_token_endpoint": format!("{issuer}/v1/tasks"),
-    }))
+    });
+    if !scopes.is_empty()
+        && let Some(o) = doc.as_object_mut()
+    {
+        o.insert("scopes_supported".to_owned(), serde_json::json!(scopes));
+    }
+    axum::Json(doc)
 }
 
 /// A request without a verifiable task token gets 401 pointing at the metadata; the
