@@ -698,8 +698,7 @@ mod tests {
         );
         let (addr, ca, root, stop, _dir) = serve_tls(app, 16).await;
         let id = "spiffe://partner.example/ns/billing/sa/agent";
-        let (leaf, key) =
-            crate::tls::testing::signed(&crate::tls::testing::svid_params(id), &ca);
+        let (leaf, key) = crate::tls::testing::signed(&crate::tls::testing::svid_params(id), &ca);
         let with = reqwest::Client::builder()
             .tls_certs_only([root.clone()])
             .identity(reqwest::Identity::from_pem(format!("{leaf}{key}").as_bytes()).unwrap())

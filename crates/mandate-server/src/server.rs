@@ -54,8 +54,8 @@ impl Server {
         config: ServerConfig,
         store: Arc<dyn Store>,
     ) -> Result<RunningServer, String> {
-        // TLS material is checked before anything binds or opens, so a bad file stops the
-        // start with a message naming it.
+        // TLS material is checked before the listener binds or the engine opens, so a bad
+        // file stops the start with a message naming it.
         let tls = match &config.tls {
             Some(settings) => Some(Arc::new(
                 crate::tls::Tls::load(settings.clone())

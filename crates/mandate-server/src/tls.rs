@@ -16,8 +16,9 @@
 //!   previous material keeps serving.
 //! - **Client authentication.** With a client CA bundle, a presented certificate must chain
 //!   to it (rustls' `WebPkiClientVerifier`: signatures, validity, the clientAuth extended key
-//!   usage when present, a leaf that is not a CA) and be an X.509-SVID leaf
-//!   ([`svid_spiffe_id`]). Anything else fails the handshake with a TLS alert, so no request
+//!   usage when present, a leaf that is not a CA) and be an X.509-SVID leaf (keyUsage with
+//!   digitalSignature and neither keyCertSign nor cRLSign, exactly one URI SAN, and that a
+//!   SPIFFE ID with a path). Anything else fails the handshake with a TLS alert, so no request
 //!   on such a connection is ever read. With [`ClientAuth::Required`] a connection without a
 //!   certificate fails too; with [`ClientAuth::Optional`] it is served without a
 //!   [`PeerSvid`]. Sessions are not resumed while client certificates are asked for, so every
@@ -597,13 +598,16 @@ pub(crate) mod testing {
     /// A certificate signed by `issuer` and its key, both in PEM.
     pub(crate) fn signed(p: &CertificateParams, issuer: &Issuer<'_, KeyPair>) -> (String, String) {
         let key = KeyPair::generate().unwrap();
-        (p.signed_by(&key, issuer).unwrap().pem(), key.serialize_pem())
+        (
+            p.signed_by(&key, issuer).unwrap().pem(),
+            key.serialize_pem(),
+        )
     }
 
     /// A server certificate for `localhost` and `127.0.0.1`.
     pub(crate) fn server(issuer: &Issuer<'_, KeyPair>) -> (String, String) {
-        let p = CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
-            .unwrap();
+        let p =
+            CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap();
         signed(&p, issuer)
     }
 }
