@@ -61,6 +61,35 @@ impl Engine {
         format!("{}{path}", self.issuer.trim_end_matches('/'))
     }
 
+    /// The origin a request with this `Host` header was sent to: the issuer's, or the same
+    /// port on a loopback name (`localhost`, `127.0.0.1`, `[::1]`) when the client used one.
+    /// Any other host is not this server's, and the issuer's origin is returned.
+    pub fn origin_for_host(&self, host: Option<&str>) -> String {
+        let issuer = self.issuer.trim_end_matches('/');
+        host.and_then(|h| self.same_server(&format!("{}://{h}", self.issuer_scheme())))
+            .unwrap_or_else(|| issuer.to_owned())
+    }
+
+    fn issuer_scheme(&self) -> &str {
+        self.issuer.split("://").next().unwrap_or("http")
+    }
+
+    /// `url`'s origin, when it is this server's: the issuer's scheme and port, and the
+    /// issuer's host or a loopback name.
+    pub fn same_server(&self, url: &str) -> Option<String> {
+        let ours = url::Url::parse(&self.issuer).ok()?;
+        let theirs = url::Url::parse(url).ok()?;
+        let loopback = matches!(theirs.host(), Some(url::Host::Domain("localhost")))
+            || matches!(theirs.host(), Some(url::Host::Ipv4(ip)) if ip.is_loopback())
+            || matches!(theirs.host(), Some(url::Host::Ipv6(ip)) if ip.is_loopback());
+        let same = theirs.scheme() == ours.scheme()
+            && theirs.port_or_known_default() == ours.port_or_known_default()
+            && (theirs.host() == ours.host() || loopback)
+            && theirs.username().is_empty()
+            && theirs.password().is_none();
+        same.then(|| theirs.origin().ascii_serialization())
+    }
+
     fn proof(
         &self,
         proof: &str,

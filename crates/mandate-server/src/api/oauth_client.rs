@@ -263,32 +263,42 @@ fn check_resource(
     let Some(resource) = p.get("resource") else {
         return Ok(None);
     };
-    let issuer = engine.issuer.trim_end_matches('/');
-    let mcp = resource
-        .strip_prefix(issuer)
-        .and_then(|rest| rest.strip_prefix("/mcp/"))
-        .map(|name| name.trim_end_matches('/'))
-        .filter(|name| {
-            engine
-                .config
-                .gateway
-                .as_ref()
-                .is_some_and(|g| g.mcp_servers.contains_key(*name))
-        });
-    if let Some(name) = mcp {
-        return Ok(Some(name.to_owned()));
+    if *resource == engine.config.task_audience {
+        return Ok(None);
     }
-    if resource.trim_end_matches('/') == issuer || *resource == engine.config.task_audience {
-        Ok(None)
-    } else {
-        Err(refuse(
+    let issuer = engine.issuer.trim_end_matches('/');
+    let refused = || {
+        refuse(
             "invalid_target",
             "invalid_target",
             format!(
                 "resource {resource:?} is not protected by this server: use {issuer}/mcp/<server> or {issuer}"
             ),
-        ))
+        )
+    };
+    // This server under any name it answers to (its issuer's host, or loopback).
+    engine.same_server(resource).ok_or_else(refused)?;
+    let url = url::Url::parse(resource).map_err(|_| refused())?;
+    // RFC 8707 §2: no fragment; no query either, as none of ours has one.
+    if url.fragment().is_some() || url.query().is_some() {
+        return Err(refused());
     }
+    let path = url.path();
+    if path.is_empty() || path == "/" {
+        return Ok(None);
+    }
+    let name = path
+        .strip_prefix("/mcp/")
+        .map(|n| n.trim_end_matches('/'))
+        .filter(|n| {
+            engine
+                .config
+                .gateway
+                .as_ref()
+                .is_some_and(|g| g.mcp_servers.contains_key(*n))
+        })
+        .ok_or_else(refused)?;
+    Ok(Some(name.to_owned()))
 }
 
 /// `grant_type=client_credentials`: authenticates the workload by its assertion, then

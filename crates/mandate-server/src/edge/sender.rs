@@ -67,8 +67,9 @@ pub fn binding(
     let Some(proof) = dpop_header(headers)? else {
         return Ok(None);
     };
+    let origin = engine.origin_for_host(host(headers));
     engine
-        .dpop_key(proof, "POST", &engine.public_url(path))
+        .dpop_key(proof, "POST", &format!("{origin}{path}"))
         .map(Some)
         .map_err(|e| {
             let mut e = ApiError::from(e);
@@ -101,7 +102,11 @@ pub async fn sender_constraint(
             }
             Err(e) => return challenge(e),
         };
-        let url = engine.public_url(req.uri().path());
+        let url = format!(
+            "{}{}",
+            engine.origin_for_host(host(req.headers())),
+            req.uri().path()
+        );
         if let Err(e) = engine.check_dpop(&token, &proof, req.method().as_str(), &url) {
             return challenge(e.into());
         }
@@ -120,6 +125,16 @@ pub async fn sender_constraint(
         ));
     }
     next.run(req).await
+}
+
+/// The request's `Host`, when it has exactly one readable one.
+fn host(headers: &HeaderMap) -> Option<&str> {
+    let mut all = headers.get_all(header::HOST).iter();
+    let h = all.next()?;
+    if all.next().is_some() {
+        return None;
+    }
+    h.to_str().ok()
 }
 
 /// The scheme and token of the one `Authorization` header, when it reads as one.

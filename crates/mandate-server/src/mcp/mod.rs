@@ -373,8 +373,16 @@ impl McpGateway {
 type ServerState = State<(Arc<McpGateway>, String)>;
 
 /// RFC 9728 protected-resource metadata: where the bearer token comes from.
-async fn resource_metadata(State((gw, server)): ServerState) -> impl IntoResponse {
+async fn resource_metadata(
+    State((gw, server)): ServerState,
+    headers: axum::http::HeaderMap,
+) -> impl IntoResponse {
     let issuer = &gw.engine.issuer;
+    // The resource as the client named it (clients check it against the URL they used):
+    // this server's origin under the host the request came to, if it is one of ours.
+    let origin = gw
+        .engine
+        .origin_for_host(headers.get(header::HOST).and_then(|h| h.to_str().ok()));
     // What a client that names no scope asks for (the MCP SDKs request all of these): the
     // server's known tools, read only. Policy still decides what is granted.
     let tools = gw.engine.mcp_server_tools(&server);
@@ -388,7 +396,7 @@ async fn resource_metadata(State((gw, server)): ServerState) -> impl IntoRespons
             .collect()
     };
     let mut doc = serde_json::json!({
-        "resource": format!("{issuer}/mcp/{server}"),
+        "resource": format!("{origin}/mcp/{server}"),
         "authorization_servers": [issuer],
         "bearer_methods_supported": ["header"],
         "resource_name": format!("Mandate MCP gateway for {server}"),
