@@ -373,14 +373,20 @@ impl Engine {
         })
     }
 
-    /// Attests an agent, with a one-time join token or a workload token: a JWT-SVID
-    /// identity token.
-    pub async fn attest(&self, req: AttestRequest) -> Result<AttestResponse, Error> {
-        match (req.agent, req.join_token, req.assertion) {
-            (Some(agent), Some(join_token), None) => self.attest_join(agent, &join_token).await,
-            (None, None, Some(assertion)) => self.attest_assertion(&assertion).await,
+    /// Attests an agent, with a one-time join token, a workload token, or the X.509-SVID
+    /// the client authenticated its TLS connection with (`peer_svid`, its SPIFFE ID, when
+    /// the body names nothing): a JWT-SVID identity token.
+    pub async fn attest(
+        &self,
+        req: AttestRequest,
+        peer_svid: Option<&str>,
+    ) -> Result<AttestResponse, Error> {
+        match (req.agent, req.join_token, req.assertion, peer_svid) {
+            (Some(agent), Some(join_token), None, _) => self.attest_join(agent, &join_token).await,
+            (None, None, Some(assertion), _) => self.attest_assertion(&assertion).await,
+            (None, None, None, Some(id)) => self.attest_x509(id).await,
             _ => Err(Error::invalid(
-                "send either `agent` and `join_token`, or `assertion` alone",
+                "send either `agent` and `join_token`, or `assertion` alone (or nothing, over mutual TLS with an X.509-SVID)",
             )),
         }
     }

@@ -349,9 +349,9 @@ impl IdentityConfig {
         for p in &self.points {
             let ok = !p.name.is_empty()
                 && p.name.len() <= 64
-                && p.name
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+                && p.name.bytes().all(|b| {
+                    b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_'
+                });
             if !ok {
                 return Err(format!(
                     "enforcement_point name {:?}: 1-64 of a-z, 0-9, '-' and '_'",
@@ -770,13 +770,52 @@ impl Engine {
         })
     }
 
-    /// Attests with an external workload token: a JWT-SVID identity token for the one
-    /// agent the token maps to. Every refusal is recorded.
-    pub async fn attest_assertion(&self, assertion: &str) -> Result<AttestResponse, Error> {
-        let attested = match self.workload_identity(assertion).await {
+    /// The one agent whose `spiffe` rule names the SPIFFE ID of an X.509-SVID the client
+    /// presented over mutual TLS (already verified against the listener's client CA
+    /// bundle, with exactly one SPIFFE ID). Records nothing.
+    pub async fn x509_identity(&self, spiffe_id: &str) -> Result<Attested, Error> {
+        let agents = self.store.agents().await.map_err(|e| Error::store(&e))?;
+        let mut matching: Vec<AgentRecord> = agents
+            .into_iter()
+            .filter(|a| {
+                a.status != AgentStatus::Offboarded
+                    && matches!(&a.attestation, AttestationRule::Spiffe { id } if id == spiffe_id)
+            })
+            .collect();
+        let Some(agent) = matching.pop() else {
+            return Err(refusal(
+                "no_agent_matches",
+                format!("no registered agent's attestation rule names {spiffe_id:?}"),
+            ));
+        };
+        if !matching.is_empty() {
+            return Err(refusal(
+                "ambiguous_agent",
+                format!("the attestation rules of several agents name {spiffe_id:?}"),
+            ));
+        }
+        Ok(Attested {
+            agent,
+            source: ExternalSubject {
+                source: "x509-svid".to_owned(),
+                subject: spiffe_id.to_owned(),
+                jti: None,
+            },
+        })
+    }
+
+    /// Attests with the X.509-SVID of the client's TLS connection: a JWT-SVID identity
+    /// token for the one agent whose `spiffe` rule names it. Every refusal is recorded.
+    pub async fn attest_x509(&self, spiffe_id: &str) -> Result<AttestResponse, Error> {
+        let attested = match self.x509_identity(spiffe_id).await {
             Ok(a) => a,
             Err(e) => return Err(self.refuse_workload(None, e).await),
         };
+        self.issue_attested(attested).await
+    }
+
+    /// A JWT-SVID for an agent an external credential attested, if it is active.
+    async fn issue_attested(&self, attested: Attested) -> Result<AttestResponse, Error> {
         if attested.agent.status != AgentStatus::Active {
             let e = Error::new(
                 Kind::Forbidden,
@@ -795,6 +834,16 @@ impl Engine {
             Some(attested.source),
         )
         .await
+    }
+
+    /// Attests with an external workload token: a JWT-SVID identity token for the one
+    /// agent the token maps to. Every refusal is recorded.
+    pub async fn attest_assertion(&self, assertion: &str) -> Result<AttestResponse, Error> {
+        let attested = match self.workload_identity(assertion).await {
+            Ok(a) => a,
+            Err(e) => return Err(self.refuse_workload(None, e).await),
+        };
+        self.issue_attested(attested).await
     }
 
     /// Records a refused workload attestation (unless the failure was the server's own),
@@ -849,7 +898,9 @@ impl Engine {
 
     /// Whether AuthZEN and ext_authz callers must authenticate (some point is configured).
     pub fn points_required(&self) -> bool {
-        self.trust.as_ref().is_some_and(|t| !t.config().points.is_empty())
+        self.trust
+            .as_ref()
+            .is_some_and(|t| !t.config().points.is_empty())
     }
 
     /// The enforcement point a token authenticates (compared by SHA-256, in constant time
@@ -900,15 +951,22 @@ impl Engine {
                         "{id} is in Mandate's own trust domain: agents of {td} attest with a join token"
                     )));
                 }
-                if known(
-                    &|s| matches!(&s.kind, SourceKind::Spiffe { trust_domain, .. } if *trust_domain == td),
-                ) {
+                // Trusted through a JWT-SVID bundle, or through the listener's client CA
+                // bundle (X.509-SVIDs over mutual TLS).
+                let mtls = self.config.tls.as_ref().is_some_and(|t| t.client.is_some());
+                if mtls
+                    || known(
+                        &|s| matches!(&s.kind, SourceKind::Spiffe { trust_domain, .. } if *trust_domain == td),
+                    )
+                {
                     Ok(())
                 } else {
                     Err(Error::new(
                         Kind::Unprocessable,
                         "unknown_issuer",
-                        format!("the trust domain {td} is not trusted (add a [[spiffe]] source)"),
+                        format!(
+                            "the trust domain {td} is not trusted (add a [[spiffe]] source, or serve with --tls-client-ca for X.509-SVIDs)"
+                        ),
                     ))
                 }
             }
@@ -964,7 +1022,10 @@ mod tests {
         assert!(!format!("{:?}", p.points[0]).contains("abab"));
         for bad in [
             "[[enforcement_point]]\nname = 'envoy'\ntoken_sha256 = 'abc'".to_owned(),
-            format!("[[enforcement_point]]\nname = 'a'\ntoken_sha256 = '{0}'\n[[enforcement_point]]\nname = 'b'\ntoken_sha256 = '{0}'", "ab".repeat(32)),
+            format!(
+                "[[enforcement_point]]\nname = 'a'\ntoken_sha256 = '{0}'\n[[enforcement_point]]\nname = 'b'\ntoken_sha256 = '{0}'",
+                "ab".repeat(32)
+            ),
         ] {
             assert!(IdentityConfig::from_toml(&bad).is_err(), "{bad}");
         }

@@ -402,3 +402,80 @@ async fn a_changed_client_ca_bundle_decides_new_handshakes() {
     }
     assert!(healthz(&h, &from_new).await.is_ok());
 }
+
+/// An agent whose rule names a SPIFFE ID attests with the X.509-SVID it connected with
+/// (an empty `POST /v1/attest` over mutual TLS), and gets a task token the same way
+/// (`client_credentials` with no assertion: RFC 8705 in SPIFFE form). Without a
+/// certificate, or with an SVID no rule names, nothing is issued.
+#[tokio::test]
+async fn an_x509_svid_attests_its_agent_and_starts_tasks() {
+    let server_ca = Ca::new("server CA");
+    let clients = Ca::new("partner.example X.509-SVID CA");
+    let files = Files::new(&server_ca.server("mandate"), Some(&clients));
+    let h = start(files.settings(Some(ClientAuth::Optional))).await;
+    let admin = client(&server_ca, None, true);
+    let agent = client(&server_ca, Some(&clients.svid(|_| {})), true);
+    let stranger = client(
+        &server_ca,
+        Some(&clients.svid(|p| {
+            p.subject_alt_names = vec![SanType::URI(
+                "spiffe://partner.example/ns/other".try_into().unwrap(),
+            )]
+        })),
+        true,
+    );
+    let r = admin
+        .post(h.url("/v1/agents"))
+        .bearer_auth(common::ADMIN)
+        .json(
+            &serde_json::json!({"name": "partner-bot", "owner": "alice@example.com", "tier": 1,
+            "attestation": {"method": "spiffe", "id": AGENT}}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+
+    let attest = |c: &reqwest::Client| {
+        c.post(h.url("/v1/attest"))
+            .json(&serde_json::json!({}))
+            .send()
+    };
+    let r = attest(&agent).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert!(
+        body["spiffe_id"]
+            .as_str()
+            .unwrap()
+            .ends_with("/agent/partner-bot"),
+        "{body}"
+    );
+    let r = attest(&stranger).await.unwrap();
+    assert_eq!(r.status(), 401);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "no_agent_matches");
+    let r = attest(&admin).await.unwrap();
+    assert_eq!(
+        r.status(),
+        400,
+        "no certificate, no body: nothing to attest with"
+    );
+
+    let token = |c: &reqwest::Client| {
+        c.post(h.url("/oauth2/token"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body("grant_type=client_credentials&scope=tool%3Atickets.search%20action%3Aread%20data%3Asupport")
+            .send()
+    };
+    let r = token(&agent).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["token_type"], "Bearer", "{body}");
+    let r = token(&admin).await.unwrap();
+    assert_eq!(
+        r.status(),
+        400,
+        "without a certificate the assertion is required"
+    );
+}

@@ -86,14 +86,18 @@ pub async fn set_status(
     Ok(Json(engine.set_agent_status(&name, req, "admin").await?))
 }
 
-/// Attest with a one-time join token and receive a JWT-SVID identity token.
+/// Attest and receive a JWT-SVID identity token: with a one-time join token, a workload
+/// token from a trusted OIDC issuer or SPIFFE trust domain, or (with an empty body, over
+/// mutual TLS) the X.509-SVID the connection was authenticated with.
 #[utoipa::path(post, path = "/v1/attest", tag = "identity", request_body = AttestRequest,
     responses((status = 200, body = AttestResponse), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub async fn attest(
     State(engine): AppState,
+    peer: Option<axum::Extension<crate::tls::PeerSvid>>,
     ApiJson(req): ApiJson<AttestRequest>,
 ) -> Result<Json<AttestResponse>, ApiError> {
-    Ok(Json(engine.attest(req).await?))
+    let peer = peer.map(|axum::Extension(p)| p.spiffe_id);
+    Ok(Json(engine.attest(req, peer.as_deref()).await?))
 }
 
 /// Renew an identity token with a valid one. The new token keeps the original

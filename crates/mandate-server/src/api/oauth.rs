@@ -241,6 +241,7 @@ pub(crate) fn sub_task(p: &BTreeMap<String, String>) -> Result<SubTask, Refused>
         (status = 503, description = "`temporarily_unavailable`: the store or the audit trail failed, nothing was issued", body = OAuthError)))]
 pub async fn token_exchange(
     State(engine): AppState,
+    peer: Option<axum::Extension<crate::tls::PeerSvid>>,
     headers: HeaderMap,
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Response {
@@ -276,9 +277,14 @@ pub async fn token_exchange(
         }
     };
     let answer = match p.get("grant_type").map(String::as_str) {
-        Some(CLIENT_CREDENTIALS) => crate::api::oauth_client::client_credentials(&engine, &p, bind)
-            .await
-            .map(|r| Json(r).into_response()),
+        Some(CLIENT_CREDENTIALS) => crate::api::oauth_client::client_credentials(
+            &engine,
+            &p,
+            bind,
+            peer.as_ref().map(|axum::Extension(s)| s.spiffe_id.as_str()),
+        )
+        .await
+        .map(|r| Json(r).into_response()),
         _ => exchange(&engine, &p, bind)
             .await
             .map(|r| Json(r).into_response()),

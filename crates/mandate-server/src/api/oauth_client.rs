@@ -307,21 +307,48 @@ pub(crate) async fn client_credentials(
     engine: &Engine,
     p: &BTreeMap<String, String>,
     bind: Option<String>,
+    peer_svid: Option<&str>,
 ) -> Result<ClientCredentialsResponse, Refused> {
-    let kind = required(p, "client_assertion_type")?;
-    if kind != JWT_BEARER {
-        return Err(refuse(
-            "invalid_client",
-            "unsupported_assertion_type",
-            format!("client_assertion_type {kind:?} is not supported: use {JWT_BEARER}"),
-        ));
-    }
-    let assertion = required(p, "client_assertion")?;
+    // RFC 8705 §2.2 in SPIFFE form: with no assertion, the X.509-SVID of a mutual-TLS
+    // connection authenticates the client.
+    let by_certificate = match (
+        p.contains_key("client_assertion_type"),
+        p.contains_key("client_assertion"),
+        peer_svid,
+    ) {
+        (false, false, Some(id)) => Some(id),
+        _ => None,
+    };
+    let assertion = if by_certificate.is_none() {
+        let kind = required(p, "client_assertion_type")?;
+        if kind != JWT_BEARER {
+            return Err(refuse(
+                "invalid_client",
+                "unsupported_assertion_type",
+                format!("client_assertion_type {kind:?} is not supported: use {JWT_BEARER}"),
+            ));
+        }
+        Some(required(p, "client_assertion")?)
+    } else {
+        None
+    };
     let server = check_resource(engine, p)?;
     let (mut start, by_scope) = requested(engine, p, server.as_deref())?;
     let bound = bind.is_some();
     start.bind_jkt = bind;
-    let identity = client_identity(engine, assertion).await?;
+    let identity = match (assertion, by_certificate) {
+        (Some(a), _) => client_identity(engine, a).await?,
+        (None, Some(id)) => engine
+            .attest_x509(id)
+            .await
+            .map(|a| a.identity_token)
+            .map_err(|e| invalid_client(&e))?,
+        (None, None) => {
+            return Err(Refused::from(mandate_engine::Error::internal(
+                "no client credential",
+            )));
+        }
+    };
     if let Some(id) = p.get("client_id") {
         let claims = engine
             .verify_identity(&identity)
@@ -393,7 +420,7 @@ pub async fn metadata(State(engine): AppState) -> Response {
         "authorization_endpoint": format!("{issuer}/oauth2/authorize"),
         "response_types_supported": [],
         "grant_types_supported": [CLIENT_CREDENTIALS, TOKEN_EXCHANGE],
-        "token_endpoint_auth_methods_supported": ["private_key_jwt"],
+        "token_endpoint_auth_methods_supported": ["private_key_jwt", "tls_client_auth"],
         "token_endpoint_auth_signing_alg_values_supported": ["ES256", "ES384", "RS256", "PS256", "EdDSA"],
         "jwks_uri": format!("{issuer}/.well-known/jwks.json"),
         "introspection_endpoint": format!("{issuer}/oauth2/introspect"),
