@@ -153,6 +153,12 @@ struct ServeArgs {
     #[arg(long, default_value_t = 500, env = "MANDATE_AGENT_DECISIONS_PER_SEC",
           value_parser = clap::value_parser!(u32).range(1..))]
     agent_decisions_per_sec: u32,
+    /// Agents of this risk tier (0-3) or above must bind their task tokens to a key with a
+    /// DPoP proof (RFC 9449); without one a task start, token request or delegation is
+    /// refused (`dpop_required`). Default: binding is the agent's choice.
+    #[arg(long, env = "MANDATE_REQUIRE_DPOP_FROM_TIER",
+          value_parser = clap::value_parser!(u8).range(0..=3))]
+    require_dpop_from_tier: Option<u8>,
     /// Decisions one task may ask for per second (bursts up to twice that).
     #[arg(long, default_value_t = 250, env = "MANDATE_TASK_DECISIONS_PER_SEC",
           value_parser = clap::value_parser!(u32).range(1..))]
@@ -313,6 +319,7 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
         });
     }
     config.limits.agent_decisions_per_sec = a.agent_decisions_per_sec;
+    config.limits.dpop_required_from_tier = a.require_dpop_from_tier;
     config.limits.task_decisions_per_sec = a.task_decisions_per_sec;
     config.limits.max_connections = usize::try_from(a.max_connections).unwrap_or(usize::MAX);
     config.limits.header_read_timeout_secs = a.header_read_timeout_secs;
