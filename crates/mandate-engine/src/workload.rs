@@ -204,6 +204,22 @@ fn algorithms(raw: Option<Vec<String>>, default: &[Alg], name: &str) -> Result<V
         .collect()
 }
 
+/// A configured name: 1-64 of a-z, 0-9, `-` and `_`.
+fn check_name(what: &str, name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{what} name {name:?}: 1-64 of a-z, 0-9, '-' and '_'"
+        ))
+    }
+}
+
 fn positive(v: Option<i64>, default: i64, what: &str) -> Result<i64, String> {
     match v {
         None => Ok(default),
@@ -309,17 +325,7 @@ impl IdentityConfig {
         let mut names = std::collections::BTreeSet::new();
         let mut issuers = std::collections::BTreeSet::new();
         for s in &self.sources {
-            let ok = !s.name.is_empty()
-                && s.name.len() <= 64
-                && s.name.bytes().all(|b| {
-                    b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_'
-                });
-            if !ok {
-                return Err(format!(
-                    "source name {:?}: 1-64 of a-z, 0-9, '-' and '_'",
-                    s.name
-                ));
-            }
+            check_name("source", &s.name)?;
             if !names.insert(s.name.as_str()) {
                 return Err(format!("source name {:?} is used twice", s.name));
             }
@@ -347,17 +353,7 @@ impl IdentityConfig {
         let mut names = std::collections::BTreeSet::new();
         let mut hashes = std::collections::BTreeSet::new();
         for p in &self.points {
-            let ok = !p.name.is_empty()
-                && p.name.len() <= 64
-                && p.name.bytes().all(|b| {
-                    b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_'
-                });
-            if !ok {
-                return Err(format!(
-                    "enforcement_point name {:?}: 1-64 of a-z, 0-9, '-' and '_'",
-                    p.name
-                ));
-            }
+            check_name("enforcement_point", &p.name)?;
             if !names.insert(p.name.as_str()) || !hashes.insert(p.token_sha256.as_str()) {
                 return Err(format!(
                     "enforcement_point {:?}: its name or token is configured twice",

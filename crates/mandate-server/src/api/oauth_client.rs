@@ -243,17 +243,6 @@ pub(crate) fn parse_scope(scope: &str) -> Result<RequestedScope, Refused> {
     Ok(s)
 }
 
-/// The granted task as `scope`.
-fn granted_scope(started: &Started) -> String {
-    let g = &started.grant;
-    let actions: BTreeSet<_> = g.tools.values().flatten().collect();
-    let mut out: Vec<String> = g.tools.keys().map(|t| format!("tool:{t}")).collect();
-    out.extend(actions.iter().map(|a| format!("action:{a}")));
-    out.extend(g.data_domains.iter().map(|d| format!("data:{d}")));
-    out.extend(g.destinations.iter().map(|d| format!("dest:{d}")));
-    out.join(" ")
-}
-
 /// RFC 8707 `resource`: one of the resources this server protects. Returns the MCP server
 /// it names, if it names one.
 fn check_resource(
@@ -400,7 +389,7 @@ pub(crate) async fn client_credentials(
         access_token: token,
         token_type: if bound { "DPoP" } else { "Bearer" }.to_owned(),
         expires_in,
-        scope: by_scope.then(|| granted_scope(&started)),
+        scope: by_scope.then(|| scope_of(&started.grant)),
         authorization_details: vec![granted],
         mandate: started,
     })
@@ -491,12 +480,14 @@ pub struct Introspection {
     pub cnf: Option<mandate_token::Confirmation>,
 }
 
-fn bad_form(
-    body: &Result<Bytes, axum::extract::rejection::BytesRejection>,
+/// The form of an introspection or revocation request, or why not: a readable
+/// `application/x-www-form-urlencoded` body, each parameter once.
+fn token_form(
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
     headers: &HeaderMap,
-) -> Option<Refused> {
-    if body.is_err() {
-        return Some(Refused {
+) -> Result<BTreeMap<String, String>, Refused> {
+    let Ok(body) = body else {
+        return Err(Refused {
             status: StatusCode::PAYLOAD_TOO_LARGE,
             ..refuse(
                 "invalid_request",
@@ -504,14 +495,15 @@ fn bad_form(
                 "the form is unreadable or too large",
             )
         });
-    }
-    (!is_form(headers)).then(|| {
-        refuse(
+    };
+    if !is_form(headers) {
+        return Err(refuse(
             "invalid_request",
             "unsupported_media_type",
             "send the form as `Content-Type: application/x-www-form-urlencoded`",
-        )
-    })
+        ));
+    }
+    parameters(&body)
 }
 
 /// RFC 7662 introspection of a task token, for resource servers Mandate does not own. The
@@ -547,13 +539,7 @@ pub async fn introspect(
         };
         return r.into_response();
     }
-    if let Some(r) = bad_form(&body, &headers) {
-        return r.into_response();
-    }
-    let Ok(body) = body else {
-        return StatusCode::BAD_REQUEST.into_response();
-    };
-    let p = match parameters(&body) {
+    let p = match token_form(body, &headers) {
         Ok(p) => p,
         Err(r) => return r.into_response(),
     };
@@ -600,6 +586,7 @@ pub async fn introspect(
     no_store(Json(answer).into_response())
 }
 
+/// A grant as `scope` (`tool:…`, `action:…`, `data:…`, `dest:…`).
 fn scope_of(g: &mandate_core::Grant) -> String {
     let actions: BTreeSet<_> = g.tools.values().flatten().collect();
     let mut out: Vec<String> = g.tools.keys().map(|t| format!("tool:{t}")).collect();
@@ -619,13 +606,7 @@ pub async fn revoke(
     headers: HeaderMap,
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Response {
-    if let Some(r) = bad_form(&body, &headers) {
-        return r.into_response();
-    }
-    let Ok(body) = body else {
-        return StatusCode::BAD_REQUEST.into_response();
-    };
-    let p = match parameters(&body) {
+    let p = match token_form(body, &headers) {
         Ok(p) => p,
         Err(r) => return r.into_response(),
     };
