@@ -1070,3 +1070,39 @@ async fn enforcement_points_authenticate_and_are_recorded() {
     assert_eq!(introspect(POINT).await.body["active"], true);
     assert_eq!(introspect("wrong-token").await.status, 401);
 }
+
+/// A SPIFFE trust domain whose bundle is served by a bundle endpoint: fetched over HTTP
+/// like a JWKS, then JWT-SVIDs signed by its keys attest.
+#[tokio::test]
+async fn a_bundle_endpoint_is_fetched_for_its_trust_domain() {
+    let issuer = Issuer::start().await;
+    let config = IdentityConfig::from_toml(&format!(
+        "[[spiffe]]\nname = \"edge\"\ntrust_domain = \"edge.example\"\naudience = \"{AUDIENCE}\"\nbundle_endpoint = \"{}/keys\"\nalgorithms = [\"ES256\"]",
+        issuer.url
+    ))
+    .unwrap();
+    let h =
+        Harness::start_configured(&demo_policies(), |c| c.identity = Some(Arc::new(config))).await;
+    let id = "spiffe://edge.example/workload/agent";
+    let r = h
+        .post("/v1/agents", Some(ADMIN), json!({"name": "edge-bot", "owner": "alice@example.com", "tier": 1, "attestation": {"method": "spiffe", "id": id}}))
+        .await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let now = h.clock.now_ms() / 1000;
+    let svid = issuer.sign_with(
+        "es-1",
+        &json!({"sub": id, "aud": AUDIENCE, "exp": now + 300, "iat": now}),
+    );
+    let r = h.post("/v1/attest", None, json!({"assertion": svid})).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(issuer.fetches.load(Ordering::SeqCst), 1);
+    // Signed by a key the bundle does not hold: refused.
+    let forged = Key::es().sign(
+        "es-1",
+        &json!({"sub": id, "aud": AUDIENCE, "exp": now + 300, "iat": now}),
+    );
+    let r = h
+        .post("/v1/attest", None, json!({"assertion": forged}))
+        .await;
+    assert_eq!((r.status.as_u16(), r.code()), (401, "token_bad_signature"));
+}
