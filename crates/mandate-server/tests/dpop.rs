@@ -360,3 +360,66 @@ async fn proofs_from_an_independent_implementation_are_accepted() {
     let r = decide(&h, &token, "DPoP", Some(p)).await;
     assert_eq!(r.code(), "dpop_replayed");
 }
+
+/// A parent token bound to a key delegates only with a proof by that key: a stolen parent
+/// token alone mints no child task, and the child is bound to the same key.
+#[tokio::test]
+async fn a_bound_parent_token_delegates_only_with_its_key() {
+    let h = Harness::start().await;
+    let identity = h.agent("bot", 1).await;
+    let child = h.agent("helper", 1).await;
+    let holder = Holder::new();
+    let r = start_bound(&h, &identity, &holder).await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let parent = r.body["task_token"].as_str().unwrap().to_owned();
+    let details = json!([{"type": "mandate_task", "purpose": "search for the parent",
+        "tools": ["tickets.search"], "actions": ["read"], "data_domains": ["support"]}])
+    .to_string();
+    let token_url = format!("{}/oauth2/token", base(&h));
+    let exchange = |proof: Option<String>| {
+        let mut s = url::form_urlencoded::Serializer::new(String::new());
+        s.append_pair(
+            "grant_type",
+            "urn:ietf:params:oauth:grant-type:token-exchange",
+        )
+        .append_pair("subject_token", &parent)
+        .append_pair(
+            "subject_token_type",
+            "urn:ietf:params:oauth:token-type:access_token",
+        )
+        .append_pair("actor_token", &child)
+        .append_pair("actor_token_type", "urn:ietf:params:oauth:token-type:jwt")
+        .append_pair("authorization_details", &details);
+        let mut req = h
+            .http
+            .post(h.url("/oauth2/token"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(s.finish());
+        if let Some(p) = proof {
+            req = req.header("dpop", p);
+        }
+        h.send(req)
+    };
+    let r = exchange(None).await;
+    assert_eq!(
+        (r.status.as_u16(), r.body["code"].as_str()),
+        (401, Some("dpop_required")),
+        "{:?}",
+        r.body
+    );
+    let thief = Holder::new();
+    let r = exchange(Some(thief.proof("POST", &token_url, None, now(&h)))).await;
+    assert_eq!(
+        (r.status.as_u16(), r.body["code"].as_str()),
+        (401, Some("dpop_key_mismatch")),
+        "{:?}",
+        r.body
+    );
+    let r = exchange(Some(holder.proof("POST", &token_url, None, now(&h)))).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.body["token_type"], "DPoP");
+    assert_eq!(
+        claims(r.body["access_token"].as_str().unwrap())["cnf"]["jkt"],
+        holder.jkt()
+    );
+}

@@ -354,10 +354,38 @@ async fn exchange(
         ));
     }
     let mut sub = sub_task(p)?;
-    let bound = bind.is_some();
-    sub.bind_jkt = bind;
     let subject = required(p, "subject_token")?;
     let actor = required(p, "actor_token")?;
+    // A parent token bound to a key delegates only for the holder of that key: the
+    // exchange must carry a DPoP proof by it (a stolen parent token alone mints nothing),
+    // and the child is bound to the same key.
+    if let Some(parent_jkt) = engine.bound_key(subject) {
+        match &bind {
+            None => {
+                return Err(Refused {
+                    status: StatusCode::UNAUTHORIZED,
+                    ..refuse(
+                        "invalid_request",
+                        "dpop_required",
+                        "the subject token is bound to a key: send a DPoP proof by that key with the exchange",
+                    )
+                });
+            }
+            Some(jkt) if *jkt != parent_jkt => {
+                return Err(Refused {
+                    status: StatusCode::UNAUTHORIZED,
+                    ..refuse(
+                        "invalid_request",
+                        "dpop_key_mismatch",
+                        "the DPoP proof is not by the key the subject token is bound to",
+                    )
+                });
+            }
+            Some(_) => {}
+        }
+    }
+    let bound = bind.is_some();
+    sub.bind_jkt = bind;
     let d = engine.delegate_task(subject, actor, sub).await?;
     let expires_in = (d.expires_at_ms - engine.clock.now_ms())
         .div_euclid(1000)
