@@ -74,53 +74,61 @@ impl Engine {
         self.issuer.split("://").next().unwrap_or("http")
     }
 
-    /// `url`'s origin, when it is this server's: the issuer's scheme and port, and the
-    /// issuer's host or a loopback name.
+    /// `url`'s origin, when it is this server's: the issuer's scheme, host and port, or —
+    /// only when the issuer itself is on loopback — the same port under another loopback
+    /// name (a production server does not answer to `localhost` for proofs or resources).
     pub fn same_server(&self, url: &str) -> Option<String> {
         let ours = url::Url::parse(&self.issuer).ok()?;
         let theirs = url::Url::parse(url).ok()?;
-        let loopback = matches!(theirs.host(), Some(url::Host::Domain("localhost")))
-            || matches!(theirs.host(), Some(url::Host::Ipv4(ip)) if ip.is_loopback())
-            || matches!(theirs.host(), Some(url::Host::Ipv6(ip)) if ip.is_loopback());
+        let is_loopback = |u: &url::Url| {
+            matches!(u.host(), Some(url::Host::Domain("localhost")))
+                || matches!(u.host(), Some(url::Host::Ipv4(ip)) if ip.is_loopback())
+                || matches!(u.host(), Some(url::Host::Ipv6(ip)) if ip.is_loopback())
+        };
         let same = theirs.scheme() == ours.scheme()
             && theirs.port_or_known_default() == ours.port_or_known_default()
-            && (theirs.host() == ours.host() || loopback)
+            && (theirs.host() == ours.host() || (is_loopback(&ours) && is_loopback(&theirs)))
             && theirs.username().is_empty()
             && theirs.password().is_none();
         same.then(|| theirs.origin().ascii_serialization())
     }
 
-    fn proof(
+    /// Verifies a DPoP proof for a request (method, URL, the token it accompanies), without
+    /// remembering it yet: a proof is recorded against replay only once the request it
+    /// came with has authenticated ([`Engine::record_proof`]), so nobody fills the replay
+    /// cache with proofs of their own keys.
+    pub fn dpop_proof(
         &self,
         proof: &str,
         method: &str,
         url: &str,
         token: Option<&str>,
-    ) -> Result<String, Error> {
-        let now = self.clock.now_secs();
+    ) -> Result<dpop::Proof, Error> {
         let req = dpop::Request {
             method,
             uri: url,
             access_token: token,
-            now_secs: now,
+            now_secs: self.clock.now_secs(),
         };
-        let p = dpop::verify(proof, &req, &self.dpop.limits).map_err(|e| refused(&e))?;
-        self.dpop
-            .replay
-            .check_and_insert(&p.jkt, &p.jti, self.dpop.limits.replay_expiry(&p), now)
-            .map_err(|e| refused(&e))?;
-        Ok(p.jkt)
+        dpop::verify(proof, &req, &self.dpop.limits).map_err(|e| refused(&e))
     }
 
-    /// The key a DPoP proof sent with a token request proves possession of: the proof is
-    /// for this request (method and URL), fresh and never seen before. The token about to
-    /// be issued is bound to it.
-    pub fn dpop_key(&self, proof: &str, method: &str, url: &str) -> Result<String, Error> {
-        self.proof(proof, method, url, None)
+    /// Remembers a verified proof: a second use of it is refused (`dpop_replayed`).
+    pub fn record_proof(&self, p: &dpop::Proof) -> Result<(), Error> {
+        self.dpop
+            .replay
+            .check_and_insert(
+                &p.jkt,
+                &p.jti,
+                self.dpop.limits.replay_expiry(p),
+                self.clock.now_secs(),
+            )
+            .map_err(|e| refused(&e))
     }
 
     /// Checks a request made under the `DPoP` scheme: the proof is for this request, fresh,
-    /// new, for this token (`ath`), and signed by the key the token is bound to.
+    /// for this token (`ath`), signed by the key the token is bound to, and new. The token
+    /// is verified before the proof is remembered.
     pub fn check_dpop(
         &self,
         token: &str,
@@ -128,7 +136,7 @@ impl Engine {
         method: &str,
         url: &str,
     ) -> Result<(), Error> {
-        let jkt = self.proof(proof, method, url, Some(token))?;
+        let p = self.dpop_proof(proof, method, url, Some(token))?;
         let claims = self.verify_task_token(token)?;
         let Some(cnf) = &claims.cnf else {
             return Err(Error::new(
@@ -137,12 +145,8 @@ impl Engine {
                 "this task token is not bound to a key: send it as `Authorization: Bearer`",
             ));
         };
-        let proof = dpop::Proof {
-            jkt,
-            jti: String::new(),
-            iat: 0,
-        };
-        dpop::check_binding(&proof, &cnf.jkt).map_err(|e| refused(&e))
+        dpop::check_binding(&p, &cnf.jkt).map_err(|e| refused(&e))?;
+        self.record_proof(&p)
     }
 
     /// The key a task token is bound to, if any: from the verified claims when cached,
@@ -153,6 +157,36 @@ impl Engine {
             Some(c) => c.cnf.as_ref().map(|c| c.jkt.clone()),
             None => unverified_jkt(token),
         }
+    }
+
+    /// Records a refused sender check (`call.refused` with its `dpop_*` code): a bound
+    /// token without its proof, or with a proof by another key, is the clearest sign of a
+    /// stolen token. Attributed to the token's task and agent when the token verifies;
+    /// otherwise counted against the budget for unauthenticated refusals. Returns the
+    /// refusal (`audit_unavailable` if it could not be recorded).
+    pub async fn refuse_sender(&self, token: &str, e: Error) -> Error {
+        if matches!(e.kind, Kind::Internal | Kind::Unavailable) {
+            return e;
+        }
+        let claims = self.verify_task_token(token).ok();
+        let ev = mandate_audit::NewEvent {
+            ts_ms: self.clock.now_ms(),
+            agent: claims.as_ref().and_then(|c| {
+                mandate_core::SpiffeId::parse(c.actor())
+                    .ok()
+                    .map(|s| s.agent().to_string())
+            }),
+            task_id: claims.as_ref().map(|c| c.task_id.clone()),
+            body: mandate_audit::Body::CallRefused(mandate_audit::CallRefused {
+                code: e.code.to_owned(),
+                why: Some(e.message.clone()),
+                ..mandate_audit::CallRefused::default()
+            }),
+        };
+        if self.record_refusal(ev).await.is_err() {
+            return Error::audit();
+        }
+        e
     }
 
     /// Refuses a task start, token request or delegation without a key binding for an

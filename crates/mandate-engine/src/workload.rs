@@ -621,10 +621,14 @@ impl Engine {
                 && let (Some(t), Some(e)) = (s.last_attempt_ms, &s.last_error)
                 && now - t < min_gap
             {
+                tracing::debug!(source = %source.label(), error = %e, "identity keys still unavailable");
                 return Err(Error::new(
                     Kind::Unavailable,
                     "issuer_unavailable",
-                    format!("the keys of {} cannot be read: {e}", source.label()),
+                    format!(
+                        "the keys of {} cannot be read now: try again later",
+                        source.label()
+                    ),
                 ));
             }
         }
@@ -643,10 +647,14 @@ impl Engine {
                 tracing::warn!(source = %source.label(), error = %e, "identity keys not refreshed");
                 s.last_error = Some(e.clone());
                 s.keys.clone().ok_or_else(|| {
+                    // The cause (URLs, addresses) is logged above, not told to the caller.
                     Error::new(
                         Kind::Unavailable,
                         "issuer_unavailable",
-                        format!("the keys of {} cannot be read: {e}", source.label()),
+                        format!(
+                            "the keys of {} cannot be read now: try again later",
+                            source.label()
+                        ),
                     )
                 })
             }

@@ -423,3 +423,112 @@ async fn a_bound_parent_token_delegates_only_with_its_key() {
         holder.jkt()
     );
 }
+
+/// What review found: a bound token in an AuthZEN body beside any Authorization header,
+/// revocation by a thief, proofs remembered before their request authenticated, and
+/// refusals that left no record.
+#[tokio::test]
+async fn a_stolen_bound_token_gets_nowhere_and_leaves_a_trace() {
+    let h = Harness::start().await;
+    let identity = h.agent("bot", 1).await;
+    let holder = Holder::new();
+    let r = start_bound(&h, &identity, &holder).await;
+    let token = r.body["task_token"].as_str().unwrap().to_owned();
+    let task = r.body["task_id"].as_str().unwrap().to_owned();
+
+    // AuthZEN: the body's token is the one decided on; a header beside it proves nothing.
+    let body = json!({"subject": {"type": "agent", "properties": {"token": token}}, "action": {"name": "read"},
+        "resource": {"type": "tool", "id": "tickets.search", "properties": {"resource": "queue/open", "data_domain": "support"}}});
+    let r = h
+        .send(
+            h.http
+                .post(h.url("/access/v1/evaluation"))
+                .bearer_auth("x")
+                .json(&body),
+        )
+        .await;
+    assert_eq!(
+        (r.status.as_u16(), r.code()),
+        (401, "dpop_required"),
+        "{:?}",
+        r.body
+    );
+
+    // Revocation by a thief (the token alone) is refused; the task lives on.
+    let revoke = |auth: Option<(String, String)>| {
+        let mut req = h
+            .http
+            .post(h.url("/oauth2/revoke"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(format!("token={token}"));
+        if let Some((authz, proof)) = auth {
+            req = req.header("authorization", authz).header("dpop", proof);
+        }
+        h.send(req)
+    };
+    let r = revoke(None).await;
+    assert_eq!(
+        (r.status.as_u16(), r.code()),
+        (401, "dpop_required"),
+        "{:?}",
+        r.body
+    );
+    assert_eq!(
+        h.get(&format!("/v1/tasks/{task}"), Some(ADMIN)).await.body["state"],
+        "active"
+    );
+
+    // A proof sent with a token that does not verify is not remembered: sent again with
+    // the real token it still works (it would be `dpop_replayed` had it been recorded).
+    let url = format!("{}/v1/decide", base(&h));
+    let p = holder.proof("POST", &url, Some(&token), now(&h));
+    let forged = format!("{token}x");
+    let r = h
+        .send(
+            h.http
+                .post(h.url("/v1/decide"))
+                .header("authorization", format!("DPoP {forged}"))
+                .header("dpop", p.clone())
+                .json(&json!({"tool": "tickets.search", "action": "read"})),
+        )
+        .await;
+    assert_eq!(r.status, 401, "{:?}", r.body);
+    assert_eq!(
+        decide(&h, &token, "DPoP", Some(p.clone())).await.status,
+        200
+    );
+    // Sending the bound token as a bearer token is recorded against its task.
+    assert_eq!(
+        decide(&h, &token, "Bearer", None).await.code(),
+        "dpop_required"
+    );
+    let events = h
+        .get(&format!("/v1/tasks/{task}/events"), Some(ADMIN))
+        .await
+        .body;
+    let codes: Vec<&str> = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "call.refused")
+        .map(|e| e["data"]["code"].as_str().unwrap())
+        .collect();
+    assert!(codes.contains(&"dpop_required"), "{codes:?}");
+
+    // The holder revokes with its proof.
+    let r = revoke(Some((
+        format!("DPoP {token}"),
+        holder.proof(
+            "POST",
+            &format!("{}/oauth2/revoke", base(&h)),
+            Some(&token),
+            now(&h),
+        ),
+    )))
+    .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(
+        h.get(&format!("/v1/tasks/{task}"), Some(ADMIN)).await.body["state"],
+        "revoked"
+    );
+}

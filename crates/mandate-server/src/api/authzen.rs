@@ -255,9 +255,10 @@ async fn evaluate_one(
     point: Option<&str>,
 ) -> Result<EvaluationResponse, ApiError> {
     let (token, subject_id, decide) = translate(req, header_token)?;
-    // A bound token is only good with a proof of its key for the request it rides on
-    // (checked at the edge for the Authorization header); in the body it has none.
-    if header_token.is_none() && engine.bound_key(&token).is_some() {
+    // A bound token is only good with a proof of its key for the request it rides on,
+    // checked at the edge for the Authorization header only: a token taken from the body
+    // (whatever header came beside it) has none.
+    if header_token != Some(token.as_str()) && engine.bound_key(&token).is_some() {
         return Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
             "dpop_required",

@@ -298,7 +298,7 @@ pub async fn token_exchange(
 async fn exchange(
     engine: &mandate_engine::Engine,
     p: &BTreeMap<String, String>,
-    bind: Option<String>,
+    proof: Option<mandate_token::dpop::Proof>,
 ) -> Result<TokenExchangeResponse, Refused> {
     let grant_type = required(p, "grant_type")?;
     if grant_type != TOKEN_EXCHANGE {
@@ -360,7 +360,7 @@ async fn exchange(
     // exchange must carry a DPoP proof by it (a stolen parent token alone mints nothing),
     // and the child is bound to the same key.
     if let Some(parent_jkt) = engine.bound_key(subject) {
-        match &bind {
+        match proof.as_ref().map(|p| &p.jkt) {
             None => {
                 return Err(Refused {
                     status: StatusCode::UNAUTHORIZED,
@@ -384,8 +384,18 @@ async fn exchange(
             Some(_) => {}
         }
     }
-    let bound = bind.is_some();
-    sub.bind_jkt = bind;
+    // Remembered against replay only once the subject token verifies (the exchange's
+    // actor is checked by the delegation itself).
+    if proof.is_some() {
+        engine
+            .verify_task_token(subject)
+            .map_err(|e| Refused::from(mandate_engine::Error::from(e)))?;
+    }
+    let bound = proof.is_some();
+    sub.bind_jkt = proof
+        .map(|p| crate::edge::sender::record(engine, &p))
+        .transpose()
+        .map_err(|e| refuse("invalid_dpop_proof", e.code, e.message))?;
     let d = engine.delegate_task(subject, actor, sub).await?;
     let expires_in = (d.expires_at_ms - engine.clock.now_ms())
         .div_euclid(1000)

@@ -26,6 +26,7 @@ use super::oauth::{
     CLIENT_CREDENTIALS, OAuthError, Refused, TOKEN_EXCHANGE, is_form, no_store, parameters, refuse,
     required, sub_task,
 };
+use crate::error::ApiError;
 
 /// `client_assertion_type` of an RFC 7523 client assertion.
 pub const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
@@ -295,7 +296,7 @@ fn check_resource(
 pub(crate) async fn client_credentials(
     engine: &Engine,
     p: &BTreeMap<String, String>,
-    bind: Option<String>,
+    proof: Option<mandate_token::dpop::Proof>,
     peer_svid: Option<&str>,
 ) -> Result<ClientCredentialsResponse, Refused> {
     // RFC 8705 §2.2 in SPIFFE form: with no assertion, the X.509-SVID of a mutual-TLS
@@ -323,8 +324,6 @@ pub(crate) async fn client_credentials(
     };
     let server = check_resource(engine, p)?;
     let (mut start, by_scope) = requested(engine, p, server.as_deref())?;
-    let bound = bind.is_some();
-    start.bind_jkt = bind;
     let identity = match (assertion, by_certificate) {
         (Some(a), _) => client_identity(engine, a).await?,
         (None, Some(id)) => engine
@@ -338,6 +337,12 @@ pub(crate) async fn client_credentials(
             )));
         }
     };
+    // The client authenticated: only now is its DPoP proof remembered and the token bound.
+    let bound = proof.is_some();
+    start.bind_jkt = proof
+        .map(|p| crate::edge::sender::record(engine, &p))
+        .transpose()
+        .map_err(|e| refuse("invalid_dpop_proof", e.code, e.message))?;
     if let Some(id) = p.get("client_id") {
         let claims = engine
             .verify_identity(&identity)
@@ -628,6 +633,22 @@ pub async fn revoke(
     let Ok(claims) = engine.verify_task_token(token) else {
         return no_store(StatusCode::OK.into_response());
     };
+    // A token bound to a key is revoked only by its holder — who sent it under the DPoP
+    // scheme with a proof the edge checked (it reaches here as the bearer, which the edge
+    // never lets a bound token be otherwise) — or by the admin or an enforcement point.
+    if claims.cnf.is_some() {
+        let caller = crate::edge::bearer_token(&headers).ok();
+        let allowed = caller.as_deref().is_some_and(|c| {
+            c == token || engine.is_admin(c) || engine.enforcement_point(c).is_some()
+        });
+        if !allowed {
+            return crate::edge::sender::challenge(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "dpop_required",
+                "this token is bound to a key: revoke it with `Authorization: DPoP <token>` and a proof, or as the admin",
+            ));
+        }
+    }
     let by = claims.actor().to_owned();
     match engine
         .revoke_task(

@@ -70,7 +70,13 @@ pub async fn start(
     headers: axum::http::HeaderMap,
     ApiJson(mut req): ApiJson<StartTaskRequest>,
 ) -> Result<(StatusCode, Json<StartTaskResponse>), ApiError> {
-    req.bind_jkt = crate::edge::sender::binding(&engine, &headers, "/v1/tasks")?;
+    // The identity first: a proof is remembered only for a request that authenticated.
+    engine
+        .verify_identity(&bearer.0)
+        .map_err(mandate_engine::Error::from)?;
+    if let Some(proof) = crate::edge::sender::binding(&engine, &headers, "/v1/tasks")? {
+        req.bind_jkt = Some(crate::edge::sender::record(&engine, &proof)?);
+    }
     let started = engine.start_task(&bearer.0, req).await?;
     let status = if started.state == TaskState::Pending {
         StatusCode::ACCEPTED

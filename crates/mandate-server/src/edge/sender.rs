@@ -57,27 +57,39 @@ pub fn challenge(e: ApiError) -> Response {
     res
 }
 
-/// The key a request that issues a token binds it to: the thumbprint of the key of its
-/// DPoP proof (for `POST` to `path` on this server), or `None` without a proof.
+/// The verified DPoP proof of a request that issues a token (for `POST` to `path` on this
+/// server), or `None` without one. It is not remembered yet: call [`record`] once the
+/// request has authenticated, and bind the token to the proof's key.
 pub fn binding(
     engine: &Engine,
     headers: &HeaderMap,
     path: &str,
-) -> Result<Option<String>, ApiError> {
+) -> Result<Option<mandate_token::dpop::Proof>, ApiError> {
     let Some(proof) = dpop_header(headers)? else {
         return Ok(None);
     };
     let origin = engine.origin_for_host(host(headers));
     engine
-        .dpop_key(proof, "POST", &format!("{origin}{path}"))
+        .dpop_proof(proof, "POST", &format!("{origin}{path}"), None)
         .map(Some)
-        .map_err(|e| {
-            let mut e = ApiError::from(e);
-            if e.status == StatusCode::UNAUTHORIZED {
-                e.status = StatusCode::BAD_REQUEST;
-            }
-            e
-        })
+        .map_err(issuance_error)
+}
+
+/// Records an issuance proof against replay; its key's thumbprint, to bind the token to.
+pub fn record(engine: &Engine, proof: &mandate_token::dpop::Proof) -> Result<String, ApiError> {
+    engine
+        .record_proof(proof)
+        .map(|()| proof.jkt.clone())
+        .map_err(issuance_error)
+}
+
+/// A bad proof at issuance is a bad request (nothing was authenticated with it).
+fn issuance_error(e: mandate_engine::Error) -> ApiError {
+    let mut e = ApiError::from(e);
+    if e.status == StatusCode::UNAUTHORIZED {
+        e.status = StatusCode::BAD_REQUEST;
+    }
+    e
 }
 
 /// The middleware. Requests without an `Authorization` header, or with one it cannot
@@ -94,11 +106,12 @@ pub async fn sender_constraint(
         let proof = match dpop_header(req.headers()) {
             Ok(Some(p)) => p.to_owned(),
             Ok(None) => {
-                return challenge(ApiError::new(
-                    StatusCode::UNAUTHORIZED,
+                let e = mandate_engine::Error::new(
+                    mandate_engine::Kind::Unauthenticated,
                     "dpop_proof_missing",
                     "a token sent under the DPoP scheme needs a DPoP proof header",
-                ));
+                );
+                return challenge(engine.refuse_sender(&token, e).await.into());
             }
             Err(e) => return challenge(e),
         };
@@ -108,7 +121,7 @@ pub async fn sender_constraint(
             req.uri().path()
         );
         if let Err(e) = engine.check_dpop(&token, &proof, req.method().as_str(), &url) {
-            return challenge(e.into());
+            return challenge(engine.refuse_sender(&token, e).await.into());
         }
         // Checked: the adapters read it as the bearer it now is.
         if let Ok(v) = HeaderValue::from_str(&format!("Bearer {token}")) {
@@ -118,11 +131,12 @@ pub async fn sender_constraint(
         return next.run(req).await;
     }
     if scheme.eq_ignore_ascii_case("bearer") && engine.bound_key(&token).is_some() {
-        return challenge(ApiError::new(
-            StatusCode::UNAUTHORIZED,
+        let e = mandate_engine::Error::new(
+            mandate_engine::Kind::Unauthenticated,
             "dpop_required",
             "this task token is bound to a key: send it as `Authorization: DPoP <token>` with a DPoP proof (RFC 9449)",
-        ));
+        );
+        return challenge(engine.refuse_sender(&token, e).await.into());
     }
     next.run(req).await
 }
