@@ -59,6 +59,31 @@ pub struct PeerSvid {
     /// The leaf's one URI SAN: a SPIFFE ID with a trust domain and a non-empty path,
     /// checked by [`mandate_core::SpiffeId::parse_any`].
     pub spiffe_id: String,
+    /// The leaf's `notAfter` (unix seconds). A kept-alive connection outlives its
+    /// handshake: what it proves is used only until then ([`PeerSvid::current`]).
+    pub not_after_secs: i64,
+}
+
+impl PeerSvid {
+    /// The SPIFFE ID, while the certificate is still valid at `now_secs`; after that the
+    /// connection proves nothing more (a fresh handshake with a fresh SVID does).
+    pub fn current(&self, now_secs: i64) -> Result<&str, crate::error::ApiError> {
+        if now_secs < self.not_after_secs {
+            Ok(&self.spiffe_id)
+        } else {
+            Err(crate::error::ApiError::new(
+                http::StatusCode::UNAUTHORIZED,
+                "certificate_expired",
+                "the X.509-SVID this connection was made with has expired: reconnect with a fresh one",
+            ))
+        }
+    }
+}
+
+/// A certificate's `notAfter`, unix seconds (0 when it cannot be read: nothing is proved).
+fn not_after(der: &[u8]) -> i64 {
+    use x509_parser::prelude::{FromDer as _, X509Certificate};
+    X509Certificate::from_der(der).map_or(0, |(_, c)| c.validity().not_after.timestamp())
 }
 
 /// The X.509-SVID the connection of `req` authenticated with, if any.
@@ -502,11 +527,14 @@ impl Tls {
             .1
             .peer_certificates()
             .and_then(|chain| chain.first());
-        let peer = match leaf.map(|der| svid_spiffe_id(der)) {
+        let peer = match leaf.map(|der| (svid_spiffe_id(der), der)) {
             None => None,
-            Some(Ok(spiffe_id)) => Some(PeerSvid { spiffe_id }),
+            Some((Ok(spiffe_id), der)) => Some(PeerSvid {
+                spiffe_id,
+                not_after_secs: not_after(der),
+            }),
             // The verifier accepted only X.509-SVIDs; fail closed all the same.
-            Some(Err(e)) => {
+            Some((Err(e), _)) => {
                 tracing::warn!(error = %e, "a verified client certificate is not an X.509-SVID");
                 return Handshake::Failed;
             }
@@ -622,6 +650,29 @@ mod tests {
 
     fn ca() -> rcgen::Issuer<'static, KeyPair> {
         super::testing::ca("test CA").0
+    }
+
+    #[test]
+    fn a_connection_proves_its_svid_only_until_the_certificate_expires() {
+        let mut p = svid_params("spiffe://partner.example/agent");
+        p.not_after = rcgen::date_time_ymd(2030, 1, 1);
+        let der = p
+            .signed_by(&KeyPair::generate().unwrap(), &ca())
+            .unwrap()
+            .der()
+            .to_vec();
+        let until = not_after(&der);
+        assert_eq!(until, 1_893_456_000);
+        let peer = PeerSvid {
+            spiffe_id: svid_spiffe_id(&der).unwrap(),
+            not_after_secs: until,
+        };
+        assert_eq!(
+            peer.current(until - 1).unwrap(),
+            "spiffe://partner.example/agent"
+        );
+        assert_eq!(peer.current(until).unwrap_err().code, "certificate_expired");
+        assert_eq!(not_after(b"not a certificate"), 0);
     }
 
     fn uri(s: &str) -> SanType {

@@ -96,8 +96,12 @@ pub async fn attest(
     peer: Option<axum::Extension<crate::tls::PeerSvid>>,
     ApiJson(req): ApiJson<AttestRequest>,
 ) -> Result<Json<AttestResponse>, ApiError> {
-    let peer = peer.map(|axum::Extension(p)| p.spiffe_id);
-    Ok(Json(engine.attest(req, peer.as_deref()).await?))
+    let now = engine.clock.now_secs();
+    let peer = match &peer {
+        Some(axum::Extension(p)) => Some(p.current(now)?),
+        None => None,
+    };
+    Ok(Json(engine.attest(req, peer).await?))
 }
 
 /// Renew an identity token with a valid one. The new token keeps the original

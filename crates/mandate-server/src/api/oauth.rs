@@ -281,7 +281,13 @@ pub async fn token_exchange(
             &engine,
             &p,
             bind,
-            peer.as_ref().map(|axum::Extension(s)| s.spiffe_id.as_str()),
+            match &peer {
+                Some(axum::Extension(s)) => match s.current(engine.clock.now_secs()) {
+                    Ok(id) => Some(id),
+                    Err(e) => return refuse("invalid_client", e.code, e.message).into_response(),
+                },
+                None => None,
+            },
         )
         .await
         .map(|r| Json(r).into_response()),
