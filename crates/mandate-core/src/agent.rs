@@ -109,6 +109,13 @@ pub enum AttestationRule {
         /// The workload's SPIFFE ID, `spiffe://<trust-domain>/<path>`.
         id: String,
     },
+    /// An X.509-SVID with exactly this SPIFFE ID, presented over mutual TLS and verified
+    /// against the listener's client CA bundle (`--tls-client-ca`). Distinct from `spiffe`
+    /// so that trusting a CA bundle never opens rules written for JWT-SVIDs.
+    X509Svid {
+        /// The workload's SPIFFE ID, `spiffe://<trust-domain>/<path>`.
+        id: String,
+    },
 }
 
 impl AttestationRule {
@@ -118,6 +125,7 @@ impl AttestationRule {
             Self::JoinToken => "join_token",
             Self::Oidc { .. } => "oidc",
             Self::Spiffe { .. } => "spiffe",
+            Self::X509Svid { .. } => "x509_svid",
         }
     }
 
@@ -148,7 +156,7 @@ impl AttestationRule {
                 }
                 Ok(())
             }
-            Self::Spiffe { id } => crate::SpiffeId::parse_any(id)
+            Self::Spiffe { id } | Self::X509Svid { id } => crate::SpiffeId::parse_any(id)
                 .map(|_| ())
                 .map_err(|e| format!("attestation.id: {e}")),
         }

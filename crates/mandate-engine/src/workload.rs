@@ -783,7 +783,7 @@ impl Engine {
             .into_iter()
             .filter(|a| {
                 a.status != AgentStatus::Offboarded
-                    && matches!(&a.attestation, AttestationRule::Spiffe { id } if id == spiffe_id)
+                    && matches!(&a.attestation, AttestationRule::X509Svid { id } if id == spiffe_id)
             })
             .collect();
         let Some(agent) = matching.pop() else {
@@ -934,6 +934,24 @@ impl Engine {
         let known = |f: &dyn Fn(&Source) -> bool| sources.is_some_and(|s| s.iter().any(f));
         match rule {
             AttestationRule::JoinToken => Ok(()),
+            AttestationRule::X509Svid { id } => {
+                let td =
+                    SpiffeId::parse_any(id).map_err(|e| Error::unprocessable(e.to_string()))?;
+                if td == self.config.trust_domain {
+                    return Err(Error::unprocessable(format!(
+                        "{id} is in Mandate's own trust domain: agents of {td} attest with a join token"
+                    )));
+                }
+                if self.config.tls.as_ref().is_some_and(|t| t.client.is_some()) {
+                    Ok(())
+                } else {
+                    Err(Error::new(
+                        Kind::Unprocessable,
+                        "unknown_issuer",
+                        "X.509-SVIDs are not trusted: serve with --tls-client-ca (the trust domain's X.509 bundle)",
+                    ))
+                }
+            }
             AttestationRule::Oidc { issuer, .. } => {
                 if known(&|s| s.name == *issuer && matches!(s.kind, SourceKind::Oidc { .. })) {
                     Ok(())
@@ -955,14 +973,9 @@ impl Engine {
                         "{id} is in Mandate's own trust domain: agents of {td} attest with a join token"
                     )));
                 }
-                // Trusted through a JWT-SVID bundle, or through the listener's client CA
-                // bundle (X.509-SVIDs over mutual TLS).
-                let mtls = self.config.tls.as_ref().is_some_and(|t| t.client.is_some());
-                if mtls
-                    || known(
-                        &|s| matches!(&s.kind, SourceKind::Spiffe { trust_domain, .. } if *trust_domain == td),
-                    )
-                {
+                if known(
+                    &|s| matches!(&s.kind, SourceKind::Spiffe { trust_domain, .. } if *trust_domain == td),
+                ) {
                     Ok(())
                 } else {
                     Err(Error::new(

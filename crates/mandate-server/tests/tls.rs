@@ -429,7 +429,7 @@ async fn an_x509_svid_attests_its_agent_and_starts_tasks() {
         .bearer_auth(common::ADMIN)
         .json(
             &serde_json::json!({"name": "partner-bot", "owner": "alice@example.com", "tier": 1,
-            "attestation": {"method": "spiffe", "id": AGENT}}),
+            "attestation": {"method": "x509_svid", "id": AGENT}}),
         )
         .send()
         .await

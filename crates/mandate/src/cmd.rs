@@ -95,8 +95,12 @@ pub enum AgentCmd {
         claims: Vec<String>,
         /// Attest with a JWT-SVID carrying exactly this SPIFFE ID, from a trusted trust
         /// domain (`[[spiffe]]`), instead of a join token.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "x509_spiffe_id")]
         spiffe_id: Option<String>,
+        /// Attest with an X.509-SVID carrying exactly this SPIFFE ID, presented over mutual
+        /// TLS (the server needs --tls-client-ca), instead of a join token.
+        #[arg(long, conflicts_with = "oidc_issuer")]
+        x509_spiffe_id: Option<String>,
         #[command(flatten)]
         server: ServerOpts,
     },
@@ -180,6 +184,7 @@ pub async fn agent(c: AgentCmd) -> Result<()> {
             oidc_issuer,
             claims,
             spiffe_id,
+            x509_spiffe_id,
             server,
         } => {
             let mut body = json!({ "name": name, "owner": owner, "tier": tier });
@@ -196,6 +201,8 @@ pub async fn agent(c: AgentCmd) -> Result<()> {
                 body["attestation"] = json!({ "method": "oidc", "issuer": issuer, "claims": map });
             } else if let Some(id) = spiffe_id {
                 body["attestation"] = json!({ "method": "spiffe", "id": id });
+            } else if let Some(id) = x509_spiffe_id {
+                body["attestation"] = json!({ "method": "x509_svid", "id": id });
             }
             let r = server
                 .client()?
