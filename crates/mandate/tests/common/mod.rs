@@ -100,7 +100,6 @@ impl Served {
         extra: &[&str],
         open_files: Option<u32>,
     ) -> Self {
-        let port = free_port();
         let mut cmd = match open_files {
             Some(n) => {
                 let mut c = Command::new("sh");
@@ -113,11 +112,14 @@ impl Served {
             }
             None => Command::new(env!("CARGO_BIN_EXE_mandate")),
         };
-        let child = cmd
+        // Port 0: the server binds a port nobody else holds and says which. (Picking a
+        // free port first and passing it on raced other tests' servers and client sockets
+        // for it, so a test could end up talking to another test's server.)
+        let mut child = cmd
             .args([
                 "serve",
                 "--listen",
-                &format!("127.0.0.1:{port}"),
+                "127.0.0.1:0",
                 // One issuer whatever the port: tokens stay valid across restarts.
                 "--issuer",
                 "http://mandate.test",
@@ -131,18 +133,33 @@ impl Served {
             .env("MANDATE_ADMIN_TOKEN", ADMIN)
             .env("NO_COLOR", "1")
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        let served = Self { child, port };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return served;
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        // Reads the announced address, then keeps draining so the server never blocks on
+        // a full pipe.
+        std::thread::spawn(move || {
+            use std::io::BufRead as _;
+            let mut tx = Some(tx);
+            for line in std::io::BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if let Some(rest) = line.split("mandate listening on http://127.0.0.1:").nth(1)
+                    && let Some(port) = rest
+                        .split(|c: char| !c.is_ascii_digit())
+                        .next()
+                        .and_then(|p| p.parse::<u16>().ok())
+                    && let Some(tx) = tx.take()
+                {
+                    let _ = tx.send(port);
+                }
             }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("mandate serve did not start listening");
+        });
+        let port = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("mandate serve did not start listening");
+        Self { child, port }
     }
 
     pub fn kill9(mut self) {
