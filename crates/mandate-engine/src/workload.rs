@@ -524,12 +524,9 @@ impl Engine {
     async fn fetch_keys(&self, source: &Source) -> Result<Vec<PublicJwk>, String> {
         let bytes = match &source.kind {
             SourceKind::Oidc {
-                issuer,
                 jwks_uri: Some(uri),
-            } => {
-                let _ = issuer;
-                self.get_document(uri).await?
-            }
+                ..
+            } => self.get_document(uri).await?,
             SourceKind::Oidc {
                 issuer,
                 jwks_uri: None,

@@ -638,6 +638,10 @@ async fn the_token_endpoint_starts_a_task_for_a_workload_assertion() {
     assert_eq!(r.headers["cache-control"], "no-store");
     assert_eq!(r.body["token_type"], "Bearer");
     assert!(r.body["expires_in"].as_i64().unwrap() <= 300);
+    assert_eq!(
+        r.body["authorization_details"][0]["purpose"],
+        "triage the queue"
+    );
     let access = r.body["access_token"].as_str().unwrap().to_owned();
     assert_eq!(
         w.h.decide(&access, "tickets.search", "read").await.body["outcome"],

@@ -359,6 +359,7 @@ pub(crate) async fn client_credentials(
             ));
         }
     }
+    let purpose = start.purpose.clone();
     let started = engine
         .start_task(&identity, start)
         .await
@@ -382,7 +383,7 @@ pub(crate) async fn client_credentials(
     let g = &started.grant;
     let granted = serde_json::json!({
         "type": "mandate_task",
-        "purpose": p.get("authorization_details").map(|_| ()).map_or(SCOPE_PURPOSE.to_owned(), |()| String::new()),
+        "purpose": purpose,
         "tools": g.tools.keys().collect::<Vec<_>>(),
         "actions": g.tools.values().flatten().collect::<BTreeSet<_>>(),
         "data_domains": g.data_domains,
