@@ -74,6 +74,25 @@ impl Engine {
         self.issuer.split("://").next().unwrap_or("http")
     }
 
+    /// Whether a browser's `Origin` may talk to this server (MCP's DNS-rebinding rule): this
+    /// server's own origin, or — when the issuer is on loopback, as in development — any
+    /// loopback origin (a local inspector on another port). `null` and every other origin
+    /// are refused.
+    pub fn origin_allowed(&self, origin: &str) -> bool {
+        if self.same_server(origin).is_some() {
+            return true;
+        }
+        let loopback = |u: &str| {
+            url::Url::parse(u).is_ok_and(|u| {
+                matches!(u.scheme(), "http" | "https")
+                    && (matches!(u.host(), Some(url::Host::Domain("localhost")))
+                        || matches!(u.host(), Some(url::Host::Ipv4(ip)) if ip.is_loopback())
+                        || matches!(u.host(), Some(url::Host::Ipv6(ip)) if ip.is_loopback()))
+            })
+        };
+        loopback(&self.issuer) && loopback(origin)
+    }
+
     /// `url`'s origin, when it is this server's: the issuer's scheme, host and port, or —
     /// only when the issuer itself is on loopback — the same port under another loopback
     /// name (a production server does not answer to `localhost` for proofs or resources).

@@ -875,3 +875,41 @@ async fn a_refund_over_100_needs_a_human_and_arguments_that_do_not_fit_reach_not
         "nothing that did not fit reached the server"
     );
 }
+
+/// A browser's cross-site request (DNS rebinding, or a page on another site) is refused on
+/// its Origin even with a good Host and a valid token; the server's own origin, and any
+/// loopback origin while the issuer is on loopback (a local inspector), go through.
+#[tokio::test]
+async fn a_foreign_origin_is_refused_before_anything_is_read() {
+    let m = start().await;
+    let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}});
+    let post = |origin: &'static str| {
+        m.h.send(
+            m.h.http
+                .post(m.h.url("/mcp/docs"))
+                .bearer_auth(&m.token)
+                .header("origin", origin)
+                .header("accept", "application/json, text/event-stream")
+                .json(&init),
+        )
+    };
+    for bad in [
+        "http://evil.example",
+        "null",
+        "https://127.0.0.1.evil.example:1",
+    ] {
+        let r = post(bad).await;
+        assert_eq!(
+            (r.status.as_u16(), r.code()),
+            (403, "origin_not_allowed"),
+            "{bad}: {:?}",
+            r.body
+        );
+    }
+    for good in ["http://localhost:6274", "http://127.0.0.1:9"] {
+        let r = post(good).await;
+        assert_eq!(r.status, 200, "{good}: {:?}", r.body);
+    }
+    assert!(m.calls().is_empty());
+}

@@ -415,6 +415,21 @@ async fn resource_metadata(
 /// task's state is checked per request inside, so a call after the task ended gets an MCP
 /// error rather than a transport failure.
 async fn authenticate(State((gw, server)): ServerState, req: Request, next: Next) -> Response {
+    // DNS rebinding and cross-site requests (MCP transport, "Security Warning"): a
+    // browser's Origin must be this server's (rmcp checks the Host, not the Origin).
+    let mut origins = req.headers().get_all(header::ORIGIN).iter();
+    if let Some(origin) = origins.next() {
+        let ok =
+            origins.next().is_none() && origin.to_str().is_ok_and(|o| gw.engine.origin_allowed(o));
+        if !ok {
+            return ApiError::new(
+                StatusCode::FORBIDDEN,
+                "origin_not_allowed",
+                "this Origin may not use the MCP gateway: only this server's own origin (or loopback in development) may",
+            )
+            .into_response();
+        }
+    }
     let token = crate::edge::bearer_token(req.headers());
     let ok = token
         .as_ref()
