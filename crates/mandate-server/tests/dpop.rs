@@ -305,12 +305,10 @@ async fn the_token_endpoint_binds_and_a_tier_can_require_binding() {
 /// without it the test says so and passes; set to something that cannot run, it fails.
 #[tokio::test]
 async fn proofs_from_an_independent_implementation_are_accepted() {
-    let Some(python) = std::env::var_os("MANDATE_TEST_IDENTITY_PYTHON") else {
-        eprintln!(
-            "SKIPPED proofs_from_an_independent_implementation_are_accepted: MANDATE_TEST_IDENTITY_PYTHON is not set. \
-             To run it: MANDATE_TEST_IDENTITY_PYTHON=\"$(bash scripts/install-identity-peers.sh | tail -n 1)\" \
-             cargo test -p mandate-server --test dpop"
-        );
+    let Some(python) = common::identity_python(
+        "proofs_from_an_independent_implementation_are_accepted",
+        "dpop",
+    ) else {
         return;
     };
     let h = Harness::start().await;

@@ -912,12 +912,10 @@ async fn introspection_and_revocation() {
 /// without it the test says so and passes; set to something that cannot run, it fails.
 #[tokio::test]
 async fn the_python_mcp_sdk_gets_a_token_and_calls_a_tool() {
-    let Some(python) = std::env::var_os("MANDATE_TEST_IDENTITY_PYTHON") else {
-        eprintln!(
-            "SKIPPED the_python_mcp_sdk_gets_a_token_and_calls_a_tool: MANDATE_TEST_IDENTITY_PYTHON is not set. \
-             To run it: MANDATE_TEST_IDENTITY_PYTHON=\"$(bash scripts/install-identity-peers.sh | tail -n 1)\" \
-             cargo test -p mandate-server --test identity"
-        );
+    let Some(python) = common::identity_python(
+        "the_python_mcp_sdk_gets_a_token_and_calls_a_tool",
+        "identity",
+    ) else {
         return;
     };
     let issuer = Issuer::start().await;

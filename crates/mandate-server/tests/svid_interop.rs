@@ -41,15 +41,7 @@ const TRUST_DOMAIN: &str = "mandate.local";
 const CONTROL_PLANE: &str = "mandate:control-plane";
 
 fn python(test: &str) -> Option<PathBuf> {
-    let Some(p) = std::env::var_os(PY_ENV) else {
-        eprintln!(
-            "SKIPPED {test}: {PY_ENV} is not set. To run the py-spiffe interop tests: \
-             {PY_ENV}=\"$(bash scripts/install-identity-peers.sh | tail -n 1)\" \
-             cargo test -p mandate-server --test svid_interop"
-        );
-        return None;
-    };
-    Some(PathBuf::from(p))
+    common::identity_python(test, "svid_interop")
 }
 
 /// One token for py-spiffe to judge.

@@ -15,6 +15,23 @@ use serde_json::{Value, json};
 
 pub const ADMIN: &str = "test-admin-token-0123456789abcdef";
 
+/// The Python with the identity peers (PyPI spiffe, joserfc, mcp), from
+/// `MANDATE_TEST_IDENTITY_PYTHON`. Without the variable, says on stderr that `test` of
+/// `suite` is skipped and how to run it, and returns `None` (the test passes); set to
+/// something that cannot run, the test fails where it runs it.
+pub fn identity_python(test: &str, suite: &str) -> Option<PathBuf> {
+    const VAR: &str = "MANDATE_TEST_IDENTITY_PYTHON";
+    let Some(p) = std::env::var_os(VAR) else {
+        eprintln!(
+            "SKIPPED {test}: {VAR} is not set. To run it: \
+             {VAR}=\"$(bash scripts/install-identity-peers.sh | tail -n 1)\" \
+             cargo test -p mandate-server --test {suite}"
+        );
+        return None;
+    };
+    Some(PathBuf::from(p))
+}
+
 pub fn demo_policies() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/policies/demo")
 }
