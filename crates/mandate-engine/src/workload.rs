@@ -29,6 +29,10 @@ use crate::sync::lock;
 /// Largest discovery document, JWKS or bundle read.
 const MAX_DOCUMENT_BYTES: usize = 1024 * 1024;
 
+/// Keys that could not be refreshed for this long are dropped: an issuer that withdrew a
+/// key while unreachable is not trusted with it forever (its tokens then fail closed).
+const STALE_KEYS_MS: i64 = 24 * 3600 * 1000;
+
 /// The identity configuration (`mandate serve --identity FILE`, TOML).
 #[derive(Debug, Clone)]
 pub struct IdentityConfig {
@@ -643,6 +647,9 @@ impl Engine {
             Err(e) => {
                 tracing::warn!(source = %source.label(), error = %e, "identity keys not refreshed");
                 s.last_error = Some(e.clone());
+                if now - s.fetched_at_ms >= STALE_KEYS_MS {
+                    s.keys = None;
+                }
                 s.keys.clone().ok_or_else(|| {
                     // The cause (URLs, addresses) is logged above, not told to the caller.
                     Error::new(

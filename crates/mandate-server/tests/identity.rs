@@ -105,6 +105,8 @@ struct Issuer {
     url: String,
     keys: Arc<Mutex<Vec<(String, Key)>>>,
     fetches: Arc<AtomicUsize>,
+    /// While set, the JWKS answers 503.
+    down: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Issuer {
@@ -120,7 +122,8 @@ impl Issuer {
             "issuer": url, "jwks_uri": format!("{url}/keys"),
             "id_token_signing_alg_values_supported": ["ES256"],
         });
-        let (k, f) = (Arc::clone(&keys), Arc::clone(&fetches));
+        let down = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (k, f, d) = (Arc::clone(&keys), Arc::clone(&fetches), Arc::clone(&down));
         let app = axum::Router::new()
             .route(
                 "/.well-known/openid-configuration",
@@ -129,18 +132,27 @@ impl Issuer {
             .route(
                 "/keys",
                 axum::routing::get(move || async move {
+                    use axum::response::IntoResponse as _;
                     f.fetch_add(1, Ordering::SeqCst);
+                    if d.load(Ordering::SeqCst) {
+                        return axum::http::StatusCode::SERVICE_UNAVAILABLE.into_response();
+                    }
                     let keys: Vec<Value> = k
                         .lock()
                         .unwrap()
                         .iter()
                         .map(|(kid, k)| k.jwk(kid))
                         .collect();
-                    axum::Json(json!({ "keys": keys }))
+                    axum::Json(json!({ "keys": keys })).into_response()
                 }),
             );
         tokio::spawn(async move { axum::serve(listener, app).await });
-        Self { url, keys, fetches }
+        Self {
+            url,
+            keys,
+            fetches,
+            down,
+        }
     }
 
     fn sign_with(&self, kid: &str, claims: &Value) -> String {
@@ -1107,4 +1119,37 @@ async fn a_bundle_endpoint_is_fetched_for_its_trust_domain() {
         .post("/v1/attest", None, json!({"assertion": forged}))
         .await;
     assert_eq!((r.status.as_u16(), r.code()), (401, "token_bad_signature"));
+}
+
+/// An issuer that cannot be reached keeps its last keys for a while (a blip costs no
+/// attestation), but not forever: keys not refreshed for a day are dropped and its tokens
+/// are refused until it answers again.
+#[tokio::test]
+async fn keys_of_an_unreachable_issuer_expire_after_a_day() {
+    let w = world().await;
+    assert_eq!(w.register("web", rule("web")).await.status, 201);
+    let token = |jti: &str| {
+        w.issuer
+            .sign_with("es-1", &k8s_claims(&w.issuer.url, w.now(), "web", jti))
+    };
+    assert_eq!(w.attest(&token("d-1")).await.status, 200);
+    w.issuer.down.store(true, Ordering::SeqCst);
+    // Two hours on, the keys are old enough to refetch; the fetch fails; they are kept.
+    w.h.clock.advance_ms(2 * 3600 * 1000);
+    let r = w.attest(&token("d-2")).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    // A day on, they are dropped: refused, and said to be unavailable.
+    w.h.clock.advance_ms(23 * 3600 * 1000);
+    let r = w.attest(&token("d-3")).await;
+    assert_eq!(
+        (r.status.as_u16(), r.code()),
+        (503, "issuer_unavailable"),
+        "{:?}",
+        r.body
+    );
+    // Back up (after the least interval between fetches): accepted again.
+    w.issuer.down.store(false, Ordering::SeqCst);
+    w.h.clock.advance_ms(61_000);
+    let r = w.attest(&token("d-4")).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
 }
