@@ -131,6 +131,8 @@ bodies! {
     ToolApproved(ToolApproved) = "tool.approved",
     /// An MCP request that is not a tool call.
     McpRequest(McpRequest) = "mcp.request",
+    /// A session with an MCP server restarted, or failed to start.
+    McpServerStarted(McpServerStarted) = "mcp_server.started",
     /// Untrusted content entered a task.
     TaskTainted(TaskTainted) = "task.tainted",
     /// The store commits again after failing.
@@ -963,6 +965,22 @@ pub struct McpRequest {
     /// The tools held back, with why.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub held: Option<Vec<HiddenTool>>,
+}
+
+/// `mcp_server.started`: a restart, or a failed start (which backs off).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct McpServerStarted {
+    /// The MCP server.
+    pub server: String,
+    /// `stdio` or `streamable_http`.
+    pub transport: String,
+    /// The session replaces one that closed.
+    pub restart: bool,
+    /// Failed starts in a row, this one included (0 when it started).
+    pub failures_in_row: u32,
+    /// Why it failed to start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// `server.started`.

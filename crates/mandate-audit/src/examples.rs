@@ -15,7 +15,7 @@ use crate::EventKind;
 use crate::body::*;
 
 /// Every kind, in declaration order.
-pub const ALL_KINDS: [EventKind; 47] = [
+pub const ALL_KINDS: [EventKind; 48] = [
     EventKind::AgentRegistered,
     EventKind::AgentStatusChanged,
     EventKind::JoinTokenIssued,
@@ -57,6 +57,7 @@ pub const ALL_KINDS: [EventKind; 47] = [
     EventKind::ToolChanged,
     EventKind::ToolApproved,
     EventKind::McpRequest,
+    EventKind::McpServerStarted,
     EventKind::TaskTainted,
     EventKind::StoreRecovered,
     EventKind::TaskDelegated,
@@ -462,6 +463,13 @@ pub fn example(kind: EventKind) -> Body {
                 tool: s("delete"),
                 why: s("new tool on a known server"),
             }]),
+        }),
+        EventKind::McpServerStarted => Body::McpServerStarted(McpServerStarted {
+            server: s("files"),
+            transport: s("stdio"),
+            restart: true,
+            failures_in_row: 0,
+            error: None,
         }),
         EventKind::TaskTainted => Body::TaskTainted(TaskTainted { source: s("docs") }),
         EventKind::StoreRecovered => Body::StoreRecovered(StoreRecovered {

@@ -156,6 +156,10 @@ pub enum EventKind {
     /// An MCP request that is not a tool call (listing, reading a resource, a prompt).
     #[serde(rename = "mcp.request")]
     McpRequest,
+    /// Mandate started a session with an MCP server again after the last one closed (a
+    /// stdio server that exited, a remote one that dropped it), or failed to start one.
+    #[serde(rename = "mcp_server.started")]
+    McpServerStarted,
     /// Content from an untrusted source entered a task (recorded before it reaches the agent).
     #[serde(rename = "task.tainted")]
     TaskTainted,
@@ -221,6 +225,7 @@ impl EventKind {
             Self::ToolChanged => "tool.changed",
             Self::ToolApproved => "tool.approved",
             Self::McpRequest => "mcp.request",
+            Self::McpServerStarted => "mcp_server.started",
             Self::TaskTainted => "task.tainted",
             Self::StoreRecovered => "store.recovered",
             Self::TaskDelegated => "task.delegated",

@@ -5,7 +5,8 @@
 //! `prompts/get` is decided on the shared decide path with its arguments before it is
 //! forwarded. The agent's token never reaches a server.
 
-mod proxy;
+pub(crate) mod proxy;
+mod relay;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -26,13 +27,39 @@ use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, Stream
 use crate::error::ApiError;
 use mandate_engine::engine::Engine;
 
-type Upstream = RunningService<RoleClient, ()>;
+type Upstream = RunningService<RoleClient, relay::Relay>;
 
-/// One (server, task)'s place for its upstream session.
+/// One (server, task, agent session)'s place for its upstream session.
 struct SessionSlot {
     agent: String,
     session: tokio::sync::Mutex<Option<Arc<Upstream>>>,
+    /// The connected session, to cut it without waiting on a connect in progress.
+    cut: std::sync::Mutex<Option<Arc<Upstream>>>,
 }
+
+/// Key of an upstream session: server, task, agent session.
+type SlotKey = (String, String, String);
+
+/// What is known of one server's health: starts, restarts, and failures in a row (each
+/// failure doubles the wait before the next start, up to [`MAX_BACKOFF`]).
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct ServerHealth {
+    /// Sessions started with it.
+    pub started: u64,
+    /// Sessions started again after the previous one closed (a stdio server that exited,
+    /// a remote server that dropped the session).
+    pub restarted: u64,
+    /// Failed starts since the last good one.
+    pub failures_in_row: u32,
+    /// The last failure, if any.
+    pub last_error: Option<String>,
+    /// No start is tried before this (while backing off).
+    #[serde(skip)]
+    next_try: Option<std::time::Instant>,
+}
+
+/// Longest wait between failed starts of a server.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 /// Why no upstream session could be had.
 #[derive(Debug)]
@@ -63,11 +90,14 @@ pub const LISTING_TTL: Duration = Duration::from_secs(2);
 pub struct McpGateway {
     engine: Arc<Engine>,
     servers: BTreeMap<String, McpServer>,
-    /// Client sessions with the servers, one per (server, task): a stateful server's
-    /// session never carries one task's state into another's, and it ends with its task.
+    /// Client sessions with the servers, one per (server, task, agent session): a
+    /// stateful server's session never carries one task's state into another's, what it
+    /// sends back reaches the one agent session it serves, and it ends with its task or
+    /// that session.
     /// The map is held only to find or reserve a slot; connecting waits on the slot alone,
     /// so one slow server does not hold up sessions with the others.
-    upstreams: std::sync::Mutex<HashMap<(String, String), Arc<SessionSlot>>>,
+    upstreams: std::sync::Mutex<HashMap<SlotKey, Arc<SessionSlot>>>,
+    health: std::sync::Mutex<HashMap<String, ServerHealth>>,
     /// Most upstream sessions open at once, and per agent (each stdio one is a process).
     max_sessions: usize,
     max_sessions_per_agent: usize,
@@ -109,6 +139,7 @@ impl McpGateway {
             engine,
             servers,
             upstreams: std::sync::Mutex::new(HashMap::new()),
+            health: std::sync::Mutex::new(HashMap::new()),
             max_sessions: limits.max_mcp_sessions,
             max_sessions_per_agent: limits.max_mcp_sessions_per_agent,
             http,
@@ -116,25 +147,28 @@ impl McpGateway {
         })
     }
 
-    /// The task's live client session with `server`, connecting (or reconnecting) as
-    /// needed; it is closed when the task ends, cutting whatever is in flight on it.
+    /// The agent session's live client session with `server` for `task`, connecting (or
+    /// restarting) as needed; it is closed when the task or the agent session ends,
+    /// cutting whatever is in flight on it.
     async fn upstream(
         self: &Arc<Self>,
         server: &McpServer,
         task: &Arc<mandate_engine::engine::LiveTask>,
+        session: &str,
+        relay: impl FnOnce() -> relay::Relay,
     ) -> Result<Arc<Upstream>, UpstreamError> {
         if task.is_ended() {
             return Err("the task has ended".into());
         }
-        let key = (server.name.clone(), task.id.clone());
+        let key = (server.name.clone(), task.id.clone(), session.to_owned());
         let slot = self.slot(&key, task)?;
-        let mut session = slot.session.lock().await;
-        if let Some(u) = session.as_ref()
-            && !u.is_closed()
-        {
-            return Ok(Arc::clone(u));
-        }
-        match self.connect(server).await {
+        let mut current = slot.session.lock().await;
+        let restart = match current.as_ref() {
+            Some(u) if !u.is_closed() => return Ok(Arc::clone(u)),
+            Some(_) => true,
+            None => false,
+        };
+        match self.start(server, relay(), restart, task).await {
             Ok(running) => {
                 if task.is_ended() {
                     // Its watcher may have come and gone while this connected.
@@ -142,11 +176,12 @@ impl McpGateway {
                     return Err("the task has ended".into());
                 }
                 let running = Arc::new(running);
-                *session = Some(Arc::clone(&running));
+                *current = Some(Arc::clone(&running));
+                *mandate_engine::engine::lock(&slot.cut) = Some(Arc::clone(&running));
                 Ok(running)
             }
             Err(e) => {
-                drop(session);
+                drop(current);
                 // A slot that never held a session does not count against the caps.
                 let mut map = mandate_engine::engine::lock(&self.upstreams);
                 if map.get(&key).is_some_and(|s| Arc::ptr_eq(s, &slot)) {
@@ -157,11 +192,113 @@ impl McpGateway {
         }
     }
 
+    /// Starts a session with `server`, unless it is backing off after failures; records
+    /// the start (and a restart, audited) or the failure in its health.
+    async fn start(
+        &self,
+        server: &McpServer,
+        relay: relay::Relay,
+        restart: bool,
+        task: &mandate_engine::engine::LiveTask,
+    ) -> Result<Upstream, UpstreamError> {
+        {
+            let health = mandate_engine::engine::lock(&self.health);
+            if let Some(h) = health.get(&server.name)
+                && let Some(at) = h.next_try
+                && at > std::time::Instant::now()
+            {
+                return Err(UpstreamError::Unavailable(format!(
+                    "mcp server {} is backing off after {} failed starts ({})",
+                    server.name,
+                    h.failures_in_row,
+                    h.last_error.as_deref().unwrap_or("unknown")
+                )));
+            }
+        }
+        let result = self.connect(server, relay).await;
+        let (failures, error) = {
+            let mut health = mandate_engine::engine::lock(&self.health);
+            let h = health.entry(server.name.clone()).or_default();
+            match &result {
+                Ok(_) => {
+                    h.started += 1;
+                    h.restarted += u64::from(restart);
+                    h.failures_in_row = 0;
+                    h.next_try = None;
+                    (0, None)
+                }
+                Err(e) => {
+                    h.failures_in_row = h.failures_in_row.saturating_add(1);
+                    let why = match e {
+                        UpstreamError::Unavailable(w) | UpstreamError::Exhausted(w) => w.clone(),
+                    };
+                    h.last_error = Some(why.clone());
+                    let wait = Duration::from_millis(100)
+                        .saturating_mul(1 << h.failures_in_row.min(16))
+                        .min(MAX_BACKOFF);
+                    h.next_try = Some(std::time::Instant::now() + wait);
+                    (h.failures_in_row, Some(why))
+                }
+            }
+        };
+        if restart || error.is_some() {
+            let ev = mandate_audit::NewEvent {
+                ts_ms: self.engine.clock.now_ms(),
+                agent: Some(task.agent.to_string()),
+                task_id: Some(task.id.clone()),
+                body: mandate_audit::Body::McpServerStarted(mandate_audit::McpServerStarted {
+                    server: server.name.clone(),
+                    transport: match server.transport {
+                        McpTransport::Remote(_) => "streamable_http".to_owned(),
+                        McpTransport::Stdio { .. } => "stdio".to_owned(),
+                    },
+                    restart,
+                    failures_in_row: failures,
+                    error,
+                }),
+            };
+            self.engine.audit.append_deferred(ev);
+        }
+        result
+    }
+
+    /// Each server's health, by name.
+    pub fn health(&self) -> BTreeMap<String, ServerHealth> {
+        let health = mandate_engine::engine::lock(&self.health);
+        self.servers
+            .keys()
+            .map(|n| (n.clone(), health.get(n).cloned().unwrap_or_default()))
+            .collect()
+    }
+
+    /// The upstream sessions of an agent session.
+    fn session_upstreams(&self, session: &str) -> Vec<Arc<Upstream>> {
+        let map = mandate_engine::engine::lock(&self.upstreams);
+        map.iter()
+            .filter(|(k, _)| k.2 == session)
+            .filter_map(|(_, s)| mandate_engine::engine::lock(&s.cut).clone())
+            .collect()
+    }
+
+    /// Closes every upstream session of an agent session that ended.
+    fn close_session(&self, session: &str) {
+        let slots: Vec<Arc<SessionSlot>> = {
+            let mut map = mandate_engine::engine::lock(&self.upstreams);
+            let keys: Vec<SlotKey> = map.keys().filter(|k| k.2 == session).cloned().collect();
+            keys.iter().filter_map(|k| map.remove(k)).collect()
+        };
+        for s in slots {
+            if let Some(u) = mandate_engine::engine::lock(&s.cut).take() {
+                u.cancellation_token().cancel();
+            }
+        }
+    }
+
     /// The slot of `key`, reserved within the caps; it and its session go when the task
     /// ends.
     fn slot(
         self: &Arc<Self>,
-        key: &(String, String),
+        key: &SlotKey,
         task: &Arc<mandate_engine::engine::LiveTask>,
     ) -> Result<Arc<SessionSlot>, UpstreamError> {
         let mut map = mandate_engine::engine::lock(&self.upstreams);
@@ -184,6 +321,7 @@ impl McpGateway {
         let slot = Arc::new(SessionSlot {
             agent,
             session: tokio::sync::Mutex::new(None),
+            cut: std::sync::Mutex::new(None),
         });
         map.insert(key.clone(), Arc::clone(&slot));
         let (this, task, key) = (Arc::clone(self), Arc::clone(task), key.clone());
@@ -201,6 +339,9 @@ impl McpGateway {
                 }
             }
             // Cuts whatever is in flight on it, and closes it (a stdio server exits).
+            if let Some(u) = mandate_engine::engine::lock(&watched.cut).take() {
+                u.cancellation_token().cancel();
+            }
             if let Some(u) = watched.session.lock().await.take() {
                 u.cancellation_token().cancel();
             }
@@ -208,8 +349,12 @@ impl McpGateway {
         Ok(slot)
     }
 
-    /// A new client session with `server`.
-    async fn connect(&self, server: &McpServer) -> Result<Upstream, UpstreamError> {
+    /// A new client session with `server`, relaying what it sends back through `relay`.
+    async fn connect(
+        &self,
+        server: &McpServer,
+        relay: relay::Relay,
+    ) -> Result<Upstream, UpstreamError> {
         let running = match &server.transport {
             McpTransport::Remote(url) => {
                 use rmcp::transport::StreamableHttpClientTransport;
@@ -252,7 +397,8 @@ impl McpGateway {
                 }
                 let client = self.http.get(&server.name).cloned().ok_or("no client")?;
                 let transport = StreamableHttpClientTransport::with_client(client, cfg);
-                ().serve(transport)
+                relay
+                    .serve(transport)
                     .await
                     .map_err(|e| format!("cannot reach mcp server {}: {e}", server.name))?
             }
@@ -270,7 +416,8 @@ impl McpGateway {
                 }
                 let child = rmcp::transport::TokioChildProcess::new(cmd)
                     .map_err(|e| format!("cannot start mcp server {}: {e}", server.name))?;
-                ().serve(child)
+                relay
+                    .serve(child)
                     .await
                     .map_err(|e| format!("mcp server {} did not initialise: {e}", server.name))?
             }
@@ -283,6 +430,11 @@ impl McpGateway {
             .get(server)
             .filter(|(at, _)| at.elapsed() < LISTING_TTL)
             .map(|(_, t)| t.clone())
+    }
+
+    /// Forgets a server's tool listing (it said its tools changed).
+    fn forget_listing(&self, server: &str) {
+        mandate_engine::engine::lock(&self.listings).remove(server);
     }
 
     fn cache_listing(&self, server: &str, tools: &[rmcp::model::Tool]) {

@@ -1,6 +1,11 @@
 //! One agent session's MCP server: each request is authenticated with its own bearer
 //! token, decided, and only then sent to the real server.
 
+#![expect(
+    deprecated,
+    reason = "logging, subscriptions and sampling are deprecated by SEP-2577 but still in the 2025-11-25 revision that clients speak: Mandate relays them"
+)]
+
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -9,11 +14,17 @@ use mandate_core::{ActionClass, CallSpan, CanonicalArgs, ToolName};
 use mandate_gateway::mcp::{McpServer, McpTransport};
 use mandate_policy::Outcome;
 use rmcp::model::{
-    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, GetPromptRequestParams,
-    GetPromptResponse, ListToolsResult, PaginatedRequestParams, ReadResourceRequestParams,
-    ReadResourceResponse, ServerCapabilities, ServerConfig, Tool,
+    CallToolRequest, CallToolRequestParams, CallToolResponse, CallToolResult,
+    CancelledNotificationParam, ClientRequest, CompleteRequest, CompleteRequestParams,
+    CompleteResult, ContentBlock, GetPromptRequest, GetPromptRequestParams, GetPromptResponse,
+    InitializeRequestParams, InitializeResult, ListPromptsRequest, ListPromptsResult,
+    ListResourceTemplatesRequest, ListResourceTemplatesResult, ListResourcesRequest,
+    ListResourcesResult, ListToolsResult, PaginatedRequestParams, ReadResourceRequest,
+    ReadResourceRequestParams, ReadResourceResponse, Reference, RequestMetaObject, ResultType,
+    ServerCapabilities, ServerConfig, ServerResult, SetLevelRequest, SetLevelRequestParams,
+    SubscribeRequest, SubscribeRequestParams, Tool, UnsubscribeRequest, UnsubscribeRequestParams,
 };
-use rmcp::service::{RequestContext, RoleServer};
+use rmcp::service::{NotificationContext, PeerRequestOptions, RequestContext, RoleServer};
 use rmcp::{ErrorData, ServerHandler};
 use serde_json::{Value, json};
 
@@ -28,14 +39,108 @@ pub const APPROVAL_META: &str = "mandate/approval_id";
 /// `_meta` key: wait up to this many seconds for the call's approval.
 pub const WAIT_META: &str = "mandate/approval_wait_secs";
 
+/// One agent session.
 pub struct ProxyHandler {
     gw: Arc<McpGateway>,
     server: String,
+    /// This agent session (its upstream sessions are its own).
+    session: String,
+    /// What the agent is told of the server: the server's own identity, instructions and
+    /// capabilities (less what Mandate does not relay), once a session with it is up.
+    info: std::sync::OnceLock<ServerConfig>,
+}
+
+impl Drop for ProxyHandler {
+    fn drop(&mut self) {
+        self.gw.close_session(&self.session);
+    }
 }
 
 impl ProxyHandler {
     pub fn new(gw: Arc<McpGateway>, server: String) -> Self {
-        Self { gw, server }
+        Self {
+            gw,
+            server,
+            session: mandate_core::random_id("mcps").unwrap_or_default(),
+            info: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// This agent session's upstream session for `task`, started as needed.
+    async fn up(
+        &self,
+        ctx: &RequestContext<RoleServer>,
+        task: &Arc<LiveTask>,
+        token: &str,
+    ) -> Result<Arc<super::Upstream>, ErrorData> {
+        let server = self.config()?;
+        let caps = ctx.client_capabilities();
+        let up = self
+            .gw
+            .upstream(server, task, &self.session, || {
+                super::relay::Relay::new(&self.gw, &self.server, &ctx.peer, caps, token)
+            })
+            .await
+            .map_err(upstream_err)?;
+        up.service().0.set_token(token);
+        Ok(up)
+    }
+
+    /// Sends `request` on `up` with the agent's `_meta` (progress token, trace context,
+    /// anything else but Mandate's own keys and the protocol fields of the agent's own
+    /// session), relays what the server sends about it while it works, and passes on a
+    /// cancellation by the agent.
+    async fn forward(
+        &self,
+        up: &super::Upstream,
+        request: ClientRequest,
+        ctx: &RequestContext<RoleServer>,
+    ) -> Result<ServerResult, ErrorData> {
+        let relay = &up.service().0;
+        let mut options = PeerRequestOptions::no_options();
+        options.meta = forwarded_meta(&ctx.meta);
+        let handle = relay
+            .register(ctx.id.clone(), ctx.meta.get_progress_token(), || async {
+                let h = up.send_request_with_option(request, options).await?;
+                let (id, token) = (h.id.clone(), h.progress_token.clone());
+                Ok((h, id, token))
+            })
+            .await
+            .map_err(|e| upstream_err(format!("cannot send to the MCP server: {e}")))?;
+        let id = handle.id.clone();
+        let answer = tokio::select! {
+            r = handle.await_response() => r,
+            () = ctx.ct.cancelled() => {
+                up.notify_cancelled(CancelledNotificationParam::new(
+                    Some(id.clone()),
+                    Some("cancelled by the agent".to_owned()),
+                ))
+                .await
+                .ok();
+                relay.unregister(&id).await;
+                return Err(ErrorData::invalid_request("cancelled by the agent", None));
+            }
+        };
+        relay.unregister(&id).await;
+        match answer {
+            Ok(mut r) => {
+                mark_complete(&mut r);
+                Ok(r)
+            }
+            // The server's own error, as it gave it.
+            Err(rmcp::ServiceError::McpError(e)) => Err(e),
+            Err(e) => Err(upstream_err(format!("the MCP server failed: {e}"))),
+        }
+    }
+
+    /// `tools`' grant check for the pseudo-tool `<server>.<kind>`.
+    fn granted(&self, task: &LiveTask, kind: &str) -> bool {
+        self.policy_tool(kind).is_ok_and(|t| {
+            task.current_grant()
+                .tools
+                .get(&t)
+                .is_some_and(|a| a.contains(&ActionClass::Read))
+        })
     }
 
     fn config(&self) -> Result<&McpServer, ErrorData> {
@@ -109,6 +214,7 @@ impl ProxyHandler {
     /// younger than [`super::LISTING_TTL`]; `tools/list` always asks the server.
     async fn listing(
         &self,
+        (ctx, token): (&RequestContext<RoleServer>, &str),
         task: &Arc<LiveTask>,
         fresh: bool,
     ) -> Result<Vec<(Tool, Verdict)>, ErrorData> {
@@ -126,8 +232,7 @@ impl ProxyHandler {
                 })
                 .collect());
         }
-        let server = self.config()?;
-        let up = self.gw.upstream(server, task).await.map_err(upstream_err)?;
+        let up = self.up(ctx, task, token).await?;
         let tools = up
             .list_all_tools()
             .await
@@ -207,7 +312,7 @@ impl ProxyHandler {
         resource: &str,
         arguments: Value,
         (meta, span): (Option<&serde_json::Map<String, Value>>, &CallSpan),
-    ) -> Result<Result<mandate_engine::Decided, CallToolResult>, ErrorData> {
+    ) -> Result<Result<mandate_engine::Decided, (CallToolResult, Option<Held>)>, ErrorData> {
         let args = CanonicalArgs::parse(&arguments.to_string())
             .map_err(|e| ErrorData::invalid_params(e.to_string(), None))?;
         let approval_id = meta
@@ -246,34 +351,38 @@ impl ProxyHandler {
             ),
             _ => format!("denied by policy: {}", d.reasons.join("; ")),
         };
+        let held = match (&d.outcome, &d.approval) {
+            (Outcome::ApprovalRequired, Some(a)) => Some(Held {
+                id: a.id.clone(),
+                url: format!("{}/v1/approvals/{}", self.gw.engine.issuer, a.id),
+                why: d.reasons.join("; "),
+            }),
+            _ => None,
+        };
         let mut r = CallToolResult::error(vec![ContentBlock::text(text)]);
         r.structured_content = Some(json!({ "mandate": {
             "outcome": d.outcome, "decision_id": d.decision_id, "policies": d.policies,
             "approval": d.approval,
-            "approval_url": d.approval.as_ref().map(|a| format!("{}/v1/approvals/{}", self.gw.engine.issuer, a.id)),
+            "approval_url": held.as_ref().map(|h| h.url.clone()),
         }}));
-        Ok(Err(r))
+        Ok(Err((r, held)))
     }
 
     /// `resources/read` and `prompts/get`: decided as a read of `<server>.<kind>` on
-    /// `resource`, then sent with `send`, redacted and recorded.
-    async fn decided_read<T, F, Fut>(
+    /// `resource` (an approval named in `_meta` is used as for `tools/call`), then sent,
+    /// redacted and recorded.
+    async fn decided_read(
         &self,
         ctx: &RequestContext<RoleServer>,
-        kind: &str,
-        resource: &str,
+        (kind, resource): (&str, &str),
         args: Value,
-        send: F,
-    ) -> Result<T, ErrorData>
-    where
-        T: serde::Serialize + serde::de::DeserializeOwned,
-        F: FnOnce(Arc<super::Upstream>) -> Fut,
-        Fut: std::future::Future<Output = Result<T, rmcp::ServiceError>>,
-    {
+        request: ClientRequest,
+    ) -> Result<ServerResult, ErrorData> {
         let started = (Instant::now(), self.gw.engine.clock.now_us());
         let token = Self::token(ctx)?;
         let task = self.task(&token)?;
-        let span = Self::span(ctx, None, &task, started.1);
+        let meta = Some(&ctx.meta.0.0);
+        let span = Self::span(ctx, meta, &task, started.1);
         let tool = self.policy_tool(kind)?;
         let d = match self
             .decide(
@@ -282,12 +391,12 @@ impl ProxyHandler {
                 ActionClass::Read,
                 resource,
                 args,
-                (None, &span),
+                (meta, &span),
             )
             .await?
         {
             Ok(d) => d,
-            Err(r) => {
+            Err((r, _)) => {
                 let why = r
                     .content
                     .first()
@@ -297,13 +406,9 @@ impl ProxyHandler {
                 return Err(ErrorData::invalid_request(why, r.structured_content));
             }
         };
-        let up = self
-            .gw
-            .upstream(self.config()?, &task)
-            .await
-            .map_err(upstream_err)?;
+        let up = self.up(ctx, &task, &token).await?;
         let res = tokio::select! {
-            r = send(up) => r.map_err(|e| upstream_err(e.to_string()))?,
+            r = self.forward(&up, request, ctx) => r?,
             () = task.until_ended() => {
                 self.result(&task, (&d.decision_id, kind), Answer::None("task_ended".into()), (started.0, &span))
                     .await
@@ -324,6 +429,82 @@ impl ProxyHandler {
         )
         .await?;
         Ok(res)
+    }
+
+    /// A listing of resources, templates or prompts: relayed as the server gives it (with
+    /// its cursors) when the task may read `<server>.<kind>`, else empty; recorded.
+    async fn relayed_listing(
+        &self,
+        ctx: &RequestContext<RoleServer>,
+        (kind, method): (&str, &str),
+        request: ClientRequest,
+    ) -> Result<Option<ServerResult>, ErrorData> {
+        let token = Self::token(ctx)?;
+        let task = self.task(&token)?;
+        if !self.granted(&task, kind) {
+            self.audit(
+                &task,
+                Body::McpRequest(McpRequest {
+                    server: self.server.clone(),
+                    method: method.to_owned(),
+                    shown: Some(Vec::new()),
+                    held: None,
+                }),
+            )
+            .await?;
+            return Ok(None);
+        }
+        let up = self.up(ctx, &task, &token).await?;
+        let res = self.forward(&up, request, ctx).await?;
+        let (res, _, _) = self.redact(res).await?;
+        let shown = match &res {
+            ServerResult::ListResourcesResult(r) => {
+                r.resources.iter().map(|x| x.uri.clone()).collect()
+            }
+            ServerResult::ListResourceTemplatesResult(r) => r
+                .resource_templates
+                .iter()
+                .map(|x| x.uri_template.clone())
+                .collect(),
+            ServerResult::ListPromptsResult(r) => {
+                r.prompts.iter().map(|x| x.name.to_string()).collect()
+            }
+            _ => Vec::new(),
+        };
+        self.audit(
+            &task,
+            Body::McpRequest(McpRequest {
+                server: self.server.clone(),
+                method: method.to_owned(),
+                shown: Some(shown),
+                held: None,
+            }),
+        )
+        .await?;
+        Ok(Some(res))
+    }
+
+    /// A request relayed when the task may read `<server>.<kind>` (subscriptions,
+    /// completion), refused otherwise.
+    async fn relayed_if_granted(
+        &self,
+        ctx: &RequestContext<RoleServer>,
+        kind: &str,
+        request: ClientRequest,
+    ) -> Result<ServerResult, ErrorData> {
+        let token = Self::token(ctx)?;
+        let task = self.task(&token)?;
+        if !self.granted(&task, kind) {
+            return Err(ErrorData::invalid_request(
+                format!(
+                    "outside_grant: this task may not read {}.{kind}: refused",
+                    self.server
+                ),
+                Some(json!({ "code": "outside_grant", "status": 403 })),
+            ));
+        }
+        let up = self.up(ctx, &task, &token).await?;
+        self.forward(&up, request, ctx).await
     }
 
     /// Masks any echo of the secrets Mandate gave this server, in every encoding.
@@ -402,7 +583,153 @@ impl ProxyHandler {
     }
 }
 
-fn refusal(e: &ApiError) -> ErrorData {
+/// A call held for a human.
+pub(crate) struct Held {
+    /// The approval's id.
+    id: String,
+    /// Where a human decides it.
+    url: String,
+    /// Why it is held.
+    why: String,
+}
+
+impl ProxyHandler {
+    /// The agent's client can show a URL to its user (URL elicitation), on a revision that
+    /// still lets a server ask the client.
+    fn asks_by_url(&self, ctx: &RequestContext<RoleServer>) -> bool {
+        let legacy = ctx
+            .protocol_version()
+            .is_none_or(|v| v.as_str() < rmcp::model::ProtocolVersion::V_2026_07_28.as_str());
+        legacy
+            && ctx
+                .client_capabilities()
+                .and_then(|c| c.elicitation)
+                .is_some_and(|e| e.url.is_some())
+    }
+
+    /// Asks the agent's client to show the approval page, then waits (at most
+    /// `max_approval_wait_secs`) for a human's decision. `Some` when the call may go on.
+    async fn approve_by_url(
+        &self,
+        ctx: &RequestContext<RoleServer>,
+        held: &Held,
+        (token, tool, action): (&str, ToolName, ActionClass),
+        (name, arguments): (&str, &Value),
+        span: &CallSpan,
+    ) -> Result<Option<mandate_engine::Decided>, ErrorData> {
+        use rmcp::model::{
+            ClientResult, ElicitRequest, ElicitRequestParams, ElicitationAction, ServerRequest,
+        };
+        let wait = u64::try_from(self.gw.engine.config.limits.max_approval_wait_secs).unwrap_or(0);
+        if wait == 0 {
+            return Ok(None);
+        }
+        let params = ElicitRequestParams::UrlElicitationParams {
+            meta: None,
+            message: format!(
+                "Mandate holds this call to {}.{name} for a human ({}). Open the page to review it; the call goes on once it is approved.",
+                self.server, held.why
+            ),
+            url: held.url.clone(),
+            elicitation_id: held.id.clone(),
+        };
+        let mut options = PeerRequestOptions::no_options();
+        options.timeout = Some(std::time::Duration::from_secs(wait));
+        let asked = match ctx
+            .peer
+            .send_request_with_option(
+                ServerRequest::ElicitRequest(ElicitRequest::new(params)),
+                options,
+            )
+            .await
+        {
+            Ok(h) => h.await_response().await,
+            Err(e) => Err(e),
+        };
+        match asked {
+            Ok(ClientResult::ElicitResult(r)) if r.action == ElicitationAction::Accept => {}
+            _ => return Ok(None),
+        }
+        let mut meta = serde_json::Map::new();
+        meta.insert(APPROVAL_META.to_owned(), Value::String(held.id.clone()));
+        meta.insert(WAIT_META.to_owned(), Value::from(wait));
+        match self
+            .decide(
+                token,
+                tool,
+                action,
+                name,
+                arguments.clone(),
+                (Some(&meta), span),
+            )
+            .await?
+        {
+            Ok(d) => Ok(Some(d)),
+            Err(_) => Ok(None),
+        }
+    }
+}
+
+/// The agent's `_meta` as the server gets it: without the progress token (the relay
+/// maps its own), Mandate's keys, and the protocol fields of the agent's own session.
+fn forwarded_meta(meta: &RequestMetaObject) -> Option<RequestMetaObject> {
+    let mut m = meta.clone();
+    m.0.0.retain(|k, _| {
+        k != "progressToken"
+            && !k.starts_with("mandate/")
+            && !matches!(
+                k.as_str(),
+                "io.modelcontextprotocol/protocolVersion"
+                    | "io.modelcontextprotocol/clientInfo"
+                    | "io.modelcontextprotocol/clientCapabilities"
+                    | "io.modelcontextprotocol/subscriptionId"
+            )
+    });
+    (!m.0.0.is_empty()).then_some(m)
+}
+
+/// A relayed result says it is complete where the server left that implicit (the
+/// 2026-07-28 revision's clients require `resultType`; rmcp drops it again for older
+/// ones).
+fn mark_complete(r: &mut ServerResult) {
+    let t = match r {
+        ServerResult::CallToolResult(x) => &mut x.result_type,
+        ServerResult::GetPromptResult(x) => &mut x.result_type,
+        ServerResult::ReadResourceResult(x) => &mut x.result_type,
+        ServerResult::CompleteResult(x) => &mut x.result_type,
+        ServerResult::ListPromptsResult(x) => &mut x.result_type,
+        ServerResult::ListResourcesResult(x) => &mut x.result_type,
+        ServerResult::ListResourceTemplatesResult(x) => &mut x.result_type,
+        ServerResult::ListToolsResult(x) => &mut x.result_type,
+        _ => return,
+    };
+    t.get_or_insert(ResultType::COMPLETE);
+}
+
+/// What the agent is told of the server, from what the server said.
+fn mirrored(theirs: &rmcp::model::ServerPeerInfo) -> ServerConfig {
+    let c = &theirs.capabilities;
+    let mut caps = ServerCapabilities::builder().enable_tools().build();
+    if let Some(t) = &c.tools {
+        caps.tools = Some(t.clone());
+    }
+    caps.resources.clone_from(&c.resources);
+    caps.prompts.clone_from(&c.prompts);
+    caps.logging.clone_from(&c.logging);
+    caps.completions.clone_from(&c.completions);
+    let mut info = ServerConfig::new(caps);
+    if let Some(i) = &theirs.server_info {
+        info.server_info = i.clone();
+    }
+    info.instructions.clone_from(&theirs.instructions);
+    info
+}
+
+fn other_answer() -> ErrorData {
+    ErrorData::internal_error("the MCP server answered with something else", None)
+}
+
+pub(crate) fn refusal(e: &ApiError) -> ErrorData {
     let data = Some(json!({ "code": e.code, "status": e.status.as_u16() }));
     match e.status.as_u16() {
         401 | 403 | 404 | 409 | 413 | 422 | 429 => {
@@ -443,17 +770,48 @@ fn upstream_err(e: impl Into<super::UpstreamError>) -> ErrorData {
 
 impl ServerHandler for ProxyHandler {
     fn get_info(&self) -> ServerConfig {
+        if let Some(info) = self.info.get() {
+            return info.clone();
+        }
         ServerConfig::new(
             ServerCapabilities::builder()
                 .enable_tools()
                 .enable_resources()
                 .enable_prompts()
+                .enable_logging()
+                .enable_completions()
                 .build(),
         )
         .with_instructions(format!(
             "Mandate MCP gateway for {}: every call is authorised against your task",
             self.server
         ))
+    }
+
+    async fn initialize(
+        &self,
+        request: InitializeRequestParams,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<InitializeResult, ErrorData> {
+        ctx.peer.set_peer_info(request.clone());
+        // The agent meets the server it asked for: its name, version, instructions and
+        // capabilities, less what Mandate does not relay (tasks, extensions).
+        if self.info.get().is_none()
+            && let Ok(token) = Self::token(&ctx)
+            && let Ok(task) = self.task(&token)
+        {
+            match self.up(&ctx, &task, &token).await {
+                Ok(up) => {
+                    if let Some(theirs) = up.peer_info() {
+                        self.info.set(mirrored(&theirs)).ok();
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(server = %self.server, error = %e.message, "mcp server unavailable at initialize")
+                }
+            }
+        }
+        self.negotiate_initialize(&request)
     }
 
     async fn list_tools(
@@ -467,7 +825,7 @@ impl ServerHandler for ProxyHandler {
         let bundle = self.gw.engine.bundle();
         let mut shown = Vec::new();
         let mut held = Vec::new();
-        for (mut t, v) in self.listing(&task, true).await? {
+        for (mut t, v) in self.listing((&ctx, &token), &task, true).await? {
             let Ok(name) = self.policy_tool(&t.name) else {
                 continue;
             };
@@ -519,7 +877,7 @@ impl ServerHandler for ProxyHandler {
         let span = Self::span(&ctx, meta, &task, started.1);
         let tool = self.policy_tool(&request.name)?;
         // The definition must be pinned and approved: look at what the server shows now.
-        let listing = self.listing(&task, false).await?;
+        let listing = self.listing((&ctx, &token), &task, false).await?;
         let def = listing.iter().find(|(t, _)| t.name == request.name);
         match def.map(|(_, v)| v) {
             Some(Verdict::Callable) => {}
@@ -546,26 +904,38 @@ impl ServerHandler for ProxyHandler {
         }
         let action = self.action_of(&tool, def.map(|(t, _)| t));
         let arguments = Value::Object(request.arguments.clone().unwrap_or_default());
-        let d = match self
+        let decided = self
             .decide(
                 &token,
-                tool,
+                tool.clone(),
                 action,
                 &request.name,
                 arguments.clone(),
                 (meta, &span),
             )
-            .await?
-        {
+            .await?;
+        let d = match decided {
             Ok(d) => d,
-            Err(result) => return Ok(result.into()),
+            Err((result, Some(held))) if self.asks_by_url(&ctx) => {
+                // The MCP way: the agent's client shows the approval page to its user,
+                // and the call goes on once a human has decided (bounded wait).
+                match self
+                    .approve_by_url(
+                        &ctx,
+                        &held,
+                        (&token, tool, action),
+                        (&request.name, &arguments),
+                        &span,
+                    )
+                    .await?
+                {
+                    Some(d) => d,
+                    None => return Ok(result.into()),
+                }
+            }
+            Err((result, _)) => return Ok(result.into()),
         };
-        let server = self.config()?;
-        let up = self
-            .gw
-            .upstream(server, &task)
-            .await
-            .map_err(upstream_err)?;
+        let up = self.up(&ctx, &task, &token).await?;
         if task.is_ended() {
             return Err(ErrorData::invalid_request(
                 "task_not_active: the task ended before the call was forwarded",
@@ -573,14 +943,16 @@ impl ServerHandler for ProxyHandler {
             ));
         }
         // Exactly the arguments decided on, in canonical form; never the agent's token.
-        let mut forward = CallToolRequestParams::new(request.name.clone());
-        if let Value::Object(m) = arguments {
-            forward.arguments = Some(m);
-        }
+        let mut forward = request.clone();
+        forward.meta = None;
+        forward.arguments = match arguments {
+            Value::Object(m) => Some(m),
+            _ => None,
+        };
         // A task that ends while the server works gets nothing back: the call is cut (its
         // session is closed) as the HTTP gateway cuts a stream.
         let answer = tokio::select! {
-            r = up.call_tool(forward) => r,
+            r = self.forward(&up, ClientRequest::CallToolRequest(CallToolRequest::new(forward)), &ctx) => r,
             () = task.until_ended() => {
                 self.result(&task, (&d.decision_id, "tools/call"), Answer::None("task_ended".into()), (started.0, &span))
                     .await
@@ -599,21 +971,25 @@ impl ServerHandler for ProxyHandler {
                     (started.0, &span),
                 )
                 .await?;
-                Ok(result.into())
+                match result {
+                    ServerResult::CallToolResult(r) => Ok(CallToolResponse::Complete(r)),
+                    ServerResult::InputRequiredResult(r) => Ok(CallToolResponse::InputRequired(r)),
+                    _ => Err(ErrorData::internal_error(
+                        "the MCP server answered tools/call with something else",
+                        None,
+                    )),
+                }
             }
             Err(e) => {
                 self.result(
                     &task,
                     (&d.decision_id, "tools/call"),
-                    Answer::None(e.to_string()),
+                    Answer::None(e.message.to_string()),
                     (started.0, &span),
                 )
                 .await
                 .ok();
-                Ok(CallToolResult::error(vec![ContentBlock::text(
-                    "the MCP server failed to answer",
-                )])
-                .into())
+                Err(e)
             }
         }
     }
@@ -624,12 +1000,21 @@ impl ServerHandler for ProxyHandler {
         ctx: RequestContext<RoleServer>,
     ) -> Result<ReadResourceResponse, ErrorData> {
         let (uri, args) = (request.uri.clone(), json!({ "uri": request.uri }));
+        let mut forward = request;
+        forward.meta = None;
         let res = self
-            .decided_read(&ctx, "resources", &uri, args, |up| async move {
-                up.read_resource(request).await
-            })
+            .decided_read(
+                &ctx,
+                ("resources", &uri),
+                args,
+                ClientRequest::ReadResourceRequest(ReadResourceRequest::new(forward)),
+            )
             .await?;
-        Ok(res.into())
+        match res {
+            ServerResult::ReadResourceResult(r) => Ok(ReadResourceResponse::Complete(r)),
+            ServerResult::InputRequiredResult(r) => Ok(ReadResourceResponse::InputRequired(r)),
+            _ => Err(other_answer()),
+        }
     }
 
     async fn get_prompt(
@@ -639,11 +1024,137 @@ impl ServerHandler for ProxyHandler {
     ) -> Result<GetPromptResponse, ErrorData> {
         let name = request.name.clone();
         let args = json!({ "name": request.name, "arguments": request.arguments });
+        let mut forward = request;
+        forward.meta = None;
         let res = self
-            .decided_read(&ctx, "prompts", &name, args, |up| async move {
-                up.get_prompt(request).await
-            })
+            .decided_read(
+                &ctx,
+                ("prompts", &name),
+                args,
+                ClientRequest::GetPromptRequest(GetPromptRequest::new(forward)),
+            )
             .await?;
-        Ok(res.into())
+        match res {
+            ServerResult::GetPromptResult(r) => Ok(GetPromptResponse::Complete(r)),
+            ServerResult::InputRequiredResult(r) => Ok(GetPromptResponse::InputRequired(r)),
+            _ => Err(other_answer()),
+        }
+    }
+
+    async fn list_resources(
+        &self,
+        request: Option<PaginatedRequestParams>,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<ListResourcesResult, ErrorData> {
+        let req = ClientRequest::ListResourcesRequest(ListResourcesRequest {
+            method: Default::default(),
+            params: request,
+            extensions: Default::default(),
+        });
+        match self
+            .relayed_listing(&ctx, ("resources", "resources/list"), req)
+            .await?
+        {
+            Some(ServerResult::ListResourcesResult(r)) => Ok(r),
+            Some(_) => Err(other_answer()),
+            None => Ok(ListResourcesResult::default()),
+        }
+    }
+
+    async fn list_resource_templates(
+        &self,
+        request: Option<PaginatedRequestParams>,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<ListResourceTemplatesResult, ErrorData> {
+        let req = ClientRequest::ListResourceTemplatesRequest(ListResourceTemplatesRequest {
+            method: Default::default(),
+            params: request,
+            extensions: Default::default(),
+        });
+        match self
+            .relayed_listing(&ctx, ("resources", "resources/templates/list"), req)
+            .await?
+        {
+            Some(ServerResult::ListResourceTemplatesResult(r)) => Ok(r),
+            Some(_) => Err(other_answer()),
+            None => Ok(ListResourceTemplatesResult::default()),
+        }
+    }
+
+    async fn list_prompts(
+        &self,
+        request: Option<PaginatedRequestParams>,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<ListPromptsResult, ErrorData> {
+        let req = ClientRequest::ListPromptsRequest(ListPromptsRequest {
+            method: Default::default(),
+            params: request,
+            extensions: Default::default(),
+        });
+        match self
+            .relayed_listing(&ctx, ("prompts", "prompts/list"), req)
+            .await?
+        {
+            Some(ServerResult::ListPromptsResult(r)) => Ok(r),
+            Some(_) => Err(other_answer()),
+            None => Ok(ListPromptsResult::default()),
+        }
+    }
+
+    async fn subscribe(
+        &self,
+        request: SubscribeRequestParams,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        let req = ClientRequest::SubscribeRequest(SubscribeRequest::new(request));
+        self.relayed_if_granted(&ctx, "resources", req)
+            .await
+            .map(|_| ())
+    }
+
+    async fn unsubscribe(
+        &self,
+        request: UnsubscribeRequestParams,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        let req = ClientRequest::UnsubscribeRequest(UnsubscribeRequest::new(request));
+        self.relayed_if_granted(&ctx, "resources", req)
+            .await
+            .map(|_| ())
+    }
+
+    async fn complete(
+        &self,
+        request: CompleteRequestParams,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<CompleteResult, ErrorData> {
+        // Completing a prompt's argument or a template's reveals what reading it would.
+        let kind = match &request.r#ref {
+            Reference::Prompt(_) => "prompts",
+            _ => "resources",
+        };
+        let req = ClientRequest::CompleteRequest(CompleteRequest::new(request));
+        match self.relayed_if_granted(&ctx, kind, req).await? {
+            ServerResult::CompleteResult(r) => Ok(r),
+            _ => Err(other_answer()),
+        }
+    }
+
+    async fn set_level(
+        &self,
+        request: SetLevelRequestParams,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        let token = Self::token(&ctx)?;
+        let task = self.task(&token)?;
+        let up = self.up(&ctx, &task, &token).await?;
+        let req = ClientRequest::SetLevelRequest(SetLevelRequest::new(request));
+        self.forward(&up, req, &ctx).await.map(|_| ())
+    }
+
+    async fn on_roots_list_changed(&self, _ctx: NotificationContext<RoleServer>) {
+        for up in self.gw.session_upstreams(&self.session) {
+            up.notify_roots_list_changed().await.ok();
+        }
     }
 }
