@@ -212,7 +212,7 @@ fn item_has_path_params(op: &utoipa::openapi::path::Operation) -> bool {
         ops::decide, ops::verify_audit, ops::task_events,
         audit::checkpoint, audit::inclusion, audit::consistency, audit::search, audit::controls_report, ops::policies, ops::reload_policies, ops::rotate_keys,
         secrets::put_secret, secrets::list_secrets, secrets::delete_secret, secrets::rotate_secrets,
-        tools::list_pins, tools::approve_tool,
+        tools::list_pins, tools::approve_tool, crate::mcp::servers_health,
         ops::jwks, ops::openid_configuration, healthz, readyz, openapi_json,
     ),
     components(schemas(ErrorBody)),

@@ -42,7 +42,7 @@ type SlotKey = (String, String, String);
 
 /// What is known of one server's health: starts, restarts, and failures in a row (each
 /// failure doubles the wait before the next start, up to [`MAX_BACKOFF`]).
-#[derive(Debug, Default, Clone, serde::Serialize)]
+#[derive(Debug, Default, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct ServerHealth {
     /// Sessions started with it.
     pub started: u64,
@@ -55,6 +55,7 @@ pub struct ServerHealth {
     pub last_error: Option<String>,
     /// No start is tried before this (while backing off).
     #[serde(skip)]
+    #[schema(ignore)]
     next_try: Option<std::time::Instant>,
 }
 
@@ -474,7 +475,10 @@ impl McpGateway {
 
     /// `/mcp/<server>` for every server, and their RFC 9728 protected-resource metadata.
     pub fn router(self: Arc<Self>) -> Router {
-        let mut router = Router::new();
+        let mut router = Router::new().route(
+            "/v1/mcp/servers",
+            axum::routing::get(servers_health).with_state(Arc::clone(&self)),
+        );
         let limit = self.engine.config.limits.max_body_bytes;
         for name in self.servers.keys() {
             let gw = Arc::clone(&self);
@@ -503,6 +507,7 @@ impl McpGateway {
             let path = format!("/mcp/{name}");
             let guarded = Router::new()
                 .nest_service(&path, service)
+                .layer(axum::middleware::from_fn(routing_headers))
                 // JSON-RPC bodies are checked as strictly as every other JSON Mandate
                 // reads, before rmcp (which keeps the last of duplicate keys) parses them.
                 .layer(axum::middleware::from_fn_with_state(
@@ -523,6 +528,20 @@ impl McpGateway {
 }
 
 type ServerState = State<(Arc<McpGateway>, String)>;
+
+/// Each MCP server's health (admin): sessions started and restarted (a stdio server that
+/// exited, a remote one that dropped the session), failed starts in a row (each one
+/// doubles the wait before the next try, up to 30 s) and the last failure. 404 when no MCP
+/// server is configured.
+#[utoipa::path(get, path = "/v1/mcp/servers", tag = "tools", security(("admin_token" = [])),
+    responses((status = 200, body = BTreeMap<String, ServerHealth>), (status = 401, body = crate::error::ErrorBody), (status = 403, body = crate::error::ErrorBody), (status = 404, body = crate::error::ErrorBody)))]
+pub async fn servers_health(
+    State(gw): State<Arc<McpGateway>>,
+    bearer: crate::edge::Bearer,
+) -> Result<axum::Json<BTreeMap<String, ServerHealth>>, ApiError> {
+    crate::api::require_admin(&gw.engine, &bearer)?;
+    Ok(axum::Json(gw.health()))
+}
 
 /// RFC 9728 protected-resource metadata: where the bearer token comes from.
 async fn resource_metadata(
@@ -607,4 +626,80 @@ async fn authenticate(State((gw, server)): ServerState, req: Request, next: Next
         res.headers_mut().insert(header::WWW_AUTHENTICATE, v);
     }
     res
+}
+
+/// SEP-2243: `Mcp-Method` and `Mcp-Name` let proxies route on headers without reading the
+/// body, so a header that disagrees with the body (or is repeated) is refused whatever
+/// revision the client names: 400 `mcp_header_mismatch`, nothing forwarded. A DELETE that
+/// ends a session answers 200 (rmcp says 202, which clients log as a failed close).
+async fn routing_headers(req: Request, next: Next) -> Response {
+    let is_delete = req.method() == axum::http::Method::DELETE;
+    let method_h: Vec<_> = req
+        .headers()
+        .get_all("mcp-method")
+        .iter()
+        .cloned()
+        .collect();
+    let name_h: Vec<_> = req.headers().get_all("mcp-name").iter().cloned().collect();
+    if method_h.is_empty() && name_h.is_empty() {
+        let mut res = next.run(req).await;
+        if is_delete && res.status() == StatusCode::ACCEPTED {
+            *res.status_mut() = StatusCode::OK;
+        }
+        return res;
+    }
+    let mismatch = |why: String| {
+        ApiError::new(StatusCode::BAD_REQUEST, "mcp_header_mismatch", why).into_response()
+    };
+    if method_h.len() > 1 || name_h.len() > 1 {
+        return mismatch("Mcp-Method and Mcp-Name may each be sent once".to_owned());
+    }
+    let (parts, body) = req.into_parts();
+    // The body was read and bounded by `strict_json_body` before this layer.
+    let Ok(bytes) = axum::body::to_bytes(body, usize::MAX).await else {
+        return mismatch("unreadable body".to_owned());
+    };
+    let msg: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+    let method = msg.get("method").and_then(serde_json::Value::as_str);
+    let params = msg.get("params");
+    let name = match method {
+        Some("tools/call" | "prompts/get") => params.and_then(|p| p.get("name")),
+        Some("tasks/get" | "tasks/update" | "tasks/cancel") => params.and_then(|p| p.get("taskId")),
+        Some("resources/read" | "resources/subscribe" | "resources/unsubscribe") => {
+            params.and_then(|p| p.get("uri"))
+        }
+        _ => None,
+    }
+    .and_then(serde_json::Value::as_str);
+    if let Some(h) = method_h.first() {
+        let h = h.to_str().unwrap_or("\u{fffd}");
+        if method != Some(h) {
+            return mismatch(format!(
+                "Mcp-Method {h:?} does not match the body's method {:?}",
+                method.unwrap_or("")
+            ));
+        }
+    }
+    if let Some(h) = name_h.first() {
+        // A name that is not plain ASCII travels as `=?base64?…?=`.
+        let h = h.to_str().ok().map(|v| {
+            v.strip_prefix("=?base64?")
+                .and_then(|i| i.strip_suffix("?="))
+                .and_then(|i| {
+                    use base64::Engine as _;
+                    base64::engine::general_purpose::STANDARD.decode(i).ok()
+                })
+                .and_then(|b| String::from_utf8(b).ok())
+                .unwrap_or_else(|| v.to_owned())
+        });
+        let h = h.as_deref().unwrap_or("\u{fffd}");
+        if name != Some(h) {
+            return mismatch(format!(
+                "Mcp-Name {h:?} does not match the body's name {:?}",
+                name.unwrap_or("")
+            ));
+        }
+    }
+    next.run(Request::from_parts(parts, axum::body::Body::from(bytes)))
+        .await
 }
