@@ -913,3 +913,80 @@ async fn a_foreign_origin_is_refused_before_anything_is_read() {
     }
     assert!(m.calls().is_empty());
 }
+
+/// SEP-2243: a routing header that disagrees with the body is refused whatever revision the
+/// client names, and nothing reaches the server; a matching one passes; closing a session
+/// answers 200 (clients log 202 as a failed close).
+#[tokio::test]
+async fn routing_headers_must_match_the_body_and_a_closed_session_answers_200() {
+    let m = start().await;
+    let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}});
+    let call = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+        "params": {"name": "search", "arguments": {"q": "x"}}});
+    let post = |body: &serde_json::Value, headers: &[(&'static str, &'static str)]| {
+        let mut b =
+            m.h.http
+                .post(m.h.url("/mcp/docs"))
+                .bearer_auth(&m.token)
+                .header("accept", "application/json, text/event-stream")
+                .json(body);
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        m.h.send(b)
+    };
+    let cases: [(&serde_json::Value, &[(&str, &str)]); 5] = [
+        (&init, &[("mcp-method", "tools/list")]),
+        (
+            &call,
+            &[("mcp-method", "tools/list"), ("mcp-name", "search")],
+        ),
+        (
+            &call,
+            &[("mcp-method", "tools/call"), ("mcp-name", "delete_all")],
+        ),
+        (
+            &call,
+            &[("mcp-method", "tools/call"), ("mcp-method", "tools/call")],
+        ),
+        // The base64 form of a name that is not the body's.
+        (
+            &call,
+            &[
+                ("mcp-method", "tools/call"),
+                ("mcp-name", "=?base64?ZGVsZXRl?="),
+            ],
+        ),
+    ];
+    for (body, headers) in cases {
+        let r = post(body, headers).await;
+        assert_eq!(
+            (r.status.as_u16(), r.code()),
+            (400, "mcp_header_mismatch"),
+            "{headers:?}: {:?}",
+            r.body
+        );
+    }
+    assert!(m.calls().is_empty(), "nothing was forwarded");
+    // Matching headers (the name also in its base64 form) pass.
+    let r = post(&init, &[("mcp-method", "initialize")]).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let session = r
+        .headers
+        .get("mcp-session-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let Some(session) = session else {
+        panic!("no session id")
+    };
+    let r =
+        m.h.send(
+            m.h.http
+                .delete(m.h.url("/mcp/docs"))
+                .bearer_auth(&m.token)
+                .header("mcp-session-id", &session),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+}
