@@ -961,11 +961,20 @@ async fn routing_headers_must_match_the_body_and_a_closed_session_answers_200() 
     ];
     for (body, headers) in cases {
         let r = post(body, headers).await;
+        // A JSON-RPC error (HeaderMismatch) naming Mandate's code.
         assert_eq!(
-            (r.status.as_u16(), r.code()),
-            (400, "mcp_header_mismatch"),
+            (
+                r.status.as_u16(),
+                r.body["error"]["code"].as_i64(),
+                r.body["error"]["data"]["code"].as_str()
+            ),
+            (400, Some(-32020), Some("mcp_header_mismatch")),
             "{headers:?}: {:?}",
             r.body
+        );
+        assert_eq!(
+            r.body["id"], body["id"],
+            "the error answers the request's id"
         );
     }
     assert!(m.calls().is_empty(), "nothing was forwarded");

@@ -426,6 +426,13 @@ impl McpGateway {
         Ok(running)
     }
 
+    /// A tool as the server last listed it, however long ago.
+    fn last_listed(&self, server: &str, name: &str) -> Option<rmcp::model::Tool> {
+        mandate_engine::engine::lock(&self.listings)
+            .get(server)
+            .and_then(|(_, t)| t.iter().find(|t| t.name == name).cloned())
+    }
+
     fn cached_listing(&self, server: &str) -> Option<Vec<rmcp::model::Tool>> {
         mandate_engine::engine::lock(&self.listings)
             .get(server)
@@ -433,9 +440,14 @@ impl McpGateway {
             .map(|(_, t)| t.clone())
     }
 
-    /// Forgets a server's tool listing (it said its tools changed).
+    /// Makes a server's tool listing stale (it said its tools changed): the next call or
+    /// listing asks it again.
     fn forget_listing(&self, server: &str) {
-        mandate_engine::engine::lock(&self.listings).remove(server);
+        if let Some((at, _)) = mandate_engine::engine::lock(&self.listings).get_mut(server)
+            && let Some(old) = at.checked_sub(LISTING_TTL)
+        {
+            *at = old;
+        }
     }
 
     fn cache_listing(&self, server: &str, tools: &[rmcp::model::Tool]) {
@@ -648,18 +660,25 @@ async fn routing_headers(req: Request, next: Next) -> Response {
         }
         return res;
     }
+    let (parts, body) = req.into_parts();
+    // The body was read and bounded by `strict_json_body` before this layer.
+    let bytes = axum::body::to_bytes(body, usize::MAX)
+        .await
+        .unwrap_or_default();
+    let msg: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+    // A JSON-RPC error (-32020, HeaderMismatch), as MCP clients expect, naming Mandate's
+    // code in its data.
+    let id = msg.get("id").cloned().unwrap_or(serde_json::Value::Null);
     let mismatch = |why: String| {
-        ApiError::new(StatusCode::BAD_REQUEST, "mcp_header_mismatch", why).into_response()
+        let body = serde_json::json!({
+            "jsonrpc": "2.0", "id": id,
+            "error": { "code": -32020, "message": why, "data": { "code": "mcp_header_mismatch" } },
+        });
+        (StatusCode::BAD_REQUEST, axum::Json(body)).into_response()
     };
     if method_h.len() > 1 || name_h.len() > 1 {
         return mismatch("Mcp-Method and Mcp-Name may each be sent once".to_owned());
     }
-    let (parts, body) = req.into_parts();
-    // The body was read and bounded by `strict_json_body` before this layer.
-    let Ok(bytes) = axum::body::to_bytes(body, usize::MAX).await else {
-        return mismatch("unreadable body".to_owned());
-    };
-    let msg: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
     let method = msg.get("method").and_then(serde_json::Value::as_str);
     let params = msg.get("params");
     let name = match method {

@@ -671,19 +671,15 @@ impl ProxyHandler {
 }
 
 /// The agent's `_meta` as the server gets it: without the progress token (the relay
-/// maps its own), Mandate's keys, and the protocol fields of the agent's own session.
+/// maps its own) and Mandate's keys. A request of the 2026-07-28 revision keeps what it
+/// declares of itself (revision, client, capabilities, log level): the server answers it
+/// as it would answer the agent.
 fn forwarded_meta(meta: &RequestMetaObject) -> Option<RequestMetaObject> {
     let mut m = meta.clone();
     m.0.0.retain(|k, _| {
         k != "progressToken"
             && !k.starts_with("mandate/")
-            && !matches!(
-                k.as_str(),
-                "io.modelcontextprotocol/protocolVersion"
-                    | "io.modelcontextprotocol/clientInfo"
-                    | "io.modelcontextprotocol/clientCapabilities"
-                    | "io.modelcontextprotocol/subscriptionId"
-            )
+            && k != "io.modelcontextprotocol/subscriptionId"
     });
     (!m.0.0.is_empty()).then_some(m)
 }
@@ -812,6 +808,12 @@ impl ServerHandler for ProxyHandler {
             }
         }
         self.negotiate_initialize(&request)
+    }
+
+    /// The tool's definition as the server last listed it: rmcp checks a call's
+    /// `Mcp-Param-*` headers (SEP-2243) against its input schema.
+    fn get_tool(&self, name: &str) -> Option<Tool> {
+        self.gw.last_listed(&self.server, name)
     }
 
     async fn list_tools(
