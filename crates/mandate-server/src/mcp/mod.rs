@@ -19,7 +19,6 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use mandate_gateway::CredentialKind;
 use mandate_gateway::mcp::{McpServer, McpTransport};
-use rmcp::ServiceExt as _;
 use rmcp::service::{RoleClient, RunningService};
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
@@ -356,6 +355,17 @@ impl McpGateway {
         server: &McpServer,
         relay: relay::Relay,
     ) -> Result<Upstream, UpstreamError> {
+        use rmcp::service::{ClientLifecycleMode, ClientServiceExt as _};
+        // The lifecycle of the agent's revision: `initialize` up to 2025-11-25, discovery
+        // and per-request metadata from 2026-07-28 (falling back to `initialize` for a
+        // server that predates it).
+        let lifecycle = match relay.0.version() {
+            Some(v) if !v.has_initialize() => ClientLifecycleMode::Auto {
+                preferred_versions: vec![v],
+                legacy_version: Some(rmcp::model::ProtocolVersion::LATEST_WITH_INITIALIZE),
+            },
+            _ => ClientLifecycleMode::Initialize,
+        };
         let running = match &server.transport {
             McpTransport::Remote(url) => {
                 use rmcp::transport::StreamableHttpClientTransport;
@@ -399,7 +409,7 @@ impl McpGateway {
                 let client = self.http.get(&server.name).cloned().ok_or("no client")?;
                 let transport = StreamableHttpClientTransport::with_client(client, cfg);
                 relay
-                    .serve(transport)
+                    .serve_with_lifecycle(transport, lifecycle)
                     .await
                     .map_err(|e| format!("cannot reach mcp server {}: {e}", server.name))?
             }
@@ -418,7 +428,7 @@ impl McpGateway {
                 let child = rmcp::transport::TokioChildProcess::new(cmd)
                     .map_err(|e| format!("cannot start mcp server {}: {e}", server.name))?;
                 relay
-                    .serve(child)
+                    .serve_with_lifecycle(child, lifecycle)
                     .await
                     .map_err(|e| format!("mcp server {} did not initialise: {e}", server.name))?
             }

@@ -45,6 +45,10 @@ pub struct ProxyHandler {
     server: String,
     /// This agent session (its upstream sessions are its own).
     session: String,
+    /// It began with `initialize`: a session of its own. Without one (the stateless
+    /// 2026-07-28 revision, one handler per request), the task's upstream session is shared
+    /// by its requests.
+    stateful: std::sync::atomic::AtomicBool,
     /// What the agent is told of the server: the server's own identity, instructions and
     /// capabilities (less what Mandate does not relay), once a session with it is up.
     info: std::sync::OnceLock<ServerConfig>,
@@ -52,7 +56,9 @@ pub struct ProxyHandler {
 
 impl Drop for ProxyHandler {
     fn drop(&mut self) {
-        self.gw.close_session(&self.session);
+        if self.stateful.load(std::sync::atomic::Ordering::Relaxed) {
+            self.gw.close_session(&self.session);
+        }
     }
 }
 
@@ -62,6 +68,7 @@ impl ProxyHandler {
             gw,
             server,
             session: mandate_core::random_id("mcps").unwrap_or_default(),
+            stateful: std::sync::atomic::AtomicBool::new(false),
             info: std::sync::OnceLock::new(),
         }
     }
@@ -75,14 +82,19 @@ impl ProxyHandler {
     ) -> Result<Arc<super::Upstream>, ErrorData> {
         let server = self.config()?;
         let caps = ctx.client_capabilities();
+        let session = if self.stateful.load(std::sync::atomic::Ordering::Relaxed) {
+            self.session.as_str()
+        } else {
+            ""
+        };
         let up = self
             .gw
-            .upstream(server, task, &self.session, || {
+            .upstream(server, task, session, || {
                 super::relay::Relay::new(&self.gw, &self.server, &ctx.peer, caps, token)
             })
             .await
             .map_err(upstream_err)?;
-        up.service().0.set_token(token);
+        up.service().0.set_agent(token, &ctx.peer);
         Ok(up)
     }
 
@@ -100,11 +112,15 @@ impl ProxyHandler {
         let mut options = PeerRequestOptions::no_options();
         options.meta = forwarded_meta(&ctx.meta);
         let handle = relay
-            .register(ctx.id.clone(), ctx.meta.get_progress_token(), || async {
-                let h = up.send_request_with_option(request, options).await?;
-                let (id, token) = (h.id.clone(), h.progress_token.clone());
-                Ok((h, id, token))
-            })
+            .register(
+                (&ctx.peer, ctx.id.clone()),
+                ctx.meta.get_progress_token(),
+                || async {
+                    let h = up.send_request_with_option(request, options).await?;
+                    let (id, token) = (h.id.clone(), h.progress_token.clone());
+                    Ok((h, id, token))
+                },
+            )
             .await
             .map_err(|e| upstream_err(format!("cannot send to the MCP server: {e}")))?;
         let id = handle.id.clone();
@@ -790,6 +806,8 @@ impl ServerHandler for ProxyHandler {
         ctx: RequestContext<RoleServer>,
     ) -> Result<InitializeResult, ErrorData> {
         ctx.peer.set_peer_info(request.clone());
+        self.stateful
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         // The agent meets the server it asked for: its name, version, instructions and
         // capabilities, less what Mandate does not relay (tasks, extensions).
         if self.info.get().is_none()

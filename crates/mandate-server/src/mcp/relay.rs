@@ -31,6 +31,8 @@ use super::McpGateway;
 
 /// An agent request in flight on the upstream session.
 struct InFlight {
+    /// The agent's session (or, on the stateless revision, its request) that sent it.
+    peer: Peer<RoleServer>,
     /// The agent's own request id (its stream is where related messages go).
     agent_id: RequestId,
     /// The agent's progress token, if it asked for progress.
@@ -43,8 +45,9 @@ struct InFlight {
 pub(crate) struct RelayState {
     gw: Weak<McpGateway>,
     server: String,
-    /// The agent's client, as it introduced itself.
-    agent: Peer<RoleServer>,
+    /// The agent's client that sent the newest request: where what the server sends
+    /// about no request in particular goes.
+    agent: std::sync::Mutex<Peer<RoleServer>>,
     capabilities: ClientCapabilities,
     client: rmcp::model::Implementation,
     /// The protocol revision the agent asked for: the server is asked for the same.
@@ -85,7 +88,7 @@ impl Relay {
         Self(Arc::new(RelayState {
             gw: Arc::downgrade(gw),
             server: server.to_owned(),
-            agent: agent.clone(),
+            agent: std::sync::Mutex::new(agent.clone()),
             capabilities: caps,
             client,
             version: info.as_ref().map(|i| i.protocol_version.clone()),
@@ -96,18 +99,33 @@ impl Relay {
 }
 
 impl RelayState {
-    /// The task token of the agent's newest request.
-    pub fn set_token(&self, token: &str) {
-        let mut t = mandate_engine::engine::lock(&self.token);
-        if *t != token {
-            token.clone_into(&mut t);
+    /// The task token and client of the agent's newest request.
+    pub fn set_agent(&self, token: &str, agent: &Peer<RoleServer>) {
+        {
+            let mut t = mandate_engine::engine::lock(&self.token);
+            if *t != token {
+                token.clone_into(&mut t);
+            }
         }
+        *mandate_engine::engine::lock(&self.agent) = agent.clone();
+    }
+
+    /// The agent's client for what the server sends about no request in particular: the
+    /// one whose call is in flight if there is just one, else the newest.
+    async fn agent(&self) -> Peer<RoleServer> {
+        let calls = self.calls.lock().await;
+        let mut it = calls.values();
+        if let (Some(c), None) = (it.next(), it.next()) {
+            return c.peer.clone();
+        }
+        drop(calls);
+        mandate_engine::engine::lock(&self.agent).clone()
     }
 
     /// Registers a request being sent upstream; `send` sends it while the registry is held.
     pub async fn register<F, Fut, T>(
         &self,
-        agent_id: RequestId,
+        (peer, agent_id): (&Peer<RoleServer>, RequestId),
         agent_progress: Option<ProgressToken>,
         send: F,
     ) -> Result<T, rmcp::ServiceError>
@@ -121,6 +139,7 @@ impl RelayState {
         calls.insert(
             id,
             InFlight {
+                peer: peer.clone(),
                 agent_id,
                 agent_progress,
                 upstream_progress,
@@ -133,18 +152,21 @@ impl RelayState {
         self.calls.lock().await.remove(id);
     }
 
-    /// The agent request a server request belongs to: the one whose stream it came on, or
-    /// the only one in flight.
-    async fn originating(&self, origin: Option<&InboundStreamOrigin>) -> Option<RequestId> {
+    /// The agent request a server request belongs to, with its client: the one whose
+    /// stream it came on, or the only one in flight.
+    async fn originating(
+        &self,
+        origin: Option<&InboundStreamOrigin>,
+    ) -> Option<(Peer<RoleServer>, RequestId)> {
         let calls = self.calls.lock().await;
         if let Some(InboundStreamOrigin::OutboundRequest(id)) = origin
             && let Some(c) = calls.get(id)
         {
-            return Some(c.agent_id.clone());
+            return Some((c.peer.clone(), c.agent_id.clone()));
         }
         let mut it = calls.values();
         match (it.next(), it.next()) {
-            (Some(c), None) => Some(c.agent_id.clone()),
+            (Some(c), None) => Some((c.peer.clone(), c.agent_id.clone())),
             _ => None,
         }
     }
@@ -196,10 +218,13 @@ impl RelayState {
         mut request: ServerRequest,
         origin: Option<&InboundStreamOrigin>,
     ) -> Result<ClientResult, ErrorData> {
-        if let Some(id) = self.originating(origin).await {
-            request.extensions_mut().insert(OriginatingRequestId(id));
-        }
-        let agent = self.agent.clone();
+        let agent = match self.originating(origin).await {
+            Some((peer, id)) => {
+                request.extensions_mut().insert(OriginatingRequestId(id));
+                peer
+            }
+            None => mandate_engine::engine::lock(&self.agent).clone(),
+        };
         // A task of its own: inside this handler rmcp would mark the request as coming
         // from the server's request id, which means nothing to the agent's session.
         #[expect(
@@ -221,6 +246,11 @@ impl RelayState {
             )),
             Err(_) => Err(ErrorData::internal_error("relay failed", None)),
         }
+    }
+
+    /// The revision the agent asked for.
+    pub fn version(&self) -> Option<rmcp::model::ProtocolVersion> {
+        self.version.clone()
     }
 
     fn gateway(&self) -> Option<Arc<McpGateway>> {
@@ -314,17 +344,17 @@ impl rmcp::ClientHandler for Relay {
         mut params: ProgressNotificationParam,
         _ctx: NotificationContext<RoleClient>,
     ) {
-        let agent_token = {
+        let to = {
             let calls = self.0.calls.lock().await;
             calls
                 .values()
                 .find(|c| c.upstream_progress == params.progress_token)
-                .and_then(|c| c.agent_progress.clone())
+                .and_then(|c| Some((c.peer.clone(), c.agent_progress.clone()?)))
         };
         // Progress the agent did not ask for, or about nothing it asked, is dropped.
-        if let Some(t) = agent_token {
+        if let Some((peer, t)) = to {
             params.progress_token = t;
-            self.0.agent.notify_progress(params).await.ok();
+            peer.notify_progress(params).await.ok();
         }
     }
 
@@ -333,7 +363,12 @@ impl rmcp::ClientHandler for Relay {
         params: LoggingMessageNotificationParam,
         _ctx: NotificationContext<RoleClient>,
     ) {
-        self.0.agent.notify_logging_message(params).await.ok();
+        self.0
+            .agent()
+            .await
+            .notify_logging_message(params)
+            .await
+            .ok();
     }
 
     async fn on_resource_updated(
@@ -341,15 +376,25 @@ impl rmcp::ClientHandler for Relay {
         params: ResourceUpdatedNotificationParam,
         _ctx: NotificationContext<RoleClient>,
     ) {
-        self.0.agent.notify_resource_updated(params).await.ok();
+        self.0
+            .agent()
+            .await
+            .notify_resource_updated(params)
+            .await
+            .ok();
     }
 
     async fn on_resource_list_changed(&self, _ctx: NotificationContext<RoleClient>) {
-        self.0.agent.notify_resource_list_changed().await.ok();
+        self.0
+            .agent()
+            .await
+            .notify_resource_list_changed()
+            .await
+            .ok();
     }
 
     async fn on_prompt_list_changed(&self, _ctx: NotificationContext<RoleClient>) {
-        self.0.agent.notify_prompt_list_changed().await.ok();
+        self.0.agent().await.notify_prompt_list_changed().await.ok();
     }
 
     async fn on_tool_list_changed(&self, _ctx: NotificationContext<RoleClient>) {
@@ -358,6 +403,6 @@ impl rmcp::ClientHandler for Relay {
         if let Some(gw) = self.0.gateway() {
             gw.forget_listing(&self.0.server);
         }
-        self.0.agent.notify_tool_list_changed().await.ok();
+        self.0.agent().await.notify_tool_list_changed().await.ok();
     }
 }
