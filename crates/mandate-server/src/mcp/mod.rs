@@ -98,6 +98,8 @@ pub struct McpGateway {
     /// so one slow server does not hold up sessions with the others.
     upstreams: std::sync::Mutex<HashMap<SlotKey, Arc<SessionSlot>>>,
     health: std::sync::Mutex<HashMap<String, ServerHealth>>,
+    /// Each server's own description, as the agent is told it.
+    infos: std::sync::Mutex<HashMap<String, rmcp::model::ServerConfig>>,
     /// Most upstream sessions open at once, and per agent (each stdio one is a process).
     max_sessions: usize,
     max_sessions_per_agent: usize,
@@ -140,6 +142,7 @@ impl McpGateway {
             servers,
             upstreams: std::sync::Mutex::new(HashMap::new()),
             health: std::sync::Mutex::new(HashMap::new()),
+            infos: std::sync::Mutex::new(HashMap::new()),
             max_sessions: limits.max_mcp_sessions,
             max_sessions_per_agent: limits.max_mcp_sessions_per_agent,
             http,
@@ -164,7 +167,11 @@ impl McpGateway {
         let slot = self.slot(&key, task)?;
         let mut current = slot.session.lock().await;
         let restart = match current.as_ref() {
-            Some(u) if !u.is_closed() => return Ok(Arc::clone(u)),
+            // rmcp does not cancel a session whose transport ended (a stdio server that
+            // exited): the peer says so.
+            Some(u) if !u.is_closed() && !u.peer().is_transport_closed() => {
+                return Ok(Arc::clone(u));
+            }
             Some(_) => true,
             None => false,
         };
@@ -174,6 +181,10 @@ impl McpGateway {
                     // Its watcher may have come and gone while this connected.
                     running.cancellation_token().cancel();
                     return Err("the task has ended".into());
+                }
+                if let Some(theirs) = running.peer_info() {
+                    mandate_engine::engine::lock(&self.infos)
+                        .insert(server.name.clone(), proxy::mirrored(&theirs));
                 }
                 let running = Arc::new(running);
                 *current = Some(Arc::clone(&running));
@@ -407,7 +418,10 @@ impl McpGateway {
                     }
                 }
                 let client = self.http.get(&server.name).cloned().ok_or("no client")?;
-                let transport = StreamableHttpClientTransport::with_client(client, cfg);
+                let transport = relay::Ordered::new(
+                    StreamableHttpClientTransport::with_client(client, cfg),
+                    &relay,
+                );
                 relay
                     .serve_with_lifecycle(transport, lifecycle)
                     .await
@@ -427,6 +441,7 @@ impl McpGateway {
                 }
                 let child = rmcp::transport::TokioChildProcess::new(cmd)
                     .map_err(|e| format!("cannot start mcp server {}: {e}", server.name))?;
+                let child = relay::Ordered::new(child, &relay);
                 relay
                     .serve_with_lifecycle(child, lifecycle)
                     .await
@@ -434,6 +449,14 @@ impl McpGateway {
             }
         };
         Ok(running)
+    }
+
+    /// What the agent is told of `server` (its own identity and capabilities), once any
+    /// session with it has started.
+    fn server_info(&self, server: &str) -> Option<rmcp::model::ServerConfig> {
+        mandate_engine::engine::lock(&self.infos)
+            .get(server)
+            .cloned()
     }
 
     /// A tool as the server last listed it, however long ago.

@@ -139,6 +139,10 @@ impl ProxyHandler {
         };
         relay.unregister(&id).await;
         match answer {
+            Ok(ServerResult::InputRequiredResult(r)) => {
+                Self::vet_input(up, &r).await?;
+                Ok(ServerResult::InputRequiredResult(r))
+            }
             Ok(mut r) => {
                 mark_complete(&mut r);
                 Ok(r)
@@ -599,6 +603,58 @@ impl ProxyHandler {
     }
 }
 
+impl ProxyHandler {
+    /// The agent meets the server it asked for: its name, version, instructions and
+    /// capabilities, less what Mandate does not relay (tasks, extensions). Without a
+    /// session with it (no valid token yet, or it is down), Mandate's own description.
+    async fn meet_server(&self, ctx: &RequestContext<RoleServer>) {
+        if self.info.get().is_some() {
+            return;
+        }
+        let Ok(token) = Self::token(ctx) else { return };
+        let Ok(task) = self.task(&token) else { return };
+        match self.up(ctx, &task, &token).await {
+            Ok(up) => {
+                if let Some(theirs) = up.peer_info() {
+                    self.info.set(mirrored(&theirs)).ok();
+                }
+            }
+            Err(e) => {
+                tracing::warn!(server = %self.server, error = %e.message, "mcp server unavailable when the agent met it");
+            }
+        }
+    }
+
+    /// Policy on what a 2026-07-28 server asks of the client inside an `input_required`
+    /// result (sampling, elicitation, roots): each is decided as its request would be;
+    /// one refused refuses the whole answer, and the agent's client is asked nothing.
+    async fn vet_input(
+        up: &super::Upstream,
+        r: &rmcp::model::InputRequiredResult,
+    ) -> Result<(), ErrorData> {
+        use rmcp::model::InputRequest;
+        for req in r.input_requests.iter().flat_map(|m| m.values()) {
+            let (what, params) = match req {
+                InputRequest::CreateMessage(x) => ("sampling", serde_json::to_value(&x.params)),
+                InputRequest::Elicitation(x) => ("elicitation", serde_json::to_value(&x.params)),
+                InputRequest::ListRoots(_) => ("roots", Ok(json!({}))),
+                // A kind Mandate cannot decide on is not relayed (fail closed).
+                _ => {
+                    return Err(ErrorData::invalid_request(
+                        "the MCP server asked the client for input of a kind Mandate does not relay: refused",
+                        Some(json!({ "code": "denied_by_policy" })),
+                    ));
+                }
+            };
+            up.service()
+                .0
+                .decide(what, &params.unwrap_or(Value::Null))
+                .await?;
+        }
+        Ok(())
+    }
+}
+
 /// A call held for a human.
 pub(crate) struct Held {
     /// The approval's id.
@@ -719,7 +775,7 @@ fn mark_complete(r: &mut ServerResult) {
 }
 
 /// What the agent is told of the server, from what the server said.
-fn mirrored(theirs: &rmcp::model::ServerPeerInfo) -> ServerConfig {
+pub(crate) fn mirrored(theirs: &rmcp::model::ServerPeerInfo) -> ServerConfig {
     let c = &theirs.capabilities;
     let mut caps = ServerCapabilities::builder().enable_tools().build();
     if let Some(t) = &c.tools {
@@ -785,6 +841,9 @@ impl ServerHandler for ProxyHandler {
         if let Some(info) = self.info.get() {
             return info.clone();
         }
+        if let Some(info) = self.gw.server_info(&self.server) {
+            return info;
+        }
         ServerConfig::new(
             ServerCapabilities::builder()
                 .enable_tools()
@@ -808,24 +867,19 @@ impl ServerHandler for ProxyHandler {
         ctx.peer.set_peer_info(request.clone());
         self.stateful
             .store(true, std::sync::atomic::Ordering::Relaxed);
-        // The agent meets the server it asked for: its name, version, instructions and
-        // capabilities, less what Mandate does not relay (tasks, extensions).
-        if self.info.get().is_none()
-            && let Ok(token) = Self::token(&ctx)
-            && let Ok(task) = self.task(&token)
-        {
-            match self.up(&ctx, &task, &token).await {
-                Ok(up) => {
-                    if let Some(theirs) = up.peer_info() {
-                        self.info.set(mirrored(&theirs)).ok();
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(server = %self.server, error = %e.message, "mcp server unavailable at initialize")
-                }
-            }
-        }
+        self.meet_server(&ctx).await;
         self.negotiate_initialize(&request)
+    }
+
+    async fn discover(
+        &self,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<rmcp::model::DiscoverResult, ErrorData> {
+        self.meet_server(&ctx).await;
+        Ok(rmcp::model::DiscoverResult::from_server_info(
+            self.supported_protocol_versions().into_owned(),
+            self.get_info(),
+        ))
     }
 
     /// The tool's definition as the server last listed it: rmcp checks a call's
@@ -1009,6 +1063,20 @@ impl ServerHandler for ProxyHandler {
                 )
                 .await
                 .ok();
+                // The server's request for input was refused by policy: a tool error,
+                // as a refused call is (on earlier revisions the server gets the refusal
+                // and answers with one itself).
+                let refused = e
+                    .data
+                    .as_ref()
+                    .and_then(|d| d.get("code"))
+                    .is_some_and(|c| c == "denied_by_policy");
+                if refused {
+                    let mut r =
+                        CallToolResult::error(vec![ContentBlock::text(e.message.to_string())]);
+                    r.structured_content = Some(json!({ "mandate": e.data }));
+                    return Ok(r.into());
+                }
                 Err(e)
             }
         }

@@ -18,13 +18,13 @@ use rmcp::ErrorData;
 use rmcp::model::{
     ClientCapabilities, ClientInfo, ClientResult, CreateMessageRequest, CreateMessageRequestParams,
     CreateMessageResult, ElicitRequest, ElicitRequestParams, ElicitResult, GetExtensions as _,
-    ListRootsRequest, ListRootsResult, LoggingMessageNotificationParam, ProgressNotificationParam,
-    ProgressToken, RequestId, ResourceUpdatedNotificationParam, ServerRequest,
+    ListRootsRequest, ListRootsResult, ProgressToken, RequestId, ServerNotification, ServerRequest,
 };
 use rmcp::service::{
-    InboundStreamOrigin, NotificationContext, OriginatingRequestId, Peer, PeerRequestOptions,
-    RequestContext, RoleClient, RoleServer,
+    InboundStreamOrigin, OriginatingRequestId, Peer, PeerRequestOptions, RequestContext,
+    RoleClient, RoleServer, RxJsonRpcMessage, TxJsonRpcMessage,
 };
+use rmcp::transport::Transport;
 use serde_json::Value;
 
 use super::McpGateway;
@@ -173,7 +173,7 @@ impl RelayState {
 
     /// Policy on a server's request to the agent's client: decided as a read of
     /// `<server>.<what>` under the session's task, like any call.
-    async fn decide(&self, what: &str, params: &Value) -> Result<(), ErrorData> {
+    pub async fn decide(&self, what: &str, params: &Value) -> Result<(), ErrorData> {
         let gw = self
             .gw
             .upgrade()
@@ -338,71 +338,108 @@ impl rmcp::ClientHandler for Relay {
             )),
         }
     }
+}
 
-    async fn on_progress(
-        &self,
-        mut params: ProgressNotificationParam,
-        _ctx: NotificationContext<RoleClient>,
-    ) {
-        let to = {
-            let calls = self.0.calls.lock().await;
-            calls
-                .values()
-                .find(|c| c.upstream_progress == params.progress_token)
-                .and_then(|c| Some((c.peer.clone(), c.agent_progress.clone()?)))
+impl RelayState {
+    /// Relays what the server sends about its work, in the order it sent it: called from
+    /// the transport as each message arrives, so everything the server sent about a call
+    /// reaches the agent before the call's answer does (rmcp hands notifications to tasks
+    /// of their own, which an answer can overtake).
+    async fn relay_notification(&self, n: &ServerNotification) {
+        let agent = match n {
+            ServerNotification::ProgressNotification(p) => {
+                let to = {
+                    let calls = self.calls.lock().await;
+                    calls
+                        .values()
+                        .find(|c| c.upstream_progress == p.params.progress_token)
+                        .and_then(|c| Some((c.peer.clone(), c.agent_progress.clone()?)))
+                };
+                // Progress the agent did not ask for, or about nothing it asked, is dropped.
+                let Some((peer, token)) = to else { return };
+                let mut params = p.params.clone();
+                params.progress_token = token;
+                bounded(peer.notify_progress(params)).await;
+                return;
+            }
+            ServerNotification::ToolListChangedNotification(_) => {
+                // The next listing asks the server again and pins what changed (held until
+                // a human approves it) before the agent, told now, lists again.
+                if let Some(gw) = self.gateway() {
+                    gw.forget_listing(&self.server);
+                }
+                self.agent().await
+            }
+            ServerNotification::LoggingMessageNotification(_)
+            | ServerNotification::ResourceUpdatedNotification(_)
+            | ServerNotification::ResourceListChangedNotification(_)
+            | ServerNotification::PromptListChangedNotification(_) => self.agent().await,
+            _ => return,
         };
-        // Progress the agent did not ask for, or about nothing it asked, is dropped.
-        if let Some((peer, t)) = to {
-            params.progress_token = t;
-            peer.notify_progress(params).await.ok();
+        match n {
+            ServerNotification::LoggingMessageNotification(m) => {
+                bounded(agent.notify_logging_message(m.params.clone())).await;
+            }
+            ServerNotification::ResourceUpdatedNotification(m) => {
+                bounded(agent.notify_resource_updated(m.params.clone())).await;
+            }
+            ServerNotification::ResourceListChangedNotification(_) => {
+                bounded(agent.notify_resource_list_changed()).await;
+            }
+            ServerNotification::PromptListChangedNotification(_) => {
+                bounded(agent.notify_prompt_list_changed()).await;
+            }
+            ServerNotification::ToolListChangedNotification(_) => {
+                bounded(agent.notify_tool_list_changed()).await;
+            }
+            _ => {}
         }
     }
+}
 
-    async fn on_logging_message(
-        &self,
-        params: LoggingMessageNotificationParam,
-        _ctx: NotificationContext<RoleClient>,
-    ) {
-        self.0
-            .agent()
-            .await
-            .notify_logging_message(params)
-            .await
-            .ok();
-    }
+/// Waits for a notification to be handed to the agent's session, at most 5 s (an agent
+/// that reads nothing slows its own server session, not others).
+async fn bounded<F: std::future::Future>(f: F) {
+    tokio::time::timeout(std::time::Duration::from_secs(5), f)
+        .await
+        .ok();
+}
 
-    async fn on_resource_updated(
-        &self,
-        params: ResourceUpdatedNotificationParam,
-        _ctx: NotificationContext<RoleClient>,
-    ) {
-        self.0
-            .agent()
-            .await
-            .notify_resource_updated(params)
-            .await
-            .ok();
-    }
+/// The upstream transport, watched: notifications are relayed in arrival order, before
+/// anything after them is handed on.
+pub(crate) struct Ordered<T> {
+    inner: T,
+    relay: Arc<RelayState>,
+}
 
-    async fn on_resource_list_changed(&self, _ctx: NotificationContext<RoleClient>) {
-        self.0
-            .agent()
-            .await
-            .notify_resource_list_changed()
-            .await
-            .ok();
-    }
-
-    async fn on_prompt_list_changed(&self, _ctx: NotificationContext<RoleClient>) {
-        self.0.agent().await.notify_prompt_list_changed().await.ok();
-    }
-
-    async fn on_tool_list_changed(&self, _ctx: NotificationContext<RoleClient>) {
-        // The next listing asks the server again and pins what changed (held until a
-        // human approves it) before the agent, told now, lists again.
-        if let Some(gw) = self.0.gateway() {
-            gw.forget_listing(&self.0.server);
+impl<T> Ordered<T> {
+    pub fn new(inner: T, relay: &Relay) -> Self {
+        Self {
+            inner,
+            relay: Arc::clone(&relay.0),
         }
-        self.0.agent().await.notify_tool_list_changed().await.ok();
+    }
+}
+
+impl<T: Transport<RoleClient> + 'static> Transport<RoleClient> for Ordered<T> {
+    type Error = T::Error;
+
+    fn send(
+        &mut self,
+        item: TxJsonRpcMessage<RoleClient>,
+    ) -> impl std::future::Future<Output = Result<(), Self::Error>> + Send + 'static {
+        self.inner.send(item)
+    }
+
+    async fn receive(&mut self) -> Option<RxJsonRpcMessage<RoleClient>> {
+        let msg = self.inner.receive().await?;
+        if let rmcp::model::JsonRpcMessage::Notification(n) = &msg {
+            self.relay.relay_notification(&n.notification).await;
+        }
+        Some(msg)
+    }
+
+    fn close(&mut self) -> impl std::future::Future<Output = Result<(), Self::Error>> + Send {
+        self.inner.close()
     }
 }
