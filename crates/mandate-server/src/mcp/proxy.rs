@@ -13,6 +13,7 @@ use mandate_audit::{Body, CallRefused, GatewayResult, HiddenTool, McpRequest, Ne
 use mandate_core::{ActionClass, CallSpan, CanonicalArgs, ToolName};
 use mandate_gateway::mcp::{McpServer, McpTransport};
 use mandate_policy::Outcome;
+use rmcp::model::GetMeta as _;
 use rmcp::model::{
     CallToolRequest, CallToolRequestParams, CallToolResponse, CallToolResult,
     CancelledNotificationParam, ClientRequest, CompleteRequest, CompleteRequestParams,
@@ -1238,6 +1239,62 @@ impl ServerHandler for ProxyHandler {
         let up = self.up(&ctx, &task, &token).await?;
         let req = ClientRequest::SetLevelRequest(SetLevelRequest::new(request));
         self.forward(&up, req, &ctx).await.map(|_| ())
+    }
+
+    /// `subscriptions/listen` (2026-07-28): what the agent asks for is acknowledged as far
+    /// as the server advertises it, and relayed from a subscription of Mandate's own with
+    /// the server for as long as the agent's lasts (or the task).
+    fn accepted_subscription_filter(
+        &self,
+        requested: &rmcp::model::SubscriptionFilter,
+    ) -> Option<rmcp::model::SubscriptionFilter> {
+        Some(requested.clone())
+    }
+
+    async fn listen(&self, sub: rmcp::service::SubscriptionContext) -> Result<(), ErrorData> {
+        let ctx = sub.request_context();
+        let token = Self::token(ctx)?;
+        let task = self.task(&token)?;
+        // Resources and prompts only as the grant allows.
+        let mut filter = sub.accepted().clone();
+        if !self.granted(&task, "resources") {
+            filter.resources_list_changed = None;
+            filter.resource_subscriptions = None;
+        }
+        if !self.granted(&task, "prompts") {
+            filter.prompts_list_changed = None;
+        }
+        let up = self.up(ctx, &task, &token).await?;
+        let mut theirs = up.listen(filter).await.map_err(|e| match e {
+            rmcp::ServiceError::McpError(e) => e,
+            e => upstream_err(format!("subscriptions/listen failed: {e}")),
+        })?;
+        loop {
+            tokio::select! {
+                n = theirs.next() => match n {
+                    Ok(Some(mut n)) => {
+                        if matches!(n, rmcp::model::ServerNotification::ToolListChangedNotification(_)) {
+                            self.gw.forget_listing(&self.server);
+                        }
+                        // Mandate's own subscription id is not the agent's: the sink tags it.
+                        *n.get_meta_mut() = Default::default();
+                        if sub.sink().send(n).await.is_err() {
+                            break;
+                        }
+                    }
+                    Ok(None) | Err(_) => break,
+                },
+                () = sub.cancelled() => {
+                    theirs.cancel().await.ok();
+                    break;
+                }
+                () = task.until_ended() => {
+                    theirs.cancel().await.ok();
+                    break;
+                }
+            }
+        }
+        Ok(())
     }
 
     async fn on_roots_list_changed(&self, _ctx: NotificationContext<RoleServer>) {

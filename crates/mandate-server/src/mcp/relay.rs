@@ -18,7 +18,8 @@ use rmcp::ErrorData;
 use rmcp::model::{
     ClientCapabilities, ClientInfo, ClientResult, CreateMessageRequest, CreateMessageRequestParams,
     CreateMessageResult, ElicitRequest, ElicitRequestParams, ElicitResult, GetExtensions as _,
-    ListRootsRequest, ListRootsResult, ProgressToken, RequestId, ServerNotification, ServerRequest,
+    GetMeta as _, ListRootsRequest, ListRootsResult, ProgressToken, RequestId, ServerNotification,
+    ServerRequest,
 };
 use rmcp::service::{
     InboundStreamOrigin, OriginatingRequestId, Peer, PeerRequestOptions, RequestContext,
@@ -433,7 +434,11 @@ impl<T: Transport<RoleClient> + 'static> Transport<RoleClient> for Ordered<T> {
 
     async fn receive(&mut self) -> Option<RxJsonRpcMessage<RoleClient>> {
         let msg = self.inner.receive().await?;
-        if let rmcp::model::JsonRpcMessage::Notification(n) = &msg {
+        // What belongs to a subscription (2026-07-28 `subscriptions/listen`) reaches the
+        // agent through the subscription Mandate relays.
+        if let rmcp::model::JsonRpcMessage::Notification(n) = &msg
+            && n.notification.get_meta().subscription_id().is_none()
+        {
             self.relay.relay_notification(&n.notification).await;
         }
         Some(msg)
