@@ -577,6 +577,17 @@ async fn bad_requests_and_ended_tasks_reach_nothing() {
         ))
         .await;
     assert!(unknown.is_err(), "{unknown:?}");
+    // A tool the server does not list: a tool error, as a server answers it; nothing sent.
+    let r = client
+        .call_tool(call("no_such_tool", json!({})))
+        .await
+        .unwrap();
+    assert_eq!(r.is_error, Some(true), "{r:?}");
+    assert_eq!(
+        r.structured_content.as_ref().map(|c| &c["mandate"]["code"]),
+        Some(&json!("unknown_tool")),
+        "{r:?}"
+    );
     let done =
         m.h.post(
             &format!("/v1/tasks/{}/complete", m.task),

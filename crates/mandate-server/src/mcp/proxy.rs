@@ -970,11 +970,15 @@ impl ServerHandler for ProxyHandler {
                 .await?;
                 return Ok(CallToolResult::error(vec![ContentBlock::text(why.clone())]).into());
             }
+            // A tool error, as the servers behind Mandate answer a name they do not have
+            // (nothing is forwarded: an unlisted tool is never decided or sent).
             None => {
-                return Err(ErrorData::invalid_params(
-                    format!("no tool {:?} on {}", request.name, self.server),
-                    None,
-                ));
+                let mut r = CallToolResult::error(vec![ContentBlock::text(format!(
+                    "no tool {:?} on {}",
+                    request.name, self.server
+                ))]);
+                r.structured_content = Some(json!({ "mandate": { "code": "unknown_tool" } }));
+                return Ok(r.into());
             }
         }
         let action = self.action_of(&tool, def.map(|(t, _)| t));
