@@ -111,7 +111,13 @@ impl ProxyHandler {
     ) -> Result<ServerResult, ErrorData> {
         let relay = &up.service().0;
         let mut options = PeerRequestOptions::no_options();
-        options.meta = forwarded_meta(&ctx.meta);
+        // A server that predates 2026-07-28 (its session began with `initialize`) does not
+        // read the per-request envelope, and may refuse it: it gets the request as its
+        // revision has it.
+        let legacy = up
+            .peer_info()
+            .is_some_and(|i| i.protocol_version.has_initialize());
+        options.meta = forwarded_meta(&ctx.meta, legacy);
         let handle = relay
             .register(
                 (&ctx.peer, ctx.id.clone()),
@@ -747,12 +753,13 @@ impl ProxyHandler {
 /// maps its own) and Mandate's keys. A request of the 2026-07-28 revision keeps what it
 /// declares of itself (revision, client, capabilities, log level): the server answers it
 /// as it would answer the agent.
-fn forwarded_meta(meta: &RequestMetaObject) -> Option<RequestMetaObject> {
+fn forwarded_meta(meta: &RequestMetaObject, legacy: bool) -> Option<RequestMetaObject> {
     let mut m = meta.clone();
     m.0.0.retain(|k, _| {
         k != "progressToken"
             && !k.starts_with("mandate/")
             && k != "io.modelcontextprotocol/subscriptionId"
+            && !(legacy && k.starts_with("io.modelcontextprotocol/"))
     });
     (!m.0.0.is_empty()).then_some(m)
 }
