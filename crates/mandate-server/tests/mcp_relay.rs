@@ -1571,3 +1571,42 @@ async fn a_tool_result_validates_in_the_sdk_client_at_2026_07_28() {
     })
     .await;
 }
+
+/// What the server sends towards the agent outside an answer (here log messages) is masked
+/// of the secrets Mandate gave it, as answers are: a stdio server given a secret that
+/// logs it back reaches the agent without it.
+#[tokio::test]
+async fn log_messages_are_masked_of_the_servers_secrets() {
+    let Some(python) = python("log_messages_are_masked_of_the_servers_secrets") else {
+        return;
+    };
+    const SECRET: &str = "relay-secret-5f1e9a77";
+    let r = Relay::start_with(
+        python,
+        Transport::Stdio,
+        "env = { RELAY_TOKEN = \"relay-token\" }\n",
+    )
+    .await;
+    let put =
+        r.h.send(
+            r.h.http
+                .put(r.h.url("/v1/secrets/relay-token"))
+                .bearer_auth(ADMIN)
+                .json(&json!({ "value": SECRET })),
+        )
+        .await;
+    assert_eq!(put.status, 200, "{:?}", put.body);
+    let (_task, token) = r.task("tools-only", &TOOLS_ONLY).await;
+    let mut agent = r.client(&token, REVISIONS[0].0, "").await;
+    let line = agent.call("chatty", json!({ "tag": SECRET }), None).await;
+    assert_eq!(text(&line["ok"]), "chatted", "{line}");
+    let logs = line["logs"].as_array().cloned().unwrap_or_default();
+    assert!(
+        !logs.is_empty(),
+        "the server's log messages were relayed: {line}"
+    );
+    assert!(
+        !line.to_string().contains(SECRET),
+        "the secret reached the agent: {line}"
+    );
+}

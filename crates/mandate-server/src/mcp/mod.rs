@@ -510,6 +510,30 @@ impl McpGateway {
         out
     }
 
+    /// Masks any echo of the secrets Mandate gave `server`, in every encoding, in what it
+    /// sends towards the agent: the value, its serialised size, and whether anything was
+    /// masked. A value that cannot be read back after masking is withheld (an error).
+    async fn redact<T: serde::Serialize + serde::de::DeserializeOwned>(
+        &self,
+        server: &McpServer,
+        value: T,
+    ) -> Result<(T, usize, bool), rmcp::ErrorData> {
+        let bytes = serde_json::to_vec(&value)
+            .map_err(|_| rmcp::ErrorData::internal_error("unserialisable answer", None))?;
+        let secrets = self.secrets_of(server).await;
+        let forms: Vec<&[u8]> = secrets.iter().map(|s| s.expose()).collect();
+        let mut r = mandate_gateway::Redactor::new(forms);
+        let clean = r.redact_all(&bytes);
+        if !r.found() {
+            return Ok((value, bytes.len(), false));
+        }
+        tracing::warn!(server = %server.name, "an MCP server echoed the secret Mandate gave it: redacted");
+        let v = serde_json::from_slice(&clean).map_err(|_| {
+            rmcp::ErrorData::internal_error("the answer carried a secret and was withheld", None)
+        })?;
+        Ok((v, bytes.len(), true))
+    }
+
     async fn secret(&self, name: &str) -> Result<mandate_gateway::SecretValue, String> {
         self.engine
             .secrets

@@ -531,7 +531,8 @@ impl ProxyHandler {
             ));
         }
         let up = self.up(ctx, &task, &token).await?;
-        self.forward(&up, request, ctx).await
+        let res = self.forward(&up, request, ctx).await?;
+        Ok(self.redact(res).await?.0)
     }
 
     /// Masks any echo of the secrets Mandate gave this server, in every encoding.
@@ -539,20 +540,7 @@ impl ProxyHandler {
         &self,
         value: T,
     ) -> Result<(T, usize, bool), ErrorData> {
-        let bytes = serde_json::to_vec(&value)
-            .map_err(|_| ErrorData::internal_error("unserialisable answer", None))?;
-        let secrets = self.gw.secrets_of(self.config()?).await;
-        let forms: Vec<&[u8]> = secrets.iter().map(|s| s.expose()).collect();
-        let mut r = mandate_gateway::Redactor::new(forms);
-        let clean = r.redact_all(&bytes);
-        if !r.found() {
-            return Ok((value, bytes.len(), false));
-        }
-        tracing::warn!(server = %self.server, "an MCP server echoed the secret Mandate gave it: redacted");
-        let v = serde_json::from_slice(&clean).map_err(|_| {
-            ErrorData::internal_error("the answer carried a secret and was withheld", None)
-        })?;
-        Ok((v, bytes.len(), true))
+        self.gw.redact(self.config()?, value).await
     }
 
     /// Records what the server answered to an allowed request.
@@ -1289,6 +1277,7 @@ impl ServerHandler for ProxyHandler {
                         }
                         // Mandate's own subscription id is not the agent's: the sink tags it.
                         *n.get_meta_mut() = Default::default();
+                        let Ok((n, _, _)) = self.redact(n).await else { continue };
                         if sub.sink().send(n).await.is_err() {
                             break;
                         }

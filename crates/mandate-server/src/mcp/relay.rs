@@ -254,6 +254,24 @@ impl RelayState {
         self.version.clone()
     }
 
+    /// What the server sends towards the agent, as the agent may see it: masked of the
+    /// secrets Mandate gave the server and, from an `untrusted_content` server, only once
+    /// the task's taint is durable (as for answers). `None`: it is not relayed.
+    async fn vetted<T: serde::Serialize + serde::de::DeserializeOwned>(
+        &self,
+        value: T,
+    ) -> Option<T> {
+        let gw = self.gateway()?;
+        let server = gw.servers.get(&self.server)?;
+        let (value, _, _) = gw.redact(server, value).await.ok()?;
+        if server.untrusted_content {
+            let token = mandate_engine::engine::lock(&self.token).clone();
+            let task = gw.engine.task_for_token(&token).ok()?;
+            gw.engine.taint(&task, &self.server).await.ok()?;
+        }
+        Some(value)
+    }
+
     fn gateway(&self) -> Option<Arc<McpGateway>> {
         self.gw.upgrade()
     }
@@ -275,6 +293,7 @@ impl rmcp::ClientHandler for Relay {
     ) -> Result<CreateMessageResult, ErrorData> {
         let v = serde_json::to_value(&params).unwrap_or(Value::Null);
         self.0.decide("sampling", &v).await?;
+        let params = self.0.vetted(params).await.ok_or_else(withheld)?;
         let origin = ctx.extensions.get::<InboundStreamOrigin>();
         match self
             .0
@@ -299,6 +318,7 @@ impl rmcp::ClientHandler for Relay {
     ) -> Result<ElicitResult, ErrorData> {
         let v = serde_json::to_value(&params).unwrap_or(Value::Null);
         self.0.decide("elicitation", &v).await?;
+        let params = self.0.vetted(params).await.ok_or_else(withheld)?;
         let origin = ctx.extensions.get::<InboundStreamOrigin>();
         match self
             .0
@@ -358,7 +378,9 @@ impl RelayState {
                 };
                 // Progress the agent did not ask for, or about nothing it asked, is dropped.
                 let Some((peer, token)) = to else { return };
-                let mut params = p.params.clone();
+                let Some(mut params) = self.vetted(p.params.clone()).await else {
+                    return;
+                };
                 params.progress_token = token;
                 bounded(peer.notify_progress(params)).await;
                 return;
@@ -379,10 +401,14 @@ impl RelayState {
         };
         match n {
             ServerNotification::LoggingMessageNotification(m) => {
-                bounded(agent.notify_logging_message(m.params.clone())).await;
+                if let Some(params) = self.vetted(m.params.clone()).await {
+                    bounded(agent.notify_logging_message(params)).await;
+                }
             }
             ServerNotification::ResourceUpdatedNotification(m) => {
-                bounded(agent.notify_resource_updated(m.params.clone())).await;
+                if let Some(params) = self.vetted(m.params.clone()).await {
+                    bounded(agent.notify_resource_updated(params)).await;
+                }
             }
             ServerNotification::ResourceListChangedNotification(_) => {
                 bounded(agent.notify_resource_list_changed()).await;
@@ -447,4 +473,11 @@ impl<T: Transport<RoleClient> + 'static> Transport<RoleClient> for Ordered<T> {
     fn close(&mut self) -> impl std::future::Future<Output = Result<(), Self::Error>> + Send {
         self.inner.close()
     }
+}
+
+fn withheld() -> ErrorData {
+    ErrorData::internal_error(
+        "Mandate withheld this request from the agent: it could not be cleaned of secrets or the task's taint not recorded",
+        None,
+    )
 }
